@@ -1,0 +1,326 @@
+"""The configuration schema: every field mmtx reads, its default, and what it means.
+
+Configs are nested ``ml_collections.ConfigDict``s grouped by part (``model``, ``fusion``,
+``tokenizer``, ...). :func:`default_config` is the schema; config files (``configs/*.py``)
+start from it and change fields, and JSON model files (``configs/*.json``) are partial
+overrides merged onto it by :func:`merge_overrides`, which rejects keys the schema lacks.
+Size variants are data (:data:`VARIANTS`), applied by :func:`apply_variant`.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import importlib.util
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+MODALITIES = ("text", "image", "audio")
+FUSION_TYPES = ("concat", "gated")
+ATTENTION_KERNELS = ("dense",)
+POOLINGS = ("cls", "mean")
+POSITION_EMBEDDINGS = ("learned", "sincos")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+def _encoder(width: int, depth: int, num_heads: int, mlp_dim: int) -> dict[str, Any]:
+    return {"width": width, "depth": depth, "num_heads": num_heads, "mlp_dim": mlp_dim}
+
+
+# Transformer sizes per variant: (width, depth, heads, mlp_dim) for every tower and the fusion.
+# "base" and "large" follow ViT-B and ViT-L (Dosovitskiy et al. 2021, Table 1);
+# "small" is sized to train on a 2-core CPU in minutes; "tiny" is for tests.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "tiny": {"embed_dim": 32, "tower": _encoder(32, 1, 2, 64), "fusion": _encoder(32, 1, 2, 64)},
+    "small": {
+        "embed_dim": 128,
+        "tower": _encoder(128, 2, 4, 256),
+        "fusion": _encoder(128, 1, 4, 256),
+    },
+    "base": {
+        "embed_dim": 512,
+        "tower": _encoder(768, 12, 12, 3072),
+        "fusion": _encoder(768, 2, 12, 3072),
+    },
+    "large": {
+        "embed_dim": 768,
+        "tower": _encoder(1024, 24, 16, 4096),
+        "fusion": _encoder(1024, 2, 16, 4096),
+    },
+}
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The full schema with defaults (the "small" variant). Every field is documented here."""
+    c = ml_collections.ConfigDict()
+    c.variant = "small"  # Name of the size variant last applied (see VARIANTS); informational.
+    c.dtype = "auto"  # Compute dtype: float32 | bfloat16 | float16 | auto (bf16 on TPU/GPU).
+    c.param_dtype = "float32"  # Dtype of params and optimizer state.
+
+    c.tokenizer = ml_collections.ConfigDict()
+    c.tokenizer.type = "bytes"  # bytes (UTF-8 bytes, no download) | sentencepiece.
+    c.tokenizer.model_file = ""  # SentencePiece .model path when type == "sentencepiece".
+
+    c.model = ml_collections.ConfigDict()
+    c.model.modalities = ("text", "image", "audio")  # Encoders the model has (any subset).
+    c.model.embed_dim = 128  # Width of the per-modality and fused output embeddings.
+    c.model.num_classes = 64  # Classification head size on the fused embedding; 0 = none.
+    c.model.dropout_rate = 0.0  # Dropout after attention and MLP in every block (train only).
+    c.model.remat = "none"  # Rematerialisation policy per block: none | full | dots | dots_no_batch.
+    c.model.scan_layers = True  # nn.scan over layers (fast compile); False unrolls them.
+
+    c.model.text = ml_collections.ConfigDict()
+    c.model.text.vocab_size = 0  # 0 = take it from the tokenizer.
+    c.model.text.max_length = 64  # Tokens per caption after padding / truncation.
+    c.model.text.width = 128  # Token width D.
+    c.model.text.depth = 2  # Transformer blocks.
+    c.model.text.num_heads = 4  # Attention heads; width must be divisible by it.
+    c.model.text.mlp_dim = 256  # Hidden width of each block's MLP.
+    c.model.text.attention = "dense"  # Attention kernel name (see mmtx.nn.attention).
+    c.model.text.pooling = "cls"  # cls (learned CLS token) | mean (masked mean of tokens).
+    c.model.text.position_embedding = "learned"  # learned | sincos.
+
+    c.model.image = ml_collections.ConfigDict()
+    c.model.image.image_size = 64  # Input height and width in pixels.
+    c.model.image.patch_size = 8  # Square patch side; image_size must be divisible by it.
+    c.model.image.channels = 3  # Input channels.
+    c.model.image.width = 128
+    c.model.image.depth = 2
+    c.model.image.num_heads = 4
+    c.model.image.mlp_dim = 256
+    c.model.image.attention = "dense"
+    c.model.image.pooling = "cls"
+    c.model.image.position_embedding = "learned"
+    c.model.image.mean = (0.5, 0.5, 0.5)  # Per-channel normalisation of [0, 1] pixels.
+    c.model.image.std = (0.5, 0.5, 0.5)
+
+    c.model.audio = ml_collections.ConfigDict()
+    c.model.audio.sample_rate = 16000  # Hz of the input waveform.
+    c.model.audio.num_samples = 16000  # Clip length fed to the model (raw inputs are cropped/padded).
+    c.model.audio.window_length = 400  # STFT window in samples (25 ms at 16 kHz).
+    c.model.audio.hop_length = 160  # STFT hop in samples (10 ms at 16 kHz).
+    c.model.audio.num_mel_bins = 64  # Mel filterbank size.
+    c.model.audio.min_frequency = 50.0  # Lowest mel filter edge in Hz.
+    c.model.audio.max_frequency = 8000.0  # Highest mel filter edge in Hz (<= sample_rate / 2).
+    c.model.audio.log_mel_mean = -4.0  # Normalisation of log-mel values: (x - mean) / std.
+    c.model.audio.log_mel_std = 4.0
+    c.model.audio.patch_size = (16, 16)  # (time frames, mel bins) per patch, AST-style.
+    c.model.audio.width = 128
+    c.model.audio.depth = 2
+    c.model.audio.num_heads = 4
+    c.model.audio.mlp_dim = 256
+    c.model.audio.attention = "dense"
+    c.model.audio.pooling = "cls"
+    c.model.audio.position_embedding = "sincos"  # sincos works for any clip length.
+
+    c.fusion = ml_collections.ConfigDict()
+    c.fusion.type = "concat"  # concat (early, joint transformer) | gated (late, learned weights).
+    c.fusion.width = 128  # Width of the joint transformer (concat) or the gated projections.
+    c.fusion.depth = 1  # Joint transformer blocks (concat only).
+    c.fusion.num_heads = 4
+    c.fusion.mlp_dim = 256
+    c.fusion.attention = "dense"
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.contrastive = "softmax"  # softmax (CLIP) | sigmoid (SigLIP) | none; every modality pair.
+    c.loss.contrastive_weight = 1.0  # Weight of each pairwise contrastive term.
+    c.loss.classification_weight = 1.0  # Weight of the cross-entropy on the fused embedding.
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 2000  # Optimizer steps.
+    c.train.batch_size = 64  # Global batch (all processes together).
+    c.train.microbatches = 1  # Gradient accumulation pieces per step (1 = none).
+    c.train.learning_rate = 1e-3  # Peak learning rate of the warmup + cosine schedule.
+    c.train.warmup_steps = 100  # Linear warmup from 0 to the peak.
+    c.train.end_learning_rate_factor = 0.01  # Cosine decays to peak * this at the last step.
+    c.train.weight_decay = 0.05  # AdamW decoupled decay, applied to weight matrices only.
+    c.train.b1 = 0.9  # Adam first-moment decay.
+    c.train.b2 = 0.98  # Adam second-moment decay (0.98 as in CLIP, stabler than 0.999).
+    c.train.grad_clip = 1.0  # Clip the global gradient norm; 0 = no clipping.
+    c.train.seed = 0  # Seeds param init and dropout.
+    c.train.log_every = 50  # Steps between progress lines / train metric writes.
+    c.train.eval_every = 500  # Steps between evaluations (and one at the end).
+    c.train.checkpoint_every = 500  # Steps between checkpoints (and one at the end).
+    c.train.keep_checkpoints = 3  # Checkpoints kept on disk.
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batch_size = 256  # Eval batch (global); the last partial batch is padded.
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "synthetic"  # synthetic (built-in, no download).
+    c.data.seed = 0  # Seeds the synthetic examples and the shuffle order.
+    c.data.train_size = 1_000_000  # Examples in the synthetic train split.
+    c.data.eval_size = 1024  # Examples in the synthetic eval split.
+    c.data.num_threads = 2  # Threads producing batches.
+    c.data.prefetch = 4  # Batches buffered ahead of the train step.
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # Data-parallel mesh axis size; -1 = the remaining devices.
+    c.mesh.fsdp = 1  # Param-sharding (ZeRO-3 style) axis size.
+    c.mesh.tensor = 1  # Tensor-parallel axis size.
+    return c
+
+
+def apply_variant(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+    """Sets the sizes of every tower and the fusion from ``VARIANTS[name]``, in place."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; choose one of {sorted(VARIANTS)}")
+    variant = VARIANTS[name]
+    config.variant = name
+    config.model.embed_dim = variant["embed_dim"]
+    for modality in MODALITIES:
+        config.model[modality].update(variant["tower"])
+    config.fusion.update(variant["fusion"])
+    return config
+
+
+def merge_overrides(
+    config: ml_collections.ConfigDict, overrides: Mapping[str, Any], prefix: str = ""
+) -> ml_collections.ConfigDict:
+    """Merges a nested dict onto ``config`` in place; unknown keys raise a ``KeyError``.
+
+    The error names the full dotted path of the unknown key and the closest known key.
+    """
+    for key, value in overrides.items():
+        path = f"{prefix}{key}"
+        if key not in config:
+            close = difflib.get_close_matches(key, list(config.keys()), n=1)
+            hint = f"; did you mean {prefix}{close[0]!r}?" if close else ""
+            raise KeyError(f"unknown config key {path!r}{hint}")
+        if isinstance(config[key], ml_collections.ConfigDict):
+            if not isinstance(value, Mapping):
+                raise TypeError(f"config key {path!r} is a group; got {type(value).__name__}")
+            merge_overrides(config[key], value, prefix=f"{path}.")
+        else:
+            if isinstance(config[key], tuple) and isinstance(value, list):
+                value = tuple(value)
+            config[key] = value
+    return config
+
+
+def _require(condition: bool, field: str, message: str) -> None:
+    if not condition:
+        raise ValueError(f"config.{field}: {message}")
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Checks the model and fusion fields; raises ``ValueError`` naming the first bad field."""
+    _require(config.dtype in DTYPES, "dtype", f"{config.dtype!r} is not one of {DTYPES}")
+    modalities = tuple(config.model.modalities)
+    _require(len(modalities) > 0, "model.modalities", "needs at least one modality")
+    for modality in modalities:
+        _require(modality in MODALITIES, "model.modalities", f"unknown modality {modality!r}")
+    _require(config.model.embed_dim > 0, "model.embed_dim", "must be positive")
+    _require(config.model.num_classes >= 0, "model.num_classes", "must be >= 0")
+    _require(0.0 <= config.model.dropout_rate < 1.0, "model.dropout_rate", "must be in [0, 1)")
+    _require(config.model.remat in REMAT_POLICIES, "model.remat", f"one of {REMAT_POLICIES}")
+    towers = [(f"model.{m}", config.model[m]) for m in modalities]
+    for name, tower in [*towers, ("fusion", config.fusion)]:
+        for field in ("width", "num_heads", "mlp_dim"):
+            _require(tower[field] > 0, f"{name}.{field}", f"must be positive, got {tower[field]}")
+        _require(tower.depth >= 0, f"{name}.depth", "must be >= 0")
+        _require(
+            tower.width % tower.num_heads == 0,
+            f"{name}.width",
+            f"width {tower.width} is not divisible by num_heads {tower.num_heads}",
+        )
+        _require(
+            tower.attention in ATTENTION_KERNELS,
+            f"{name}.attention",
+            f"unknown attention kernel {tower.attention!r}; choose one of {ATTENTION_KERNELS}",
+        )
+    for name, tower in towers:
+        _require(tower.pooling in POOLINGS, f"{name}.pooling", f"one of {POOLINGS}")
+        _require(
+            tower.position_embedding in POSITION_EMBEDDINGS,
+            f"{name}.position_embedding",
+            f"one of {POSITION_EMBEDDINGS}",
+        )
+    if "image" in modalities:
+        image = config.model.image
+        _require(
+            image.image_size % image.patch_size == 0,
+            "model.image.image_size",
+            f"{image.image_size} is not divisible by patch_size {image.patch_size}",
+        )
+    if "audio" in modalities:
+        audio = config.model.audio
+        _require(
+            audio.max_frequency <= audio.sample_rate / 2,
+            "model.audio.max_frequency",
+            "must be <= sample_rate / 2",
+        )
+        frames = 1 + (audio.num_samples - audio.window_length) // audio.hop_length
+        _require(
+            frames >= audio.patch_size[0] and audio.num_mel_bins >= audio.patch_size[1],
+            "model.audio.patch_size",
+            f"{tuple(audio.patch_size)} is larger than the spectrogram "
+            f"({frames} frames x {audio.num_mel_bins} mel bins)",
+        )
+    if "text" in modalities:
+        _require(config.model.text.max_length > 0, "model.text.max_length", "must be positive")
+    _require(config.fusion.type in FUSION_TYPES, "fusion.type", f"one of {FUSION_TYPES}")
+    _validate_training(config)
+    _require(
+        config.tokenizer.type in ("bytes", "sentencepiece"),
+        "tokenizer.type",
+        "bytes | sentencepiece",
+    )
+    return config
+
+
+def _validate_training(config: ml_collections.ConfigDict) -> None:
+    train = config.train
+    for field in ("steps", "batch_size", "microbatches", "log_every", "eval_every"):
+        _require(train[field] > 0, f"train.{field}", f"must be positive, got {train[field]}")
+    _require(train.checkpoint_every > 0, "train.checkpoint_every", "must be positive")
+    _require(train.keep_checkpoints > 0, "train.keep_checkpoints", "must be positive")
+    _require(train.learning_rate > 0, "train.learning_rate", "must be positive")
+    _require(train.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+    _require(train.microbatches == 1, "train.microbatches",
+             "gradient accumulation is not available yet; use 1")
+    _require(config.eval.batch_size > 0, "eval.batch_size", "must be positive")
+    _require(
+        config.loss.contrastive in ("softmax", "sigmoid", "none"),
+        "loss.contrastive",
+        "softmax | sigmoid | none",
+    )
+    _require(config.data.source == "synthetic", "data.source", "only 'synthetic' is available")
+    for axis in ("data", "fsdp", "tensor"):
+        size = config.mesh[axis]
+        _require(size == -1 or size > 0, f"mesh.{axis}", f"must be -1 or positive, got {size}")
+
+
+def load_config(spec: ml_collections.ConfigDict | str | os.PathLike) -> ml_collections.ConfigDict:
+    """Loads a config from a ConfigDict, ``path/to/file.py[:arg]`` or a JSON file.
+
+    A ``.py`` file must define ``get_config(arg=None)``; a JSON file holds a nested dict of
+    overrides merged onto :func:`default_config` (unknown keys are an error). The result is
+    validated with :func:`validate` and returned as a new ConfigDict.
+    """
+    if isinstance(spec, ml_collections.ConfigDict):
+        config = copy.deepcopy(spec)
+    else:
+        spec = os.fspath(spec)
+        path, _, arg = spec.partition(":") if not os.path.exists(spec) else (spec, "", "")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"config file not found: {path}")
+        if path.endswith(".json"):
+            with open(path) as f:
+                overrides = json.load(f)
+            if not isinstance(overrides, dict):
+                raise TypeError(f"{path}: a JSON config must hold an object at the top level")
+            config = merge_overrides(default_config(), overrides)
+        elif path.endswith(".py"):
+            module_spec = importlib.util.spec_from_file_location("_mmtx_config_file", path)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+            config = module.get_config(arg) if arg else module.get_config()
+        else:
+            raise ValueError(f"config must be a .py or .json file; got {path}")
+    return validate(config)

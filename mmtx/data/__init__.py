@@ -1,0 +1,1 @@
+"""Input data: tokenizers, preprocessing and datasets."""

@@ -1,0 +1,96 @@
+"""Audio encoder: AST-style (Gong et al. 2021) log-mel -> patches -> transformer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmtx.encoders.tower import Tower
+from mmtx.nn import LearnedPositionEmbedding, LogMelSpectrogram, PatchEmbed, sincos_2d
+
+Dtype = Any
+
+
+class AudioEncoder(nn.Module):
+    """Audio Spectrogram Transformer over non-overlapping time x frequency patches.
+
+    ``audio`` float ``[B, S]`` waveform at ``sample_rate`` -> log-mel ``[B, F, M]`` (computed
+    here, in float32, so the input pipeline stays light) -> patches ->
+    ``(x, out)`` with ``x`` ``[B, N (+1 with CLS), width]``, ``out["pooled"]`` ``[B, width]``
+    and ``out["log_mel"]`` ``[B, F, M]``. With ``position_embedding="sincos"`` any clip length
+    works; ``"learned"`` needs exactly ``num_samples`` samples.
+    """
+
+    width: int
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    sample_rate: int = 16000
+    num_samples: int = 16000
+    window_length: int = 400
+    hop_length: int = 160
+    num_mel_bins: int = 64
+    min_frequency: float = 50.0
+    max_frequency: float = 8000.0
+    log_mel_mean: float = 0.0
+    log_mel_std: float = 1.0
+    patch_size: tuple[int, int] = (16, 16)
+    attention: str = "dense"
+    pooling: str = "cls"
+    position_embedding: str = "sincos"
+    dropout_rate: float = 0.0
+    remat: str = "none"
+    scan: bool = True
+    capture_weights: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self, audio: jax.Array, *, train: bool = False
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Encodes a batch of waveforms (see the class docstring)."""
+        if audio.ndim != 2:
+            raise ValueError(f"audio must be [batch, samples] waveforms; got shape {audio.shape}")
+        log_mel = LogMelSpectrogram(
+            sample_rate=self.sample_rate,
+            window_length=self.window_length,
+            hop_length=self.hop_length,
+            num_mel_bins=self.num_mel_bins,
+            min_frequency=self.min_frequency,
+            max_frequency=self.max_frequency,
+            mean=self.log_mel_mean,
+            std=self.log_mel_std,
+        )(audio)
+        x, (grid_t, grid_f) = PatchEmbed(
+            self.width, tuple(self.patch_size), self.dtype, self.param_dtype, name="patches"
+        )(log_mel[..., None].astype(self.dtype))
+        if grid_t == 0 or grid_f == 0:
+            raise ValueError(
+                f"audio of {audio.shape[1]} samples gives a {log_mel.shape[1:]} spectrogram, "
+                f"smaller than one patch {tuple(self.patch_size)}"
+            )
+        if self.position_embedding == "learned":
+            x = LearnedPositionEmbedding(grid_t * grid_f, self.param_dtype, name="posemb")(x)
+        else:
+            x = x + sincos_2d(grid_t, grid_f, self.width)[None].astype(x.dtype)
+        stem = x
+        x, out = Tower(
+            depth=self.depth,
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            pooling=self.pooling,
+            dropout_rate=self.dropout_rate,
+            attention=self.attention,
+            remat=self.remat,
+            scan=self.scan,
+            capture_weights=self.capture_weights,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="tower",
+        )(x, None, train=train)
+        out.update(stem=stem, log_mel=log_mel)
+        return x, out

@@ -1,0 +1,87 @@
+"""Image encoder: a ViT over non-overlapping patches."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmtx.encoders.tower import Tower
+from mmtx.nn import LearnedPositionEmbedding, PatchEmbed, sincos_2d
+
+Dtype = Any
+
+
+class ImageEncoder(nn.Module):
+    """ViT (Dosovitskiy et al. 2021) over ``patch_size`` patches.
+
+    ``images`` float ``[B, image_size, image_size, channels]`` in ``[0, 1]`` are normalised
+    with ``mean``/``std``, patched, position-embedded and encoded ->
+    ``(x, out)`` with ``x`` ``[B, N (+1 with CLS), width]`` and ``out["pooled"]`` ``[B, width]``.
+    """
+
+    image_size: int
+    patch_size: int
+    width: int
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    channels: int = 3
+    attention: str = "dense"
+    pooling: str = "cls"
+    position_embedding: str = "learned"
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    dropout_rate: float = 0.0
+    remat: str = "none"
+    scan: bool = True
+    capture_weights: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self, images: jax.Array, *, train: bool = False
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Encodes a batch of images (see the class docstring)."""
+        expected = (self.image_size, self.image_size, self.channels)
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(
+                f"image must be [batch, {self.image_size}, {self.image_size}, {self.channels}] "
+                f"floats in [0, 1]; got shape {tuple(images.shape)}"
+            )
+        mean = jnp.asarray(self.mean, jnp.float32)
+        std = jnp.asarray(self.std, jnp.float32)
+        x = ((images.astype(jnp.float32) - mean) / std).astype(self.dtype)
+        x, (grid_h, grid_w) = PatchEmbed(
+            self.width,
+            (self.patch_size, self.patch_size),
+            self.dtype,
+            self.param_dtype,
+            name="patches",
+        )(x)
+        if self.position_embedding == "learned":
+            x = LearnedPositionEmbedding(grid_h * grid_w, self.param_dtype, name="posemb")(x)
+        else:
+            x = x + sincos_2d(grid_h, grid_w, self.width)[None].astype(x.dtype)
+        chex.assert_shape(x, (images.shape[0], grid_h * grid_w, self.width))
+        stem = x
+        x, out = Tower(
+            depth=self.depth,
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            pooling=self.pooling,
+            dropout_rate=self.dropout_rate,
+            attention=self.attention,
+            remat=self.remat,
+            scan=self.scan,
+            capture_weights=self.capture_weights,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="tower",
+        )(x, None, train=train)
+        out.update(stem=stem, grid=jnp.asarray((grid_h, grid_w)))
+        return x, out

@@ -1,0 +1,78 @@
+"""Text encoder: token ids -> transformer tokens and a pooled embedding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmtx.encoders.tower import Tower
+from mmtx.nn import LearnedPositionEmbedding, TokenEmbed, sincos_1d
+
+Dtype = Any
+
+
+class TextEncoder(nn.Module):
+    """A bidirectional transformer over token ids.
+
+    ``tokens`` int32 ``[B, T]`` (``T <= max_length``) and ``mask`` bool ``[B, T]`` ->
+    ``(x, out)`` with ``x`` ``[B, T', width]`` and ``out["pooled"]`` ``[B, width]``.
+    """
+
+    vocab_size: int
+    max_length: int
+    width: int
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    attention: str = "dense"
+    pooling: str = "cls"
+    position_embedding: str = "learned"
+    dropout_rate: float = 0.0
+    remat: str = "none"
+    scan: bool = True
+    capture_weights: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self, tokens: jax.Array, mask: jax.Array | None = None, *, train: bool = False
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Encodes token ids; padded positions (``mask == False``) are never attended to."""
+        chex.assert_rank(tokens, 2)
+        if not jnp.issubdtype(tokens.dtype, jnp.integer):
+            raise TypeError(f"text tokens must be integer ids; got dtype {tokens.dtype}")
+        if tokens.shape[1] > self.max_length:
+            raise ValueError(
+                f"text has {tokens.shape[1]} tokens, more than max_length {self.max_length}"
+            )
+        if mask is not None:
+            chex.assert_equal_shape([tokens, mask])
+        x = TokenEmbed(self.vocab_size, self.width, self.dtype, self.param_dtype, name="token_embed")(
+            tokens
+        )
+        if self.position_embedding == "learned":
+            x = LearnedPositionEmbedding(self.max_length, self.param_dtype, name="posemb")(x)
+        else:
+            x = x + sincos_1d(tokens.shape[1], self.width)[None].astype(x.dtype)
+        stem = x
+        x, out = Tower(
+            depth=self.depth,
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            pooling=self.pooling,
+            dropout_rate=self.dropout_rate,
+            attention=self.attention,
+            remat=self.remat,
+            scan=self.scan,
+            capture_weights=self.capture_weights,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="tower",
+        )(x, mask, train=train)
+        out["stem"] = stem
+        return x, out

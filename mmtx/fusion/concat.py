@@ -1,0 +1,87 @@
+"""Early fusion: one joint transformer over the tokens of every present modality."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmtx.fusion.common import MODALITIES, ModalityFeatures, check_features
+from mmtx.nn import Encoder
+from mmtx.nn.attention import default_kernel_init
+
+Dtype = Any
+
+
+class ConcatFusion(nn.Module):
+    """Projects each modality's tokens to ``width``, adds a learned modality embedding,
+    prepends a fusion CLS token, and runs a joint :class:`mmtx.nn.Encoder` over the concatenation.
+
+    Padded tokens stay masked in the joint attention. The fused output is the CLS token,
+    ``[B, width]``; ``out["tokens"]`` is the joint sequence ``[B, 1 + sum T_m, width]`` and
+    ``out["mask"]`` its mask.
+    """
+
+    width: int
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    attention: str = "dense"
+    dropout_rate: float = 0.0
+    remat: str = "none"
+    scan: bool = True
+    capture_weights: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self, features: dict[str, ModalityFeatures], *, train: bool = False
+    ) -> tuple[jax.Array, dict[str, Any]]:
+        """features: present modality -> ModalityFeatures. Returns (``[B, width]``, out)."""
+        batch = check_features(features)
+        modality_embedding = self.param(
+            "modality_embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed")),
+            (len(MODALITIES), self.width),
+            self.param_dtype,
+        )
+        cls = self.param(
+            "cls",
+            nn.with_logical_partitioning(nn.initializers.zeros, (None, None, "embed")),
+            (1, 1, self.width),
+            self.param_dtype,
+        )
+        streams = [jnp.broadcast_to(cls, (batch, 1, self.width)).astype(self.dtype)]
+        masks = [jnp.ones((batch, 1), jnp.bool_)]
+        for index, name in enumerate(MODALITIES):
+            if name not in features:
+                continue
+            tokens = nn.Dense(
+                self.width,
+                kernel_init=nn.with_logical_partitioning(default_kernel_init, (None, "embed")),
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=f"{name}_projection",
+            )(features[name].tokens)
+            streams.append(tokens + modality_embedding[index].astype(self.dtype))
+            masks.append(features[name].mask.astype(jnp.bool_))
+        x = jnp.concatenate(streams, axis=1)
+        mask = jnp.concatenate(masks, axis=1)
+        x, out = Encoder(
+            depth=self.depth,
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            dropout_rate=self.dropout_rate,
+            attention=self.attention,
+            remat=self.remat,
+            scan=self.scan,
+            capture_weights=self.capture_weights,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="encoder",
+        )(x, mask, train=train)
+        out.update(tokens=x, mask=mask)
+        return x[:, 0], out

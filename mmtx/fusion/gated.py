@@ -1,0 +1,54 @@
+"""Late fusion: a learned, softmax-normalised weighting of the pooled modality embeddings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmtx.fusion.common import MODALITIES, ModalityFeatures, check_features
+from mmtx.nn.attention import default_kernel_init
+
+Dtype = Any
+
+
+class GatedFusion(nn.Module):
+    """``fused = sum_m w_m * W_m pooled_m`` over the present modalities.
+
+    ``w = softmax(g[present])`` where ``g`` ``[len(MODALITIES)]`` are learned gate logits, so
+    the weights always sum to one over whichever modalities are present. ``out["weights"]``
+    maps each present modality to its weight, float32 ``[]``, so a user can see which
+    modality the model relies on. Returns ``[B, width]``.
+    """
+
+    width: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self, features: dict[str, ModalityFeatures], *, train: bool = False
+    ) -> tuple[jax.Array, dict[str, Any]]:
+        """features: present modality -> ModalityFeatures. Returns (``[B, width]``, out)."""
+        del train  # no dropout or batch statistics
+        check_features(features)
+        gate_logits = self.param(
+            "gate_logits", nn.initializers.zeros, (len(MODALITIES),), self.param_dtype
+        )
+        present = [name for name in MODALITIES if name in features]
+        index = jnp.asarray([MODALITIES.index(name) for name in present])
+        weights = jax.nn.softmax(gate_logits[index].astype(jnp.float32))
+        projected = [
+            nn.Dense(
+                self.width,
+                kernel_init=nn.with_logical_partitioning(default_kernel_init, (None, "embed")),
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=f"{name}_projection",
+            )(features[name].pooled)
+            for name in present
+        ]
+        fused = sum(w.astype(p.dtype) * p for w, p in zip(weights, projected, strict=True))
+        return fused, {"weights": dict(zip(present, weights, strict=True))}

@@ -1,0 +1,108 @@
+"""Losses: contrastive (softmax / CLIP and sigmoid / SigLIP) and classification.
+
+All losses are computed in float32 whatever the compute dtype.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+MODALITIES = ("text", "image", "audio")
+MAX_LOGIT_SCALE = float(jnp.log(100.0))  # CLIP clips the temperature at 100.
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """``x / ||x||`` along the last axis, float32."""
+    x = x.astype(jnp.float32)
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+
+
+def pair_logits(a: jax.Array, b: jax.Array, logit_scale: jax.Array) -> jax.Array:
+    """Scaled cosine similarities: ``a`` ``[B, D]``, ``b`` ``[B, D]`` -> float32 ``[B, B]``."""
+    chex.assert_rank([a, b], 2)
+    scale = jnp.exp(jnp.minimum(logit_scale.astype(jnp.float32), MAX_LOGIT_SCALE))
+    return scale * l2_normalize(a) @ l2_normalize(b).T
+
+
+def softmax_contrastive_loss(a: jax.Array, b: jax.Array, logit_scale: jax.Array) -> jax.Array:
+    """CLIP loss (Radford et al. 2021): symmetric cross-entropy with the diagonal as targets.
+
+    a, b: ``[B, D]`` embeddings of the same B examples; logit_scale: float scalar, the log
+    inverse temperature (clipped at log 100). Returns a float32 scalar.
+    """
+    logits = pair_logits(a, b, logit_scale)
+    labels = jnp.arange(logits.shape[0])
+    a_to_b = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    b_to_a = optax.softmax_cross_entropy_with_integer_labels(logits.T, labels)
+    return 0.5 * (jnp.mean(a_to_b) + jnp.mean(b_to_a))
+
+
+def sigmoid_contrastive_loss(
+    a: jax.Array, b: jax.Array, logit_scale: jax.Array, logit_bias: jax.Array
+) -> jax.Array:
+    """SigLIP loss (Zhai et al. 2023): every pair is a binary problem, positives on the diagonal.
+
+    ``-sum_ij log sigmoid(z_ij * (t * a_i.b_j + bias)) / B`` with ``z = +1`` on the diagonal
+    and ``-1`` elsewhere. Returns a float32 scalar.
+    """
+    logits = pair_logits(a, b, logit_scale) + logit_bias.astype(jnp.float32)
+    signs = 2.0 * jnp.eye(logits.shape[0], dtype=jnp.float32) - 1.0
+    return -jnp.sum(jax.nn.log_sigmoid(signs * logits)) / logits.shape[0]
+
+
+def classification_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Mean softmax cross-entropy and accuracy: logits ``[B, C]``, labels int ``[B]``."""
+    chex.assert_rank(logits, 2)
+    chex.assert_shape(labels, (logits.shape[0],))
+    logits = logits.astype(jnp.float32)
+    loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+    accuracy = jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32))
+    return loss, accuracy
+
+
+def total_loss(
+    outputs: Mapping[str, Any], batch: Mapping[str, Any], config: Any
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The weighted training loss of one batch and its per-term metrics.
+
+    Args:
+      outputs: the model's output dict (per-modality embeddings, ``logits``, ``logit_scale``,
+        ``logit_bias``).
+      batch: the input batch (``label`` int32 ``[B]`` is used when present).
+      config: ``config.loss`` with ``contrastive`` (``softmax`` | ``sigmoid`` | ``none``),
+        ``contrastive_weight`` and ``classification_weight``.
+
+    Returns:
+      ``(loss, metrics)``: a float32 scalar and a dict of float32 scalars: one
+      ``contrastive_<a>_<b>`` term per pair of present modalities, ``classification`` and
+      ``accuracy`` when labels and logits are present.
+    """
+    metrics: dict[str, jax.Array] = {}
+    loss = jnp.zeros((), jnp.float32)
+    present = [m for m in MODALITIES if m in outputs]
+    if config.contrastive != "none" and config.contrastive_weight:
+        for a, b in itertools.combinations(present, 2):
+            if config.contrastive == "softmax":
+                term = softmax_contrastive_loss(outputs[a], outputs[b], outputs["logit_scale"])
+            elif config.contrastive == "sigmoid":
+                term = sigmoid_contrastive_loss(
+                    outputs[a], outputs[b], outputs["logit_scale"], outputs["logit_bias"]
+                )
+            else:
+                raise ValueError(f"unknown config.loss.contrastive {config.contrastive!r}")
+            metrics[f"contrastive_{a}_{b}"] = term
+            loss = loss + config.contrastive_weight * term
+    if "logits" in outputs and "label" in batch and config.classification_weight:
+        term, accuracy = classification_loss(outputs["logits"], batch["label"])
+        metrics["classification"] = term
+        metrics["accuracy"] = accuracy
+        loss = loss + config.classification_weight * term
+    metrics["loss"] = loss
+    return loss, metrics

@@ -1,0 +1,271 @@
+"""The multi-modal model: encoders -> fusion -> heads, and :func:`create_model`."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax.core import FrozenDict
+
+from mmtx import config as config_lib
+from mmtx.data.preprocessing import to_audio_batch, to_image_batch
+from mmtx.data.tokenizer import Tokenizer, create_tokenizer
+from mmtx.encoders import AudioEncoder, ImageEncoder, TextEncoder
+from mmtx.fusion import FUSION_MODULES, ModalityFeatures
+from mmtx.nn.attention import default_kernel_init
+
+Dtype = Any
+ENCODERS = {"text": TextEncoder, "image": ImageEncoder, "audio": AudioEncoder}
+BATCH_KEYS = ("text", "text_mask", "image", "audio", "label")
+
+
+def resolve_dtype(name: str) -> jnp.dtype:
+    """``"auto"`` is bfloat16 on TPU/GPU and float32 on CPU; other names map to jnp dtypes."""
+    if name == "auto":
+        return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+    return jnp.dtype(name)
+
+
+class MultiModalTransformer(nn.Module):
+    """Encoders for each configured modality, a fusion module, and output heads.
+
+    Build it with :meth:`from_config`. ``__call__(batch, train=...)`` takes a batch dict
+    (any subset of ``text``/``text_mask``/``image``/``audio``; see DESIGN.md) and returns a
+    dict with, for every present modality ``m``, ``out[m]`` float32 ``[B, embed_dim]``;
+    ``"fused"`` float32 ``[B, embed_dim]``; ``"logits"`` float32 ``[B, num_classes]`` when
+    ``num_classes > 0``; ``"logit_scale"`` and ``"logit_bias"`` float32 scalars (the learnable
+    temperature and bias of the contrastive losses); and, with gated fusion,
+    ``"fusion_weights"``: present modality -> float32 scalar weight.
+    """
+
+    encoders: FrozenDict[str, FrozenDict[str, Any]]
+    fusion_type: str
+    fusion: FrozenDict[str, Any]
+    embed_dim: int
+    num_classes: int = 0
+    capture_weights: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @classmethod
+    def from_config(
+        cls, config: ml_collections.ConfigDict, vocab_size: int, **overrides: Any
+    ) -> MultiModalTransformer:
+        """Builds the module from a validated config; ``vocab_size`` comes from the tokenizer."""
+        model = config.model
+        common = dict(
+            dropout_rate=model.dropout_rate,
+            remat=model.remat,
+            scan=model.scan_layers,
+        )
+        encoders = {}
+        for modality in model.modalities:
+            kwargs = {**model[modality].to_dict(), **common}
+            if modality == "text":
+                kwargs["vocab_size"] = model.text.vocab_size or vocab_size
+            kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+            encoders[modality] = kwargs
+        fusion = config.fusion.to_dict()
+        fusion_type = fusion.pop("type")
+        if fusion_type == "gated":
+            fusion = {"width": fusion["width"]}
+        else:
+            fusion.update(common)
+        # Frozen so that the module is hashable (it is a static argument to jit).
+        return cls(
+            encoders=FrozenDict(encoders),
+            fusion_type=fusion_type,
+            fusion=FrozenDict(fusion),
+            embed_dim=model.embed_dim,
+            num_classes=model.num_classes,
+            dtype=resolve_dtype(config.dtype),
+            param_dtype=jnp.dtype(config.param_dtype),
+            **overrides,
+        )
+
+    def _check_batch(self, batch: dict[str, Any]) -> list[str]:
+        present = [m for m in ENCODERS if m in batch and batch[m] is not None]
+        unsupported = [m for m in present if m not in self.encoders]
+        if unsupported:
+            raise ValueError(
+                f"batch has {unsupported}, which this model has no encoder for; "
+                f"its modalities are {sorted(self.encoders)}"
+            )
+        if not present:
+            raise ValueError(
+                f"batch has none of the model's modalities {sorted(self.encoders)}; "
+                f"got keys {sorted(batch)}"
+            )
+        sizes = {m: int(np.shape(batch[m])[0]) for m in present}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"modalities disagree on batch size: {sizes}")
+        if 0 in sizes.values():
+            raise ValueError("the batch is empty (batch size 0)")
+        if "text_mask" in batch and "text" in present:
+            if np.shape(batch["text_mask"]) != np.shape(batch["text"]):
+                raise ValueError(
+                    f"text_mask shape {np.shape(batch['text_mask'])} differs from text shape "
+                    f"{np.shape(batch['text'])}"
+                )
+        return present
+
+    @nn.compact
+    def __call__(self, batch: dict[str, jax.Array], *, train: bool = False) -> dict[str, Any]:
+        """Encodes, fuses and projects a batch (see the class docstring)."""
+        present = self._check_batch(batch)
+        common = dict(
+            capture_weights=self.capture_weights, dtype=self.dtype, param_dtype=self.param_dtype
+        )
+        features: dict[str, ModalityFeatures] = {}
+        outputs: dict[str, Any] = {}
+        for modality in present:
+            encoder = ENCODERS[modality](**self.encoders[modality], **common, name=modality)
+            if modality == "text":
+                mask = batch.get("text_mask")
+                if mask is None:
+                    mask = batch["text"] != 0
+                tokens, out = encoder(batch["text"], mask, train=train)
+            else:
+                tokens, out = encoder(batch[modality], train=train)
+            features[modality] = ModalityFeatures(tokens, out["mask"], out["pooled"])
+            outputs[modality] = self._head(f"{modality}_head", self.embed_dim)(out["pooled"])
+
+        fusion_kwargs = dict(self.fusion)
+        if self.fusion_type != "gated":
+            fusion_kwargs["capture_weights"] = self.capture_weights
+        fusion = FUSION_MODULES[self.fusion_type](
+            **fusion_kwargs, dtype=self.dtype, param_dtype=self.param_dtype, name="fusion"
+        )
+        fused, fusion_out = fusion(features, train=train)
+        fused = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="fused_norm")(
+            fused
+        )
+        outputs["fused"] = self._head("fused_head", self.embed_dim)(fused)
+        if self.num_classes:
+            outputs["logits"] = self._head("classifier", self.num_classes)(fused)
+        if "weights" in fusion_out:
+            outputs["fusion_weights"] = fusion_out["weights"]
+        outputs["logit_scale"] = self.param(
+            "logit_scale", nn.initializers.constant(np.log(10.0)), (), jnp.float32
+        )
+        outputs["logit_bias"] = self.param(
+            "logit_bias", nn.initializers.constant(-10.0), (), jnp.float32
+        )
+        return outputs
+
+    def _head(self, name: str, features: int) -> nn.Module:
+        dense = nn.Dense(
+            features,
+            kernel_init=nn.with_logical_partitioning(default_kernel_init, ("embed", None)),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name=name,
+        )
+        return lambda x: dense(x).astype(jnp.float32)
+
+
+@dataclasses.dataclass
+class Model:
+    """A ready-to-use model: the linen module, its params, its config and its preprocessors.
+
+    Call it on raw inputs: ``model(text_inputs="a red circle", image_features=img,
+    audio_inputs=wav)`` where text is a string or list of strings, images are ``[H, W, C]`` or
+    ``[B, H, W, C]`` (uint8 or float in [0, 1]) and audio is ``[S]`` or ``[B, S]`` float.
+    Returns the module's output dict as numpy arrays.
+    """
+
+    module: MultiModalTransformer
+    params: Any
+    config: ml_collections.ConfigDict
+    tokenizer: Tokenizer
+
+    def preprocess(
+        self,
+        text_inputs: str | Sequence[str] | None = None,
+        image_features: np.ndarray | None = None,
+        audio_inputs: np.ndarray | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Raw inputs -> a model batch dict (numpy), validating shapes and types."""
+        model = self.config.model
+        batch: dict[str, np.ndarray] = {}
+        if text_inputs is not None:
+            texts = [text_inputs] if isinstance(text_inputs, str) else list(text_inputs)
+            if not texts:
+                raise ValueError("text_inputs is an empty list")
+            batch["text"], batch["text_mask"] = self.tokenizer(texts, model.text.max_length)
+            empty = [i for i, row in enumerate(batch["text_mask"]) if not row.any()]
+            if empty:
+                raise ValueError(f"text_inputs{empty} encode to no tokens (empty strings?)")
+        if image_features is not None:
+            image = model.image
+            batch["image"] = to_image_batch(image_features, image.image_size, image.channels)
+        if audio_inputs is not None:
+            batch["audio"] = to_audio_batch(audio_inputs, model.audio.num_samples)
+        if not batch:
+            raise ValueError("give at least one of text_inputs, image_features, audio_inputs")
+        return batch
+
+    def apply(self, batch: dict[str, Any], *, train: bool = False, **kwargs: Any) -> Any:
+        """``module.apply`` with this model's params."""
+        return self.module.apply({"params": self.params}, batch, train=train, **kwargs)
+
+    def __call__(
+        self,
+        text_inputs: str | Sequence[str] | None = None,
+        image_features: np.ndarray | None = None,
+        audio_inputs: np.ndarray | None = None,
+    ) -> dict[str, Any]:
+        """Runs the model on raw inputs (see the class docstring)."""
+        batch = self.preprocess(text_inputs, image_features, audio_inputs)
+        return jax.tree.map(np.asarray, _jitted_apply(self.module, self.params, batch))
+
+
+@jax.jit(static_argnums=0)
+def _jitted_apply(module: MultiModalTransformer, params: Any, batch: dict[str, Any]) -> Any:
+    return module.apply({"params": params}, batch, train=False)
+
+
+def init_params(
+    module: MultiModalTransformer, config: ml_collections.ConfigDict, rng: jax.Array
+) -> Any:
+    """Initialises the (logically annotated, then unboxed) params of every encoder."""
+    batch = dummy_batch(config, batch_size=1)
+    variables = jax.jit(lambda r: module.init(r, batch, train=False))(rng)
+    return nn.meta.unbox(variables["params"])
+
+
+def dummy_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, jax.Array]:
+    """A zero batch with every configured modality, shaped as the model expects."""
+    model = config.model
+    batch: dict[str, jax.Array] = {}
+    if "text" in model.modalities:
+        batch["text"] = jnp.ones((batch_size, model.text.max_length), jnp.int32)
+        batch["text_mask"] = jnp.ones((batch_size, model.text.max_length), jnp.bool_)
+    if "image" in model.modalities:
+        size, channels = model.image.image_size, model.image.channels
+        batch["image"] = jnp.zeros((batch_size, size, size, channels), jnp.float32)
+    if "audio" in model.modalities:
+        batch["audio"] = jnp.zeros((batch_size, model.audio.num_samples), jnp.float32)
+    return batch
+
+
+def create_model(
+    config: ml_collections.ConfigDict | str | os.PathLike, *, seed: int = 0, params: Any = None
+) -> Model:
+    """Builds an :class:`Model` from a ConfigDict, ``configs/x.py[:arg]`` or a JSON file.
+
+    Params are freshly initialised from ``seed`` unless ``params`` is given.
+    """
+    config = config_lib.load_config(config)
+    tokenizer = create_tokenizer(config.tokenizer.type, config.tokenizer.model_file)
+    module = MultiModalTransformer.from_config(config, vocab_size=tokenizer.vocab_size)
+    if params is None:
+        params = init_params(module, config, jax.random.key(seed))
+    return Model(module=module, params=params, config=config, tokenizer=tokenizer)

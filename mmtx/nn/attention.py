@@ -1,0 +1,109 @@
+"""Multi-head attention with a pluggable kernel (self or cross).
+
+Params carry logical axis names (``embed``, ``heads``, ``kv``) so that one table of rules
+shards them over a mesh; without a mesh the names are inert metadata.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmtx.attention import attention_weights, dot_product_attention
+
+Dtype = Any
+
+# A kernel maps (q [B,T,H,Dh], k [B,S,H,Dh], v [B,S,H,Dh], mask) -> [B,T,H,Dh].
+AttentionKernel = Callable[..., jax.Array]
+
+
+def _dense(q, k, v, *, mask=None, causal=False, implementation=None):
+    return dot_product_attention(q, k, v, mask=mask, causal=causal, implementation=implementation)
+
+
+ATTENTION_KERNELS: dict[str, AttentionKernel] = {"dense": _dense}
+
+default_kernel_init = nn.initializers.xavier_uniform()
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention: self-attention, or cross-attention when ``context`` is given.
+
+    Attributes:
+      num_heads: number of heads H; the input width must be divisible by it.
+      kernel: name of the attention kernel in :data:`ATTENTION_KERNELS`.
+      out_features: output width (default: the input width).
+      causal: mask keys after each query (self-attention only).
+      implementation: passed to ``jax.nn.dot_product_attention`` (``"cudnn"`` for flash on GPU).
+      capture_weights: also compute the attention probabilities ``[B, H, T, S]`` and sow them
+        into the ``intermediates`` collection as ``attention_weights`` (for visualisation).
+    """
+
+    num_heads: int
+    kernel: str = "dense"
+    out_features: int | None = None
+    causal: bool = False
+    implementation: str | None = None
+    capture_weights: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, context: jax.Array | None = None, *, mask: jax.Array | None = None
+    ) -> jax.Array:
+        """Attends from ``x`` to ``context`` (or to ``x`` itself).
+
+        Args:
+          x: ``[B, T, D]`` queries' input.
+          context: ``[B, S, Dc]`` keys' and values' input; ``None`` means ``x``.
+          mask: bool, ``True`` = attend; a key-padding mask ``[B, S]`` or broadcastable to
+            ``[B, H, T, S]``.
+
+        Returns:
+          ``[B, T, out_features or D]`` in ``dtype``.
+        """
+        if self.kernel not in ATTENTION_KERNELS:
+            raise ValueError(
+                f"unknown attention kernel {self.kernel!r}; choose one of {sorted(ATTENTION_KERNELS)}"
+            )
+        context = x if context is None else context
+        width = x.shape[-1]
+        if width % self.num_heads:
+            raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
+        head_dim = width // self.num_heads
+
+        def projection(name: str) -> nn.DenseGeneral:
+            return nn.DenseGeneral(
+                features=(self.num_heads, head_dim),
+                kernel_init=nn.with_logical_partitioning(
+                    default_kernel_init, ("embed", "heads", "kv")
+                ),
+                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")),
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=name,
+            )
+
+        q = projection("query")(x)
+        k = projection("key")(context)
+        v = projection("value")(context)
+        y = ATTENTION_KERNELS[self.kernel](
+            q, k, v, mask=mask, causal=self.causal, implementation=self.implementation
+        )
+        if self.capture_weights:
+            weights = attention_weights(q, k, mask=mask, causal=self.causal)
+            self.sow("intermediates", "attention_weights", weights)
+        return nn.DenseGeneral(
+            features=self.out_features or width,
+            axis=(-2, -1),
+            kernel_init=nn.with_logical_partitioning(default_kernel_init, ("heads", "kv", "embed")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="out",
+        )(y)

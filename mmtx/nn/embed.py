@@ -1,0 +1,215 @@
+"""Embeddings and frontends: patches, tokens, positions, and a log-mel spectrogram in JAX."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+
+class PatchEmbed(nn.Module):
+    """Splits an image into non-overlapping patches and projects each to ``features``.
+
+    A strided convolution, as in ViT: ``[B, H, W, C] -> [B, H/ph * W/pw, features]``.
+    Trailing rows/columns that do not fill a whole patch are dropped.
+    """
+
+    features: int
+    patch_size: tuple[int, int]
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, tuple[int, int]]:
+        """x: ``[B, H, W, C]`` float. Returns (``[B, N, features]``, the patch grid ``(gh, gw)``)."""
+        x = nn.Conv(
+            self.features,
+            kernel_size=tuple(self.patch_size),
+            strides=tuple(self.patch_size),
+            padding="VALID",
+            kernel_init=nn.with_logical_partitioning(
+                nn.initializers.lecun_normal(), (None, None, None, "embed")
+            ),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="projection",
+        )(x)
+        batch, grid_h, grid_w, features = x.shape
+        return x.reshape(batch, grid_h * grid_w, features), (grid_h, grid_w)
+
+
+class TokenEmbed(nn.Module):
+    """Token id lookup: int ``[B, T] -> [B, T, features]``."""
+
+    vocab_size: int
+    features: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        """tokens: int32 ``[B, T]`` in ``[0, vocab_size)`` -> ``[B, T, features]`` in ``dtype``."""
+        return nn.Embed(
+            self.vocab_size,
+            self.features,
+            embedding_init=nn.with_logical_partitioning(
+                nn.initializers.normal(stddev=0.02), ("vocab", "embed")
+            ),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="embedding",
+        )(tokens)
+
+
+class LearnedPositionEmbedding(nn.Module):
+    """Adds a learned ``[max_length, D]`` table to the first ``T`` positions of ``[B, T, D]``."""
+
+    max_length: int
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: ``[B, T, D]`` with ``T <= max_length`` -> ``[B, T, D]``."""
+        length, width = x.shape[1], x.shape[2]
+        if length > self.max_length:
+            raise ValueError(f"sequence length {length} exceeds max_length {self.max_length}")
+        table = self.param(
+            "embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), ("length", "embed")),
+            (self.max_length, width),
+            self.param_dtype,
+        )
+        return x + table[None, :length].astype(x.dtype)
+
+
+def sincos_1d(length: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
+    """Fixed sine-cosine position table, float32 ``[length, width]`` (width even)."""
+    if width % 2:
+        raise ValueError(f"sincos_1d needs an even width, got {width}")
+    omega = 1.0 / temperature ** (np.arange(width // 2, dtype=np.float64) / (width // 2))
+    angles = np.arange(length, dtype=np.float64)[:, None] * omega[None]
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1).astype(np.float32)
+
+
+def sincos_2d(height: int, width: int, features: int, temperature: float = 10_000.0) -> np.ndarray:
+    """2-D sine-cosine table for a ``height x width`` grid, float32 ``[height * width, features]``.
+
+    Half the features encode the row and half the column (``features`` divisible by 4),
+    as in MoCo v3 / big_vision ``posemb_sincos_2d``.
+    """
+    if features % 4:
+        raise ValueError(f"sincos_2d needs features divisible by 4, got {features}")
+    rows = np.repeat(np.arange(height), width)
+    cols = np.tile(np.arange(width), height)
+    quarter = features // 4
+    omega = 1.0 / temperature ** (np.arange(quarter, dtype=np.float64) / quarter)
+    row_angles = rows[:, None] * omega[None]
+    col_angles = cols[:, None] * omega[None]
+    table = np.concatenate(
+        [np.sin(col_angles), np.cos(col_angles), np.sin(row_angles), np.cos(row_angles)], axis=1
+    )
+    return table.astype(np.float32)
+
+
+def _hz_to_mel(hz: np.ndarray | float) -> np.ndarray:
+    return 2595.0 * np.log10(1.0 + np.asarray(hz, dtype=np.float64) / 700.0)
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
+
+
+@functools.lru_cache(maxsize=16)
+def mel_filterbank(
+    num_mel_bins: int, fft_length: int, sample_rate: int, min_frequency: float, max_frequency: float
+) -> np.ndarray:
+    """Triangular HTK-mel filters, float32 ``[fft_length // 2 + 1, num_mel_bins]``.
+
+    Filter ``m`` rises linearly from mel point ``m`` to ``m + 1`` and falls to ``m + 2``, with
+    ``num_mel_bins + 2`` points evenly spaced on the mel scale between the two frequencies.
+    """
+    fft_hz = np.linspace(0.0, sample_rate / 2, fft_length // 2 + 1)
+    edges_hz = _mel_to_hz(
+        np.linspace(_hz_to_mel(min_frequency), _hz_to_mel(max_frequency), num_mel_bins + 2)
+    )
+    lower, center, upper = edges_hz[:-2], edges_hz[1:-1], edges_hz[2:]
+    rising = (fft_hz[:, None] - lower[None]) / (center - lower)[None]
+    falling = (upper[None] - fft_hz[:, None]) / (upper - center)[None]
+    return np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
+
+
+def log_mel_spectrogram(
+    audio: jax.Array,
+    *,
+    sample_rate: int = 16000,
+    window_length: int = 400,
+    hop_length: int = 160,
+    num_mel_bins: int = 64,
+    min_frequency: float = 50.0,
+    max_frequency: float = 8000.0,
+    floor: float = 1e-6,
+) -> jax.Array:
+    """Log-mel spectrogram of a waveform, computed in float32.
+
+    Frames of ``window_length`` samples every ``hop_length`` (no centre padding) get a
+    periodic Hann window and an FFT of the next power of two; the power spectrum goes through
+    :func:`mel_filterbank` and ``log(max(mel, floor))``.
+
+    Args:
+      audio: ``[B, S]`` float waveform, ``S >= window_length``.
+
+    Returns:
+      float32 ``[B, 1 + (S - window_length) // hop_length, num_mel_bins]``.
+    """
+    if audio.ndim != 2:
+        raise ValueError(f"audio must be [batch, samples]; got shape {audio.shape}")
+    num_samples = audio.shape[1]
+    if num_samples < window_length:
+        raise ValueError(f"audio has {num_samples} samples, fewer than one window ({window_length})")
+    fft_length = 1 << (window_length - 1).bit_length()
+    num_frames = 1 + (num_samples - window_length) // hop_length
+    starts = hop_length * np.arange(num_frames)[:, None]
+    frames = audio.astype(jnp.float32)[:, starts + np.arange(window_length)[None]]
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(window_length) / window_length)
+    spectrum = jnp.fft.rfft(frames * window.astype(np.float32), n=fft_length)
+    power = jnp.real(spectrum) ** 2 + jnp.imag(spectrum) ** 2
+    filters = mel_filterbank(num_mel_bins, fft_length, sample_rate, min_frequency, max_frequency)
+    mel = jnp.einsum("bfk,km->bfm", power, filters, precision=jax.lax.Precision.HIGHEST)
+    return jnp.log(jnp.maximum(mel, floor))
+
+
+class LogMelSpectrogram(nn.Module):
+    """Parameter-free module form of :func:`log_mel_spectrogram`, normalised.
+
+    ``[B, S]`` float waveform -> float32 ``[B, frames, num_mel_bins]`` equal to
+    ``(log_mel - mean) / std``.
+    """
+
+    sample_rate: int = 16000
+    window_length: int = 400
+    hop_length: int = 160
+    num_mel_bins: int = 64
+    min_frequency: float = 50.0
+    max_frequency: float = 8000.0
+    mean: float = 0.0
+    std: float = 1.0
+
+    def __call__(self, audio: jax.Array) -> jax.Array:
+        """audio: ``[B, S]`` float -> float32 ``[B, frames, num_mel_bins]``."""
+        log_mel = log_mel_spectrogram(
+            audio,
+            sample_rate=self.sample_rate,
+            window_length=self.window_length,
+            hop_length=self.hop_length,
+            num_mel_bins=self.num_mel_bins,
+            min_frequency=self.min_frequency,
+            max_frequency=self.max_frequency,
+        )
+        return (log_mel - self.mean) / self.std

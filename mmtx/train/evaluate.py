@@ -1,0 +1,89 @@
+"""Evaluation over a whole split: accuracy and cross-modal retrieval recall."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from mmtx.data.pipeline import ATTRIBUTE_KEYS, MODALITY_ATTRIBUTES
+from mmtx.train.metrics import retrieval_recall
+
+# (query, gallery) pairs reported as <query>_to_<gallery>_recall@k.
+RETRIEVAL_DIRECTIONS = (("text", "image"), ("image", "text"), ("audio", "text"))
+
+
+def pad_batch(batch: dict[str, np.ndarray], size: int) -> tuple[dict[str, np.ndarray], int]:
+    """Zero-pads every array's leading axis to ``size``; returns (padded, real count)."""
+    count = len(next(iter(batch.values())))
+    if count == size:
+        return batch, count
+    padded = {
+        k: np.concatenate([v, np.zeros((size - count, *v.shape[1:]), v.dtype)])
+        for k, v in batch.items()
+    }
+    if "text_mask" in padded:
+        padded["text_mask"][count:, 0] = True  # a padded row must attend somewhere
+    return padded, count
+
+
+def attribute_keys(columns: dict[str, np.ndarray], attributes: tuple[str, ...]) -> np.ndarray:
+    """One int per example combining the named attribute columns (``[N]`` int64)."""
+    key = np.zeros(len(next(iter(columns.values()))), np.int64)
+    for name in attributes:
+        key = key * 1000 + columns[name].astype(np.int64)
+    return key
+
+
+def evaluate(
+    eval_step: Callable[[Any, dict[str, Any]], dict[str, Any]],
+    params: Any,
+    batches: Iterable[dict[str, np.ndarray]],
+    *,
+    local_batch_size: int,
+    to_global: Callable[[dict[str, np.ndarray]], dict[str, jax.Array]],
+) -> dict[str, float]:
+    """Runs ``eval_step`` over every batch and computes the split's metrics.
+
+    Returns float metrics: ``accuracy`` and ``classification`` (cross-entropy) when the
+    model has a classifier and the data labels; ``<a>_to_<b>_recall@{1,5}`` for each
+    direction in :data:`RETRIEVAL_DIRECTIONS` whose modalities are present, where a hit is a
+    retrieved item with the same attributes that both modalities express (the example itself
+    when the data has no attributes); and ``num_examples``.
+    """
+    collected: dict[str, list[np.ndarray]] = {}
+    for local in batches:
+        padded, count = pad_batch(local, local_batch_size)
+        outputs = eval_step(params, to_global(padded))
+        outputs = {k: v for k, v in outputs.items() if np.ndim(v) >= 1}
+        labels = {k: v for k, v in padded.items() if k == "label" or k in ATTRIBUTE_KEYS}
+        labels["valid"] = np.arange(local_batch_size) < count
+        columns = multihost_utils.process_allgather({**outputs, **labels}, tiled=True)
+        valid = np.asarray(columns.pop("valid"))
+        for name, value in columns.items():
+            collected.setdefault(name, []).append(np.asarray(value)[valid])
+    data = {k: np.concatenate(v) for k, v in collected.items()}
+    metrics: dict[str, float] = {"num_examples": float(len(next(iter(data.values()))))}
+    if "logits" in data and "label" in data:
+        logits = data["logits"].astype(np.float64)
+        labels = data["label"]
+        log_probs = logits - logits.max(1, keepdims=True)
+        log_probs -= np.log(np.exp(log_probs).sum(1, keepdims=True))
+        metrics["accuracy"] = float(np.mean(np.argmax(logits, 1) == labels))
+        metrics["classification"] = float(-np.mean(log_probs[np.arange(len(labels)), labels]))
+    for query, gallery in RETRIEVAL_DIRECTIONS:
+        if query not in data or gallery not in data:
+            continue
+        gallery_attributes = MODALITY_ATTRIBUTES.get(gallery, ())
+        shared = tuple(a for a in MODALITY_ATTRIBUTES.get(query, ()) if a in gallery_attributes)
+        if shared and all(a in data for a in shared):
+            keys = attribute_keys(data, shared)
+        else:
+            keys = np.arange(len(data[query]))
+        recalls = retrieval_recall(data[query], data[gallery], keys, keys)
+        for k, value in recalls.items():
+            metrics[f"{query}_to_{gallery}_recall@{k}"] = value
+    return metrics

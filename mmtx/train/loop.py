@@ -1,0 +1,234 @@
+"""``train_and_evaluate(config, workdir)``: the whole training program, top to bottom.
+
+Stages: config -> mesh -> input -> model and optimizer -> sharded init -> restore ->
+jitted steps -> loop (log, evaluate, checkpoint) -> summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from mmtx import config as config_lib
+from mmtx.data.pipeline import create_dataset
+from mmtx.data.tokenizer import create_tokenizer
+from mmtx.models import MultiModalTransformer, dummy_batch
+from mmtx.train import mesh as mesh_lib
+from mmtx.train.checkpoint import Checkpointer
+from mmtx.train.evaluate import evaluate
+from mmtx.train.metrics import MetricWriter, Progress, format_seconds
+from mmtx.train.optimizer import create_optimizer
+from mmtx.train.state import TrainState
+from mmtx.train.step import make_eval_step, make_train_step
+
+SUMMARY_KEYS = (
+    "accuracy",
+    "text_to_image_recall@1",
+    "text_to_image_recall@5",
+    "image_to_text_recall@1",
+    "image_to_text_recall@5",
+    "audio_to_text_recall@1",
+    "audio_to_text_recall@5",
+)
+
+
+def _log(message: str) -> None:
+    """Progress goes to stdout on the first process (and to the absl log)."""
+    logging.info(message)
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Writes the resolved config to ``workdir/config.json`` (first process only)."""
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def create_train_state(
+    module: MultiModalTransformer, tx: Any, config: ml_collections.ConfigDict, mesh: Any
+) -> tuple[TrainState, Any]:
+    """Initialises the state directly into its shardings; returns (state, state shardings)."""
+    batch = dummy_batch(config, batch_size=1)
+
+    def init(rng: jax.Array) -> TrainState:
+        init_rng, train_rng = jax.random.split(rng)
+        boxed = module.init(init_rng, batch, train=False)["params"]
+        params = jax.tree.map(
+            lambda x: x.unbox() if hasattr(x, "unbox") else x,
+            boxed,
+            is_leaf=lambda x: hasattr(x, "unbox"),
+        )
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            rng=train_rng,
+        )
+
+    rng = jax.random.PRNGKey(config.train.seed)
+    abstract_boxed = jax.eval_shape(
+        lambda r: module.init(r, batch, train=False)["params"], rng
+    )
+    param_shardings = mesh_lib.logical_shardings(mesh, abstract_boxed)
+    abstract_state = jax.eval_shape(init, rng)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    # Optimizer moments mirror the params' shardings; everything else is replicated.
+    opt_shardings = _mirror_param_shardings(abstract_state.opt_state, abstract_state.params,
+                                            param_shardings, replicated)
+    shardings = TrainState(
+        step=replicated, params=param_shardings, opt_state=opt_shardings, rng=replicated
+    )
+    state = jax.jit(init, out_shardings=shardings)(rng)
+    return state, shardings
+
+
+def _mirror_param_shardings(opt_state: Any, params: Any, param_shardings: Any, default: Any) -> Any:
+    param_treedef = jax.tree.structure(params)
+
+    def is_param_like(x: Any) -> bool:
+        try:
+            return jax.tree.structure(x) == param_treedef
+        except Exception:  # noqa: BLE001 - arbitrary optax state nodes
+            return False
+
+    return jax.tree.map(
+        lambda x: param_shardings if is_param_like(x) else default,
+        opt_state,
+        is_leaf=is_param_like,
+    )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains and evaluates as ``config`` says, in ``workdir``; returns the final summary.
+
+    A rerun with the same workdir resumes from the latest checkpoint. Leaves
+    ``workdir/config.json``, ``workdir/checkpoints``, TensorBoard event files and
+    ``workdir/summary.json``.
+    """
+    config = config_lib.validate(config)
+    os.makedirs(workdir, exist_ok=True)
+    write_config(config, workdir)
+    train_config = config.train
+
+    mesh = mesh_lib.create_mesh(config.mesh)
+    data_sharding = mesh_lib.batch_sharding(mesh)
+    num_data_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    for field, size in (("train.batch_size", train_config.batch_size),
+                        ("eval.batch_size", config.eval.batch_size)):
+        if size % num_data_shards or size % jax.process_count():
+            raise ValueError(
+                f"config.{field}={size} must be divisible by the {num_data_shards} data-parallel "
+                f"devices and the {jax.process_count()} processes"
+            )
+    local_batch = train_config.batch_size // jax.process_count()
+    local_eval_batch = config.eval.batch_size // jax.process_count()
+
+    tokenizer = create_tokenizer(config.tokenizer.type, config.tokenizer.model_file)
+    train_data = create_dataset(
+        config, "train", tokenizer, batch_size=local_batch, train=True,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+    )
+    train_iter = iter(train_data)
+
+    module = MultiModalTransformer.from_config(config, vocab_size=tokenizer.vocab_size)
+    tx = create_optimizer(train_config)
+    state, state_shardings = create_train_state(module, tx, config, mesh)
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    _log(f"model: {num_params:,} params; mesh {dict(mesh.shape)}; "
+         f"devices {jax.device_count()} ({jax.default_backend()})")
+
+    checkpointer = Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        save_every=train_config.checkpoint_every,
+        keep=train_config.keep_checkpoints,
+    )
+    if checkpointer.latest_step() is not None:
+        state, start = checkpointer.restore(state, train_iter)
+        _log(f"resumed from checkpoint at step {start}")
+
+    def to_global(batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        return jax.tree.map(
+            lambda x: jax.make_array_from_process_local_data(data_sharding, x), batch
+        )
+
+    train_step = jax.jit(
+        make_train_step(module, tx, config),
+        in_shardings=(state_shardings, data_sharding),
+        out_shardings=(state_shardings, None),
+        donate_argnums=0,
+    )
+    eval_step = jax.jit(make_eval_step(module), in_shardings=(state_shardings.params, data_sharding))
+
+    def run_eval(step: int) -> dict[str, float]:
+        eval_data = create_dataset(
+            config, "eval", tokenizer, batch_size=local_eval_batch, train=False,
+            process_index=jax.process_index(), process_count=jax.process_count(),
+        )
+        started = time.perf_counter()
+        metrics = evaluate(eval_step, state.params, eval_data,
+                           local_batch_size=local_eval_batch, to_global=to_global)
+        writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
+        shown = {k: round(v, 4) for k, v in metrics.items() if k in SUMMARY_KEYS}
+        _log(f"eval at step {step} ({time.perf_counter() - started:.1f}s): {shown}")
+        return metrics
+
+    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+    step = int(state.step)
+    progress = Progress(train_config.steps, step)
+    started = time.perf_counter()
+    first_step = step
+    eval_metrics: dict[str, float] = {}
+    pending: list[tuple[int, dict[str, jax.Array]]] = []
+    while step < train_config.steps:
+        batch = to_global(next(train_iter))
+        state, metrics = train_step(state, batch)
+        step += 1
+        pending.append((step, metrics))
+        if step % train_config.log_every == 0 or step == train_config.steps:
+            # Fetching metrics only every log_every steps keeps the host from blocking
+            # on each step, so input and compute overlap.
+            fetched = jax.device_get(pending)
+            pending = []
+            for metric_step, values in fetched:
+                writer.write_scalars(metric_step, {f"train/{k}": v for k, v in values.items()})
+            latest = {k: v for k, v in fetched[-1][1].items()}
+            _log(progress.line(step, {k: latest[k] for k in ("loss", "accuracy") if k in latest}))
+        checkpointer.save(step, state, train_iter)
+        if step % train_config.eval_every == 0 or step == train_config.steps:
+            eval_metrics = run_eval(step)
+    checkpointer.save(step, state, train_iter, force=True)
+    if not eval_metrics:
+        eval_metrics = run_eval(step)
+    elapsed = time.perf_counter() - started
+    checkpointer.wait()
+    checkpointer.close()
+    writer.flush()
+    writer.close()
+
+    summary = {
+        "step": step,
+        "num_params": int(num_params),
+        "train_seconds_this_run": round(elapsed, 2),
+        "steps_this_run": step - first_step,
+        "steps_per_second": round((step - first_step) / elapsed, 3) if step > first_step else None,
+        "eval": {k: round(float(v), 4) for k, v in eval_metrics.items()},
+    }
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2, sort_keys=True)
+    _log("final: " + json.dumps({k: summary["eval"].get(k) for k in SUMMARY_KEYS if k in summary["eval"]}))
+    _log(f"trained {summary['steps_this_run']} steps in {format_seconds(elapsed)}; "
+         f"summary in {os.path.join(workdir, 'summary.json')}")
+    return summary
+
+

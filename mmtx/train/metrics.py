@@ -1,0 +1,118 @@
+"""Evaluation metrics, TensorBoard writing and reading, and the progress line."""
+
+from __future__ import annotations
+
+import glob
+import os
+import struct
+import time
+from collections.abc import Mapping
+
+import numpy as np
+
+
+def retrieval_recall(
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    query_keys: np.ndarray,
+    gallery_keys: np.ndarray,
+    ks: tuple[int, ...] = (1, 5),
+) -> dict[int, float]:
+    """Recall@k of cosine-similarity retrieval.
+
+    A query is a hit at k when any of its k nearest gallery items has the same key (e.g. the
+    same attributes, or the same example id).
+
+    Args:
+      queries: float ``[N, D]``; gallery: float ``[M, D]``.
+      query_keys: int ``[N]``; gallery_keys: int ``[M]``.
+
+    Returns:
+      ``{k: recall}`` with recalls in ``[0, 1]``.
+    """
+    queries = queries / np.maximum(np.linalg.norm(queries, axis=-1, keepdims=True), 1e-12)
+    gallery = gallery / np.maximum(np.linalg.norm(gallery, axis=-1, keepdims=True), 1e-12)
+    similarity = queries @ gallery.T
+    order = np.argsort(-similarity, axis=1, kind="stable")
+    matches = gallery_keys[order] == query_keys[:, None]
+    return {k: float(np.mean(np.any(matches[:, :k], axis=1))) for k in ks}
+
+
+class MetricWriter:
+    """Scalars to TensorBoard event files in ``logdir`` (via tensorboardX)."""
+
+    def __init__(self, logdir: str, enabled: bool = True):
+        self._writer = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            self._writer = SummaryWriter(logdir=logdir, flush_secs=10)
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        """Writes each ``name: value`` at ``step``."""
+        if self._writer is None:
+            return
+        for name, value in scalars.items():
+            self._writer.add_scalar(name, float(value), global_step=step)
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
+    """Reads every scalar from the event files in ``logdir``: ``{tag: [(step, value), ...]}``.
+
+    Parses the TFRecord framing (length, CRC, payload, CRC) directly, so reading needs
+    neither TensorFlow nor TensorBoard.
+    """
+    from tensorboardX.proto import event_pb2
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
+        with open(path, "rb") as f:
+            data = f.read()
+        offset = 0
+        while offset + 12 <= len(data):
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            payload = data[offset + 12 : offset + 12 + length]
+            offset += 12 + length + 4
+            event = event_pb2.Event.FromString(payload)
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    for values in scalars.values():
+        values.sort()
+    return scalars
+
+
+class Progress:
+    """A one-line progress report with steps/s and ETA, measured over the last interval."""
+
+    def __init__(self, total_steps: int, start_step: int):
+        self.total_steps = total_steps
+        self._last_step = start_step
+        self._last_time = time.perf_counter()
+
+    def line(self, step: int, scalars: Mapping[str, float]) -> str:
+        """The report at ``step``; resets the interval."""
+        now = time.perf_counter()
+        rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+        self._last_step, self._last_time = step, now
+        eta = (self.total_steps - step) / max(rate, 1e-9)
+        shown = " ".join(f"{k}={v:.4g}" for k, v in scalars.items())
+        return (
+            f"step {step}/{self.total_steps} ({100 * step / self.total_steps:.0f}%) "
+            f"{rate:.2f} steps/s ETA {format_seconds(eta)} | {shown}"
+        )
+
+
+def format_seconds(seconds: float) -> str:
+    """``125.0 -> "2m05s"``."""
+    seconds = int(round(seconds))
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"

@@ -1,0 +1,68 @@
+"""The train and eval steps: pure functions of (state, batch), jitted by the loop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from mmtx import losses
+from mmtx.models import MultiModalTransformer
+from mmtx.train.optimizer import learning_rate_schedule
+from mmtx.train.state import TrainState
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+def make_train_step(
+    module: MultiModalTransformer,
+    tx: optax.GradientTransformation,
+    config: ml_collections.ConfigDict,
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """Returns ``train_step(state, batch) -> (state, metrics)``.
+
+    Dropout randomness is ``fold_in(state.rng, step)``, so a step's result depends only on
+    the state and the batch (what exact resume needs). Metrics are float32 scalars: the loss
+    terms, ``grad_norm``, ``learning_rate`` and ``temperature``.
+    """
+    schedule = learning_rate_schedule(config.train)
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        dropout_rng = jax.random.fold_in(state.rng, state.step)
+
+        def loss_fn(params: Any) -> tuple[jax.Array, Metrics]:
+            outputs = module.apply(
+                {"params": params}, batch, train=True, rngs={"dropout": dropout_rng}
+            )
+            loss, metrics = losses.total_loss(outputs, batch, config.loss)
+            metrics["temperature"] = 1.0 / jnp.exp(
+                jnp.minimum(outputs["logit_scale"], losses.MAX_LOGIT_SCALE)
+            )
+            return loss, metrics
+
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["learning_rate"] = schedule(state.step)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(
+    module: MultiModalTransformer,
+) -> Callable[[Any, Batch], dict[str, jax.Array]]:
+    """Returns ``eval_step(params, batch) -> outputs``: the model's embeddings and logits."""
+
+    def eval_step(params: Any, batch: Batch) -> dict[str, jax.Array]:
+        outputs = module.apply({"params": params}, batch, train=False)
+        return {k: v for k, v in outputs.items() if k not in ("fusion_weights",)}
+
+    return eval_step

@@ -1,0 +1,307 @@
+"""Tests for the procedural text/image/audio dataset in ``mmtx.data.synthetic``.
+
+Split disjointness is by construction: train example ``i`` is generated from
+``default_rng((seed, 0, i))`` and eval example ``i`` from
+``default_rng((seed, 1, EVAL_OFFSET + i))``. The split ids differ and the global indices lie in
+disjoint ranges (``size <= EVAL_OFFSET``), so no eval example shares an RNG stream, and hence an
+identity, with any train example. The tests below check both the keys and the generated data.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from mmtx.data import synthetic as syn
+
+NUM_TRAIN = 2000
+NUM_EVAL = 500
+
+
+@pytest.fixture(scope="module")
+def train() -> list[dict]:
+    source = syn.SyntheticSource("train", seed=0)
+    return [source[i] for i in range(NUM_TRAIN)]
+
+
+@pytest.fixture(scope="module")
+def evals() -> list[dict]:
+    source = syn.SyntheticSource("eval", seed=0)
+    return [source[i] for i in range(NUM_EVAL)]
+
+
+def _same(a: dict, b: dict) -> bool:
+    return (
+        a["caption"] == b["caption"]
+        and np.array_equal(a["image"], b["image"])
+        and np.array_equal(a["audio"], b["audio"])
+        and all(a[k] == b[k] for k in ("label", "shape", "colour", "size", "position"))
+    )
+
+
+# --- determinism and splits ---------------------------------------------------------------
+
+
+def test_deterministic_and_order_independent():
+    a = syn.SyntheticSource("train", seed=3)
+    b = syn.SyntheticSource("train", seed=3)
+    forward = [a[i] for i in range(20)]
+    backward = [b[i] for i in reversed(range(20))][::-1]
+    assert all(_same(x, y) for x, y in zip(forward, backward, strict=True))
+    assert _same(a[7], a[7])
+    assert _same(a[-1], a[len(a) - 1])
+
+
+def test_different_indices_and_seeds_differ():
+    a = syn.SyntheticSource("train", seed=0)
+    b = syn.SyntheticSource("train", seed=1)
+    for i in range(20):
+        assert not np.array_equal(a[i]["image"], a[i + 1]["image"])
+        assert not np.array_equal(a[i]["audio"], a[i + 1]["audio"])
+        assert not np.array_equal(a[i]["image"], b[i]["image"])
+
+
+def test_splits_are_disjoint(train, evals):
+    train_src, eval_src = syn.SyntheticSource("train"), syn.SyntheticSource("eval")
+    train_keys = {train_src.key(i) for i in range(NUM_TRAIN)}
+    eval_keys = {eval_src.key(i) for i in range(NUM_EVAL)}
+    assert not train_keys & eval_keys
+    assert all(k[2] >= syn.EVAL_OFFSET for k in eval_keys)
+    assert all(k[2] < syn.EVAL_OFFSET for k in train_keys)
+    # Same index, different split: different example.
+    for t, e in zip(train, evals, strict=False):
+        assert not np.array_equal(t["image"], e["image"])
+        assert not np.array_equal(t["audio"], e["audio"])
+    # No eval example equals any train example at all.
+    train_images = {t["image"].tobytes() for t in train}
+    assert not any(e["image"].tobytes() in train_images for e in evals)
+
+
+def test_len_and_indexing():
+    assert len(syn.SyntheticSource("train")) == syn.DEFAULT_SIZES["train"]
+    assert len(syn.SyntheticSource("eval")) == syn.DEFAULT_SIZES["eval"]
+    small = syn.SyntheticSource("eval", size=10)
+    assert len(small) == 10
+    assert _same(small[9], syn.SyntheticSource("eval")[9])
+    assert len(list(small)) == 10  # iteration stops at IndexError
+    with pytest.raises(IndexError):
+        small[10]
+    with pytest.raises(IndexError):
+        small[-11]
+    with pytest.raises(ValueError):
+        syn.SyntheticSource("test")
+    with pytest.raises(ValueError):
+        syn.SyntheticSource("train", size=syn.EVAL_OFFSET + 1)
+
+
+# --- fields ---------------------------------------------------------------------------------
+
+
+def test_fields(train):
+    for ex in train[:200]:
+        assert set(ex) == {"caption", "image", "audio", "label", "shape", "colour", "size",
+                           "position"}
+        image, audio = ex["image"], ex["audio"]
+        assert image.shape == (64, 64, 3) and image.dtype == np.float32
+        assert 0.0 <= image.min() and image.max() <= 1.0
+        assert audio.shape == (16000,) and audio.dtype == np.float32
+        assert -1.0 <= audio.min() and audio.max() <= 1.0
+        assert isinstance(ex["label"], np.int32) and ex["label"].shape == ()
+        for key, n in (("shape", syn.NUM_SHAPES), ("colour", syn.NUM_COLOURS),
+                       ("size", len(syn.SIZES)), ("position", len(syn.POSITIONS))):
+            assert type(ex[key]) is int and 0 <= ex[key] < n
+
+
+def test_other_sizes():
+    source = syn.SyntheticSource("train", image_size=32, sample_rate=8000, audio_seconds=0.5)
+    for i in range(20):
+        ex = source[i]
+        assert ex["image"].shape == (32, 32, 3) and ex["image"].dtype == np.float32
+        assert ex["audio"].shape == (4000,) and ex["audio"].dtype == np.float32
+        assert 0.0 <= ex["image"].min() and ex["image"].max() <= 1.0
+
+
+def test_labels(train):
+    assert syn.NUM_CLASSES == syn.NUM_SHAPES * syn.NUM_COLOURS == 64
+    labels = np.array([ex["label"] for ex in train])
+    expected = [ex["shape"] * syn.NUM_COLOURS + ex["colour"] for ex in train]
+    np.testing.assert_array_equal(labels, expected)
+    assert labels.min() >= 0 and labels.max() < syn.NUM_CLASSES
+    assert len(set(labels.tolist())) == syn.NUM_CLASSES  # 2000 examples cover all classes
+
+
+def test_constants():
+    assert len(syn.SHAPES) >= 8 and len(syn.COLOURS) >= 8 and len(syn.SIZES) >= 2
+    assert len(syn.POSITIONS) == 9 and len(syn.TEMPLATES) >= 6
+    for table, names in ((syn.SHAPE_SYNONYMS, syn.SHAPES), (syn.COLOUR_SYNONYMS, syn.COLOURS),
+                         (syn.SIZE_SYNONYMS, syn.SIZES),
+                         (syn.POSITION_LABELS, syn.POSITIONS)):
+        assert len(table) == len(names)
+        assert all(syns[0] == name for syns, name in zip(table, names, strict=True))
+
+
+# --- captions -------------------------------------------------------------------------------
+
+_TABLES = {
+    "shape": syn.SHAPE_SYNONYMS,
+    "colour": syn.COLOUR_SYNONYMS,
+    "size": syn.SIZE_SYNONYMS,
+    "position": syn.POSITION_SYNONYMS,
+}
+
+
+def _parse(caption: str, table: tuple[tuple[str, ...], ...]) -> int:
+    """The one value of ``table`` named in ``caption``; longest synonym first."""
+    text = caption.lower()
+    entries = sorted(
+        ((word, value) for value, words in enumerate(table) for word in words),
+        key=lambda e: -len(e[0]),
+    )
+    found = set()
+    for word, value in entries:
+        pattern = r"(?<![a-z-])" + re.escape(word) + r"(?![a-z-])"
+        if re.search(pattern, text):
+            found.add(value)
+            text = re.sub(pattern, "#", text)
+    assert len(found) == 1, (caption, found)
+    return found.pop()
+
+
+def test_synonyms_unambiguous():
+    everything: dict[str, str] = {}
+    for name, table in _TABLES.items():
+        for words in table:
+            for word in words:
+                assert word == word.lower() and word.isascii()
+                assert everything.setdefault(word, name) == name, word
+        flat = [w for words in table for w in words]
+        assert len(flat) == len(set(flat)), name  # no synonym names two values
+
+
+def test_caption_length_and_ascii(train):
+    for ex in train[:500]:
+        data = ex["caption"].encode("utf-8")
+        assert ex["caption"].isascii() and len(data) < 64, ex["caption"]
+    # The fallback template fits with the longest synonyms of every table.
+    longest = syn.TEMPLATES[0].format(
+        size=max((w for ws in syn.SIZE_SYNONYMS for w in ws), key=len),
+        colour=max((w for ws in syn.COLOUR_SYNONYMS for w in ws), key=len),
+        shape=max((w for ws in syn.SHAPE_SYNONYMS for w in ws), key=len),
+        where=max((w for ws in syn.POSITION_PHRASES for w in ws), key=len),
+    )
+    assert len(longest) <= syn.MAX_CAPTION_BYTES < 64
+
+
+def test_captions_state_attributes(train):
+    templates_seen = set()
+    for ex in train[:300]:
+        caption = ex["caption"]
+        for name, table in _TABLES.items():
+            assert _parse(caption, table) == ex[name], (caption, name)
+        templates_seen.add(re.sub(r"[a-z\- ]+", "", caption.lower()))
+    captions = {ex["caption"] for ex in train[:300]}
+    assert len(captions) > 250  # varied wording
+
+
+def test_describe(train):
+    ex = train[0]
+    text = syn.describe(ex)
+    assert text.startswith("a ") and text.isascii()
+    for name, table in _TABLES.items():
+        assert _parse(text, table) == ex[name]
+    assert syn.describe({"shape": 0, "colour": 0, "size": 0, "position": 0}) == (
+        "a small red circle in the top left"
+    )
+
+
+# --- image ----------------------------------------------------------------------------------
+
+
+def _object_mask(image: np.ndarray) -> np.ndarray:
+    background = np.median(image.reshape(-1, 3), axis=0)
+    return np.linalg.norm(image - background, axis=-1) > 0.3
+
+
+def test_image_encodes_attributes(train):
+    rgb = np.asarray(syn.COLOUR_RGB)
+    areas = {0: [], 1: []}
+    colour_hits = position_hits = 0
+    examples = train[:400]
+    for ex in examples:
+        image = ex["image"]
+        mask = _object_mask(image)
+        areas[ex["size"]].append(mask.sum())
+        mean = image[mask].mean(axis=0)
+        colour_hits += np.argmin(np.linalg.norm(rgb - mean, axis=-1)) == ex["colour"]
+        ys, xs = np.nonzero(mask)
+        cell = int(3 * ys.mean() / 64) * 3 + int(3 * xs.mean() / 64)
+        position_hits += cell == ex["position"]
+    assert colour_hits / len(examples) > 0.98
+    assert position_hits / len(examples) > 0.98
+    assert np.mean(areas[1]) > 2.5 * np.mean(areas[0])
+
+
+def test_distractors_are_dim(train):
+    # Away from the object, nothing is far from the background.
+    for ex in train[:100]:
+        image = ex["image"]
+        background = np.median(image.reshape(-1, 3), axis=0)
+        dist = np.linalg.norm(image - background, axis=-1)
+        mask = _object_mask(image)
+        ys, xs = np.nonzero(mask)
+        far = np.ones_like(mask)
+        far[max(0, ys.min() - 3) : ys.max() + 4, max(0, xs.min() - 3) : xs.max() + 4] = False
+        assert dist[far].max() < 0.4
+
+
+# --- audio ----------------------------------------------------------------------------------
+
+
+def _count_beeps(audio: np.ndarray, sample_rate: int = 16000) -> int:
+    """Counts bursts of the 5 ms mean |amplitude|, with hysteresis against ripple."""
+    hop = sample_rate // 200
+    frames = np.abs(audio[: len(audio) // hop * hop]).reshape(-1, hop).mean(axis=1)
+    high, low = 0.5 * frames.max(), 0.25 * frames.max()
+    count, on = 0, False
+    for value in frames:
+        if not on and value > high:
+            count, on = count + 1, True
+        elif on and value < low:
+            on = False
+    return count
+
+
+def test_audio_encodes_attributes(train):
+    log_freqs = np.log(syn.COLOUR_FREQUENCIES)
+    rms = {0: [], 1: []}
+    for ex in train[:300]:
+        audio = ex["audio"]
+        spectrum = np.abs(np.fft.rfft(audio))
+        peak = np.argmax(spectrum[1:]) + 1  # 1 Hz per bin for a 1 s clip
+        assert np.argmin(np.abs(log_freqs - np.log(peak))) == ex["colour"]
+        assert _count_beeps(audio) == syn.SHAPE_BEEPS[ex["shape"]]
+        rms[ex["size"]].append(np.sqrt(np.mean(audio**2)))
+    assert np.mean(rms[1]) > 2 * np.mean(rms[0])
+    # Per beep count, loudness alone separates the sizes.
+    assert len(set(syn.SHAPE_BEEPS)) == syn.NUM_SHAPES
+
+
+# --- learnability ---------------------------------------------------------------------------
+
+
+def _pooled(examples: list[dict], factor: int = 8) -> np.ndarray:
+    images = np.stack([ex["image"] for ex in examples])
+    n, s = images.shape[0], images.shape[1] // factor
+    return images.reshape(n, s, factor, s, factor, 3).mean(axis=(2, 4)).reshape(n, -1)
+
+
+def test_nearest_centroid_learns_colour(train, evals):
+    x_train, x_eval = _pooled(train), _pooled(evals)
+    y_train = np.array([ex["colour"] for ex in train])
+    y_eval = np.array([ex["colour"] for ex in evals])
+    centroids = np.stack([x_train[y_train == c].mean(axis=0) for c in range(syn.NUM_COLOURS)])
+    dist = ((x_eval[:, None, :] - centroids[None]) ** 2).sum(-1)
+    accuracy = np.mean(dist.argmin(axis=1) == y_eval)
+    assert accuracy > 3 / syn.NUM_COLOURS, accuracy  # chance is 1/8

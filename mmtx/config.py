@@ -71,7 +71,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.embed_dim = 128  # Width of the per-modality and fused output embeddings.
     c.model.num_classes = 64  # Classification head size on the fused embedding; 0 = none.
     c.model.dropout_rate = 0.0  # Dropout after attention and MLP in every block (train only).
-    c.model.remat = "none"  # Rematerialisation policy per block: none | full | dots | dots_no_batch.
+    c.model.remat = (
+        "none"  # Rematerialisation policy per block: none | full | dots | dots_no_batch.
+    )
     c.model.scan_layers = True  # nn.scan over layers (fast compile); False unrolls them.
 
     c.model.text = ml_collections.ConfigDict()
@@ -89,6 +91,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.image.image_size = 64  # Input height and width in pixels.
     c.model.image.patch_size = 8  # Square patch side; image_size must be divisible by it.
     c.model.image.channels = 3  # Input channels.
+    c.model.image.stem = "patch"  # patch (linear, ViT) | conv (3x3 stride-2 convs, ViTc).
     c.model.image.width = 128
     c.model.image.depth = 2
     c.model.image.num_heads = 4
@@ -101,7 +104,9 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.model.audio = ml_collections.ConfigDict()
     c.model.audio.sample_rate = 16000  # Hz of the input waveform.
-    c.model.audio.num_samples = 16000  # Clip length fed to the model (raw inputs are cropped/padded).
+    c.model.audio.num_samples = (
+        16000  # Clip length fed to the model (raw inputs are cropped/padded).
+    )
     c.model.audio.window_length = 400  # STFT window in samples (25 ms at 16 kHz).
     c.model.audio.hop_length = 160  # STFT hop in samples (10 ms at 16 kHz).
     c.model.audio.num_mel_bins = 64  # Mel filterbank size.
@@ -190,7 +195,7 @@ def merge_overrides(
         path = f"{prefix}{key}"
         if key not in config:
             close = difflib.get_close_matches(key, list(config.keys()), n=1)
-            hint = f"; did you mean {prefix}{close[0]!r}?" if close else ""
+            hint = f"; did you mean {prefix + close[0]!r}?" if close else ""
             raise KeyError(f"unknown config key {path!r}{hint}")
         if isinstance(config[key], ml_collections.ConfigDict):
             if not isinstance(value, Mapping):
@@ -243,6 +248,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         )
     if "image" in modalities:
         image = config.model.image
+        _require(image.stem in ("patch", "conv"), "model.image.stem", "patch | conv")
+        _require(
+            image.stem == "patch" or image.patch_size & (image.patch_size - 1) == 0,
+            "model.image.patch_size",
+            f"stem='conv' needs a power of two, got {image.patch_size}",
+        )
         _require(
             image.image_size % image.patch_size == 0,
             "model.image.image_size",
@@ -282,8 +293,11 @@ def _validate_training(config: ml_collections.ConfigDict) -> None:
     _require(train.keep_checkpoints > 0, "train.keep_checkpoints", "must be positive")
     _require(train.learning_rate > 0, "train.learning_rate", "must be positive")
     _require(train.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
-    _require(train.microbatches == 1, "train.microbatches",
-             "gradient accumulation is not available yet; use 1")
+    _require(
+        train.microbatches == 1,
+        "train.microbatches",
+        "gradient accumulation is not available yet; use 1",
+    )
     _require(config.eval.batch_size > 0, "eval.batch_size", "must be positive")
     _require(
         config.loss.contrastive in ("softmax", "sigmoid", "none"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -185,6 +186,24 @@ class Model:
     params: Any
     config: ml_collections.ConfigDict
     tokenizer: Tokenizer
+
+    @classmethod
+    def from_checkpoint(cls, workdir: str | os.PathLike, step: int | None = None) -> Model:
+        """Loads the model of a training run: ``workdir/config.json`` and the params saved in
+        ``workdir/checkpoints`` at ``step`` (default: the latest)."""
+        # Imported here: checkpoints belong to the training layer, which imports this module.
+        from mmtx.train.checkpoint import Checkpointer
+
+        workdir = os.fspath(workdir)
+        with open(os.path.join(workdir, "config.json")) as f:
+            saved = json.load(f)
+        config = config_lib.validate(config_lib.merge_overrides(config_lib.default_config(), saved))
+        checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+        try:
+            state, _ = checkpointer.restore_arrays(step)
+        finally:
+            checkpointer.close()
+        return create_model(config, params=state["params"])
 
     def preprocess(
         self,

@@ -98,6 +98,7 @@ def create_dataset(
     )
     return dataset.to_iter_dataset(read_options)
 
+
 # Which synthetic attributes each modality expresses: retrieval between two modalities
 # counts a hit when the retrieved item agrees on the attributes both express (audio has
 # no position).

@@ -26,7 +26,9 @@ class Tokenizer(abc.ABC):
     def decode(self, ids: Sequence[int]) -> str:
         """Ids -> text; padding and special ids are dropped."""
 
-    def __call__(self, texts: str | Sequence[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(
+        self, texts: str | Sequence[str], max_length: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Encodes, truncates to ``max_length`` and right-pads with ``pad_id``.
 
         Args:
@@ -106,6 +108,8 @@ def create_tokenizer(kind: str = "bytes", model_file: str = "") -> Tokenizer:
         return ByteTokenizer()
     if kind == "sentencepiece":
         if not model_file:
-            raise ValueError("config.tokenizer.model_file is required for tokenizer.type=sentencepiece")
+            raise ValueError(
+                "config.tokenizer.model_file is required for tokenizer.type=sentencepiece"
+            )
         return SentencePieceTokenizer(model_file)
     raise ValueError(f"unknown config.tokenizer.type {kind!r}; use 'bytes' or 'sentencepiece'")

@@ -1,4 +1,4 @@
-"""Per-modality encoders: each maps raw model inputs to tokens ``[B, T, D]`` and a pooled ``[B, D]``.
+"""Per-modality encoders: raw model inputs -> tokens ``[B, T, D]`` and a pooled ``[B, D]``.
 
 Every encoder returns ``(tokens, out)`` where ``out`` holds named intermediates
 (``"stem"``, ``"pooled"``, ``"mask"``, ``"encoded"``), big_vision style.

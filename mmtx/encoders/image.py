@@ -10,13 +10,16 @@ import jax
 import jax.numpy as jnp
 
 from mmtx.encoders.tower import Tower
-from mmtx.nn import LearnedPositionEmbedding, PatchEmbed, sincos_2d
+from mmtx.nn import ConvStem, LearnedPositionEmbedding, PatchEmbed, sincos_2d
 
 Dtype = Any
 
 
 class ImageEncoder(nn.Module):
     """ViT (Dosovitskiy et al. 2021) over ``patch_size`` patches.
+
+    ``stem="patch"`` embeds each patch linearly; ``stem="conv"`` uses a
+    :class:`mmtx.nn.ConvStem` of ``log2(patch_size)`` stride-2 convolutions instead.
 
     ``images`` float ``[B, image_size, image_size, channels]`` in ``[0, 1]`` are normalised
     with ``mean``/``std``, patched, position-embedded and encoded ->
@@ -30,6 +33,7 @@ class ImageEncoder(nn.Module):
     num_heads: int
     mlp_dim: int
     channels: int = 3
+    stem: str = "patch"
     attention: str = "dense"
     pooling: str = "cls"
     position_embedding: str = "learned"
@@ -56,13 +60,19 @@ class ImageEncoder(nn.Module):
         mean = jnp.asarray(self.mean, jnp.float32)
         std = jnp.asarray(self.std, jnp.float32)
         x = ((images.astype(jnp.float32) - mean) / std).astype(self.dtype)
-        x, (grid_h, grid_w) = PatchEmbed(
-            self.width,
-            (self.patch_size, self.patch_size),
-            self.dtype,
-            self.param_dtype,
-            name="patches",
-        )(x)
+        if self.stem == "conv":
+            num_layers = self.patch_size.bit_length() - 1
+            if 2**num_layers != self.patch_size:
+                raise ValueError(
+                    f"stem='conv' needs a power-of-two patch_size; got {self.patch_size}"
+                )
+            stem = ConvStem(self.width, num_layers, self.dtype, self.param_dtype, name="stem")
+        elif self.stem == "patch":
+            patch = (self.patch_size, self.patch_size)
+            stem = PatchEmbed(self.width, patch, self.dtype, self.param_dtype, name="patches")
+        else:
+            raise ValueError(f"unknown image stem {self.stem!r}; use 'patch' or 'conv'")
+        x, (grid_h, grid_w) = stem(x)
         if self.position_embedding == "learned":
             x = LearnedPositionEmbedding(grid_h * grid_w, self.param_dtype, name="posemb")(x)
         else:

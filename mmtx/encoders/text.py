@@ -52,9 +52,9 @@ class TextEncoder(nn.Module):
             )
         if mask is not None:
             chex.assert_equal_shape([tokens, mask])
-        x = TokenEmbed(self.vocab_size, self.width, self.dtype, self.param_dtype, name="token_embed")(
-            tokens
-        )
+        x = TokenEmbed(
+            self.vocab_size, self.width, self.dtype, self.param_dtype, name="token_embed"
+        )(tokens)
         if self.position_embedding == "learned":
             x = LearnedPositionEmbedding(self.max_length, self.param_dtype, name="posemb")(x)
         else:

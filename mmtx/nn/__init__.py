@@ -2,6 +2,7 @@
 
 from mmtx.nn.attention import ATTENTION_KERNELS, MultiHeadAttention
 from mmtx.nn.embed import (
+    ConvStem,
     LearnedPositionEmbedding,
     LogMelSpectrogram,
     PatchEmbed,
@@ -16,6 +17,7 @@ from mmtx.nn.transformer import MLP, Encoder, TransformerBlock
 __all__ = [
     "ATTENTION_KERNELS",
     "MLP",
+    "ConvStem",
     "Encoder",
     "LearnedPositionEmbedding",
     "LogMelSpectrogram",

@@ -69,7 +69,8 @@ class MultiHeadAttention(nn.Module):
         """
         if self.kernel not in ATTENTION_KERNELS:
             raise ValueError(
-                f"unknown attention kernel {self.kernel!r}; choose one of {sorted(ATTENTION_KERNELS)}"
+                f"unknown attention kernel {self.kernel!r}; "
+                f"choose one of {sorted(ATTENTION_KERNELS)}"
             )
         context = x if context is None else context
         width = x.shape[-1]

@@ -16,18 +16,23 @@ import orbax.checkpoint as ocp
 class Checkpointer:
     """``workdir/checkpoints``: keep-N saves of ``{"state", "data"}`` every ``save_every`` steps."""
 
-    def __init__(self, directory: str, *, save_every: int, keep: int):
+    def __init__(
+        self, directory: str, *, save_every: int = 1, keep: int = 1, read_only: bool = False
+    ):
         self.directory = os.path.abspath(directory)
         self.save_every = save_every
-        self.manager = ocp.CheckpointManager(
-            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=not read_only, read_only=read_only
         )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
         """The newest saved step, or None."""
         return self.manager.latest_step()
 
-    def save(self, step: int, state: Any, data_iterator: Any = None, *, force: bool = False) -> bool:
+    def save(
+        self, step: int, state: Any, data_iterator: Any = None, *, force: bool = False
+    ) -> bool:
         """Saves when ``step`` is a multiple of ``save_every`` (or ``force``) and not yet saved.
 
         Returns whether a save started.
@@ -54,6 +59,20 @@ class Checkpointer:
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        return restored["state"], step
+
+    def restore_arrays(self, step: int | None = None) -> tuple[Any, int]:
+        """Restores the saved train state as a plain pytree of arrays, without a target.
+
+        For inference (``mmtx.Model.from_checkpoint``) and inspection. Returns
+        ``(state_tree, step)``; ``state_tree`` has ``step``, ``params``, ``opt_state``, ``rng``.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+        )
         return restored["state"], step
 
     def wait(self) -> None:

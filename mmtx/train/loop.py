@@ -76,15 +76,14 @@ def create_train_state(
         )
 
     rng = jax.random.PRNGKey(config.train.seed)
-    abstract_boxed = jax.eval_shape(
-        lambda r: module.init(r, batch, train=False)["params"], rng
-    )
+    abstract_boxed = jax.eval_shape(lambda r: module.init(r, batch, train=False)["params"], rng)
     param_shardings = mesh_lib.logical_shardings(mesh, abstract_boxed)
     abstract_state = jax.eval_shape(init, rng)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     # Optimizer moments mirror the params' shardings; everything else is replicated.
-    opt_shardings = _mirror_param_shardings(abstract_state.opt_state, abstract_state.params,
-                                            param_shardings, replicated)
+    opt_shardings = _mirror_param_shardings(
+        abstract_state.opt_state, abstract_state.params, param_shardings, replicated
+    )
     shardings = TrainState(
         step=replicated, params=param_shardings, opt_state=opt_shardings, rng=replicated
     )
@@ -98,7 +97,7 @@ def _mirror_param_shardings(opt_state: Any, params: Any, param_shardings: Any, d
     def is_param_like(x: Any) -> bool:
         try:
             return jax.tree.structure(x) == param_treedef
-        except Exception:  # noqa: BLE001 - arbitrary optax state nodes
+        except Exception:
             return False
 
     return jax.tree.map(
@@ -123,8 +122,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     mesh = mesh_lib.create_mesh(config.mesh)
     data_sharding = mesh_lib.batch_sharding(mesh)
     num_data_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    for field, size in (("train.batch_size", train_config.batch_size),
-                        ("eval.batch_size", config.eval.batch_size)):
+    for field, size in (
+        ("train.batch_size", train_config.batch_size),
+        ("eval.batch_size", config.eval.batch_size),
+    ):
         if size % num_data_shards or size % jax.process_count():
             raise ValueError(
                 f"config.{field}={size} must be divisible by the {num_data_shards} data-parallel "
@@ -135,8 +136,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     tokenizer = create_tokenizer(config.tokenizer.type, config.tokenizer.model_file)
     train_data = create_dataset(
-        config, "train", tokenizer, batch_size=local_batch, train=True,
-        process_index=jax.process_index(), process_count=jax.process_count(),
+        config,
+        "train",
+        tokenizer,
+        batch_size=local_batch,
+        train=True,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
     )
     train_iter = iter(train_data)
 
@@ -144,8 +150,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     tx = create_optimizer(train_config)
     state, state_shardings = create_train_state(module, tx, config, mesh)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
-    _log(f"model: {num_params:,} params; mesh {dict(mesh.shape)}; "
-         f"devices {jax.device_count()} ({jax.default_backend()})")
+    _log(
+        f"model: {num_params:,} params; mesh {dict(mesh.shape)}; "
+        f"devices {jax.device_count()} ({jax.default_backend()})"
+    )
 
     checkpointer = Checkpointer(
         os.path.join(workdir, "checkpoints"),
@@ -167,16 +175,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         out_shardings=(state_shardings, None),
         donate_argnums=0,
     )
-    eval_step = jax.jit(make_eval_step(module), in_shardings=(state_shardings.params, data_sharding))
+    eval_step = jax.jit(
+        make_eval_step(module), in_shardings=(state_shardings.params, data_sharding)
+    )
 
     def run_eval(step: int) -> dict[str, float]:
         eval_data = create_dataset(
-            config, "eval", tokenizer, batch_size=local_eval_batch, train=False,
-            process_index=jax.process_index(), process_count=jax.process_count(),
+            config,
+            "eval",
+            tokenizer,
+            batch_size=local_eval_batch,
+            train=False,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
         )
         started = time.perf_counter()
-        metrics = evaluate(eval_step, state.params, eval_data,
-                           local_batch_size=local_eval_batch, to_global=to_global)
+        metrics = evaluate(
+            eval_step,
+            state.params,
+            eval_data,
+            local_batch_size=local_eval_batch,
+            to_global=to_global,
+        )
         writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
         shown = {k: round(v, 4) for k, v in metrics.items() if k in SUMMARY_KEYS}
         _log(f"eval at step {step} ({time.perf_counter() - started:.1f}s): {shown}")
@@ -226,9 +246,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2, sort_keys=True)
-    _log("final: " + json.dumps({k: summary["eval"].get(k) for k in SUMMARY_KEYS if k in summary["eval"]}))
-    _log(f"trained {summary['steps_this_run']} steps in {format_seconds(elapsed)}; "
-         f"summary in {os.path.join(workdir, 'summary.json')}")
+    _log(
+        "final: "
+        + json.dumps({k: summary["eval"].get(k) for k in SUMMARY_KEYS if k in summary["eval"]})
+    )
+    _log(
+        f"trained {summary['steps_this_run']} steps in {format_seconds(elapsed)}; "
+        f"summary in {os.path.join(workdir, 'summary.json')}"
+    )
     return summary
-
-

@@ -30,8 +30,9 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
 def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...]:
     """Resolves ``config.mesh`` (one axis may be -1) to a shape whose product is the devices."""
     sizes = [mesh_config[axis] for axis in MESH_AXES]
+    requested = dict(zip(MESH_AXES, sizes, strict=True))
     if sizes.count(-1) > 1:
-        raise ValueError(f"config.mesh: at most one axis may be -1; got {dict(zip(MESH_AXES, sizes))}")
+        raise ValueError(f"config.mesh: at most one axis may be -1; got {requested}")
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if num_devices % known:
@@ -39,8 +40,8 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tupl
         sizes[sizes.index(-1)] = num_devices // known
     if math.prod(sizes) != num_devices:
         raise ValueError(
-            f"config.mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices; "
-            f"there are {num_devices}"
+            f"config.mesh {requested} resolves to {sizes}, which needs {math.prod(sizes)} "
+            f"devices; there are {num_devices}"
         )
     return tuple(sizes)
 

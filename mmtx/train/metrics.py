@@ -112,7 +112,7 @@ class Progress:
 
 def format_seconds(seconds: float) -> str:
     """``125.0 -> "2m05s"``."""
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     minutes, seconds = divmod(seconds, 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"

@@ -101,16 +101,28 @@ def test_len_and_indexing():
 
 def test_fields(train):
     for ex in train[:200]:
-        assert set(ex) == {"caption", "image", "audio", "label", "shape", "colour", "size",
-                           "position"}
+        assert set(ex) == {
+            "caption",
+            "image",
+            "audio",
+            "label",
+            "shape",
+            "colour",
+            "size",
+            "position",
+        }
         image, audio = ex["image"], ex["audio"]
         assert image.shape == (64, 64, 3) and image.dtype == np.float32
         assert 0.0 <= image.min() and image.max() <= 1.0
         assert audio.shape == (16000,) and audio.dtype == np.float32
         assert -1.0 <= audio.min() and audio.max() <= 1.0
         assert isinstance(ex["label"], np.int32) and ex["label"].shape == ()
-        for key, n in (("shape", syn.NUM_SHAPES), ("colour", syn.NUM_COLOURS),
-                       ("size", len(syn.SIZES)), ("position", len(syn.POSITIONS))):
+        for key, n in (
+            ("shape", syn.NUM_SHAPES),
+            ("colour", syn.NUM_COLOURS),
+            ("size", len(syn.SIZES)),
+            ("position", len(syn.POSITIONS)),
+        ):
             assert type(ex[key]) is int and 0 <= ex[key] < n
 
 
@@ -135,9 +147,12 @@ def test_labels(train):
 def test_constants():
     assert len(syn.SHAPES) >= 8 and len(syn.COLOURS) >= 8 and len(syn.SIZES) >= 2
     assert len(syn.POSITIONS) == 9 and len(syn.TEMPLATES) >= 6
-    for table, names in ((syn.SHAPE_SYNONYMS, syn.SHAPES), (syn.COLOUR_SYNONYMS, syn.COLOURS),
-                         (syn.SIZE_SYNONYMS, syn.SIZES),
-                         (syn.POSITION_LABELS, syn.POSITIONS)):
+    for table, names in (
+        (syn.SHAPE_SYNONYMS, syn.SHAPES),
+        (syn.COLOUR_SYNONYMS, syn.COLOURS),
+        (syn.SIZE_SYNONYMS, syn.SIZES),
+        (syn.POSITION_LABELS, syn.POSITIONS),
+    ):
         assert len(table) == len(names)
         assert all(syns[0] == name for syns, name in zip(table, names, strict=True))
 
@@ -152,21 +167,25 @@ _TABLES = {
 }
 
 
-def _parse(caption: str, table: tuple[tuple[str, ...], ...]) -> int:
-    """The one value of ``table`` named in ``caption``; longest synonym first."""
+def _parse(caption: str, table: tuple[tuple[str, ...], ...]) -> tuple[int, str, set[str]]:
+    """The one value of ``table`` named in ``caption``, longest synonym first.
+
+    Returns ``(value, caption with the synonyms replaced by '#', synonyms found)``.
+    """
     text = caption.lower()
     entries = sorted(
         ((word, value) for value, words in enumerate(table) for word in words),
         key=lambda e: -len(e[0]),
     )
-    found = set()
+    values, words = set(), set()
     for word, value in entries:
         pattern = r"(?<![a-z-])" + re.escape(word) + r"(?![a-z-])"
         if re.search(pattern, text):
-            found.add(value)
+            values.add(value)
+            words.add(word)
             text = re.sub(pattern, "#", text)
-    assert len(found) == 1, (caption, found)
-    return found.pop()
+    assert len(values) == 1, (caption, values)
+    return values.pop(), text, words
 
 
 def test_synonyms_unambiguous():
@@ -195,14 +214,22 @@ def test_caption_length_and_ascii(train):
 
 
 def test_captions_state_attributes(train):
-    templates_seen = set()
     for ex in train[:300]:
-        caption = ex["caption"]
         for name, table in _TABLES.items():
-            assert _parse(caption, table) == ex[name], (caption, name)
-        templates_seen.add(re.sub(r"[a-z\- ]+", "", caption.lower()))
-    captions = {ex["caption"] for ex in train[:300]}
-    assert len(captions) > 250  # varied wording
+            assert _parse(ex["caption"], table)[0] == ex[name], (ex["caption"], name)
+
+
+def test_captions_are_varied(train):
+    skeletons, used = set(), set()
+    for ex in train:
+        text = ex["caption"]
+        for table in _TABLES.values():
+            _, text, words = _parse(text, table)
+            used |= words
+        skeletons.add(text)
+    assert len(skeletons) == len(syn.TEMPLATES)  # every template, and nothing else
+    for table in _TABLES.values():
+        assert used >= {w for words in table for w in words}  # every synonym is used
 
 
 def test_describe(train):
@@ -210,7 +237,7 @@ def test_describe(train):
     text = syn.describe(ex)
     assert text.startswith("a ") and text.isascii()
     for name, table in _TABLES.items():
-        assert _parse(text, table) == ex[name]
+        assert _parse(text, table)[0] == ex[name]
     assert syn.describe({"shape": 0, "colour": 0, "size": 0, "position": 0}) == (
         "a small red circle in the top left"
     )
@@ -284,24 +311,25 @@ def test_audio_encodes_attributes(train):
         assert _count_beeps(audio) == syn.SHAPE_BEEPS[ex["shape"]]
         rms[ex["size"]].append(np.sqrt(np.mean(audio**2)))
     assert np.mean(rms[1]) > 2 * np.mean(rms[0])
-    # Per beep count, loudness alone separates the sizes.
-    assert len(set(syn.SHAPE_BEEPS)) == syn.NUM_SHAPES
+    assert len(set(syn.SHAPE_BEEPS)) == syn.NUM_SHAPES  # one rhythm per shape
 
 
 # --- learnability ---------------------------------------------------------------------------
 
 
-def _pooled(examples: list[dict], factor: int = 8) -> np.ndarray:
+def _features(examples: list[dict], factor: int = 8) -> np.ndarray:
+    """Images minus their median (background) colour, mean-pooled by ``factor``, flattened."""
     images = np.stack([ex["image"] for ex in examples])
+    images = images - np.median(images.reshape(len(images), -1, 3), axis=1)[:, None, None]
     n, s = images.shape[0], images.shape[1] // factor
     return images.reshape(n, s, factor, s, factor, 3).mean(axis=(2, 4)).reshape(n, -1)
 
 
 def test_nearest_centroid_learns_colour(train, evals):
-    x_train, x_eval = _pooled(train), _pooled(evals)
+    x_train, x_eval = _features(train), _features(evals)
     y_train = np.array([ex["colour"] for ex in train])
     y_eval = np.array([ex["colour"] for ex in evals])
     centroids = np.stack([x_train[y_train == c].mean(axis=0) for c in range(syn.NUM_COLOURS)])
     dist = ((x_eval[:, None, :] - centroids[None]) ** 2).sum(-1)
     accuracy = np.mean(dist.argmin(axis=1) == y_eval)
-    assert accuracy > 3 / syn.NUM_COLOURS, accuracy  # chance is 1/8
+    assert accuracy > 0.4, accuracy  # chance is 1/8; measured 0.65

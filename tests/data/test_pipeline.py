@@ -1,0 +1,119 @@
+"""Tests for mmtx/data/pipeline.py: the grain pipeline over the synthetic source."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from mmtx import config as config_lib
+from mmtx.data.pipeline import create_dataset, create_source, make_preprocess
+from mmtx.data.tokenizer import ByteTokenizer
+
+
+@pytest.fixture
+def config():
+    config = config_lib.apply_variant(config_lib.default_config(), "tiny")
+    config.data.train_size = 64
+    config.data.eval_size = 10
+    config.data.num_threads = 2
+    return config
+
+
+def take(dataset, n):
+    return list(itertools.islice(iter(dataset), n))
+
+
+def test_batches_have_model_inputs(config):
+    (batch,) = take(create_dataset(config, "train", ByteTokenizer(), batch_size=4, train=True), 1)
+    assert batch["text"].shape == (4, 64) and batch["text"].dtype == np.int32
+    assert batch["text_mask"].dtype == np.bool_
+    assert batch["image"].shape == (4, 64, 64, 3) and batch["image"].dtype == np.float32
+    assert batch["audio"].shape == (4, 16000) and batch["audio"].dtype == np.float32
+    assert batch["label"].shape == (4,)
+    for key in ("shape", "colour", "size", "position"):
+        assert batch[key].shape == (4,)
+    # The mask marks exactly the caption's bytes.
+    assert np.array_equal(batch["text_mask"], batch["text"] != 0)
+
+
+def test_preprocess_matches_source(config):
+    tokenizer = ByteTokenizer()
+    example = create_source(config, "train")[3]
+    processed = make_preprocess(config, tokenizer)(example)
+    ids = processed["text"][processed["text_mask"]]
+    assert tokenizer.decode(ids) == example["caption"]
+    np.testing.assert_array_equal(processed["image"], example["image"])
+    assert int(processed["label"]) == int(example["label"])
+
+
+def test_only_configured_modalities(config):
+    config.model.modalities = ("text",)
+    (batch,) = take(create_dataset(config, "train", ByteTokenizer(), batch_size=2, train=True), 1)
+    assert "image" not in batch and "audio" not in batch and "text" in batch
+
+
+def test_deterministic(config):
+    first = take(create_dataset(config, "train", ByteTokenizer(), batch_size=4, train=True), 3)
+    second = take(create_dataset(config, "train", ByteTokenizer(), batch_size=4, train=True), 3)
+    for a, b in zip(first, second, strict=True):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_seed_changes_order(config):
+    first = take(create_dataset(config, "train", ByteTokenizer(), batch_size=8, train=True), 1)
+    config.data.seed = 1
+    second = take(create_dataset(config, "train", ByteTokenizer(), batch_size=8, train=True), 1)
+    assert not np.array_equal(first[0]["image"], second[0]["image"])
+
+
+def test_train_is_shuffled_and_repeats(config):
+    batches = take(create_dataset(config, "train", ByteTokenizer(), batch_size=16, train=True), 8)
+    source = create_source(config, "train")
+    in_order = np.stack([source[i]["label"] for i in range(16)])
+    assert not np.array_equal(batches[0]["label"], in_order)
+    # 8 batches of 16 = two epochs of 64 examples: each epoch holds every example once,
+    # in a different order.
+    everything = {np.asarray(source[i]["image"], np.float32).tobytes() for i in range(64)}
+    epochs = [
+        [row.tobytes() for b in epoch for row in b["image"]] for epoch in (batches[:4], batches[4:])
+    ]
+    for images in epochs:
+        assert len(images) == 64 and set(images) == everything
+    assert epochs[0] != epochs[1]
+
+
+def test_process_shards_are_disjoint_and_cover(config):
+    def epoch_images(index):
+        dataset = create_dataset(
+            config,
+            "train",
+            ByteTokenizer(),
+            batch_size=8,
+            train=True,
+            process_index=index,
+            process_count=2,
+        )
+        batches = take(dataset, 4)  # 32 examples = one epoch of this process's half
+        return {row.tobytes() for batch in batches for row in batch["image"]}
+
+    shard0, shard1 = epoch_images(0), epoch_images(1)
+    assert len(shard0) == len(shard1) == 32
+    assert not shard0 & shard1
+    source = create_source(config, "train")
+    everything = {np.asarray(source[i]["image"], np.float32).tobytes() for i in range(64)}
+    assert shard0 | shard1 == everything
+
+
+def test_eval_reads_once_in_order_with_partial_batch(config):
+    batches = list(create_dataset(config, "eval", ByteTokenizer(), batch_size=4, train=False))
+    assert [len(b["label"]) for b in batches] == [4, 4, 2]
+    source = create_source(config, "eval")
+    labels = np.concatenate([b["label"] for b in batches])
+    np.testing.assert_array_equal(labels, [source[i]["label"] for i in range(10)])
+
+
+def test_unknown_source_raises(config):
+    config.data.source = "nope"
+    with pytest.raises(ValueError, match=r"config\.data\.source"):
+        create_source(config, "train")

@@ -1,0 +1,210 @@
+"""Tests for :class:`mmtx.nn.attention.MultiHeadAttention`.
+
+The reference recomputes the layer by hand from the module's params: einsum projections into
+heads, an explicit softmax over the visible keys, and the output projection.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmtx.nn import MultiHeadAttention
+
+# These programs are tiny: a quick compile matters more than fast code.
+jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+
+B, T, S, D, DC, H = 2, 5, 6, 8, 12, 2
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _normal(shape: tuple[int, ...], seed: int, scale: float = 1.0) -> jnp.ndarray:
+    return jnp.asarray(scale * np.random.default_rng(seed).normal(size=shape), jnp.float32)
+
+
+def _padding_mask(s: int) -> np.ndarray:
+    mask = np.ones((B, s), bool)
+    mask[0, -2:] = False
+    mask[1, -1:] = False
+    return mask
+
+
+def _params(module: nn.Module, *args, **kwargs) -> dict:
+    """Random params of the module's shapes (``eval_shape`` of init: nothing is compiled).
+
+    Random rather than initialised values, so that the biases are not zero.
+    """
+    shapes = nn.unbox(jax.eval_shape(module.init, jax.random.key(0), *args, **kwargs)["params"])
+    rng = np.random.default_rng(100)
+    return jax.tree.map(lambda s: jnp.asarray(0.3 * rng.normal(size=s.shape), s.dtype), shapes)
+
+
+def ref_mha(params: dict, x, context=None, mask=None, causal: bool = False) -> jnp.ndarray:
+    """Multi-head attention by hand from the params."""
+    context = x if context is None else context
+
+    def project(name: str, inputs):
+        p = params[name]
+        return jnp.einsum("bld,dhk->blhk", inputs, p["kernel"], precision=HIGHEST) + p["bias"]
+
+    q, k, v = project("query", x), project("key", context), project("value", context)
+    logits = jnp.einsum("bthk,bshk->bhts", q, k, precision=HIGHEST) / np.sqrt(q.shape[-1])
+    t, s = q.shape[1], k.shape[1]
+    visible = jnp.ones((x.shape[0], 1, t, s), bool)
+    if mask is not None:
+        visible = visible & jnp.asarray(mask)[:, None, None, :]
+    if causal:
+        visible = visible & jnp.tril(jnp.ones((t, s), bool))
+    e = jnp.where(
+        visible, jnp.exp(logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True))), 0
+    )
+    weights = e / e.sum(-1, keepdims=True)
+    y = jnp.einsum("bhts,bshk->bthk", weights, v, precision=HIGHEST)
+    out = params["out"]
+    return jnp.einsum("bthk,hko->bto", y, out["kernel"], precision=HIGHEST) + out["bias"]
+
+
+def _compare(module: MultiHeadAttention, x, context=None, mask=None) -> jnp.ndarray:
+    """Values and gradients (wrt the inputs and every param) against :func:`ref_mha`."""
+    params = _params(module, x, context, mask=mask)
+    cotangent = _normal((x.shape[0], x.shape[1], module.out_features or x.shape[-1]), seed=7)
+
+    @jit
+    def evaluate(params, x, context):
+        def loss(fn, params, x, context):
+            y = fn(params, x, context)
+            return jnp.sum(y * cotangent), y
+
+        def library(params, x, context):
+            return module.apply({"params": params}, x, context, mask=mask)
+
+        def reference(params, x, context):
+            return ref_mha(params, x, context, mask=mask, causal=module.causal)
+
+        argnums = (0, 1) if context is None else (0, 1, 2)
+        got = jax.grad(functools.partial(loss, library), argnums, has_aux=True)
+        want = jax.grad(functools.partial(loss, reference), argnums, has_aux=True)
+        return got(params, x, context), want(params, x, context)
+
+    (grads, out), (ref_grads, ref_out) = evaluate(params, x, context)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref_out), atol=1e-5)
+    flat_got = jax.tree_util.tree_leaves_with_path(grads)
+    flat_want = jax.tree.leaves(ref_grads)
+    assert len(flat_got) == len(flat_want)
+    for (path, g), w in zip(flat_got, flat_want, strict=True):
+        name = jax.tree_util.keystr(path)
+        # The key bias shifts every logit of a query equally, so its gradient is exactly zero.
+        if "'key']['bias']" not in name:
+            assert np.abs(np.asarray(w)).max() > 1e-4, name
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=2e-5, err_msg=name)
+    return out
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_self_attention_matches_reference(causal: bool) -> None:
+    x = _normal((B, T, D), seed=0)
+    out = _compare(
+        MultiHeadAttention(num_heads=H, causal=causal), x, mask=_padding_mask(T) if causal else None
+    )
+    assert out.shape == (B, T, D) and out.dtype == jnp.float32
+
+
+def test_cross_attention_matches_reference() -> None:
+    """Context of another length and width; output width set by ``out_features``."""
+    x, context = _normal((B, T, D), seed=0), _normal((B, S, DC), seed=1)
+    out = _compare(MultiHeadAttention(num_heads=H, out_features=4), x, context, _padding_mask(S))
+    assert out.shape == (B, T, 4)
+
+
+def test_param_shapes() -> None:
+    module = MultiHeadAttention(num_heads=H)
+    x, context = _normal((B, T, D), seed=0), _normal((B, S, DC), seed=1)
+    shapes = jax.eval_shape(module.init, jax.random.key(0), x, context)["params"]
+    shapes = jax.tree.map(lambda s: s.shape, nn.unbox(shapes))
+    assert shapes == {
+        "query": {"kernel": (D, H, D // H), "bias": (H, D // H)},
+        "key": {"kernel": (DC, H, D // H), "bias": (H, D // H)},
+        "value": {"kernel": (DC, H, D // H), "bias": (H, D // H)},
+        "out": {"kernel": (H, D // H, D), "bias": (D,)},
+    }
+
+
+def test_masked_context_tokens_do_not_change_the_output() -> None:
+    module = MultiHeadAttention(num_heads=H)
+    x, context = _normal((B, T, D), seed=0), _normal((B, S, DC), seed=1)
+    mask = _padding_mask(S)
+    params = _params(module, x, context, mask=mask)
+    apply = jit(lambda context: module.apply({"params": params}, x, context, mask=mask))
+    out = np.asarray(apply(context))
+
+    noise = _normal(context.shape, seed=2, scale=100.0)
+    masked_perturbed = jnp.where(mask[:, :, None], context, context + noise)
+    np.testing.assert_array_equal(np.asarray(apply(masked_perturbed)), out)
+
+    visible_perturbed = context.at[0, 0].add(1.0)  # token 0 of example 0 is visible
+    changed = np.asarray(apply(visible_perturbed))
+    assert np.abs(changed[0] - out[0]).max() > 1e-3
+    np.testing.assert_array_equal(changed[1], out[1])  # other examples are independent
+
+
+def test_capture_weights() -> None:
+    module = MultiHeadAttention(num_heads=H, capture_weights=True)
+    x, context = _normal((B, T, D), seed=0), _normal((B, S, DC), seed=1)
+    mask = _padding_mask(S)
+    params = _params(module, x, context, mask=mask)
+
+    @jit
+    def run(params):
+        return module.apply({"params": params}, x, context, mask=mask, mutable=["intermediates"])
+
+    out, state = run(params)
+    (weights,) = state["intermediates"]["attention_weights"]
+    weights = np.asarray(weights)
+    assert weights.shape == (B, H, T, S) and weights.dtype == np.float32
+    np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-6)
+    assert np.all(weights[np.broadcast_to(~mask[:, None, None, :], weights.shape)] == 0.0)
+
+    # The weights are those the layer applied: recombining v with them gives the output.
+    p = params
+    v = np.einsum("bsd,dhk->bshk", context, p["value"]["kernel"]) + np.asarray(p["value"]["bias"])
+    y = np.einsum("bhts,bshk->bthk", weights, v)
+    recombined = np.einsum("bthk,hko->bto", y, p["out"]["kernel"]) + np.asarray(p["out"]["bias"])
+    np.testing.assert_allclose(recombined, np.asarray(out), atol=1e-5)
+
+    # Without capture_weights nothing is sown.
+    plain = MultiHeadAttention(num_heads=H)
+    _, state = jax.eval_shape(
+        lambda params: plain.apply(
+            {"params": params}, x, context, mask=mask, mutable=["intermediates"]
+        ),
+        params,
+    )
+    assert not state.get("intermediates")
+
+
+def test_bfloat16_compute_float32_params() -> None:
+    module = MultiHeadAttention(num_heads=H, dtype=jnp.bfloat16)
+    x = _normal((B, T, D), seed=0)
+    params = _params(module, x)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+    out = jit(lambda p, x: module.apply({"params": p}, x))(params, x)
+    assert out.dtype == jnp.bfloat16
+    ref = jit(ref_mha)(params, x)
+    np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref), atol=5e-2, rtol=5e-2)
+
+
+def test_unknown_kernel_raises() -> None:
+    module = MultiHeadAttention(num_heads=H, kernel="no_such_kernel")
+    with pytest.raises(ValueError, match="no_such_kernel"):
+        module.init(jax.random.key(0), jnp.zeros((B, T, D)))
+
+
+def test_width_not_divisible_by_heads_raises() -> None:
+    module = MultiHeadAttention(num_heads=3)
+    with pytest.raises(ValueError, match="divisible"):
+        module.init(jax.random.key(0), jnp.zeros((B, T, D)))

@@ -1,0 +1,322 @@
+"""Tests for :mod:`mmtx.nn.transformer`: ``MLP``, ``TransformerBlock`` and ``Encoder``.
+
+A pre-LN reference (LayerNorm, multi-head attention, tanh-GELU MLP, residuals) is written
+out here with plain ``jnp`` from the module's params; the modules must match it in value and
+gradient, scanned and unrolled encoders must agree, and remat must not change any number.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmtx.nn import MLP, Encoder, TransformerBlock
+
+# These programs are tiny: a quick compile matters more than fast code.
+jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+
+B, T, D, H, MLP_DIM, DEPTH = 2, 6, 8, 2, 16, 2
+HIGHEST = jax.lax.Precision.HIGHEST
+REMATS = ["none", "full", "dots", "dots_no_batch"]
+
+
+def _normal(shape: tuple[int, ...], seed: int, scale: float = 1.0) -> jnp.ndarray:
+    return jnp.asarray(scale * np.random.default_rng(seed).normal(size=shape), jnp.float32)
+
+
+def _padding_mask() -> np.ndarray:
+    mask = np.ones((B, T), bool)
+    mask[0, -2:] = False
+    mask[1, -1:] = False
+    return mask
+
+
+def _params(module: nn.Module, *args, seed: int = 100, **kwargs) -> dict:
+    """Random params of the module's shapes (``eval_shape`` of init: nothing is compiled)."""
+    shapes = nn.unbox(jax.eval_shape(module.init, jax.random.key(0), *args, **kwargs)["params"])
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: jnp.asarray(0.3 * rng.normal(size=s.shape), s.dtype), shapes)
+
+
+# ----------------------------------------------------------------------------- reference
+
+
+def ref_layer_norm(p: dict, x: jnp.ndarray, eps: float = 1e-6) -> jnp.ndarray:
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / jnp.sqrt(var + eps) * p["scale"] + p["bias"]
+
+
+def ref_gelu(x: jnp.ndarray) -> jnp.ndarray:
+    return 0.5 * x * (1.0 + jnp.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
+
+
+def ref_mlp(p: dict, x: jnp.ndarray) -> jnp.ndarray:
+    h = ref_gelu(jnp.dot(x, p["fc1"]["kernel"], precision=HIGHEST) + p["fc1"]["bias"])
+    return jnp.dot(h, p["fc2"]["kernel"], precision=HIGHEST) + p["fc2"]["bias"]
+
+
+def ref_attention(p: dict, x: jnp.ndarray, mask) -> jnp.ndarray:
+    def project(name: str):
+        return (
+            jnp.einsum("btd,dhk->bthk", x, p[name]["kernel"], precision=HIGHEST) + p[name]["bias"]
+        )
+
+    q, k, v = project("query"), project("key"), project("value")
+    logits = jnp.einsum("bthk,bshk->bhts", q, k, precision=HIGHEST) / np.sqrt(q.shape[-1])
+    visible = jnp.ones(logits.shape, bool) if mask is None else mask[:, None, None, :]
+    e = jnp.where(
+        visible, jnp.exp(logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True))), 0
+    )
+    y = jnp.einsum("bhts,bshk->bthk", e / e.sum(-1, keepdims=True), v, precision=HIGHEST)
+    return jnp.einsum("bthk,hko->bto", y, p["out"]["kernel"], precision=HIGHEST) + p["out"]["bias"]
+
+
+def ref_block(p: dict, x: jnp.ndarray, mask) -> jnp.ndarray:
+    x = x + ref_attention(p["attention"], ref_layer_norm(p["norm1"], x), mask)
+    return x + ref_mlp(p["mlp"], ref_layer_norm(p["norm2"], x))
+
+
+def ref_encoder(scanned_params: dict, x: jnp.ndarray, mask) -> jnp.ndarray:
+    """Reference encoder from the params of ``Encoder(scan=True)``."""
+    for i in range(DEPTH):
+        x = ref_block(jax.tree.map(lambda a, i=i: a[i], scanned_params["blocks"]), x, mask)
+    return ref_layer_norm(scanned_params["norm"], x)
+
+
+def unrolled_params(scanned_params: dict) -> dict:
+    """The params of ``Encoder(scan=False)`` as per-layer slices of the scanned ones."""
+    params = {
+        f"block_{i}": jax.tree.map(lambda a, i=i: a[i], scanned_params["blocks"])
+        for i in range(DEPTH)
+    }
+    return {**params, "norm": scanned_params["norm"]}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _assert_trees_close(got, want, atol: float, rtol: float = 1e-6) -> None:
+    got_leaves = jax.tree_util.tree_leaves_with_path(got)
+    want_leaves = jax.tree.leaves(want)
+    assert len(got_leaves) == len(want_leaves)
+    for (path, g), w in zip(got_leaves, want_leaves, strict=True):
+        np.testing.assert_allclose(
+            np.asarray(g), np.asarray(w), atol=atol, rtol=rtol, err_msg=jax.tree_util.keystr(path)
+        )
+
+
+def _nonzero_grads(grads, skip: str = "'key']['bias']") -> None:
+    """Every gradient is non-trivial, except the key bias (softmax is shift invariant)."""
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        name = jax.tree_util.keystr(path)
+        if skip not in name:
+            assert np.abs(np.asarray(g)).max() > 1e-5, name
+
+
+@functools.lru_cache
+def _encoder_fn(scan: bool, remat: str = "none"):
+    """Jitted ``(params, x, mask, cotangent) -> (out, grads wrt (params, x))``, one per config."""
+    module = Encoder(depth=DEPTH, num_heads=H, mlp_dim=MLP_DIM, scan=scan, remat=remat)
+
+    @jit
+    def run(params, x, mask, cotangent):
+        def loss(params, x):
+            y, _ = module.apply({"params": params}, x, mask)
+            return jnp.sum(y * cotangent), y
+
+        grads, y = jax.grad(loss, (0, 1), has_aux=True)(params, x)
+        return y, grads
+
+    return module, run
+
+
+@jit
+def _reference_fn(params, x, mask, cotangent):
+    def loss(params, x):
+        y = ref_encoder(params, x, mask)
+        return jnp.sum(y * cotangent), y
+
+    grads, y = jax.grad(loss, (0, 1), has_aux=True)(params, x)
+    return y, grads
+
+
+def _encoder_inputs():
+    x = _normal((B, T, D), seed=0)
+    module, _ = _encoder_fn(True)
+    return x, _padding_mask(), _normal((B, T, D), seed=1), _params(module, x, _padding_mask())
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+def test_mlp_matches_reference() -> None:
+    module = MLP(hidden_dim=MLP_DIM)
+    x = _normal((B, T, D), seed=0)
+    params = _params(module, x)
+    assert jax.tree.map(jnp.shape, params) == {
+        "fc1": {"kernel": (D, MLP_DIM), "bias": (MLP_DIM,)},
+        "fc2": {"kernel": (MLP_DIM, D), "bias": (D,)},
+    }
+    cot = _normal((B, T, D), seed=1)
+
+    @jit
+    def run(params, x):
+        lib = lambda p, x: jnp.sum(module.apply({"params": p}, x) * cot)
+        ref = lambda p, x: jnp.sum(ref_mlp(p, x) * cot)
+        return (
+            module.apply({"params": params}, x),
+            ref_mlp(params, x),
+            jax.grad(lib, (0, 1))(params, x),
+            jax.grad(ref, (0, 1))(params, x),
+        )
+
+    out, ref, grads, ref_grads = run(params, x)
+    assert out.shape == (B, T, D) and out.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5)
+    _nonzero_grads(ref_grads)
+    _assert_trees_close(grads, ref_grads, atol=1e-5)
+
+
+def test_block_matches_reference() -> None:
+    """Values here; the gradients through blocks are checked on the whole encoder below."""
+    module = TransformerBlock(num_heads=H, mlp_dim=MLP_DIM)
+    x, mask = _normal((B, T, D), seed=0), _padding_mask()
+    params = _params(module, x, mask)
+    (out, carry), ref = jit(
+        lambda p, x: (module.apply({"params": p}, x, mask), ref_block(p, x, mask))
+    )(params, x)
+    assert carry is None and out.shape == (B, T, D)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5)
+    no_mask = jit(lambda p, x: ref_block(p, x, None))(params, x)
+    assert np.abs(np.asarray(no_mask) - np.asarray(ref)).max() > 1e-3  # the mask matters
+
+
+def test_encoder_scan_and_unrolled_match_reference() -> None:
+    x, mask, cot, params = _encoder_inputs()
+    leaf_shapes = {a.shape[0] for a in jax.tree.leaves(params["blocks"])}
+    assert leaf_shapes == {DEPTH}  # every scanned param is stacked on a leading layers axis
+    ref, (ref_param_grads, ref_x_grad) = _reference_fn(params, x, mask, cot)
+    _nonzero_grads(ref_param_grads)
+
+    _, scanned = _encoder_fn(True)
+    out, (param_grads, x_grad) = scanned(params, x, mask, cot)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5)
+    _assert_trees_close(param_grads, ref_param_grads, atol=2e-5)
+    np.testing.assert_allclose(np.asarray(x_grad), np.asarray(ref_x_grad), atol=2e-5)
+
+    _, unrolled = _encoder_fn(False)
+    out_u, (param_grads_u, x_grad_u) = unrolled(unrolled_params(params), x, mask, cot)
+    np.testing.assert_allclose(np.asarray(out_u), np.asarray(out), atol=1e-6)
+    _assert_trees_close(param_grads_u, unrolled_params(param_grads), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(x_grad_u), np.asarray(x_grad), atol=1e-6)
+
+
+def test_unrolled_param_structure_is_slices_of_scanned() -> None:
+    x, mask = _normal((B, T, D), seed=0), _padding_mask()
+    module, _ = _encoder_fn(False)
+    shapes = jax.tree.map(jnp.shape, _params(module, x, mask))
+    _, _, _, scanned = _encoder_inputs()
+    assert shapes == jax.tree.map(jnp.shape, unrolled_params(scanned))
+
+
+@pytest.mark.parametrize("remat", REMATS[1:])
+def test_remat_policies_do_not_change_values_or_gradients(remat: str) -> None:
+    x, mask, cot, params = _encoder_inputs()
+    out, grads = _encoder_fn(True, "none")[1](params, x, mask, cot)
+    out_r, grads_r = _encoder_fn(True, remat)[1](params, x, mask, cot)
+    np.testing.assert_allclose(np.asarray(out_r), np.asarray(out), atol=1e-6, rtol=1e-6)
+    _assert_trees_close(grads_r, grads, atol=1e-6)
+
+
+def test_unknown_remat_policy_raises() -> None:
+    bad = Encoder(depth=DEPTH, num_heads=H, mlp_dim=MLP_DIM, remat="everything")
+    with pytest.raises(ValueError, match="everything"):
+        jax.eval_shape(bad.init, jax.random.key(0), jnp.zeros((B, T, D)))
+
+
+def test_padding_tokens_do_not_influence_real_tokens() -> None:
+    x, mask, cot, params = _encoder_inputs()
+    _, run = _encoder_fn(True)
+    out, _ = run(params, x, mask, cot)
+    perturbed = jnp.where(mask[..., None], x, x + _normal(x.shape, seed=5, scale=10.0))
+    out_p, _ = run(params, perturbed, mask, cot)
+    out, out_p = np.asarray(out), np.asarray(out_p)
+    np.testing.assert_allclose(out_p[mask], out[mask], atol=1e-6, rtol=0)
+    assert np.abs(out_p[~mask] - out[~mask]).max() > 1e-2  # padded outputs did change
+    # Without the mask the same perturbation leaks into the real tokens.
+    out_nomask, _ = run(params, x, np.ones_like(mask), cot)
+    out_p_nomask, _ = run(params, perturbed, np.ones_like(mask), cot)
+    assert np.abs(np.asarray(out_nomask)[mask] - np.asarray(out_p_nomask)[mask]).max() > 1e-3
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_dtypes(dtype) -> None:
+    """Params stay float32; activations and outputs are in the compute dtype."""
+    module = Encoder(depth=DEPTH, num_heads=H, mlp_dim=MLP_DIM, dtype=dtype)
+    x, mask, _, _ = _encoder_inputs()
+    variables = jax.eval_shape(module.init, jax.random.key(0), x, mask)
+    assert {p.dtype for p in jax.tree.leaves(nn.unbox(variables))} == {jnp.dtype(jnp.float32)}
+    out, aux = jax.eval_shape(module.apply, variables, x, mask)
+    assert out.shape == aux["pre_norm"].shape == (B, T, D)
+    assert out.dtype == aux["pre_norm"].dtype == dtype
+
+
+def test_bfloat16_close_to_float32() -> None:
+    x, mask, cot, params = _encoder_inputs()
+    module = Encoder(depth=DEPTH, num_heads=H, mlp_dim=MLP_DIM, dtype=jnp.bfloat16)
+    out = jit(lambda p, x: module.apply({"params": p}, x, mask)[0])(params, x)
+    assert out.dtype == jnp.bfloat16
+    ref, _ = _encoder_fn(True)[1](params, x, mask, cot)
+    np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref), atol=2e-2, rtol=2e-2)
+
+
+def test_dropout_only_in_training() -> None:
+    x, mask, cot, params = _encoder_inputs()
+    module = Encoder(depth=DEPTH, num_heads=H, mlp_dim=MLP_DIM, dropout_rate=0.5)
+
+    @jit
+    def run(key):
+        apply = functools.partial(module.apply, {"params": params}, x, mask, rngs={"dropout": key})
+        return apply(train=False)[0], apply(train=True)[0]
+
+    eval_out, train_a = (np.asarray(y) for y in run(jax.random.key(1)))
+    eval_out_b, train_b = (np.asarray(y) for y in run(jax.random.key(2)))
+    no_dropout, _ = _encoder_fn(True)[1](params, x, mask, cot)
+    np.testing.assert_allclose(eval_out, np.asarray(no_dropout), atol=1e-6)
+    np.testing.assert_array_equal(eval_out_b, eval_out)
+    assert np.abs(train_a - eval_out).max() > 1e-2
+    assert np.abs(train_a - train_b).max() > 1e-2
+    np.testing.assert_array_equal(np.asarray(run(jax.random.key(1))[1]), train_a)
+    # Evaluation needs no rng at all; training does.
+    jax.eval_shape(lambda x: module.apply({"params": params}, x, mask, train=False), x)
+    with pytest.raises(flax.errors.InvalidRngError, match="dropout"):
+        jax.eval_shape(lambda x: module.apply({"params": params}, x, mask, train=True), x)
+
+
+def test_capture_weights_scan_stacks_layers() -> None:
+    x, mask, _, params = _encoder_inputs()
+
+    def weights(scan: bool, params):
+        module = Encoder(depth=DEPTH, num_heads=H, mlp_dim=MLP_DIM, scan=scan, capture_weights=True)
+        fn = jit(lambda p: module.apply({"params": p}, x, mask, mutable=["intermediates"])[1])
+        return fn(params)["intermediates"]
+
+    stacked = weights(True, params)
+    (w,) = stacked["blocks"]["attention"]["attention_weights"]
+    w = np.asarray(w)
+    assert w.shape == (DEPTH, B, H, T, T)
+    np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-6)
+    assert np.all(w[np.broadcast_to(~mask[None, :, None, None, :], w.shape)] == 0.0)
+    assert np.abs(w[0] - w[1]).max() > 1e-3  # two different layers
+
+    unrolled = weights(False, unrolled_params(params))
+    for i in range(DEPTH):
+        (wi,) = unrolled[f"block_{i}"]["attention"]["attention_weights"]
+        np.testing.assert_allclose(np.asarray(wi), w[i], atol=1e-6)

@@ -1,0 +1,214 @@
+"""Tests for mmtx.config: schema, variants, strict overrides, loading and validation."""
+
+import json
+import pathlib
+import re
+
+import ml_collections
+import pytest
+
+from mmtx import config as config_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+BASE_PY = REPO / "configs" / "base.py"
+
+
+def tiny():
+    return config_lib.apply_variant(config_lib.default_config(), "tiny")
+
+
+def set_dotted(config, dotted, value):
+    *groups, leaf = dotted.split(".")
+    for group in groups:
+        config = config[group]
+    config[leaf] = value
+
+
+def test_default_config_validates():
+    config = config_lib.default_config()
+    assert config_lib.validate(config) is config
+
+
+@pytest.mark.parametrize("name", sorted(config_lib.VARIANTS))
+def test_every_variant_validates(name):
+    config = config_lib.validate(config_lib.apply_variant(config_lib.default_config(), name))
+    variant = config_lib.VARIANTS[name]
+    assert config.variant == name
+    assert config.model.embed_dim == variant["embed_dim"]
+    for modality in config_lib.MODALITIES:
+        for field, value in variant["tower"].items():
+            assert config.model[modality][field] == value, (modality, field)
+    for field, value in variant["fusion"].items():
+        assert config.fusion[field] == value, field
+
+
+def test_unknown_variant_raises():
+    with pytest.raises(ValueError, match="huge"):
+        config_lib.apply_variant(config_lib.default_config(), "huge")
+
+
+def test_merge_overrides_merges_nested_values():
+    config = config_lib.default_config()
+    out = config_lib.merge_overrides(
+        config,
+        {
+            "model": {"text": {"width": 64}, "audio": {"patch_size": [8, 8]}},
+            "fusion": {"type": "gated"},
+        },
+    )
+    assert out is config
+    assert config.model.text.width == 64
+    assert config.model.text.depth == config_lib.default_config().model.text.depth  # untouched
+    assert config.model.audio.patch_size == (8, 8)  # JSON lists become the schema's tuples
+    assert isinstance(config.model.audio.patch_size, tuple)
+    assert config.fusion.type == "gated"
+
+
+@pytest.mark.parametrize(
+    "overrides,path,hint",
+    [
+        ({"modle": {}}, "modle", "model"),
+        ({"model": {"text": {"widht": 3}}}, "model.text.widht", "model.text.width"),
+        ({"train": {"stpes": 3}}, "train.stpes", "train.steps"),
+        ({"model": {"text": {"zzzz": 3}}}, "model.text.zzzz", None),
+    ],
+)
+def test_merge_overrides_rejects_unknown_keys(overrides, path, hint):
+    with pytest.raises(KeyError) as info:
+        config_lib.merge_overrides(config_lib.default_config(), overrides)
+    message = info.value.args[0]
+    assert repr(path) in message  # the full dotted path, quoted
+    if hint is None:
+        assert "did you mean" not in message
+    else:
+        assert f"did you mean {hint!r}?" in message
+
+
+def test_merge_overrides_rejects_scalar_for_group():
+    with pytest.raises(TypeError, match=re.escape("'model.text' is a group")):
+        config_lib.merge_overrides(config_lib.default_config(), {"model": {"text": 5}})
+
+
+def test_merge_overrides_rejects_wrong_type():
+    with pytest.raises(TypeError):
+        config_lib.merge_overrides(config_lib.default_config(), {"model": {"embed_dim": "big"}})
+
+
+def test_load_config_py_without_arg():
+    config = config_lib.load_config(str(BASE_PY))
+    assert isinstance(config, ml_collections.ConfigDict)
+    assert config.variant == "small"
+    assert config.model.text.width == config_lib.VARIANTS["small"]["tower"]["width"]
+
+
+def test_load_config_py_with_arg():
+    config = config_lib.load_config(f"{BASE_PY}:tiny")
+    assert config.variant == "tiny"
+    assert config.model.image.width == config_lib.VARIANTS["tiny"]["tower"]["width"]
+    assert tuple(config.model.modalities) == ("text", "image", "audio")
+
+
+def test_load_config_accepts_pathlike_and_relative(monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert config_lib.load_config(BASE_PY).variant == "small"
+    assert config_lib.load_config("configs/base.py:large").variant == "large"
+
+
+def test_load_config_from_configdict_copies_and_validates():
+    original = tiny()
+    loaded = config_lib.load_config(original)
+    assert loaded is not original
+    loaded.model.text.width = 8
+    assert original.model.text.width == 32
+    bad = tiny()
+    bad.fusion.type = "bogus"
+    with pytest.raises(ValueError, match=re.escape("config.fusion.type:")):
+        config_lib.load_config(bad)
+
+
+def test_load_config_json(tmp_path):
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps({"model": {"embed_dim": 16, "modalities": ["text"]}}))
+    config = config_lib.load_config(str(path))
+    assert config.model.embed_dim == 16
+    assert config.model.modalities == ("text",)
+    assert config.model.text.width == config_lib.default_config().model.text.width
+
+
+def test_load_config_shipped_json():
+    config = config_lib.load_config(REPO / "configs" / "base_text_image_model.json")
+    assert tuple(config.model.modalities) == ("text", "image")
+
+
+def test_load_config_file_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=re.escape("nope.py")):
+        config_lib.load_config(str(tmp_path / "nope.py"))
+    with pytest.raises(FileNotFoundError):
+        config_lib.load_config(str(tmp_path / "nope.py:tiny"))
+    yaml = tmp_path / "c.yaml"
+    yaml.write_text("model: {}\n")
+    with pytest.raises(ValueError, match=r"\.py or \.json"):
+        config_lib.load_config(str(yaml))
+    top_list = tmp_path / "list.json"
+    top_list.write_text("[1, 2]")
+    with pytest.raises(TypeError, match="object"):
+        config_lib.load_config(str(top_list))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"model": {"text": {"width": 30}}}))  # 4 heads
+    with pytest.raises(ValueError, match=re.escape("config.model.text.width:")):
+        config_lib.load_config(str(bad))
+
+
+BAD_VALUES = [
+    # (dotted field to set, bad value, field the error must name)
+    ("model.embed_dim", -1, "model.embed_dim"),
+    ("model.num_classes", -1, "model.num_classes"),
+    ("model.text.width", -32, "model.text.width"),
+    ("model.text.depth", -1, "model.text.depth"),
+    ("model.image.num_heads", 0, "model.image.num_heads"),
+    ("model.audio.mlp_dim", -64, "model.audio.mlp_dim"),
+    ("fusion.width", -32, "fusion.width"),
+    ("fusion.depth", -1, "fusion.depth"),
+    ("model.text.max_length", 0, "model.text.max_length"),
+    ("model.text.width", 33, "model.text.width"),  # not divisible by 2 heads
+    ("fusion.num_heads", 3, "fusion.width"),  # 32 not divisible by 3
+    ("model.text.attention", "sparse", "model.text.attention"),
+    ("model.image.attention", "flash", "model.image.attention"),
+    ("fusion.attention", "linear_typo", "fusion.attention"),
+    ("fusion.type", "bogus", "fusion.type"),
+    ("model.image.image_size", 60, "model.image.image_size"),  # patch 8
+    ("model.audio.patch_size", (200, 16), "model.audio.patch_size"),  # 98 frames
+    ("model.audio.patch_size", (16, 128), "model.audio.patch_size"),  # 64 mel bins
+    ("model.audio.num_samples", 2000, "model.audio.patch_size"),  # 11 frames < 16
+    ("model.audio.max_frequency", 9000.0, "model.audio.max_frequency"),
+    ("model.text.pooling", "max", "model.text.pooling"),
+    ("model.audio.position_embedding", "rope", "model.audio.position_embedding"),
+    ("model.modalities", ("text", "video"), "model.modalities"),
+    ("model.modalities", (), "model.modalities"),
+    ("model.dropout_rate", 1.0, "model.dropout_rate"),
+    ("model.remat", "everything", "model.remat"),
+    ("dtype", "int8", "dtype"),
+    ("tokenizer.type", "wordpiece", "tokenizer.type"),
+    ("train.batch_size", 0, "train.batch_size"),
+    ("train.learning_rate", -1.0, "train.learning_rate"),
+    ("mesh.data", 0, "mesh.data"),
+]
+
+
+@pytest.mark.parametrize(
+    "field,value,named", BAD_VALUES, ids=[f"{f}={v}" for f, v, _ in BAD_VALUES]
+)
+def test_validate_rejects_bad_value_naming_field(field, value, named):
+    config = tiny()
+    config_lib.validate(config)  # fine before the change
+    set_dotted(config, field, value)
+    with pytest.raises(ValueError, match=re.escape(f"config.{named}:")):
+        config_lib.validate(config)
+
+
+def test_validate_ignores_towers_of_absent_modalities():
+    config = tiny()
+    config.model.modalities = ("text",)
+    config.model.image.image_size = 60  # would be invalid if the model had an image encoder
+    config.model.audio.patch_size = (500, 500)
+    config_lib.validate(config)

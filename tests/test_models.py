@@ -1,0 +1,289 @@
+"""Tests for mmtx.models: MultiModalTransformer, create_model and the raw-input Model."""
+
+import functools
+import itertools
+import json
+import pathlib
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmtx import Model, MultiModalTransformer, create_model
+from mmtx import config as config_lib
+from mmtx.data.tokenizer import ByteTokenizer
+from mmtx.models import dummy_batch, init_params
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+MODALITIES = ("text", "image", "audio")
+SUBSETS = [s for r in (1, 2, 3) for s in itertools.combinations(MODALITIES, r)]
+B, EMBED, CLASSES, MAX_LEN, SIZE, SAMPLES = 2, 32, 5, 8, 16, 1600
+SNIPPET = """
+from mmtx import create_model
+model = create_model("configs/base_text_image_model.json")
+outputs = model(text_inputs="A person riding a horse", image_features=image)  # image: HxWx3 array
+"""
+
+
+def small_config(fusion="concat", modalities=MODALITIES):
+    """The tiny variant, with inputs small enough to compile fast."""
+    c = config_lib.apply_variant(config_lib.default_config(), "tiny")
+    c.model.modalities = tuple(modalities)
+    c.fusion.type = fusion
+    c.model.num_classes = CLASSES
+    c.model.text.max_length = MAX_LEN
+    c.model.image.image_size, c.model.image.patch_size = SIZE, 8
+    c.model.audio.num_samples, c.model.audio.num_mel_bins = SAMPLES, 16
+    c.model.audio.patch_size = (4, 8)
+    c.dtype = "float32"
+    return c
+
+
+@functools.cache
+def built(fusion):
+    """(module, params): the module from a config, params filled from numpy with the shapes
+    of its init (eval_shape: traced, not compiled; the real init runs in the snippet tests)."""
+    config = config_lib.load_config(small_config(fusion))
+    module = MultiModalTransformer.from_config(config, vocab_size=ByteTokenizer().vocab_size)
+    shapes = jax.eval_shape(module.init, jax.random.key(0), dummy_batch(config, 1))
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(
+        lambda s: jnp.asarray(0.1 * rng.normal(size=s.shape), s.dtype),
+        nn.meta.unbox(shapes["params"]),
+    )
+    return module, params
+
+
+def make_batch(modalities, batch=B):
+    """The same examples for a modality whichever others are present."""
+    out = {}
+    if "text" in modalities:
+        texts = ["a red circle", "cats", "the horse", "music"][:batch]  # row 1 is padded
+        out["text"], out["text_mask"] = ByteTokenizer()(texts, MAX_LEN)
+    if "image" in modalities:
+        rng = np.random.default_rng(1)
+        out["image"] = rng.uniform(size=(batch, SIZE, SIZE, 3)).astype(np.float32)
+    if "audio" in modalities:
+        rng = np.random.default_rng(2)
+        out["audio"] = rng.normal(size=(batch, SAMPLES)).astype(np.float32)
+    return out
+
+
+NO_MASK = "text without text_mask"
+
+
+@functools.cache
+def outputs_by_subset(fusion):
+    """The model's outputs on every subset of its modalities (plus text without a mask).
+
+    One jit over all the subsets: XLA shares the identical encoder computations, which halves
+    the compile time of the parametrized tests below.
+    """
+    module, params = built(fusion)
+    batches = {"+".join(modalities): make_batch(modalities) for modalities in SUBSETS}
+    batches[NO_MASK] = {"text": make_batch(("text",))["text"]}
+    run = jax.jit(lambda p, bs: {k: module.apply({"params": p}, b) for k, b in bs.items()})
+    return run(params, batches)
+
+
+@pytest.mark.parametrize("fusion", ["concat", "gated"])
+@pytest.mark.parametrize("modalities", SUBSETS, ids="+".join)
+def test_outputs_for_every_subset(fusion, modalities):
+    outputs = outputs_by_subset(fusion)
+    out = outputs["+".join(modalities)]
+    expected = {*modalities, "fused", "logits", "logit_scale", "logit_bias"}
+    if fusion == "gated":
+        expected.add("fusion_weights")
+    assert set(out) == expected
+    for key in (*modalities, "fused"):
+        assert out[key].shape == (B, EMBED) and out[key].dtype == jnp.float32, key
+        assert bool(jnp.all(jnp.isfinite(out[key]))), key
+    assert out["logits"].shape == (B, CLASSES) and out["logits"].dtype == jnp.float32
+    assert out["logit_scale"].shape == out["logit_bias"].shape == ()
+    if fusion == "gated":
+        weights = out["fusion_weights"]
+        assert set(weights) == set(modalities)
+        np.testing.assert_allclose(sum(float(w) for w in weights.values()), 1.0, rtol=1e-6)
+    # Encoders are independent: each modality's embedding is the same as in the full run.
+    full = outputs["+".join(MODALITIES)]
+    for m in modalities:
+        np.testing.assert_allclose(out[m], full[m], rtol=1e-5, atol=1e-5)
+    if len(modalities) < len(MODALITIES):
+        assert np.abs(out["fused"] - full["fused"]).max() > 1e-4
+
+
+@pytest.mark.parametrize("fusion", ["concat", "gated"])
+def test_default_text_mask_is_nonzero_ids(fusion):
+    outputs = outputs_by_subset(fusion)
+    for key in ("text", "fused"):
+        np.testing.assert_allclose(
+            outputs[NO_MASK][key], outputs["text"][key], rtol=1e-5, atol=1e-5
+        )
+
+
+def test_module_rejects_bad_batches():
+    module, params = built("concat")
+
+    def run(batch):
+        return jax.eval_shape(lambda p: module.apply({"params": p}, batch), params)
+
+    with pytest.raises(ValueError, match="none of the model's modalities"):
+        run({"label": np.zeros((B,), np.int32)})
+    with pytest.raises(ValueError, match="disagree on batch size"):
+        run({**make_batch(("text",), 2), **make_batch(("audio",), 3)})
+    with pytest.raises(ValueError, match="text_mask shape"):
+        run({"text": np.ones((B, MAX_LEN), np.int32), "text_mask": np.ones((B, 3), bool)})
+    with pytest.raises(ValueError, match="empty"):
+        run({"image": np.zeros((0, SIZE, SIZE, 3), np.float32)})
+
+
+def test_create_model_from_configdict():
+    config = small_config("concat")
+    # params=... skips the init compile; init_params is traced (eval_shape) for its shapes.
+    model = create_model(config, params=built("concat")[1])
+    assert isinstance(model, Model) and isinstance(model.module, MultiModalTransformer)
+    assert model.config is not config  # create_model works on a validated copy
+    assert set(model.module.encoders) == set(MODALITIES) and model.module.fusion_type == "concat"
+    params = jax.eval_shape(lambda k: init_params(model.module, model.config, k), jax.random.key(0))
+    assert jax.tree.structure(params) == jax.tree.structure(model.params)
+    top = set(params)
+    assert {"text", "image", "audio", "fusion", "fused_head", "classifier"} <= top
+    assert {"text_head", "image_head", "audio_head", "logit_scale", "logit_bias"} <= top
+    embedding = params["text"]["token_embed"]["embedding"]["embedding"]
+    assert embedding.shape == (ByteTokenizer().vocab_size, 32)
+    # Callable on raw inputs of every modality.
+    rng = np.random.default_rng(1)
+    out = model(
+        text_inputs=["a red circle", "a blue square"],
+        image_features=rng.integers(0, 256, (B, SIZE, SIZE, 3), dtype=np.uint8),
+        audio_inputs=rng.normal(size=(B, 3000)),  # cropped to num_samples
+    )
+    assert all(isinstance(v, np.ndarray) for v in out.values())
+    assert out["fused"].shape == (B, EMBED) and out["logits"].shape == (B, CLASSES)
+    assert out["audio"].shape == (B, EMBED)
+
+
+def test_create_model_from_py_path_with_arg():
+    # params={} skips the init compile; init_params is then traced (not compiled) for shapes.
+    model = create_model(f"{REPO / 'configs' / 'base.py'}:tiny", params={})
+    assert isinstance(model, Model) and model.params == {}
+    assert model.config.variant == "tiny"
+    assert set(model.module.encoders) == set(MODALITIES)
+    tiny = config_lib.VARIANTS["tiny"]
+    assert model.module.encoders["image"]["width"] == tiny["tower"]["width"]
+    assert model.module.embed_dim == tiny["embed_dim"]
+    params = jax.eval_shape(lambda k: init_params(model.module, model.config, k), jax.random.key(0))
+    assert params["image"]["patches"]["projection"]["kernel"].shape[-1] == tiny["tower"]["width"]
+    assert params["fused_head"]["kernel"].shape == (tiny["fusion"]["width"], tiny["embed_dim"])
+    assert params["text"]["token_embed"]["embedding"]["embedding"].shape == (
+        ByteTokenizer().vocab_size,
+        tiny["tower"]["width"],
+    )
+
+
+def test_create_model_from_small_json(tmp_path):
+    path = tmp_path / "text_only.json"
+    path.write_text(json.dumps({
+        "model": {
+            "modalities": ["text"], "embed_dim": 16, "num_classes": 0,
+            "text": {"max_length": 8, "width": 16, "depth": 1, "num_heads": 2, "mlp_dim": 32},
+        },
+        "fusion": {"type": "gated", "width": 16},
+        "dtype": "float32",
+    }))  # fmt: skip
+    model = create_model(str(path))
+    out = model(text_inputs=["hi there", "a much longer caption that gets truncated"])
+    assert set(out) == {"text", "fused", "fusion_weights", "logit_scale", "logit_bias"}
+    assert out["text"].shape == out["fused"].shape == (2, 16)
+    np.testing.assert_allclose(out["fusion_weights"]["text"], 1.0)
+    with pytest.raises(ValueError, match="no encoder"):
+        model(text_inputs="hi", image_features=np.zeros((64, 64, 3), np.uint8))
+
+
+@pytest.mark.parametrize(
+    "overrides,error,field",
+    [
+        ({"model": {"text": {"widht": 64}}}, KeyError, "'model.text.widht'"),
+        ({"fusoin": {"type": "gated"}}, KeyError, "'fusoin'"),
+        ({"model": {"text": {"width": 30}}}, ValueError, "config.model.text.width:"),
+        ({"model": {"image": {"image_size": 60}}}, ValueError, "config.model.image.image_size:"),
+    ],
+)
+def test_create_model_bad_json_names_the_field(tmp_path, overrides, error, field):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(overrides))
+    with pytest.raises(error, match=re.escape(field)):
+        create_model(str(path))
+
+
+@pytest.fixture(scope="module")
+def snippet():
+    """Runs the README snippet exactly as written (relative path from the repo root)."""
+    import os
+
+    image = np.random.default_rng(0).uniform(size=(64, 64, 3))
+    namespace = {"image": image}
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        exec(SNIPPET, namespace)
+    finally:
+        os.chdir(cwd)
+    return namespace
+
+
+def test_seed_snippet_works_as_written(snippet):
+    outputs = snippet["outputs"]
+    assert set(outputs) == {"text", "image", "fused", "logit_scale", "logit_bias"}
+    for key in ("text", "image", "fused"):
+        assert outputs[key].shape == (1, 128) and outputs[key].dtype == np.float32
+        assert np.all(np.isfinite(outputs[key]))
+    model = snippet["model"]
+    assert isinstance(model, Model)
+    for leaf in jax.tree.leaves(model.params):  # a real init: unboxed float32 arrays
+        assert isinstance(leaf, jax.Array) and leaf.dtype == jnp.float32
+    assert set(model.params) >= {"text", "image", "fusion", "fused_head", "logit_scale"}
+    assert "audio" not in model.params and "classifier" not in model.params
+    np.testing.assert_allclose(model.params["logit_scale"], np.log(10.0), rtol=1e-6)
+
+
+def test_snippet_model_on_batches(snippet):
+    model = snippet["model"]
+    texts = ["A person riding a horse", "a red circle", "two cats"]
+    rng = np.random.default_rng(0)
+    images_u8 = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    out_u8 = model(text_inputs=texts, image_features=images_u8)
+    for key in ("text", "image", "fused"):
+        assert out_u8[key].shape == (3, 128)
+    out_float = model(text_inputs=texts, image_features=images_u8.astype(np.float32) / 255)
+    np.testing.assert_allclose(out_float["image"], out_u8["image"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out_float["text"], out_u8["text"], rtol=1e-6, atol=1e-6)
+    other_size = rng.integers(0, 256, (3, 48, 80, 3), dtype=np.uint8)  # resized to 64x64
+    out_resized = model(text_inputs=texts, image_features=other_size)
+    assert out_resized["image"].shape == (3, 128)
+    assert np.all(np.isfinite(out_resized["image"]))
+    assert not np.allclose(out_resized["image"], out_u8["image"])
+
+
+def test_snippet_model_rejects_bad_inputs(snippet):
+    model = snippet["model"]
+    image = np.zeros((64, 64, 3), np.uint8)
+    with pytest.raises(ValueError, match="no encoder"):
+        model(audio_inputs=np.zeros(16000, np.float32))
+    with pytest.raises(ValueError, match="no encoder"):
+        model(text_inputs="hi", audio_inputs=np.zeros(16000, np.float32))
+    with pytest.raises(ValueError, match="disagree on batch size"):
+        model(text_inputs=["a", "b"], image_features=np.stack([image] * 3))
+    with pytest.raises(ValueError, match="empty"):
+        model(text_inputs="", image_features=image)
+    with pytest.raises(ValueError, match=re.escape("text_inputs[1]")):
+        model(text_inputs=["ok", ""])
+    with pytest.raises(ValueError, match="empty list"):
+        model(text_inputs=[])
+    with pytest.raises(ValueError, match="at least one"):
+        model()
+    with pytest.raises(ValueError, match=re.escape("[0, 1]")):
+        model(image_features=np.full((64, 64, 3), 2.0))

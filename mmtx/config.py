@@ -71,6 +71,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.embed_dim = 128  # Width of the per-modality and fused output embeddings.
     c.model.num_classes = 64  # Classification head size on the fused embedding; 0 = none.
     c.model.dropout_rate = 0.0  # Dropout after attention and MLP in every block (train only).
+    c.model.modality_dropout = 0.0  # P(drop a modality from the fusion), per example, train only.
     c.model.remat = (
         "none"  # Rematerialisation policy per block: none | full | dots | dots_no_batch.
     )
@@ -223,6 +224,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require(config.model.embed_dim > 0, "model.embed_dim", "must be positive")
     _require(config.model.num_classes >= 0, "model.num_classes", "must be >= 0")
     _require(0.0 <= config.model.dropout_rate < 1.0, "model.dropout_rate", "must be in [0, 1)")
+    _require(
+        0.0 <= config.model.modality_dropout < 1.0, "model.modality_dropout", "must be in [0, 1)"
+    )
     _require(config.model.remat in REMAT_POLICIES, "model.remat", f"one of {REMAT_POLICIES}")
     towers = [(f"model.{m}", config.model[m]) for m in modalities]
     for name, tower in [*towers, ("fusion", config.fusion)]:

@@ -37,7 +37,11 @@ def resolve_dtype(name: str) -> jnp.dtype:
 class MultiModalTransformer(nn.Module):
     """Encoders for each configured modality, a fusion module, and output heads.
 
-    Build it with :meth:`from_config`. ``__call__(batch, train=...)`` takes a batch dict
+    Build it with :meth:`from_config`. With ``modality_dropout > 0`` and ``train=True``, each
+    example drops each modality from the fusion with that probability (never all of them; the
+    per-modality embeddings are unaffected), so the model learns to cope with missing inputs.
+
+    ``__call__(batch, train=...)`` takes a batch dict
     (any subset of ``text``/``text_mask``/``image``/``audio``; see DESIGN.md) and returns a
     dict with, for every present modality ``m``, ``out[m]`` float32 ``[B, embed_dim]``;
     ``"fused"`` float32 ``[B, embed_dim]``; ``"logits"`` float32 ``[B, num_classes]`` when
@@ -51,6 +55,7 @@ class MultiModalTransformer(nn.Module):
     fusion: FrozenDict[str, Any]
     embed_dim: int
     num_classes: int = 0
+    modality_dropout: float = 0.0
     capture_weights: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -86,6 +91,7 @@ class MultiModalTransformer(nn.Module):
             fusion=FrozenDict(fusion),
             embed_dim=model.embed_dim,
             num_classes=model.num_classes,
+            modality_dropout=model.modality_dropout,
             dtype=resolve_dtype(config.dtype),
             param_dtype=jnp.dtype(config.param_dtype),
             **overrides,
@@ -138,6 +144,12 @@ class MultiModalTransformer(nn.Module):
             features[modality] = ModalityFeatures(tokens, out["mask"], out["pooled"])
             outputs[modality] = self._head(f"{modality}_head", self.embed_dim)(out["pooled"])
 
+        if train and self.modality_dropout > 0 and len(present) > 1:
+            keep = self._modality_keep_mask(
+                len(present), next(iter(features.values())).tokens.shape[0]
+            )
+            features = {m: f._replace(keep=keep[:, i]) for i, (m, f) in enumerate(features.items())}
+
         fusion_kwargs = dict(self.fusion)
         if self.fusion_type != "gated":
             fusion_kwargs["capture_weights"] = self.capture_weights
@@ -160,6 +172,16 @@ class MultiModalTransformer(nn.Module):
             "logit_bias", nn.initializers.constant(-10.0), (), jnp.float32
         )
         return outputs
+
+    def _modality_keep_mask(self, num_modalities: int, batch: int) -> jax.Array:
+        """bool ``[B, M]``: each modality kept with prob ``1 - modality_dropout``, at least one
+        per example (a random one when all were dropped)."""
+        drop_rng, pick_rng = jax.random.split(self.make_rng("dropout"))
+        keep = jax.random.bernoulli(drop_rng, 1.0 - self.modality_dropout, (batch, num_modalities))
+        rescue = jax.nn.one_hot(
+            jax.random.randint(pick_rng, (batch,), 0, num_modalities), num_modalities, dtype=bool
+        )
+        return jnp.where(jnp.any(keep, axis=1, keepdims=True), keep, rescue)
 
     def _head(self, name: str, features: int) -> nn.Module:
         dense = nn.Dense(

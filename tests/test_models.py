@@ -287,3 +287,59 @@ def test_snippet_model_rejects_bad_inputs(snippet):
         model()
     with pytest.raises(ValueError, match=re.escape("[0, 1]")):
         model(image_features=np.full((64, 64, 3), 2.0))
+
+
+@functools.cache
+def built_with_modality_dropout(rate):
+    config = small_config("concat")
+    config.model.modality_dropout = rate
+    module = MultiModalTransformer.from_config(
+        config_lib.load_config(config), vocab_size=ByteTokenizer().vocab_size
+    )
+    return module, built("concat")[1]
+
+
+def test_modality_dropout_is_off_at_eval():
+    module, params = built_with_modality_dropout(0.9)
+    batch = make_batch(MODALITIES)
+    plain_module, _ = built("concat")
+    dropped = module.apply({"params": params}, batch, train=False)
+    reference = plain_module.apply({"params": params}, batch, train=False)
+    np.testing.assert_array_equal(dropped["fused"], reference["fused"])
+
+
+def test_modality_dropout_in_training_drops_modalities_but_not_embeddings():
+    module, params = built_with_modality_dropout(0.9)
+    batch = make_batch(MODALITIES)
+    plain_module, _ = built("concat")
+    reference = plain_module.apply({"params": params}, batch, train=False)
+    fused = [
+        module.apply({"params": params}, batch, train=True, rngs={"dropout": jax.random.key(s)})
+        for s in range(4)
+    ]
+    # Per-modality embeddings never see modality dropout; the fusion does.
+    for out in fused:
+        np.testing.assert_allclose(out["text"], reference["text"], rtol=1e-5, atol=1e-6)
+    assert any(np.abs(out["fused"] - reference["fused"]).max() > 1e-4 for out in fused)
+    # Each example's fused output is the model's output on some non-empty subset of its
+    # modalities, the same subset for every row of that example's inputs.
+    by_subset = outputs_by_subset("concat")
+    subsets = ["+".join(m) for m in SUBSETS]
+    seen = set()
+    for out in fused:
+        for row in range(B):
+            matches = [
+                name
+                for name in subsets
+                if np.allclose(out["fused"][row], by_subset[name]["fused"][row], atol=1e-5)
+            ]
+            assert matches, f"row {row} matches no subset of modalities"
+            seen.update(matches)
+    assert any("+" not in name for name in seen)  # at rate 0.9, single modalities occur
+
+
+def test_modality_dropout_rate_is_validated():
+    config = small_config()
+    config.model.modality_dropout = 1.0
+    with pytest.raises(ValueError, match=r"model\.modality_dropout"):
+        config_lib.validate(config)

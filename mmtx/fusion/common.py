@@ -14,12 +14,14 @@ class ModalityFeatures(NamedTuple):
     """One modality's encoder output.
 
     tokens: ``[B, T, D_m]`` float; mask: bool ``[B, T]`` (True = real token);
-    pooled: ``[B, D_m]`` float.
+    pooled: ``[B, D_m]`` float; keep: bool ``[B]`` or None: False drops this modality for
+    that example, as if it were absent (modality dropout); None keeps it everywhere.
     """
 
     tokens: jax.Array
     mask: jax.Array
     pooled: jax.Array
+    keep: jax.Array | None = None
 
 
 def check_features(features: dict[str, ModalityFeatures]) -> int:

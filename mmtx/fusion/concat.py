@@ -19,7 +19,8 @@ class ConcatFusion(nn.Module):
     """Projects each modality's tokens to ``width``, adds a learned modality embedding,
     prepends a fusion CLS token, and runs a joint :class:`mmtx.nn.Encoder` over the concatenation.
 
-    Padded tokens stay masked in the joint attention. The fused output is the CLS token,
+    Padded tokens, and every token of a modality an example drops (``keep``), stay masked in
+    the joint attention. The fused output is the CLS token,
     ``[B, width]``; ``out["tokens"]`` is the joint sequence ``[B, 1 + sum T_m, width]`` and
     ``out["mask"]`` its mask.
     """
@@ -67,7 +68,10 @@ class ConcatFusion(nn.Module):
                 name=f"{name}_projection",
             )(features[name].tokens)
             streams.append(tokens + modality_embedding[index].astype(self.dtype))
-            masks.append(features[name].mask.astype(jnp.bool_))
+            mask = features[name].mask.astype(jnp.bool_)
+            if features[name].keep is not None:
+                mask = mask & features[name].keep[:, None]
+            masks.append(mask)
         x = jnp.concatenate(streams, axis=1)
         mask = jnp.concatenate(masks, axis=1)
         x, out = Encoder(

@@ -18,7 +18,8 @@ class GatedFusion(nn.Module):
     """``fused = sum_m w_m * W_m pooled_m`` over the present modalities.
 
     ``w = softmax(g[present])`` where ``g`` ``[len(MODALITIES)]`` are learned gate logits, so
-    the weights always sum to one over whichever modalities are present. ``out["weights"]``
+    the weights always sum to one over whichever modalities are present (per example, over
+    those it keeps, see ``ModalityFeatures.keep``). ``out["weights"]``
     maps each present modality to its weight, float32 ``[]``, so a user can see which
     modality the model relies on. Returns ``[B, width]``.
     """
@@ -39,7 +40,18 @@ class GatedFusion(nn.Module):
         )
         present = [name for name in MODALITIES if name in features]
         index = jnp.asarray([MODALITIES.index(name) for name in present])
-        weights = jax.nn.softmax(gate_logits[index].astype(jnp.float32))
+        logits = gate_logits[index].astype(jnp.float32)
+        weights = jax.nn.softmax(logits)
+        batch = features[present[0]].pooled.shape[0]
+        keep = jnp.stack(
+            [
+                jnp.ones((batch,), jnp.bool_) if features[n].keep is None else features[n].keep
+                for n in present
+            ],
+            axis=1,
+        )
+        # Per example, the weights renormalise over the modalities it keeps.
+        per_example = jax.nn.softmax(jnp.where(keep, logits[None], -1e9), axis=-1)
         projected = [
             nn.Dense(
                 self.width,
@@ -50,5 +62,5 @@ class GatedFusion(nn.Module):
             )(features[name].pooled)
             for name in present
         ]
-        fused = sum(w.astype(p.dtype) * p for w, p in zip(weights, projected, strict=True))
+        fused = sum(per_example[:, i, None].astype(p.dtype) * p for i, p in enumerate(projected))
         return fused, {"weights": dict(zip(present, weights, strict=True))}

@@ -136,3 +136,14 @@ def test_gradients_reach_every_param():
         assert bool(jnp.all(jnp.isfinite(g))), f"non-finite gradient for {name}"
         if not any(s in name for s in SHIFT_INVARIANT):
             assert bool(jnp.any(g != 0)), f"zero gradient for {name}"
+
+
+def test_keep_false_drops_a_modality_for_that_example_only():
+    _, params, apply = built()
+    features = make_features(("text", "image"))
+    keep = jnp.asarray([True] + [False] * (B - 1))
+    dropped = dict(features, text=features["text"]._replace(keep=keep))
+    fused = apply(params, dropped)[0]
+    np.testing.assert_allclose(fused[0], apply(params, features)[0][0], rtol=1e-5, atol=1e-5)
+    image_only = apply(params, {"image": features["image"]})[0]
+    np.testing.assert_allclose(fused[1:], image_only[1:], rtol=1e-5, atol=1e-5)

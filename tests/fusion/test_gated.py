@@ -123,3 +123,16 @@ def test_mismatched_batch_sizes_raise():
     features = dict(make_features(("text",), batch=2), **make_features(("audio",), batch=3))
     with pytest.raises(ValueError, match="batch size"):
         jax.eval_shape(fusion.apply, params, features)
+
+
+def test_dropped_modality_is_absent_for_that_example():
+    """keep=False on example 0's image equals running example 0 without an image."""
+    _, params, apply = built()
+    features = make_features()
+    keep = jnp.asarray([False, True, True])
+    dropped = dict(features, image=features["image"]._replace(keep=keep))
+    fused, _ = apply(params, dropped)
+    without_image, _ = apply(params, {m: f for m, f in features.items() if m != "image"})
+    full, _ = apply(params, features)
+    np.testing.assert_allclose(fused[0], without_image[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fused[1:], full[1:], rtol=1e-5, atol=1e-6)

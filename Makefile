@@ -20,12 +20,12 @@ train: venv
 	$(BIN)/python -m mmtx.main --config=$(CONFIG) --workdir=$(WORKDIR)
 
 test: venv
-	$(BIN)/python -m ruff check mmtx tests configs
+	$(BIN)/python -m ruff check mmtx tests configs experiments
 	$(BIN)/python -m pytest -n 2 tests
 
 lint: venv
-	$(BIN)/python -m ruff check mmtx tests configs
-	$(BIN)/python -m ruff format --check mmtx tests configs
+	$(BIN)/python -m ruff check mmtx tests configs experiments
+	$(BIN)/python -m ruff format --check mmtx tests configs experiments
 
 clean:
 	rm -rf $(VENV) workdir

@@ -9,6 +9,7 @@ are in :func:`mmtx.config.default_config`; this file sets what the experiment ch
 """
 
 from mmtx import config as config_lib
+from mmtx.data import synthetic
 
 
 def get_config(arg: str | None = None):
@@ -17,4 +18,21 @@ def get_config(arg: str | None = None):
     config_lib.apply_variant(config, arg or "small")
     config.model.modalities = ("text", "image", "audio")
     config.fusion.type = "concat"
+    config.model.image.stem = "conv"  # early convolutions see small shapes better
+    config.model.image.position_embedding = "sincos"
+
+    # The synthetic data labels every attribute; auxiliary heads on each modality's
+    # embedding use them (audio has no position).
+    config.model.attribute_classes = {
+        "shape": len(synthetic.SHAPES),
+        "colour": len(synthetic.COLOURS),
+        "size": len(synthetic.SIZES),
+        "position": len(synthetic.POSITIONS),
+    }
+    config.model.attribute_modalities = {
+        "text": ("shape", "colour", "size", "position"),
+        "image": ("shape", "colour", "size", "position"),
+        "audio": ("shape", "colour", "size"),
+    }
+    config.loss.attribute_weight = 1.0
     return config

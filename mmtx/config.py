@@ -70,6 +70,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.modalities = ("text", "image", "audio")  # Encoders the model has (any subset).
     c.model.embed_dim = 128  # Width of the per-modality and fused output embeddings.
     c.model.num_classes = 64  # Classification head size on the fused embedding; 0 = none.
+    # Auxiliary attribute heads on each modality's embedding (empty = none): attribute name ->
+    # number of classes, and modality -> the attributes it can express. The loss term is
+    # config.loss.attribute_weight; the batch must carry an int label per attribute.
+    c.model.attribute_classes = ml_collections.ConfigDict()
+    c.model.attribute_modalities = ml_collections.ConfigDict()
+    c.model.temperature_init = 0.07  # Initial contrastive temperature (learned). CLIP: 0.07.
+    c.model.logit_bias_init = -10.0  # Initial bias of the sigmoid (SigLIP) loss, learned.
     c.model.dropout_rate = 0.0  # Dropout after attention and MLP in every block (train only).
     c.model.modality_dropout = 0.0  # P(drop a modality from the fusion), per example, train only.
     c.model.remat = (
@@ -136,6 +143,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.loss.contrastive = "softmax"  # softmax (CLIP) | sigmoid (SigLIP) | none; every modality pair.
     c.loss.contrastive_weight = 1.0  # Weight of each pairwise contrastive term.
     c.loss.classification_weight = 1.0  # Weight of the cross-entropy on the fused embedding.
+    c.loss.attribute_weight = 0.0  # Weight of each auxiliary attribute cross-entropy term.
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 2000  # Optimizer steps.
@@ -223,6 +231,16 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _require(modality in MODALITIES, "model.modalities", f"unknown modality {modality!r}")
     _require(config.model.embed_dim > 0, "model.embed_dim", "must be positive")
     _require(config.model.num_classes >= 0, "model.num_classes", "must be >= 0")
+    _require(config.model.temperature_init > 0, "model.temperature_init", "must be positive")
+    for modality, names in config.model.attribute_modalities.items():
+        field = f"model.attribute_modalities.{modality}"
+        _require(modality in MODALITIES, field, f"unknown modality {modality!r}")
+        for name in names:
+            _require(
+                name in config.model.attribute_classes,
+                field,
+                f"attribute {name!r} has no entry in model.attribute_classes",
+            )
     _require(0.0 <= config.model.dropout_rate < 1.0, "model.dropout_rate", "must be in [0, 1)")
     _require(
         0.0 <= config.model.modality_dropout < 1.0, "model.modality_dropout", "must be in [0, 1)"

@@ -77,12 +77,13 @@ def total_loss(
         ``logit_bias``).
       batch: the input batch (``label`` int32 ``[B]`` is used when present).
       config: ``config.loss`` with ``contrastive`` (``softmax`` | ``sigmoid`` | ``none``),
-        ``contrastive_weight`` and ``classification_weight``.
+        ``contrastive_weight``, ``classification_weight`` and ``attribute_weight``.
 
     Returns:
       ``(loss, metrics)``: a float32 scalar and a dict of float32 scalars: one
       ``contrastive_<a>_<b>`` term per pair of present modalities, ``classification`` and
-      ``accuracy`` when labels and logits are present.
+      ``accuracy`` when labels and logits are present, and ``attribute_<modality>_<name>``
+      (with its ``_accuracy``) for each auxiliary attribute head whose label the batch has.
     """
     metrics: dict[str, jax.Array] = {}
     loss = jnp.zeros((), jnp.float32)
@@ -104,5 +105,13 @@ def total_loss(
         metrics["classification"] = term
         metrics["accuracy"] = accuracy
         loss = loss + config.classification_weight * term
+    if config.get("attribute_weight", 0.0):
+        for key, logits in outputs.get("attribute_logits", {}).items():
+            attribute = key.split("/")[1]
+            if attribute in batch:
+                term, accuracy = classification_loss(logits, batch[attribute])
+                metrics[f"attribute_{key.replace('/', '_')}"] = term
+                metrics[f"attribute_{key.replace('/', '_')}_accuracy"] = accuracy
+                loss = loss + config.attribute_weight * term
     metrics["loss"] = loss
     return loss, metrics

@@ -46,7 +46,9 @@ class MultiModalTransformer(nn.Module):
     dict with, for every present modality ``m``, ``out[m]`` float32 ``[B, embed_dim]``;
     ``"fused"`` float32 ``[B, embed_dim]``; ``"logits"`` float32 ``[B, num_classes]`` when
     ``num_classes > 0``; ``"logit_scale"`` and ``"logit_bias"`` float32 scalars (the learnable
-    temperature and bias of the contrastive losses); and, with gated fusion,
+    temperature and bias of the contrastive losses); with ``attribute_heads``,
+    ``"attribute_logits"``: ``"<modality>/<attribute>"`` -> float32 ``[B, classes]``,
+    predicted from that modality's embedding; and, with gated fusion,
     ``"fusion_weights"``: present modality -> float32 scalar weight.
     """
 
@@ -56,6 +58,9 @@ class MultiModalTransformer(nn.Module):
     embed_dim: int
     num_classes: int = 0
     modality_dropout: float = 0.0
+    attribute_heads: FrozenDict[str, FrozenDict[str, int]] = FrozenDict()
+    temperature_init: float = 0.07
+    logit_bias_init: float = -10.0
     capture_weights: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -92,6 +97,15 @@ class MultiModalTransformer(nn.Module):
             embed_dim=model.embed_dim,
             num_classes=model.num_classes,
             modality_dropout=model.modality_dropout,
+            attribute_heads=FrozenDict(
+                {
+                    m: FrozenDict({a: model.attribute_classes[a] for a in names})
+                    for m, names in model.attribute_modalities.items()
+                    if m in model.modalities
+                }
+            ),
+            temperature_init=model.temperature_init,
+            logit_bias_init=model.logit_bias_init,
             dtype=resolve_dtype(config.dtype),
             param_dtype=jnp.dtype(config.param_dtype),
             **overrides,
@@ -143,6 +157,11 @@ class MultiModalTransformer(nn.Module):
                 tokens, out = encoder(batch[modality], train=train)
             features[modality] = ModalityFeatures(tokens, out["mask"], out["pooled"])
             outputs[modality] = self._head(f"{modality}_head", self.embed_dim)(out["pooled"])
+            for name, classes in self.attribute_heads.get(modality, {}).items():
+                head = self._head(f"{modality}_{name}_head", classes)
+                outputs.setdefault("attribute_logits", {})[f"{modality}/{name}"] = head(
+                    outputs[modality]
+                )
 
         if train and self.modality_dropout > 0 and len(present) > 1:
             keep = self._modality_keep_mask(
@@ -166,10 +185,13 @@ class MultiModalTransformer(nn.Module):
         if "weights" in fusion_out:
             outputs["fusion_weights"] = fusion_out["weights"]
         outputs["logit_scale"] = self.param(
-            "logit_scale", nn.initializers.constant(np.log(10.0)), (), jnp.float32
+            "logit_scale",
+            nn.initializers.constant(-np.log(self.temperature_init)),
+            (),
+            jnp.float32,
         )
         outputs["logit_bias"] = self.param(
-            "logit_bias", nn.initializers.constant(-10.0), (), jnp.float32
+            "logit_bias", nn.initializers.constant(self.logit_bias_init), (), jnp.float32
         )
         return outputs
 

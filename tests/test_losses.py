@@ -332,3 +332,22 @@ def test_total_loss_gradient_is_weighted_sum_of_term_gradients():
     got = jax.jit(jax.grad(total))(outputs["text"])
     want = 0.5 * jax.jit(jax.grad(jnp_softmax_loss))(outputs["text"], outputs["image"], 1.5)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_total_loss_adds_one_term_per_labelled_attribute_head():
+    outputs = model_outputs(("text",), with_logits=False)
+    shape_logits = jnp.asarray(embeddings(50, B, 3))
+    position_logits = jnp.asarray(embeddings(51, B, 4))
+    outputs["attribute_logits"] = {"text/shape": shape_logits, "text/position": position_logits}
+    batch = {"shape": jnp.asarray([0, 1, 2, 0, 1], jnp.int32)}  # no position label
+    config = loss_config(contrastive="none")
+    config.attribute_weight = 0.5
+    loss, metrics = total_loss(outputs, batch, config)
+    rows, targets = np.asarray(shape_logits, np.float64), np.asarray(batch["shape"])
+    expected_term = np.mean([np_log_softmax_ce(r, t) for r, t in zip(rows, targets, strict=True)])
+    np.testing.assert_allclose(metrics["attribute_text_shape"], expected_term, rtol=1e-5)
+    assert "attribute_text_position" not in metrics
+    np.testing.assert_allclose(loss, 0.5 * expected_term, rtol=1e-5)
+    config.attribute_weight = 0.0
+    loss, metrics = total_loss(outputs, batch, config)
+    assert float(loss) == 0.0 and "attribute_text_shape" not in metrics

@@ -343,3 +343,23 @@ def test_modality_dropout_rate_is_validated():
     config.model.modality_dropout = 1.0
     with pytest.raises(ValueError, match=r"model\.modality_dropout"):
         config_lib.validate(config)
+
+
+def test_attribute_heads_predict_from_each_modality_embedding():
+    config = small_config("concat")
+    config.model.attribute_classes = {"shape": 3, "position": 4}
+    config.model.attribute_modalities = {"text": ("shape", "position"), "audio": ("shape",)}
+    model = create_model(config_lib.load_config(config))
+    outputs = model.apply(make_batch(("text", "audio")))
+    shapes = {k: v.shape for k, v in outputs["attribute_logits"].items()}
+    assert shapes == {"text/shape": (B, 3), "text/position": (B, 4), "audio/shape": (B, 3)}
+    head = model.params["text_position_head"]
+    expected = outputs["text"] @ head["kernel"] + head["bias"]
+    np.testing.assert_allclose(outputs["attribute_logits"]["text/position"], expected, rtol=1e-5)
+
+
+def test_attribute_modalities_must_name_known_attributes():
+    config = small_config("concat")
+    config.model.attribute_modalities = {"text": ("colour",)}
+    with pytest.raises(ValueError, match=r"model\.attribute_modalities\.text"):
+        config_lib.validate(config)

@@ -19,6 +19,7 @@ def get_config(arg: str | None = None):
     config.model.modalities = ("text", "image", "audio")
     config.fusion.type = "concat"
     config.model.image.stem = "conv"  # early convolutions see small shapes better
+    config.model.image.depth += 1  # shape is the hardest attribute to see; one more block
     config.model.image.position_embedding = "sincos"
 
     # The synthetic data labels every attribute; auxiliary heads on each modality's
@@ -35,4 +36,10 @@ def get_config(arg: str | None = None):
         "audio": ("shape", "colour", "size"),
     }
     config.loss.attribute_weight = 1.0
+
+    config.train.steps = 600
+    config.train.learning_rate = 2e-3
+    config.train.warmup_steps = 50
+    config.train.eval_every = 200
+    config.train.checkpoint_every = 200
     return config

@@ -1,0 +1,43 @@
+"""Tests for mmtx/main.py: the command line trains, applies --config.x.y overrides, resumes."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_main(workdir, *overrides):
+    command = [
+        sys.executable, "-m", "mmtx.main", "--config=configs/base.py:tiny",
+        f"--workdir={workdir}", "--config.train.batch_size=8", "--config.eval.batch_size=8",
+        "--config.data.eval_size=8", "--config.model.text.max_length=32",
+        "--config.train.log_every=1", *overrides,
+    ]  # fmt: skip
+    return subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False
+    )
+
+
+def test_command_line_trains_with_overrides_and_resumes(tmp_path):
+    result = run_main(tmp_path, "--config.train.steps=2", "--config.fusion.type=gated")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "step 2/2" in result.stdout and "final:" in result.stdout
+    with open(os.path.join(tmp_path, "config.json")) as f:
+        saved = json.load(f)
+    assert saved["train"]["steps"] == 2 and saved["fusion"]["type"] == "gated"
+    with open(os.path.join(tmp_path, "summary.json")) as f:
+        assert json.load(f)["step"] == 2
+
+    again = run_main(tmp_path, "--config.train.steps=3", "--config.fusion.type=gated")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from checkpoint at step 2" in again.stdout
+    assert "step 3/3" in again.stdout
+
+
+def test_bad_override_is_a_clear_error(tmp_path):
+    result = run_main(tmp_path, "--config.train.stpes=2")
+    assert result.returncode != 0
+    assert "stpes" in result.stderr

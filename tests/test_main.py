@@ -6,6 +6,8 @@ import pathlib
 import subprocess
 import sys
 
+import jax
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -16,8 +18,16 @@ def run_main(workdir, *overrides):
         "--config.data.eval_size=8", "--config.model.text.max_length=32",
         "--config.train.log_every=1", *overrides,
     ]  # fmt: skip
+    # The subprocesses share the test session's persistent compilation cache (conftest.py),
+    # so the rerun does not compile again.
+    env = dict(
+        os.environ,
+        JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
     return subprocess.run(
-        command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False
     )
 
 

@@ -176,7 +176,8 @@ def test_create_model_from_py_path_with_arg():
     assert model.module.encoders["image"]["width"] == tiny["tower"]["width"]
     assert model.module.embed_dim == tiny["embed_dim"]
     params = jax.eval_shape(lambda k: init_params(model.module, model.config, k), jax.random.key(0))
-    assert params["image"]["patches"]["projection"]["kernel"].shape[-1] == tiny["tower"]["width"]
+    # configs/base.py gives the image tower a convolutional stem.
+    assert params["image"]["stem"]["projection"]["kernel"].shape[-1] == tiny["tower"]["width"]
     assert params["fused_head"]["kernel"].shape == (tiny["fusion"]["width"], tiny["embed_dim"])
     assert params["text"]["token_embed"]["embedding"]["embedding"].shape == (
         ByteTokenizer().vocab_size,
@@ -247,7 +248,8 @@ def test_seed_snippet_works_as_written(snippet):
         assert isinstance(leaf, jax.Array) and leaf.dtype == jnp.float32
     assert set(model.params) >= {"text", "image", "fusion", "fused_head", "logit_scale"}
     assert "audio" not in model.params and "classifier" not in model.params
-    np.testing.assert_allclose(model.params["logit_scale"], np.log(10.0), rtol=1e-6)
+    # CLIP's initial temperature, 0.07 (config.model.temperature_init).
+    np.testing.assert_allclose(model.params["logit_scale"], -np.log(0.07), rtol=1e-6)
 
 
 def test_snippet_model_on_batches(snippet):

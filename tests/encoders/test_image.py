@@ -7,24 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import SHIFT_INVARIANT, random_params
 
 from mmtx.encoders import ImageEncoder
 
 B, SIZE, PATCH, D = 2, 16, 8, 16
 N = (SIZE // PATCH) ** 2
-SHIFT_INVARIANT = ("['key']['bias']",)  # softmax is invariant to it: gradient exactly zero
-
-
-def random_params(module, *args, seed=0):
-    """Params of ``module`` at a random, generic point (numpy RNG: no PRNG compile)."""
-    shapes = jax.eval_shape(module.init, jax.random.key(0), *args)
-    rng = np.random.default_rng(seed)
-
-    def fill(path, s):
-        base = 1.0 if "scale" in jax.tree_util.keystr(path) else 0.0
-        return jnp.asarray(base + 0.2 * rng.normal(size=s.shape), s.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def images(batch=B, seed=0):

@@ -6,25 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import SHIFT_INVARIANT, random_params
 
 from mmtx.encoders import TextEncoder
 
 B, T, D, VOCAB = 2, 8, 16, 50
 # The attention key bias shifts every logit of a query row equally; softmax is invariant to
 # that, so its gradient is exactly zero by construction.
-SHIFT_INVARIANT = ("['key']['bias']",)
-
-
-def random_params(module, *args, seed=0):
-    """Params of ``module`` at a random, generic point (numpy RNG: no PRNG compile)."""
-    shapes = jax.eval_shape(module.init, jax.random.key(0), *args)
-    rng = np.random.default_rng(seed)
-
-    def fill(path, s):
-        base = 1.0 if "scale" in jax.tree_util.keystr(path) else 0.0
-        return jnp.asarray(base + 0.2 * rng.normal(size=s.shape), s.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def tokens_and_mask():

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import SHIFT_INVARIANT
 
 from mmtx.encoders.tower import Tower, masked_mean
 
@@ -13,7 +14,6 @@ B, T, D = 2, 6, 16
 
 # The attention key bias adds q·b_k to every logit of a query row; softmax is invariant to
 # that shift, so its gradient is exactly zero by construction (not a bug).
-SHIFT_INVARIANT = ("['key']['bias']",)
 
 
 def jitter(params, scale=0.05):

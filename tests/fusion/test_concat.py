@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import SHIFT_INVARIANT, random_params
 
 from mmtx.fusion import MODALITIES, ConcatFusion, ModalityFeatures
 
@@ -14,19 +15,6 @@ B, WIDTH = 2, 16
 # Per modality: (tokens T_m, feature width D_m, number of padded tokens at the end of row 0).
 SPECS = {"text": (5, 8, 2), "image": (4, 12, 0), "audio": (3, 16, 1)}
 SUBSETS = [s for r in range(1, len(MODALITIES) + 1) for s in itertools.combinations(MODALITIES, r)]
-SHIFT_INVARIANT = ("['key']['bias']",)  # softmax is invariant to it: gradient exactly zero
-
-
-def random_params(module, *args, seed=0):
-    """Params of ``module`` at a random, generic point (numpy RNG: no PRNG compile)."""
-    shapes = jax.eval_shape(module.init, jax.random.key(0), *args)
-    rng = np.random.default_rng(seed)
-
-    def fill(path, s):
-        base = 1.0 if "scale" in jax.tree_util.keystr(path) else 0.0
-        return jnp.asarray(base + 0.2 * rng.normal(size=s.shape), s.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def make_features(modalities=MODALITIES, batch=B, seed=0):

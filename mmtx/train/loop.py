@@ -11,6 +11,7 @@ import os
 import time
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -62,12 +63,7 @@ def create_train_state(
 
     def init(rng: jax.Array) -> TrainState:
         init_rng, train_rng = jax.random.split(rng)
-        boxed = module.init(init_rng, batch, train=False)["params"]
-        params = jax.tree.map(
-            lambda x: x.unbox() if hasattr(x, "unbox") else x,
-            boxed,
-            is_leaf=lambda x: hasattr(x, "unbox"),
-        )
+        params = nn.meta.unbox(module.init(init_rng, batch, train=False)["params"])
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
@@ -92,13 +88,12 @@ def create_train_state(
 
 
 def _mirror_param_shardings(opt_state: Any, params: Any, param_shardings: Any, default: Any) -> Any:
+    """Maps every params-shaped subtree of ``opt_state`` (Adam's moments) to the params'
+    shardings and every other leaf (counts, scalars) to ``default``."""
     param_treedef = jax.tree.structure(params)
 
     def is_param_like(x: Any) -> bool:
-        try:
-            return jax.tree.structure(x) == param_treedef
-        except Exception:
-            return False
+        return jax.tree.structure(x) == param_treedef
 
     return jax.tree.map(
         lambda x: param_shardings if is_param_like(x) else default,

@@ -1,5 +1,13 @@
-"""Attention kernels: pure functions on ``[batch, length, heads, head_dim]`` arrays (no Flax)."""
+"""Attention kernels: pure functions on ``[batch, length, heads, head_dim]`` arrays (no Flax).
+
+- :func:`dot_product_attention`: dense softmax attention (XLA, or cuDNN flash on GPU).
+- :func:`local_attention`: sliding window + global tokens, blockwise, linear in length.
+- :func:`linear_attention`: elu+1 (Katharopoulos et al. 2020) or FAVOR+ (Choromanski et al.
+  2021) feature maps, linear in length.
+"""
 
 from mmtx.attention.dense import attention_weights, dot_product_attention
+from mmtx.attention.linear import linear_attention
+from mmtx.attention.local import local_attention
 
-__all__ = ["attention_weights", "dot_product_attention"]
+__all__ = ["attention_weights", "dot_product_attention", "linear_attention", "local_attention"]

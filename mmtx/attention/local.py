@@ -1,0 +1,185 @@
+"""Sliding-window (local) self-attention with optional global tokens, computed blockwise.
+
+Query ``i`` sees key ``j`` iff ``|i - j| <= radius``, or ``i < num_global``, or
+``j < num_global`` (global tokens see and are seen by everything); with ``causal=True`` also
+``j <= i``; an optional key-padding mask is applied on top. The result equals dense softmax
+attention under that combined mask, but no ``T x T`` array is ever built: time and memory grow
+linearly in ``T`` (for fixed ``radius`` and ``num_global``).
+
+Blocking scheme: ``T`` is padded up to ``nb * block`` with ``block = min(max(radius, 16), T)``
+(so ``block >= radius`` or ``block == T``). Query block ``n`` attends to the keys of blocks
+``n - 1, n, n + 1`` (``3 * block`` keys, zero-padded at the ends) with the exact band mask from
+absolute positions, plus the ``num_global`` global keys concatenated after them; a global key
+that already lies inside the band of a query is masked out of the concatenated part, so it is
+counted once. The ``num_global`` global query rows are recomputed with a dense
+``[num_global, T]`` attention and overwrite the blockwise rows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["local_attention"]
+
+_MIN_BLOCK = 16
+# Same fill as jax.nn.dot_product_attention: finite, so a fully masked row stays NaN-free.
+_LARGE_NEGATIVE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def _check_args(
+    q: jax.Array, k: jax.Array, v: jax.Array, radius: int, num_global: int, mask: jax.Array | None
+) -> None:
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.ndim != 4:
+            raise ValueError(f"{name} must be [B, T, H, Dh]; got shape {x.shape}")
+    if not (q.shape == k.shape == v.shape):
+        raise ValueError(
+            f"q {q.shape}, k {k.shape} and v {v.shape} must have the same shape [B, T, H, Dh] "
+            "(self-attention)."
+        )
+    if isinstance(radius, bool) or not isinstance(radius, int | np.integer) or radius < 0:
+        raise ValueError(f"radius must be a non-negative int; got {radius!r}")
+    t = q.shape[1]
+    if (
+        isinstance(num_global, bool)
+        or not isinstance(num_global, int | np.integer)
+        or not 0 <= num_global <= t
+    ):
+        raise ValueError(f"num_global must be an int in [0, T={t}]; got {num_global!r}")
+    if mask is not None and tuple(mask.shape) != (q.shape[0], t):
+        raise ValueError(
+            f"mask must be a key-padding mask [B, T] = {q.shape[:2]}; got {mask.shape}"
+        )
+
+
+def _masked_softmax_attention(
+    logits: jax.Array, visible: jax.Array, values: jax.Array, spec: str
+) -> tuple[jax.Array, jax.Array]:
+    """Softmax over the last axis of float32 ``logits`` where ``visible``; returns (out, any)."""
+    logits = jnp.where(visible, logits, _LARGE_NEGATIVE)
+    weights = jax.nn.softmax(logits, axis=-1)
+    out = jnp.einsum(spec, weights, values, preferred_element_type=jnp.float32)
+    return out, jnp.any(visible, axis=-1)
+
+
+def local_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    radius: int,
+    num_global: int = 0,
+    causal: bool = False,
+    mask: jax.Array | None = None,
+) -> jax.Array:
+    """Banded softmax self-attention with global tokens, blockwise and linear in ``T``.
+
+    Args:
+      q: ``[B, T, H, Dh]`` float queries.
+      k: ``[B, T, H, Dh]`` float keys (same shape as ``q``: self-attention).
+      v: ``[B, T, H, Dh]`` float values.
+      radius: non-negative int; query ``i`` sees key ``j`` when ``|i - j| <= radius``.
+      num_global: int in ``[0, T]``; positions ``< num_global`` are global tokens: they see all
+        keys and are seen by all queries.
+      causal: if True, query ``i`` additionally only sees keys ``j <= i`` (global ones too).
+      mask: optional key-padding mask, bool ``[B, T]``, ``True`` = real key; applied on top.
+
+    Returns:
+      ``[B, T, H, Dh]`` in the dtype of ``q``: ``softmax(q k^T / sqrt(Dh), masked) v`` with the
+      logits and softmax in float32. A query row with no visible key (possible only through
+      ``mask``) returns the mean of ``v`` over all ``T`` positions, like
+      :func:`mmtx.attention.dot_product_attention`; its gradient w.r.t. ``q``/``k`` is zero.
+
+    Raises:
+      ValueError: on non-4-D or mismatched ``q``/``k``/``v``, a negative ``radius``,
+        ``num_global`` outside ``[0, T]``, or a ``mask`` that is not ``[B, T]``.
+    """
+    _check_args(q, k, v, radius, num_global, mask)
+    batch, t, heads, dh = q.shape
+    radius, num_global = int(radius), int(num_global)
+    out_dtype = q.dtype
+    scale = 1.0 / math.sqrt(dh)
+
+    if t == 0:
+        return jnp.zeros_like(q)
+
+    key_ok = jnp.ones((batch, t), jnp.bool_) if mask is None else jnp.asarray(mask, jnp.bool_)
+    v32 = v.astype(jnp.float32)
+    mean_v = jnp.mean(v32, axis=1)  # [B, H, Dh]: output of a row with no visible key
+
+    # --- blockwise band attention -------------------------------------------------------
+    block = max(1, min(max(radius, _MIN_BLOCK), t))
+    nb = -(-t // block)
+    tp = nb * block
+    pad = tp - t
+
+    def to_blocks(x: jax.Array) -> jax.Array:
+        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+        return x.reshape((batch, nb, block, *x.shape[2:]))
+
+    def neighbours(xb: jax.Array) -> jax.Array:
+        """[B, nb, block, ...] -> [B, nb, 3 * block, ...]: blocks n-1, n, n+1 (zero-padded)."""
+        xp = jnp.pad(xb, [(0, 0), (1, 1)] + [(0, 0)] * (xb.ndim - 2))
+        return jnp.concatenate([xp[:, :-2], xp[:, 1:-1], xp[:, 2:]], axis=2)
+
+    qb = to_blocks(q)  # [B, nb, block, H, Dh]
+    kw = neighbours(to_blocks(k))  # [B, nb, 3*block, H, Dh]
+    vw = neighbours(to_blocks(v32))
+    okw = neighbours(to_blocks(key_ok))  # [B, nb, 3*block]; padding -> False
+
+    qpos = (jnp.arange(nb)[:, None] * block + jnp.arange(block)[None, :])[:, :, None]
+    kpos = ((jnp.arange(nb)[:, None] - 1) * block + jnp.arange(3 * block)[None, :])[:, None, :]
+    band = jnp.abs(qpos - kpos) <= radius  # [nb, block, 3*block]
+    band = band & (kpos >= 0) & (kpos < t)
+    if causal:
+        band = band & (kpos <= qpos)
+    vis_local = band[None, :, None] & okw[:, :, None, None, :]  # [B, nb, 1, block, 3*block]
+
+    logits_local = (
+        jnp.einsum("bnqhd,bnkhd->bnhqk", qb, kw, preferred_element_type=jnp.float32) * scale
+    )
+    logits_local = logits_local.astype(jnp.float32)
+    vis_local = jnp.broadcast_to(vis_local, logits_local.shape)
+    logits, visible, values = logits_local, vis_local, vw
+
+    if num_global > 0:
+        # Global keys, concatenated to every block's keys; those already in the band are dropped.
+        kg, vg, okg = k[:, :num_global], v32[:, :num_global], key_ok[:, :num_global]
+        gpos = jnp.arange(num_global)[None, None, :]
+        vis_g = jnp.abs(qpos - gpos) > radius  # [nb, block, G]
+        if causal:
+            vis_g = vis_g & (gpos <= qpos)
+        vis_g = vis_g[None, :, None] & okg[:, None, None, None, :]  # [B, nb, 1, block, G]
+        logits_g = (
+            jnp.einsum("bnqhd,bghd->bnhqg", qb, kg, preferred_element_type=jnp.float32) * scale
+        ).astype(jnp.float32)
+        vis_g = jnp.broadcast_to(vis_g, logits_g.shape)
+        logits = jnp.concatenate([logits_local, logits_g], axis=-1)
+        visible = jnp.concatenate([vis_local, vis_g], axis=-1)
+        vg_b = jnp.broadcast_to(vg[:, None], (batch, nb, *vg.shape[1:]))
+        values = jnp.concatenate([vw, vg_b], axis=2)
+
+    out_b, any_b = _masked_softmax_attention(logits, visible, values, "bnhqk,bnkhd->bnqhd")
+    out_b = jnp.where(jnp.moveaxis(any_b, 2, 3)[..., None], out_b, mean_v[:, None, None])
+    out = out_b.reshape(batch, tp, heads, dh)[:, :t]
+
+    # --- global queries: dense [num_global, T] attention, overwriting their rows ---------
+    if num_global > 0:
+        qg = q[:, :num_global]
+        logits_q = (
+            jnp.einsum("bghd,bshd->bhgs", qg, k, preferred_element_type=jnp.float32) * scale
+        ).astype(jnp.float32)
+        vis_q = jnp.broadcast_to(key_ok[:, None, None, :], logits_q.shape)
+        if causal:
+            vis_q = vis_q & (jnp.arange(t)[None, :] <= jnp.arange(num_global)[:, None])
+        out_g, any_g = _masked_softmax_attention(logits_q, vis_q, v32, "bhgs,bshd->bghd")
+        out_g = jnp.where(jnp.moveaxis(any_g, 1, 2)[..., None], out_g, mean_v[:, None])
+        out = jnp.concatenate([out_g, out[:, num_global:]], axis=1)
+
+    chex.assert_shape(out, (batch, t, heads, dh))
+    return out.astype(out_dtype)

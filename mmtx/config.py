@@ -21,7 +21,7 @@ import ml_collections
 
 MODALITIES = ("text", "image", "audio")
 FUSION_TYPES = ("concat", "gated")
-ATTENTION_KERNELS = ("dense",)
+ATTENTION_KERNELS = ("dense", "local", "linear")
 POOLINGS = ("cls", "mean")
 POSITION_EMBEDDINGS = ("learned", "sincos")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
@@ -138,6 +138,16 @@ def default_config() -> ml_collections.ConfigDict:
     c.fusion.num_heads = 4
     c.fusion.mlp_dim = 256
     c.fusion.attention = "dense"
+
+    # Options of the attention kernels, shared by every tower whose `attention` names them.
+    c.attention = ml_collections.ConfigDict()
+    c.attention.local = ml_collections.ConfigDict()
+    c.attention.local.radius = 64  # Query i sees keys j with |i - j| <= radius.
+    c.attention.local.num_global = 1  # The first tokens (e.g. CLS) see and are seen by all.
+    c.attention.linear = ml_collections.ConfigDict()
+    c.attention.linear.feature_map = "elu"  # elu (elu + 1, exact) | favor (FAVOR+ features).
+    c.attention.linear.num_features = 0  # FAVOR+ random features; 0 = 4 * head_dim.
+    c.attention.linear.seed = 0  # Seed of the fixed FAVOR+ random projection.
 
     c.loss = ml_collections.ConfigDict()
     c.loss.contrastive = "softmax"  # softmax (CLIP) | sigmoid (SigLIP) | none; every modality pair.
@@ -298,6 +308,16 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if "text" in modalities:
         _require(config.model.text.max_length > 0, "model.text.max_length", "must be positive")
     _require(config.fusion.type in FUSION_TYPES, "fusion.type", f"one of {FUSION_TYPES}")
+    _require(config.attention.local.radius >= 0, "attention.local.radius", "must be >= 0")
+    _require(config.attention.local.num_global >= 0, "attention.local.num_global", "must be >= 0")
+    _require(
+        config.attention.linear.feature_map in ("elu", "favor"),
+        "attention.linear.feature_map",
+        "elu | favor",
+    )
+    _require(
+        config.attention.linear.num_features >= 0, "attention.linear.num_features", "must be >= 0"
+    )
     _validate_training(config)
     _require(
         config.tokenizer.type in ("bytes", "sentencepiece"),

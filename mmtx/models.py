@@ -76,9 +76,14 @@ class MultiModalTransformer(nn.Module):
             remat=model.remat,
             scan=model.scan_layers,
         )
+
+        def attention_options(kernel: str) -> FrozenDict:
+            return FrozenDict(config.attention[kernel].to_dict() if kernel != "dense" else {})
+
         encoders = {}
         for modality in model.modalities:
             kwargs = {**model[modality].to_dict(), **common}
+            kwargs["attention_options"] = attention_options(kwargs["attention"])
             if modality == "text":
                 kwargs["vocab_size"] = model.text.vocab_size or vocab_size
             kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
@@ -88,7 +93,7 @@ class MultiModalTransformer(nn.Module):
         if fusion_type == "gated":
             fusion = {"width": fusion["width"]}
         else:
-            fusion.update(common)
+            fusion.update(common, attention_options=attention_options(fusion["attention"]))
         # Frozen so that the module is hashable (it is a static argument to jit).
         return cls(
             encoders=FrozenDict(encoders),

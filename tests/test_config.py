@@ -7,6 +7,7 @@ import re
 import ml_collections
 import pytest
 
+import mmtx
 from mmtx import config as config_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -212,3 +213,32 @@ def test_validate_ignores_towers_of_absent_modalities():
     config.model.image.image_size = 60  # would be invalid if the model had an image encoder
     config.model.audio.patch_size = (500, 500)
     config_lib.validate(config)
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("attention.local.radius", -1),
+        ("attention.local.num_global", -2),
+        ("attention.linear.feature_map", "relu"),
+        ("attention.linear.num_features", -4),
+    ],
+)
+def test_attention_options_are_validated(field, value):
+    config = config_lib.default_config()
+    group, kernel, name = field.split(".")
+    config[group][kernel][name] = value
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        config_lib.validate(config)
+
+
+@pytest.mark.parametrize("kernel", ["local", "linear"])
+def test_every_tower_and_the_fusion_take_their_kernel_from_config(kernel):
+    config = config_lib.apply_variant(config_lib.default_config(), "tiny")
+    config.model.audio.attention = kernel
+    config.fusion.attention = kernel
+    module = mmtx.MultiModalTransformer.from_config(config_lib.validate(config), vocab_size=259)
+    assert module.encoders["audio"]["attention"] == kernel
+    assert dict(module.encoders["audio"]["attention_options"]) == config.attention[kernel].to_dict()
+    assert module.encoders["text"]["attention"] == "dense"
+    assert dict(module.fusion["attention_options"]) == config.attention[kernel].to_dict()

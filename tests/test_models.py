@@ -365,3 +365,29 @@ def test_attribute_modalities_must_name_known_attributes():
     config.model.attribute_modalities = {"text": ("colour",)}
     with pytest.raises(ValueError, match=r"model\.attribute_modalities\.text"):
         config_lib.validate(config)
+
+
+def test_model_trains_with_local_and_linear_kernels():
+    config = small_config("concat")
+    config.model.text.attention = "local"
+    config.model.audio.attention = "linear"
+    config.fusion.attention = "local"
+    config.attention.local.radius = 2
+    config.attention.local.num_global = 0  # the CLS token sees only its neighbours
+    config = config_lib.load_config(config)
+    module = MultiModalTransformer.from_config(config, vocab_size=ByteTokenizer().vocab_size)
+    _, params = built("concat")  # same param shapes: kernels add no params
+    batch = make_batch(MODALITIES)
+
+    def loss(p):
+        out = module.apply({"params": p}, batch)
+        return jnp.sum(out["fused"] ** 2) + jnp.sum(out["text"] ** 2)
+
+    value, grads = jax.jit(jax.value_and_grad(loss))(params)
+    assert np.isfinite(value)
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+    # The local kernel changes what the text CLS token sees, so its embedding differs.
+    dense_module, _ = built("concat")
+    dense = dense_module.apply({"params": params}, batch)
+    local = module.apply({"params": params}, batch)
+    assert np.abs(local["text"] - dense["text"]).max() > 1e-3

@@ -7,6 +7,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.core import FrozenDict
 
 from mmtx.encoders.tower import Tower
 from mmtx.nn import LearnedPositionEmbedding, LogMelSpectrogram, PatchEmbed, sincos_2d
@@ -39,6 +40,7 @@ class AudioEncoder(nn.Module):
     log_mel_std: float = 1.0
     patch_size: tuple[int, int] = (16, 16)
     attention: str = "dense"
+    attention_options: FrozenDict[str, Any] = FrozenDict()
     pooling: str = "cls"
     position_embedding: str = "sincos"
     dropout_rate: float = 0.0
@@ -85,6 +87,7 @@ class AudioEncoder(nn.Module):
             pooling=self.pooling,
             dropout_rate=self.dropout_rate,
             attention=self.attention,
+            attention_options=self.attention_options,
             remat=self.remat,
             scan=self.scan,
             capture_weights=self.capture_weights,

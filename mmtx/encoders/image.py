@@ -8,6 +8,7 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.core import FrozenDict
 
 from mmtx.encoders.tower import Tower
 from mmtx.nn import ConvStem, LearnedPositionEmbedding, PatchEmbed, sincos_2d
@@ -35,6 +36,7 @@ class ImageEncoder(nn.Module):
     channels: int = 3
     stem: str = "patch"
     attention: str = "dense"
+    attention_options: FrozenDict[str, Any] = FrozenDict()
     pooling: str = "cls"
     position_embedding: str = "learned"
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
@@ -86,6 +88,7 @@ class ImageEncoder(nn.Module):
             pooling=self.pooling,
             dropout_rate=self.dropout_rate,
             attention=self.attention,
+            attention_options=self.attention_options,
             remat=self.remat,
             scan=self.scan,
             capture_weights=self.capture_weights,

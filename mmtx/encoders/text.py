@@ -8,6 +8,7 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.core import FrozenDict
 
 from mmtx.encoders.tower import Tower
 from mmtx.nn import LearnedPositionEmbedding, TokenEmbed, sincos_1d
@@ -29,6 +30,7 @@ class TextEncoder(nn.Module):
     num_heads: int
     mlp_dim: int
     attention: str = "dense"
+    attention_options: FrozenDict[str, Any] = FrozenDict()
     pooling: str = "cls"
     position_embedding: str = "learned"
     dropout_rate: float = 0.0
@@ -67,6 +69,7 @@ class TextEncoder(nn.Module):
             pooling=self.pooling,
             dropout_rate=self.dropout_rate,
             attention=self.attention,
+            attention_options=self.attention_options,
             remat=self.remat,
             scan=self.scan,
             capture_weights=self.capture_weights,

@@ -7,6 +7,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.core import FrozenDict
 
 from mmtx.nn import Encoder
 
@@ -38,6 +39,7 @@ class Tower(nn.Module):
     pooling: str = "cls"
     dropout_rate: float = 0.0
     attention: str = "dense"
+    attention_options: FrozenDict[str, Any] = FrozenDict()
     remat: str = "none"
     scan: bool = True
     capture_weights: bool = False
@@ -68,6 +70,7 @@ class Tower(nn.Module):
             mlp_dim=self.mlp_dim,
             dropout_rate=self.dropout_rate,
             attention=self.attention,
+            attention_options=self.attention_options,
             remat=self.remat,
             scan=self.scan,
             capture_weights=self.capture_weights,

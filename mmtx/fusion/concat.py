@@ -7,6 +7,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.core import FrozenDict
 
 from mmtx.fusion.common import MODALITIES, ModalityFeatures, check_features
 from mmtx.nn import Encoder
@@ -30,6 +31,7 @@ class ConcatFusion(nn.Module):
     num_heads: int
     mlp_dim: int
     attention: str = "dense"
+    attention_options: FrozenDict[str, Any] = FrozenDict()
     dropout_rate: float = 0.0
     remat: str = "none"
     scan: bool = True
@@ -80,6 +82,7 @@ class ConcatFusion(nn.Module):
             mlp_dim=self.mlp_dim,
             dropout_rate=self.dropout_rate,
             attention=self.attention,
+            attention_options=self.attention_options,
             remat=self.remat,
             scan=self.scan,
             capture_weights=self.capture_weights,

@@ -12,8 +12,14 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.core import FrozenDict
 
-from mmtx.attention import attention_weights, dot_product_attention
+from mmtx.attention import (
+    attention_weights,
+    dot_product_attention,
+    linear_attention,
+    local_attention,
+)
 
 Dtype = Any
 
@@ -25,7 +31,51 @@ def _dense(q, k, v, *, mask=None, causal=False, implementation=None):
     return dot_product_attention(q, k, v, mask=mask, causal=causal, implementation=implementation)
 
 
-ATTENTION_KERNELS: dict[str, AttentionKernel] = {"dense": _dense}
+def _key_padding_mask(mask: jax.Array | None, kernel: str) -> jax.Array | None:
+    if mask is not None and mask.ndim != 2:
+        raise ValueError(f"the {kernel} kernel takes a key-padding mask [B, S]; got {mask.shape}")
+    return mask
+
+
+def _local(q, k, v, *, mask=None, causal=False, implementation=None, radius=64, num_global=0):
+    del implementation
+    if q.shape[1] != k.shape[1]:
+        raise ValueError("the local kernel is for self-attention (queries and keys of one length)")
+    return local_attention(
+        q,
+        k,
+        v,
+        radius=radius,
+        num_global=min(num_global, q.shape[1]),
+        causal=causal,
+        mask=_key_padding_mask(mask, "local"),
+    )
+
+
+def _linear(
+    q, k, v, *, mask=None, causal=False, implementation=None, feature_map="elu", num_features=0,
+    seed=0,
+):  # fmt: skip
+    del implementation
+    # FAVOR+ uses one fixed draw of random features per seed, so a module is deterministic.
+    return linear_attention(
+        q,
+        k,
+        v,
+        feature_map=feature_map,
+        num_features=num_features or None,
+        causal=causal,
+        rng=jax.random.key(seed) if feature_map == "favor" else None,
+        mask=_key_padding_mask(mask, "linear"),
+    )
+
+
+# Kernel name -> function; options come from config.attention.<name> (see mmtx.config).
+ATTENTION_KERNELS: dict[str, AttentionKernel] = {
+    "dense": _dense,
+    "local": _local,
+    "linear": _linear,
+}
 
 default_kernel_init = nn.initializers.xavier_uniform()
 
@@ -36,15 +86,19 @@ class MultiHeadAttention(nn.Module):
     Attributes:
       num_heads: number of heads H; the input width must be divisible by it.
       kernel: name of the attention kernel in :data:`ATTENTION_KERNELS`.
+      kernel_options: keyword options of that kernel (``local``: ``radius``, ``num_global``;
+        ``linear``: ``feature_map``, ``num_features``, ``seed``).
       out_features: output width (default: the input width).
       causal: mask keys after each query (self-attention only).
       implementation: passed to ``jax.nn.dot_product_attention`` (``"cudnn"`` for flash on GPU).
-      capture_weights: also compute the attention probabilities ``[B, H, T, S]`` and sow them
-        into the ``intermediates`` collection as ``attention_weights`` (for visualisation).
+      capture_weights: also compute the dense softmax attention probabilities ``[B, H, T, S]``
+        (whatever the kernel) and sow them into the ``intermediates`` collection as
+        ``attention_weights`` (for visualisation).
     """
 
     num_heads: int
     kernel: str = "dense"
+    kernel_options: FrozenDict[str, Any] = FrozenDict()
     out_features: int | None = None
     causal: bool = False
     implementation: str | None = None
@@ -94,7 +148,13 @@ class MultiHeadAttention(nn.Module):
         k = projection("key")(context)
         v = projection("value")(context)
         y = ATTENTION_KERNELS[self.kernel](
-            q, k, v, mask=mask, causal=self.causal, implementation=self.implementation
+            q,
+            k,
+            v,
+            mask=mask,
+            causal=self.causal,
+            implementation=self.implementation,
+            **self.kernel_options,
         )
         if self.capture_weights:
             weights = attention_weights(q, k, mask=mask, causal=self.causal)

@@ -7,6 +7,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.core import FrozenDict
 
 from mmtx.nn.attention import MultiHeadAttention, default_kernel_init
 
@@ -76,6 +77,7 @@ class TransformerBlock(nn.Module):
     mlp_dim: int
     dropout_rate: float = 0.0
     attention: str = "dense"
+    attention_options: FrozenDict[str, Any] = FrozenDict()
     deterministic: bool = True
     capture_weights: bool = False
     dtype: Dtype = jnp.float32
@@ -89,6 +91,7 @@ class TransformerBlock(nn.Module):
         y = MultiHeadAttention(
             num_heads=self.num_heads,
             kernel=self.attention,
+            kernel_options=self.attention_options,
             capture_weights=self.capture_weights,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
@@ -121,6 +124,7 @@ class Encoder(nn.Module):
     mlp_dim: int
     dropout_rate: float = 0.0
     attention: str = "dense"
+    attention_options: FrozenDict[str, Any] = FrozenDict()
     remat: str = "none"
     scan: bool = True
     capture_weights: bool = False
@@ -152,6 +156,7 @@ class Encoder(nn.Module):
             mlp_dim=self.mlp_dim,
             dropout_rate=self.dropout_rate,
             attention=self.attention,
+            attention_options=self.attention_options,
             deterministic=not train,
             capture_weights=self.capture_weights,
             dtype=self.dtype,

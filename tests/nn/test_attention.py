@@ -208,3 +208,48 @@ def test_width_not_divisible_by_heads_raises() -> None:
     module = MultiHeadAttention(num_heads=3)
     with pytest.raises(ValueError, match="divisible"):
         module.init(jax.random.key(0), jnp.zeros((B, T, D)))
+
+
+def _band_mask(t: int, radius: int, num_global: int) -> np.ndarray:
+    i, j = np.arange(t)[:, None], np.arange(t)[None, :]
+    return (np.abs(i - j) <= radius) | (i < num_global) | (j < num_global)
+
+
+@pytest.mark.parametrize("radius,num_global", [(1, 0), (2, 1)])
+def test_local_kernel_equals_dense_under_the_band_mask(radius: int, num_global: int) -> None:
+    from flax.core import FrozenDict
+
+    x = _normal((B, 9, D), seed=5)
+    padding = np.ones((B, 9), bool)
+    padding[0, -3:] = False
+    options = FrozenDict(radius=radius, num_global=num_global)
+    local = MultiHeadAttention(num_heads=H, kernel="local", kernel_options=options)
+    dense = MultiHeadAttention(num_heads=H)
+    params = _params(dense, x)
+    full_mask = padding[:, None, None, :] & _band_mask(9, radius, num_global)[None, None]
+    out = jit(lambda p: local.apply({"params": p}, x, mask=padding))(params)
+    ref = jit(lambda p: dense.apply({"params": p}, x, mask=full_mask))(params)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_linear_kernel_applies_linear_attention_to_the_projections() -> None:
+    from mmtx.attention import linear_attention
+
+    x = _normal((B, T, D), seed=6)
+    module = MultiHeadAttention(num_heads=H, kernel="linear")
+    params = _params(module, x)
+    out = jit(lambda p: module.apply({"params": p}, x))(params)
+
+    def project(name: str):
+        p = params[name]
+        return jnp.einsum("bld,dhk->blhk", x, p["kernel"], precision=HIGHEST) + p["bias"]
+
+    heads = linear_attention(project("query"), project("key"), project("value"))
+    ref = jnp.einsum("blhk,hkd->bld", heads, params["out"]["kernel"], precision=HIGHEST)
+    np.testing.assert_allclose(out, ref + params["out"]["bias"], rtol=1e-4, atol=1e-5)
+
+
+def test_local_kernel_rejects_cross_attention() -> None:
+    module = MultiHeadAttention(num_heads=H, kernel="local")
+    with pytest.raises(ValueError, match="self-attention"):
+        module.init(jax.random.key(0), jnp.zeros((B, T, D)), jnp.zeros((B, S, D)))

@@ -20,7 +20,8 @@ from typing import Any
 import ml_collections
 
 MODALITIES = ("text", "image", "audio")
-FUSION_TYPES = ("concat", "gated")
+FUSION_TYPES = ("concat", "gated", "cross_attention", "bottleneck", "perceiver")
+CROSS_ATTENTION_KERNELS = ("dense", "linear")
 ATTENTION_KERNELS = ("dense", "local", "linear")
 POOLINGS = ("cls", "mean")
 POSITION_EMBEDDINGS = ("learned", "sincos")
@@ -132,12 +133,22 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.audio.position_embedding = "sincos"  # sincos works for any clip length.
 
     c.fusion = ml_collections.ConfigDict()
-    c.fusion.type = "concat"  # concat (early, joint transformer) | gated (late, learned weights).
-    c.fusion.width = 128  # Width of the joint transformer (concat) or the gated projections.
-    c.fusion.depth = 1  # Joint transformer blocks (concat only).
+    # concat: one joint transformer over all tokens (early fusion). gated: learned weights
+    # over the pooled embeddings (late fusion). cross_attention: per-modality streams that
+    # cross-attend to each other (ViLBERT). bottleneck: per-modality streams that exchange
+    # information only through shared bottleneck tokens (MBT). perceiver: a latent array
+    # cross-attends to all tokens (cost linear in the token count).
+    c.fusion.type = "concat"
+    c.fusion.width = 128  # Width of the fusion layers (gated: of the projections).
+    c.fusion.depth = 1  # Fusion layers (not used by gated).
     c.fusion.num_heads = 4
     c.fusion.mlp_dim = 256
-    c.fusion.attention = "dense"
+    c.fusion.attention = "dense"  # Kernel of the fusion's self-attention.
+    c.fusion.cross_attention = "dense"  # Kernel of cross_attention/perceiver: dense | linear.
+    c.fusion.num_bottlenecks = 4  # bottleneck: shared bottleneck tokens.
+    c.fusion.fusion_layer = 0  # bottleneck: layers run per modality before fusion starts.
+    c.fusion.num_latents = 16  # perceiver: size of the latent array.
+    c.fusion.latent_layers = 1  # perceiver: latent self-attention blocks per cross-attention.
 
     # Options of the attention kernels, shared by every tower whose `attention` names them.
     c.attention = ml_collections.ConfigDict()
@@ -307,7 +318,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         )
     if "text" in modalities:
         _require(config.model.text.max_length > 0, "model.text.max_length", "must be positive")
-    _require(config.fusion.type in FUSION_TYPES, "fusion.type", f"one of {FUSION_TYPES}")
+    _validate_fusion(config.fusion)
     _require(config.attention.local.radius >= 0, "attention.local.radius", "must be >= 0")
     _require(config.attention.local.num_global >= 0, "attention.local.num_global", "must be >= 0")
     _require(
@@ -325,6 +336,26 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         "bytes | sentencepiece",
     )
     return config
+
+
+def _validate_fusion(fusion: ml_collections.ConfigDict) -> None:
+    _require(fusion.type in FUSION_TYPES, "fusion.type", f"one of {FUSION_TYPES}")
+    _require(
+        fusion.cross_attention in CROSS_ATTENTION_KERNELS,
+        "fusion.cross_attention",
+        f"one of {CROSS_ATTENTION_KERNELS} (the local kernel needs one sequence)",
+    )
+    for field in ("num_bottlenecks", "num_latents", "latent_layers"):
+        _require(fusion[field] > 0, f"fusion.{field}", f"must be positive, got {fusion[field]}")
+    if fusion.type == "bottleneck":
+        _require(
+            0 <= fusion.fusion_layer < fusion.depth,
+            "fusion.fusion_layer",
+            f"must be in [0, fusion.depth={fusion.depth}) so that at least one layer fuses; "
+            f"got {fusion.fusion_layer}",
+        )
+    if fusion.type in ("cross_attention", "bottleneck", "perceiver"):
+        _require(fusion.depth > 0, "fusion.depth", f"{fusion.type} fusion needs depth >= 1")
 
 
 def _validate_training(config: ml_collections.ConfigDict) -> None:

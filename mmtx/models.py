@@ -88,12 +88,16 @@ class MultiModalTransformer(nn.Module):
                 kwargs["vocab_size"] = model.text.vocab_size or vocab_size
             kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
             encoders[modality] = kwargs
-        fusion = config.fusion.to_dict()
-        fusion_type = fusion.pop("type")
-        if fusion_type == "gated":
-            fusion = {"width": fusion["width"]}
-        else:
-            fusion.update(common, attention_options=attention_options(fusion["attention"]))
+        fusion_type = config.fusion.type
+        fusion = {
+            **config.fusion.to_dict(),
+            **common,
+            "attention_options": attention_options(config.fusion.attention),
+            "cross_attention_options": attention_options(config.fusion.cross_attention),
+        }
+        # Each fusion module takes the fields it declares (gated needs only its width).
+        accepted = {f.name for f in dataclasses.fields(FUSION_MODULES[fusion_type])}
+        fusion = {k: v for k, v in fusion.items() if k in accepted}
         # Frozen so that the module is hashable (it is a static argument to jit).
         return cls(
             encoders=FrozenDict(encoders),
@@ -174,10 +178,11 @@ class MultiModalTransformer(nn.Module):
             )
             features = {m: f._replace(keep=keep[:, i]) for i, (m, f) in enumerate(features.items())}
 
+        fusion_class = FUSION_MODULES[self.fusion_type]
         fusion_kwargs = dict(self.fusion)
-        if self.fusion_type != "gated":
+        if "capture_weights" in {f.name for f in dataclasses.fields(fusion_class)}:
             fusion_kwargs["capture_weights"] = self.capture_weights
-        fusion = FUSION_MODULES[self.fusion_type](
+        fusion = fusion_class(
             **fusion_kwargs, dtype=self.dtype, param_dtype=self.param_dtype, name="fusion"
         )
         fused, fusion_out = fusion(features, train=train)

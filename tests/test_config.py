@@ -173,6 +173,10 @@ BAD_VALUES = [
     ("model.text.max_length", 0, "model.text.max_length"),
     ("model.text.width", 33, "model.text.width"),  # not divisible by 2 heads
     ("fusion.num_heads", 3, "fusion.width"),  # 32 not divisible by 3
+    ("fusion.cross_attention", "local", "fusion.cross_attention"),
+    ("fusion.num_bottlenecks", 0, "fusion.num_bottlenecks"),
+    ("fusion.num_latents", -4, "fusion.num_latents"),
+    ("fusion.latent_layers", 0, "fusion.latent_layers"),
     ("model.text.attention", "sparse", "model.text.attention"),
     ("model.image.attention", "flash", "model.image.attention"),
     ("fusion.attention", "linear_typo", "fusion.attention"),
@@ -242,3 +246,22 @@ def test_every_tower_and_the_fusion_take_their_kernel_from_config(kernel):
     assert dict(module.encoders["audio"]["attention_options"]) == config.attention[kernel].to_dict()
     assert module.encoders["text"]["attention"] == "dense"
     assert dict(module.fusion["attention_options"]) == config.attention[kernel].to_dict()
+
+
+@pytest.mark.parametrize(
+    "fusion_type,depth,fusion_layer,named",
+    [
+        ("bottleneck", 2, 2, "fusion.fusion_layer"),
+        ("bottleneck", 2, -1, "fusion.fusion_layer"),
+        ("perceiver", 0, 0, "fusion.depth"),
+        ("cross_attention", 0, 0, "fusion.depth"),
+    ],
+)
+def test_validate_checks_the_chosen_fusion(fusion_type, depth, fusion_layer, named):
+    config = tiny()
+    config.fusion.type = fusion_type
+    config.fusion.depth, config.fusion.fusion_layer = depth, fusion_layer
+    with pytest.raises(ValueError, match=re.escape(f"config.{named}:")):
+        config_lib.validate(config)
+    config.fusion.type = "gated"  # gated has no layers: depth and fusion_layer do not apply
+    config_lib.validate(config)

@@ -20,6 +20,7 @@ from mmtx.models import dummy_batch, init_params
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MODALITIES = ("text", "image", "audio")
 SUBSETS = [s for r in (1, 2, 3) for s in itertools.combinations(MODALITIES, r)]
+FUSION_TYPES = config_lib.FUSION_TYPES
 B, EMBED, CLASSES, MAX_LEN, SIZE, SAMPLES = 2, 32, 5, 8, 16, 1600
 SNIPPET = """
 from mmtx import create_model
@@ -89,7 +90,7 @@ def outputs_by_subset(fusion):
     return run(params, batches)
 
 
-@pytest.mark.parametrize("fusion", ["concat", "gated"])
+@pytest.mark.parametrize("fusion", FUSION_TYPES)
 @pytest.mark.parametrize("modalities", SUBSETS, ids="+".join)
 def test_outputs_for_every_subset(fusion, modalities):
     outputs = outputs_by_subset(fusion)

@@ -1,10 +1,17 @@
-"""What every fusion module receives."""
+"""What every fusion module receives, and the pieces the fusion modules share."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
+
+from mmtx.nn.attention import default_kernel_init
+from mmtx.nn.transformer import REMAT_POLICIES
+
+Dtype = Any
 
 # Fixed order: modality embeddings and gate weights are indexed by position in this tuple.
 MODALITIES = ("text", "image", "audio")
@@ -35,3 +42,67 @@ def check_features(features: dict[str, ModalityFeatures]) -> int:
     if len(set(sizes.values())) != 1:
         raise ValueError(f"modalities disagree on batch size: {sizes}")
     return next(iter(sizes.values()))
+
+
+def kept(features: ModalityFeatures) -> jax.Array:
+    """bool ``[B]``: which examples use this modality (all of them unless ``keep`` says not)."""
+    if features.keep is None:
+        return jnp.ones((features.tokens.shape[0],), jnp.bool_)
+    return features.keep.astype(jnp.bool_)
+
+
+def visible_mask(features: ModalityFeatures) -> jax.Array:
+    """bool ``[B, T]``: the tokens other modalities may attend to (real and kept)."""
+    return features.mask.astype(jnp.bool_) & kept(features)[:, None]
+
+
+def mean_over_kept(values: list[jax.Array], keeps: list[jax.Array]) -> jax.Array:
+    """Per-example mean of ``values`` (each ``[B, ...]``) over the modalities an example keeps.
+
+    ``keeps`` are bool ``[B]``. Returns ``[B, ...]`` in the values' dtype.
+    """
+    total = jnp.zeros_like(values[0])
+    count = jnp.zeros((values[0].shape[0],), jnp.float32)
+    for value, keep in zip(values, keeps, strict=True):
+        weight = keep.astype(value.dtype).reshape((-1,) + (1,) * (value.ndim - 1))
+        total = total + weight * value
+        count = count + keep.astype(jnp.float32)
+    scale = (1.0 / jnp.maximum(count, 1.0)).astype(total.dtype)
+    return total * scale.reshape((-1,) + (1,) * (total.ndim - 1))
+
+
+class TokenProjection(nn.Module):
+    """Projects a modality's tokens ``[B, T, D_m]`` to ``[B, T, width]`` and adds a learned
+    embedding of the modality's identity (so a joint attention can tell modalities apart)."""
+
+    width: int
+    modality: str
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        """tokens: ``[B, T, D_m]`` float -> ``[B, T, width]`` in ``dtype``."""
+        x = nn.Dense(
+            self.width,
+            kernel_init=nn.with_logical_partitioning(default_kernel_init, (None, "embed")),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="dense",
+        )(tokens)
+        embedding = self.param(
+            "modality_embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed",)),
+            (self.width,),
+            self.param_dtype,
+        )
+        return x + embedding.astype(self.dtype)
+
+
+def block_class(block: type[nn.Module], remat: str) -> type[nn.Module]:
+    """``block`` wrapped in the named rematerialisation policy (``"none"``: unchanged)."""
+    if remat == "none":
+        return block
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {remat!r}; choose none or {sorted(REMAT_POLICIES)}")
+    return nn.remat(block, policy=REMAT_POLICIES[remat])

@@ -1,6 +1,11 @@
 """Flax linen building blocks with no model-level knowledge."""
 
-from mmtx.nn.attention import ATTENTION_KERNELS, MultiHeadAttention
+from mmtx.nn.attention import (
+    ATTENTION_KERNELS,
+    CROSS_ATTENTION_KERNELS,
+    CrossModalAttention,
+    MultiHeadAttention,
+)
 from mmtx.nn.embed import (
     ConvStem,
     LearnedPositionEmbedding,
@@ -12,12 +17,15 @@ from mmtx.nn.embed import (
     sincos_1d,
     sincos_2d,
 )
-from mmtx.nn.transformer import MLP, Encoder, TransformerBlock
+from mmtx.nn.transformer import MLP, CrossAttentionBlock, Encoder, TransformerBlock
 
 __all__ = [
     "ATTENTION_KERNELS",
+    "CROSS_ATTENTION_KERNELS",
     "MLP",
     "ConvStem",
+    "CrossAttentionBlock",
+    "CrossModalAttention",
     "Encoder",
     "LearnedPositionEmbedding",
     "LogMelSpectrogram",

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -168,3 +169,72 @@ class MultiHeadAttention(nn.Module):
             param_dtype=self.param_dtype,
             name="out",
         )(y)
+
+
+# Kernels that can attend across two sequences of different lengths.
+CROSS_ATTENTION_KERNELS = ("dense", "linear")
+
+
+class CrossModalAttention(nn.Module):
+    """Queries from one modality attend to the tokens of another (or several others).
+
+    A :class:`MultiHeadAttention` whose keys and values come from ``context`` under the
+    context's own padding mask. An example with no visible context token (the other
+    modality is missing or dropped for it) gets a zero output, so that a residual
+    ``x + CrossModalAttention(...)(x, context, mask)`` leaves ``x`` unchanged rather than
+    mixing in padding.
+
+    Attributes:
+      num_heads: number of heads; the query width must be divisible by it.
+      kernel: ``"dense"`` or ``"linear"`` (see :data:`CROSS_ATTENTION_KERNELS`; the local
+        kernel needs queries and keys of one sequence).
+      kernel_options: keyword options of that kernel.
+      capture_weights: sow the softmax probabilities ``[B, H, T, S]`` as ``attention_weights``
+        in the ``intermediates`` collection (e.g. which image patch a word attends to).
+    """
+
+    num_heads: int
+    kernel: str = "dense"
+    kernel_options: FrozenDict[str, Any] = FrozenDict()
+    implementation: str | None = None
+    capture_weights: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, context: jax.Array, context_mask: jax.Array | None = None
+    ) -> jax.Array:
+        """Attends from ``x`` to ``context``.
+
+        Args:
+          x: ``[B, T, D]`` float, the querying modality's tokens.
+          context: ``[B, S, Dc]`` float, the attended modality's tokens.
+          context_mask: bool ``[B, S]``, True = real context token; None = all real.
+
+        Returns:
+          ``[B, T, D]`` in ``dtype``; rows of examples whose context is fully masked are zero.
+        """
+        if self.kernel not in CROSS_ATTENTION_KERNELS:
+            raise ValueError(
+                f"cross-modal attention supports the kernels {CROSS_ATTENTION_KERNELS}; "
+                f"got {self.kernel!r}"
+            )
+        chex.assert_rank([x, context], 3)
+        chex.assert_equal_shape_prefix([x, context], 1)
+        if context_mask is not None:
+            chex.assert_shape(context_mask, context.shape[:2])
+        y = MultiHeadAttention(
+            num_heads=self.num_heads,
+            kernel=self.kernel,
+            kernel_options=self.kernel_options,
+            implementation=self.implementation,
+            capture_weights=self.capture_weights,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="attention",
+        )(x, context, mask=context_mask)
+        if context_mask is None:
+            return y
+        has_context = jnp.any(context_mask, axis=1)[:, None, None]
+        return jnp.where(has_context, y, jnp.zeros_like(y))

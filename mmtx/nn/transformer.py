@@ -1,4 +1,5 @@
-"""Pre-LN transformer: MLP, TransformerBlock, and an Encoder that scans its layers."""
+"""Pre-LN transformer: MLP, TransformerBlock, CrossAttentionBlock, and an Encoder that scans
+its layers."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax.core import FrozenDict
 
-from mmtx.nn.attention import MultiHeadAttention, default_kernel_init
+from mmtx.nn.attention import CrossModalAttention, MultiHeadAttention, default_kernel_init
 
 Dtype = Any
 
@@ -109,6 +110,61 @@ class TransformerBlock(nn.Module):
         )(y)
         x = x + nn.Dropout(self.dropout_rate)(y, deterministic=self.deterministic)
         return nn.with_logical_constraint(x, ACTIVATION_AXES), None
+
+
+class CrossAttentionBlock(nn.Module):
+    """Pre-LN cross-attention block: ``x + CrossAttn(LN(x), LN(context))``, then
+    ``x + MLP(LN(x))`` (the co-attention layer of ViLBERT / LXMERT, the cross-attend
+    layer of Perceiver).
+
+    Examples whose context is fully masked get no attention update (see
+    :class:`mmtx.nn.CrossModalAttention`).
+    """
+
+    num_heads: int
+    mlp_dim: int
+    dropout_rate: float = 0.0
+    attention: str = "dense"
+    attention_options: FrozenDict[str, Any] = FrozenDict()
+    deterministic: bool = True
+    capture_weights: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, context: jax.Array, context_mask: jax.Array | None = None
+    ) -> jax.Array:
+        """x: ``[B, T, D]``; context: ``[B, S, Dc]``; context_mask: bool ``[B, S]`` or None.
+
+        Returns ``[B, T, D]`` in ``dtype``.
+        """
+        x = nn.with_logical_constraint(x, ACTIVATION_AXES)
+        y = CrossModalAttention(
+            num_heads=self.num_heads,
+            kernel=self.attention,
+            kernel_options=self.attention_options,
+            capture_weights=self.capture_weights,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="cross_attention",
+        )(
+            layer_norm(self.dtype, self.param_dtype, "norm1")(x),
+            layer_norm(self.dtype, self.param_dtype, "context_norm")(context),
+            context_mask,
+        )
+        x = x + nn.Dropout(self.dropout_rate)(y, deterministic=self.deterministic)
+        y = layer_norm(self.dtype, self.param_dtype, "norm2")(x)
+        y = MLP(
+            self.mlp_dim,
+            dropout_rate=self.dropout_rate,
+            deterministic=self.deterministic,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="mlp",
+        )(y)
+        x = x + nn.Dropout(self.dropout_rate)(y, deterministic=self.deterministic)
+        return nn.with_logical_constraint(x, ACTIVATION_AXES)
 
 
 class Encoder(nn.Module):

@@ -253,3 +253,74 @@ def test_local_kernel_rejects_cross_attention() -> None:
     module = MultiHeadAttention(num_heads=H, kernel="local")
     with pytest.raises(ValueError, match="self-attention"):
         module.init(jax.random.key(0), jnp.zeros((B, T, D)), jnp.zeros((B, S, D)))
+
+
+def _ref_cross_modal(params: dict, x, context, mask) -> jnp.ndarray:
+    """CrossModalAttention by hand: attention over the context, zero where none is visible."""
+    has_context = jnp.asarray(mask).any(-1)
+    # Rows with no context attend anywhere (then get zeroed) so that no 0/0 reaches the grads.
+    safe_mask = jnp.asarray(mask) | ~has_context[:, None]
+    y = ref_mha(params["attention"], x, context, mask=safe_mask)
+    return jnp.where(has_context[:, None, None], y, 0.0)
+
+
+@pytest.mark.parametrize("kernel", ["dense", "linear"])
+def test_cross_modal_attention_matches_reference(kernel: str) -> None:
+    from mmtx.attention import linear_attention
+    from mmtx.nn import CrossModalAttention
+
+    x, context = _normal((B, T, D), seed=0), _normal((B, S, DC), seed=1)
+    mask = _padding_mask(S)
+    mask[1] = False  # example 1 has no context at all (its other modality is missing)
+    module = CrossModalAttention(num_heads=H, kernel=kernel)
+    params = _params(module, x, context, mask)
+    cotangent = _normal((B, T, D), seed=7)
+
+    def reference(params, x, context):
+        if kernel == "dense":
+            return _ref_cross_modal(params, x, context, mask)
+        p = params["attention"]
+
+        def project(name: str, inputs):
+            w = p[name]
+            return jnp.einsum("bld,dhk->blhk", inputs, w["kernel"], precision=HIGHEST) + w["bias"]
+
+        heads = linear_attention(
+            project("query", x), project("key", context), project("value", context), mask=mask
+        )
+        y = jnp.einsum("blhk,hkd->bld", heads, p["out"]["kernel"], precision=HIGHEST)
+        return jnp.where(mask.any(-1)[:, None, None], y + p["out"]["bias"], 0.0)
+
+    def library(params, x, context):
+        return module.apply({"params": params}, x, context, mask)
+
+    @jit
+    def values_and_grads(params, x, context):
+        results = []
+        for fn in (library, reference):
+            out, pullback = jax.vjp(fn, params, x, context)
+            results.append((out, pullback(cotangent)))
+        return results
+
+    (out, grads), (ref_out, ref_grads) = values_and_grads(params, x, context)
+    assert out.shape == (B, T, D) and out.dtype == jnp.float32
+    np.testing.assert_allclose(out, ref_out, rtol=1e-5, atol=1e-5)
+    assert np.all(np.asarray(out[1]) == 0.0)
+    for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=2e-5)
+    # No context, no gradient into the queries of that example.
+    assert np.all(np.asarray(grads[1][1]) == 0.0)
+
+
+def test_cross_modal_attention_validates_its_inputs() -> None:
+    from mmtx.nn import CrossModalAttention
+
+    x, context = jnp.zeros((B, T, D)), jnp.zeros((B, S, DC))
+    with pytest.raises(ValueError, match="cross-modal attention supports"):
+        CrossModalAttention(num_heads=H, kernel="local").init(jax.random.key(0), x, context)
+    with pytest.raises(AssertionError):
+        CrossModalAttention(num_heads=H).init(jax.random.key(0), x, jnp.zeros((B + 1, S, DC)))
+    with pytest.raises(AssertionError):
+        CrossModalAttention(num_heads=H).init(
+            jax.random.key(0), x, context, jnp.ones((B, S + 1), bool)
+        )

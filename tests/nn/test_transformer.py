@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmtx.nn import MLP, Encoder, TransformerBlock
+from mmtx.nn import MLP, CrossAttentionBlock, Encoder, TransformerBlock
 
 # These programs are tiny: a quick compile matters more than fast code.
 jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
@@ -62,13 +62,14 @@ def ref_mlp(p: dict, x: jnp.ndarray) -> jnp.ndarray:
     return jnp.dot(h, p["fc2"]["kernel"], precision=HIGHEST) + p["fc2"]["bias"]
 
 
-def ref_attention(p: dict, x: jnp.ndarray, mask) -> jnp.ndarray:
-    def project(name: str):
-        return (
-            jnp.einsum("btd,dhk->bthk", x, p[name]["kernel"], precision=HIGHEST) + p[name]["bias"]
-        )
+def ref_attention(p: dict, x: jnp.ndarray, mask, context=None) -> jnp.ndarray:
+    context = x if context is None else context
 
-    q, k, v = project("query"), project("key"), project("value")
+    def project(name: str, inputs):
+        kernel, bias = p[name]["kernel"], p[name]["bias"]
+        return jnp.einsum("btd,dhk->bthk", inputs, kernel, precision=HIGHEST) + bias
+
+    q, k, v = project("query", x), project("key", context), project("value", context)
     logits = jnp.einsum("bthk,bshk->bhts", q, k, precision=HIGHEST) / np.sqrt(q.shape[-1])
     visible = jnp.ones(logits.shape, bool) if mask is None else mask[:, None, None, :]
     e = jnp.where(
@@ -320,3 +321,40 @@ def test_capture_weights_scan_stacks_layers() -> None:
     for i in range(DEPTH):
         (wi,) = unrolled[f"block_{i}"]["attention"]["attention_weights"]
         np.testing.assert_allclose(np.asarray(wi), w[i], atol=1e-6)
+
+
+def ref_cross_block(p: dict, x: jnp.ndarray, context: jnp.ndarray, mask) -> jnp.ndarray:
+    attention = ref_attention(
+        p["cross_attention"]["attention"],
+        ref_layer_norm(p["norm1"], x),
+        mask,
+        context=ref_layer_norm(p["context_norm"], context),
+    )
+    x = x + jnp.where(mask.any(-1)[:, None, None], attention, 0.0)
+    return x + ref_mlp(p["mlp"], ref_layer_norm(p["norm2"], x))
+
+
+def test_cross_attention_block_matches_reference() -> None:
+    module = CrossAttentionBlock(num_heads=H, mlp_dim=MLP_DIM)
+    x, context = _normal((B, T, D), seed=0), _normal((B, T + 3, 2 * D), seed=1)
+    mask = np.ones((B, T + 3), bool)
+    mask[0, -4:] = False
+    params = _params(module, x, context, mask)
+    cot = _normal((B, T, D), seed=2)
+
+    @jit
+    def run(params, x, context):
+        lib = lambda p, x, c: jnp.sum(module.apply({"params": p}, x, c, mask) * cot)
+        ref = lambda p, x, c: jnp.sum(ref_cross_block(p, x, c, mask) * cot)
+        return (
+            module.apply({"params": params}, x, context, mask),
+            ref_cross_block(params, x, context, mask),
+            jax.grad(lib, (0, 1, 2))(params, x, context),
+            jax.grad(ref, (0, 1, 2))(params, x, context),
+        )
+
+    out, ref, grads, ref_grads = run(params, x, context)
+    assert out.shape == (B, T, D) and out.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5)
+    _nonzero_grads(ref_grads)
+    _assert_trees_close(grads, ref_grads, atol=2e-5)

@@ -1,0 +1,126 @@
+"""Attention bottlenecks (MBT: Nagrani et al., "Attention Bottlenecks for Multimodal Fusion",
+NeurIPS 2021)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax.core import FrozenDict
+
+from mmtx.fusion.common import (
+    MODALITIES,
+    ModalityFeatures,
+    TokenProjection,
+    block_class,
+    check_features,
+    kept,
+    mean_over_kept,
+)
+from mmtx.nn.transformer import TransformerBlock, layer_norm
+
+Dtype = Any
+
+
+class BottleneckFusion(nn.Module):
+    """Per-modality transformer layers that exchange information only through a few shared
+    bottleneck tokens.
+
+    Each present modality ``m`` gets a stream ``[CLS_m; tokens_m]`` (projected to ``width``)
+    with its own weights. Layers ``0 .. fusion_layer - 1`` run each stream alone. From
+    ``fusion_layer`` on, every layer runs each stream together with the ``num_bottlenecks``
+    shared tokens ``b``: ``[x_m; b_m'] = Block_m([x_m; b])``, and the next ``b`` is the
+    per-example mean of ``b_m'`` over the modalities the example keeps. So modality A reaches
+    modality B only through ``b``, one layer later. The fused output is the per-example mean
+    of the kept modalities' CLS tokens after a final LayerNorm, ``[B, width]``.
+
+    ``out["cls"]`` maps each present modality to its CLS output ``[B, width]`` and
+    ``out["bottleneck"]`` is the final bottleneck ``[B, num_bottlenecks, width]``.
+    """
+
+    width: int
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    num_bottlenecks: int = 4
+    fusion_layer: int = 0
+    attention: str = "dense"
+    attention_options: FrozenDict[str, Any] = FrozenDict()
+    dropout_rate: float = 0.0
+    remat: str = "none"
+    capture_weights: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self, features: dict[str, ModalityFeatures], *, train: bool = False
+    ) -> tuple[jax.Array, dict[str, Any]]:
+        """features: present modality -> ModalityFeatures. Returns (``[B, width]``, out)."""
+        batch = check_features(features)
+        if not 0 <= self.fusion_layer < self.depth:
+            raise ValueError(
+                f"fusion_layer={self.fusion_layer} must be in [0, depth={self.depth}) so that "
+                "at least one layer fuses"
+            )
+        present = [m for m in MODALITIES if m in features]
+        block = block_class(TransformerBlock, self.remat)
+        common = dict(
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            dropout_rate=self.dropout_rate,
+            attention=self.attention,
+            attention_options=self.attention_options,
+            deterministic=not train,
+            capture_weights=self.capture_weights,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+        streams, masks = {}, {}
+        for m in present:
+            cls = self.param(
+                f"{m}_cls",
+                nn.with_logical_partitioning(nn.initializers.zeros, (None, None, "embed")),
+                (1, 1, self.width),
+                self.param_dtype,
+            )
+            tokens = TokenProjection(
+                self.width, m, dtype=self.dtype, param_dtype=self.param_dtype, name=f"{m}_input"
+            )(features[m].tokens)
+            cls = jnp.broadcast_to(cls.astype(self.dtype), (batch, 1, self.width))
+            streams[m] = jnp.concatenate([cls, tokens], axis=1)
+            masks[m] = jnp.concatenate(
+                [jnp.ones((batch, 1), jnp.bool_), features[m].mask.astype(jnp.bool_)], axis=1
+            )
+        bottleneck = self.param(
+            "bottleneck",
+            nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, None, "embed")),
+            (1, self.num_bottlenecks, self.width),
+            self.param_dtype,
+        )
+        bottleneck = jnp.broadcast_to(
+            bottleneck.astype(self.dtype), (batch, self.num_bottlenecks, self.width)
+        )
+        keeps = [kept(features[m]) for m in present]
+        bottleneck_mask = jnp.ones((batch, self.num_bottlenecks), jnp.bool_)
+        for layer in range(self.depth):
+            if layer < self.fusion_layer:
+                for m in present:
+                    streams[m], _ = block(**common, name=f"{m}_{layer}")(streams[m], masks[m])
+                continue
+            updates = []
+            for m in present:
+                length = streams[m].shape[1]
+                joint, _ = block(**common, name=f"{m}_{layer}")(
+                    jnp.concatenate([streams[m], bottleneck], axis=1),
+                    jnp.concatenate([masks[m], bottleneck_mask], axis=1),
+                )
+                streams[m] = joint[:, :length]
+                updates.append(joint[:, length:])
+            bottleneck = mean_over_kept(updates, keeps)
+        norm = layer_norm(self.dtype, self.param_dtype, "norm")
+        cls_out = {m: norm(streams[m][:, 0]) for m in present}
+        fused = mean_over_kept([cls_out[m] for m in present], keeps)
+        return fused, {"cls": cls_out, "bottleneck": bottleneck}

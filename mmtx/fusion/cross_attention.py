@@ -1,0 +1,112 @@
+"""Co-attention fusion (ViLBERT, Lu et al. 2019; LXMERT, Tan & Bansal 2019)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax.core import FrozenDict
+
+from mmtx.encoders.tower import masked_mean
+from mmtx.fusion.common import (
+    MODALITIES,
+    ModalityFeatures,
+    TokenProjection,
+    block_class,
+    check_features,
+    kept,
+    mean_over_kept,
+    visible_mask,
+)
+from mmtx.nn.transformer import CrossAttentionBlock, TransformerBlock, layer_norm
+
+Dtype = Any
+
+
+class CrossAttentionFusion(nn.Module):
+    """One stream per modality; in every layer each stream's tokens cross-attend to the other
+    present modalities' tokens, then self-attend.
+
+    Layer ``l`` updates every stream from the streams of layer ``l - 1`` (all modalities in
+    parallel, as in ViLBERT's co-attention): ``x_m <- CrossAttentionBlock(x_m, concat_{n != m}
+    x_n)`` then ``x_m <- TransformerBlock(x_m)``. Each stream has its own weights. A stream's
+    keys exclude padded tokens and the tokens of modalities an example drops (``keep``). The
+    fused output is, per example, the mean over its kept modalities of each stream's masked
+    mean token after a final LayerNorm: ``[B, width]``. With one modality present the
+    cross-attention is skipped and the module is a per-modality transformer.
+
+    ``out["tokens"]`` maps each present modality to its final stream ``[B, T_m, width]``.
+    """
+
+    width: int
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    attention: str = "dense"
+    attention_options: FrozenDict[str, Any] = FrozenDict()
+    cross_attention: str = "dense"
+    cross_attention_options: FrozenDict[str, Any] = FrozenDict()
+    dropout_rate: float = 0.0
+    remat: str = "none"
+    capture_weights: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self, features: dict[str, ModalityFeatures], *, train: bool = False
+    ) -> tuple[jax.Array, dict[str, Any]]:
+        """features: present modality -> ModalityFeatures. Returns (``[B, width]``, out)."""
+        check_features(features)
+        present = [m for m in MODALITIES if m in features]
+        common = dict(
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            dropout_rate=self.dropout_rate,
+            deterministic=not train,
+            capture_weights=self.capture_weights,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+        cross_block = block_class(CrossAttentionBlock, self.remat)
+        self_block = block_class(TransformerBlock, self.remat)
+        streams = {
+            m: TokenProjection(
+                self.width, m, dtype=self.dtype, param_dtype=self.param_dtype, name=f"{m}_input"
+            )(features[m].tokens)
+            for m in present
+        }
+        masks = {m: features[m].mask.astype(jnp.bool_) for m in present}
+        visible = {m: visible_mask(features[m]) for m in present}
+        for layer in range(self.depth):
+            updated = {}
+            for m in present:
+                x = streams[m]
+                others = [n for n in present if n != m]
+                if others:
+                    x = cross_block(
+                        attention=self.cross_attention,
+                        attention_options=self.cross_attention_options,
+                        **common,
+                        name=f"{m}_cross_{layer}",
+                    )(
+                        x,
+                        jnp.concatenate([streams[n] for n in others], axis=1),
+                        jnp.concatenate([visible[n] for n in others], axis=1),
+                    )
+                x, _ = self_block(
+                    attention=self.attention,
+                    attention_options=self.attention_options,
+                    **common,
+                    name=f"{m}_self_{layer}",
+                )(x, masks[m])
+                updated[m] = x
+            streams = updated
+        streams = {
+            m: layer_norm(self.dtype, self.param_dtype, f"{m}_norm")(x) for m, x in streams.items()
+        }
+        pooled = [masked_mean(streams[m], masks[m]) for m in present]
+        fused = mean_over_kept(pooled, [kept(features[m]) for m in present])
+        return fused, {"tokens": streams}

@@ -1,0 +1,105 @@
+"""Perceiver fusion (Jaegle et al., "Perceiver", ICML 2021; "Perceiver IO", ICLR 2022)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax.core import FrozenDict
+
+from mmtx.fusion.common import (
+    MODALITIES,
+    ModalityFeatures,
+    TokenProjection,
+    block_class,
+    check_features,
+    visible_mask,
+)
+from mmtx.nn.transformer import CrossAttentionBlock, TransformerBlock, layer_norm
+
+Dtype = Any
+
+
+class PerceiverFusion(nn.Module):
+    """A learned latent array ``[num_latents, width]`` reads all modality tokens by
+    cross-attention, then self-attends; repeated ``depth`` times.
+
+    Every present modality's tokens are projected to ``width`` (plus a modality embedding)
+    and concatenated into one byte array ``[B, sum T_m, width]`` whose padded tokens and
+    dropped modalities (``keep``) are masked. Each layer is a
+    :class:`mmtx.nn.CrossAttentionBlock` (latents -> tokens) followed by
+    ``latent_layers`` self-attention blocks over the latents, so the cost grows linearly with
+    the total token count (only the projections and the cross-attention see the tokens) and
+    quadratically only in ``num_latents``. The fused output is the mean latent after a final
+    LayerNorm, ``[B, width]``; ``out["latents"]`` is ``[B, num_latents, width]``.
+    """
+
+    width: int
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    num_latents: int = 16
+    latent_layers: int = 1
+    attention: str = "dense"
+    attention_options: FrozenDict[str, Any] = FrozenDict()
+    cross_attention: str = "dense"
+    cross_attention_options: FrozenDict[str, Any] = FrozenDict()
+    dropout_rate: float = 0.0
+    remat: str = "none"
+    capture_weights: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self, features: dict[str, ModalityFeatures], *, train: bool = False
+    ) -> tuple[jax.Array, dict[str, Any]]:
+        """features: present modality -> ModalityFeatures. Returns (``[B, width]``, out)."""
+        batch = check_features(features)
+        present = [m for m in MODALITIES if m in features]
+        tokens = jnp.concatenate(
+            [
+                TokenProjection(
+                    self.width, m, dtype=self.dtype, param_dtype=self.param_dtype, name=f"{m}_input"
+                )(features[m].tokens)
+                for m in present
+            ],
+            axis=1,
+        )
+        mask = jnp.concatenate([visible_mask(features[m]) for m in present], axis=1)
+        latents = self.param(
+            "latents",
+            nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, None, "embed")),
+            (1, self.num_latents, self.width),
+            self.param_dtype,
+        )
+        x = jnp.broadcast_to(latents.astype(self.dtype), (batch, self.num_latents, self.width))
+        common = dict(
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            dropout_rate=self.dropout_rate,
+            deterministic=not train,
+            capture_weights=self.capture_weights,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+        cross_block = block_class(CrossAttentionBlock, self.remat)
+        self_block = block_class(TransformerBlock, self.remat)
+        for layer in range(self.depth):
+            x = cross_block(
+                attention=self.cross_attention,
+                attention_options=self.cross_attention_options,
+                **common,
+                name=f"cross_{layer}",
+            )(x, tokens, mask)
+            for sub in range(self.latent_layers):
+                x, _ = self_block(
+                    attention=self.attention,
+                    attention_options=self.attention_options,
+                    **common,
+                    name=f"latent_{layer}_{sub}",
+                )(x, None)
+        x = layer_norm(self.dtype, self.param_dtype, "norm")(x)
+        return jnp.mean(x, axis=1), {"latents": x}

@@ -20,6 +20,7 @@ from typing import Any
 import ml_collections
 
 MODALITIES = ("text", "image", "audio")
+# The built-in fusion types; mmtx.fusion.register_fusion adds more.
 FUSION_TYPES = ("concat", "gated", "cross_attention", "bottleneck", "perceiver")
 CROSS_ATTENTION_KERNELS = ("dense", "linear")
 ATTENTION_KERNELS = ("dense", "local", "linear")
@@ -339,7 +340,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def _validate_fusion(fusion: ml_collections.ConfigDict) -> None:
-    _require(fusion.type in FUSION_TYPES, "fusion.type", f"one of {FUSION_TYPES}")
+    # Imported here: the fusion package imports flax; custom fusions register there.
+    from mmtx.fusion import FUSION_MODULES
+
+    _require(fusion.type in FUSION_MODULES, "fusion.type", f"one of {tuple(FUSION_MODULES)}")
     _require(
         fusion.cross_attention in CROSS_ATTENTION_KERNELS,
         "fusion.cross_attention",

@@ -6,6 +6,8 @@ the model's modalities may be present, and ``ModalityFeatures.keep`` drops a mod
 single examples (modality dropout) exactly as if it were absent for them.
 """
 
+import flax.linen as nn
+
 from mmtx.fusion.bottleneck import BottleneckFusion
 from mmtx.fusion.common import MODALITIES, ModalityFeatures
 from mmtx.fusion.concat import ConcatFusion
@@ -22,6 +24,23 @@ FUSION_MODULES = {
     "perceiver": PerceiverFusion,
 }
 
+
+def register_fusion(name: str, module: type[nn.Module]) -> None:
+    """Makes ``config.fusion.type = name`` build ``module`` (e.g. a fusion of your own).
+
+    ``module`` must be a linen module with a ``width`` field, called as
+    ``module(features, train=...) -> (fused [B, width], out dict)`` where ``features`` maps
+    each present modality to a :class:`ModalityFeatures` (see this package's docstring). The
+    model passes it the fields of ``config.fusion`` that it declares (by name), plus
+    ``dtype``, ``param_dtype`` and, if declared, ``capture_weights``.
+    """
+    if not (isinstance(module, type) and issubclass(module, nn.Module)):
+        raise TypeError(f"a fusion must be a flax.linen.Module subclass; got {module!r}")
+    if "width" not in module.__dataclass_fields__:
+        raise TypeError(f"{module.__name__} needs a `width` field (the fused embedding's width)")
+    FUSION_MODULES[name] = module
+
+
 __all__ = [
     "FUSION_MODULES",
     "MODALITIES",
@@ -31,4 +50,5 @@ __all__ = [
     "GatedFusion",
     "ModalityFeatures",
     "PerceiverFusion",
+    "register_fusion",
 ]

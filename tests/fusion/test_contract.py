@@ -144,3 +144,37 @@ def test_dropout_only_in_training(kind):
     np.testing.assert_array_equal(fusion.apply(params, features, train=False)[0], evaluated)
     trained = fusion.apply(params, features, train=True, rngs={"dropout": jax.random.key(1)})[0]
     assert np.abs(trained - evaluated).max() > 1e-3
+
+
+def test_a_registered_fusion_is_built_from_the_config():
+    import flax.linen as nn
+
+    from mmtx import config as config_lib
+    from mmtx.fusion import register_fusion
+    from mmtx.models import MultiModalTransformer, dummy_batch
+
+    class MaxPoolFusion(nn.Module):
+        width: int
+        dtype: jnp.dtype = jnp.float32
+        param_dtype: jnp.dtype = jnp.float32
+
+        @nn.compact
+        def __call__(self, features, *, train=False):
+            pooled = [nn.Dense(self.width)(f.pooled) for f in features.values()]
+            return jnp.max(jnp.stack(pooled), axis=0), {}
+
+    config = config_lib.apply_variant(config_lib.default_config(), "tiny")
+    config.fusion.type = "max_pool"
+    with pytest.raises(ValueError, match=r"config\.fusion\.type:"):
+        config_lib.validate(config)
+    register_fusion("max_pool", MaxPoolFusion)
+    try:
+        config_lib.validate(config)
+        module = MultiModalTransformer.from_config(config, vocab_size=259)
+        assert dict(module.fusion) == {"width": config.fusion.width}
+        out = jax.eval_shape(module.init_with_output, jax.random.key(0), dummy_batch(config, 2))
+        assert out[0]["fused"].shape == (2, config.model.embed_dim)
+    finally:
+        FUSION_MODULES.pop("max_pool")
+    with pytest.raises(TypeError, match="width"):
+        register_fusion("bad", nn.Dense)

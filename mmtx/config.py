@@ -183,6 +183,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.eval_every = 500  # Steps between evaluations (and one at the end).
     c.train.checkpoint_every = 500  # Steps between checkpoints (and one at the end).
     c.train.keep_checkpoints = 3  # Checkpoints kept on disk.
+    # On a non-finite loss or gradient: "stop" (exit non-zero naming the step, saving no new
+    # checkpoint) or "skip" (leave the state unchanged and count the step in train/nonfinite).
+    c.train.nonfinite = "stop"
+    c.train.inject_nan_at_step = -1  # Testing aid: make step K's loss NaN (from 1; -1: never).
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 256  # Eval batch (global); the last partial batch is padded.
@@ -370,6 +374,7 @@ def _validate_training(config: ml_collections.ConfigDict) -> None:
     _require(train.keep_checkpoints > 0, "train.keep_checkpoints", "must be positive")
     _require(train.learning_rate > 0, "train.learning_rate", "must be positive")
     _require(train.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+    _require(train.nonfinite in ("stop", "skip"), "train.nonfinite", "stop | skip")
     _require(
         train.microbatches == 1,
         "train.microbatches",

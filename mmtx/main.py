@@ -2,15 +2,19 @@
 
 Any config field can be overridden on the command line, e.g.
 ``--config.train.steps=100 --config.fusion.type=gated``; ``--config=configs/base.py:tiny``
-passes ``tiny`` to the file's ``get_config``.
+passes ``tiny`` to the file's ``get_config``. Rerunning with the same ``--workdir`` resumes.
+Exits 0 when done or when preempted (SIGTERM: a checkpoint is saved first), 1 on a
+non-finite loss under ``config.train.nonfinite="stop"``.
 """
 
 from __future__ import annotations
 
-from absl import app, flags
+import sys
+
+from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mmtx.train.loop import train_and_evaluate
+from mmtx.train.loop import NonFiniteError, train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).")
 _WORKDIR = flags.DEFINE_string("workdir", "./workdir", "Directory for checkpoints and logs.")
@@ -20,7 +24,14 @@ flags.mark_flags_as_required(["config"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    try:
+        summary = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except NonFiniteError as error:
+        logging.error("%s", error)
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    if summary["preempted"]:
+        print(f"preempted: checkpoint saved at step {summary['step']}; rerun to resume")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from mmtx.train.checkpoint import Checkpointer
 from mmtx.train.evaluate import evaluate
 from mmtx.train.metrics import MetricWriter, Progress, format_seconds
 from mmtx.train.optimizer import create_optimizer
+from mmtx.train.preemption import PreemptionWatcher
 from mmtx.train.state import TrainState
 from mmtx.train.step import make_eval_step, make_train_step
 
@@ -39,6 +40,10 @@ SUMMARY_KEYS = (
     "audio_to_text_recall@1",
     "audio_to_text_recall@5",
 )
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or a gradient was not finite and ``config.train.nonfinite`` is ``"stop"``."""
 
 
 def _log(message: str) -> None:
@@ -105,7 +110,12 @@ def _mirror_param_shardings(opt_state: Any, params: Any, param_shardings: Any, d
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains and evaluates as ``config`` says, in ``workdir``; returns the final summary.
 
-    A rerun with the same workdir resumes from the latest checkpoint. Leaves
+    A rerun with the same workdir resumes from the newest readable checkpoint and continues
+    exactly (same batches, same RNG, same numbers). On SIGTERM the loop finishes the current
+    step, saves a checkpoint, waits for it to commit and returns (``summary["preempted"]``).
+    A non-finite loss or gradient raises :class:`NonFiniteError` naming the step when
+    ``config.train.nonfinite == "stop"``, without saving a new checkpoint; with ``"skip"``
+    the update is skipped and the step listed in ``summary["nonfinite_steps"]``. Leaves
     ``workdir/config.json``, ``workdir/checkpoints``, TensorBoard event files and
     ``workdir/summary.json``.
     """
@@ -204,31 +214,67 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     first_step = step
     eval_metrics: dict[str, float] = {}
     pending: list[tuple[int, dict[str, jax.Array]]] = []
-    while step < train_config.steps:
-        batch = to_global(next(train_iter))
-        state, metrics = train_step(state, batch)
-        step += 1
-        pending.append((step, metrics))
-        if step % train_config.log_every == 0 or step == train_config.steps:
-            # Fetching metrics only every log_every steps keeps the host from blocking
-            # on each step, so input and compute overlap.
-            fetched = jax.device_get(pending)
-            pending = []
-            for metric_step, values in fetched:
-                writer.write_scalars(metric_step, {f"train/{k}": v for k, v in values.items()})
+    nonfinite_steps: list[int] = []
+    preempted = False
+
+    def flush_metrics(log: bool) -> None:
+        """Fetches the pending steps' metrics, writes them and applies the non-finite policy.
+
+        Fetching only at log, eval and checkpoint steps keeps the host from blocking on
+        each step, so input and compute overlap.
+        """
+        nonlocal pending
+        if not pending:
+            return
+        fetched = jax.device_get(pending)
+        pending = []
+        for metric_step, values in fetched:
+            writer.write_scalars(metric_step, {f"train/{k}": v for k, v in values.items()})
+            if values["nonfinite"] > 0:
+                nonfinite_steps.append(metric_step)
+                if train_config.nonfinite == "stop":
+                    raise NonFiniteError(
+                        f"non-finite loss or gradients at step {metric_step} "
+                        f"(loss {float(values['loss'])}, grad_norm "
+                        f"{float(values['grad_norm'])}); stopped without saving a new "
+                        f"checkpoint (latest: step {checkpointer.latest_step()}). "
+                        "Set config.train.nonfinite='skip' to skip such steps instead."
+                    )
+                _log(f"step {metric_step}: non-finite loss or gradients; update skipped")
+        if log:
             latest = {k: v for k, v in fetched[-1][1].items()}
             _log(progress.line(step, {k: latest[k] for k in ("loss", "accuracy") if k in latest}))
-        checkpointer.save(step, state, train_iter)
-        if step % train_config.eval_every == 0 or step == train_config.steps:
-            eval_metrics = run_eval(step)
-    checkpointer.save(step, state, train_iter, force=True)
-    if not eval_metrics:
-        eval_metrics = run_eval(step)
+
+    try:
+        with PreemptionWatcher() as preemption:
+            while step < train_config.steps:
+                batch = to_global(next(train_iter))
+                state, metrics = train_step(state, batch)
+                step += 1
+                pending.append((step, metrics))
+                if preemption.should_stop(step):
+                    flush_metrics(log=True)
+                    _log(f"preemption notice: saving a checkpoint at step {step} and exiting")
+                    preempted = True
+                    break
+                is_eval = step % train_config.eval_every == 0 or step == train_config.steps
+                is_log = step % train_config.log_every == 0 or step == train_config.steps
+                if is_log or is_eval or checkpointer.would_save(step):
+                    flush_metrics(log=is_log)
+                checkpointer.save(step, state, train_iter)
+                if is_eval:
+                    eval_metrics = run_eval(step)
+            flush_metrics(log=False)
+            checkpointer.save(step, state, train_iter, force=True)
+            if not eval_metrics and not preempted:
+                eval_metrics = run_eval(step)
+    finally:
+        # Also on errors: let a save in flight commit, so the checkpoints stay complete.
+        checkpointer.wait()
+        checkpointer.close()
+        writer.flush()
+        writer.close()
     elapsed = time.perf_counter() - started
-    checkpointer.wait()
-    checkpointer.close()
-    writer.flush()
-    writer.close()
 
     summary = {
         "step": step,
@@ -237,6 +283,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "steps_this_run": step - first_step,
         "steps_per_second": round((step - first_step) / elapsed, 3) if step > first_step else None,
         "eval": {k: round(float(v), 4) for k, v in eval_metrics.items()},
+        "nonfinite_steps": nonfinite_steps,
+        "preempted": preempted,
     }
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "summary.json"), "w") as f:

@@ -28,7 +28,12 @@ def make_train_step(
 
     Dropout randomness is ``fold_in(state.rng, step)``, so a step's result depends only on
     the state and the batch (what exact resume needs). Metrics are float32 scalars: the loss
-    terms, ``grad_norm``, ``learning_rate`` and ``temperature``.
+    terms, ``grad_norm``, ``learning_rate``, ``temperature`` and ``nonfinite`` (1.0 when the
+    loss or a gradient was not finite).
+
+    A non-finite step leaves params and optimizer state unchanged (only ``step`` advances),
+    so a bad batch never poisons the state; the loop then stops or carries on as
+    ``config.train.nonfinite`` says.
     """
     schedule = learning_rate_schedule(config.train)
 
@@ -40,16 +45,27 @@ def make_train_step(
                 {"params": params}, batch, train=True, rngs={"dropout": dropout_rng}
             )
             loss, metrics = losses.total_loss(outputs, batch, config.loss)
+            if config.train.inject_nan_at_step >= 0:
+                loss = jnp.where(state.step + 1 == config.train.inject_nan_at_step, jnp.nan, loss)
+                metrics = {**metrics, "loss": loss}
             metrics["temperature"] = 1.0 / jnp.exp(
                 jnp.minimum(outputs["logit_scale"], losses.MAX_LOGIT_SCALE)
             )
             return loss, metrics
 
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics["grad_norm"] = optax.global_norm(grads)
+        params, opt_state = jax.tree.map(
+            lambda new, old: jnp.where(finite, new, old),
+            (params, opt_state),
+            (state.params, state.opt_state),
+        )
+        metrics["grad_norm"] = grad_norm
         metrics["learning_rate"] = schedule(state.step)
+        metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, metrics
 

@@ -138,6 +138,18 @@ class MultiModalTransformer(nn.Module):
             raise ValueError(f"modalities disagree on batch size: {sizes}")
         if 0 in sizes.values():
             raise ValueError("the batch is empty (batch size 0)")
+        if "text" in present and not isinstance(batch["text"], jax.core.Tracer):
+            # Concrete ids only (a jitted caller's are traced): an id past the embedding table
+            # would silently read a clipped row inside XLA.
+            ids = np.asarray(batch["text"])
+            vocab = self.encoders["text"]["vocab_size"]
+            if not np.issubdtype(ids.dtype, np.integer):
+                raise TypeError(f"text must hold integer token ids; got dtype {ids.dtype}")
+            if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+                raise ValueError(
+                    f"text token ids must be in [0, {vocab}) (the text vocabulary); got "
+                    f"values in [{ids.min()}, {ids.max()}]"
+                )
         if "text_mask" in batch and "text" in present:
             if np.shape(batch["text_mask"]) != np.shape(batch["text"]):
                 raise ValueError(

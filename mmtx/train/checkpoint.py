@@ -86,7 +86,9 @@ class Checkpointer:
         the checkpoint at ``step`` differs from ``abstract_state``'s (or that only one has)."""
         with ocp.StandardCheckpointer() as reader:
             metadata = reader.metadata(os.path.join(self.directory, str(step), "state"))
-        saved = _param_shapes(getattr(metadata, "item_metadata", metadata))
+        saved = _param_shapes(getattr(metadata, "item_metadata", None) or {})
+        if not saved:
+            raise OSError(f"the checkpoint at step {step} has no readable param metadata")
         wanted = _param_shapes(abstract_state)
         for path in sorted(saved.keys() | wanted.keys()):
             have, want = saved.get(path), wanted.get(path)

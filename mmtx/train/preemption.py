@@ -32,8 +32,7 @@ class PreemptionWatcher:
 
     def _synchronised(self) -> bool:
         return (
-            jax.process_count() > 1
-            and distributed.global_state.preemption_sync_manager is not None
+            jax.process_count() > 1 and distributed.global_state.preemption_sync_manager is not None
         )
 
     def __enter__(self) -> PreemptionWatcher:

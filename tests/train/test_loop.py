@@ -108,3 +108,106 @@ def test_rerun_resumes_and_matches_uninterrupted_run(trained, tmp_path, capsys, 
 
     # Same data order, same RNG, same step: the resumed run ends where the uninterrupted one does.
     jax.tree.map(np.testing.assert_array_equal, final_params(workdir), final_params(reference_dir))
+
+
+def run_until(config, workdir, stop_step, monkeypatch):
+    """Trains ``config`` in ``workdir`` but stops right after the checkpoint at ``stop_step``
+    commits, as a killed run would."""
+    original_save = Checkpointer.save
+
+    def save_then_stop(self, step, *args, **kwargs):
+        saved = original_save(self, step, *args, **kwargs)
+        if step == stop_step:
+            self.wait()
+            raise Preempted
+        return saved
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Checkpointer, "save", save_then_stop)
+        with pytest.raises(Preempted):
+            train_and_evaluate(config, workdir)
+
+
+def restored_params(workdir, step=None):
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+    try:
+        state, restored_step = checkpointer.restore_arrays(step)
+    finally:
+        checkpointer.close()
+    return state, restored_step
+
+
+def test_truncated_latest_checkpoint_is_set_aside_for_the_previous_one(
+    trained, tmp_path, capsys, monkeypatch
+):
+    reference_dir, _ = trained
+    workdir = str(tmp_path)
+    run_until(tiny_config(steps=16), workdir, 12, monkeypatch)
+    # Damage every data file of the newest checkpoint (step 12), as a full disk would.
+    damaged = 0
+    for root, _, files in os.walk(os.path.join(workdir, "checkpoints", "12", "state")):
+        for name in files:
+            path = os.path.join(root, name)
+            if os.path.basename(root) == "d":
+                with open(path, "r+b") as f:
+                    f.truncate(os.path.getsize(path) // 2)
+                damaged += 1
+    assert damaged
+    capsys.readouterr()
+    summary = train_and_evaluate(tiny_config(steps=16), workdir)
+    assert "resumed from checkpoint at step 8" in capsys.readouterr().out
+    assert summary["steps_this_run"] == 8
+    assert os.path.isdir(os.path.join(workdir, "checkpoints_corrupt", "12"))
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        restored_params(workdir)[0]["params"],
+        restored_params(reference_dir)[0]["params"],
+    )
+
+
+def test_checkpoint_of_another_model_names_the_param_and_both_shapes(trained, tmp_path):
+    import shutil
+
+    from mmtx.train.checkpoint import CheckpointMismatchError
+
+    workdir = str(tmp_path / "copy")
+    shutil.copytree(trained[0], workdir)
+    config = tiny_config(steps=20)
+    config.model.audio.width = 64
+    with pytest.raises(CheckpointMismatchError) as error:
+        train_and_evaluate(config, workdir)
+    message = str(error.value)
+    assert "params/audio/" in message
+    assert "(32,)" in message or "32)" in message
+    assert "64" in message and "different model config" in message
+
+
+def test_nonfinite_skip_leaves_the_state_unchanged_and_counts_the_step(tmp_path):
+    config = tiny_config(steps=5)
+    config.train.nonfinite = "skip"
+    config.train.inject_nan_at_step = 3
+    config.train.checkpoint_every = 1
+    config.train.keep_checkpoints = 10
+    workdir = str(tmp_path)
+    summary = train_and_evaluate(config, workdir)
+    assert summary["nonfinite_steps"] == [3] and summary["step"] == 5
+    flags = dict(read_scalars(workdir)["train/nonfinite"])
+    assert flags[3] == 1.0 and all(flags[s] == 0.0 for s in (1, 2, 4, 5))
+    before, _ = restored_params(workdir, 2)
+    after, _ = restored_params(workdir, 3)
+    jax.tree.map(np.testing.assert_array_equal, after["params"], before["params"])
+    jax.tree.map(np.testing.assert_array_equal, after["opt_state"], before["opt_state"])
+    final, _ = restored_params(workdir, 5)
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(final["params"]))
+
+
+def test_nonfinite_stop_raises_naming_the_step_and_saves_nothing_after_it(tmp_path):
+    from mmtx.train.loop import NonFiniteError
+
+    config = tiny_config(steps=8)
+    config.train.inject_nan_at_step = 3
+    config.train.checkpoint_every = 1
+    workdir = str(tmp_path)
+    with pytest.raises(NonFiniteError, match="non-finite loss or gradients at step 3"):
+        train_and_evaluate(config, workdir)
+    assert restored_params(workdir)[1] == 2

@@ -1,0 +1,169 @@
+"""Fault tolerance of a real training run (`python -m mmtx.main` in subprocesses).
+
+A run killed with SIGKILL (mid-step and mid-save) or stopped with SIGTERM, then rerun with the
+same command, must end with exactly the params of a run that was never interrupted.
+"""
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from mmtx.train.checkpoint import Checkpointer
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+STEPS, EVERY = 40, 5
+
+
+def command(workdir, *overrides):
+    return [
+        sys.executable, "-m", "mmtx.main", "--config=configs/base.py:tiny",
+        f"--workdir={workdir}", "--config.train.batch_size=8", "--config.eval.batch_size=8",
+        "--config.data.eval_size=8", "--config.model.text.max_length=32",
+        f"--config.train.steps={STEPS}", f"--config.train.checkpoint_every={EVERY}",
+        "--config.train.keep_checkpoints=3", "--config.train.log_every=5",
+        f"--config.train.eval_every={STEPS}", *overrides,
+    ]  # fmt: skip
+
+
+def environment():
+    # The subprocesses share the test session's persistent compilation cache (conftest.py).
+    return dict(
+        os.environ,
+        JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
+
+
+def run(workdir, *overrides):
+    return subprocess.run(
+        command(workdir, *overrides),
+        cwd=REPO,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def start(workdir, *overrides):
+    return subprocess.Popen(
+        command(workdir, *overrides),
+        cwd=REPO,
+        env=environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def saved_steps(workdir):
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+def saving_in_progress(workdir):
+    directory = os.path.join(workdir, "checkpoints")
+    return os.path.isdir(directory) and any("tmp" in name for name in os.listdir(directory))
+
+
+def wait_for(condition, process, timeout=300.0, poll=0.0005):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        if process.poll() is not None:
+            return False
+        time.sleep(poll)
+    return False
+
+
+def final_params(workdir):
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+    try:
+        state, step = checkpointer.restore_arrays()
+    finally:
+        checkpointer.close()
+    assert step == STEPS
+    return state["params"]
+
+
+def assert_params_equal(got, want):
+    flat_got = jax.tree_util.tree_leaves_with_path(got)
+    flat_want = jax.tree.leaves(want)
+    assert len(flat_got) == len(flat_want)
+    for (path, g), w in zip(flat_got, flat_want, strict=True):
+        np.testing.assert_array_equal(g, w, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    result = run(workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return final_params(workdir)
+
+
+def test_sigkill_mid_step_then_mid_save_then_rerun_matches(tmp_path, uninterrupted):
+    # 1. SIGKILL while training, after a few checkpoints.
+    process = start(tmp_path)
+    assert wait_for(lambda: len(saved_steps(tmp_path)) >= 2, process), process.stdout.read()
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = saved_steps(tmp_path)
+    assert before and before[-1] < STEPS
+
+    # 2. Rerun; SIGKILL it while an (async) checkpoint save is being written.
+    process = start(tmp_path)
+    caught = wait_for(
+        lambda: saving_in_progress(tmp_path) and saved_steps(tmp_path)[-1] > before[-1], process
+    )
+    process.send_signal(signal.SIGKILL)
+    output = process.communicate()[0]
+    assert f"resumed from checkpoint at step {before[-1]}" in output
+    if not caught:
+        pytest.skip("the save finished before the kill could land (machine too fast)")
+
+    # 3. Rerun to the end: it uses the newest complete checkpoint and ends where an
+    # uninterrupted run ends, bit for bit.
+    result = run(tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "resumed from checkpoint at step" in result.stdout
+    assert_params_equal(final_params(tmp_path), uninterrupted)
+
+
+def test_sigterm_saves_exits_zero_and_rerun_matches(tmp_path, uninterrupted):
+    process = start(tmp_path)
+    assert wait_for(lambda: len(saved_steps(tmp_path)) >= 1, process), process.stdout.read()
+    process.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 0, output[-3000:]
+    assert time.monotonic() - sent < 60
+    assert "preemption notice: saving a checkpoint at step" in output
+    step = saved_steps(tmp_path)[-1]
+    assert f"preempted: checkpoint saved at step {step}" in output
+    assert step % EVERY != 0 or step < STEPS  # saved where it stopped, not at a schedule
+
+    result = run(tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resumed from checkpoint at step {step}" in result.stdout
+    assert_params_equal(final_params(tmp_path), uninterrupted)
+
+
+def test_nan_stop_exits_nonzero_naming_the_step(tmp_path):
+    result = run(tmp_path, "--config.train.inject_nan_at_step=13")
+    assert result.returncode == 1
+    assert "non-finite loss or gradients at step 13" in result.stderr
+    # No checkpoint after the bad step: the latest is from before it.
+    assert max(saved_steps(tmp_path)) == 10

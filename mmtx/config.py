@@ -27,6 +27,8 @@ ATTENTION_KERNELS = ("dense", "local", "linear")
 POOLINGS = ("cls", "mean")
 POSITION_EMBEDDINGS = ("learned", "sincos")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+# Groups whose keys are names the user chooses (attribute names), not fixed fields.
+OPEN_GROUPS = ("model.attribute_classes", "model.attribute_modalities")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
@@ -225,9 +227,13 @@ def merge_overrides(
     """Merges a nested dict onto ``config`` in place; unknown keys raise a ``KeyError``.
 
     The error names the full dotted path of the unknown key and the closest known key.
+    Groups in :data:`OPEN_GROUPS` hold user-named entries and take any key.
     """
     for key, value in overrides.items():
         path = f"{prefix}{key}"
+        if prefix.rstrip(".") in OPEN_GROUPS:
+            config[key] = tuple(value) if isinstance(value, list) else value
+            continue
         if key not in config:
             close = difflib.get_close_matches(key, list(config.keys()), n=1)
             hint = f"; did you mean {prefix + close[0]!r}?" if close else ""
@@ -376,9 +382,9 @@ def _validate_training(config: ml_collections.ConfigDict) -> None:
     _require(train.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
     _require(train.nonfinite in ("stop", "skip"), "train.nonfinite", "stop | skip")
     _require(
-        train.microbatches == 1,
+        train.batch_size % train.microbatches == 0,
         "train.microbatches",
-        "gradient accumulation is not available yet; use 1",
+        f"train.batch_size={train.batch_size} must divide into {train.microbatches} microbatches",
     )
     _require(config.eval.batch_size > 0, "eval.batch_size", "must be positive")
     _require(

@@ -265,3 +265,20 @@ def test_validate_checks_the_chosen_fusion(fusion_type, depth, fusion_layer, nam
         config_lib.validate(config)
     config.fusion.type = "gated"  # gated has no layers: depth and fusion_layer do not apply
     config_lib.validate(config)
+
+
+def test_merge_accepts_user_named_entries_in_open_groups():
+    config = config_lib.merge_overrides(
+        tiny(),
+        {
+            "model": {
+                "attribute_classes": {"colour": 6},
+                "attribute_modalities": {"text": ["colour"]},
+            }
+        },
+    )
+    assert config.model.attribute_classes.colour == 6
+    assert config.model.attribute_modalities.text == ("colour",)
+    config_lib.validate(config)
+    with pytest.raises(KeyError, match=r"model\.colour"):
+        config_lib.merge_overrides(tiny(), {"model": {"colour": 6}})

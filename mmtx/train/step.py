@@ -19,6 +19,34 @@ Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
 
+def split_microbatches(batch: Batch, k: int) -> Batch:
+    """``[B, ...]`` -> ``[k, B / k, ...]``, microbatch ``j`` holding rows ``j, j + k, ...``.
+
+    Strided rather than contiguous: with the batch sharded over devices along ``B``, every
+    device keeps its share of every microbatch (a contiguous split would leave most devices
+    idle in each microbatch).
+    """
+
+    def split(x: jax.Array) -> jax.Array:
+        if x.shape[0] % k:
+            raise ValueError(f"batch of {x.shape[0]} does not split into {k} microbatches")
+        return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+
+    return jax.tree.map(split, batch)
+
+
+def merge_microbatches(stacked: Any, batch_size: int) -> Any:
+    """Inverse of :func:`split_microbatches` for per-example leaves ``[k, B / k, ...]``;
+    per-batch leaves (``[k]``: scalars such as ``logit_scale``) take microbatch 0's value."""
+
+    def merge(x: jax.Array) -> jax.Array:
+        if x.ndim >= 2 and x.shape[0] * x.shape[1] == batch_size:
+            return jnp.swapaxes(x, 0, 1).reshape(batch_size, *x.shape[2:])
+        return x[0]
+
+    return jax.tree.map(merge, stacked)
+
+
 def make_train_step(
     module: MultiModalTransformer,
     tx: optax.GradientTransformation,
@@ -31,29 +59,100 @@ def make_train_step(
     terms, ``grad_norm``, ``learning_rate``, ``temperature`` and ``nonfinite`` (1.0 when the
     loss or a gradient was not finite).
 
+    With ``config.train.microbatches = k > 1`` the batch is split into ``k`` microbatches
+    inside the step and the gradient is that of the full-batch loss, contrastive terms
+    included, computed with an output cache (GradCache, Gao et al. 2021): a gradient-free
+    forward pass over the microbatches (``lax.map``) collects every model output
+    (embeddings, logits) for the whole batch; the full-batch loss and its gradient with respect
+    to those outputs are computed once; then ``lax.scan`` backpropagates each microbatch's
+    share of that gradient through the model, summing float32 param gradients. Only one
+    microbatch's activations are alive at a time, so peak memory falls with ``k`` (for about
+    one extra forward pass of compute). Each microbatch draws its own dropout key, so with
+    dropout the random masks differ from the ``k = 1`` step's (not their distribution).
+
     A non-finite step leaves params and optimizer state unchanged (only ``step`` advances),
     so a bad batch never poisons the state; the loop then stops or carries on as
     ``config.train.nonfinite`` says.
     """
     schedule = learning_rate_schedule(config.train)
+    k = config.train.microbatches
+
+    def loss_from_outputs(
+        outputs: dict[str, Any], batch: Batch, step: jax.Array
+    ) -> tuple[jax.Array, Metrics]:
+        loss, metrics = losses.total_loss(outputs, batch, config.loss)
+        if config.train.inject_nan_at_step >= 0:
+            loss = jnp.where(step + 1 == config.train.inject_nan_at_step, jnp.nan, loss)
+            metrics = {**metrics, "loss": loss}
+        metrics["temperature"] = 1.0 / jnp.exp(
+            jnp.minimum(outputs["logit_scale"], losses.MAX_LOGIT_SCALE)
+        )
+        return loss, metrics
+
+    def forward(params: Any, batch: Batch, rng: jax.Array) -> dict[str, Any]:
+        return module.apply({"params": params}, batch, train=True, rngs={"dropout": rng})
+
+    def full_batch_gradient(
+        state: TrainState, batch: Batch, rng: jax.Array
+    ) -> tuple[jax.Array, Metrics, Any]:
+        def loss_fn(params: Any) -> tuple[jax.Array, Metrics]:
+            return loss_from_outputs(forward(params, batch, rng), batch, state.step)
+
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        return loss, metrics, grads
+
+    def accumulated_gradient(
+        state: TrainState, batch: Batch, rng: jax.Array
+    ) -> tuple[jax.Array, Metrics, Any]:
+        batch_size = jax.tree.leaves(batch)[0].shape[0]
+        micro = split_microbatches(batch, k)
+        rngs = jax.random.split(rng, k)
+        # 1. Every output of the whole batch, without gradients.
+        stacked = jax.lax.map(
+            lambda args: forward(jax.lax.stop_gradient(state.params), *args), (micro, rngs)
+        )
+        outputs = merge_microbatches(stacked, batch_size)
+        # 2. The full-batch loss and its gradient with respect to the outputs.
+        (loss, metrics), output_grads = jax.value_and_grad(
+            lambda o: loss_from_outputs(o, batch, state.step), has_aux=True
+        )(outputs)
+        # Per-example gradients go to their microbatch; a per-batch output (logit_scale)
+        # appears in every microbatch, so each carries 1/k of its gradient.
+        micro_grads = jax.tree.map(
+            lambda g, s: (
+                jnp.swapaxes(g.reshape(s.shape[1], k, *s.shape[2:]), 0, 1)
+                if g.ndim >= 1 and g.shape[0] == batch_size
+                else jnp.broadcast_to(g / k, (k, *g.shape))
+            ),
+            output_grads,
+            stacked,
+        )
+
+        # 3. Backpropagate each microbatch's share through the model and sum.
+        def accumulate(total: Any, args: tuple[Batch, jax.Array, Any]) -> tuple[Any, None]:
+            micro_batch, micro_rng, grads_out = args
+
+            def surrogate(params: Any) -> jax.Array:
+                out = forward(params, micro_batch, micro_rng)
+                terms = jax.tree.map(
+                    lambda o, g: jnp.sum(o.astype(jnp.float32) * g.astype(jnp.float32)),
+                    out,
+                    grads_out,
+                )
+                return sum(jax.tree.leaves(terms))
+
+            grads = jax.grad(surrogate)(state.params)
+            return jax.tree.map(lambda t, g: t + g.astype(jnp.float32), total, grads), None
+
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+        grads, _ = jax.lax.scan(accumulate, zeros, (micro, rngs, micro_grads))
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
+        return loss, metrics, grads
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         dropout_rng = jax.random.fold_in(state.rng, state.step)
-
-        def loss_fn(params: Any) -> tuple[jax.Array, Metrics]:
-            outputs = module.apply(
-                {"params": params}, batch, train=True, rngs={"dropout": dropout_rng}
-            )
-            loss, metrics = losses.total_loss(outputs, batch, config.loss)
-            if config.train.inject_nan_at_step >= 0:
-                loss = jnp.where(state.step + 1 == config.train.inject_nan_at_step, jnp.nan, loss)
-                metrics = {**metrics, "loss": loss}
-            metrics["temperature"] = 1.0 / jnp.exp(
-                jnp.minimum(outputs["logit_scale"], losses.MAX_LOGIT_SCALE)
-            )
-            return loss, metrics
-
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        gradient = full_batch_gradient if k == 1 else accumulated_gradient
+        loss, metrics, grads = gradient(state, batch, dropout_rng)
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)

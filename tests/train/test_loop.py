@@ -188,9 +188,13 @@ def test_nonfinite_skip_leaves_the_state_unchanged_and_counts_the_step(tmp_path)
     config.train.inject_nan_at_step = 3
     config.train.checkpoint_every = 1
     config.train.keep_checkpoints = 10
+    # Attribute heads (user-named config entries) must survive config.json for from_checkpoint.
+    config.model.attribute_classes = {"shape": 4}
+    config.model.attribute_modalities = {"image": ("shape",)}
     workdir = str(tmp_path)
     summary = train_and_evaluate(config, workdir)
     assert summary["nonfinite_steps"] == [3] and summary["step"] == 5
+    assert Model.from_checkpoint(workdir).module.attribute_heads["image"]["shape"] == 4
     flags = dict(read_scalars(workdir)["train/nonfinite"])
     assert flags[3] == 1.0 and all(flags[s] == 0.0 for s in (1, 2, 4, 5))
     before, _ = restored_params(workdir, 2)

@@ -1,0 +1,32 @@
+"""Smoke test of experiments/fusion_ablation.py: every fusion module, a tiny model, 2 steps."""
+
+import importlib
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
+common = importlib.import_module("common")
+fusion_ablation = importlib.import_module("fusion_ablation")
+
+
+def test_fusion_ablation_writes_a_row_per_fusion(tmp_path):
+    base = common.base_study_config(
+        2, variant="tiny", width=None, batch_size=8, eval_size=16, eval_batch_size=16
+    )
+    base.model.text.max_length = 32
+    out_dir = tmp_path / "out"
+    rows = fusion_ablation.main(
+        [f"--out_dir={out_dir}", f"--workdir_root={tmp_path / 'runs'}"], base_config=base
+    )
+    assert [row["fusion"] for row in rows] == list(fusion_ablation.FUSIONS)
+    for row in rows:
+        for key in ("accuracy", "accuracy_no_text", "accuracy_no_image", "accuracy_no_audio"):
+            assert 0.0 <= row[key] <= 1.0, (row["fusion"], key)
+        assert 0 < row["fusion_params"] < row["num_params"]
+        assert row["gflops_forward"] > 0 and row["steps_per_second"] > 0
+    by_name = {row["fusion"]: row for row in rows}
+    # Gated fusion is a weighted sum of pooled embeddings: the fewest fusion params and FLOPs.
+    assert by_name["gated"]["fusion_params"] == min(r["fusion_params"] for r in rows)
+    table = (out_dir / "fusion_ablation.md").read_text()
+    assert all(f"| {name} |" in table for name in fusion_ablation.FUSIONS)
+    assert (out_dir / "fusion_ablation.png").stat().st_size > 0

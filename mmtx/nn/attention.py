@@ -81,6 +81,71 @@ ATTENTION_KERNELS: dict[str, AttentionKernel] = {
 default_kernel_init = nn.initializers.xavier_uniform()
 
 
+class HeadProjection(nn.Module):
+    """``[..., D] -> [..., H, Dh]``: a dense projection into heads.
+
+    Kernel ``[D, H, Dh]`` (logical axes ``embed, heads, kv``), bias ``[H, Dh]``. Written out
+    rather than with ``nn.DenseGeneral``, whose init reshapes a flat kernel: under a
+    logical-axis-rules context that reshape would constrain a 2-D array with 3-D axis names.
+    """
+
+    num_heads: int
+    head_dim: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: ``[..., D]`` -> ``[..., H, Dh]`` in ``dtype``."""
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(
+                nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2)), ("embed", "heads", "kv")
+            ),
+            (x.shape[-1], self.num_heads, self.head_dim),
+            self.param_dtype,
+        )
+        bias = self.param(
+            "bias",
+            nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")),
+            (self.num_heads, self.head_dim),
+            self.param_dtype,
+        )
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        return jnp.einsum("...d,dhk->...hk", x, kernel) + bias
+
+
+class HeadMerge(nn.Module):
+    """``[..., H, Dh] -> [..., features]``: the output projection out of heads.
+
+    Kernel ``[H, Dh, features]`` (logical axes ``heads, kv, embed``), bias ``[features]``.
+    """
+
+    features: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, y: jax.Array) -> jax.Array:
+        """y: ``[..., H, Dh]`` -> ``[..., features]`` in ``dtype``."""
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(
+                nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2), ("heads", "kv", "embed")
+            ),
+            (*y.shape[-2:], self.features),
+            self.param_dtype,
+        )
+        bias = self.param(
+            "bias",
+            nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+            (self.features,),
+            self.param_dtype,
+        )
+        y, kernel, bias = nn.dtypes.promote_dtype(y, kernel, bias, dtype=self.dtype)
+        return jnp.einsum("...hk,hko->...o", y, kernel) + bias
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention: self-attention, or cross-attention when ``context`` is given.
 
@@ -133,16 +198,9 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
         head_dim = width // self.num_heads
 
-        def projection(name: str) -> nn.DenseGeneral:
-            return nn.DenseGeneral(
-                features=(self.num_heads, head_dim),
-                kernel_init=nn.with_logical_partitioning(
-                    default_kernel_init, ("embed", "heads", "kv")
-                ),
-                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")),
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                name=name,
+        def projection(name: str) -> HeadProjection:
+            return HeadProjection(
+                self.num_heads, head_dim, dtype=self.dtype, param_dtype=self.param_dtype, name=name
             )
 
         q = projection("query")(x)
@@ -160,14 +218,8 @@ class MultiHeadAttention(nn.Module):
         if self.capture_weights:
             weights = attention_weights(q, k, mask=mask, causal=self.causal)
             self.sow("intermediates", "attention_weights", weights)
-        return nn.DenseGeneral(
-            features=self.out_features or width,
-            axis=(-2, -1),
-            kernel_init=nn.with_logical_partitioning(default_kernel_init, ("heads", "kv", "embed")),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="out",
+        return HeadMerge(
+            self.out_features or width, dtype=self.dtype, param_dtype=self.param_dtype, name="out"
         )(y)
 
 

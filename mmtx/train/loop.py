@@ -126,16 +126,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     mesh = mesh_lib.create_mesh(config.mesh)
     data_sharding = mesh_lib.batch_sharding(mesh)
-    num_data_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    for field, size in (
-        ("train.batch_size", train_config.batch_size),
-        ("eval.batch_size", config.eval.batch_size),
-    ):
-        if size % num_data_shards or size % jax.process_count():
-            raise ValueError(
-                f"config.{field}={size} must be divisible by the {num_data_shards} data-parallel "
-                f"devices and the {jax.process_count()} processes"
-            )
+    mesh_lib.check_divisibility(config, mesh, jax.process_count())
     local_batch = train_config.batch_size // jax.process_count()
     local_eval_batch = config.eval.batch_size // jax.process_count()
 
@@ -175,13 +166,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )
 
     train_step = jax.jit(
-        make_train_step(module, tx, config),
+        mesh_lib.with_sharding_rules(make_train_step(module, tx, config), mesh),
         in_shardings=(state_shardings, data_sharding),
         out_shardings=(state_shardings, None),
         donate_argnums=0,
     )
     eval_step = jax.jit(
-        make_eval_step(module), in_shardings=(state_shardings.params, data_sharding)
+        mesh_lib.with_sharding_rules(make_eval_step(module), mesh),
+        in_shardings=(state_shardings.params, data_sharding),
     )
 
     def run_eval(step: int) -> dict[str, float]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -46,9 +48,10 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tupl
     return tuple(sizes)
 
 
-def create_mesh(mesh_config: ml_collections.ConfigDict) -> Mesh:
-    """A ``("data", "fsdp", "tensor")`` mesh over all devices of all processes."""
-    devices = jax.devices()
+def create_mesh(mesh_config: ml_collections.ConfigDict, devices: Any = None) -> Mesh:
+    """A ``("data", "fsdp", "tensor")`` mesh over ``devices`` (default: all devices of all
+    processes)."""
+    devices = jax.devices() if devices is None else list(devices)
     shape = mesh_shape(mesh_config, len(devices))
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
 
@@ -59,6 +62,69 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def logical_shardings(mesh: Mesh, boxed_tree: Any) -> Any:
-    """NamedShardings for a tree of (abstract) ``nn.Partitioned`` leaves via the rules table."""
+    """NamedShardings for a tree of (abstract) ``nn.Partitioned`` leaves via the rules table.
+
+    A dimension whose size does not divide by its mesh axes (a 259-token vocabulary over
+    ``tensor=2``) stays replicated along them rather than failing.
+    """
     specs = nn.get_partition_spec(boxed_tree)
-    return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_AXIS_RULES)
+    shardings = nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_AXIS_RULES)
+    shapes = jax.tree.map(
+        lambda x: x.shape, nn.meta.unbox(boxed_tree), is_leaf=lambda x: hasattr(x, "shape")
+    )
+
+    def divisible(sharding: NamedSharding, shape: tuple[int, ...]) -> NamedSharding:
+        entries = []
+        for size, axes in zip(shape, (*sharding.spec, *[None] * len(shape)), strict=False):
+            names = axes if isinstance(axes, tuple) else (axes,) if axes else ()
+            ways = math.prod(mesh.shape[name] for name in names)
+            entries.append(axes if size % ways == 0 else None)
+        return NamedSharding(mesh, PartitionSpec(*entries))
+
+    return jax.tree.map(
+        divisible, shardings, shapes, is_leaf=lambda x: isinstance(x, NamedSharding)
+    )
+
+
+def with_sharding_rules(fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
+    """``fn`` traced with ``mesh`` and :data:`LOGICAL_AXIS_RULES` in context, so that the
+    activations' ``nn.with_logical_constraint`` annotations become sharding constraints
+    (outside such a context they are no-ops)."""
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with (
+            jax.sharding.use_abstract_mesh(mesh.abstract_mesh),
+            nn.logical_axis_rules(LOGICAL_AXIS_RULES),
+        ):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def check_divisibility(config: ml_collections.ConfigDict, mesh: Mesh, process_count: int) -> None:
+    """Raises ``ValueError`` naming the config fields when the batch or the model does not
+    divide over the mesh (checked before anything is compiled)."""
+    data_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    microbatches = config.train.microbatches
+    checks = [
+        ("train.batch_size", config.train.batch_size, data_shards * microbatches,
+         f"the {data_shards} data-parallel devices (mesh data x fsdp) x "
+         f"train.microbatches={microbatches}"),
+        ("train.batch_size", config.train.batch_size, process_count,
+         f"the {process_count} processes"),
+        ("eval.batch_size", config.eval.batch_size, data_shards,
+         f"the {data_shards} data-parallel devices (mesh data x fsdp)"),
+        ("eval.batch_size", config.eval.batch_size, process_count,
+         f"the {process_count} processes"),
+    ]  # fmt: skip
+    tensor = mesh.shape["tensor"]
+    towers = [(f"model.{m}", config.model[m]) for m in config.model.modalities]
+    for name, tower in [*towers, ("fusion", config.fusion)]:
+        for field in ("num_heads", "mlp_dim"):
+            checks.append(
+                (f"{name}.{field}", tower[field], tensor, f"mesh.tensor={tensor} devices")
+            )
+    for field, value, divisor, what in checks:
+        if value % divisor:
+            raise ValueError(f"config.{field}={value} must be divisible by {what}")

@@ -14,16 +14,26 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from mmtx.train import distributed
 from mmtx.train.loop import NonFiniteError, train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).")
 _WORKDIR = flags.DEFINE_string("workdir", "./workdir", "Directory for checkpoints and logs.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "host:port of process 0, for multi-process runs without "
+    "cluster auto-detection (TPU VMs, Slurm and MPI are detected).",
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, from 0.")
 flags.mark_flags_as_required(["config"])
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     try:
         summary = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except NonFiniteError as error:

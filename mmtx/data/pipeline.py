@@ -80,17 +80,19 @@ def create_dataset(
 ) -> grain.IterDataset:
     """Builds the pipeline for one process.
 
-    Training data is sharded by process (``process_index::process_count``), shuffled with
-    ``config.data.seed`` (globally, over the whole shard, re-shuffled each epoch) and repeated
-    forever; eval data is read in order, once, with the last partial batch kept. Batches are
-    dicts of numpy arrays with a leading ``batch_size`` axis (the per-process batch).
-    Deterministic: the same config gives the same batches.
+    Training data is shuffled globally with ``config.data.seed`` (re-shuffled each epoch) and
+    repeated forever; process ``i`` then reads elements ``i, i + P, ...`` of that one global
+    order. So the P processes' batches of a step together hold exactly the examples of the
+    one-process global batch, whatever the process count (a resumed or rescaled run sees the
+    same data). Eval data is sharded the same way, read in order, once, with the last
+    partial batch kept. Batches are dicts of numpy arrays with a leading ``batch_size`` axis
+    (the per-process batch). Deterministic: the same config gives the same batches.
     """
     source = create_source(config, split)
     dataset = grain.MapDataset.source(source)
-    dataset = dataset[process_index::process_count]
     if train:
         dataset = dataset.shuffle(seed=config.data.seed).repeat()
+    dataset = dataset[process_index::process_count]
     dataset = dataset.map(make_preprocess(config, tokenizer))
     dataset = dataset.batch(batch_size, drop_remainder=train)
     read_options = grain.ReadOptions(

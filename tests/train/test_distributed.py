@@ -1,0 +1,69 @@
+"""Tests for mmtx/train/distributed.py: two real processes on 127.0.0.1 train together
+(jax.distributed over gloo) and end where one process ends."""
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from mmtx.train import distributed
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+WORKER = REPO / "tests" / "train" / "multihost_worker.py"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(workdir, out, num_processes, process_id, port):
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+    )
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), str(workdir), str(out), str(num_processes),
+         str(process_id), str(port)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def test_two_processes_match_one(tmp_path):
+    port = free_port()
+    processes = [launch(tmp_path / "two", tmp_path / "two.npz", 2, i, port) for i in (0, 1)]
+    single = launch(tmp_path / "one", tmp_path / "one.npz", 1, 0, 0)
+    for process in (*processes, single):
+        output = process.communicate(timeout=600)[0]
+        assert process.returncode == 0, output[-4000:]
+    two, one = np.load(tmp_path / "two.npz"), np.load(tmp_path / "one.npz")
+    assert set(two.files) == set(one.files)
+    for name in one.files:
+        scale = max(float(np.abs(one[name]).max()), 1e-3)
+        np.testing.assert_allclose(two[name], one[name], rtol=0, atol=1e-5 * scale, err_msg=name)
+
+
+def test_single_process_does_not_initialize(monkeypatch):
+    for name in ("TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert distributed.initialize() is False
+    assert distributed.initialize(num_processes=1) is False
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(coordinator_address="127.0.0.1:1234"), "together"),
+        (dict(coordinator_address="127.0.0.1:1234", num_processes=2, process_id=2), "process_id"),
+    ],
+)
+def test_incomplete_multi_process_flags_are_an_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        distributed.initialize(**kwargs)

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/base.py
 WORKDIR ?= workdir
 
-.PHONY: venv train test lint clean
+.PHONY: venv train test lint docs clean
 
 $(BIN)/python: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,12 +20,15 @@ train: venv
 	$(BIN)/python -m mmtx.main --config=$(CONFIG) --workdir=$(WORKDIR)
 
 test: venv
-	$(BIN)/python -m ruff check mmtx tests configs experiments
+	$(BIN)/python -m ruff check mmtx tests configs experiments benchmarks docs/conf.py notebooks
 	$(BIN)/python -m pytest -n 2 tests
 
 lint: venv
-	$(BIN)/python -m ruff check mmtx tests configs experiments
-	$(BIN)/python -m ruff format --check mmtx tests configs experiments
+	$(BIN)/python -m ruff check mmtx tests configs experiments benchmarks docs/conf.py notebooks
+	$(BIN)/python -m ruff format --check mmtx tests configs experiments docs/conf.py notebooks
+
+docs: venv
+	$(BIN)/python -m sphinx -W --keep-going -b html docs docs/_build/html
 
 clean:
-	rm -rf $(VENV) workdir
+	rm -rf $(VENV) workdir docs/_build

@@ -1,0 +1,106 @@
+"""Sphinx configuration of the mmtx documentation.
+
+Build: ``make docs`` (or ``sphinx-build -W --keep-going -b html docs docs/_build/html``).
+``tests/test_docs.py`` runs the same build with warnings as errors.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+DOCS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(DOCS)
+# Autodoc imports the package from this checkout (also when it is not pip-installed).
+sys.path.insert(0, ROOT)
+
+import mmtx  # noqa: E402
+
+project = "mmtx"
+author = "the mmtx authors"
+copyright = "the mmtx authors"
+release = mmtx.__version__
+version = release
+
+extensions = [
+    "myst_nb",  # Markdown (MyST) pages and Jupyter notebooks
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.napoleon",  # Google-style "Args:" / "Returns:" sections
+    "sphinx.ext.viewcode",
+]
+
+exclude_patterns = [
+    "_build",
+    # Included into research.md with {include}; not pages of their own.
+    "research/*.md",
+    "**/.ipynb_checkpoints",
+]
+
+# MyST: heading anchors so that pages can link to sections (usage.md#checkpoints-and-resume).
+myst_enable_extensions = ["colon_fence", "deflist"]
+myst_heading_anchors = 3
+
+# Notebooks (notebooks/*.ipynb, linked into docs/examples/) are shown with the outputs saved
+# in them; the docs build never runs them (tests/test_notebooks.py does).
+nb_execution_mode = "off"
+
+# Autodoc: members of each module (modules with __all__ list exactly those), plus the
+# __call__ of linen modules, where their shapes are documented.
+autodoc_default_options = {
+    "members": True,
+    "special-members": "__call__",
+    "member-order": "bysource",
+    "show-inheritance": False,
+}
+autodoc_typehints = "signature"
+autodoc_class_signature = "separated"
+autosummary_generate = False
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+napoleon_use_rtype = False
+
+html_theme = "furo"
+html_title = f"mmtx {release}"
+html_static_path: list[str] = []
+
+# The research pages (docs/research/*.md) are written by the studies in experiments/ and
+# benchmarks/. research.md pulls in each one that exists at build time, in this order.
+RESEARCH_PAGES = (
+    ("attention_scaling.md", "benchmarks/attention_scaling.py"),
+    ("attention_variants.md", "experiments/attention_variants.py"),
+    ("fusion_ablation.md", "experiments/fusion_ablation.py"),
+)
+RESEARCH_MARKER = "% research-pages"
+
+
+def research_includes() -> str:
+    """MyST text that includes every research page present, and names the missing ones."""
+    parts = []
+    for page, script in RESEARCH_PAGES:
+        if os.path.exists(os.path.join(DOCS, "research", page)):
+            parts.append(
+                "```{include} research/" + page + "\n"
+                ":heading-offset: 1\n:relative-images:\n:relative-docs: research/\n```\n"
+            )
+        else:
+            parts.append(
+                f"## {page}\n\nNot generated yet: run `python {script}`, which writes "
+                f"`docs/research/{page}`.\n"
+            )
+    return "\n".join(parts)
+
+
+def _insert_research_pages(app, docname: str, source: list[str]) -> None:
+    if docname == "research":
+        source[0] = source[0].replace(RESEARCH_MARKER, research_includes())
+
+
+def _always_reread_research(app, env, added, changed, removed) -> list[str]:
+    # A research page that appeared since the last build must be picked up.
+    return ["research"]
+
+
+def setup(app) -> None:
+    app.connect("source-read", _insert_research_pages)
+    app.connect("env-get-outdated", _always_reread_research)

@@ -70,6 +70,7 @@ RESEARCH_PAGES = (
     ("attention_scaling.md", "benchmarks/attention_scaling.py"),
     ("attention_variants.md", "experiments/attention_variants.py"),
     ("fusion_ablation.md", "experiments/fusion_ablation.py"),
+    ("accumulation_memory.md", "benchmarks/accumulation_memory.py"),
 )
 RESEARCH_MARKER = "% research-pages"
 

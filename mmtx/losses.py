@@ -6,6 +6,7 @@ All losses are computed in float32 whatever the compute dtype.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 import optax
 
 MODALITIES = ("text", "image", "audio")
-MAX_LOGIT_SCALE = float(jnp.log(100.0))  # CLIP clips the temperature at 100.
+MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clips the temperature at 100.
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:

@@ -67,3 +67,40 @@ def test_single_process_does_not_initialize(monkeypatch):
 def test_incomplete_multi_process_flags_are_an_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
         distributed.initialize(**kwargs)
+
+
+def test_sigterm_to_one_host_stops_every_host_at_the_same_step(tmp_path):
+    """The scheduler may notify one host only; JAX's preemption sync point makes every host
+    save the same step and exit 0."""
+    import re
+    import signal
+    import time
+
+    port = free_port()
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "mmtx.main", "--config=configs/base.py:tiny",
+             f"--workdir={tmp_path}", "--config.train.batch_size=8",
+             "--config.eval.batch_size=8", "--config.data.eval_size=8",
+             "--config.model.text.max_length=16", "--config.train.steps=400",
+             "--config.train.checkpoint_every=20", "--config.train.log_every=10",
+             f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+             f"--process_id={i}"],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for i in (0, 1)
+    ]  # fmt: skip
+    first = tmp_path / "checkpoints" / "20"
+    deadline = time.monotonic() + 300
+    while not first.exists() and time.monotonic() < deadline:
+        assert all(p.poll() is None for p in processes), processes[0].stdout.read()[-3000:]
+        time.sleep(0.01)
+    processes[1].send_signal(signal.SIGTERM)
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    for process, output in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, output[-3000:]
+    steps = [re.findall(r"preempted: checkpoint saved at step (\d+)", out) for out in outputs]
+    assert steps[0] and steps[0] == steps[1], outputs[0][-2000:]
+    assert int(steps[0][0]) < 400
+    assert (tmp_path / "checkpoints" / steps[0][0]).is_dir()

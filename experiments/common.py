@@ -35,13 +35,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mmtx import Model, create_model
+from mmtx import Model
 from mmtx import config as config_lib
 from mmtx.data.pipeline import create_dataset
 from mmtx.data.tokenizer import create_tokenizer
 from mmtx.models import MultiModalTransformer, dummy_batch
 from mmtx.train import mesh as mesh_lib
-from mmtx.train.checkpoint import Checkpointer
 from mmtx.train.evaluate import evaluate
 from mmtx.train.loop import train_and_evaluate
 from mmtx.train.optimizer import create_optimizer
@@ -194,52 +193,17 @@ def drop_modalities(batch: Mapping[str, np.ndarray], keep: Sequence[str]) -> dic
     return {k: v for k, v in batch.items() if k not in dropped}
 
 
-def _merge_saved(config: ml_collections.ConfigDict, saved: Mapping[str, Any]) -> None:
-    """Merges a saved ``config.json`` dict onto ``config`` in place.
-
-    Like :func:`mmtx.config.merge_overrides` (unknown keys raise), except that a group that
-    is empty in the schema (a free-form mapping such as ``model.attribute_classes``) takes the
-    saved mapping as it is, with JSON lists back as tuples.
-    """
-    for key, value in saved.items():
-        if key not in config:
-            raise KeyError(f"unknown config key {key!r} in the run's config.json")
-        current = config[key]
-        if isinstance(current, ml_collections.ConfigDict) and not current.keys():
-            config[key] = {
-                k: tuple(v) if isinstance(v, list) else v for k, v in dict(value).items()
-            }
-        elif isinstance(current, ml_collections.ConfigDict):
-            _merge_saved(current, value)
-        else:
-            config[key] = tuple(value) if isinstance(current, tuple) else value
-
-
 def load_run_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
-    """The validated config of a training run, from ``workdir/config.json``.
-
-    ``Model.from_checkpoint`` reads it with ``merge_overrides`` onto the defaults, which
-    rejects the keys of the (empty by default) ``model.attribute_classes`` /
-    ``model.attribute_modalities`` groups, so it cannot load a ``configs/base.py`` run; this
-    reader accepts them.
-    """
+    """The validated config of a training run, from ``workdir/config.json``."""
     with open(os.path.join(os.fspath(workdir), "config.json")) as f:
         saved = json.load(f)
-    config = config_lib.default_config()
-    _merge_saved(config, saved)
-    return config_lib.validate(config)
+    return config_lib.validate(config_lib.merge_overrides(config_lib.default_config(), saved))
 
 
 def load_trained_model(workdir: str | os.PathLike, step: int | None = None) -> Model:
-    """The :class:`mmtx.Model` of a training run: its config (:func:`load_run_config`) and the
-    params checkpointed in ``workdir/checkpoints`` at ``step`` (default: the latest)."""
-    config = load_run_config(workdir)
-    checkpointer = Checkpointer(os.path.join(os.fspath(workdir), "checkpoints"), read_only=True)
-    try:
-        state, _ = checkpointer.restore_arrays(step)
-    finally:
-        checkpointer.close()
-    return create_model(config, params=state["params"])
+    """The :class:`mmtx.Model` of a training run at ``step`` (default: the latest):
+    :meth:`mmtx.Model.from_checkpoint`."""
+    return Model.from_checkpoint(workdir, step)
 
 
 def evaluate_subsets(

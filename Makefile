@@ -11,7 +11,7 @@ WORKDIR ?= workdir
 $(BIN)/python: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev,tfds]'
 	touch $(BIN)/python
 
 venv: $(BIN)/python

@@ -194,11 +194,24 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval.batch_size = 256  # Eval batch (global); the last partial batch is padded.
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "synthetic"  # synthetic (built-in, no download).
-    c.data.seed = 0  # Seeds the synthetic examples and the shuffle order.
+    # synthetic (built-in, no download) | tfds:<name> (a TFDS dataset prepared as array_record
+    # in data_dir, e.g. tfds:coco_captions/2017; see mmtx.data.tfds_source).
+    c.data.source = "synthetic"
+    c.data.seed = 0  # Seeds the synthetic examples, the shuffle order and augmentation.
     c.data.train_size = 1_000_000  # Examples in the synthetic train split.
     c.data.eval_size = 1024  # Examples in the synthetic eval split.
-    c.data.num_threads = 2  # Threads producing batches.
+    c.data.data_dir = ""  # TFDS data_dir; "" = TFDS's default ($TFDS_DATA_DIR or ~/).
+    c.data.train_split = "train"  # TFDS split trained on; slicing allowed ("train[:90%]").
+    c.data.eval_split = "validation"  # TFDS split evaluated on ("train[90%:]", "test", ...).
+    # TFDS feature behind each role; nested features joined with "/" ("captions/text");
+    # "" = the dataset has none. Every modality in model.modalities needs one.
+    c.data.features = ml_collections.ConfigDict(
+        {"text": "", "image": "", "audio": "", "label": ""}
+    )
+    c.data.audio_sample_rate = 0  # Source audio's rate in Hz; 0 = from the TFDS feature.
+    c.data.augment = False  # Training augmentation: random image crop + flip, audio crop.
+    c.data.num_threads = 2  # Threads reading and preprocessing examples (per process/worker).
+    c.data.num_workers = 0  # grain worker processes making batches; 0 = none (threads only).
     c.data.prefetch = 4  # Batches buffered ahead of the train step.
 
     c.mesh = ml_collections.ConfigDict()
@@ -392,10 +405,36 @@ def _validate_training(config: ml_collections.ConfigDict) -> None:
         "loss.contrastive",
         "softmax | sigmoid | none",
     )
-    _require(config.data.source == "synthetic", "data.source", "only 'synthetic' is available")
+    _validate_data(config)
     for axis in ("data", "fsdp", "tensor"):
         size = config.mesh[axis]
         _require(size == -1 or size > 0, f"mesh.{axis}", f"must be -1 or positive, got {size}")
+
+
+def _validate_data(config: ml_collections.ConfigDict) -> None:
+    data = config.data
+    source = data.source
+    _require(
+        source == "synthetic" or (source.startswith("tfds:") and len(source) > len("tfds:")),
+        "data.source",
+        "'synthetic' or 'tfds:<name>'",
+    )
+    _require(data.num_threads > 0, "data.num_threads", "must be positive")
+    _require(data.num_workers >= 0, "data.num_workers", "must be >= 0")
+    _require(data.audio_sample_rate >= 0, "data.audio_sample_rate", "must be >= 0 (0 = auto)")
+    roles = set(data.features.keys())
+    _require(
+        roles <= {"text", "image", "audio", "label"},
+        "data.features",
+        f"roles are text, image, audio, label; got {sorted(roles)}",
+    )
+    if source.startswith("tfds:"):
+        for modality in config.model.modalities:
+            _require(
+                bool(data.features.get(modality, "")),
+                f"data.features.{modality}",
+                f"name the TFDS feature that holds the {modality} (model.modalities has it)",
+            )
 
 
 def load_config(spec: ml_collections.ConfigDict | str | os.PathLike) -> ml_collections.ConfigDict:

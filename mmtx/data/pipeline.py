@@ -1,8 +1,11 @@
-"""The grain input pipeline: source -> shard -> shuffle -> preprocess -> batch -> prefetch.
+"""The grain input pipeline: source -> shuffle -> shard -> preprocess -> batch -> prefetch.
 
-Preprocessing here is light (tokenising captions, casting); the log-mel spectrogram is
-computed inside the model (:class:`mmtx.encoders.AudioEncoder`) where it runs on the
-accelerator, so the pipeline ships raw waveforms.
+Sources: the built-in synthetic data (``config.data.source = "synthetic"``) or a prepared
+TensorFlow Datasets split (``"tfds:<name>"``, :mod:`mmtx.data.tfds_source`). Both go through
+the same per-example preprocessing (:mod:`mmtx.data.preprocessing`: tokenise, image resize
+/ crop / flip, audio resample / crop / pad). The log-mel spectrogram is computed inside the
+model (:class:`mmtx.encoders.AudioEncoder`) where it runs on the accelerator, so the
+pipeline ships raw waveforms.
 """
 
 from __future__ import annotations
@@ -13,16 +16,30 @@ from typing import Any
 import grain
 import ml_collections
 import numpy as np
+from absl import flags
 
+from mmtx.data import preprocessing
 from mmtx.data.synthetic import SyntheticSource
+from mmtx.data.tfds_source import TfdsSource, tfds_name
 from mmtx.data.tokenizer import Tokenizer
 
 # Keys a pipeline batch carries besides the model inputs: attributes used by the metrics.
 ATTRIBUTE_KEYS = ("shape", "colour", "size", "position")
 
 
+def split_name(config: ml_collections.ConfigDict, split: str) -> str:
+    """The source's name for mmtx's ``"train"``/``"eval"`` split (TFDS: the configured
+    ``data.train_split`` / ``data.eval_split``, slicing included)."""
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval'; got {split!r}")
+    if tfds_name(config.data.source) is None:
+        return split
+    return config.data.train_split if split == "train" else config.data.eval_split
+
+
 def create_source(config: ml_collections.ConfigDict, split: str) -> Any:
-    """The random-access source named by ``config.data.source`` for ``split``."""
+    """The random-access source named by ``config.data.source`` for ``split`` ("train" or
+    "eval"): a :class:`SyntheticSource` or a :class:`TfdsSource`."""
     data = config.data
     if data.source == "synthetic":
         size = data.train_size if split == "train" else data.eval_size
@@ -34,13 +51,39 @@ def create_source(config: ml_collections.ConfigDict, split: str) -> Any:
             sample_rate=config.model.audio.sample_rate,
             audio_seconds=config.model.audio.num_samples / config.model.audio.sample_rate,
         )
-    raise ValueError(f"unknown config.data.source {data.source!r}; available: 'synthetic'")
+    name = tfds_name(data.source)
+    if name:
+        return TfdsSource(name, split_name(config, split), data.data_dir, dict(data.features))
+    raise ValueError(
+        f"unknown config.data.source {data.source!r}; available: 'synthetic', 'tfds:<name>'"
+    )
+
+
+def source_sample_rate(config: ml_collections.ConfigDict, source: Any) -> int:
+    """Sample rate of the source's audio: ``config.data.audio_sample_rate`` when set, else the
+    source's own (a TFDS Audio feature's ``sample_rate``; the synthetic data is generated at
+    the model's rate)."""
+    if config.data.audio_sample_rate:
+        return int(config.data.audio_sample_rate)
+    rate = int(getattr(source, "audio_sample_rate", 0) or 0)
+    return rate or int(config.model.audio.sample_rate)
 
 
 def make_preprocess(
-    config: ml_collections.ConfigDict, tokenizer: Tokenizer
-) -> Callable[[dict[str, Any]], dict[str, np.ndarray]]:
-    """Returns the per-example map: raw example -> model inputs of the configured modalities.
+    config: ml_collections.ConfigDict,
+    tokenizer: Tokenizer,
+    *,
+    sample_rate: int | None = None,
+    augment: bool = False,
+) -> Callable[..., dict[str, np.ndarray]]:
+    """Returns the per-example map ``(example, rng=None) -> model inputs`` of the configured
+    modalities.
+
+    ``example`` has a source's keys (``caption``, ``image``, ``audio``, ``label`` and the
+    synthetic attributes). ``rng`` (a ``np.random.Generator``; training only) picks one of
+    several captions and, with ``augment``, a random image crop and flip and a random audio
+    crop; without it the first caption, the centre crop and the clip's start are used.
+    ``sample_rate``: the source audio's rate (default: the model's).
 
     Output (numpy): ``text`` int32 ``[T]`` and ``text_mask`` bool ``[T]``, ``image`` float32
     ``[H, W, C]`` in [0, 1], ``audio`` float32 ``[S]``, ``label`` int32 ``[]``, and the
@@ -48,16 +91,33 @@ def make_preprocess(
     """
     modalities = tuple(config.model.modalities)
     max_length = config.model.text.max_length
+    image_config, audio_config = config.model.image, config.model.audio
+    sample_rate = sample_rate or audio_config.sample_rate
 
-    def preprocess(example: dict[str, Any]) -> dict[str, np.ndarray]:
+    def preprocess(
+        example: dict[str, Any], rng: np.random.Generator | None = None
+    ) -> dict[str, np.ndarray]:
+        augment_rng = rng if augment else None
         out: dict[str, np.ndarray] = {}
         if "text" in modalities:
-            ids, mask = tokenizer(example["caption"], max_length)
+            caption = preprocessing.select_text(example["caption"], rng)
+            ids, mask = tokenizer(caption, max_length)
             out["text"], out["text_mask"] = ids[0], mask[0]
         if "image" in modalities:
-            out["image"] = np.asarray(example["image"], np.float32)
+            out["image"] = preprocessing.preprocess_image(
+                example["image"],
+                image_config.image_size,
+                channels=image_config.channels,
+                rng=augment_rng,
+            )
         if "audio" in modalities:
-            out["audio"] = np.asarray(example["audio"], np.float32)
+            out["audio"] = preprocessing.preprocess_audio(
+                example["audio"],
+                audio_config.num_samples,
+                sample_rate=sample_rate,
+                target_rate=audio_config.sample_rate,
+                rng=augment_rng,
+            )
         if "label" in example:
             out["label"] = np.asarray(example["label"], np.int32)
         for key in ATTRIBUTE_KEYS:
@@ -80,25 +140,46 @@ def create_dataset(
 ) -> grain.IterDataset:
     """Builds the pipeline for one process.
 
-    Training data is shuffled globally with ``config.data.seed`` (re-shuffled each epoch) and
-    repeated forever; process ``i`` then reads elements ``i, i + P, ...`` of that one global
-    order. So the P processes' batches of a step together hold exactly the examples of the
-    one-process global batch, whatever the process count (a resumed or rescaled run sees the
-    same data). Eval data is sharded the same way, read in order, once, with the last
-    partial batch kept. Batches are dicts of numpy arrays with a leading ``batch_size`` axis
-    (the per-process batch). Deterministic: the same config gives the same batches.
+    Training data is shuffled globally with ``config.data.seed`` (re-shuffled each epoch),
+    repeated forever and preprocessed with per-example random numbers drawn from the seed
+    and the example's position in that global order; process ``i`` then reads elements
+    ``i, i + P, ...``. So the P processes' batches of a step together hold exactly the
+    examples of the one-process global batch, augmentation included, whatever the process
+    count. Eval data is sharded the same way, read in order, once, without augmentation,
+    with the last partial batch kept. Batches are dicts of numpy arrays with a leading
+    ``batch_size`` axis (the per-process batch). With ``config.data.num_workers > 0`` the
+    batches are produced by that many worker processes (grain ``mp_prefetch``). The
+    iterator's position is checkpointable (``grain.checkpoint``), workers included.
+    Deterministic: the same config gives the same batches.
     """
     source = create_source(config, split)
     dataset = grain.MapDataset.source(source)
+    preprocess = make_preprocess(
+        config,
+        tokenizer,
+        sample_rate=source_sample_rate(config, source),
+        augment=train and config.data.augment,
+    )
     if train:
         dataset = dataset.shuffle(seed=config.data.seed).repeat()
+        dataset = dataset.random_map(preprocess, seed=config.data.seed)
+    else:
+        dataset = dataset.map(preprocess)
     dataset = dataset[process_index::process_count]
-    dataset = dataset.map(make_preprocess(config, tokenizer))
     dataset = dataset.batch(batch_size, drop_remainder=train)
     read_options = grain.ReadOptions(
         num_threads=config.data.num_threads, prefetch_buffer_size=config.data.prefetch
     )
-    return dataset.to_iter_dataset(read_options)
+    iter_dataset = dataset.to_iter_dataset(read_options)
+    if config.data.num_workers > 0:
+        # grain's worker processes read absl flags; outside an absl program (a notebook, a
+        # test) nothing has parsed them, so take their defaults.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        iter_dataset = iter_dataset.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=config.data.num_workers)
+        )
+    return iter_dataset
 
 
 # Which synthetic attributes each modality expresses: retrieval between two modalities

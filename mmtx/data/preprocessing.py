@@ -1,21 +1,187 @@
-"""Pure preprocessing functions that turn raw images and audio into model inputs.
+"""Pure preprocessing functions that turn raw text, images and audio into model inputs.
 
-They take and return numpy arrays, so the same code runs in the input pipeline and in
-:class:`mmtx.Model`'s raw-input calls.
+They take and return numpy arrays (randomness only through an explicit
+``np.random.Generator``), so the same code runs in the input pipeline
+(:mod:`mmtx.data.pipeline`) and in :class:`mmtx.Model`'s raw-input calls.
+
+Images: :func:`image_to_float`, :func:`resize_shorter_side`, :func:`center_crop`,
+:func:`random_crop`, :func:`random_flip`, and :func:`preprocess_image` chaining them.
+Audio: :func:`audio_to_float`, :func:`resample`, :func:`crop_or_pad` and
+:func:`preprocess_audio`; the log-mel spectrogram (:func:`log_mel_spectrogram`, the same
+function the audio encoder calls) runs inside the model, on the accelerator, so batches
+carry raw waveforms. Text: :func:`select_text` picks one caption of several.
 """
 
 from __future__ import annotations
 
-import jax
+from collections.abc import Sequence
+from math import gcd
+from typing import Any
+
 import numpy as np
+import scipy.signal
+from PIL import Image
+
+from mmtx.nn.embed import log_mel_spectrogram
+
+__all__ = [
+    "audio_to_float",
+    "center_crop",
+    "crop_or_pad",
+    "image_to_float",
+    "log_mel_spectrogram",
+    "preprocess_audio",
+    "preprocess_image",
+    "random_crop",
+    "random_flip",
+    "resample",
+    "resize_shorter_side",
+    "select_text",
+    "to_audio_batch",
+    "to_image_batch",
+]
+
+
+# ----------------------------------------------------------------------------- text
+
+
+def select_text(value: Any, rng: np.random.Generator | None = None) -> str:
+    """One caption from a dataset's text feature.
+
+    ``value`` is a ``str``, UTF-8 ``bytes`` or a sequence/array of them (several captions per
+    image, as in COCO). From a sequence, ``rng`` picks one uniformly (training); without
+    ``rng`` the first is taken (evaluation). Returns a ``str``.
+    """
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Sequence | np.ndarray):
+        if len(value) == 0:
+            raise ValueError("the text feature holds no captions")
+        index = 0 if rng is None else int(rng.integers(len(value)))
+        return select_text(value[index])
+    raise TypeError(f"text must be str, bytes or a sequence of them; got {type(value).__name__}")
+
+
+# ---------------------------------------------------------------------------- images
+
+
+def image_to_float(image: np.ndarray) -> np.ndarray:
+    """``uint8`` pixels -> float32 in ``[0, 1]`` (x / 255); float images are checked to lie in
+    ``[0, 1]`` and cast to float32. Any shape."""
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) * np.float32(1 / 255)
+    if not np.issubdtype(image.dtype, np.floating):
+        raise TypeError(f"image dtype must be uint8 or float; got {image.dtype}")
+    if image.size and (image.min() < -1e-3 or image.max() > 1 + 1e-3):
+        raise ValueError(
+            "float images must be in [0, 1]; got values in "
+            f"[{image.min():.3g}, {image.max():.3g}] (pass uint8 for 0..255 pixels)"
+        )
+    return image.astype(np.float32)
+
+
+def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of ``[H, W, C]`` (uint8 or float32) to ``[height, width, C]``, same dtype.
+
+    PIL's bilinear filter widens its support when shrinking, so downscaling is antialiased.
+    """
+    if image.shape[:2] == (height, width):
+        return image
+    if image.dtype == np.uint8 and image.shape[2] in (1, 3):
+        mode_image = Image.fromarray(image[..., 0] if image.shape[2] == 1 else image)
+        out = np.asarray(mode_image.resize((width, height), Image.Resampling.BILINEAR))
+        return out.reshape(height, width, image.shape[2])
+    channels = [
+        np.asarray(
+            Image.fromarray(np.ascontiguousarray(image[..., c], np.float32), mode="F").resize(
+                (width, height), Image.Resampling.BILINEAR
+            )
+        )
+        for c in range(image.shape[2])
+    ]
+    return np.stack(channels, axis=-1).astype(image.dtype)
+
+
+def resize_shorter_side(image: np.ndarray, size: int) -> np.ndarray:
+    """Resizes ``[H, W, C]`` so that its shorter side is ``size``, keeping the aspect ratio
+    (bilinear, antialiased); dtype kept (``uint8`` or float32)."""
+    height, width = image.shape[:2]
+    scale = size / min(height, width)
+    new_h = size if height <= width else max(size, round(height * scale))
+    new_w = size if width < height else max(size, round(width * scale))
+    return _resize(image, new_h, new_w)
+
+
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """The central ``[size, size, C]`` window of ``[H, W, C]`` (``H, W >= size``)."""
+    height, width = image.shape[:2]
+    if height < size or width < size:
+        raise ValueError(f"cannot crop {size}x{size} from an image of {height}x{width}")
+    top, left = (height - size) // 2, (width - size) // 2
+    return image[top : top + size, left : left + size]
+
+
+def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A uniformly placed ``[size, size, C]`` window of ``[H, W, C]`` (``H, W >= size``)."""
+    height, width = image.shape[:2]
+    if height < size or width < size:
+        raise ValueError(f"cannot crop {size}x{size} from an image of {height}x{width}")
+    top = int(rng.integers(height - size + 1))
+    left = int(rng.integers(width - size + 1))
+    return image[top : top + size, left : left + size]
+
+
+def random_flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Mirrors ``[H, W, C]`` left-right with probability 1/2."""
+    return image[:, ::-1] if rng.random() < 0.5 else image
+
+
+def preprocess_image(
+    image: np.ndarray,
+    image_size: int,
+    *,
+    channels: int = 3,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """One raw image -> float32 ``[image_size, image_size, channels]`` in ``[0, 1]``.
+
+    ``image``: ``[H, W, C]`` or ``[H, W]`` (grey), ``uint8`` or float in ``[0, 1]``. Grey is
+    repeated to RGB. The shorter side is resized to ``image_size`` and the square cut from
+    the centre; with ``rng`` (training augmentation) the square is placed at random and
+    mirrored with probability 1/2. Normalising with the model's mean/std happens in
+    :class:`mmtx.encoders.ImageEncoder`.
+    """
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3:
+        raise ValueError(f"image must be [H, W, C]; got shape {image.shape}")
+    if image.shape[-1] == 1 and channels == 3:
+        image = np.repeat(image, 3, axis=-1)
+    if image.shape[-1] != channels:
+        raise ValueError(f"image must have {channels} channels; got shape {image.shape}")
+    if image.dtype != np.uint8:
+        image = image_to_float(image)  # validates the range before resizing
+    image = resize_shorter_side(image, image_size)
+    if rng is None:
+        image = center_crop(image, image_size)
+    else:
+        image = random_flip(random_crop(image, image_size, rng), rng)
+    return np.clip(image_to_float(image), 0.0, 1.0)
 
 
 def to_image_batch(images: np.ndarray, image_size: int, channels: int = 3) -> np.ndarray:
     """Raw images -> float32 ``[B, image_size, image_size, channels]`` in ``[0, 1]``.
 
     Accepts one image ``[H, W, C]`` or a batch ``[B, H, W, C]`` (also ``[H, W]`` grey);
-    ``uint8`` pixels are scaled by 1/255, floats must already be in ``[0, 1]``. Images of
-    another size are resized (bilinear, antialiased); grey images are repeated to RGB.
+    ``uint8`` pixels are scaled by 1/255, floats must already be in ``[0, 1]``. Each image
+    goes through :func:`preprocess_image` without augmentation (shorter side resized to
+    ``image_size``, centre crop), as evaluation batches do in the input pipeline.
     """
     images = np.asarray(images)
     if images.ndim == 2:
@@ -32,28 +198,93 @@ def to_image_batch(images: np.ndarray, image_size: int, channels: int = 3) -> np
         images = np.repeat(images, 3, axis=-1)
     if images.shape[-1] != channels:
         raise ValueError(f"image must have {channels} channels; got shape {images.shape}")
-    if images.dtype == np.uint8:
-        images = images.astype(np.float32) / 255.0
-    elif np.issubdtype(images.dtype, np.floating):
-        images = images.astype(np.float32)
-        if images.size and (images.min() < -1e-3 or images.max() > 1 + 1e-3):
-            raise ValueError(
-                "float images must be in [0, 1]; got values in "
-                f"[{images.min():.3g}, {images.max():.3g}] (pass uint8 for 0..255 pixels)"
-            )
-    else:
-        raise TypeError(f"image dtype must be uint8 or float; got {images.dtype}")
-    if images.shape[1:3] != (image_size, image_size):
-        shape = (images.shape[0], image_size, image_size, channels)
-        images = np.asarray(jax.image.resize(images, shape, method="bilinear", antialias=True))
-        images = np.clip(images, 0.0, 1.0)
-    return images
+    if images.dtype != np.uint8:
+        images = image_to_float(images)
+    return np.stack([preprocess_image(x, image_size, channels=channels) for x in images])
 
 
-def to_audio_batch(audio: np.ndarray, num_samples: int) -> np.ndarray:
+# ----------------------------------------------------------------------------- audio
+
+
+def audio_to_float(audio: np.ndarray) -> np.ndarray:
+    """A waveform -> float32 in about ``[-1, 1]``: integer PCM is divided by its full scale
+    (``int16`` by 32768, ``int32`` by 2**31, ``uint8`` centred on 128); floats are cast."""
+    audio = np.asarray(audio)
+    if np.issubdtype(audio.dtype, np.floating):
+        return audio.astype(np.float32)
+    if audio.dtype == np.uint8:
+        return (audio.astype(np.float32) - 128.0) / 128.0
+    if np.issubdtype(audio.dtype, np.signedinteger):
+        full_scale = float(2 ** (8 * audio.dtype.itemsize - 1))
+        return (audio.astype(np.float64) / full_scale).astype(np.float32)
+    raise TypeError(f"audio must be PCM integers or floats; got dtype {audio.dtype}")
+
+
+def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """Band-limited resampling of ``[..., S]`` float audio along the last axis.
+
+    Polyphase filtering (``scipy.signal.resample_poly``, Kaiser-windowed FIR) by the ratio
+    ``to_rate / from_rate`` reduced to lowest terms. Returns float32
+    ``[..., ceil(S * to_rate / from_rate)]``; the input itself when the rates are equal.
+    """
+    if from_rate <= 0 or to_rate <= 0:
+        raise ValueError(f"sample rates must be positive; got {from_rate} -> {to_rate}")
+    audio = np.asarray(audio, np.float32)
+    if from_rate == to_rate:
+        return audio
+    common = gcd(int(from_rate), int(to_rate))
+    up, down = int(to_rate) // common, int(from_rate) // common
+    return scipy.signal.resample_poly(audio, up, down, axis=-1).astype(np.float32)
+
+
+def crop_or_pad(
+    audio: np.ndarray, num_samples: int, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """``[S]`` -> ``[num_samples]``: a longer clip is cropped (from the start, or at a uniform
+    random offset with ``rng``), a shorter one zero-padded at the end. Dtype kept."""
+    audio = np.asarray(audio)
+    if audio.ndim != 1:
+        raise ValueError(f"audio must be [samples]; got shape {audio.shape}")
+    extra = audio.shape[0] - num_samples
+    if extra > 0:
+        start = 0 if rng is None else int(rng.integers(extra + 1))
+        return audio[start : start + num_samples]
+    return np.pad(audio, (0, -extra))
+
+
+def preprocess_audio(
+    audio: np.ndarray,
+    num_samples: int,
+    *,
+    sample_rate: int,
+    target_rate: int,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """One raw clip -> float32 ``[num_samples]`` at ``target_rate``.
+
+    ``audio``: ``[S]`` or ``[S, 1]`` PCM integers or floats at ``sample_rate``; stereo
+    ``[S, C]`` is averaged to mono. Scaled by :func:`audio_to_float`, resampled with
+    :func:`resample`, then :func:`crop_or_pad` (random crop with ``rng``).
+    """
+    audio = audio_to_float(audio)
+    if audio.ndim == 2:
+        audio = audio.mean(axis=1)
+    if audio.ndim != 1:
+        raise ValueError(f"audio must be [samples] or [samples, channels]; got {audio.shape}")
+    return crop_or_pad(resample(audio, sample_rate, target_rate), num_samples, rng)
+
+
+def to_audio_batch(
+    audio: np.ndarray,
+    num_samples: int,
+    *,
+    sample_rate: int | None = None,
+    target_rate: int | None = None,
+) -> np.ndarray:
     """Raw waveforms -> float32 ``[B, num_samples]``: cropped (keep the start) or zero-padded.
 
-    Accepts one clip ``[S]`` or a batch ``[B, S]``.
+    Accepts one clip ``[S]`` or a batch ``[B, S]`` of float samples. With both
+    ``sample_rate`` and ``target_rate`` given, the clips are first resampled (:func:`resample`).
     """
     audio = np.asarray(audio)
     if audio.ndim == 1:
@@ -66,7 +297,7 @@ def to_audio_batch(audio: np.ndarray, num_samples: int) -> np.ndarray:
         raise ValueError(f"audio batch is empty: shape {audio.shape}")
     if not np.issubdtype(audio.dtype, np.floating):
         raise TypeError(f"audio must be a float waveform; got dtype {audio.dtype}")
-    audio = audio[:, :num_samples].astype(np.float32)
-    if audio.shape[1] < num_samples:
-        audio = np.pad(audio, ((0, 0), (0, num_samples - audio.shape[1])))
-    return audio
+    audio = audio.astype(np.float32)
+    if sample_rate is not None and target_rate is not None:
+        audio = resample(audio, sample_rate, target_rate)
+    return np.stack([crop_or_pad(clip, num_samples) for clip in audio])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -84,6 +84,7 @@ class SentencePieceTokenizer(Tokenizer):
     def __init__(self, model_file: str):
         import sentencepiece as spm
 
+        self.model_file = model_file
         self._processor = spm.SentencePieceProcessor(model_file=model_file)
         if self._processor.pad_id() != 0:
             raise ValueError(
@@ -100,6 +101,41 @@ class SentencePieceTokenizer(Tokenizer):
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._processor.decode([int(i) for i in ids if int(i) != self.pad_id])
+
+    def __reduce__(self) -> tuple[type, tuple[str]]:
+        # Pickled by file name (grain worker processes reload the model).
+        return (SentencePieceTokenizer, (self.model_file,))
+
+
+def train_sentencepiece(
+    texts: Iterable[str],
+    model_prefix: str,
+    *,
+    vocab_size: int = 1000,
+    model_type: str = "unigram",
+) -> str:
+    """Trains a SentencePiece model on ``texts`` with the ids mmtx expects (pad 0, unk 1,
+    bos 2, eos 3) and returns the model file path (``model_prefix + ".model"``).
+
+    ``vocab_size`` is an upper bound for small corpora (``hard_vocab_limit=False``). Use the
+    file as ``config.tokenizer.type = "sentencepiece"``, ``config.tokenizer.model_file``.
+    """
+    import sentencepiece as spm
+
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts),
+        model_prefix=str(model_prefix),
+        vocab_size=vocab_size,
+        model_type=model_type,
+        character_coverage=1.0,
+        hard_vocab_limit=False,
+        pad_id=0,
+        unk_id=1,
+        bos_id=2,
+        eos_id=3,
+        minloglevel=2,
+    )
+    return f"{model_prefix}.model"
 
 
 def create_tokenizer(kind: str = "bytes", model_file: str = "") -> Tokenizer:

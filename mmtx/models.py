@@ -276,8 +276,15 @@ class Model:
         text_inputs: str | Sequence[str] | None = None,
         image_features: np.ndarray | None = None,
         audio_inputs: np.ndarray | None = None,
+        audio_sample_rate: int | None = None,
     ) -> dict[str, np.ndarray]:
-        """Raw inputs -> a model batch dict (numpy), validating shapes and types."""
+        """Raw inputs -> a model batch dict (numpy), validating shapes and types.
+
+        Images go through :func:`mmtx.data.preprocessing.preprocess_image` (shorter side
+        resized, centre crop), audio is cropped/padded to the model's clip length and, when
+        ``audio_sample_rate`` differs from the model's, resampled: the evaluation path of
+        the input pipeline.
+        """
         model = self.config.model
         batch: dict[str, np.ndarray] = {}
         if text_inputs is not None:
@@ -292,7 +299,12 @@ class Model:
             image = model.image
             batch["image"] = to_image_batch(image_features, image.image_size, image.channels)
         if audio_inputs is not None:
-            batch["audio"] = to_audio_batch(audio_inputs, model.audio.num_samples)
+            batch["audio"] = to_audio_batch(
+                audio_inputs,
+                model.audio.num_samples,
+                sample_rate=audio_sample_rate,
+                target_rate=model.audio.sample_rate,
+            )
         if not batch:
             raise ValueError("give at least one of text_inputs, image_features, audio_inputs")
         return batch
@@ -306,9 +318,10 @@ class Model:
         text_inputs: str | Sequence[str] | None = None,
         image_features: np.ndarray | None = None,
         audio_inputs: np.ndarray | None = None,
+        audio_sample_rate: int | None = None,
     ) -> dict[str, Any]:
         """Runs the model on raw inputs (see the class docstring)."""
-        batch = self.preprocess(text_inputs, image_features, audio_inputs)
+        batch = self.preprocess(text_inputs, image_features, audio_inputs, audio_sample_rate)
         return jax.tree.map(np.asarray, _jitted_apply(self.module, self.params, batch))
 
 

@@ -404,3 +404,19 @@ def test_model_trains_with_local_and_linear_kernels():
     dense = dense_module.apply({"params": params}, batch)
     local = module.apply({"params": params}, batch)
     assert np.abs(local["text"] - dense["text"]).max() > 1e-3
+
+
+def test_raw_inputs_take_the_input_pipelines_eval_path():
+    """Model.preprocess and the pipeline's eval preprocessing are the same functions."""
+    from mmtx.data.pipeline import make_preprocess
+
+    model = create_model(f"{REPO / 'configs' / 'base.py'}:tiny", params={})
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (45, 80, 3), dtype=np.uint8)
+    audio = rng.uniform(-1, 1, 5000).astype(np.float32)
+    batch = model.preprocess("a red circle", image, audio, audio_sample_rate=8000)
+    example = {"caption": "a red circle", "image": image, "audio": audio}
+    reference = make_preprocess(model.config, model.tokenizer, sample_rate=8000)(example)
+    for key in ("text", "text_mask", "image", "audio"):
+        np.testing.assert_array_equal(batch[key][0], reference[key])
+    assert batch["image"].shape[1:3] == (64, 64)  # centre crop of the 64 x 114 resize

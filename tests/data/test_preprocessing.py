@@ -3,7 +3,20 @@
 import numpy as np
 import pytest
 
-from mmtx.data.preprocessing import to_audio_batch, to_image_batch
+from mmtx.data.preprocessing import (
+    audio_to_float,
+    center_crop,
+    crop_or_pad,
+    preprocess_audio,
+    preprocess_image,
+    random_crop,
+    random_flip,
+    resample,
+    resize_shorter_side,
+    select_text,
+    to_audio_batch,
+    to_image_batch,
+)
 
 
 def test_uint8_is_scaled_to_unit_interval():
@@ -106,3 +119,108 @@ def test_audio_other_errors():
         to_audio_batch(np.zeros((2, 0), np.float32), num_samples=8)
     with pytest.raises(ValueError, match="empty"):
         to_audio_batch(np.zeros((0, 8), np.float32), num_samples=8)
+
+
+# ------------------------------------------------------------- per-example pipeline functions
+
+
+def test_select_text():
+    assert select_text("a") == "a"
+    assert select_text(b"caf\xc3\xa9") == "café"
+    assert select_text(np.array([b"first", b"second"])) == "first"
+    assert select_text(["first", "second"]) == "first"
+    picks = {select_text(["x", "y", "z"], np.random.default_rng(s)) for s in range(30)}
+    assert picks == {"x", "y", "z"}
+    with pytest.raises(ValueError, match="no captions"):
+        select_text([])
+    with pytest.raises(TypeError, match="str, bytes"):
+        select_text(3)
+
+
+def test_resize_shorter_side_keeps_aspect():
+    image = np.zeros((30, 60, 3), np.uint8)
+    assert resize_shorter_side(image, 10).shape == (10, 20, 3)
+    assert resize_shorter_side(image.transpose(1, 0, 2), 10).shape == (20, 10, 3)
+    assert resize_shorter_side(np.zeros((7, 7, 3), np.float32), 14).shape == (14, 14, 3)
+
+
+def test_crops_and_flip():
+    image = np.arange(6 * 8, dtype=np.float32).reshape(6, 8, 1)
+    np.testing.assert_array_equal(center_crop(image, 4), image[1:5, 2:6])
+    rng = np.random.default_rng(0)
+    offsets = set()
+    for _ in range(200):
+        crop = random_crop(image, 4, rng)
+        top, left = divmod(int(crop[0, 0, 0]), 8)
+        offsets.add((top, left))
+        np.testing.assert_array_equal(crop, image[top : top + 4, left : left + 4])
+    assert offsets == {(r, c) for r in range(3) for c in range(5)}  # every placement occurs
+    flips = [random_flip(image, rng) for _ in range(100)]
+    flipped = sum(np.array_equal(f, image[:, ::-1]) for f in flips)
+    assert 30 < flipped < 70 and all(
+        np.array_equal(f, image) or np.array_equal(f, image[:, ::-1]) for f in flips
+    )
+    with pytest.raises(ValueError, match="cannot crop"):
+        center_crop(image, 7)
+
+
+def test_preprocess_image_centre_crops_non_square():
+    image = np.zeros((20, 40, 3), np.uint8)
+    image[:, 10:30] = 255  # a white square in the middle of a black strip
+    out = preprocess_image(image, 10)
+    assert out.shape == (10, 10, 3) and out.dtype == np.float32
+    # The centre crop is the white square (its outer columns blurred by the antialiasing).
+    np.testing.assert_allclose(out[:, 1:-1], 1.0, atol=1e-6)
+    rng = np.random.default_rng(1)
+    augmented = [preprocess_image(image, 10, rng=rng) for _ in range(10)]
+    assert all(a.shape == (10, 10, 3) for a in augmented)
+    assert any(a.min() < 0.5 for a in augmented)  # an off-centre crop shows black
+
+
+def test_audio_to_float_scales_pcm():
+    np.testing.assert_allclose(audio_to_float(np.array([-32768, 0, 16384], np.int16)), [-1, 0, 0.5])
+    np.testing.assert_allclose(
+        audio_to_float(np.array([0, 128, 255], np.uint8)), [-1, 0, 127 / 128]
+    )
+    assert audio_to_float(np.array([0.25], np.float64)).dtype == np.float32
+    with pytest.raises(TypeError, match="PCM"):
+        audio_to_float(np.array([True]))
+
+
+@pytest.mark.parametrize(("from_rate", "to_rate"), [(8000, 16000), (22050, 16000), (16000, 16000)])
+def test_resample_keeps_a_tone(from_rate, to_rate):
+    seconds, hz = 0.5, 440.0
+    t = np.arange(int(from_rate * seconds)) / from_rate
+    out = resample(np.sin(2 * np.pi * hz * t), from_rate, to_rate)
+    assert out.dtype == np.float32 and len(out) == int(np.ceil(len(t) * to_rate / from_rate))
+    expected = np.sin(2 * np.pi * hz * np.arange(len(out)) / to_rate)
+    inner = slice(len(out) // 10, -len(out) // 10)  # away from the filter's edge effects
+    np.testing.assert_allclose(out[inner], expected[inner], atol=2e-3)
+
+
+def test_resample_removes_what_the_new_rate_cannot_hold():
+    t = np.arange(16000) / 16000
+    tone = np.sin(2 * np.pi * 6000.0 * t)  # above the 4 kHz Nyquist of 8 kHz
+    assert np.abs(resample(tone, 16000, 8000)[800:-800]).max() < 0.01
+
+
+def test_crop_or_pad():
+    clip = np.arange(10, dtype=np.float32)
+    np.testing.assert_array_equal(crop_or_pad(clip, 4), [0, 1, 2, 3])
+    np.testing.assert_array_equal(crop_or_pad(clip[:3], 5), [0, 1, 2, 0, 0])
+    rng = np.random.default_rng(0)
+    starts = {int(crop_or_pad(clip, 4, rng)[0]) for _ in range(200)}
+    assert starts == set(range(7))
+
+
+def test_preprocess_audio_and_to_audio_batch_resample():
+    clip = (np.sin(np.arange(800) / 5) * 10000).astype(np.int16)
+    out = preprocess_audio(clip, 2000, sample_rate=8000, target_rate=16000)
+    assert out.shape == (2000,) and out.dtype == np.float32
+    np.testing.assert_array_equal(out[1600:], 0.0)
+    batch = to_audio_batch(audio_to_float(clip)[None], 2000, sample_rate=8000, target_rate=16000)
+    np.testing.assert_array_equal(batch[0], out)
+    stereo = np.stack([clip, clip], axis=1)
+    np.testing.assert_allclose(
+        preprocess_audio(stereo, 2000, sample_rate=8000, target_rate=16000), out, atol=1e-6
+    )

@@ -107,6 +107,24 @@ def _mirror_param_shardings(opt_state: Any, params: Any, param_shardings: Any, d
     )
 
 
+def jit_train_step(
+    module: MultiModalTransformer,
+    tx: Any,
+    config: ml_collections.ConfigDict,
+    mesh: Any,
+    state_shardings: Any,
+) -> Any:
+    """The jitted ``(state, batch) -> (state, metrics)`` step exactly as training runs it:
+    under the mesh's logical-axis rules, state sharded as ``state_shardings``, batch split
+    over the data axes, and the input state donated (its buffers reused for the new one)."""
+    return jax.jit(
+        mesh_lib.with_sharding_rules(make_train_step(module, tx, config), mesh),
+        in_shardings=(state_shardings, mesh_lib.batch_sharding(mesh)),
+        out_shardings=(state_shardings, None),
+        donate_argnums=0,
+    )
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains and evaluates as ``config`` says, in ``workdir``; returns the final summary.
 
@@ -165,12 +183,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             lambda x: jax.make_array_from_process_local_data(data_sharding, x), batch
         )
 
-    train_step = jax.jit(
-        mesh_lib.with_sharding_rules(make_train_step(module, tx, config), mesh),
-        in_shardings=(state_shardings, data_sharding),
-        out_shardings=(state_shardings, None),
-        donate_argnums=0,
-    )
+    train_step = jit_train_step(module, tx, config, mesh, state_shardings)
     eval_step = jax.jit(
         mesh_lib.with_sharding_rules(make_eval_step(module), mesh),
         in_shardings=(state_shardings.params, data_sharding),

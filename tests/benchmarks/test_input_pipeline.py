@@ -1,0 +1,67 @@
+"""Smoke test of ``benchmarks/input_pipeline.py``: tiny measurements produce the report, and
+the COCO-like TFDS demo dataset is prepared and read through the coco_captions config.
+
+The script is not part of the ``mmtx`` package, so it is loaded from its file path.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "input_pipeline.py"
+REPO = SCRIPT.parents[1]
+
+
+def _load_script() -> ModuleType:
+    name = "input_pipeline_benchmark"
+    spec = importlib.util.spec_from_file_location(name, SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_report_on_a_tiny_text_model(capsys):
+    bench = _load_script()
+    bench.main(
+        [
+            f"--config={REPO / 'configs' / 'base.py'}:tiny",
+            "--batch_size=8",
+            "--batches=3",
+            "--steps=2",
+            "--num_workers=0",
+            "--set=model.modalities=('text',)",  # the quickest model to compile
+            "--set=model.text.max_length=16",
+        ]
+    )
+    out = capsys.readouterr().out.strip().splitlines()
+    report = json.loads(out[-1])
+    assert report["source"] == "synthetic" and report["batch_size"] == 8
+    (entry,) = report["pipeline"]
+    assert entry["num_workers"] == 0 and entry["examples_per_sec"] > 0
+    assert report["step_examples_per_sec"] > 0 and report["fed_examples_per_sec"] > 0
+    assert entry["ratio_to_step"] == entry["examples_per_sec"] / report["step_examples_per_sec"]
+    assert "| workers | pipeline ex/s |" in "\n".join(out)
+
+
+def test_tfds_demo_reads_coco_like_jpegs(tmp_path):
+    bench = _load_script()
+    args = bench.parse_args(
+        [
+            f"--config={REPO / 'configs' / 'coco_captions.py'}:tiny",
+            f"--tfds_demo={tmp_path}",
+            "--tfds_demo_size=6",
+            "--batch_size=4",
+            "--batches=2",
+            "--steps=0",
+            "--num_workers=0",
+        ]
+    )
+    report = bench.run(args)
+    assert report["source"] == "tfds:coco_like_demo"
+    assert report["pipeline"][0]["examples_per_sec"] > 0 and "step_ms" not in report

@@ -23,6 +23,9 @@ from collections.abc import Mapping
 from typing import Any
 
 TFDS_PREFIX = "tfds:"
+# Leave a top-level Image feature encoded for preprocessing to decode (at a reduced JPEG
+# scale); False makes TFDS decode it at full size.
+DEFER_IMAGE_DECODING = True
 # The example keys a source yields, per role (the synthetic source's names).
 ROLE_KEYS = {"text": "caption", "image": "image", "audio": "audio", "label": "label"}
 
@@ -77,9 +80,10 @@ class TfdsSource:
     """One split of a prepared TFDS dataset; ``source[i]`` is a dict keyed by role.
 
     Each example holds, for each role given a feature path in ``features``, the decoded
-    value under :data:`ROLE_KEYS` (``caption``: bytes or an array of bytes; ``image``: uint8
-    ``[H, W, C]``; ``audio``: ``[S]`` PCM or float at :attr:`audio_sample_rate`; ``label``:
-    int). Picklable, so grain worker processes can read it.
+    value under :data:`ROLE_KEYS`: ``caption``, bytes or an array of bytes; ``image``, the
+    encoded bytes of a top-level Image feature (else uint8 ``[H, W, C]``); ``audio``, ``[S]``
+    PCM or float at :attr:`audio_sample_rate`; ``label``, an int. Picklable, so grain worker
+    processes can read it.
 
     Args:
       name: the TFDS name, with config and version as ``tfds.data_source`` takes them.
@@ -96,9 +100,17 @@ class TfdsSource:
         unknown = set(self.features) - set(ROLE_KEYS)
         if unknown:
             raise ValueError(f"unknown feature roles {sorted(unknown)}; use {sorted(ROLE_KEYS)}")
+        # A top-level image is decoded later, in preprocessing, where a JPEG can be decoded
+        # at a reduced scale (mmtx.data.preprocessing.decode_image).
+        image_path = self.features.get("image", "")
+        skip = DEFER_IMAGE_DECODING and image_path and "/" not in image_path
         try:
             self._source = tfds.data_source(
-                name, split=split, data_dir=data_dir or None, download=False
+                name,
+                split=split,
+                data_dir=data_dir or None,
+                download=False,
+                decoders={image_path: tfds.decode.SkipDecoding()} if skip else None,
             )
         except Exception as error:  # TFDS raises several types for "not prepared"
             raise FileNotFoundError(

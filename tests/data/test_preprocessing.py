@@ -7,6 +7,7 @@ from mmtx.data.preprocessing import (
     audio_to_float,
     center_crop,
     crop_or_pad,
+    decode_image,
     preprocess_audio,
     preprocess_image,
     random_crop,
@@ -224,3 +225,28 @@ def test_preprocess_audio_and_to_audio_batch_resample():
     np.testing.assert_allclose(
         preprocess_audio(stereo, 2000, sample_rate=8000, target_rate=16000), out, atol=1e-6
     )
+
+
+def test_decode_image_png_exact_and_jpeg_at_reduced_scale():
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    png = io.BytesIO()
+    Image.fromarray(pixels).save(png, format="PNG")
+    np.testing.assert_array_equal(decode_image(png.getvalue(), min_size=8), pixels)
+    smooth = np.broadcast_to(np.linspace(0, 255, 640)[None, :, None], (480, 640, 3))
+    jpeg = io.BytesIO()
+    Image.fromarray(smooth.astype(np.uint8)).save(jpeg, format="JPEG", quality=95)
+    full = decode_image(jpeg.getvalue())
+    assert full.shape == (480, 640, 3)
+    small = decode_image(jpeg.getvalue(), min_size=64)
+    assert small.shape == (120, 160, 3)  # 1/4 scale: the smallest with both sides >= 64
+    assert decode_image(jpeg.getvalue(), min_size=300).shape == (480, 640, 3)
+    out = preprocess_image(jpeg.getvalue(), 64)  # bytes straight into preprocessing
+    reference = preprocess_image(full, 64)
+    assert out.shape == (64, 64, 3) and np.abs(out - reference).max() < 0.03
+    grey = decode_image(png.getvalue(), channels=1)
+    assert grey.shape == (30, 50, 1)

@@ -112,15 +112,21 @@ class TfdsSource:
                 download=False,
                 decoders={image_path: tfds.decode.SkipDecoding()} if skip else None,
             )
-        except Exception as error:  # TFDS raises several types for "not prepared"
+        except (
+            tfds.core.registered.DatasetNotFoundError,  # no builder and no prepared files
+            NotImplementedError,  # a registered builder, not prepared as array_record
+            FileNotFoundError,
+        ) as error:
             raise FileNotFoundError(
-                f"TFDS dataset {name!r} (split {split!r}) could not be opened from "
-                f"{data_dir or 'the default TFDS data_dir'}: {type(error).__name__}: "
-                f"{str(error).splitlines()[0] if str(error) else ''}\n"
+                f"TFDS dataset {name!r} is not prepared as array_record in "
+                f"{data_dir or 'the default TFDS data_dir'} ({type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else ''})\n"
                 "mmtx reads prepared array_record files and never downloads. Prepare it on a "
                 f"machine with internet (pip install 'mmtx[tfds]'):\n  "
                 f"{prepare_command(name, data_dir)}"
             ) from error
+        except ValueError as error:  # e.g. an unknown split
+            raise ValueError(f"TFDS dataset {name!r}, split {split!r}: {error}") from error
         info_features = self._source.dataset_info.features
         for path in self.features.values():
             _feature_info(info_features, path)  # fails early, naming the dataset's features

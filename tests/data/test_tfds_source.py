@@ -341,3 +341,8 @@ def test_preprocess_without_rng_is_the_eval_path(data_dir):
     out = preprocess(raw)
     assert ByteTokenizer().decode(out["text"]) == "train example 1"
     assert out["image"].shape == (32, 32, 3)
+
+
+def test_unknown_split_names_the_splits(data_dir):
+    with pytest.raises(ValueError, match=r"split 'validation': Unknown split.*'train', 'test'"):
+        TfdsSource("tiny_multimodal", "validation", data_dir, {"label": "label"})

@@ -107,6 +107,14 @@ def _mirror_param_shardings(opt_state: Any, params: Any, param_shardings: Any, d
     )
 
 
+def close_iterator(iterator: Any) -> None:
+    """Stops a data iterator's worker processes now (grain ``mp_prefetch``), rather than in
+    interpreter-exit finalizers, which fail noisily once their queues are gone."""
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()
+
+
 def jit_train_step(
     module: MultiModalTransformer,
     tx: Any,
@@ -200,13 +208,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             process_count=jax.process_count(),
         )
         started = time.perf_counter()
-        metrics = evaluate(
-            eval_step,
-            state.params,
-            eval_data,
-            local_batch_size=local_eval_batch,
-            to_global=to_global,
-        )
+        eval_iter = iter(eval_data)
+        try:
+            metrics = evaluate(
+                eval_step,
+                state.params,
+                eval_iter,
+                local_batch_size=local_eval_batch,
+                to_global=to_global,
+            )
+        finally:
+            close_iterator(eval_iter)
         writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
         shown = {k: round(v, 4) for k, v in metrics.items() if k in SUMMARY_KEYS}
         _log(f"eval at step {step} ({time.perf_counter() - started:.1f}s): {shown}")
@@ -277,6 +289,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         # Also on errors: let a save in flight commit, so the checkpoints stay complete.
         checkpointer.wait()
         checkpointer.close()
+        close_iterator(train_iter)
         writer.flush()
         writer.close()
     elapsed = time.perf_counter() - started

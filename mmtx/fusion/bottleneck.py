@@ -13,11 +13,12 @@ from flax.core import FrozenDict
 from mmtx.fusion.common import (
     MODALITIES,
     ModalityFeatures,
-    TokenProjection,
     block_class,
+    block_kwargs,
     check_features,
     kept,
     mean_over_kept,
+    project_tokens,
 )
 from mmtx.nn.transformer import TransformerBlock, layer_norm
 
@@ -68,16 +69,11 @@ class BottleneckFusion(nn.Module):
         present = [m for m in MODALITIES if m in features]
         block = block_class(TransformerBlock, self.remat)
         common = dict(
-            num_heads=self.num_heads,
-            mlp_dim=self.mlp_dim,
-            dropout_rate=self.dropout_rate,
+            block_kwargs(self, train=train),
             attention=self.attention,
             attention_options=self.attention_options,
-            deterministic=not train,
-            capture_weights=self.capture_weights,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
         )
+        projected = project_tokens(self, features, present)
         streams, masks = {}, {}
         for m in present:
             cls = self.param(
@@ -86,11 +82,8 @@ class BottleneckFusion(nn.Module):
                 (1, 1, self.width),
                 self.param_dtype,
             )
-            tokens = TokenProjection(
-                self.width, m, dtype=self.dtype, param_dtype=self.param_dtype, name=f"{m}_input"
-            )(features[m].tokens)
             cls = jnp.broadcast_to(cls.astype(self.dtype), (batch, 1, self.width))
-            streams[m] = jnp.concatenate([cls, tokens], axis=1)
+            streams[m] = jnp.concatenate([cls, projected[m]], axis=1)
             masks[m] = jnp.concatenate(
                 [jnp.ones((batch, 1), jnp.bool_), features[m].mask.astype(jnp.bool_)], axis=1
             )

@@ -99,6 +99,34 @@ class TokenProjection(nn.Module):
         return x + embedding.astype(self.dtype)
 
 
+def block_kwargs(module: nn.Module, *, train: bool) -> dict[str, Any]:
+    """The keyword arguments a fusion module passes to each of its transformer blocks
+    (heads, MLP width, dropout, weight capture, dtypes), read from its own fields."""
+    return dict(
+        num_heads=module.num_heads,
+        mlp_dim=module.mlp_dim,
+        dropout_rate=module.dropout_rate,
+        deterministic=not train,
+        capture_weights=module.capture_weights,
+        dtype=module.dtype,
+        param_dtype=module.param_dtype,
+    )
+
+
+def project_tokens(
+    module: nn.Module, features: dict[str, ModalityFeatures], present: list[str]
+) -> dict[str, jax.Array]:
+    """Each present modality's tokens through its own :class:`TokenProjection`
+    (``"<modality>_input"``, a submodule of ``module``): modality -> ``[B, T_m, width]``.
+    Call from inside ``module``'s compact ``__call__``."""
+    return {
+        m: TokenProjection(
+            module.width, m, dtype=module.dtype, param_dtype=module.param_dtype, name=f"{m}_input"
+        )(features[m].tokens)
+        for m in present
+    }
+
+
 def block_class(block: type[nn.Module], remat: str) -> type[nn.Module]:
     """``block`` wrapped in the named rematerialisation policy (``"none"``: unchanged)."""
     if remat == "none":

@@ -13,11 +13,12 @@ from mmtx.encoders.tower import masked_mean
 from mmtx.fusion.common import (
     MODALITIES,
     ModalityFeatures,
-    TokenProjection,
     block_class,
+    block_kwargs,
     check_features,
     kept,
     mean_over_kept,
+    project_tokens,
     visible_mask,
 )
 from mmtx.nn.transformer import CrossAttentionBlock, TransformerBlock, layer_norm
@@ -61,23 +62,10 @@ class CrossAttentionFusion(nn.Module):
         """features: present modality -> ModalityFeatures. Returns (``[B, width]``, out)."""
         check_features(features)
         present = [m for m in MODALITIES if m in features]
-        common = dict(
-            num_heads=self.num_heads,
-            mlp_dim=self.mlp_dim,
-            dropout_rate=self.dropout_rate,
-            deterministic=not train,
-            capture_weights=self.capture_weights,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )
+        common = block_kwargs(self, train=train)
         cross_block = block_class(CrossAttentionBlock, self.remat)
         self_block = block_class(TransformerBlock, self.remat)
-        streams = {
-            m: TokenProjection(
-                self.width, m, dtype=self.dtype, param_dtype=self.param_dtype, name=f"{m}_input"
-            )(features[m].tokens)
-            for m in present
-        }
+        streams = project_tokens(self, features, present)
         masks = {m: features[m].mask.astype(jnp.bool_) for m in present}
         visible = {m: visible_mask(features[m]) for m in present}
         for layer in range(self.depth):

@@ -12,9 +12,10 @@ from flax.core import FrozenDict
 from mmtx.fusion.common import (
     MODALITIES,
     ModalityFeatures,
-    TokenProjection,
     block_class,
+    block_kwargs,
     check_features,
+    project_tokens,
     visible_mask,
 )
 from mmtx.nn.transformer import CrossAttentionBlock, TransformerBlock, layer_norm
@@ -59,15 +60,8 @@ class PerceiverFusion(nn.Module):
         """features: present modality -> ModalityFeatures. Returns (``[B, width]``, out)."""
         batch = check_features(features)
         present = [m for m in MODALITIES if m in features]
-        tokens = jnp.concatenate(
-            [
-                TokenProjection(
-                    self.width, m, dtype=self.dtype, param_dtype=self.param_dtype, name=f"{m}_input"
-                )(features[m].tokens)
-                for m in present
-            ],
-            axis=1,
-        )
+        projected = project_tokens(self, features, present)
+        tokens = jnp.concatenate([projected[m] for m in present], axis=1)
         mask = jnp.concatenate([visible_mask(features[m]) for m in present], axis=1)
         latents = self.param(
             "latents",
@@ -76,15 +70,7 @@ class PerceiverFusion(nn.Module):
             self.param_dtype,
         )
         x = jnp.broadcast_to(latents.astype(self.dtype), (batch, self.num_latents, self.width))
-        common = dict(
-            num_heads=self.num_heads,
-            mlp_dim=self.mlp_dim,
-            dropout_rate=self.dropout_rate,
-            deterministic=not train,
-            capture_weights=self.capture_weights,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )
+        common = block_kwargs(self, train=train)
         cross_block = block_class(CrossAttentionBlock, self.remat)
         self_block = block_class(TransformerBlock, self.remat)
         for layer in range(self.depth):

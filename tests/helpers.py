@@ -22,3 +22,26 @@ def random_params(module, *args, seed=0):
         return jnp.asarray(base + 0.2 * rng.normal(size=s.shape), s.dtype)
 
     return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+# Per modality: (tokens T, feature width D, padded tokens in example 0).
+FEATURE_SPECS = {"text": (5, 8, 2), "image": (4, 12, 0), "audio": (3, 16, 1)}
+
+
+def random_features(modalities, batch, seed=0, specs=FEATURE_SPECS):
+    """Random encoder outputs ``{modality: ModalityFeatures}`` shaped by ``specs``; example 0
+    has its last ``padded`` tokens masked out."""
+    from mmtx.fusion import ModalityFeatures
+
+    rng = np.random.default_rng(seed)
+    features = {}
+    for name in modalities:
+        length, dim, padded = specs[name]
+        mask = np.ones((batch, length), bool)
+        mask[0, length - padded :] = False
+        features[name] = ModalityFeatures(
+            tokens=jnp.asarray(rng.normal(size=(batch, length, dim)), jnp.float32),
+            mask=jnp.asarray(mask),
+            pooled=jnp.asarray(rng.normal(size=(batch, dim)), jnp.float32),
+        )
+    return features

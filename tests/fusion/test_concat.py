@@ -7,29 +7,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import SHIFT_INVARIANT, random_params
+from helpers import FEATURE_SPECS, SHIFT_INVARIANT, random_features, random_params
 
-from mmtx.fusion import MODALITIES, ConcatFusion, ModalityFeatures
+from mmtx.fusion import MODALITIES, ConcatFusion
 
 B, WIDTH = 2, 16
 # Per modality: (tokens T_m, feature width D_m, number of padded tokens at the end of row 0).
-SPECS = {"text": (5, 8, 2), "image": (4, 12, 0), "audio": (3, 16, 1)}
+SPECS = FEATURE_SPECS
 SUBSETS = [s for r in range(1, len(MODALITIES) + 1) for s in itertools.combinations(MODALITIES, r)]
 
 
 def make_features(modalities=MODALITIES, batch=B, seed=0):
-    rng = np.random.default_rng(seed)
-    features = {}
-    for name in modalities:
-        length, dim, padded = SPECS[name]
-        mask = np.ones((batch, length), bool)
-        mask[0, length - padded :] = False
-        features[name] = ModalityFeatures(
-            tokens=jnp.asarray(rng.normal(size=(batch, length, dim)), jnp.float32),
-            mask=jnp.asarray(mask),
-            pooled=jnp.asarray(rng.normal(size=(batch, dim)), jnp.float32),
-        )
-    return features
+    return random_features(modalities, batch, seed, SPECS)
 
 
 @functools.cache

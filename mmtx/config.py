@@ -205,9 +205,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.eval_split = "validation"  # TFDS split evaluated on ("train[90%:]", "test", ...).
     # TFDS feature behind each role; nested features joined with "/" ("captions/text");
     # "" = the dataset has none. Every modality in model.modalities needs one.
-    c.data.features = ml_collections.ConfigDict(
-        {"text": "", "image": "", "audio": "", "label": ""}
-    )
+    c.data.features = ml_collections.ConfigDict({"text": "", "image": "", "audio": "", "label": ""})
     c.data.audio_sample_rate = 0  # Source audio's rate in Hz; 0 = from the TFDS feature.
     c.data.augment = False  # Training augmentation: random image crop + flip, audio crop.
     c.data.num_threads = 2  # Threads reading and preprocessing examples (per process/worker).

@@ -140,10 +140,13 @@ def prepare_demo(data_dir: str, size: int) -> None:
                 bottom = corners[1, 0] * (1 - xs) + corners[1, 1] * xs
                 image = top * (1 - ys) + bottom * ys + rng.normal(0, 12, (height, width, 3))
                 captions = [f"photo {index}, caption {k} of five" for k in range(5)]
-                yield index, {
-                    "image": np.clip(image, 0, 255).astype(np.uint8),
-                    "captions": {"text": captions},
-                }
+                yield (
+                    index,
+                    {
+                        "image": np.clip(image, 0, 255).astype(np.uint8),
+                        "captions": {"text": captions},
+                    },
+                )
 
     builder = CocoLikeDemo(data_dir=data_dir, file_format="array_record")
     builder.download_and_prepare()

@@ -26,9 +26,7 @@ All features, sums and the division are computed in float32; the output is cast 
 
 from __future__ import annotations
 
-import functools
 import math
-from typing import Any
 
 import chex
 import jax
@@ -102,40 +100,21 @@ def favor_features(
     features of padded positions and keeps them out of the key stabiliser.
     """
     chex.assert_rank([x, projection], [4, 2])
-    if x.shape[-1] != projection.shape[1]:
+    num_features, head_dim = projection.shape
+    if x.shape[-1] != head_dim:
         raise ValueError(f"projection {projection.shape} does not match head_dim of x {x.shape}")
-    stab = None if is_query else favor_key_stabiliser(x, projection, mask)
-    return _favor_phi(x, projection, stab, mask)
-
-
-def _favor_exponent(x: jax.Array, projection: jax.Array) -> jax.Array:
-    """``W x' - |x'|^2 / 2`` with ``x' = x * Dh**-0.25``: float32 ``[B, L, H, m]``."""
-    x = x.astype(jnp.float32) * projection.shape[1] ** -0.25
+    x = x.astype(jnp.float32) * head_dim**-0.25
     proj = _einsum("blhd,md->blhm", x, projection.astype(jnp.float32))
-    return proj - 0.5 * jnp.sum(x * x, axis=-1, keepdims=True)
-
-
-def favor_key_stabiliser(
-    k: jax.Array, projection: jax.Array, mask: jax.Array | None = None
-) -> jax.Array:
-    """The keys' FAVOR+ stabiliser: the largest exponent over all features and real keys of
-    each ``(batch, head)``, float32 ``[B, 1, H, 1]``, excluded from differentiation."""
-    exponent = _favor_exponent(k, projection)
-    if mask is not None:
-        exponent = jnp.where(mask[:, :, None, None], exponent, -jnp.inf)
-    stab = jnp.max(exponent, axis=(1, 3), keepdims=True)
-    return jax.lax.stop_gradient(jnp.where(jnp.isfinite(stab), stab, 0.0))  # all masked: 0
-
-
-def _favor_phi(
-    x: jax.Array, projection: jax.Array, stab: jax.Array | None, mask: jax.Array | None
-) -> jax.Array:
-    """FAVOR+ features with the key stabiliser ``stab`` (``[B, 1, H, 1]``), or with each row's
-    own maximum when ``stab`` is None (queries)."""
-    exponent = _favor_exponent(x, projection)
-    if stab is None:
-        stab = jax.lax.stop_gradient(jnp.max(exponent, axis=-1, keepdims=True))
-    phi = jnp.exp(exponent - stab) / math.sqrt(projection.shape[0])
+    exponent = proj - 0.5 * jnp.sum(x * x, axis=-1, keepdims=True)
+    if is_query:
+        stab = jnp.max(exponent, axis=-1, keepdims=True)
+    else:
+        masked = exponent
+        if mask is not None:
+            masked = jnp.where(mask[:, :, None, None], exponent, -jnp.inf)
+        stab = jnp.max(masked, axis=(1, 3), keepdims=True)
+        stab = jnp.where(jnp.isfinite(stab), stab, 0.0)  # every key masked
+    phi = jnp.exp(exponent - jax.lax.stop_gradient(stab)) / math.sqrt(num_features)
     return _apply_mask(phi, mask)
 
 
@@ -184,129 +163,12 @@ def _normalise(num: jax.Array, den: jax.Array) -> jax.Array:
     return num / jnp.maximum(den, _EPS)[..., None]
 
 
-def _row_blocks(x: jax.Array, block: int) -> jax.Array:
-    """``[B, L, ...]`` (``L`` a multiple of ``block``) -> ``[L / block, B, block, ...]``."""
-    b, length = x.shape[:2]
-    return jnp.swapaxes(x.reshape(b, length // block, block, *x.shape[2:]), 0, 1)
-
-
-def _from_row_blocks(x: jax.Array) -> jax.Array:
-    """Inverse of :func:`_row_blocks`."""
-    n, b, block = x.shape[:3]
-    return jnp.swapaxes(x, 0, 1).reshape(b, n * block, *x.shape[3:])
-
-
-def _over_row_blocks(fn: Any, block: int, *xs: jax.Array) -> Any:
-    """``fn`` applied to row blocks of ``xs`` (each ``[B, L, ...]``) one after another, the
-    outputs (each ``[B, block, ...]``) put back together; one call when ``L <= block``."""
-    if xs[0].shape[1] <= block:
-        return fn(*xs)
-    outs = jax.lax.map(lambda blocks: fn(*blocks), tuple(_row_blocks(x, block) for x in xs))
-    return jax.tree.map(_from_row_blocks, outs)
-
-
-def _sum_over_row_blocks(fn: Any, block: int, *xs: jax.Array) -> Any:
-    """``sum_blocks fn(blocks of xs)``, the blocks visited one after another."""
-    if xs[0].shape[1] <= block:
-        return fn(*xs)
-    blocked = tuple(_row_blocks(x, block) for x in xs)
-    first = fn(*(x[0] for x in blocked))
-
-    def add(total: Any, blocks: tuple[jax.Array, ...]) -> tuple[Any, None]:
-        return jax.tree.map(jnp.add, total, fn(*blocks)), None
-
-    return jax.lax.scan(add, first, tuple(x[1:] for x in blocked))[0]
-
-
-def _map_and_sum_over_row_blocks(fn: Any, block: int, *xs: jax.Array) -> tuple[Any, Any]:
-    """``fn(blocks) -> (rows, summand)`` over row blocks of ``xs`` one after another: the
-    ``rows`` put back together (as :func:`_over_row_blocks`) and the summands added up."""
-    if xs[0].shape[1] <= block:
-        return fn(*xs)
-    blocked = tuple(_row_blocks(x, block) for x in xs)
-    _, summand_shape = jax.eval_shape(fn, *(x[0] for x in blocked))
-    zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), summand_shape)
-
-    def step(total: Any, blocks: tuple[jax.Array, ...]) -> tuple[Any, Any]:
-        rows, summand = fn(*blocks)
-        return jax.tree.map(jnp.add, total, summand), rows
-
-    total, rows = jax.lax.scan(step, zeros, blocked)
-    return jax.tree.map(_from_row_blocks, rows), total
-
-
-def _features(
-    feature_map: str,
-    x: jax.Array,
-    mask: jax.Array | None,
-    projection: jax.Array | None,
-    stab: jax.Array | None,
-) -> jax.Array:
-    if feature_map == "elu":
-        return elu_features(x, mask)
-    return _favor_phi(x, projection, stab, mask)
-
-
-def _key_summaries(feature_map, block, k, v, mask, projection, stab):
-    """``(sum_j phi(k_j) v_j^T [B, H, m, Dv], sum_j phi(k_j) [B, H, m])``, float32."""
-
-    def one(k, v, mask):
-        phi_k = _features(feature_map, k, mask, projection, stab)
-        return _einsum("bshm,bshd->bhmd", phi_k, v), jnp.sum(phi_k, axis=1)
-
-    return _sum_over_row_blocks(one, block, k, v, mask)
-
-
-def _query_rows(feature_map, q, projection, kv, ksum):
-    """``out [B, T, H, Dv]`` for the queries ``q`` given the key summaries."""
-    phi_q = _features(feature_map, q, None, projection, None)
+def _noncausal(phi_q: jax.Array, phi_k: jax.Array, v: jax.Array) -> jax.Array:
+    kv = _einsum("bshm,bshd->bhmd", phi_k, v)
+    ksum = jnp.sum(phi_k, axis=1)  # [B, H, m]
     num = _einsum("bthm,bhmd->bthd", phi_q, kv)
     den = _einsum("bthm,bhm->bth", phi_q, ksum)
-    return num / jnp.maximum(den, _EPS)[..., None]
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _noncausal(feature_map, block, q, k, v, mask, projection, stab):
-    """Non-causal linear attention over ``block``-row blocks (see :func:`linear_attention`).
-
-    Every pass (key summaries; outputs; in the backward pass, query then key gradients)
-    streams its inputs block by block, recomputing the features inside the block, so each
-    block's intermediates stay in cache and nothing ``T``- or ``S``-long is kept but the
-    inputs and outputs themselves. ``mask`` is a bool ``[B, S]`` key mask.
-    """
-    return _noncausal_fwd(feature_map, block, q, k, v, mask, projection, stab)[0]
-
-
-def _noncausal_fwd(feature_map, block, q, k, v, mask, projection, stab):
-    kv, ksum = _key_summaries(feature_map, block, k, v, mask, projection, stab)
-    out = _over_row_blocks(lambda q: _query_rows(feature_map, q, projection, kv, ksum), block, q)
-    return out, (q, k, v, mask, projection, stab, kv, ksum)
-
-
-def _noncausal_bwd(feature_map, block, residuals, g):
-    q, k, v, mask, projection, stab, kv, ksum = residuals
-
-    def query_grads(q, g):
-        _, pullback = jax.vjp(
-            lambda q, kv, ksum: _query_rows(feature_map, q, projection, kv, ksum), q, kv, ksum
-        )
-        dq, dkv, dksum = pullback(g)
-        return dq, (dkv, dksum)
-
-    dq, (dkv, dksum) = _map_and_sum_over_row_blocks(query_grads, block, q, g)
-
-    def key_grads(k, v, mask):
-        _, pullback = jax.vjp(
-            lambda k, v: _key_summaries(feature_map, block, k, v, mask, projection, stab), k, v
-        )
-        return pullback((dkv, dksum))
-
-    dk, dv = _over_row_blocks(key_grads, block, k, v, mask)
-    zero = lambda x: None if x is None else jnp.zeros_like(x)
-    return dq, dk, dv, None, zero(projection), zero(stab)
-
-
-_noncausal.defvjp(_noncausal_fwd, _noncausal_bwd)
+    return _normalise(num, den)
 
 
 def _causal(phi_q: jax.Array, phi_k: jax.Array, v: jax.Array, chunk_size: int) -> jax.Array:
@@ -353,7 +215,6 @@ def linear_attention(
     rng: jax.Array | None = None,
     mask: jax.Array | None = None,
     chunk_size: int = 64,
-    block_size: int = 2048,
 ) -> jax.Array:
     """Linear attention ``out_i = phi(q_i).sum_j phi(k_j) v_j^T / (phi(q_i).sum_j phi(k_j))``.
 
@@ -376,9 +237,6 @@ def linear_attention(
         features and contribute nothing. A query with no visible key outputs zeros.
       chunk_size: chunk length of the causal computation (memory/time trade-off only; any
         positive value gives the same result up to float round-off).
-      block_size: rows per block of the non-causal computation, which streams queries and
-        keys through every pass (forward and backward) block by block so that each block's
-        intermediates stay in cache; a locality knob only, like ``chunk_size``.
 
     Returns:
       ``[B, T, H, Dh]`` in ``q.dtype``; features, running sums and the division are float32.
@@ -388,37 +246,24 @@ def linear_attention(
         ``S != T``; bad shapes, ``mask`` shape, ``num_features`` or ``chunk_size``.
     """
     _check_args(q, k, v, feature_map, causal, rng, mask, chunk_size)
-    if isinstance(block_size, bool) or not isinstance(block_size, int | np.integer):
-        raise ValueError(f"block_size must be a positive int; got {block_size!r}")
-    if block_size <= 0:
-        raise ValueError(f"block_size must be a positive int; got {block_size!r}")
     if mask is not None:
         mask = jnp.asarray(mask, dtype=jnp.bool_)
     v32 = v.astype(jnp.float32)
     if mask is not None:
         v32 = jnp.where(mask[:, :, None, None], v32, 0.0)  # NaN/inf in padding stays out
 
-    projection = stab = None
-    if feature_map == "favor":
+    if feature_map == "elu":
+        phi_q = elu_features(q)
+        phi_k = elu_features(k, mask)
+    else:
         head_dim = q.shape[-1]
         m = 4 * head_dim if num_features is None else num_features
         projection = favor_projection(rng, m, head_dim)
-        stab = favor_key_stabiliser(k, projection, mask)
+        phi_q = favor_features(q, projection, is_query=True)
+        phi_k = favor_features(k, projection, is_query=False, mask=mask)
 
     if causal:
-        phi_q = _features(feature_map, q, None, projection, None)
-        phi_k = _features(feature_map, k, mask, projection, stab)
-        return _causal(phi_q, phi_k, v32, int(chunk_size)).astype(q.dtype)
-
-    block = int(block_size)
-    t, s = q.shape[1], k.shape[1]
-    if mask is None:
-        mask = jnp.ones(k.shape[:2], jnp.bool_)
-    if t > block and t % block:  # padded query rows are computed, then dropped
-        q = jnp.pad(q, ((0, 0), (0, block - t % block), (0, 0), (0, 0)))
-    if s > block and s % block:  # padded keys are masked out
-        widths = ((0, 0), (0, block - s % block), (0, 0), (0, 0))
-        k, v32 = jnp.pad(k, widths), jnp.pad(v32, widths)
-        mask = jnp.pad(mask, ((0, 0), (0, block - s % block)))
-    out = _noncausal(feature_map, block, q, k, v32, mask, projection, stab)
-    return out[:, :t].astype(q.dtype)
+        out = _causal(phi_q, phi_k, v32, int(chunk_size))
+    else:
+        out = _noncausal(phi_q, phi_k, v32)
+    return out.astype(q.dtype)

@@ -206,31 +206,6 @@ def test_favor_matches_explicit_reference_same_features(causal: bool, masked: bo
     _assert_close_with_grads(fn, ref, q, k, v, tol={"rtol": 1e-4, "atol": 1e-5})
 
 
-@pytest.mark.parametrize("feature_map", ["elu", "favor"])
-@pytest.mark.parametrize("masked", [False, True])
-def test_noncausal_blocks_match_reference(feature_map: str, masked: bool) -> None:
-    """Row blocks of 8 (T=37 and S=23 padded to 40 and 24: several blocks, padded rows and
-    keys): values and gradients equal the explicit reference, and the one-block result."""
-    q, k, v = _qkv(T, S, seed=11)
-    mask = _key_mask(S) if masked else None
-    rng, m = jax.random.key(5), 24
-    kwargs = dict(feature_map=feature_map, num_features=m, rng=rng, mask=mask)
-    fn = functools.partial(linear_attention, block_size=8, **kwargs)
-
-    def ref(q, k, v):
-        if feature_map == "elu":
-            return ref_elu(q, k, v, mask=mask)
-        w = favor_projection(rng, m, D)
-        phi_q = favor_features(q, w, is_query=True)
-        phi_k = favor_features(k, w, is_query=False, mask=mask)
-        return ref_from_features(phi_q, phi_k, v, mask=mask)
-
-    tol = TOL if feature_map == "elu" else {"rtol": 1e-4, "atol": 1e-5}
-    _assert_close_with_grads(fn, ref, q, k, v, tol=tol)
-    one_block = functools.partial(linear_attention, block_size=64, **kwargs)
-    _assert_close_with_grads(fn, one_block, q, k, v, tol=tol)
-
-
 def test_favor_large_inputs_do_not_overflow() -> None:
     q, k, v = _qkv(T, T, scale=30.0)
     for causal in (False, True):
@@ -282,8 +257,6 @@ def test_bad_args_raise() -> None:
         linear_attention(q, q, q, causal=True, chunk_size=0)
     with pytest.raises(ValueError, match="num_features"):
         linear_attention(q, k, v, feature_map="favor", rng=jax.random.key(0), num_features=0)
-    with pytest.raises(ValueError, match="block_size"):
-        linear_attention(q, k, v, block_size=0)
 
 
 # ---------------------------------------------------------------------------- memory

@@ -45,3 +45,17 @@ def random_features(modalities, batch, seed=0, specs=FEATURE_SPECS):
             pooled=jnp.asarray(rng.normal(size=(batch, dim)), jnp.float32),
         )
     return features
+
+
+def load_script(path, name):
+    """Imports the stand-alone script at ``path`` (benchmarks/, experiments/: not part of the
+    package) as module ``name``."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module

@@ -6,13 +6,12 @@ The script is not part of the ``mmtx`` package, so it is loaded from its file pa
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "accumulation_memory.py"
 _TINY = {"width": 32, "depth": 1, "num_heads": 2, "mlp_dim": 64}
@@ -31,13 +30,7 @@ TINY_CONFIG = {
 
 
 def _load_script() -> ModuleType:
-    name = "accumulation_memory_benchmark"
-    spec = importlib.util.spec_from_file_location(name, SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "accumulation_memory_benchmark")
 
 
 @pytest.fixture(scope="module")

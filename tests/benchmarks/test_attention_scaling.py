@@ -5,26 +5,19 @@ The script is not part of the ``mmtx`` package, so it is loaded from its file pa
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "attention_scaling.py"
 KERNELS = ("dense", "local", "linear_elu")  # linear_favor: same path, slower to compile
 
 
 def _load_script() -> ModuleType:
-    name = "attention_scaling_benchmark"
-    spec = importlib.util.spec_from_file_location(name, SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "attention_scaling_benchmark")
 
 
 @pytest.fixture(scope="module")

@@ -6,24 +6,18 @@ The script is not part of the ``mmtx`` package, so it is loaded from its file pa
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
+
+from helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "input_pipeline.py"
 REPO = SCRIPT.parents[1]
 
 
 def _load_script() -> ModuleType:
-    name = "input_pipeline_benchmark"
-    spec = importlib.util.spec_from_file_location(name, SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "input_pipeline_benchmark")
 
 
 def test_report_on_a_tiny_text_model(capsys):

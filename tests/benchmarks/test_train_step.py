@@ -9,15 +9,14 @@ parsed.
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import flax.linen as nn
 import jax
 import pytest
+from helpers import load_script
 
 from mmtx import config as config_lib
 from mmtx.models import MultiModalTransformer, dummy_batch
@@ -44,12 +43,7 @@ TINY_CONFIG = {
 
 
 def _load(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+    return load_script(path, name)
 
 
 @pytest.fixture(scope="module")

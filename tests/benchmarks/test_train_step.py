@@ -72,10 +72,13 @@ def test_tiny_run_prints_the_result_keys(
     for key in script.RESULT_KEYS:
         assert payload[key] is not None and payload[key] > 0, key
     assert payload["batch_size"] == 8 and len(payload["step_ms_all"]) == 2
+    # The JSON values are rounded (mfu to 4 decimals, step_ms to 2): allow for that.
     assert payload["mfu"] == pytest.approx(
-        payload["achieved_gflops"] / payload["peak_gflops"], rel=1e-3
+        payload["achieved_gflops"] / payload["peak_gflops"], rel=1e-3, abs=1e-4
     )
-    assert payload["examples_per_sec"] == pytest.approx(8 / (payload["step_ms"] / 1e3), rel=1e-3)
+    assert payload["examples_per_sec"] == pytest.approx(
+        8 / (payload["step_ms"] / 1e3), rel=1e-3 + 0.005 / payload["step_ms"]
+    )
     # Unrolled layers: the step's own XLA count is the one reported.
     assert payload["flops_xla"] == payload["flops_xla_compiled"]
     # Even at width 32, where elementwise work is relatively large, the counts are close.

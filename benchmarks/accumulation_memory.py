@@ -57,18 +57,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from mmtx import config as config_lib
 from mmtx.data.pipeline import create_dataset
 from mmtx.data.tokenizer import create_tokenizer
-from mmtx.models import MultiModalTransformer, dummy_batch
+from mmtx.models import MultiModalTransformer
 from mmtx.train import mesh as mesh_lib
-from mmtx.train.loop import _mirror_param_shardings, create_train_state
+from mmtx.train.loop import abstract_train_state, create_train_state
 from mmtx.train.optimizer import create_optimizer
 from mmtx.train.state import TrainState
 from mmtx.train.step import make_train_step
@@ -154,33 +152,6 @@ def load_config(spec: str, batch_size: int, k: int) -> ml_collections.ConfigDict
     config.train.batch_size = batch_size
     config.train.microbatches = k
     return config_lib.validate(config)
-
-
-def abstract_train_state(
-    module: MultiModalTransformer, tx: Any, config: ml_collections.ConfigDict, mesh: Any
-) -> tuple[TrainState, TrainState]:
-    """What :func:`mmtx.train.loop.create_train_state` makes, as shapes: (state, shardings)."""
-    batch = dummy_batch(config, batch_size=1)
-
-    def init(rng: jax.Array) -> TrainState:
-        init_rng, train_rng = jax.random.split(rng)
-        params = nn.meta.unbox(module.init(init_rng, batch, train=False)["params"])
-        return TrainState(
-            step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=train_rng
-        )
-
-    rng = jax.random.PRNGKey(config.train.seed)
-    abstract_boxed = jax.eval_shape(lambda r: module.init(r, batch, train=False)["params"], rng)
-    param_shardings = mesh_lib.logical_shardings(mesh, abstract_boxed)
-    abstract_state = jax.eval_shape(init, rng)
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    opt_shardings = _mirror_param_shardings(
-        abstract_state.opt_state, abstract_state.params, param_shardings, replicated
-    )
-    shardings = TrainState(
-        step=replicated, params=param_shardings, opt_state=opt_shardings, rng=replicated
-    )
-    return abstract_state, shardings
 
 
 def make_dataset(config: ml_collections.ConfigDict, batch_size: int) -> Any:

@@ -60,10 +60,8 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
-def create_train_state(
-    module: MultiModalTransformer, tx: Any, config: ml_collections.ConfigDict, mesh: Any
-) -> tuple[TrainState, Any]:
-    """Initialises the state directly into its shardings; returns (state, state shardings)."""
+def _state_init(module: MultiModalTransformer, tx: Any, config: ml_collections.ConfigDict) -> Any:
+    """``init(rng) -> TrainState``: params from a one-example dummy batch, optimizer state."""
     batch = dummy_batch(config, batch_size=1)
 
     def init(rng: jax.Array) -> TrainState:
@@ -76,19 +74,39 @@ def create_train_state(
             rng=train_rng,
         )
 
+    return init
+
+
+def abstract_train_state(
+    module: MultiModalTransformer, tx: Any, config: ml_collections.ConfigDict, mesh: Any
+) -> tuple[TrainState, TrainState]:
+    """What :func:`create_train_state` makes, as shapes: ``(abstract state, shardings)``.
+
+    Params are sharded by their logical axes on ``mesh``; optimizer moments mirror the
+    params' shardings; everything else is replicated. Nothing is materialised.
+    """
+    batch = dummy_batch(config, batch_size=1)
     rng = jax.random.PRNGKey(config.train.seed)
     abstract_boxed = jax.eval_shape(lambda r: module.init(r, batch, train=False)["params"], rng)
     param_shardings = mesh_lib.logical_shardings(mesh, abstract_boxed)
-    abstract_state = jax.eval_shape(init, rng)
+    abstract_state = jax.eval_shape(_state_init(module, tx, config), rng)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    # Optimizer moments mirror the params' shardings; everything else is replicated.
     opt_shardings = _mirror_param_shardings(
         abstract_state.opt_state, abstract_state.params, param_shardings, replicated
     )
     shardings = TrainState(
         step=replicated, params=param_shardings, opt_state=opt_shardings, rng=replicated
     )
-    state = jax.jit(init, out_shardings=shardings)(rng)
+    return abstract_state, shardings
+
+
+def create_train_state(
+    module: MultiModalTransformer, tx: Any, config: ml_collections.ConfigDict, mesh: Any
+) -> tuple[TrainState, Any]:
+    """Initialises the state directly into its shardings; returns (state, state shardings)."""
+    _, shardings = abstract_train_state(module, tx, config, mesh)
+    init = _state_init(module, tx, config)
+    state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(config.train.seed))
     return state, shardings
 
 

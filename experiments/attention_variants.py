@@ -198,19 +198,7 @@ def main(
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     workdir_root = args.workdir_root or tempfile.mkdtemp(prefix="attention_variants_")
-    if base_config is None:
-        base = common.base_study_config(
-            args.steps,
-            variant=args.variant,
-            width=args.width or None,
-            batch_size=args.batch_size,
-            eval_size=args.eval_size,
-            seed=args.seed,
-        )
-    else:
-        base = copy.deepcopy(base_config)
-        args.steps, args.batch_size = base.train.steps, base.train.batch_size
-        args.eval_size, args.seed, args.variant = base.data.eval_size, base.train.seed, base.variant
+    base = common.study_base_config(args, base_config)
     rows = []
     started = datetime.datetime.now()
     for kernel in args.kernels:

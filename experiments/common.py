@@ -116,6 +116,28 @@ def base_study_config(
     return config_lib.validate(config)
 
 
+def study_base_config(
+    args: Any, base_config: ml_collections.ConfigDict | None = None
+) -> ml_collections.ConfigDict:
+    """A study's starting config: :func:`base_study_config` from the parsed flags
+    (``steps``, ``variant``, ``width``, ``batch_size``, ``eval_size``, ``seed``), or a copy of
+    ``base_config`` when given, in which case those flags are set from it (so the report
+    describes what ran)."""
+    if base_config is None:
+        return base_study_config(
+            args.steps,
+            variant=args.variant,
+            width=args.width or None,
+            batch_size=args.batch_size,
+            eval_size=args.eval_size,
+            seed=args.seed,
+        )
+    base = copy.deepcopy(base_config)
+    args.steps, args.batch_size = base.train.steps, base.train.batch_size
+    args.eval_size, args.seed, args.variant = base.data.eval_size, base.train.seed, base.variant
+    return base
+
+
 def set_attention(
     config: ml_collections.ConfigDict, kernel: str, *, fusion: bool = True
 ) -> ml_collections.ConfigDict:

@@ -29,13 +29,9 @@ TINY_CONFIG = {
 }
 
 
-def _load_script() -> ModuleType:
-    return load_script(SCRIPT, "accumulation_memory_benchmark")
-
-
 @pytest.fixture(scope="module")
 def script() -> ModuleType:
-    return _load_script()
+    return load_script(SCRIPT, "accumulation_memory_benchmark")
 
 
 def test_tiny_sweep_writes_report_plot_and_json(

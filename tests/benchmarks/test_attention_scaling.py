@@ -16,13 +16,9 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "attention_scaling
 KERNELS = ("dense", "local", "linear_elu")  # linear_favor: same path, slower to compile
 
 
-def _load_script() -> ModuleType:
-    return load_script(SCRIPT, "attention_scaling_benchmark")
-
-
 @pytest.fixture(scope="module")
 def script() -> ModuleType:
-    return _load_script()
+    return load_script(SCRIPT, "attention_scaling_benchmark")
 
 
 def test_tiny_sweep_writes_report_plot_and_json(

@@ -10,18 +10,19 @@ import json
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 from helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "input_pipeline.py"
 REPO = SCRIPT.parents[1]
 
 
-def _load_script() -> ModuleType:
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
     return load_script(SCRIPT, "input_pipeline_benchmark")
 
 
-def test_report_on_a_tiny_text_model(capsys):
-    bench = _load_script()
+def test_report_on_a_tiny_text_model(bench, capsys):
     bench.main(
         [
             f"--config={REPO / 'configs' / 'base.py'}:tiny",
@@ -43,8 +44,7 @@ def test_report_on_a_tiny_text_model(capsys):
     assert "| workers | pipeline ex/s |" in "\n".join(out)
 
 
-def test_tfds_demo_reads_coco_like_jpegs(tmp_path):
-    bench = _load_script()
+def test_tfds_demo_reads_coco_like_jpegs(bench, tmp_path):
     args = bench.parse_args(
         [
             f"--config={REPO / 'configs' / 'coco_captions.py'}:tiny",

@@ -220,12 +220,6 @@ def to_image_batch(images: np.ndarray, image_size: int, channels: int = 3) -> np
         )
     if images.shape[0] == 0:
         raise ValueError("image batch is empty")
-    if images.shape[-1] == 1 and channels == 3:
-        images = np.repeat(images, 3, axis=-1)
-    if images.shape[-1] != channels:
-        raise ValueError(f"image must have {channels} channels; got shape {images.shape}")
-    if images.dtype != np.uint8:
-        images = image_to_float(images)
     return np.stack([preprocess_image(x, image_size, channels=channels) for x in images])
 
 

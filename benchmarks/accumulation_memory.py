@@ -65,6 +65,7 @@ from mmtx import config as config_lib
 from mmtx.data.pipeline import create_dataset
 from mmtx.data.tokenizer import create_tokenizer
 from mmtx.models import MultiModalTransformer
+from mmtx.train import host_malloc
 from mmtx.train import mesh as mesh_lib
 from mmtx.train.loop import abstract_train_state, create_train_state
 from mmtx.train.optimizer import create_optimizer
@@ -561,4 +562,5 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    host_malloc.restart_with_tuned_malloc()
     main()

@@ -29,6 +29,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mmtx.train import host_malloc
+
 ROOT = Path(__file__).resolve().parents[1]
 MMTX_SCRIPT = ROOT / "benchmarks" / "train_step.py"
 PEER_SCRIPT = ROOT / "benchmarks" / "peers" / "open_clip_step.py"
@@ -142,4 +144,5 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    host_malloc.restart_with_tuned_malloc()
     main()

@@ -51,6 +51,7 @@ from mmtx import config as config_lib
 from mmtx.data.pipeline import create_dataset
 from mmtx.data.tokenizer import create_tokenizer
 from mmtx.models import MultiModalTransformer
+from mmtx.train import host_malloc
 from mmtx.train import mesh as mesh_lib
 from mmtx.train.loop import create_train_state, jit_train_step
 from mmtx.train.optimizer import create_optimizer
@@ -282,4 +283,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+    host_malloc.restart_with_tuned_malloc()
     main(sys.argv[1:])

@@ -60,6 +60,7 @@ import numpy as np
 from mmtx import config as config_lib
 from mmtx.data.tokenizer import create_tokenizer
 from mmtx.models import MultiModalTransformer, dummy_batch
+from mmtx.train import host_malloc
 from mmtx.train import mesh as mesh_lib
 from mmtx.train.loop import create_train_state
 from mmtx.train.optimizer import create_optimizer
@@ -511,6 +512,7 @@ def measure(
         "compile_s": round(compile_s, 2),
         "final_loss": round(float(timer.last_metrics["loss"]), 5),
         "xla_options": xla_options,
+        "host_malloc": host_malloc.current_setting(),
         "backend": jax.default_backend(),
         "jax": jax.__version__,
     }
@@ -603,4 +605,5 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    host_malloc.restart_with_tuned_malloc()
     main()

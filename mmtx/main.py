@@ -5,6 +5,9 @@ Any config field can be overridden on the command line, e.g.
 passes ``tiny`` to the file's ``get_config``. Rerunning with the same ``--workdir`` resumes.
 Exits 0 when done or when preempted (SIGTERM: a checkpoint is saved first), 1 on a
 non-finite loss under ``config.train.nonfinite="stop"``.
+
+On a CPU host it first restarts itself with glibc malloc settings that let XLA reuse its
+buffers (:mod:`mmtx.train.host_malloc`; ``MMTX_HOST_MALLOC=default`` turns that off).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mmtx.train import distributed
+from mmtx.train import distributed, host_malloc
 from mmtx.train.loop import NonFiniteError, train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).")
@@ -45,4 +48,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    host_malloc.restart_with_tuned_malloc()
     app.run(main)

@@ -1,0 +1,132 @@
+"""Tests for mmtx/train/host_malloc.py: when a run restarts with glibc malloc tunables, and that
+they stop the per-call page faults of large buffers."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from mmtx.train import host_malloc
+
+GLIBC = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
+needs_glibc = pytest.mark.skipif(not GLIBC, reason="glibc malloc tunables only")
+TUNED = ":".join(f"{name}={value}" for name, value in host_malloc.TUNABLES.items())
+
+
+@pytest.fixture
+def cpu_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pretend no accelerator plugin is installed (the answer on this test machine anyway)."""
+    monkeypatch.setattr(host_malloc, "_accelerator_plugin_installed", lambda: False)
+
+
+@needs_glibc
+@pytest.mark.usefixtures("cpu_host")
+def test_tuned_environment_adds_the_tunables_and_keeps_the_rest() -> None:
+    env = host_malloc.tuned_environment({"PATH": "/bin"})
+    assert env == {"PATH": "/bin", "GLIBC_TUNABLES": TUNED}
+
+    # The user's own values win; other tunables stay, in their order.
+    user = "glibc.malloc.arena_max=4:glibc.pthread.rseq=0"
+    env = host_malloc.tuned_environment({"GLIBC_TUNABLES": user})
+    assert env is not None
+    assert env["GLIBC_TUNABLES"] == (
+        "glibc.malloc.arena_max=4:glibc.pthread.rseq=0:glibc.malloc.mmap_max=0:"
+        f"glibc.malloc.trim_threshold={2**32 - 1}"
+    )
+
+
+@needs_glibc
+@pytest.mark.usefixtures("cpu_host")
+def test_no_restart_when_already_tuned_or_switched_off() -> None:
+    assert host_malloc.tuned_environment({"GLIBC_TUNABLES": TUNED}) is None
+    assert host_malloc.tuned_environment({host_malloc.SWITCH: "default"}) is None
+    assert host_malloc.tuned_environment({host_malloc.SWITCH: "Tuned"}) is not None
+    with pytest.raises(ValueError, match="MMTX_HOST_MALLOC='on'"):
+        host_malloc.tuned_environment({host_malloc.SWITCH: "on"})
+
+
+@needs_glibc
+def test_auto_leaves_accelerator_hosts_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(host_malloc, "_accelerator_plugin_installed", lambda: False)
+    assert host_malloc.tuned_environment({"JAX_PLATFORMS": "cuda,cpu"}) is None
+    assert host_malloc.tuned_environment({"JAX_PLATFORMS": "cpu"}) is not None
+    forced = {"JAX_PLATFORMS": "tpu", host_malloc.SWITCH: "tuned"}
+    assert host_malloc.tuned_environment(forced) is not None
+
+    monkeypatch.setattr(host_malloc, "_accelerator_plugin_installed", lambda: True)
+    assert host_malloc.tuned_environment({}) is None
+    assert host_malloc.tuned_environment({"JAX_PLATFORMS": "cpu"}) is not None
+
+
+def test_current_setting() -> None:
+    assert host_malloc.current_setting({}) == "default"
+    assert host_malloc.current_setting({"GLIBC_TUNABLES": "glibc.pthread.rseq=0"}) == "default"
+    assert host_malloc.current_setting({"GLIBC_TUNABLES": TUNED}) == TUNED
+
+
+# A child that restarts itself, then mallocs, touches and frees a 64 MiB block (above glibc's
+# largest mmap threshold, like XLA's temporaries) from a worker thread, several times, and
+# reports the minor page faults of each round after the first. (Plain malloc through ctypes:
+# NumPy would ask for transparent huge pages, which hides the effect.)
+_CHILD = textwrap.dedent(
+    """
+    import ctypes, json, os, resource, sys, threading
+    from mmtx.train import host_malloc
+
+    host_malloc.restart_with_tuned_malloc()
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+
+    def touch():
+        size = 64 * 2**20
+        block = libc.malloc(size)
+        ctypes.memset(block, 1, size)
+        libc.free(block)
+
+    faults = []
+    for _ in range(4):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        worker = threading.Thread(target=touch)
+        worker.start()
+        worker.join()
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    print(json.dumps({"tunables": os.environ.get("GLIBC_TUNABLES"), "pid": os.getpid(),
+                      "argv": sys.argv[1:], "faults": faults[1:]}))
+    """
+)
+
+
+def _run_child(tmp_path, switch: str) -> tuple[dict, str]:
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD)
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    env.update({host_malloc.SWITCH: switch, "JAX_PLATFORMS": "cpu"})
+    done = subprocess.run(
+        [sys.executable, "-B", str(script), "--flag=1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
+
+
+@needs_glibc
+def test_restart_stops_page_faults_of_reused_large_buffers(tmp_path) -> None:
+    pages = 64 * 2**20 // os.sysconf("SC_PAGE_SIZE")
+
+    default, stderr = _run_child(tmp_path, "default")
+    assert default["tunables"] is None and "restarting" not in stderr
+    assert min(default["faults"]) > pages // 2  # a fresh mmap every round
+
+    tuned, stderr = _run_child(tmp_path, "auto")
+    assert "mmtx: restarting with GLIBC_TUNABLES=" in stderr
+    assert tuned["tunables"] == TUNED and tuned["argv"] == ["--flag=1"]
+    assert max(tuned["faults"]) < pages // 50  # the block's pages are reused

@@ -80,20 +80,6 @@ class AudioEncoder(nn.Module):
         else:
             x = x + sincos_2d(grid_t, grid_f, self.width)[None].astype(x.dtype)
         stem = x
-        x, out = Tower(
-            depth=self.depth,
-            num_heads=self.num_heads,
-            mlp_dim=self.mlp_dim,
-            pooling=self.pooling,
-            dropout_rate=self.dropout_rate,
-            attention=self.attention,
-            attention_options=self.attention_options,
-            remat=self.remat,
-            scan=self.scan,
-            capture_weights=self.capture_weights,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="tower",
-        )(x, None, train=train)
+        x, out = Tower.of(self)(x, None, train=train)
         out.update(stem=stem, log_mel=log_mel)
         return x, out

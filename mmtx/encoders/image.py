@@ -81,20 +81,6 @@ class ImageEncoder(nn.Module):
             x = x + sincos_2d(grid_h, grid_w, self.width)[None].astype(x.dtype)
         chex.assert_shape(x, (images.shape[0], grid_h * grid_w, self.width))
         stem = x
-        x, out = Tower(
-            depth=self.depth,
-            num_heads=self.num_heads,
-            mlp_dim=self.mlp_dim,
-            pooling=self.pooling,
-            dropout_rate=self.dropout_rate,
-            attention=self.attention,
-            attention_options=self.attention_options,
-            remat=self.remat,
-            scan=self.scan,
-            capture_weights=self.capture_weights,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="tower",
-        )(x, None, train=train)
+        x, out = Tower.of(self)(x, None, train=train)
         out.update(stem=stem, grid=jnp.asarray((grid_h, grid_w)))
         return x, out

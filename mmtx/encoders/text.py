@@ -62,20 +62,6 @@ class TextEncoder(nn.Module):
         else:
             x = x + sincos_1d(tokens.shape[1], self.width)[None].astype(x.dtype)
         stem = x
-        x, out = Tower(
-            depth=self.depth,
-            num_heads=self.num_heads,
-            mlp_dim=self.mlp_dim,
-            pooling=self.pooling,
-            dropout_rate=self.dropout_rate,
-            attention=self.attention,
-            attention_options=self.attention_options,
-            remat=self.remat,
-            scan=self.scan,
-            capture_weights=self.capture_weights,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="tower",
-        )(x, mask, train=train)
+        x, out = Tower.of(self)(x, mask, train=train)
         out["stem"] = stem
         return x, out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -45,6 +46,16 @@ class Tower(nn.Module):
     capture_weights: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+
+    @classmethod
+    def of(cls, encoder: nn.Module) -> Tower:
+        """The tower named ``"tower"`` configured by ``encoder``'s fields of the same names.
+
+        Every encoder declares the tower's fields (depth, heads, attention, ...); call this in
+        the encoder's ``nn.compact`` method so the tower becomes its child.
+        """
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name")]
+        return cls(**{name: getattr(encoder, name) for name in names}, name="tower")
 
     @nn.compact
     def __call__(

@@ -151,20 +151,6 @@ def load_config(
 # --- FLOPs ----------------------------------------------------------------------------------
 
 
-def _tokens(config: ml_collections.ConfigDict, modality: str) -> int:
-    """Tokens the modality's transformer sees (patches or ids, plus one CLS)."""
-    model = config.model
-    tower = model[modality]
-    if modality == "text":
-        length = tower.max_length
-    elif modality == "image":
-        length = (tower.image_size // tower.patch_size) ** 2
-    else:
-        frames = 1 + (tower.num_samples - tower.window_length) // tower.hop_length
-        length = (frames // tower.patch_size[0]) * (tower.num_mel_bins // tower.patch_size[1])
-    return length + (1 if tower.pooling == "cls" else 0)
-
-
 def attention_core_flops(
     config: ml_collections.ConfigDict, kernel: str, length: int, width: int, num_heads: int
 ) -> float:
@@ -268,7 +254,7 @@ def analytic_flops(config: ml_collections.ConfigDict, batch_size: int) -> dict[s
         per_example[name] = per_example.get(name, 0.0) + value
 
     complete = True
-    lengths = {m: _tokens(config, m) for m in model.modalities}
+    lengths = {m: config_lib.tower_tokens(config, m) for m in model.modalities}
     for modality in model.modalities:
         tower = model[modality]
         add("stem", _stem_flops(config, modality))

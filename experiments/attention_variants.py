@@ -30,6 +30,8 @@ from typing import Any
 import common
 import ml_collections
 
+from mmtx import config as config_lib
+
 # Study kernel name -> (config attention name, config.attention.linear.feature_map or None).
 KERNELS: dict[str, tuple[str, str | None]] = {
     "dense": ("dense", None),
@@ -63,18 +65,7 @@ def sequence_lengths(config: ml_collections.ConfigDict) -> dict[str, int]:
     patch; audio one per (time x mel) patch of the log-mel spectrogram; the concat fusion
     joins them all after its own CLS.
     """
-    model = config.model
-    lengths: dict[str, int] = {}
-    for modality in model.modalities:
-        tower = model[modality]
-        if modality == "text":
-            tokens = tower.max_length
-        elif modality == "image":
-            tokens = (tower.image_size // tower.patch_size) ** 2
-        else:
-            frames = 1 + (tower.num_samples - tower.window_length) // tower.hop_length
-            tokens = (frames // tower.patch_size[0]) * (tower.num_mel_bins // tower.patch_size[1])
-        lengths[modality] = tokens + (tower.pooling == "cls")
+    lengths = {m: config_lib.tower_tokens(config, m) for m in config.model.modalities}
     lengths["fusion"] = 1 + sum(lengths.values())
     return lengths
 

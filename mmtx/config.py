@@ -260,6 +260,28 @@ def merge_overrides(
     return config
 
 
+def spectrogram_frames(audio: ml_collections.ConfigDict) -> int:
+    """STFT frames the log-mel frontend makes of ``audio.num_samples`` samples (no padding)."""
+    return 1 + (audio.num_samples - audio.window_length) // audio.hop_length
+
+
+def tower_tokens(config: ml_collections.ConfigDict, modality: str) -> int:
+    """Tokens ``modality``'s transformer attends over, its CLS token included.
+
+    Text: ``max_length`` (padding is masked, not dropped); image: one per patch; audio: one
+    per (time x mel) patch of the log-mel spectrogram.
+    """
+    tower = config.model[modality]
+    if modality == "text":
+        tokens = tower.max_length
+    elif modality == "image":
+        tokens = (tower.image_size // tower.patch_size) ** 2
+    else:
+        frames = spectrogram_frames(tower)
+        tokens = (frames // tower.patch_size[0]) * (tower.num_mel_bins // tower.patch_size[1])
+    return tokens + (1 if tower.pooling == "cls" else 0)
+
+
 def _require(condition: bool, field: str, message: str) -> None:
     if not condition:
         raise ValueError(f"config.{field}: {message}")
@@ -331,7 +353,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             "model.audio.max_frequency",
             "must be <= sample_rate / 2",
         )
-        frames = 1 + (audio.num_samples - audio.window_length) // audio.hop_length
+        frames = spectrogram_frames(audio)
         _require(
             frames >= audio.patch_size[0] and audio.num_mel_bins >= audio.patch_size[1],
             "model.audio.patch_size",

@@ -4,11 +4,13 @@ import json
 import pathlib
 import re
 
+import jax
 import ml_collections
 import pytest
 
 import mmtx
 from mmtx import config as config_lib
+from mmtx.models import MultiModalTransformer, dummy_batch
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BASE_PY = REPO / "configs" / "base.py"
@@ -282,3 +284,24 @@ def test_merge_accepts_user_named_entries_in_open_groups():
     config_lib.validate(config)
     with pytest.raises(KeyError, match=r"model\.colour"):
         config_lib.merge_overrides(tiny(), {"model": {"colour": 6}})
+
+
+def test_tower_tokens_match_the_model():
+    """tower_tokens equals the token count each tower's transformer gets (CLS included)."""
+    config = config_lib.load_config("configs/base.py:tiny")
+    module = MultiModalTransformer.from_config(config, vocab_size=259)
+    batch = dummy_batch(config, 2)
+
+    def towers(rng):
+        _, state = module.init_with_output(
+            rng,
+            batch,
+            train=False,
+            capture_intermediates=lambda mdl, _: mdl.name == "tower",
+        )
+        return state["intermediates"]
+
+    captured = jax.eval_shape(towers, jax.random.PRNGKey(0))
+    for modality in config.model.modalities:
+        tokens, _ = captured[modality]["tower"]["__call__"][0]
+        assert tokens.shape[1] == config_lib.tower_tokens(config, modality), modality

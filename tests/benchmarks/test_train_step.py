@@ -42,13 +42,9 @@ TINY_CONFIG = {
 }
 
 
-def _load(path: Path, name: str) -> ModuleType:
-    return load_script(path, name)
-
-
 @pytest.fixture(scope="module")
 def script() -> ModuleType:
-    return _load(SCRIPT, "train_step_benchmark")
+    return load_script(SCRIPT, "train_step_benchmark")
 
 
 def test_tiny_run_prints_the_result_keys(
@@ -153,7 +149,7 @@ def test_peer_and_compare_scripts_parse() -> None:
     """Syntax only for the peer (torch is not a project dependency); the compare script's
     argument handling splits config overrides off."""
     ast.parse(PEER_SCRIPT.read_text())
-    compare = _load(COMPARE_SCRIPT, "compare_open_clip_benchmark")
+    compare = load_script(COMPARE_SCRIPT, "compare_open_clip_benchmark")
     args, overrides = compare.parse_args(["--rounds=2", "--config.model.remat=full"])
     assert args.rounds == 2 and overrides == ["--config.model.remat=full"]
     assert "--no_unrolled_count" in compare.mmtx_command(args, overrides)

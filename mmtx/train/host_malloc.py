@@ -84,11 +84,10 @@ def tuned_environment(environ: Mapping[str, str]) -> dict[str, str] | None:
         raise ValueError(f"{SWITCH}={environ[SWITCH]!r}; expected one of {SWITCH_VALUES}")
     if switch == "default" or sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
         return None
-    if switch == "auto" and not _runs_on_cpu(environ):
-        return None
     current = _parse_tunables(environ.get("GLIBC_TUNABLES", ""))
     missing = {name: value for name, value in TUNABLES.items() if name not in current}
-    if not missing:
+    # Checked before the plugin scan, so the restarted process does not scan again.
+    if not missing or (switch == "auto" and not _runs_on_cpu(environ)):
         return None
     merged = ":".join(f"{name}={value}" for name, value in {**current, **missing}.items())
     return {**environ, "GLIBC_TUNABLES": merged}

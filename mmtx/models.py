@@ -69,8 +69,18 @@ class MultiModalTransformer(nn.Module):
     def from_config(
         cls, config: ml_collections.ConfigDict, vocab_size: int, **overrides: Any
     ) -> MultiModalTransformer:
-        """Builds the module from a validated config; ``vocab_size`` comes from the tokenizer."""
+        """Builds the module from a validated config; ``vocab_size`` comes from the tokenizer.
+
+        A nonzero ``config.model.text.vocab_size`` must hold every tokenizer id: a smaller
+        table would make XLA read clipped rows for the ids past it (``ValueError``).
+        """
         model = config.model
+        if "text" in model.modalities and 0 < model.text.vocab_size < vocab_size:
+            raise ValueError(
+                f"config.model.text.vocab_size: {model.text.vocab_size} is smaller than the "
+                f"tokenizer's vocabulary ({vocab_size} ids); set it to >= {vocab_size}, or 0 to "
+                "take the tokenizer's"
+            )
         common = dict(
             dropout_rate=model.dropout_rate,
             remat=model.remat,

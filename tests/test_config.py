@@ -199,6 +199,60 @@ BAD_VALUES = [
     ("train.batch_size", 0, "train.batch_size"),
     ("train.learning_rate", -1.0, "train.learning_rate"),
     ("mesh.data", 0, "mesh.data"),
+    # Optimizer fields: ranges and finiteness (inf > 0, and NaN compares false).
+    ("train.learning_rate", float("inf"), "train.learning_rate"),
+    ("train.learning_rate", float("nan"), "train.learning_rate"),
+    ("train.grad_clip", -1.0, "train.grad_clip"),
+    ("train.grad_clip", float("inf"), "train.grad_clip"),
+    ("train.b1", -0.1, "train.b1"),
+    ("train.b1", 1.0, "train.b1"),
+    ("train.b2", 1.5, "train.b2"),
+    ("train.weight_decay", -0.01, "train.weight_decay"),
+    ("train.weight_decay", float("nan"), "train.weight_decay"),
+    ("train.end_learning_rate_factor", 1.5, "train.end_learning_rate_factor"),
+    ("train.end_learning_rate_factor", -0.1, "train.end_learning_rate_factor"),
+    ("train.warmup_steps", -1, "train.warmup_steps"),
+    ("train.seed", -1, "train.seed"),
+    ("train.inject_nan_at_step", 0, "train.inject_nan_at_step"),
+    ("model.temperature_init", float("inf"), "model.temperature_init"),
+    ("model.logit_bias_init", float("nan"), "model.logit_bias_init"),
+    ("model.modality_dropout", -0.5, "model.modality_dropout"),
+    ("loss.contrastive_weight", -1.0, "loss.contrastive_weight"),
+    ("loss.attribute_weight", float("inf"), "loss.attribute_weight"),
+    ("eval.batch_size", 0, "eval.batch_size"),
+    ("data.seed", -1, "data.seed"),
+    ("data.train_size", 0, "data.train_size"),
+    ("data.eval_size", 0, "data.eval_size"),
+    ("data.prefetch", -1, "data.prefetch"),
+    ("data.num_threads", 0, "data.num_threads"),
+    ("attention.linear.seed", -1, "attention.linear.seed"),
+    ("mesh.fsdp", -2, "mesh.fsdp"),
+    ("param_dtype", "auto", "param_dtype"),
+    # Text.
+    ("model.text.vocab_size", -1, "model.text.vocab_size"),
+    # Image.
+    ("model.image.channels", 0, "model.image.channels"),
+    ("model.image.image_size", 0, "model.image.image_size"),
+    ("model.image.patch_size", 0, "model.image.patch_size"),
+    ("model.image.patch_size", -8, "model.image.patch_size"),
+    ("model.image.mean", (0.5, 0.5), "model.image.mean"),  # 3 channels
+    ("model.image.std", (0.5, 0.5, 0.5, 0.5), "model.image.std"),
+    ("model.image.std", (0.5, 0.0, 0.5), "model.image.std"),
+    ("model.image.mean", (0.5, float("nan"), 0.5), "model.image.mean"),
+    # Audio.
+    ("model.audio.sample_rate", 0, "model.audio.sample_rate"),
+    ("model.audio.num_samples", 399, "model.audio.num_samples"),  # window_length 400
+    ("model.audio.window_length", 0, "model.audio.window_length"),
+    ("model.audio.hop_length", 0, "model.audio.hop_length"),
+    ("model.audio.num_mel_bins", 0, "model.audio.num_mel_bins"),
+    ("model.audio.min_frequency", -1.0, "model.audio.min_frequency"),
+    ("model.audio.min_frequency", 8000.0, "model.audio.min_frequency"),  # == max_frequency
+    ("model.audio.log_mel_std", 0.0, "model.audio.log_mel_std"),
+    ("model.audio.log_mel_mean", float("inf"), "model.audio.log_mel_mean"),
+    ("model.audio.patch_size", (0, 16), "model.audio.patch_size"),
+    ("model.audio.patch_size", (16, 16, 16), "model.audio.patch_size"),
+    # Open groups: user-named entries, checked loosely.
+    ("model.attribute_classes", {"shape": 0}, "model.attribute_classes.shape"),
 ]
 
 
@@ -211,6 +265,117 @@ def test_validate_rejects_bad_value_naming_field(field, value, named):
     set_dotted(config, field, value)
     with pytest.raises(ValueError, match=re.escape(f"config.{named}:")):
         config_lib.validate(config)
+
+
+def test_range_errors_name_the_allowed_range():
+    config = tiny()
+    config.train.b2 = 1.5
+    with pytest.raises(ValueError, match=re.escape("config.train.b2: must be in [0, 1); got 1.5")):
+        config_lib.validate(config)
+    config = tiny()
+    config.model.image.mean = (0.5, 0.5)
+    with pytest.raises(
+        ValueError, match=re.escape("one entry per channel (model.image.channels=3)")
+    ):
+        config_lib.validate(config)
+
+
+TYPE_ERRORS = [
+    # (JSON overrides, field the error must name, the type it must ask for)
+    ({"model": {"embed_dim": True}}, "model.embed_dim", "an int"),  # a bool is not an int
+    ({"model": {"embed_dim": 3.5}}, "model.embed_dim", "an int"),
+    ({"model": {"text": {"depth": "2"}}}, "model.text.depth", "an int"),
+    ({"train": {"learning_rate": "1e-3"}}, "train.learning_rate", "a number"),
+    ({"train": {"b1": False}}, "train.b1", "a number"),
+    ({"model": {"scan_layers": 1}}, "model.scan_layers", "a bool"),
+    ({"model": {"text": {"pooling": None}}}, "model.text.pooling", "a str"),
+    ({"model": {"audio": {"patch_size": [16, "8"]}}}, "model.audio.patch_size", "a list of ints"),
+    ({"model": {"audio": {"patch_size": [16.0, 16]}}}, "model.audio.patch_size", "a list of ints"),
+    ({"model": {"audio": {"patch_size": 16}}}, "model.audio.patch_size", "a list of ints"),
+    ({"model": {"image": {"mean": ["a", "b", "c"]}}}, "model.image.mean", "a list of numbers"),
+    ({"model": {"modalities": ["text", 3]}}, "model.modalities", "a list of strs"),
+    ({"model": {"attribute_classes": {"shape": 2.5}}}, "model.attribute_classes.shape", "an int"),
+    (
+        {"model": {"attribute_modalities": {"text": "shape"}}},
+        "model.attribute_modalities.text",
+        "a list of strs",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "overrides,named,wanted", TYPE_ERRORS, ids=[named for _, named, _ in TYPE_ERRORS]
+)
+def test_json_values_of_the_wrong_type_are_rejected(tmp_path, overrides, named, wanted):
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps(overrides))
+    with pytest.raises(TypeError, match=re.escape(f"config.{named}: must be {wanted}")):
+        config_lib.load_config(str(path))
+
+
+def test_validate_checks_types_set_in_python():
+    """ConfigDict takes a bool for an int field and None for any: validate catches both."""
+    config = tiny()
+    config.model.embed_dim = True
+    with pytest.raises(TypeError, match=re.escape("config.model.embed_dim: must be an int")):
+        config_lib.validate(config)
+    config = tiny()
+    config.train.learning_rate = None
+    with pytest.raises(TypeError, match=re.escape("config.train.learning_rate: must be a number")):
+        config_lib.validate(config)
+
+
+def test_ints_stand_for_floats(tmp_path):
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps({"train": {"learning_rate": 1, "grad_clip": 0}}))
+    config = config_lib.load_config(str(path))
+    assert config.train.learning_rate == 1.0 and config.train.grad_clip == 0.0
+    config = tiny()
+    config.model.image.mean = (0, 1, 0)  # int entries of a float tuple
+    config_lib.validate(config)
+
+
+def test_validate_rejects_keys_the_schema_lacks():
+    config = tiny()
+    config.model.text.widht = 64  # a ConfigDict takes new keys; the schema has none
+    with pytest.raises(ValueError, match=re.escape("config.model.text.widht: unknown key")):
+        config_lib.validate(config)
+    config = tiny()
+    config.data.features.video = "clip"
+    with pytest.raises(ValueError, match=re.escape("config.data.features.video: unknown key")):
+        config_lib.validate(config)
+
+
+SHIPPED_CONFIGS = [
+    *(
+        f"{path.name}{arg}"
+        for path in sorted((REPO / "configs").glob("*.py"))
+        for arg in ("", *(f":{name}" for name in config_lib.VARIANTS))
+    ),
+    *(path.name for path in sorted((REPO / "configs").glob("*.json"))),
+]
+
+
+@pytest.mark.parametrize("name", SHIPPED_CONFIGS)
+def test_every_shipped_config_validates(name):
+    config_lib.load_config(f"{REPO / 'configs'}/{name}")
+
+
+def test_text_vocab_size_must_hold_the_tokenizers_ids():
+    config = tiny()
+    config.model.text.vocab_size = 100
+    config_lib.validate(config)  # the config alone does not know the tokenizer
+    with pytest.raises(ValueError, match=r"config\.model\.text\.vocab_size: 100 .*\(259 ids\)"):
+        MultiModalTransformer.from_config(config, vocab_size=259)
+    config.model.text.vocab_size = 300  # a larger table is fine
+    module = MultiModalTransformer.from_config(config, vocab_size=259)
+    assert module.encoders["text"]["vocab_size"] == 300
+    config.model.text.vocab_size = 0  # 0 takes the tokenizer's
+    module = MultiModalTransformer.from_config(config, vocab_size=259)
+    assert module.encoders["text"]["vocab_size"] == 259
+    config.model.text.vocab_size = 100
+    config.model.modalities = ("image",)  # no text tower: no table to check
+    MultiModalTransformer.from_config(config, vocab_size=259)
 
 
 def test_validate_ignores_towers_of_absent_modalities():

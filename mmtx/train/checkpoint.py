@@ -1,56 +1,164 @@
 """Checkpoints: an orbax CheckpointManager holding the train state and the data iterator.
 
-Saves are asynchronous for the arrays; the data iterator's position is written with them,
-so a restarted run sees exactly the batches it would have seen. Orbax writes each save into
-a temporary directory and renames it when complete, so a save cut short by a kill never
-replaces a good checkpoint; a checkpoint that is damaged later (a truncated file) is
-detected on restore, moved aside, and the one before it is used.
+Every save holds three items: ``state`` (the train state's arrays, saved asynchronously),
+``data`` (the data iterator's position, so a restarted run sees exactly the batches it would
+have seen) and ``integrity`` (a JSON record: a fingerprint of every array of the state, a
+SHA-256 of every process's data-iterator file, and the run's config). Orbax writes each save
+into a temporary directory and renames it when complete, so a save cut short by a kill never
+replaces a good checkpoint.
+
+Restoring tells damage from a changed run:
+
+- *damage* is proven: a file the checkpoint needs is missing or unreadable, or its contents
+  differ from the integrity record (bit rot, a truncated or zeroed file). A damaged step is
+  moved to ``<directory>_corrupt/`` (never deleted) and the step before it is used;
+- *a different run* (other model shapes, another optimizer structure, another data pipeline)
+  raises :class:`CheckpointMismatchError` naming what does not fit and the config fields
+  that differ from the checkpoint's; nothing on disk is touched.
+
+Arrays are restored onto the shardings of the target the caller gives (the current mesh), or
+onto one local device for :meth:`Checkpointer.restore_arrays`, whatever topology saved them.
+Nothing is ever deleted except by the keep-N policy.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
+
+from mmtx.train import integrity
 
 CORRUPT_DIRECTORY_SUFFIX = "_corrupt"
+INTEGRITY_FORMAT = 1
 
 
 class CheckpointMismatchError(ValueError):
-    """A checkpoint's params do not fit the model being restored into."""
+    """A checkpoint does not fit the run restoring it (other shapes, optimizer or data)."""
 
 
-def _key_name(key: Any) -> str:
-    for attribute in ("key", "name", "idx"):
-        if hasattr(key, attribute):
-            return str(getattr(key, attribute))
-    return str(key)
+class CheckpointDamagedError(OSError):
+    """A checkpoint's bytes are missing, unreadable or differ from its integrity record."""
 
 
-def _param_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-    """``"params/text/..."`` -> shape for every leaf under the tree's ``params``."""
-    shapes = {}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        names = [_key_name(k) for k in path]
-        if names and names[0] == "params":
-            shapes["/".join(names)] = tuple(leaf.shape)
-    return shapes
+def _flat_arrays(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Leaf path -> (shape, dtype name) for every array leaf of ``tree``."""
+    return {
+        path: (tuple(leaf.shape), np.dtype(leaf.dtype).name)
+        for path, leaf in zip(integrity.leaf_paths(tree), jax.tree.leaves(tree), strict=True)
+    }
+
+
+def _flat_config(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(_flat_config(item, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): tuple(value) if isinstance(value, list) else value}
+
+
+# Config fields that change nothing a checkpoint holds: a resumed run may change them.
+RESUMABLE_FIELDS = (
+    "train.steps",
+    "train.log_every",
+    "train.eval_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.nonfinite",
+    "train.inject_nan_at_step",
+    "train.learning_rate",
+    "train.warmup_steps",
+    "train.end_learning_rate_factor",
+    "eval.",
+    "data.num_threads",
+    "data.prefetch",
+    "data.eval_size",
+    "data.eval_split",
+    "data.data_dir",
+    "variant",
+)
+
+
+def config_differences(saved: Mapping[str, Any] | None, current: Mapping[str, Any] | None) -> str:
+    """The fields that differ between a checkpoint's config and the current one, those that
+    change what a checkpoint holds first: ``"train.grad_clip: 1.0 -> 0.0 (also, fine to
+    change on resume: train.steps: 6 -> 8)"``; "" when they agree or either is unknown."""
+    if not saved or not current:
+        return ""
+    old, new = _flat_config(saved), _flat_config(current)
+    matter, fine = [], []
+    for key in sorted(old.keys() | new.keys()):
+        if old.get(key) != new.get(key):
+            text = f"{key}: {old.get(key, '(absent)')!r} -> {new.get(key, '(absent)')!r}"
+            resumable = any(
+                key == field or (field.endswith(".") and key.startswith(field))
+                for field in RESUMABLE_FIELDS
+            )
+            (fine if resumable else matter).append(text)
+    parts = ["; ".join(matter)] if matter else []
+    if fine:
+        parts.append(f"(also, fine to change on resume: {'; '.join(fine)})")
+    return " ".join(parts)
+
+
+def _iterator_state_text(iterator: Any) -> str:
+    """The text grain's checkpoint handler writes for ``iterator`` (see its ``save``)."""
+    state = iterator.get_state()
+    if isinstance(state, bytes):
+        return state.decode()
+    return json.dumps(state, indent=4)
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _gather_from_processes(digest: str) -> list[str]:
+    """Every process's ``digest`` (hex SHA-256), in process order."""
+    if jax.process_count() == 1:
+        return [digest]
+    local = np.frombuffer(bytes.fromhex(digest), np.uint8)
+    gathered = multihost_utils.process_allgather(local)
+    return [bytes(np.asarray(row, np.uint8)).hex() for row in gathered]
 
 
 class Checkpointer:
-    """``workdir/checkpoints``: keep-N saves of ``{"state", "data"}`` every ``save_every`` steps."""
+    """``workdir/checkpoints``: keep-N saves of the train state and data position.
+
+    Args:
+      directory: the checkpoint directory (created unless ``read_only``).
+      save_every: :meth:`save` saves at multiples of this step count.
+      keep: checkpoints kept on disk (older ones are deleted after a newer one commits).
+      read_only: open for restoring only (nothing is created, moved or deleted).
+      config: the run's config as a dict, stored in every save's integrity record and
+        compared with a checkpoint's on a mismatch, to name the fields that changed.
+    """
 
     def __init__(
-        self, directory: str, *, save_every: int = 1, keep: int = 1, read_only: bool = False
+        self,
+        directory: str,
+        *,
+        save_every: int = 1,
+        keep: int = 1,
+        read_only: bool = False,
+        config: Mapping[str, Any] | None = None,
     ):
         self.directory = os.path.abspath(directory)
         self.save_every = save_every
         self.read_only = read_only
+        self.config = dict(config) if config is not None else None
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             create=not read_only,
@@ -63,6 +171,10 @@ class Checkpointer:
         """The newest saved step, or None."""
         return self.manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        """Every saved step, oldest first."""
+        return sorted(self.manager.all_steps())
+
     def would_save(self, step: int) -> bool:
         """Whether :meth:`save` at ``step`` (without ``force``) would save."""
         return step % self.save_every == 0 and step != self.latest_step()
@@ -72,79 +184,215 @@ class Checkpointer:
     ) -> bool:
         """Saves when ``step`` is a multiple of ``save_every`` (or ``force``) and not yet saved.
 
-        Returns whether a save started.
+        The state's fingerprints are computed first (a small jitted reduction, waiting for
+        the state), then orbax writes the arrays in the background. Returns whether a save
+        started.
         """
         if step == self.latest_step() or not (force or step % self.save_every == 0):
             return False
+        record: dict[str, Any] = {
+            "format": INTEGRITY_FORMAT,
+            "step": int(step),
+            "fingerprints": integrity.fingerprint(state),
+            "config": self.config,
+        }
         items = {"state": ocp.args.StandardSave(state)}
         if data_iterator is not None:
+            record["data_sha256"] = _gather_from_processes(
+                _sha256(_iterator_state_text(data_iterator))
+            )
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        items["integrity"] = ocp.args.JsonSave(record)
         return self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
+    # Restoring.
+
+    def _step_path(self, step: int, item: str = "") -> str:
+        return os.path.join(self.directory, str(step), item)
+
+    def read_record(self, step: int) -> dict[str, Any] | None:
+        """The integrity record of ``step``, or None for a checkpoint saved before records
+        existed. Raises :class:`CheckpointDamagedError` when it is there but unreadable."""
+        item = self._step_path(step, "integrity")
+        if not os.path.isdir(item):
+            return None
+        try:
+            with open(os.path.join(item, "metadata")) as f:
+                record = json.load(f)
+            if not isinstance(record, dict) or not isinstance(record.get("fingerprints"), dict):
+                raise ValueError("not an integrity record")
+        except (OSError, ValueError) as error:
+            raise CheckpointDamagedError(f"its integrity record is unreadable ({error})") from error
+        return record
+
+    def saved_arrays(self, step: int) -> Any:
+        """The tree of ``ArrayMetadata`` (shape, dtype, saved sharding) of ``step``'s state."""
+        try:
+            handler = ocp.StandardCheckpointHandler()
+            tree = handler.metadata(epath.Path(self._step_path(step, "state")))
+        except Exception as error:  # orbax raises many types for an unreadable metadata file
+            raise CheckpointDamagedError(
+                f"its array metadata is unreadable ({type(error).__name__}: {_first_line(error)})"
+            ) from error
+        tree = getattr(tree, "tree", tree)
+        if not jax.tree.leaves(tree):
+            raise CheckpointDamagedError("its array metadata lists no arrays")
+        return tree
+
     def check_compatible(self, step: int, abstract_state: Any) -> None:
-        """Raises :class:`CheckpointMismatchError` naming the first param path whose shape in
-        the checkpoint at ``step`` differs from ``abstract_state``'s (or that only one has)."""
-        with ocp.StandardCheckpointer() as reader:
-            metadata = reader.metadata(os.path.join(self.directory, str(step), "state"))
-        saved = _param_shapes(getattr(metadata, "item_metadata", None) or {})
-        if not saved:
-            raise OSError(f"the checkpoint at step {step} has no readable param metadata")
-        wanted = _param_shapes(abstract_state)
-        for path in sorted(saved.keys() | wanted.keys()):
+        """Raises :class:`CheckpointMismatchError` naming the first array whose path, shape or
+        dtype in the checkpoint at ``step`` differs from ``abstract_state``'s, and the config
+        fields that differ from the checkpoint's."""
+        saved = _flat_arrays(self.saved_arrays(step))
+        wanted = _flat_arrays(abstract_state)
+        # Params first: a model change shows there, and the optimizer's moments mirror it.
+        order = {"params": 0, "opt_state": 1}
+        for path in sorted(
+            saved.keys() | wanted.keys(), key=lambda p: (order.get(p.split("/")[0], 2), p)
+        ):
             have, want = saved.get(path), wanted.get(path)
-            if have != want:
-                where = f"the checkpoint at step {step} in {self.directory}"
-                if have is None:
-                    detail = f"{path} (shape {want}) is missing from {where}"
-                elif want is None:
-                    detail = f"{path} (shape {have}) is in {where} but not in this model"
-                else:
-                    detail = f"{path} has shape {have} in {where} but {want} in this model"
-                raise CheckpointMismatchError(
-                    f"the checkpoint was made by a different model config: {detail}. "
-                    "Use the config the run was trained with, or a new workdir."
+            if have == want:
+                continue
+            where = f"the checkpoint at step {step} in {self.directory}"
+            if have is None:
+                detail = f"{path} (shape {want[0]}) is missing from {where}"
+            elif want is None:
+                detail = f"{path} (shape {have[0]}) is in {where} but not in this run"
+            else:
+                detail = (
+                    f"{path} is {have[1]} {have[0]} in {where} but {want[1]} {want[0]} in this run"
                 )
+            part = "optimizer" if path.startswith("opt_state") else "model"
+            raise CheckpointMismatchError(
+                f"the checkpoint was made by a different {part} config: {detail}.{self._config_hint(step)} Use the config the run was trained "
+                "with, or a new workdir. Nothing was moved or deleted."
+            )
+
+    def _config_hint(self, step: int) -> str:
+        try:
+            record = self.read_record(step)
+        except CheckpointDamagedError:
+            record = None
+        changed = config_differences(record and record.get("config"), self.config)
+        return f" Config fields that differ from the checkpoint's: {changed}." if changed else ""
+
+    def _verify_data_file(self, step: int, record: Mapping[str, Any] | None) -> None:
+        digests = (record or {}).get("data_sha256")
+        if not digests:
+            return
+        if len(digests) != jax.process_count():
+            raise CheckpointMismatchError(
+                f"the checkpoint at step {step} holds the data positions of {len(digests)} "
+                f"processes; this run has {jax.process_count()}. Resume with "
+                f"{len(digests)} processes or start a new workdir."
+            )
+        index, count = jax.process_index(), jax.process_count()
+        path = self._step_path(step, f"data/process_{index}-of-{count}.json")
+        try:
+            with open(path) as f:
+                text = f.read()
+        except OSError as error:
+            raise CheckpointDamagedError(f"its data position is unreadable ({error})") from error
+        if _sha256(text) != digests[index]:
+            raise CheckpointDamagedError(
+                f"its data position file {path} differs from its integrity record"
+            )
+
+    def _verify_arrays(self, step: int, state: Any, record: Mapping[str, Any] | None) -> None:
+        if record is None:
+            return
+        differing = integrity.differences(record["fingerprints"], integrity.fingerprint(state))
+        if differing:
+            shown = ", ".join(differing[:3]) + (", ..." if len(differing) > 3 else "")
+            raise CheckpointDamagedError(
+                f"{len(differing)} array(s) differ from the checkpoint's integrity record "
+                f"({shown}): the files were changed after the save"
+            )
 
     def restore(
         self, abstract_state: Any, data_iterator: Any = None, step: int | None = None
     ) -> tuple[Any, int]:
-        """Restores ``step`` (default: the newest readable one) into the shape/sharding of
-        ``abstract_state``.
+        """Restores ``step`` (default: the newest intact one) into the shapes and shardings
+        of ``abstract_state`` (arrays or ``jax.ShapeDtypeStruct``s with shardings).
 
         ``data_iterator``, when given, is moved to the saved position in place. Without a
-        ``step``, a checkpoint that cannot be read is reported, moved to
-        ``<directory>_corrupt/`` and the previous one is tried. Returns ``(state, step)``.
+        ``step``, a damaged checkpoint is reported, moved to ``<directory>_corrupt/`` and the
+        previous one is tried. Returns ``(state, step)``.
 
         Raises:
-          CheckpointMismatchError: the checkpoint's params have other paths or shapes.
-          FileNotFoundError: there is no (readable) checkpoint.
+          CheckpointMismatchError: the checkpoint was made by a different run (model shapes,
+            optimizer structure, data pipeline); nothing is moved.
+          CheckpointDamagedError: ``step`` was given and that checkpoint is damaged.
+          FileNotFoundError: there is no intact checkpoint.
         """
 
         def restore_step(step: int) -> Any:
+            record = self.read_record(step)
             self.check_compatible(step, abstract_state)
-            items = {"state": ocp.args.StandardRestore(abstract_state)}
             if data_iterator is not None:
-                items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-            return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+                self._verify_data_file(step, record)
+            state = self._restore_state(step, abstract_state)
+            self._verify_arrays(step, state, record)
+            if data_iterator is not None:
+                try:
+                    self.manager.restore(
+                        step,
+                        args=ocp.args.Composite(
+                            data=grain.checkpoint.CheckpointRestore(data_iterator)
+                        ),
+                    )
+                except Exception as error:  # its bytes were verified: the pipeline differs
+                    raise CheckpointMismatchError(
+                        f"the data position saved at step {step} does not fit this run's data "
+                        f"pipeline ({type(error).__name__}: {_first_line(error)})."
+                        f"{self._config_hint(step)} Resume with the checkpoint's data config "
+                        "or use a new workdir. Nothing was moved or deleted."
+                    ) from error
+            return state
 
-        return self._restore_newest_readable(restore_step, step)
+        return self._restore_newest_intact(restore_step, step)
 
     def restore_arrays(self, step: int | None = None) -> tuple[Any, int]:
-        """Restores the saved train state as a plain pytree of arrays, without a target.
+        """Restores the saved train state as a plain pytree of arrays on one local device,
+        whatever mesh saved it, for inference (``mmtx.Model.from_checkpoint``) and inspection.
 
-        For inference (``mmtx.Model.from_checkpoint``) and inspection. Returns
-        ``(state_tree, step)``; ``state_tree`` has ``step``, ``params``, ``opt_state``, ``rng``.
-        Without a ``step``, unreadable checkpoints are skipped as in :meth:`restore`.
+        Returns ``(state_tree, step)``; ``state_tree`` has ``step``, ``params``, ``opt_state``,
+        ``rng``. Without a ``step``, damaged checkpoints are skipped as in :meth:`restore`.
         """
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
         def restore_step(step: int) -> Any:
-            args = ocp.args.Composite(state=ocp.args.StandardRestore())
+            record = self.read_record(step)
+            target = jax.tree.map(
+                lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                self.saved_arrays(step),
+            )
+            state = self._restore_state(step, target)
+            self._verify_arrays(step, state, record)
+            return state
+
+        return self._restore_newest_intact(restore_step, step)
+
+    def _restore_state(self, step: int, target: Any) -> Any:
+        """Reads ``step``'s arrays into ``target``'s shapes and shardings; any failure to read
+        is damage, since the structure was checked against the metadata first."""
+        try:
+            args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
             return self.manager.restore(step, args=args)["state"]
+        except Exception as error:
+            raise CheckpointDamagedError(
+                f"its arrays are unreadable ({type(error).__name__}: {_first_line(error)})"
+            ) from error
 
-        return self._restore_newest_readable(restore_step, step)
-
-    def _restore_newest_readable(self, restore_step: Any, step: int | None) -> tuple[Any, int]:
+    def _restore_newest_intact(
+        self, restore_step: Callable[[int], Any], step: int | None
+    ) -> tuple[Any, int]:
         if step is not None:
+            if step not in self.manager.all_steps():
+                raise FileNotFoundError(
+                    f"no checkpoint at step {step} in {self.directory}; saved steps: "
+                    f"{self.all_steps()}"
+                )
             return restore_step(step), step
         steps = sorted(self.manager.all_steps(), reverse=True)
         if not steps:
@@ -152,29 +400,39 @@ class Checkpointer:
         for candidate in steps:
             try:
                 return restore_step(candidate), candidate
-            except CheckpointMismatchError:
-                raise
-            except Exception as error:  # any failure to read means the checkpoint is unusable
+            except CheckpointDamagedError as error:
+                moved = self._set_aside(candidate, str(error))
                 logging.warning(
-                    "checkpoint at step %d in %s is unreadable (%s: %s); trying an older one",
+                    "checkpoint at step %d in %s is damaged: %s; %s; trying an older one",
                     candidate,
                     self.directory,
-                    type(error).__name__,
-                    str(error).splitlines()[0] if str(error) else "",
+                    error,
+                    f"moved to {moved}" if moved else "left in place (read-only)",
                 )
-                self._set_aside(candidate)
-        raise FileNotFoundError(f"no readable checkpoint in {self.directory} (tried {steps})")
+        raise FileNotFoundError(
+            f"no intact checkpoint in {self.directory} (tried {steps}; the damaged ones are "
+            f"in {self.directory + CORRUPT_DIRECTORY_SUFFIX})"
+        )
 
-    def _set_aside(self, step: int) -> None:
-        """Moves an unreadable checkpoint out of the manager's directory (kept to inspect)."""
-        if self.read_only or jax.process_index() != 0:
-            return
+    def _set_aside(self, step: int, reason: str) -> str | None:
+        """Moves a damaged checkpoint out of the manager's directory, under a name not yet
+        taken, with a ``REASON.txt``; returns where it went (None when read-only)."""
+        if self.read_only:
+            return None
         target = os.path.join(self.directory + CORRUPT_DIRECTORY_SUFFIX, str(step))
-        if os.path.exists(target):
-            shutil.rmtree(target)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        shutil.move(os.path.join(self.directory, str(step)), target)
+        if jax.process_index() == 0:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            suffix = 1
+            while os.path.exists(target):
+                target = os.path.join(self.directory + CORRUPT_DIRECTORY_SUFFIX, f"{step}.{suffix}")
+                suffix += 1
+            shutil.move(self._step_path(step), target)
+            with open(os.path.join(target, "REASON.txt"), "w") as f:
+                f.write(f"step {step} of {self.directory}: {reason}\n")
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"mmtx_checkpoint_set_aside_{step}")
         self.manager.reload()
+        return target
 
     def wait(self) -> None:
         """Blocks until pending async saves are committed."""
@@ -182,3 +440,8 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""

@@ -6,9 +6,11 @@ jitted steps -> loop (log, evaluate, checkpoint) -> summary.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import flax.linen as nn
@@ -17,12 +19,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from mmtx import config as config_lib
 from mmtx.data.pipeline import create_dataset
 from mmtx.data.tokenizer import create_tokenizer
 from mmtx.models import MultiModalTransformer, dummy_batch
 from mmtx.train import mesh as mesh_lib
+from mmtx.train import workdir as workdir_lib
 from mmtx.train.checkpoint import Checkpointer
 from mmtx.train.evaluate import evaluate
 from mmtx.train.metrics import MetricWriter, Progress, format_seconds
@@ -54,10 +58,37 @@ def _log(message: str) -> None:
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Writes the resolved config to ``workdir/config.json`` (first process only)."""
+    """Writes the resolved config to ``workdir/config.json`` atomically (first process only)."""
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+        workdir_lib.write_json_atomically(os.path.join(workdir, "config.json"), _as_dict(config))
+
+
+def _as_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The config as plain JSON types (tuples become lists)."""
+    return json.loads(config.to_json_best_effort())
+
+
+@contextlib.contextmanager
+def _claimed_workdir(workdir: str) -> Iterator[None]:
+    """Claims ``workdir`` and holds its run lock (:mod:`mmtx.train.workdir`) on the first
+    process; the other processes wait for it and fail too when it fails."""
+    with contextlib.ExitStack() as stack:
+        error: Exception | None = None
+        if jax.process_index() == 0:
+            try:
+                workdir_lib.claim(workdir)
+                stack.enter_context(workdir_lib.lock(workdir))
+            except workdir_lib.WorkdirError as caught:
+                error = caught
+        if jax.process_count() > 1:
+            ok = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+            if not ok and error is None:
+                error = workdir_lib.WorkdirError(
+                    f"process 0 could not claim the workdir {workdir} (see its log)"
+                )
+        if error is not None:
+            raise error
+        yield
 
 
 def _state_init(module: MultiModalTransformer, tx: Any, config: ml_collections.ConfigDict) -> Any:
@@ -154,22 +185,31 @@ def jit_train_step(
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains and evaluates as ``config`` says, in ``workdir``; returns the final summary.
 
-    A rerun with the same workdir resumes from the newest readable checkpoint and continues
-    exactly (same batches, same RNG, same numbers). On SIGTERM the loop finishes the current
-    step, saves a checkpoint, waits for it to commit and returns (``summary["preempted"]``).
-    A non-finite loss or gradient raises :class:`NonFiniteError` naming the step when
-    ``config.train.nonfinite == "stop"``, without saving a new checkpoint; with ``"skip"``
-    the update is skipped and the step listed in ``summary["nonfinite_steps"]``. Leaves
-    ``workdir/config.json``, ``workdir/checkpoints``, TensorBoard event files and
-    ``workdir/summary.json``.
+    ``workdir`` must be new, empty or an mmtx workdir (:func:`mmtx.train.workdir.claim`), and
+    one run at a time holds it (:func:`mmtx.train.workdir.lock`); otherwise
+    :class:`~mmtx.train.workdir.WorkdirError` is raised before anything is written.
+
+    A rerun with the same workdir resumes from the newest intact checkpoint and continues
+    exactly (same batches, same RNG, same numbers); a checkpoint of a different run (another
+    model, optimizer or data config) raises
+    :class:`~mmtx.train.checkpoint.CheckpointMismatchError` and leaves the workdir as it was.
+    An evaluation cut short by a kill is run again on resume. On SIGTERM or a first Ctrl-C
+    the loop finishes the current step, saves a checkpoint, waits for it to commit and
+    returns (``summary["preempted"]``); a second Ctrl-C raises ``KeyboardInterrupt`` at once.
+    A non-finite loss, gradient or updated param raises :class:`NonFiniteError` naming the
+    step when ``config.train.nonfinite == "stop"``, without saving a new checkpoint; with
+    ``"skip"`` the update is skipped and the step listed in ``summary["nonfinite_steps"]``.
+    Leaves ``workdir/config.json``, ``workdir/checkpoints``, ``workdir/evals.json``,
+    TensorBoard event files and ``workdir/summary.json``.
     """
     config = config_lib.validate(config)
-    os.makedirs(workdir, exist_ok=True)
-    write_config(config, workdir)
-    train_config = config.train
+    with _claimed_workdir(workdir):
+        return _train_and_evaluate(config, workdir)
 
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    train_config = config.train
     mesh = mesh_lib.create_mesh(config.mesh)
-    data_sharding = mesh_lib.batch_sharding(mesh)
     mesh_lib.check_divisibility(config, mesh, jax.process_count())
     local_batch = train_config.batch_size // jax.process_count()
     local_eval_batch = config.eval.batch_size // jax.process_count()
@@ -185,24 +225,78 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         process_count=jax.process_count(),
     )
     train_iter = iter(train_data)
+    try:
+        module = MultiModalTransformer.from_config(config, vocab_size=tokenizer.vocab_size)
+        tx = create_optimizer(train_config)
+        state, state_shardings = create_train_state(module, tx, config, mesh)
+        num_params = sum(x.size for x in jax.tree.leaves(state.params))
+        _log(
+            f"model: {num_params:,} params; mesh {dict(mesh.shape)}; "
+            f"devices {jax.device_count()} ({jax.default_backend()})"
+        )
+        checkpointer = Checkpointer(
+            os.path.join(workdir, "checkpoints"),
+            save_every=train_config.checkpoint_every,
+            keep=train_config.keep_checkpoints,
+            config=_as_dict(config),
+        )
+    except BaseException:
+        close_iterator(train_iter)
+        raise
+    try:
+        if checkpointer.latest_step() is not None:
+            state, start = checkpointer.restore(state, train_iter)
+            _log(f"resumed from checkpoint at step {start}")
+        # Only now, with the checkpoint known to fit: config.json describes the checkpoints.
+        write_config(config, workdir)
+        return _run_loop(
+            config,
+            workdir,
+            mesh,
+            module,
+            tx,
+            tokenizer,
+            state,
+            state_shardings,
+            train_iter,
+            checkpointer,
+            num_params,
+            local_eval_batch,
+        )
+    except KeyboardInterrupt:
+        # A second Ctrl-C: exit now; a save in flight is abandoned (its temporary directory
+        # is removed at the next start) and the last committed checkpoint stays intact.
+        close_iterator(train_iter)
+        raise
+    except BaseException:
+        # Let a save in flight commit, so the checkpoints stay complete.
+        checkpointer.wait()
+        checkpointer.close()
+        close_iterator(train_iter)
+        raise
+    else:
+        checkpointer.wait()
+        checkpointer.close()
+        close_iterator(train_iter)
 
-    module = MultiModalTransformer.from_config(config, vocab_size=tokenizer.vocab_size)
-    tx = create_optimizer(train_config)
-    state, state_shardings = create_train_state(module, tx, config, mesh)
-    num_params = sum(x.size for x in jax.tree.leaves(state.params))
-    _log(
-        f"model: {num_params:,} params; mesh {dict(mesh.shape)}; "
-        f"devices {jax.device_count()} ({jax.default_backend()})"
-    )
 
-    checkpointer = Checkpointer(
-        os.path.join(workdir, "checkpoints"),
-        save_every=train_config.checkpoint_every,
-        keep=train_config.keep_checkpoints,
-    )
-    if checkpointer.latest_step() is not None:
-        state, start = checkpointer.restore(state, train_iter)
-        _log(f"resumed from checkpoint at step {start}")
+def _run_loop(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    mesh: Any,
+    module: MultiModalTransformer,
+    tx: Any,
+    tokenizer: Any,
+    state: TrainState,
+    state_shardings: TrainState,
+    train_iter: Any,
+    checkpointer: Checkpointer,
+    num_params: int,
+    local_eval_batch: int,
+) -> dict[str, Any]:
+    """The loop of :func:`train_and_evaluate` from the (restored) state to the summary."""
+    train_config = config.train
+    data_sharding = mesh_lib.batch_sharding(mesh)
 
     def to_global(batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         return jax.tree.map(
@@ -238,6 +332,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         finally:
             close_iterator(eval_iter)
         writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
+        if jax.process_index() == 0:
+            workdir_lib.record_eval(workdir, step, metrics)
         shown = {k: round(v, 4) for k, v in metrics.items() if k in SUMMARY_KEYS}
         _log(f"eval at step {step} ({time.perf_counter() - started:.1f}s): {shown}")
         return metrics
@@ -269,18 +365,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 nonfinite_steps.append(metric_step)
                 if train_config.nonfinite == "stop":
                     raise NonFiniteError(
-                        f"non-finite loss or gradients at step {metric_step} "
+                        f"non-finite loss, gradients or updated params at step {metric_step} "
                         f"(loss {float(values['loss'])}, grad_norm "
                         f"{float(values['grad_norm'])}); stopped without saving a new "
                         f"checkpoint (latest: step {checkpointer.latest_step()}). "
                         "Set config.train.nonfinite='skip' to skip such steps instead."
                     )
-                _log(f"step {metric_step}: non-finite loss or gradients; update skipped")
+                _log(
+                    f"step {metric_step}: non-finite loss, gradients or updated params; "
+                    "update skipped"
+                )
         if log:
             latest = {k: v for k, v in fetched[-1][1].items()}
             _log(progress.line(step, {k: latest[k] for k in ("loss", "accuracy") if k in latest}))
 
     try:
+        if step > 0 and (step % train_config.eval_every == 0 or step == train_config.steps):
+            if step not in workdir_lib.read_evals(workdir):
+                _log(f"evaluating step {step}, which the interrupted run did not finish")
+                eval_metrics = run_eval(step)
         with PreemptionWatcher() as preemption:
             while step < train_config.steps:
                 batch = to_global(next(train_iter))
@@ -289,7 +392,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 pending.append((step, metrics))
                 if preemption.should_stop(step):
                     flush_metrics(log=True)
-                    _log(f"preemption notice: saving a checkpoint at step {step} and exiting")
+                    _log(
+                        f"{preemption.reason or 'preemption notice'}: saving a checkpoint at "
+                        f"step {step} and exiting"
+                    )
                     preempted = True
                     break
                 is_eval = step % train_config.eval_every == 0 or step == train_config.steps
@@ -304,10 +410,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             if not eval_metrics and not preempted:
                 eval_metrics = run_eval(step)
     finally:
-        # Also on errors: let a save in flight commit, so the checkpoints stay complete.
-        checkpointer.wait()
-        checkpointer.close()
-        close_iterator(train_iter)
         writer.flush()
         writer.close()
     elapsed = time.perf_counter() - started
@@ -323,8 +425,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "preempted": preempted,
     }
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2, sort_keys=True)
+        workdir_lib.write_json_atomically(os.path.join(workdir, "summary.json"), summary)
     _log(
         "final: "
         + json.dumps({k: summary["eval"].get(k) for k in SUMMARY_KEYS if k in summary["eval"]})

@@ -1,8 +1,11 @@
-"""Preemption notices: schedulers send SIGTERM before they take a TPU/GPU machine away."""
+"""Stop requests: schedulers send SIGTERM before they take a TPU/GPU machine away, and a user
+at a terminal presses Ctrl-C (SIGINT). Both mean "save a checkpoint and exit"."""
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 import types
 from typing import Any
@@ -15,20 +18,42 @@ from jax.experimental import multihost_utils
 class PreemptionWatcher:
     """Context manager telling the training loop when to checkpoint and stop.
 
-    One process: a SIGTERM handler sets a flag (the previous handler comes back on exit).
+    SIGTERM and the first SIGINT (Ctrl-C) ask the loop to finish the current step, save a
+    checkpoint and return; a second Ctrl-C raises ``KeyboardInterrupt`` at once (the run then
+    exits without saving; its last committed checkpoint is intact).
+
+    One process: signal handlers set a flag (the previous handlers come back on exit).
     Several processes: JAX's preemption sync manager (started by
     ``jax.distributed.initialize``) hears SIGTERM on any host and picks one step at which
-    every host's :meth:`should_stop` returns True, so all hosts save the same step.
+    every host's :meth:`should_stop` returns True, so all hosts save the same step; a Ctrl-C
+    is turned into a SIGTERM to this process so that it takes the same path.
     """
 
     def __init__(self) -> None:
         self.signalled = False
-        self._previous: Any = None
-        self._installed = False
+        self.reason = ""
+        self._previous: dict[int, Any] = {}
 
-    def _handle(self, signum: int, frame: types.FrameType | None) -> None:
+    def _on_sigterm(self, signum: int, frame: types.FrameType | None) -> None:
         del signum, frame
         self.signalled = True
+        self.reason = self.reason or "preemption notice (SIGTERM)"
+
+    def _on_sigint(self, signum: int, frame: types.FrameType | None) -> None:
+        del signum, frame
+        # The next Ctrl-C interrupts at once.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print(
+            "\ninterrupted (Ctrl-C): saving a checkpoint after this step, then exiting; "
+            "press Ctrl-C again to exit now without saving",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.reason = self.reason or "interrupted (Ctrl-C)"
+        if self._synchronised():
+            os.kill(os.getpid(), signal.SIGTERM)
+        else:
+            self.signalled = True
 
     def _synchronised(self) -> bool:
         return (
@@ -37,15 +62,16 @@ class PreemptionWatcher:
 
     def __enter__(self) -> PreemptionWatcher:
         # Signal handlers can only be set from the main thread (a notebook's thread may not be).
-        if not self._synchronised() and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-            self._installed = True
+        if threading.current_thread() is threading.main_thread():
+            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_sigint)
+            if not self._synchronised():
+                self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_sigterm)
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        if self._installed:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._installed = False
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
     def should_stop(self, step: int) -> bool:
         """Whether to save a checkpoint now and exit; call once after every step."""

@@ -47,6 +47,13 @@ def merge_microbatches(stacked: Any, batch_size: int) -> Any:
     return jax.tree.map(merge, stacked)
 
 
+def all_finite(tree: Any) -> jax.Array:
+    """bool ``[]``: whether every element of every array in ``tree`` is finite (one pass over
+    the arrays, no overflow: unlike a norm, huge finite values count as finite)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
 def make_train_step(
     module: MultiModalTransformer,
     tx: optax.GradientTransformation,
@@ -57,7 +64,7 @@ def make_train_step(
     Dropout randomness is ``fold_in(state.rng, step)``, so a step's result depends only on
     the state and the batch (what exact resume needs). Metrics are float32 scalars: the loss
     terms, ``grad_norm``, ``learning_rate``, ``temperature`` and ``nonfinite`` (1.0 when the
-    loss or a gradient was not finite).
+    loss, a gradient or an updated param was not finite).
 
     With ``config.train.microbatches = k > 1`` the batch is split into ``k`` microbatches
     inside the step and the gradient is that of the full-batch loss, contrastive terms
@@ -70,8 +77,8 @@ def make_train_step(
     one extra forward pass of compute). Each microbatch draws its own dropout key, so with
     dropout the random masks differ from the ``k = 1`` step's (not their distribution).
 
-    A non-finite step leaves params and optimizer state unchanged (only ``step`` advances),
-    so a bad batch never poisons the state; the loop then stops or carries on as
+    A non-finite step (loss, gradient norm, or any updated param) leaves params and optimizer
+    state unchanged (only ``step`` advances), so a bad batch or setting never poisons the state; the loop then stops or carries on as
     ``config.train.nonfinite`` says.
     """
     schedule = learning_rate_schedule(config.train)
@@ -154,9 +161,11 @@ def make_train_step(
         gradient = full_batch_gradient if k == 1 else accumulated_gradient
         loss, metrics, grads = gradient(state, batch, dropout_rng)
         grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        # The updated params too: an infinite learning rate or a NaN weight decay turns
+        # finite gradients into non-finite params, which must never be accepted (or saved).
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(params)
         params, opt_state = jax.tree.map(
             lambda new, old: jnp.where(finite, new, old),
             (params, opt_state),

@@ -1,0 +1,197 @@
+"""The workdir a run owns: claiming it, one run at a time, and its small record files.
+
+A workdir holds ``mmtx-workdir.json`` (the marker: mmtx made this directory), ``config.json``,
+``checkpoints/``, ``evals.json`` (the evaluations done, by step), TensorBoard event files and
+``summary.json``. mmtx writes only into a directory that is new, empty, or has the marker, so
+pointing ``--workdir`` at another project's directory cannot overwrite it. While a run trains,
+it holds an exclusive lock on ``workdir/.lock`` (``flock``: the kernel releases it when the
+process dies, so a killed run never leaves a stale lock behind); a second run in the same
+workdir stops at once, naming the process that holds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import json
+import os
+import socket
+import sys
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+MARKER = "mmtx-workdir.json"
+LOCK = ".lock"
+EVALS = "evals.json"
+
+
+class WorkdirError(RuntimeError):
+    """The workdir cannot be used: not mmtx's, not writable, or in use by another run."""
+
+
+def write_json_atomically(path: str, value: Any) -> None:
+    """Writes ``value`` as JSON to ``path`` so that readers see the old or the new file,
+    never a partial one (a temporary file in the same directory, fsynced, then renamed)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    try:
+        os.fchmod(handle, 0o644)  # as open() would make it, not mkstemp's 0o600
+        with os.fdopen(handle, "w") as f:
+            json.dump(value, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def claim(workdir: str) -> None:
+    """Makes ``workdir`` an mmtx workdir, or checks that it is one.
+
+    Creates it (and the marker) when it does not exist or is empty; accepts it when it has
+    the marker. Raises :class:`WorkdirError` for a non-empty directory without the marker (it
+    belongs to something else) and for one that cannot be written (checked by writing a file,
+    so a read-only mount fails here rather than at the first checkpoint save).
+    """
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise WorkdirError(f"--workdir {workdir} exists and is not a directory")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as error:
+        raise WorkdirError(f"cannot create the workdir {workdir}: {error}") from error
+    marker = os.path.join(workdir, MARKER)
+    entries = os.listdir(workdir)
+    if MARKER not in entries and entries:
+        shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
+        raise WorkdirError(
+            f"{workdir} is not empty ({shown}) and was not made by mmtx (it has no {MARKER}); "
+            "mmtx does not write into another project's directory. Use a new or empty "
+            f"--workdir. If it is a workdir of an mmtx older than 0.2, run `touch {marker}` to "
+            "adopt it."
+        )
+    check_writable(workdir)
+    if MARKER not in entries:
+        write_json_atomically(
+            marker,
+            {
+                "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                "host": socket.gethostname(),
+                "format": 1,
+            },
+        )
+
+
+def check_writable(directory: str) -> None:
+    """Raises :class:`WorkdirError` unless a file can be created and removed in
+    ``directory`` (and in its ``checkpoints/`` when that exists)."""
+    for path in (directory, os.path.join(directory, "checkpoints")):
+        if not os.path.isdir(path):
+            continue
+        try:
+            handle, probe = tempfile.mkstemp(dir=path, prefix=".write-check-")
+            os.close(handle)
+            os.unlink(probe)
+        except OSError as error:
+            raise WorkdirError(
+                f"{path} is not writable ({error.strerror or error}); a run must be able to "
+                "save checkpoints there. Fix its permissions or use another --workdir."
+            ) from error
+
+
+def _holder(lock_path: str) -> str:
+    try:
+        with open(lock_path) as f:
+            info = json.load(f)
+        return (
+            f"pid {info['pid']} on host {info['host']} (started {info['started']}: "
+            f"{info['command']})"
+        )
+    except (OSError, ValueError, KeyError):
+        return "another process"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def lock(workdir: str) -> Iterator[None]:
+    """Holds ``workdir``'s run lock for the ``with`` block; raises :class:`WorkdirError`
+    naming the holder when another live process has it.
+
+    The lock is ``flock`` on ``workdir/.lock``, released by the kernel when its holder exits
+    in any way (kill -9 included), so a stale lock is taken over without asking. The file
+    records the holder's pid, host, start time and command for the message. On a filesystem
+    without ``flock``, the recorded pid is checked instead (same host only; a lock recorded
+    by another host must be removed by hand once that run is gone).
+    """
+    path = os.path.join(workdir, LOCK)
+    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise WorkdirError(
+                    f"{workdir} is in use by {_holder(path)}. One run per workdir: wait for "
+                    "it to finish, stop it, or use another --workdir."
+                ) from None
+            _check_recorded_holder(workdir, path)
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv)[:300],
+        }
+        os.ftruncate(handle, 0)
+        os.pwrite(handle, json.dumps(info).encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        os.close(handle)
+
+
+def _check_recorded_holder(workdir: str, path: str) -> None:
+    """Without ``flock``: refuses when the recorded holder may still be running."""
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return
+    if info.get("pid") == os.getpid():
+        return
+    if info.get("host") != socket.gethostname() or _pid_alive(int(info.get("pid", 0))):
+        raise WorkdirError(
+            f"{workdir} is in use by {_holder(path)} (this filesystem has no flock, so the "
+            f"lock is the record in {path}). If that run is gone, delete {path}."
+        )
+
+
+def read_evals(workdir: str) -> dict[int, dict[str, float]]:
+    """The evaluations recorded in ``workdir/evals.json``: step -> metrics (empty if none)."""
+    try:
+        with open(os.path.join(workdir, EVALS)) as f:
+            return {int(step): metrics for step, metrics in json.load(f).items()}
+    except FileNotFoundError:
+        return {}
+
+
+def record_eval(workdir: str, step: int, metrics: dict[str, float]) -> None:
+    """Adds (or replaces) step ``step``'s metrics in ``workdir/evals.json``, atomically."""
+    evals = read_evals(workdir)
+    evals[step] = {k: float(v) for k, v in metrics.items()}
+    write_json_atomically(
+        os.path.join(workdir, EVALS), {str(s): m for s, m in sorted(evals.items())}
+    )

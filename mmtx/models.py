@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -32,6 +33,68 @@ def resolve_dtype(name: str) -> jnp.dtype:
     if name == "auto":
         return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
     return jnp.dtype(name)
+
+
+def _concrete(value: Any) -> np.ndarray | None:
+    """``value`` as a host array, or None when jit traces it (or it spans other hosts)."""
+    if isinstance(value, jax.core.Tracer):
+        return None
+    if isinstance(value, jax.Array) and not value.is_fully_addressable:
+        return None
+    return np.asarray(value)
+
+
+def check_batch(batch: Mapping[str, Any], encoders: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Checks a model batch against a model's encoders; returns the modalities it holds.
+
+    ``batch`` is the dict of DESIGN.md (``text`` int ``[B, T]``, ``text_mask`` bool
+    ``[B, T]``, ``image`` float ``[B, H, W, C]``, ``audio`` float ``[B, S]``); ``encoders``
+    is :attr:`MultiModalTransformer.encoders`. Checked: every modality has an encoder, at
+    least one is present, batch sizes agree and are nonzero, ``text_mask`` has the shape of
+    ``text``; and on concrete values (not under jit, which traces them): text ids are
+    integers in ``[0, vocab_size)``, and image and audio values are finite. Raises
+    ``ValueError`` (``TypeError`` for non-integer ids) before anything is compiled.
+    """
+    present = [m for m in ENCODERS if m in batch and batch[m] is not None]
+    unsupported = [m for m in present if m not in encoders]
+    if unsupported:
+        raise ValueError(
+            f"batch has {unsupported}, which this model has no encoder for; "
+            f"its modalities are {sorted(encoders)}"
+        )
+    if not present:
+        raise ValueError(
+            f"batch has none of the model's modalities {sorted(encoders)}; got keys {sorted(batch)}"
+        )
+    sizes = {m: int(np.shape(batch[m])[0]) for m in present}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"modalities disagree on batch size: {sizes}")
+    if 0 in sizes.values():
+        raise ValueError("the batch is empty (batch size 0)")
+    if "text" in present and (ids := _concrete(batch["text"])) is not None:
+        # An id past the embedding table would silently read a clipped row inside XLA.
+        vocab = encoders["text"]["vocab_size"]
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise TypeError(f"text must hold integer token ids; got dtype {ids.dtype}")
+        if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+            raise ValueError(
+                f"text token ids must be in [0, {vocab}) (the text vocabulary); got "
+                f"values in [{ids.min()}, {ids.max()}]"
+            )
+    for modality in ("image", "audio"):
+        if modality in present and (values := _concrete(batch[modality])) is not None:
+            finite = np.isfinite(values.reshape(values.shape[0], -1)).all(axis=1)
+            if not finite.all():
+                raise ValueError(
+                    f"{modality}[{int(np.argmin(finite))}] has non-finite values (NaN or inf)"
+                )
+    if "text_mask" in batch and "text" in present:
+        if np.shape(batch["text_mask"]) != np.shape(batch["text"]):
+            raise ValueError(
+                f"text_mask shape {np.shape(batch['text_mask'])} differs from text shape "
+                f"{np.shape(batch['text'])}"
+            )
+    return present
 
 
 class MultiModalTransformer(nn.Module):
@@ -130,48 +193,10 @@ class MultiModalTransformer(nn.Module):
             **overrides,
         )
 
-    def _check_batch(self, batch: dict[str, Any]) -> list[str]:
-        present = [m for m in ENCODERS if m in batch and batch[m] is not None]
-        unsupported = [m for m in present if m not in self.encoders]
-        if unsupported:
-            raise ValueError(
-                f"batch has {unsupported}, which this model has no encoder for; "
-                f"its modalities are {sorted(self.encoders)}"
-            )
-        if not present:
-            raise ValueError(
-                f"batch has none of the model's modalities {sorted(self.encoders)}; "
-                f"got keys {sorted(batch)}"
-            )
-        sizes = {m: int(np.shape(batch[m])[0]) for m in present}
-        if len(set(sizes.values())) != 1:
-            raise ValueError(f"modalities disagree on batch size: {sizes}")
-        if 0 in sizes.values():
-            raise ValueError("the batch is empty (batch size 0)")
-        if "text" in present and not isinstance(batch["text"], jax.core.Tracer):
-            # Concrete ids only (a jitted caller's are traced): an id past the embedding table
-            # would silently read a clipped row inside XLA.
-            ids = np.asarray(batch["text"])
-            vocab = self.encoders["text"]["vocab_size"]
-            if not np.issubdtype(ids.dtype, np.integer):
-                raise TypeError(f"text must hold integer token ids; got dtype {ids.dtype}")
-            if ids.size and (ids.min() < 0 or ids.max() >= vocab):
-                raise ValueError(
-                    f"text token ids must be in [0, {vocab}) (the text vocabulary); got "
-                    f"values in [{ids.min()}, {ids.max()}]"
-                )
-        if "text_mask" in batch and "text" in present:
-            if np.shape(batch["text_mask"]) != np.shape(batch["text"]):
-                raise ValueError(
-                    f"text_mask shape {np.shape(batch['text_mask'])} differs from text shape "
-                    f"{np.shape(batch['text'])}"
-                )
-        return present
-
     @nn.compact
     def __call__(self, batch: dict[str, jax.Array], *, train: bool = False) -> dict[str, Any]:
         """Encodes, fuses and projects a batch (see the class docstring)."""
-        present = self._check_batch(batch)
+        present = check_batch(batch, self.encoders)
         common = dict(
             capture_weights=self.capture_weights, dtype=self.dtype, param_dtype=self.param_dtype
         )
@@ -253,9 +278,22 @@ class Model:
     """A ready-to-use model: the linen module, its params, its config and its preprocessors.
 
     Call it on raw inputs: ``model(text_inputs="a red circle", image_features=img,
-    audio_inputs=wav)`` where text is a string or list of strings, images are ``[H, W, C]`` or
-    ``[B, H, W, C]`` (uint8 or float in [0, 1]) and audio is ``[S]`` or ``[B, S]`` float.
-    Returns the module's output dict as numpy arrays.
+    audio_inputs=wav, audio_sample_rate=44100)``. Returns the module's output dict as numpy
+    arrays.
+
+    - ``text_inputs``: a ``str`` or a list/tuple/array of ``str`` (decode ``bytes`` first).
+    - ``image_features``: ``[H, W, C]``, ``[H, W]`` (grey) or ``[B, H, W, C]``, uint8 or
+      float in [0, 1]; encoded image ``bytes`` (PNG, JPEG, ...); or a list of images, each
+      an array (any size) or bytes.
+    - ``audio_inputs``: float waveform(s): ``[S]`` or ``[B, S]`` mono; ``[S, C]`` or
+      ``[B, S, C]`` with at most 8 channels, averaged to mono. A 2-D array whose last axis is
+      at most 8 and shorter than its first is one multi-channel clip (``[16000, 2]`` is one
+      stereo second), any other is a batch of mono clips.
+    - ``audio_sample_rate``: the clips' rate in Hz (a positive int) when it differs from
+      ``config.model.audio.sample_rate``; they are resampled.
+
+    Images and audio must be finite. Every input is checked before anything is compiled;
+    errors name the input (and the example of a batch: ``image_features[1]: ...``).
     """
 
     module: MultiModalTransformer
@@ -288,17 +326,20 @@ class Model:
         audio_inputs: np.ndarray | None = None,
         audio_sample_rate: int | None = None,
     ) -> dict[str, np.ndarray]:
-        """Raw inputs -> a model batch dict (numpy), validating shapes and types.
+        """Raw inputs (see the class docstring) -> a model batch dict of numpy arrays:
+        ``text`` int32 ``[B, T]`` and ``text_mask`` bool ``[B, T]``, ``image`` float32
+        ``[B, H, W, C]``, ``audio`` float32 ``[B, S]``; shapes and types validated.
 
-        Images go through :func:`mmtx.data.preprocessing.preprocess_image` (shorter side
-        resized, centre crop), audio is cropped/padded to the model's clip length and, when
-        ``audio_sample_rate`` differs from the model's, resampled: the evaluation path of
-        the input pipeline.
+        Images go through :func:`mmtx.data.preprocessing.preprocess_image` (decoded if
+        bytes, shorter side resized, centre crop), audio through
+        :func:`mmtx.data.preprocessing.to_audio_batch` (mixed to mono, resampled when
+        ``audio_sample_rate`` differs from the model's, cropped/padded to the model's clip
+        length): the evaluation path of the input pipeline.
         """
         model = self.config.model
         batch: dict[str, np.ndarray] = {}
         if text_inputs is not None:
-            texts = [text_inputs] if isinstance(text_inputs, str) else list(text_inputs)
+            texts = _text_list(text_inputs)
             if not texts:
                 raise ValueError("text_inputs is an empty list")
             batch["text"], batch["text_mask"] = self.tokenizer(texts, model.text.max_length)
@@ -307,13 +348,16 @@ class Model:
                 raise ValueError(f"text_inputs{empty} encode to no tokens (empty strings?)")
         if image_features is not None:
             image = model.image
-            batch["image"] = to_image_batch(image_features, image.image_size, image.channels)
+            batch["image"] = to_image_batch(
+                image_features, image.image_size, image.channels, name="image_features"
+            )
         if audio_inputs is not None:
             batch["audio"] = to_audio_batch(
                 audio_inputs,
                 model.audio.num_samples,
-                sample_rate=audio_sample_rate,
+                sample_rate=_sample_rate(audio_sample_rate),
                 target_rate=model.audio.sample_rate,
+                name="audio_inputs",
             )
         if not batch:
             raise ValueError("give at least one of text_inputs, image_features, audio_inputs")
@@ -332,7 +376,44 @@ class Model:
     ) -> dict[str, Any]:
         """Runs the model on raw inputs (see the class docstring)."""
         batch = self.preprocess(text_inputs, image_features, audio_inputs, audio_sample_rate)
+        # Under jit the module sees traced ids and cannot check them: check the batch here.
+        check_batch(batch, self.module.encoders)
         return jax.tree.map(np.asarray, _jitted_apply(self.module, self.params, batch))
+
+
+def _text_list(text_inputs: Any) -> list[str]:
+    """``text_inputs`` as a list of str: a str, or a list/tuple/numpy array of str."""
+    if isinstance(text_inputs, np.ndarray) and text_inputs.ndim == 0:
+        text_inputs = text_inputs.item()
+    if isinstance(text_inputs, str):
+        return [text_inputs]
+    if isinstance(text_inputs, bytes | bytearray | np.bytes_):
+        raise TypeError("text_inputs is bytes; decode it to str first (text.decode('utf-8'))")
+    if not isinstance(text_inputs, list | tuple | np.ndarray):
+        raise TypeError(
+            f"text_inputs must be a str or a list of str; got {type(text_inputs).__name__}"
+        )
+    for index, text in enumerate(text_inputs):
+        if isinstance(text, bytes | bytearray | np.bytes_):
+            raise TypeError(
+                f"text_inputs[{index}] is bytes; decode it to str first (text.decode('utf-8'))"
+            )
+        if not isinstance(text, str):
+            raise TypeError(f"text_inputs[{index}] must be a str; got {type(text).__name__}")
+    return [str(text) for text in text_inputs]
+
+
+def _sample_rate(rate: Any) -> int | None:
+    """``audio_sample_rate`` checked: None, or a positive whole number of Hz, as an int."""
+    if rate is None:
+        return None
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real):
+        raise TypeError(
+            f"audio_sample_rate must be a positive int (Hz); got {type(rate).__name__} {rate!r}"
+        )
+    if not (rate > 0 and float(rate).is_integer()):
+        raise ValueError(f"audio_sample_rate must be a positive whole number of Hz; got {rate!r}")
+    return int(rate)
 
 
 @jax.jit(static_argnums=0)

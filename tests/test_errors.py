@@ -53,6 +53,14 @@ IMAGE = np.zeros((16, 16, 3), np.float32)
 AUDIO = np.zeros(16000, np.float32)
 TEXT = np.ones((2, 16), np.int32)
 
+
+def spoiled(array, value):
+    """A copy of ``array`` with one element set to ``value`` (NaN, inf)."""
+    out = array.copy()
+    out.flat[5] = value
+    return out
+
+
 BAD_INPUTS = [
     # Config: unknown / mistyped keys, invalid values.
     ("unknown key", override(model__text__widht=32), KeyError, "model.text.widht"),
@@ -73,6 +81,77 @@ BAD_INPUTS = [
     ("empty text list", call(text_inputs=[]), ValueError, "empty list"),
     ("empty image batch", call(image_features=np.zeros((0, 16, 16, 3))), ValueError, "empty"),
     ("nothing", call(), ValueError, "at least one"),
+    ("text dict", call(text_inputs={"a": 1}), TypeError, "text_inputs must be a str or a list"),
+    ("text bytes", call(text_inputs=b"a cat"), TypeError, "text_inputs is bytes; decode it"),
+    ("text int", call(text_inputs=3), TypeError, "list of str; got int"),
+    ("one text bytes", call(text_inputs=["a", b"b"]), TypeError, "text_inputs[1] is bytes"),
+    ("one text None", call(text_inputs=["a", None]), TypeError, "text_inputs[1] must be a str"),
+    (
+        "NaN pixel",
+        call(image_features=spoiled(IMAGE, np.nan)),
+        ValueError,
+        "image_features: image has non-finite",
+    ),
+    (
+        "NaN pixel in a batch",
+        call(image_features=np.stack([IMAGE, spoiled(IMAGE, np.nan)])),
+        ValueError,
+        "image_features[1]: image has non-finite",
+    ),
+    (
+        "inf pixel",
+        call(image_features=spoiled(IMAGE, -np.inf)),
+        ValueError,
+        "image has non-finite pixels",
+    ),
+    (
+        "zero-height image",
+        call(image_features=IMAGE[:0]),
+        ValueError,
+        "image_features: image has zero height or width",
+    ),
+    (
+        "undecodable image bytes",
+        call(image_features=b"GIF89a-no"),
+        ValueError,
+        "image_features: cannot identify",
+    ),
+    (
+        "NaN audio",
+        call(audio_inputs=spoiled(AUDIO, np.nan)),
+        ValueError,
+        "audio_inputs has non-finite",
+    ),
+    (
+        "inf audio in a batch",
+        call(audio_inputs=np.stack([AUDIO, spoiled(AUDIO, np.inf)])),
+        ValueError,
+        "audio_inputs[1] has non-finite",
+    ),
+    (
+        "too many channels",
+        call(audio_inputs=np.zeros((2, 16000, 9), np.float32)),
+        ValueError,
+        "at most 8 channels",
+    ),
+    (
+        "sample rate str",
+        call(audio_inputs=AUDIO, audio_sample_rate="16k"),
+        TypeError,
+        "audio_sample_rate must be a positive int (Hz); got str '16k'",
+    ),
+    (
+        "sample rate zero",
+        call(audio_inputs=AUDIO, audio_sample_rate=0),
+        ValueError,
+        "audio_sample_rate must be a positive",
+    ),
+    (
+        "sample rate fraction",
+        call(audio_inputs=AUDIO, audio_sample_rate=22050.5),
+        ValueError,
+        "audio_sample_rate must be a positive whole number",
+    ),
     (
         "batch sizes differ",
         call(text_inputs=["a", "b"], image_features=np.stack([IMAGE] * 3)),
@@ -92,6 +171,18 @@ BAD_INPUTS = [
         "disagree on batch size",
     ),
     ("no modality", apply({"label": np.zeros(2, np.int32)}), ValueError, "none of the model"),
+    (
+        "NaN image (module)",
+        apply({"image": np.stack([IMAGE, spoiled(IMAGE, np.nan)])}),
+        ValueError,
+        "image[1] has non-finite values",
+    ),
+    (
+        "inf audio (module)",
+        apply({"audio": spoiled(AUDIO, np.inf)[None]}),
+        ValueError,
+        "audio[0] has non-finite values",
+    ),
 ]
 
 

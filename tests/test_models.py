@@ -1,5 +1,6 @@
 """Tests for mmtx.models: MultiModalTransformer, create_model and the raw-input Model."""
 
+import dataclasses
 import functools
 import itertools
 import json
@@ -151,6 +152,87 @@ def test_module_rejects_bad_batches():
         run({"text": np.ones((B, MAX_LEN), np.int32), "text_mask": np.ones((B, 3), bool)})
     with pytest.raises(ValueError, match="empty"):
         run({"image": np.zeros((0, SIZE, SIZE, 3), np.float32)})
+    images = np.zeros((B, SIZE, SIZE, 3), np.float32)
+    images[1, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=re.escape("image[1] has non-finite values")):
+        run({"image": images})
+
+
+class ByteTokenizerPastTheTable(ByteTokenizer):
+    """Ids 1000 and up: past any embedding table the tiny model has."""
+
+    @property
+    def vocab_size(self):
+        return 2000
+
+    def encode(self, text):
+        return [1000 + b for b in text.encode()]
+
+
+def test_model_call_checks_token_ids_before_jit(monkeypatch):
+    """Model.__call__ jits the module, whose own check skips traced ids: it checks first."""
+    import mmtx.models
+
+    model = create_model(small_config("concat"), params=built("concat")[1])
+    model = dataclasses.replace(model, tokenizer=ByteTokenizerPastTheTable())
+
+    def not_reached(*args):
+        raise AssertionError("the jitted apply ran on out-of-vocabulary ids")
+
+    monkeypatch.setattr(mmtx.models, "_jitted_apply", not_reached)
+    with pytest.raises(ValueError, match=re.escape("text token ids must be in [0, 259)")):
+        model(text_inputs="a red circle")
+
+
+def test_raw_multichannel_audio_and_encoded_images():
+    """Stereo clips give the embeddings of their channel average; PNG bytes (alone or mixed
+    with arrays in a list) give those of the decoded pixels. One compile: same shapes."""
+    import io
+
+    from PIL import Image
+
+    model = create_model(small_config("concat"), params=built("concat")[1])
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (B, SIZE, SIZE, 3), dtype=np.uint8)
+    pngs = []
+    for image in pixels:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        pngs.append(buffer.getvalue())
+    stereo = rng.uniform(-1, 1, (B, SAMPLES, 2)).astype(np.float32)  # [batch, samples, channels]
+    out = model(image_features=[pngs[0], pixels[1]], audio_inputs=stereo)
+    reference = model(image_features=pixels, audio_inputs=(stereo[..., 0] + stereo[..., 1]) / 2)
+    np.testing.assert_allclose(out["image"], reference["image"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(out["audio"], reference["audio"], rtol=1e-5, atol=1e-6)
+    batch = model.preprocess(audio_inputs=stereo)["audio"]
+    np.testing.assert_allclose(batch, stereo.mean(axis=2), rtol=1e-6, atol=1e-7)
+    # One clip [samples, channels] (the layout sound files load as) and a mono batch [B, S].
+    one = model.preprocess(audio_inputs=stereo[0], audio_sample_rate=16000)["audio"]
+    np.testing.assert_allclose(one, stereo[:1].mean(axis=2), rtol=1e-6, atol=1e-7)
+    assert model.preprocess(audio_inputs=stereo[..., 0])["audio"].shape == (B, SAMPLES)
+    single = model.preprocess(image_features=pngs[1])["image"]
+    np.testing.assert_array_equal(single, model.preprocess(image_features=pixels[1])["image"])
+
+
+@pytest.mark.parametrize(
+    "inputs,error,message",
+    [
+        ({"text_inputs": {"a red circle": 1}}, TypeError, "text_inputs must be a str or a list"),
+        ({"text_inputs": b"a red circle"}, TypeError, "text_inputs is bytes; decode it"),
+        ({"text_inputs": np.array(["a", "b"])}, None, None),  # numpy str arrays are fine
+        ({"audio_inputs": np.zeros(SAMPLES), "audio_sample_rate": "16k"}, TypeError, "got str"),
+        ({"audio_inputs": np.zeros(SAMPLES), "audio_sample_rate": -8000}, ValueError, "-8000"),
+        ({"image_features": np.zeros((SIZE, 0, 3), np.uint8)}, ValueError, "zero height"),
+    ],
+)
+def test_raw_inputs_are_checked_before_any_compile(inputs, error, message):
+    model = create_model(small_config("concat"), params=built("concat")[1])
+    if error is None:
+        batch = model.preprocess(**inputs)
+        assert batch["text"].shape == (2, MAX_LEN)
+        return
+    with pytest.raises(error, match=re.escape(message)):
+        model.preprocess(**inputs)
 
 
 def test_create_model_from_configdict():

@@ -27,6 +27,7 @@ from PIL import Image
 from mmtx.nn.embed import log_mel_spectrogram
 
 __all__ = [
+    "MAX_AUDIO_CHANNELS",
     "audio_to_float",
     "center_crop",
     "crop_or_pad",
@@ -100,6 +101,8 @@ def image_to_float(image: np.ndarray) -> np.ndarray:
         return image.astype(np.float32) * np.float32(1 / 255)
     if not np.issubdtype(image.dtype, np.floating):
         raise TypeError(f"image dtype must be uint8 or float; got {image.dtype}")
+    if not np.isfinite(image).all():
+        raise ValueError("image has non-finite pixels (NaN or inf); float pixels are in [0, 1]")
     if image.size and (image.min() < -1e-3 or image.max() > 1 + 1e-3):
         raise ValueError(
             "float images must be in [0, 1]; got values in "
@@ -187,6 +190,8 @@ def preprocess_image(
         image = image[..., None]
     if image.ndim != 3:
         raise ValueError(f"image must be [H, W, C]; got shape {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image has zero height or width: shape {image.shape}")
     if image.shape[-1] == 1 and channels == 3:
         image = np.repeat(image, 3, axis=-1)
     if image.shape[-1] != channels:
@@ -201,29 +206,58 @@ def preprocess_image(
     return np.clip(image_to_float(image), 0.0, 1.0)
 
 
-def to_image_batch(images: np.ndarray, image_size: int, channels: int = 3) -> np.ndarray:
+def to_image_batch(
+    images: Any, image_size: int, channels: int = 3, *, name: str = "image"
+) -> np.ndarray:
     """Raw images -> float32 ``[B, image_size, image_size, channels]`` in ``[0, 1]``.
 
-    Accepts one image ``[H, W, C]`` or a batch ``[B, H, W, C]`` (also ``[H, W]`` grey);
-    ``uint8`` pixels are scaled by 1/255, floats must already be in ``[0, 1]``. Each image
-    goes through :func:`preprocess_image` without augmentation (shorter side resized to
-    ``image_size``, centre crop), as evaluation batches do in the input pipeline.
+    ``images`` is one image ``[H, W, C]`` or ``[H, W]`` (grey), a batch ``[B, H, W, C]``,
+    encoded image ``bytes`` (PNG, JPEG, ...; decoded by :func:`decode_image` as the input
+    pipeline decodes a dataset's), or a list whose entries are each one image: arrays of any
+    size, bytes, or a mix. ``uint8`` pixels are scaled by 1/255; floats must be finite and
+    already in ``[0, 1]``. Each image goes through :func:`preprocess_image` without
+    augmentation (shorter side resized to ``image_size``, centre crop), as evaluation batches
+    do in the input pipeline. Errors name ``name`` and, in a batch, the example
+    (``image_features[1]: ...``).
     """
-    images = np.asarray(images)
-    if images.ndim == 2:
-        images = images[..., None]
-    if images.ndim == 3:
-        images = images[None]
-    if images.ndim != 4:
-        raise ValueError(
-            f"image must be [H, W, C] or [B, H, W, C]; got shape {images.shape} ({images.ndim}-D)"
-        )
-    if images.shape[0] == 0:
-        raise ValueError("image batch is empty")
-    return np.stack([preprocess_image(x, image_size, channels=channels) for x in images])
+    if isinstance(images, np.ndarray) and images.dtype.kind in "OS" and images.ndim <= 1:
+        images = images.item() if images.ndim == 0 else list(images)  # encoded, as TFDS gives
+    if isinstance(images, bytes | np.bytes_):
+        examples, batched = [images], False
+    elif isinstance(images, list | tuple) and any(
+        isinstance(x, bytes | np.bytes_ | np.ndarray) for x in images
+    ):
+        examples, batched = list(images), True
+    else:
+        array = np.asarray(images)
+        if array.ndim == 2:
+            array = array[..., None]
+        if array.ndim not in (3, 4):
+            raise ValueError(
+                f"{name} must be [H, W, C] or [B, H, W, C] (or encoded bytes); got shape "
+                f"{array.shape} ({array.ndim}-D)"
+            )
+        batched = array.ndim == 4
+        examples = list(array) if batched else [array]
+    if not examples:
+        raise ValueError(f"{name} batch is empty")
+    out = []
+    for index, image in enumerate(examples):
+        try:
+            out.append(preprocess_image(image, image_size, channels=channels))
+        except (ValueError, TypeError, OSError) as error:
+            where = f"{name}[{index}]" if batched else name
+            # PIL's UnidentifiedImageError is an OSError: bytes that are no image.
+            kind = ValueError if isinstance(error, OSError) else type(error)
+            raise kind(f"{where}: {error}") from error
+    return np.stack(out)
 
 
 # ----------------------------------------------------------------------------- audio
+
+# The most channels a multi-channel clip may have (7.1 surround); a 2-D array whose last axis
+# is at most this (and shorter than the first) is one clip [samples, channels].
+MAX_AUDIO_CHANNELS = 8
 
 
 def audio_to_float(audio: np.ndarray) -> np.ndarray:
@@ -231,6 +265,8 @@ def audio_to_float(audio: np.ndarray) -> np.ndarray:
     (``int16`` by 32768, ``int32`` by 2**31, ``uint8`` centred on 128); floats are cast."""
     audio = np.asarray(audio)
     if np.issubdtype(audio.dtype, np.floating):
+        if not np.isfinite(audio).all():
+            raise ValueError("audio has non-finite samples (NaN or inf)")
         return audio.astype(np.float32)
     if audio.dtype == np.uint8:
         return (audio.astype(np.float32) - 128.0) / 128.0
@@ -300,24 +336,41 @@ def to_audio_batch(
     *,
     sample_rate: int | None = None,
     target_rate: int | None = None,
+    name: str = "audio",
 ) -> np.ndarray:
     """Raw waveforms -> float32 ``[B, num_samples]``: cropped (keep the start) or zero-padded.
 
-    Accepts one clip ``[S]`` or a batch ``[B, S]`` of float samples. With both
-    ``sample_rate`` and ``target_rate`` given, the clips are first resampled (:func:`resample`).
+    ``audio`` holds float samples, finite, laid out as one mono clip ``[S]``, a batch of mono
+    clips ``[B, S]``, one multi-channel clip ``[S, C]`` or a batch ``[B, S, C]``; channels
+    are averaged to mono. A 2-D array is ``[S, C]`` when its last axis is at most
+    :data:`MAX_AUDIO_CHANNELS` and its first axis is longer (``[16000, 2]`` is one stereo
+    clip), else ``[B, S]``. With both ``sample_rate`` and ``target_rate`` given, the clips are
+    then resampled (:func:`resample`). Errors name ``name`` and, in a batch, the example.
     """
     audio = np.asarray(audio)
     if audio.ndim == 1:
-        audio = audio[None]
-    if audio.ndim != 2:
+        clips, batched = audio[None, :, None], False
+    elif audio.ndim == 2:
+        batched = not (0 < audio.shape[1] <= MAX_AUDIO_CHANNELS and audio.shape[0] > audio.shape[1])
+        clips = audio[..., None] if batched else audio[None]
+    elif audio.ndim == 3 and 0 < audio.shape[2] <= MAX_AUDIO_CHANNELS < audio.shape[1]:
+        clips, batched = audio, True
+    else:
         raise ValueError(
-            f"audio must be [samples] or [batch, samples]; got shape {audio.shape} ({audio.ndim}-D)"
+            f"{name} must be [samples] or [batch, samples] (mono), or [samples, channels] or "
+            f"[batch, samples, channels] with at most {MAX_AUDIO_CHANNELS} channels (and more "
+            f"samples); got shape {audio.shape} ({audio.ndim}-D)"
         )
-    if audio.shape[0] == 0 or audio.shape[1] == 0:
-        raise ValueError(f"audio batch is empty: shape {audio.shape}")
-    if not np.issubdtype(audio.dtype, np.floating):
-        raise TypeError(f"audio must be a float waveform; got dtype {audio.dtype}")
-    audio = audio.astype(np.float32)
+    if clips.shape[0] == 0 or clips.shape[1] == 0:
+        raise ValueError(f"{name} batch is empty: shape {audio.shape}")
+    if not np.issubdtype(clips.dtype, np.floating):
+        raise TypeError(f"{name} must be a float waveform; got dtype {clips.dtype}")
+    finite = np.isfinite(clips).all(axis=(1, 2))
+    if not finite.all():
+        where = f"{name}[{int(np.argmin(finite))}]" if batched else name
+        raise ValueError(f"{where} has non-finite samples (NaN or inf)")
+    clips = clips.astype(np.float32)
+    mono = clips[..., 0] if clips.shape[2] == 1 else clips.mean(axis=2)
     if sample_rate is not None and target_rate is not None:
-        audio = resample(audio, sample_rate, target_rate)
-    return np.stack([crop_or_pad(clip, num_samples) for clip in audio])
+        mono = resample(mono, sample_rate, target_rate)
+    return np.stack([crop_or_pad(clip, num_samples) for clip in mono])

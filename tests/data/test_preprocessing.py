@@ -1,5 +1,7 @@
 """Tests for mmtx.data.preprocessing: raw images and audio -> model inputs."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -250,3 +252,107 @@ def test_decode_image_png_exact_and_jpeg_at_reduced_scale():
     assert out.shape == (64, 64, 3) and np.abs(out - reference).max() < 0.03
     grey = decode_image(png.getvalue(), channels=1)
     assert grey.shape == (30, 50, 1)
+
+
+# ------------------------------------------------- raw inputs that would give a wrong result
+
+
+def png_bytes(pixels):
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_pixels_are_rejected_naming_the_example(value):
+    images = np.full((3, 8, 8, 3), 0.5, np.float32)
+    images[1, 2, 3, 0] = value
+    with pytest.raises(ValueError, match=re.escape("image_features[1]: image has non-finite")):
+        to_image_batch(images, 8, name="image_features")
+    with pytest.raises(ValueError, match=re.escape("image_features: image has non-finite")):
+        to_image_batch(images[1], 8, name="image_features")  # one image: no index
+    with pytest.raises(ValueError, match="non-finite"):
+        preprocess_image(images[1], 8)  # the input pipeline's path
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_audio_is_rejected_naming_the_example(value):
+    clips = np.zeros((3, 100), np.float32)
+    clips[2, 50] = value
+    with pytest.raises(ValueError, match=re.escape("audio_inputs[2] has non-finite samples")):
+        to_audio_batch(clips, 100, name="audio_inputs")
+    with pytest.raises(ValueError, match=re.escape("audio_inputs has non-finite samples")):
+        to_audio_batch(clips[2], 100, name="audio_inputs")
+    with pytest.raises(ValueError, match="non-finite"):
+        preprocess_audio(clips[2], 100, sample_rate=16000, target_rate=16000)
+
+
+def test_zero_height_or_width_image_is_rejected():
+    for shape in [(0, 16, 3), (16, 0, 3), (0, 0)]:
+        with pytest.raises(ValueError, match=re.escape("image_features: image has zero height")):
+            to_image_batch(np.zeros(shape, np.uint8), 8, name="image_features")
+    with pytest.raises(ValueError, match=re.escape("image_features[0]: image has zero height")):
+        to_image_batch(np.zeros((2, 0, 16, 3), np.uint8), 8, name="image_features")
+
+
+def test_stereo_clip_is_mixed_down_to_mono():
+    rng = np.random.default_rng(0)
+    stereo = rng.uniform(-1, 1, (1000, 2)).astype(np.float32)  # one clip [samples, channels]
+    out = to_audio_batch(stereo, 1200)
+    reference = np.zeros((1, 1200), np.float32)
+    reference[0, :1000] = (stereo[:, 0] + stereo[:, 1]) / 2
+    np.testing.assert_allclose(out, reference, rtol=1e-6, atol=1e-7)
+    surround = rng.uniform(-1, 1, (1000, 8)).astype(np.float32)  # 8 channels: the most
+    np.testing.assert_allclose(to_audio_batch(surround, 1000)[0], surround.mean(axis=1), atol=1e-6)
+    mono_column = stereo[:, :1]  # [samples, 1] is one mono clip
+    np.testing.assert_array_equal(to_audio_batch(mono_column, 1000), stereo[None, :, 0])
+    resampled = to_audio_batch(stereo, 2000, sample_rate=8000, target_rate=16000)
+    expected = to_audio_batch(stereo.mean(axis=1), 2000, sample_rate=8000, target_rate=16000)
+    np.testing.assert_allclose(resampled, expected, atol=1e-6)
+
+
+def test_batch_of_multichannel_clips_is_mixed_down_per_clip():
+    rng = np.random.default_rng(1)
+    clips = rng.uniform(-1, 1, (3, 500, 2)).astype(np.float32)  # [batch, samples, channels]
+    out = to_audio_batch(clips, 500)
+    assert out.shape == (3, 500)
+    for index in range(3):
+        np.testing.assert_allclose(out[index], clips[index].mean(axis=1), atol=1e-7)
+
+
+def test_2d_audio_layout_rule():
+    """[B, S] with S longer than 8 stays a batch of mono clips; [S, C] with C <= 8 < S is
+    one clip of C channels."""
+    assert to_audio_batch(np.zeros((2, 1000), np.float32), 1000).shape == (2, 1000)
+    assert to_audio_batch(np.zeros((9, 9), np.float32), 9).shape == (9, 9)  # 9 > 8 channels
+    assert to_audio_batch(np.zeros((8, 9), np.float32), 9).shape == (8, 9)
+    assert to_audio_batch(np.zeros((16000, 2), np.float32), 100).shape == (1, 100)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 16000), (2, 100, 9), (2, 4, 4)])
+def test_multichannel_layout_errors_name_the_layouts(shape):
+    with pytest.raises(ValueError, match=re.escape("audio_inputs must be [samples] or")) as info:
+        to_audio_batch(np.zeros(shape, np.float32), 100, name="audio_inputs")
+    assert "at most 8 channels" in str(info.value) and str(shape) in str(info.value)
+
+
+def test_encoded_images_are_decoded_as_the_pipeline_does():
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (2, 12, 20, 3), dtype=np.uint8)
+    reference = to_image_batch(pixels, 8)
+    np.testing.assert_array_equal(to_image_batch(png_bytes(pixels[0]), 8), reference[:1])
+    pngs = [png_bytes(p) for p in pixels]
+    np.testing.assert_array_equal(to_image_batch(pngs, 8), reference)
+    np.testing.assert_array_equal(to_image_batch([pngs[0], pixels[1]], 8), reference)  # a mix
+    np.testing.assert_array_equal(to_image_batch(np.array(pngs, dtype=object), 8), reference)
+    other_size = rng.integers(0, 256, (30, 30, 3), dtype=np.uint8)  # list entries: any size
+    mixed = to_image_batch([pixels[0], other_size], 8)
+    np.testing.assert_array_equal(mixed[1], preprocess_image(other_size, 8))
+    with pytest.raises(ValueError, match=re.escape("image_features[1]:")):
+        to_image_batch([pngs[0], b"not an image"], 8, name="image_features")
+    with pytest.raises(ValueError, match=re.escape("image_features: cannot identify image")):
+        to_image_batch(b"not an image", 8, name="image_features")

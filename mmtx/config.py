@@ -499,7 +499,7 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
         _check_range(path, node[name], spec)
     for modality in config.model.modalities:
         tower = config.model[modality]
-        for name, spec in {**TOWER_RANGES, **MODALITY_RANGES[modality]}.items():
+        for name, spec in {**TOWER_RANGES, **MODALITY_RANGES.get(modality, {})}.items():
             _check_range(f"model.{modality}.{name}", tower[name], spec)
     for name, spec in TOWER_RANGES.items():
         _check_range(f"fusion.{name}", config.fusion[name], spec)

@@ -300,24 +300,33 @@ class Model:
     params: Any
     config: ml_collections.ConfigDict
     tokenizer: Tokenizer
+    step: int | None = None  # The checkpoint step loaded (None: not from a checkpoint).
 
     @classmethod
     def from_checkpoint(cls, workdir: str | os.PathLike, step: int | None = None) -> Model:
-        """Loads the model of a training run: ``workdir/config.json`` and the params saved in
-        ``workdir/checkpoints`` at ``step`` (default: the latest)."""
+        """Loads the model of a training run: the params saved in ``workdir/checkpoints`` at
+        ``step`` (default: the newest intact one), onto this process's first device whatever
+        mesh trained them, with the config they were saved with (the checkpoint's integrity
+        record; ``workdir/config.json`` for checkpoints without one). ``Model.step`` is the
+        step loaded."""
         # Imported here: checkpoints belong to the training layer, which imports this module.
         from mmtx.train.checkpoint import Checkpointer
 
         workdir = os.fspath(workdir)
-        with open(os.path.join(workdir, "config.json")) as f:
-            saved = json.load(f)
-        config = config_lib.validate(config_lib.merge_overrides(config_lib.default_config(), saved))
         checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
         try:
-            state, _ = checkpointer.restore_arrays(step)
+            state, loaded = checkpointer.restore_arrays(step)
+            record = checkpointer.read_record(loaded)
         finally:
             checkpointer.close()
-        return create_model(config, params=state["params"])
+        saved = (record or {}).get("config")
+        if not saved:
+            with open(os.path.join(workdir, "config.json")) as f:
+                saved = json.load(f)
+        config = config_lib.validate(config_lib.merge_overrides(config_lib.default_config(), saved))
+        model = create_model(config, params=state["params"])
+        model.step = loaded
+        return model
 
     def preprocess(
         self,

@@ -502,3 +502,54 @@ def test_raw_inputs_take_the_input_pipelines_eval_path():
     for key in ("text", "text_mask", "image", "audio"):
         np.testing.assert_array_equal(batch[key][0], reference[key])
     assert batch["image"].shape[1:3] == (64, 64)  # centre crop of the 64 x 114 resize
+
+
+SAVE_ON_EIGHT_DEVICES = """
+import json, os, sys
+from mmtx import config as config_lib
+from mmtx.data.tokenizer import create_tokenizer
+from mmtx.models import MultiModalTransformer
+from mmtx.train import mesh as mesh_lib
+from mmtx.train.checkpoint import Checkpointer
+from mmtx.train.loop import create_train_state
+from mmtx.train.optimizer import create_optimizer
+
+workdir = sys.argv[1]
+config = config_lib.apply_variant(config_lib.default_config(), "tiny")
+config.mesh.data, config.mesh.fsdp = 2, 4
+config = config_lib.validate(config)
+mesh = mesh_lib.create_mesh(config.mesh)
+tokenizer = create_tokenizer(config.tokenizer.type, config.tokenizer.model_file)
+module = MultiModalTransformer.from_config(config, vocab_size=tokenizer.vocab_size)
+state, _ = create_train_state(module, create_optimizer(config.train), config, mesh)
+kernel = state.params["text"]["tower"]["encoder"]["blocks"]["mlp"]["fc1"]["kernel"]
+assert len({s.device for s in kernel.addressable_shards}) == 8, kernel.sharding
+checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), config=config.to_dict())
+checkpointer.save(7, state, force=True)
+checkpointer.wait()
+checkpointer.close()
+"""
+
+
+def test_from_checkpoint_of_a_run_on_eight_devices_in_a_one_device_process(tmp_path):
+    """Trained on a pod (data 2 x fsdp 4), used on a laptop: this used to fail with orbax's
+    "Topology mismatch", each step reported unreadable."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    result = subprocess.run(
+        [sys.executable, "-c", SAVE_ON_EIGHT_DEVICES, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert jax.device_count() == 1
+    model = Model.from_checkpoint(tmp_path)
+    assert model.step == 7 and model.config.mesh.fsdp == 4
+    kernel = model.params["text"]["tower"]["encoder"]["blocks"]["mlp"]["fc1"]["kernel"]
+    assert kernel.sharding.num_devices == 1
+    assert model(text_inputs=["a red circle"])["text"].shape == (1, 32)

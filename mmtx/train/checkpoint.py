@@ -164,6 +164,10 @@ class Checkpointer:
             create=not read_only,
             read_only=read_only,
             cleanup_tmp_directories=not read_only,
+            # Create a save's directory before save() returns, so that a failure to write
+            # (a read-only or full disk) raises there; created in the background, it left the
+            # array writer waiting for a signal that never came, for orbax's whole timeout.
+            async_options=ocp.options.AsyncOptions(create_directories_asynchronously=False),
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -264,8 +268,9 @@ class Checkpointer:
                 )
             part = "optimizer" if path.startswith("opt_state") else "model"
             raise CheckpointMismatchError(
-                f"the checkpoint was made by a different {part} config: {detail}.{self._config_hint(step)} Use the config the run was trained "
-                "with, or a new workdir. Nothing was moved or deleted."
+                f"the checkpoint was made by a different {part} config: {detail}."
+                f"{self._config_hint(step)} Use the config the run was trained with, or a new "
+                "workdir. Nothing was moved or deleted."
             )
 
     def _config_hint(self, step: int) -> str:
@@ -313,7 +318,7 @@ class Checkpointer:
         self, abstract_state: Any, data_iterator: Any = None, step: int | None = None
     ) -> tuple[Any, int]:
         """Restores ``step`` (default: the newest intact one) into the shapes and shardings
-        of ``abstract_state`` (arrays or ``jax.ShapeDtypeStruct``s with shardings).
+        of ``abstract_state`` (arrays, or ``jax.ShapeDtypeStruct`` leaves with shardings).
 
         ``data_iterator``, when given, is moved to the saved position in place. Without a
         ``step``, a damaged checkpoint is reported, moved to ``<directory>_corrupt/`` and the

@@ -243,6 +243,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     except BaseException:
         close_iterator(train_iter)
         raise
+    interrupted = False
     try:
         if checkpointer.latest_step() is not None:
             state, start = checkpointer.restore(state, train_iter)
@@ -266,17 +267,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     except KeyboardInterrupt:
         # A second Ctrl-C: exit now; a save in flight is abandoned (its temporary directory
         # is removed at the next start) and the last committed checkpoint stays intact.
-        close_iterator(train_iter)
+        interrupted = True
         raise
-    except BaseException:
-        # Let a save in flight commit, so the checkpoints stay complete.
-        checkpointer.wait()
-        checkpointer.close()
-        close_iterator(train_iter)
-        raise
-    else:
-        checkpointer.wait()
-        checkpointer.close()
+    finally:
+        if not interrupted:
+            # Also on errors: let a save in flight commit, so the checkpoints stay complete.
+            checkpointer.wait()
+            checkpointer.close()
         close_iterator(train_iter)
 
 
@@ -412,6 +409,7 @@ def _run_loop(
     finally:
         writer.flush()
         writer.close()
+    checkpointer.wait()  # the final checkpoint is committed before the summary says it is
     elapsed = time.perf_counter() - started
 
     summary = {

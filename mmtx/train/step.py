@@ -78,8 +78,8 @@ def make_train_step(
     dropout the random masks differ from the ``k = 1`` step's (not their distribution).
 
     A non-finite step (loss, gradient norm, or any updated param) leaves params and optimizer
-    state unchanged (only ``step`` advances), so a bad batch or setting never poisons the state; the loop then stops or carries on as
-    ``config.train.nonfinite`` says.
+    state unchanged (only ``step`` advances), so a bad batch or setting never poisons the
+    state; the loop then stops or carries on as ``config.train.nonfinite`` says.
     """
     schedule = learning_rate_schedule(config.train)
     k = config.train.microbatches

@@ -65,14 +65,14 @@ def claim(workdir: str) -> None:
     except OSError as error:
         raise WorkdirError(f"cannot create the workdir {workdir}: {error}") from error
     marker = os.path.join(workdir, MARKER)
-    entries = os.listdir(workdir)
+    entries = [name for name in os.listdir(workdir) if name != LOCK]
     if MARKER not in entries and entries:
         shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
         raise WorkdirError(
             f"{workdir} is not empty ({shown}) and was not made by mmtx (it has no {MARKER}); "
             "mmtx does not write into another project's directory. Use a new or empty "
-            f"--workdir. If it is a workdir of an mmtx older than 0.2, run `touch {marker}` to "
-            "adopt it."
+            "--workdir. If it is an mmtx workdir made before workdirs were marked, adopt it "
+            f"with `touch {marker}`."
         )
     check_writable(workdir)
     if MARKER not in entries:

@@ -1,7 +1,8 @@
 """Fault tolerance of a real training run (`python -m mmtx.main` in subprocesses).
 
-A run killed with SIGKILL (mid-step and mid-save) or stopped with SIGTERM, then rerun with the
-same command, must end with exactly the params of a run that was never interrupted.
+A run killed with SIGKILL (mid-step and mid-save), stopped with SIGTERM or Ctrl-C (once: save
+and exit; twice: exit at once), then rerun with the same command, must end with exactly the
+params of a run that was never interrupted.
 """
 
 import os
@@ -149,7 +150,29 @@ def test_sigkill_mid_step_mid_save_and_sigterm_then_rerun_matches(tmp_path, unin
     stopped = saved_steps(tmp_path)[-1]
     assert f"preempted: checkpoint saved at step {stopped}" in output
 
-    # 4. Rerun to the end: bit-identical to the run that was never interrupted.
+    # 4. Rerun; Ctrl-C once: the same as SIGTERM (it used to lose everything since the last
+    # checkpoint and print an orbax traceback).
+    process = start(tmp_path)
+    assert wait_for(lambda: saved_steps(tmp_path)[-1] > stopped, process), process.stdout.read()
+    process.send_signal(signal.SIGINT)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 0, output[-3000:]
+    assert "interrupted (Ctrl-C): saving a checkpoint at step" in output
+    assert "Traceback" not in output
+    interrupted = saved_steps(tmp_path)[-1]
+    assert f"preempted: checkpoint saved at step {interrupted}" in output
+
+    # 5. Rerun; Ctrl-C twice: exits at once (130) without saving; the checkpoints stay intact.
+    process = start(tmp_path)
+    assert wait_for(lambda: saved_steps(tmp_path)[-1] > interrupted, process)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    output = process.communicate(timeout=60)[0]
+    assert process.returncode == 130, output[-3000:]
+    assert "interrupted: exiting without saving" in output
+
+    # 6. Rerun to the end: bit-identical to the run that was never interrupted.
     result = run(tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"resumed from checkpoint at step {stopped}" in result.stdout
@@ -161,6 +184,6 @@ def test_sigkill_mid_step_mid_save_and_sigterm_then_rerun_matches(tmp_path, unin
 def test_nan_stop_exits_nonzero_naming_the_step(tmp_path):
     result = run(tmp_path, "--config.train.inject_nan_at_step=13")
     assert result.returncode == 1
-    assert "non-finite loss or gradients at step 13" in result.stderr
+    assert "non-finite loss, gradients or updated params at step 13" in result.stderr
     # No checkpoint after the bad step: the latest is from before it.
     assert max(saved_steps(tmp_path)) == 10

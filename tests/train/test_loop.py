@@ -182,6 +182,81 @@ def test_checkpoint_of_another_model_names_the_param_and_both_shapes(trained, tm
     assert "64" in message and "different model config" in message
 
 
+def test_a_changed_optimizer_on_resume_moves_nothing_and_keeps_config_json(trained, tmp_path):
+    """Resuming with grad_clip=0 used to set every checkpoint aside as unreadable (a later run
+    then deleted them) and to rewrite config.json before the checkpoint was checked."""
+    import shutil
+
+    from mmtx.train.checkpoint import CheckpointMismatchError
+
+    workdir = str(tmp_path / "copy")
+    shutil.copytree(trained[0], workdir)
+    with open(os.path.join(workdir, "config.json")) as f:
+        config_json = f.read()
+    config = tiny_config(steps=20)
+    config.train.grad_clip = 0.0
+    with pytest.raises(CheckpointMismatchError, match=r"train\.grad_clip: 1\.0 -> 0\.0"):
+        train_and_evaluate(config, workdir)
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["12", "16", "8"]
+    assert not os.path.exists(os.path.join(workdir, "checkpoints_corrupt"))
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert f.read() == config_json
+    assert Model.from_checkpoint(workdir).step == 16
+
+
+def test_a_foreign_or_busy_workdir_is_refused_before_anything_is_written(tmp_path):
+    from mmtx.train.workdir import WorkdirError
+
+    foreign = tmp_path / "foreign"
+    (foreign / "checkpoints" / "1000").mkdir(parents=True)
+    (foreign / "summary.json").write_text("theirs")
+    with pytest.raises(WorkdirError, match="was not made by mmtx"):
+        train_and_evaluate(tiny_config(steps=2), str(foreign))
+    assert sorted(os.listdir(foreign)) == ["checkpoints", "summary.json"]
+
+    from test_workdir import hold_lock
+
+    from mmtx.train.workdir import claim
+
+    busy = str(tmp_path / "busy")
+    claim(busy)
+    holder = hold_lock(busy)
+    try:
+        with pytest.raises(WorkdirError, match=f"in use by pid {holder.pid}"):
+            train_and_evaluate(tiny_config(steps=2), busy)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not os.path.exists(os.path.join(busy, "config.json"))
+
+
+def test_an_eval_cut_short_is_run_on_resume(tmp_path, capsys, monkeypatch):
+    """The step's checkpoint precedes its eval, so a run killed during the eval used to skip
+    that eval for good when resumed."""
+    from mmtx.train import loop
+    from mmtx.train.workdir import read_evals
+
+    config = tiny_config(steps=8)
+    config.train.eval_every = 8
+    workdir = str(tmp_path)
+
+    def killed(*args, **kwargs):
+        raise Preempted
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "evaluate", killed)
+        with pytest.raises(Preempted):
+            train_and_evaluate(config, workdir)
+    assert read_evals(workdir) == {}
+    capsys.readouterr()
+    summary = train_and_evaluate(config, workdir)
+    out = capsys.readouterr().out
+    assert "resumed from checkpoint at step 8" in out
+    assert "evaluating step 8, which the interrupted run did not finish" in out
+    assert summary["steps_this_run"] == 0 and out.count("eval at step 8") == 1
+    assert read_evals(workdir)[8]["accuracy"] == summary["eval"]["accuracy"]
+
+
 def test_nonfinite_skip_leaves_the_state_unchanged_and_counts_the_step(tmp_path):
     config = tiny_config(steps=5)
     config.train.nonfinite = "skip"
@@ -212,6 +287,7 @@ def test_nonfinite_stop_raises_naming_the_step_and_saves_nothing_after_it(tmp_pa
     config.train.inject_nan_at_step = 3
     config.train.checkpoint_every = 1
     workdir = str(tmp_path)
-    with pytest.raises(NonFiniteError, match="non-finite loss or gradients at step 3"):
+    message = "non-finite loss, gradients or updated params at step 3"
+    with pytest.raises(NonFiniteError, match=message):
         train_and_evaluate(config, workdir)
     assert restored_params(workdir)[1] == 2

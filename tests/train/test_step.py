@@ -19,7 +19,12 @@ from mmtx.data.tokenizer import create_tokenizer
 from mmtx.models import MultiModalTransformer
 from mmtx.train import mesh as mesh_lib
 from mmtx.train.loop import create_train_state
-from mmtx.train.step import make_train_step, merge_microbatches, split_microbatches
+from mmtx.train.step import (
+    all_finite,
+    make_train_step,
+    merge_microbatches,
+    split_microbatches,
+)
 
 B = 8
 
@@ -46,16 +51,19 @@ def batch():
     return next(iter(data))
 
 
-def one_step(config):
+def one_step(config, tx=None, return_initial=False):
     tokenizer = create_tokenizer(config.tokenizer.type, config.tokenizer.model_file)
     module = MultiModalTransformer.from_config(config, vocab_size=tokenizer.vocab_size)
     # Plain SGD with rate 1: the update is minus the gradient. (Adam's first step is about
     # lr * sign(g), which would magnify round-off in near-zero gradients.)
-    tx = optax.sgd(1.0)
+    tx = tx or optax.sgd(1.0)
     mesh = mesh_lib.create_mesh(config.mesh)
     state, _ = create_train_state(module, tx, config, mesh)
+    initial = jax.device_get(state)
     step = jax.jit(make_train_step(module, tx, config))
     new_state, metrics = step(state, jax.tree.map(jnp.asarray, batch()))
+    if return_initial:
+        return initial, new_state, jax.device_get(metrics)
     return new_state, jax.device_get(metrics)
 
 
@@ -96,3 +104,20 @@ def test_batch_must_divide_into_microbatches():
     config.train.microbatches = 3
     with pytest.raises(ValueError, match=r"config\.train\.microbatches"):
         config_lib.validate(config)
+
+
+def test_all_finite_counts_huge_values_as_finite():
+    assert bool(all_finite({"a": jnp.full((3,), 3e38), "b": jnp.zeros(2)}))
+    assert not bool(all_finite({"a": jnp.ones(3), "b": jnp.array([0.0, jnp.nan])}))
+    assert not bool(all_finite([jnp.array([-jnp.inf])]))
+
+
+def test_an_update_that_makes_params_nonfinite_is_rejected():
+    """With finite loss and gradients, an infinite learning rate (or a NaN weight decay)
+    made every param non-finite, and that state was checkpointed; the step must refuse it."""
+    infinite_rate = optax.chain(optax.sgd(1.0), optax.scale(float("inf")))
+    before, after, metrics = one_step(tiny_config(), tx=infinite_rate, return_initial=True)
+    assert np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])
+    assert metrics["nonfinite"] == 1.0
+    assert int(after.step) == 1
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(after.params), before.params)

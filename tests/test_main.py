@@ -46,6 +46,18 @@ def test_command_line_trains_with_overrides_and_resumes(tmp_path):
     assert "resumed from checkpoint at step 2" in again.stdout
     assert "step 3/3" in again.stdout
 
+    # Another optimizer structure: one clean error line, exit 1, the checkpoints untouched.
+    changed = run_main(
+        tmp_path,
+        "--config.train.steps=4",
+        "--config.fusion.type=gated",
+        "--config.train.grad_clip=0",
+    )
+    assert changed.returncode == 1, changed.stderr[-3000:]
+    assert "error: the checkpoint was made by a different optimizer config" in changed.stderr
+    assert "train.grad_clip: 1.0 -> 0.0" in changed.stderr and "Traceback" not in changed.stderr
+    assert sorted(os.listdir(os.path.join(tmp_path, "checkpoints"))) == ["2", "3"]
+
 
 def test_bad_override_is_a_clear_error(tmp_path):
     result = run_main(tmp_path, "--config.train.stpes=2")

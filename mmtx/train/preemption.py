@@ -37,7 +37,7 @@ class PreemptionWatcher:
     def _on_sigterm(self, signum: int, frame: types.FrameType | None) -> None:
         del signum, frame
         self.signalled = True
-        self.reason = self.reason or "preemption notice (SIGTERM)"
+        self.reason = self.reason or "preemption notice"
 
     def _on_sigint(self, signum: int, frame: types.FrameType | None) -> None:
         del signum, frame

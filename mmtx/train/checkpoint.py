@@ -360,6 +360,7 @@ class Checkpointer:
     def restore_arrays(self, step: int | None = None) -> tuple[Any, int]:
         """Restores the saved train state as a plain pytree of arrays on one local device,
         whatever mesh saved it, for inference (``mmtx.Model.from_checkpoint``) and inspection.
+        Every process that calls it gets the whole arrays.
 
         Returns ``(state_tree, step)``; ``state_tree`` has ``step``, ``params``, ``opt_state``,
         ``rng``. Without a ``step``, damaged checkpoints are skipped as in :meth:`restore`.

@@ -10,7 +10,6 @@ import sys
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
 from mmtx import config as config_lib
 from mmtx.train import distributed
@@ -37,10 +36,11 @@ def main():
     assert summary["step"] == 3
     assert jax.process_count() == num_processes
 
+    # Every process restores the whole arrays onto one local device.
     checkpointer = Checkpointer(f"{workdir}/checkpoints", read_only=True)
     state, _ = checkpointer.restore_arrays()
     checkpointer.close()
-    params = multihost_utils.process_allgather(state["params"], tiled=True)
+    params = state["params"]
     if jax.process_index() == 0:
         flat = {jax.tree_util.keystr(p): np.asarray(x) for p, x in
                 jax.tree_util.tree_leaves_with_path(params)}  # fmt: skip

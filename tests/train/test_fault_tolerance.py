@@ -171,6 +171,7 @@ def test_sigkill_mid_step_mid_save_and_sigterm_then_rerun_matches(tmp_path, unin
     output = process.communicate(timeout=60)[0]
     assert process.returncode == 130, output[-3000:]
     assert "interrupted: exiting without saving" in output
+    stopped = saved_steps(tmp_path)[-1]
 
     # 6. Rerun to the end: bit-identical to the run that was never interrupted.
     result = run(tmp_path)

@@ -182,6 +182,21 @@ def jit_train_step(
     )
 
 
+def _commit_saves_on_exit(checkpointer: Checkpointer) -> Any:
+    """An exit callback: waits for a save in flight to commit and closes the checkpointer,
+    also on errors (so the checkpoints stay complete), except after a second Ctrl-C, which
+    exits at once (the save in flight is abandoned: orbax removes its temporary directory at
+    the next start, and the last committed checkpoint stays intact)."""
+
+    def commit(exc_type: Any, *_: Any) -> bool:
+        if exc_type is not KeyboardInterrupt:
+            checkpointer.wait()
+            checkpointer.close()
+        return False
+
+    return commit
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains and evaluates as ``config`` says, in ``workdir``; returns the final summary.
 
@@ -210,6 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     train_config = config.train
     mesh = mesh_lib.create_mesh(config.mesh)
+    data_sharding = mesh_lib.batch_sharding(mesh)
     mesh_lib.check_divisibility(config, mesh, jax.process_count())
     local_batch = train_config.batch_size // jax.process_count()
     local_eval_batch = config.eval.batch_size // jax.process_count()
@@ -224,8 +240,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    train_iter = iter(train_data)
-    try:
+    with contextlib.ExitStack() as cleanup:
+        train_iter = iter(train_data)
+        cleanup.callback(close_iterator, train_iter)
         module = MultiModalTransformer.from_config(config, vocab_size=tokenizer.vocab_size)
         tx = create_optimizer(train_config)
         state, state_shardings = create_train_state(module, tx, config, mesh)
@@ -240,176 +257,130 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
             keep=train_config.keep_checkpoints,
             config=_as_dict(config),
         )
-    except BaseException:
-        close_iterator(train_iter)
-        raise
-    interrupted = False
-    try:
+        cleanup.push(_commit_saves_on_exit(checkpointer))
         if checkpointer.latest_step() is not None:
             state, start = checkpointer.restore(state, train_iter)
             _log(f"resumed from checkpoint at step {start}")
         # Only now, with the checkpoint known to fit: config.json describes the checkpoints.
         write_config(config, workdir)
-        return _run_loop(
-            config,
-            workdir,
-            mesh,
-            module,
-            tx,
-            tokenizer,
-            state,
-            state_shardings,
-            train_iter,
-            checkpointer,
-            num_params,
-            local_eval_batch,
-        )
-    except KeyboardInterrupt:
-        # A second Ctrl-C: exit now; a save in flight is abandoned (its temporary directory
-        # is removed at the next start) and the last committed checkpoint stays intact.
-        interrupted = True
-        raise
-    finally:
-        if not interrupted:
-            # Also on errors: let a save in flight commit, so the checkpoints stay complete.
-            checkpointer.wait()
-            checkpointer.close()
-        close_iterator(train_iter)
 
-
-def _run_loop(
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    mesh: Any,
-    module: MultiModalTransformer,
-    tx: Any,
-    tokenizer: Any,
-    state: TrainState,
-    state_shardings: TrainState,
-    train_iter: Any,
-    checkpointer: Checkpointer,
-    num_params: int,
-    local_eval_batch: int,
-) -> dict[str, Any]:
-    """The loop of :func:`train_and_evaluate` from the (restored) state to the summary."""
-    train_config = config.train
-    data_sharding = mesh_lib.batch_sharding(mesh)
-
-    def to_global(batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        return jax.tree.map(
-            lambda x: jax.make_array_from_process_local_data(data_sharding, x), batch
-        )
-
-    train_step = jit_train_step(module, tx, config, mesh, state_shardings)
-    eval_step = jax.jit(
-        mesh_lib.with_sharding_rules(make_eval_step(module), mesh),
-        in_shardings=(state_shardings.params, data_sharding),
-    )
-
-    def run_eval(step: int) -> dict[str, float]:
-        eval_data = create_dataset(
-            config,
-            "eval",
-            tokenizer,
-            batch_size=local_eval_batch,
-            train=False,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-        )
-        started = time.perf_counter()
-        eval_iter = iter(eval_data)
-        try:
-            metrics = evaluate(
-                eval_step,
-                state.params,
-                eval_iter,
-                local_batch_size=local_eval_batch,
-                to_global=to_global,
+        def to_global(batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+            return jax.tree.map(
+                lambda x: jax.make_array_from_process_local_data(data_sharding, x), batch
             )
-        finally:
-            close_iterator(eval_iter)
-        writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
-        if jax.process_index() == 0:
-            workdir_lib.record_eval(workdir, step, metrics)
-        shown = {k: round(v, 4) for k, v in metrics.items() if k in SUMMARY_KEYS}
-        _log(f"eval at step {step} ({time.perf_counter() - started:.1f}s): {shown}")
-        return metrics
 
-    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
-    step = int(state.step)
-    progress = Progress(train_config.steps, step)
-    started = time.perf_counter()
-    first_step = step
-    eval_metrics: dict[str, float] = {}
-    pending: list[tuple[int, dict[str, jax.Array]]] = []
-    nonfinite_steps: list[int] = []
-    preempted = False
+        train_step = jit_train_step(module, tx, config, mesh, state_shardings)
+        eval_step = jax.jit(
+            mesh_lib.with_sharding_rules(make_eval_step(module), mesh),
+            in_shardings=(state_shardings.params, data_sharding),
+        )
 
-    def flush_metrics(log: bool) -> None:
-        """Fetches the pending steps' metrics, writes them and applies the non-finite policy.
-
-        Fetching only at log, eval and checkpoint steps keeps the host from blocking on
-        each step, so input and compute overlap.
-        """
-        nonlocal pending
-        if not pending:
-            return
-        fetched = jax.device_get(pending)
-        pending = []
-        for metric_step, values in fetched:
-            writer.write_scalars(metric_step, {f"train/{k}": v for k, v in values.items()})
-            if values["nonfinite"] > 0:
-                nonfinite_steps.append(metric_step)
-                if train_config.nonfinite == "stop":
-                    raise NonFiniteError(
-                        f"non-finite loss, gradients or updated params at step {metric_step} "
-                        f"(loss {float(values['loss'])}, grad_norm "
-                        f"{float(values['grad_norm'])}); stopped without saving a new "
-                        f"checkpoint (latest: step {checkpointer.latest_step()}). "
-                        "Set config.train.nonfinite='skip' to skip such steps instead."
-                    )
-                _log(
-                    f"step {metric_step}: non-finite loss, gradients or updated params; "
-                    "update skipped"
+        def run_eval(step: int) -> dict[str, float]:
+            eval_data = create_dataset(
+                config,
+                "eval",
+                tokenizer,
+                batch_size=local_eval_batch,
+                train=False,
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
+            )
+            started = time.perf_counter()
+            eval_iter = iter(eval_data)
+            try:
+                metrics = evaluate(
+                    eval_step,
+                    state.params,
+                    eval_iter,
+                    local_batch_size=local_eval_batch,
+                    to_global=to_global,
                 )
-        if log:
-            latest = {k: v for k, v in fetched[-1][1].items()}
-            _log(progress.line(step, {k: latest[k] for k in ("loss", "accuracy") if k in latest}))
+            finally:
+                close_iterator(eval_iter)
+            writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
+            if jax.process_index() == 0:
+                workdir_lib.record_eval(workdir, step, metrics)
+            shown = {k: round(v, 4) for k, v in metrics.items() if k in SUMMARY_KEYS}
+            _log(f"eval at step {step} ({time.perf_counter() - started:.1f}s): {shown}")
+            return metrics
 
-    try:
-        if step > 0 and (step % train_config.eval_every == 0 or step == train_config.steps):
-            if step not in workdir_lib.read_evals(workdir):
-                _log(f"evaluating step {step}, which the interrupted run did not finish")
-                eval_metrics = run_eval(step)
-        with PreemptionWatcher() as preemption:
-            while step < train_config.steps:
-                batch = to_global(next(train_iter))
-                state, metrics = train_step(state, batch)
-                step += 1
-                pending.append((step, metrics))
-                if preemption.should_stop(step):
-                    flush_metrics(log=True)
+        writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+        step = int(state.step)
+        progress = Progress(train_config.steps, step)
+        started = time.perf_counter()
+        first_step = step
+        eval_metrics: dict[str, float] = {}
+        pending: list[tuple[int, dict[str, jax.Array]]] = []
+        nonfinite_steps: list[int] = []
+        preempted = False
+
+        def flush_metrics(log: bool) -> None:
+            """Fetches the pending steps' metrics, writes them and applies the non-finite policy.
+
+            Fetching only at log, eval and checkpoint steps keeps the host from blocking on
+            each step, so input and compute overlap.
+            """
+            nonlocal pending
+            if not pending:
+                return
+            fetched = jax.device_get(pending)
+            pending = []
+            for metric_step, values in fetched:
+                writer.write_scalars(metric_step, {f"train/{k}": v for k, v in values.items()})
+                if values["nonfinite"] > 0:
+                    nonfinite_steps.append(metric_step)
+                    if train_config.nonfinite == "stop":
+                        raise NonFiniteError(
+                            f"non-finite loss, gradients or updated params at step {metric_step} "
+                            f"(loss {float(values['loss'])}, grad_norm "
+                            f"{float(values['grad_norm'])}); stopped without saving a new "
+                            f"checkpoint (latest: step {checkpointer.latest_step()}). "
+                            "Set config.train.nonfinite='skip' to skip such steps instead."
+                        )
                     _log(
-                        f"{preemption.reason or 'preemption notice'}: saving a checkpoint at "
-                        f"step {step} and exiting"
+                        f"step {metric_step}: non-finite loss, gradients or updated params; "
+                        "update skipped"
                     )
-                    preempted = True
-                    break
-                is_eval = step % train_config.eval_every == 0 or step == train_config.steps
-                is_log = step % train_config.log_every == 0 or step == train_config.steps
-                if is_log or is_eval or checkpointer.would_save(step):
-                    flush_metrics(log=is_log)
-                checkpointer.save(step, state, train_iter)
-                if is_eval:
+            if log:
+                latest = {k: v for k, v in fetched[-1][1].items()}
+                _log(
+                    progress.line(step, {k: latest[k] for k in ("loss", "accuracy") if k in latest})
+                )
+
+        try:
+            if step > 0 and (step % train_config.eval_every == 0 or step == train_config.steps):
+                if step not in workdir_lib.read_evals(workdir):
+                    _log(f"evaluating step {step}, which the interrupted run did not finish")
                     eval_metrics = run_eval(step)
-            flush_metrics(log=False)
-            checkpointer.save(step, state, train_iter, force=True)
-            if not eval_metrics and not preempted:
-                eval_metrics = run_eval(step)
-    finally:
-        writer.flush()
-        writer.close()
-    checkpointer.wait()  # the final checkpoint is committed before the summary says it is
+            with PreemptionWatcher() as preemption:
+                while step < train_config.steps:
+                    batch = to_global(next(train_iter))
+                    state, metrics = train_step(state, batch)
+                    step += 1
+                    pending.append((step, metrics))
+                    if preemption.should_stop(step):
+                        flush_metrics(log=True)
+                        _log(
+                            f"{preemption.reason or 'preemption notice'}: saving a checkpoint at "
+                            f"step {step} and exiting"
+                        )
+                        preempted = True
+                        break
+                    is_eval = step % train_config.eval_every == 0 or step == train_config.steps
+                    is_log = step % train_config.log_every == 0 or step == train_config.steps
+                    if is_log or is_eval or checkpointer.would_save(step):
+                        flush_metrics(log=is_log)
+                    checkpointer.save(step, state, train_iter)
+                    if is_eval:
+                        eval_metrics = run_eval(step)
+                flush_metrics(log=False)
+                checkpointer.save(step, state, train_iter, force=True)
+                if not eval_metrics and not preempted:
+                    eval_metrics = run_eval(step)
+        finally:
+            writer.flush()
+            writer.close()
+    # Leaving the block committed the final checkpoint: the summary may say it is saved.
     elapsed = time.perf_counter() - started
 
     summary = {

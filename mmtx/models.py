@@ -25,6 +25,8 @@ from mmtx.nn.attention import default_kernel_init
 
 Dtype = Any
 ENCODERS = {"text": TextEncoder, "image": ImageEncoder, "audio": AudioEncoder}
+# The outputs that are embeddings [B, embed_dim] (Model(..., normalize=True) scales them).
+EMBEDDING_KEYS = (*ENCODERS, "fused")
 BATCH_KEYS = ("text", "text_mask", "image", "audio", "label")
 
 
@@ -107,7 +109,8 @@ class MultiModalTransformer(nn.Module):
     ``__call__(batch, train=...)`` takes a batch dict
     (any subset of ``text``/``text_mask``/``image``/``audio``; see DESIGN.md) and returns a
     dict with, for every present modality ``m``, ``out[m]`` float32 ``[B, embed_dim]``;
-    ``"fused"`` float32 ``[B, embed_dim]``; ``"logits"`` float32 ``[B, num_classes]`` when
+    ``"fused"`` float32 ``[B, embed_dim]`` (embeddings un-normalised: the losses L2-normalise
+    them); ``"logits"`` float32 ``[B, num_classes]`` when
     ``num_classes > 0``; ``"logit_scale"`` and ``"logit_bias"`` float32 scalars (the learnable
     temperature and bias of the contrastive losses); with ``attribute_heads``,
     ``"attribute_logits"``: ``"<modality>/<attribute>"`` -> float32 ``[B, classes]``,
@@ -279,7 +282,14 @@ class Model:
 
     Call it on raw inputs: ``model(text_inputs="a red circle", image_features=img,
     audio_inputs=wav, audio_sample_rate=44100)``. Returns the module's output dict as numpy
-    arrays.
+    arrays (see :class:`MultiModalTransformer`).
+
+    The embeddings (``"text"``, ``"image"``, ``"audio"``, ``"fused"``: float32
+    ``[B, embed_dim]``) are returned **un-normalised**: their L2 norms are whatever the
+    projection heads give (a few units, not 1). The contrastive losses compare
+    L2-normalised embeddings (cosine similarity), so normalise them before comparing or
+    searching: ``model(..., normalize=True)`` returns them divided by their L2 norm
+    (logits and scalars are left as they are).
 
     - ``text_inputs``: a ``str`` or a list/tuple/array of ``str`` (decode ``bytes`` first).
     - ``image_features``: ``[H, W, C]``, ``[H, W]`` (grey) or ``[B, H, W, C]``, uint8 or
@@ -382,12 +392,32 @@ class Model:
         image_features: np.ndarray | None = None,
         audio_inputs: np.ndarray | None = None,
         audio_sample_rate: int | None = None,
+        *,
+        normalize: bool = False,
     ) -> dict[str, Any]:
-        """Runs the model on raw inputs (see the class docstring)."""
+        """Runs the model on raw inputs (see the class docstring).
+
+        With ``normalize=True`` the embeddings (``"text"``, ``"image"``, ``"audio"``,
+        ``"fused"``: float32 ``[B, embed_dim]``) are divided by their L2 norm, as the
+        contrastive losses compare them; other outputs are unchanged.
+        """
         batch = self.preprocess(text_inputs, image_features, audio_inputs, audio_sample_rate)
         # Under jit the module sees traced ids and cannot check them: check the batch here.
         check_batch(batch, self.module.encoders)
-        return jax.tree.map(np.asarray, _jitted_apply(self.module, self.params, batch))
+        outputs = jax.tree.map(np.asarray, _jitted_apply(self.module, self.params, batch))
+        if normalize:
+            for key in EMBEDDING_KEYS:
+                if key in outputs:
+                    outputs[key] = l2_normalize(outputs[key])
+        return outputs
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """``x / max(||x||, eps)`` along the last axis: float32 ``[..., D]`` -> float32
+    ``[..., D]`` (the normalisation of :func:`mmtx.losses.l2_normalize`, in numpy)."""
+    x = np.asarray(x, np.float32)
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norm, np.float32(eps))
 
 
 def _text_list(text_inputs: Any) -> list[str]:

@@ -553,3 +553,26 @@ def test_from_checkpoint_of_a_run_on_eight_devices_in_a_one_device_process(tmp_p
     kernel = model.params["text"]["tower"]["encoder"]["blocks"]["mlp"]["fc1"]["kernel"]
     assert kernel.sharding.num_devices == 1
     assert model(text_inputs=["a red circle"])["text"].shape == (1, 32)
+
+
+def test_normalize_returns_unit_embeddings_and_leaves_the_rest():
+    """Embeddings come un-normalised (norms far from 1); normalize=True divides each by its
+    L2 norm and leaves logits and the scalars alone."""
+    model = create_model(small_config("concat"), params=built("concat")[1])
+    rng = np.random.default_rng(0)
+    inputs = dict(
+        text_inputs=["a red circle", "cats"],
+        image_features=rng.integers(0, 256, (B, SIZE, SIZE, 3), dtype=np.uint8),
+        audio_inputs=rng.uniform(-1, 1, (B, SAMPLES)).astype(np.float32),
+    )
+    raw = model(**inputs)
+    unit = model(**inputs, normalize=True)
+    assert set(unit) == set(raw)
+    for key in ("text", "image", "audio", "fused"):
+        norms = np.linalg.norm(raw[key], axis=-1)
+        assert np.all(np.abs(norms - 1) > 0.1), (key, norms)
+        assert unit[key].shape == (B, EMBED) and unit[key].dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(unit[key], axis=-1), 1.0, rtol=1e-6)
+        np.testing.assert_allclose(unit[key], raw[key] / norms[:, None], rtol=1e-6, atol=1e-7)
+    for key in ("logits", "logit_scale", "logit_bias"):
+        np.testing.assert_array_equal(unit[key], raw[key])

@@ -293,8 +293,10 @@ class Model:
 
     - ``text_inputs``: a ``str`` or a list/tuple/array of ``str`` (decode ``bytes`` first).
     - ``image_features``: ``[H, W, C]``, ``[H, W]`` (grey) or ``[B, H, W, C]``, uint8 or
-      float in [0, 1]; encoded image ``bytes`` (PNG, JPEG, ...); or a list of images, each
-      an array (any size) or bytes.
+      float in [0, 1]; encoded image ``bytes`` (PNG, JPEG, ...); a ``PIL.Image.Image``; or a
+      list of images, each an array (any size), bytes or a PIL image. Each is resized to the
+      model's size (shorter side, then centre crop). An alpha channel (RGBA, grey + alpha) is
+      dropped, as PIL's ``convert("RGB")`` drops it.
     - ``audio_inputs``: float waveform(s): ``[S]`` or ``[B, S]`` mono; ``[S, C]`` or
       ``[B, S, C]`` with at most 8 channels, averaged to mono. A 2-D array whose last axis is
       at most 8 and shorter than its first is one multi-channel clip (``[16000, 2]`` is one

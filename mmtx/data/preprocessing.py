@@ -76,6 +76,10 @@ def select_text(value: Any, rng: np.random.Generator | None = None) -> str:
 def decode_image(data: bytes, min_size: int | None = None, channels: int = 3) -> np.ndarray:
     """Encoded image bytes (JPEG, PNG, ...) -> uint8 ``[H, W, channels]``.
 
+    Converted as PIL's ``Image.convert("RGB")`` (``"L"`` for ``channels=1``) does: an alpha
+    channel (RGBA, LA, palette transparency) is dropped, not composited, so a transparent
+    pixel shows its stored colour (black in most PNGs); grey is repeated to RGB.
+
     With ``min_size``, a JPEG is decoded at the smallest of libjpeg's 1/1, 1/2, 1/4, 1/8
     scales whose shorter side is still >= ``min_size`` (PIL's ``draft``): a 640 x 480 photo
     for a 64 px model decodes at 160 x 120, several times faster, and the resize that follows
@@ -88,8 +92,14 @@ def decode_image(data: bytes, min_size: int | None = None, channels: int = 3) ->
             if scale >= 2:
                 # draft keeps both sides >= the requested size; ask for the aspect-kept size.
                 image.draft(image.mode, (int(width / scale), int(height / scale)))
-        image = image.convert("RGB" if channels == 3 else "L")
-        array = np.asarray(image)
+        array = _pil_to_array(image, channels)
+    return array
+
+
+def _pil_to_array(image: Image.Image, channels: int) -> np.ndarray:
+    """A PIL image -> uint8 ``[H, W, channels]`` by ``convert("RGB")`` (``"L"`` for one
+    channel): alpha dropped, palettes expanded, grey repeated."""
+    array = np.asarray(image.convert("RGB" if channels == 3 else "L"))
     return array if array.ndim == 3 else array[..., None]
 
 
@@ -168,7 +178,7 @@ def random_flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def preprocess_image(
-    image: np.ndarray,
+    image: np.ndarray | bytes | Image.Image,
     image_size: int,
     *,
     channels: int = 3,
@@ -176,15 +186,20 @@ def preprocess_image(
 ) -> np.ndarray:
     """One raw image -> float32 ``[image_size, image_size, channels]`` in ``[0, 1]``.
 
-    ``image``: ``[H, W, C]`` or ``[H, W]`` (grey), ``uint8`` or float in ``[0, 1]``, or
-    encoded bytes (decoded by :func:`decode_image`, at a reduced scale where JPEG allows).
-    Grey is repeated to RGB. The shorter side is resized to ``image_size`` and the square cut from
-    the centre; with ``rng`` (training augmentation) the square is placed at random and
-    mirrored with probability 1/2. Normalising with the model's mean/std happens in
-    :class:`mmtx.encoders.ImageEncoder`.
+    ``image``: ``[H, W, C]`` or ``[H, W]`` (grey), ``uint8`` or float in ``[0, 1]``; a
+    ``PIL.Image.Image``; or encoded bytes (decoded by :func:`decode_image`, at a reduced scale
+    where JPEG allows). Grey is repeated to RGB. An alpha channel is dropped as PIL's
+    ``convert("RGB")`` drops it (not composited onto a background): the last channel of a
+    4-channel (RGBA) or 2-channel (grey + alpha) array when the model takes another number of
+    channels; PIL images and bytes are converted with ``convert``. The shorter side is resized
+    to ``image_size`` and the square cut from the centre; with ``rng`` (training
+    augmentation) the square is placed at random and mirrored with probability 1/2.
+    Normalising with the model's mean/std happens in :class:`mmtx.encoders.ImageEncoder`.
     """
     if isinstance(image, bytes | np.bytes_):
         image = decode_image(bytes(image), min_size=image_size, channels=channels)
+    elif isinstance(image, Image.Image):
+        image = _pil_to_array(image, channels)
     image = np.asarray(image)
     if image.ndim == 2:
         image = image[..., None]
@@ -192,6 +207,8 @@ def preprocess_image(
         raise ValueError(f"image must be [H, W, C]; got shape {image.shape}")
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError(f"image has zero height or width: shape {image.shape}")
+    if image.shape[-1] in (2, 4) and image.shape[-1] != channels:
+        image = image[..., :-1]  # RGBA -> RGB, grey + alpha -> grey, as PIL's convert does
     if image.shape[-1] == 1 and channels == 3:
         image = np.repeat(image, 3, axis=-1)
     if image.shape[-1] != channels:
@@ -213,19 +230,22 @@ def to_image_batch(
 
     ``images`` is one image ``[H, W, C]`` or ``[H, W]`` (grey), a batch ``[B, H, W, C]``,
     encoded image ``bytes`` (PNG, JPEG, ...; decoded by :func:`decode_image` as the input
-    pipeline decodes a dataset's), or a list whose entries are each one image: arrays of any
-    size, bytes, or a mix. ``uint8`` pixels are scaled by 1/255; floats must be finite and
-    already in ``[0, 1]``. Each image goes through :func:`preprocess_image` without
+    pipeline decodes a dataset's), a ``PIL.Image.Image``, or a list whose entries are each
+    one image: arrays (or nested lists) of any size, bytes, PIL images, or a mix; each is
+    resized to the model's size. ``uint8`` pixels are scaled by 1/255; floats must be finite
+    and already in ``[0, 1]``. An alpha channel (RGBA, grey + alpha) is dropped, as PIL's
+    ``convert("RGB")`` drops it. Each image goes through :func:`preprocess_image` without
     augmentation (shorter side resized to ``image_size``, centre crop), as evaluation batches
     do in the input pipeline. Errors name ``name`` and, in a batch, the example
     (``image_features[1]: ...``).
     """
     if isinstance(images, np.ndarray) and images.dtype.kind in "OS" and images.ndim <= 1:
         images = images.item() if images.ndim == 0 else list(images)  # encoded, as TFDS gives
-    if isinstance(images, bytes | np.bytes_):
+    if isinstance(images, bytes | np.bytes_ | Image.Image):
         examples, batched = [images], False
-    elif isinstance(images, list | tuple) and any(
-        isinstance(x, bytes | np.bytes_ | np.ndarray) for x in images
+    elif isinstance(images, list | tuple) and (
+        any(isinstance(x, bytes | np.bytes_ | np.ndarray | Image.Image) for x in images)
+        or not _stacks(images)
     ):
         examples, batched = list(images), True
     else:
@@ -251,6 +271,15 @@ def to_image_batch(
             kind = ValueError if isinstance(error, OSError) else type(error)
             raise kind(f"{where}: {error}") from error
     return np.stack(out)
+
+
+def _stacks(images: list | tuple) -> bool:
+    """Whether numpy makes one rectangular array of a list of nested lists (a list of images
+    of different sizes does not: numpy's "inhomogeneous shape")."""
+    try:
+        return np.asarray(images).dtype != object
+    except ValueError:
+        return False
 
 
 # ----------------------------------------------------------------------------- audio

@@ -87,11 +87,71 @@ def test_float_out_of_range_raises(value):
 
 def test_image_other_errors():
     with pytest.raises(ValueError, match="3 channels"):
-        to_image_batch(np.zeros((8, 8, 4), np.float32), image_size=8)
+        to_image_batch(np.zeros((8, 8, 5), np.float32), image_size=8)
     with pytest.raises(TypeError, match="uint8 or float"):
         to_image_batch(np.zeros((8, 8, 3), np.int32), image_size=8)
     with pytest.raises(ValueError, match="empty"):
         to_image_batch(np.zeros((0, 8, 8, 3), np.float32), image_size=8)
+
+
+def test_list_of_images_of_different_sizes():
+    """Each entry is resized on its own: uint8 and float arrays, nested lists and PIL images
+    (a list numpy cannot stack used to fail with its "inhomogeneous shape")."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in [(20, 30, 3), (41, 17, 3)]]
+    reference = np.stack([preprocess_image(image, 16) for image in images])
+    as_float = [image.astype(np.float32) / 255 for image in images]
+    for batch in (images, tuple(images)):
+        np.testing.assert_array_equal(to_image_batch(batch, 16), reference)
+    float_reference = np.stack([preprocess_image(image, 16) for image in as_float])
+    for batch in (as_float, [image.tolist() for image in as_float]):
+        np.testing.assert_allclose(to_image_batch(batch, 16), float_reference, atol=1e-6)
+    pil = [Image.fromarray(image) for image in images]
+    np.testing.assert_array_equal(to_image_batch(pil, 16), reference)
+    np.testing.assert_array_equal(to_image_batch(pil[1], 16), reference[1:])
+    assert to_image_batch([as_float[0].tolist()] * 2, 16).shape == (2, 16, 16, 3)
+    with pytest.raises(ValueError, match=re.escape("image[1]: image must be [H, W, C]")):
+        to_image_batch([images[0], np.zeros(5, np.uint8)], 16)
+
+
+def test_alpha_is_dropped_as_pil_convert_rgb_does():
+    """RGBA and grey + alpha, as PNG bytes, PIL images or arrays: the colour channels are
+    kept and alpha dropped (not composited), the result of PIL's ``convert("RGB")``."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (24, 36, 4), dtype=np.uint8)
+    rgba[:8, :, 3] = 0  # fully transparent rows with random colours
+    rgba[8:12, :, :] = 0  # transparent black, as most PNG encoders store transparency
+    png = io.BytesIO()
+    Image.fromarray(rgba, mode="RGBA").save(png, format="PNG")
+    with Image.open(io.BytesIO(png.getvalue())) as opened:
+        assert opened.mode == "RGBA"
+        expected = to_image_batch(np.asarray(opened.convert("RGB")), 16)
+        np.testing.assert_array_equal(to_image_batch(opened, 16), expected)
+    np.testing.assert_array_equal(expected, to_image_batch(rgba[..., :3], 16))
+    for image in (png.getvalue(), rgba, [rgba, png.getvalue()]):
+        out = to_image_batch(image, 16)
+        np.testing.assert_array_equal(out, np.repeat(expected, len(out), axis=0))
+    as_float = rgba.astype(np.float32) / 255
+    np.testing.assert_array_equal(
+        to_image_batch(as_float, 16), to_image_batch(as_float[..., :3], 16)
+    )
+
+    grey_alpha = rng.integers(0, 256, (24, 36, 2), dtype=np.uint8)
+    la = io.BytesIO()
+    Image.fromarray(grey_alpha, mode="LA").save(la, format="PNG")
+    grey = to_image_batch(grey_alpha[..., 0], 16)
+    assert grey.shape == (1, 16, 16, 3)
+    np.testing.assert_array_equal(to_image_batch(la.getvalue(), 16), grey)
+    np.testing.assert_array_equal(to_image_batch(grey_alpha, 16), grey)
+    one_channel = to_image_batch(grey_alpha, 16, channels=1)
+    np.testing.assert_array_equal(one_channel, grey[..., :1])
+    np.testing.assert_array_equal(to_image_batch(la.getvalue(), 16, channels=1), one_channel)
 
 
 def test_audio_crop_keeps_the_start():

@@ -635,7 +635,14 @@ def _validate_fusion(fusion: ml_collections.ConfigDict) -> None:
     # Imported here: the fusion package imports flax; custom fusions register there.
     from mmtx.fusion import FUSION_MODULES
 
-    _require(fusion.type in FUSION_MODULES, "fusion.type", f"one of {tuple(FUSION_MODULES)}")
+    _require(
+        fusion.type in FUSION_MODULES,
+        "fusion.type",
+        f"{fusion.type!r} is not a registered fusion (registered: {tuple(FUSION_MODULES)}). A "
+        "custom fusion module must be registered with mmtx.fusion.register_fusion("
+        f"{fusion.type!r}, YourModule) before the config is validated or a checkpoint that uses "
+        "it is loaded: import the module that registers it first",
+    )
     _require(
         fusion.cross_attention in CROSS_ATTENTION_KERNELS,
         "fusion.cross_attention",

@@ -129,6 +129,19 @@ def test_load_config_from_configdict_copies_and_validates():
         config_lib.load_config(bad)
 
 
+def test_unregistered_fusion_type_says_to_register_it():
+    """A config naming a custom fusion that this process has not registered (its module not
+    imported) says so, and how to fix it, instead of only listing the built-in types."""
+    config = tiny()
+    config.fusion.type = "my_fusion"
+    with pytest.raises(ValueError) as info:
+        config_lib.validate(config)
+    message = str(info.value)
+    assert message.startswith("config.fusion.type: 'my_fusion' is not a registered fusion")
+    assert "mmtx.fusion.register_fusion('my_fusion', YourModule)" in message
+    assert "import the module that registers it" in message and "'concat'" in message
+
+
 def test_load_config_json(tmp_path):
     path = tmp_path / "model.json"
     path.write_text(json.dumps({"model": {"embed_dim": 16, "modalities": ["text"]}}))

@@ -576,3 +576,48 @@ def test_normalize_returns_unit_embeddings_and_leaves_the_rest():
         np.testing.assert_allclose(unit[key], raw[key] / norms[:, None], rtol=1e-6, atol=1e-7)
     for key in ("logits", "logit_scale", "logit_bias"):
         np.testing.assert_array_equal(unit[key], raw[key])
+
+
+class MeanOfPooledFusion(nn.Module):
+    """A custom fusion as a user would write one: a projection of the pooled features' mean."""
+
+    width: int
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, features, *, train=False):
+        pooled = jnp.mean(jnp.stack([f.pooled for f in features.values()]), axis=0)
+        dense = nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype)
+        return dense(pooled), {}
+
+
+def test_from_checkpoint_of_a_custom_fusion_says_to_register_it_first(tmp_path, monkeypatch):
+    """A run trained with a registered custom fusion, loaded in a process that has not
+    imported the module registering it: the error says to register it; once registered, it
+    loads."""
+    from mmtx.fusion import FUSION_MODULES, register_fusion
+    from mmtx.train.checkpoint import Checkpointer
+
+    monkeypatch.setitem(FUSION_MODULES, "mean_of_pooled", MeanOfPooledFusion)
+    config = config_lib.load_config(small_config("mean_of_pooled", modalities=("text",)))
+    module = MultiModalTransformer.from_config(config, vocab_size=ByteTokenizer().vocab_size)
+    shapes = jax.eval_shape(module.init, jax.random.key(0), dummy_batch(config, 1))
+    params = jax.tree.map(lambda s: jnp.full(s.shape, 0.5, s.dtype), nn.meta.unbox(shapes))
+    params = params["params"]
+    checkpointer = Checkpointer(str(tmp_path / "checkpoints"), config=config.to_dict())
+    checkpointer.save(3, {"params": params}, force=True)
+    checkpointer.wait()
+    checkpointer.close()
+
+    monkeypatch.delitem(FUSION_MODULES, "mean_of_pooled")  # a fresh process: not imported
+    with pytest.raises(ValueError) as info:
+        Model.from_checkpoint(tmp_path)
+    message = str(info.value)
+    assert "config.fusion.type: 'mean_of_pooled' is not a registered fusion" in message
+    assert "register_fusion('mean_of_pooled', YourModule) before" in message
+
+    register_fusion("mean_of_pooled", MeanOfPooledFusion)  # monkeypatch removes it after
+    model = Model.from_checkpoint(tmp_path)
+    assert model.step == 3 and model.module.fusion_type == "mean_of_pooled"
+    jax.tree.map(np.testing.assert_array_equal, model.params, params)

@@ -404,6 +404,17 @@ class Model:
         contrastive losses compare them; other outputs are unchanged.
         """
         batch = self.preprocess(text_inputs, image_features, audio_inputs, audio_sample_rate)
+        return self.run(batch, normalize=normalize)
+
+    def run(self, batch: Mapping[str, Any], *, normalize: bool = False) -> dict[str, Any]:
+        """Runs the model (jitted, in inference mode) on a batch from :meth:`preprocess`
+        (``text`` int32 ``[B, T]``, ``text_mask`` bool ``[B, T]``, ``image`` float32
+        ``[B, H, W, C]``, ``audio`` float32 ``[B, S]``) and returns the outputs as numpy
+        arrays, as ``__call__`` does (``normalize`` as there). The batch is checked first.
+        Each new batch shape compiles once; keep ``B`` fixed (pad the last batch) when
+        running many batches.
+        """
+        batch = dict(batch)
         # Under jit the module sees traced ids and cannot check them: check the batch here.
         check_batch(batch, self.module.encoders)
         outputs = jax.tree.map(np.asarray, _jitted_apply(self.module, self.params, batch))

@@ -1,0 +1,367 @@
+"""Embed files with a trained model: ``python -m mmtx.embed --workdir=DIR --images=FOLDER
+--out=FILE.npz``.
+
+One of ``--images=FOLDER`` (every file of the folder that PIL reads, by extension: PNG, JPEG,
+WebP, ...), ``--texts=FILE`` (one caption per non-empty line, UTF-8) or ``--audio=FOLDER``
+(every ``.wav`` file: 8-bit, 16-bit, 24-bit, 32-bit PCM or float, mono or multi-channel,
+any rate) is embedded with the model of ``--workdir`` (a training run's or an imported
+checkpoint, loaded by :meth:`mmtx.Model.from_checkpoint`), ``--batch_size`` inputs at a
+time, with a progress bar on stderr. Folders are read in sorted file-name order, not
+recursively; hidden files are skipped.
+
+``--out`` is an ``.npz`` file with ``embeddings`` float32 ``[N, D]`` (the modality's own
+embedding, ``outputs["image"]`` etc., un-normalised unless ``--normalize``), ``names`` str
+``[N]`` (the file names, or the caption lines), ``modality`` (a str), ``normalized``
+(a bool) and ``step`` (the checkpoint step loaded). Read it with
+``np.load("FILE.npz")["embeddings"]``.
+
+Exits 0 when done; 1, with one ``error: ...`` line on stderr, for a missing or empty input,
+a workdir without a loadable checkpoint, a model without an encoder for the modality, or an
+input file that cannot be read (the error names it).
+
+The functions behind the command (:func:`find_inputs`, :func:`load_input`,
+:func:`embed_files`, :func:`write_embeddings`) work without it, in a notebook or a script.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+import numpy as np
+import scipy.io.wavfile
+from absl import flags
+from PIL import Image
+
+from mmtx.data.preprocessing import audio_to_float
+from mmtx.models import Model
+
+MODALITIES = ("image", "text", "audio")
+
+
+class EmbedError(Exception):
+    """An input, workdir or output that cannot be used; the message is one line for the user."""
+
+
+# ---------------------------------------------------------------------------- inputs
+
+
+def image_extensions() -> set[str]:
+    """The lower-case file extensions (``".png"``, ``".jpg"``, ...) PIL can open."""
+    return {extension.lower() for extension in Image.registered_extensions()}
+
+
+def find_inputs(modality: str, path: str | os.PathLike) -> list[str]:
+    """What to embed: for ``"image"`` the paths of the files in folder ``path`` with an
+    extension PIL reads, for ``"audio"`` those of its ``.wav`` files (both sorted by name,
+    hidden files skipped, no subfolders); for ``"text"`` the non-empty lines of the UTF-8 text
+    file ``path``, stripped of surrounding whitespace. Raises :class:`EmbedError` when
+    ``path`` is missing or holds nothing to embed."""
+    path = os.fspath(path)
+    if modality == "text":
+        if not os.path.isfile(path):
+            raise EmbedError(f"no such text file: {path}")
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = [line.strip() for line in f]
+        except UnicodeDecodeError as error:
+            raise EmbedError(f"{path}: not UTF-8 text ({error})") from error
+        lines = [line for line in lines if line]
+        if not lines:
+            raise EmbedError(f"{path} has no non-empty lines to embed")
+        return lines
+    if modality not in ("image", "audio"):
+        raise ValueError(f"modality must be one of {MODALITIES}; got {modality!r}")
+    if not os.path.isdir(path):
+        raise EmbedError(f"no such folder: {path}")
+    extensions = image_extensions() if modality == "image" else {".wav"}
+    files = sorted(
+        os.path.join(path, name)
+        for name in os.listdir(path)
+        if not name.startswith(".")
+        and os.path.splitext(name)[1].lower() in extensions
+        and os.path.isfile(os.path.join(path, name))
+    )
+    if not files:
+        kinds = (
+            "image files (extensions PIL reads: .png, .jpg, ...)"
+            if modality == "image"
+            else ".wav files"
+        )
+        raise EmbedError(f"no {kinds} in {path}")
+    return files
+
+
+def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """A WAV file -> (float32 ``[S]`` mono waveform in about ``[-1, 1]``, sample rate in Hz).
+
+    PCM integers are scaled by their full range (:func:`mmtx.data.preprocessing.audio_to_float`;
+    24-bit files arrive from scipy as left-aligned int32), floats kept; several channels are
+    averaged to mono, as :class:`mmtx.Model` mixes them.
+    """
+    try:
+        rate, samples = scipy.io.wavfile.read(os.fspath(path))
+    except OSError:
+        raise
+    except Exception as error:
+        # scipy raises several types for a damaged file (a truncated header: UnboundLocalError).
+        raise ValueError(
+            f"not a WAV file scipy can read ({type(error).__name__}: {error})"
+        ) from error
+    samples = audio_to_float(samples)
+    if samples.ndim == 2:
+        samples = samples.mean(axis=1)
+    return samples, int(rate)
+
+
+def load_input(modality: str, item: str) -> dict[str, Any]:
+    """One input as the keyword arguments of :meth:`mmtx.Model.preprocess`: ``item`` is a
+    caption (``"text"``) or a file path (``"image"``: encoded bytes, decoded by the model's
+    preprocessing; ``"audio"``: the waveform of :func:`read_wav` and its rate)."""
+    if modality == "text":
+        return {"text_inputs": item}
+    if modality == "image":
+        with open(item, "rb") as f:
+            return {"image_features": f.read()}
+    if modality == "audio":
+        samples, rate = read_wav(item)
+        return {"audio_inputs": samples, "audio_sample_rate": rate}
+    raise ValueError(f"modality must be one of {MODALITIES}; got {modality!r}")
+
+
+# ---------------------------------------------------------------------------- embedding
+
+
+class ProgressBar:
+    """``\\r``-redrawn ``label [#####.....] 37/120`` on a text stream (stderr), ending in a
+    newline on :meth:`close`."""
+
+    def __init__(self, total: int, label: str, stream: TextIO, width: int = 30):
+        self.total, self.label, self.stream, self.width = total, label, stream, width
+        self.start = time.monotonic()
+        self.update(0)
+
+    def update(self, done: int) -> None:
+        filled = self.width * done // max(self.total, 1)
+        elapsed = time.monotonic() - self.start
+        rate = f", {done / elapsed:.1f}/s" if done and elapsed > 0 else ""
+        bar = "#" * filled + "." * (self.width - filled)
+        self.stream.write(f"\r{self.label} [{bar}] {done}/{self.total}{rate}")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.write("\n")
+        self.stream.flush()
+
+
+def _pad_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    """Repeats the last example of every ``[n, ...]`` array up to ``[size, ...]``, so that
+    the last, shorter batch reuses the compiled program."""
+    return {
+        key: np.concatenate([value, np.repeat(value[-1:], size - len(value), axis=0)])
+        for key, value in batch.items()
+    }
+
+
+def embed_files(
+    model: Model,
+    items: Sequence[str],
+    modality: str,
+    batch_size: int = 32,
+    *,
+    normalize: bool = False,
+    progress: TextIO | None = None,
+) -> np.ndarray:
+    """Embeds ``items`` (file paths for ``"image"`` and ``"audio"``, captions for ``"text"``;
+    see :func:`find_inputs`) with ``model``, ``batch_size`` at a time.
+
+    Returns float32 ``[len(items), embed_dim]``: row ``i`` is ``model(...)[modality]`` of
+    item ``i`` (L2-normalised with ``normalize``), as calling the model on that input gives
+    it (to float32 round-off: XLA may sum in another order for another batch size). Every
+    batch has ``batch_size`` rows (the last is padded), so the model compiles once. With
+    ``progress`` (a stream such as ``sys.stderr``) a progress bar is drawn there. Raises
+    :class:`EmbedError` when the model has no encoder for ``modality`` or an input cannot be
+    read (naming it).
+    """
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {MODALITIES}; got {modality!r}")
+    if modality not in model.module.encoders:
+        raise EmbedError(
+            f"the model has no {modality} encoder; its modalities are "
+            f"{', '.join(sorted(model.module.encoders))}"
+        )
+    if batch_size < 1:
+        raise EmbedError(f"--batch_size must be >= 1; got {batch_size}")
+    if not items:
+        raise EmbedError(f"nothing to embed: no {modality} inputs")
+    size = min(batch_size, len(items))
+    bar = ProgressBar(len(items), f"embedding {modality}", progress) if progress else None
+    rows = []
+    try:
+        for start in range(0, len(items), size):
+            examples = []
+            for item in items[start : start + size]:
+                try:
+                    examples.append(model.preprocess(**load_input(modality, item)))
+                except (OSError, ValueError, TypeError) as error:
+                    # PIL's UnidentifiedImageError is an OSError; scipy raises ValueError.
+                    raise EmbedError(f"{item}: {error}") from error
+            batch = {key: np.concatenate([e[key] for e in examples]) for key in examples[0]}
+            outputs = model.run(_pad_batch(batch, size), normalize=normalize)
+            rows.append(outputs[modality][: len(examples)])
+            if bar:
+                bar.update(start + len(examples))
+    finally:
+        if bar:
+            bar.close()
+    return np.concatenate(rows).astype(np.float32)
+
+
+def write_embeddings(
+    path: str | os.PathLike,
+    embeddings: np.ndarray,
+    names: Sequence[str],
+    modality: str,
+    *,
+    normalized: bool = False,
+    step: int | None = None,
+) -> None:
+    """Writes ``embeddings`` float32 ``[N, D]``, ``names`` str ``[N]`` (file names or
+    captions), ``modality``, ``normalized`` and ``step`` (-1 for none) to the ``.npz`` file
+    ``path`` (exactly that name), replacing it at once when complete."""
+    path = os.fspath(path)
+    embeddings = np.asarray(embeddings, np.float32)
+    if embeddings.ndim != 2 or len(embeddings) != len(names):
+        raise ValueError(
+            f"embeddings {embeddings.shape} must be [N, D] with N = {len(names)} names"
+        )
+    partial = f"{path}.partial"
+    with open(partial, "wb") as f:
+        np.savez(
+            f,
+            embeddings=embeddings,
+            names=np.asarray(list(names), dtype=str),
+            modality=np.asarray(modality),
+            normalized=np.asarray(normalized),
+            step=np.asarray(-1 if step is None else step, np.int64),
+        )
+    os.replace(partial, path)
+
+
+def load_model(workdir: str | os.PathLike) -> Model:
+    """:meth:`mmtx.Model.from_checkpoint` of ``workdir``, its errors as :class:`EmbedError`."""
+    workdir = os.fspath(workdir)
+    if not os.path.isdir(workdir):
+        raise EmbedError(f"--workdir: no such directory: {workdir}")
+    try:
+        return Model.from_checkpoint(workdir)
+    except (OSError, ValueError) as error:
+        # No checkpoint, a damaged one, or a config that does not validate (such as a custom
+        # fusion that is not registered).
+        raise EmbedError(f"cannot load the model of {workdir}: {error}") from error
+
+
+def embed(
+    workdir: str | os.PathLike,
+    modality: str,
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    batch_size: int = 32,
+    *,
+    normalize: bool = False,
+    progress: TextIO | None = None,
+) -> np.ndarray:
+    """The command: finds the inputs, loads the model, embeds, writes ``out``; returns the
+    float32 ``[N, D]`` embeddings. Inputs and the output folder are checked before the model
+    is loaded, so that a mistake is reported at once."""
+    if batch_size < 1:
+        raise EmbedError(f"--batch_size must be >= 1; got {batch_size}")
+    items = find_inputs(modality, source)
+    out_dir = os.path.dirname(os.path.abspath(os.fspath(out)))
+    if not os.path.isdir(out_dir):
+        raise EmbedError(f"--out: no such folder: {out_dir}")
+    model = load_model(workdir)
+    embeddings = embed_files(
+        model, items, modality, batch_size, normalize=normalize, progress=progress
+    )
+    names = items if modality == "text" else [os.path.basename(item) for item in items]
+    write_embeddings(out, embeddings, names, modality, normalized=normalize, step=model.step)
+    return embeddings
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def parse_flags(argv: Sequence[str]) -> tuple[flags.FlagValues, list[str]]:
+    """Parses ``argv`` (``argv[0]`` is the program) into a fresh ``FlagValues``; returns it and
+    the arguments that are not flags. The flags are defined there, not in absl's global
+    ``FLAGS``, so that this module imports next to :mod:`mmtx.main` (which defines
+    ``--workdir`` too) and its command runs in-process. Raises ``absl.flags.Error``."""
+    values = flags.FlagValues()
+    flags.DEFINE_string(
+        "workdir", None, "Workdir of a trained or imported model.", flag_values=values
+    )
+    flags.DEFINE_string("images", None, "Folder of images to embed.", flag_values=values)
+    flags.DEFINE_string(
+        "texts", None, "Text file: one caption per non-empty line.", flag_values=values
+    )
+    flags.DEFINE_string("audio", None, "Folder of .wav files to embed.", flag_values=values)
+    flags.DEFINE_string("out", None, "The .npz file to write.", flag_values=values)
+    flags.DEFINE_integer("batch_size", 32, "Inputs per model call.", flag_values=values)
+    flags.DEFINE_bool("normalize", False, "L2-normalise the embeddings.", flag_values=values)
+    rest = values(list(argv))
+    return values, rest[1:]
+
+
+def main(argv: Sequence[str], stderr: TextIO | None = None) -> int:
+    """Runs the command on ``argv`` (``sys.argv``); returns the exit status: 0 when done, 1
+    after printing one ``error: ...`` line to ``stderr`` (default ``sys.stderr``), where the
+    progress bar goes too."""
+    stderr = stderr or sys.stderr
+    if any(arg in ("--help", "-h", "--helpfull", "--helpshort") for arg in argv[1:]):
+        values, _ = parse_flags(argv[:1])
+        print(f"{__doc__.strip()}\n\nflags:\n{values.get_help()}")
+        return 0
+    try:
+        try:
+            values, extra = parse_flags(argv)
+        except flags.Error as error:
+            raise EmbedError(str(error)) from error
+        if extra:
+            raise EmbedError(f"unexpected arguments: {extra}")
+        sources = {
+            modality: value
+            for modality, value in (
+                ("image", values.images),
+                ("text", values.texts),
+                ("audio", values.audio),
+            )
+            if value
+        }
+        if len(sources) != 1:
+            raise EmbedError("give exactly one of --images=FOLDER, --texts=FILE, --audio=FOLDER")
+        if not values.workdir or not values.out:
+            raise EmbedError("--workdir=DIR and --out=FILE.npz are required")
+        ((modality, source),) = sources.items()
+        embeddings = embed(
+            values.workdir,
+            modality,
+            source,
+            values.out,
+            values.batch_size,
+            normalize=values.normalize,
+            progress=stderr,
+        )
+    except EmbedError as error:
+        print(f"error: {error}", file=stderr, flush=True)
+        return 1
+    count, width = embeddings.shape
+    print(f"wrote {count} {modality} embeddings [{count}, {width}] to {values.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -223,6 +223,41 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
+class UnknownKeyError(KeyError):
+    """A config key the schema does not have. Its message prints as is (a plain ``KeyError``
+    would print it quoted, with escaped quotes inside)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def split_comma_lists(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Splits ``"text,image"`` entries of the schema's tuple-of-str fields into items, in place.
+
+    A command-line override ``--config.model.modalities=text,image`` arrives as the one-item
+    tuple ``("text,image",)``; this makes it ``("text", "image")``, the same as
+    ``--config.model.modalities="('text','image')"``.
+    """
+
+    def split(group: ml_collections.ConfigDict, schema: ml_collections.ConfigDict) -> None:
+        for key, schema_value in schema.items():
+            if key not in group:
+                continue
+            value = group[key]
+            if isinstance(schema_value, ml_collections.ConfigDict):
+                if isinstance(value, ml_collections.ConfigDict):
+                    split(value, schema_value)
+            elif isinstance(schema_value, tuple) and all(isinstance(v, str) for v in schema_value):
+                entries = [value] if isinstance(value, str) else value
+                if isinstance(entries, tuple | list) and all(isinstance(v, str) for v in entries):
+                    items = tuple(i.strip() for v in entries for i in v.split(",") if i.strip())
+                    if items != tuple(entries):
+                        group[key] = items
+
+    split(config, default_config())
+    return config
+
+
 def apply_variant(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
     """Sets the sizes of every tower and the fusion from ``VARIANTS[name]``, in place."""
     if name not in VARIANTS:
@@ -254,7 +289,7 @@ def merge_overrides(
         if key not in config:
             close = difflib.get_close_matches(key, list(config.keys()), n=1)
             hint = f"; did you mean {prefix + close[0]!r}?" if close else ""
-            raise KeyError(f"unknown config key {path!r}{hint}")
+            raise UnknownKeyError(f"unknown config key {path!r}{hint}")
         if isinstance(config[key], ml_collections.ConfigDict):
             if not isinstance(value, Mapping):
                 raise TypeError(f"config key {path!r} is a group; got {type(value).__name__}")

@@ -2,11 +2,18 @@
 
 Any config field can be overridden on the command line, e.g.
 ``--config.train.steps=100 --config.fusion.type=gated``; ``--config=configs/base.py:tiny``
-passes ``tiny`` to the file's ``get_config``. Rerunning with the same ``--workdir`` resumes.
+passes ``tiny`` to the file's ``get_config``. Rerunning with the same ``--workdir`` resumes;
+rerunning a finished run reports its recorded evaluation, and ``--eval_only`` evaluates the
+newest checkpoint again without training.
 Exits 0 when done or when stopped by SIGTERM or a first Ctrl-C (a checkpoint is saved first);
 1 on a non-finite loss under ``config.train.nonfinite="stop"``, a workdir that is not mmtx's,
 not writable or in use by another run, or a checkpoint made by a different config; 130 on a
 second Ctrl-C (exits at once, the last committed checkpoint kept).
+
+``--config`` also takes a JSON file of overrides (as :func:`mmtx.create_model` does), and a
+tuple field takes a comma list (``--config.model.modalities=text,image``). A mistyped flag
+or field is one ``error:`` line (exit 2). Progress goes to stdout; library logs (orbax, JAX)
+show only warnings unless ``--verbosity=0`` (absl's flag) asks for INFO.
 
 On a CPU host it first restarts itself with glibc malloc settings that let XLA reuse its
 buffers (:mod:`mmtx.train.host_malloc`; ``MMTX_HOST_MALLOC=default`` turns that off).
@@ -20,6 +27,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from mmtx import config as config_lib
 from mmtx.train import distributed, host_malloc
 from mmtx.train.checkpoint import CheckpointMismatchError
 from mmtx.train.loop import NonFiniteError, train_and_evaluate
@@ -35,18 +43,118 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, from 0.")
+_EVAL_ONLY = flags.DEFINE_bool(
+    "eval_only",
+    False,
+    "Evaluate the workdir's newest checkpoint (again) without training; updates "
+    "summary.json's eval, evals.json and TensorBoard.",
+)
 flags.mark_flags_as_required(["config"])
+
+
+def _json_configs_as_files(argv: list[str]) -> list[str]:
+    """``--config=run.json`` -> ``--config=<mmtx/_json_config_file.py>:run.json``."""
+    loader = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_json_config_file.py")
+    rewritten = []
+    for arg in argv:
+        name, equals, value = arg.partition("=")
+        if name in ("--config", "-config") and equals and value.endswith(".json"):
+            arg = f"{name}={loader}:{value}"
+        rewritten.append(arg)
+    return rewritten
+
+
+def _argv_config(argv: list[str]) -> str:
+    """The ``--config`` value given on the command line (for messages)."""
+    values = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    return values[-1] if values else "--config"
+
+
+def _innermost_message(text: str) -> str:
+    """A config file's error that ml_collections wrapped with its traceback -> the error's
+    own message (the traceback's last line, without the exception's type)."""
+    if "Traceback (most recent call last)" not in text:
+        return text
+    last = [line for line in text.splitlines() if line.strip()][-1].strip()
+    kind, colon, message = last.partition(": ")
+    return message if colon and kind.replace(".", "").isidentifier() else last
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def _unknown_field(error: KeyError, argv: list[str]) -> str:
+    """``--config.train.step=5`` -> ``unknown config field --config.train.step; did you mean
+    "steps" instead of "step"?`` (ConfigDict's KeyError holds the key, then its hint)."""
+    lines = [line.strip() for line in str(error.args[0]).splitlines() if line.strip()]
+    key = lines[0].strip("'\"") if lines else "?"
+    flag = next(
+        (
+            a.split("=")[0]
+            for a in argv
+            if a.startswith("--config.") and a.split("=")[0].endswith(f".{key}")
+        ),
+        key,
+    )
+    hint = f"; {lines[1][0].lower()}{lines[1][1:]}" if len(lines) > 1 else ""
+    return f"unknown config field {flag}{hint}"
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad flag, config file or config field reported as one
+    ``error:`` line naming it (exit 2) instead of a chained traceback."""
+    try:
+        return flags.FLAGS(_json_configs_as_files(argv))
+    except (AttributeError, KeyError) as error:
+        inner = error.args[0] if error.args else error
+        if isinstance(error, config_lib.UnknownKeyError):
+            message = f"{_argv_config(argv)}: {error}"
+        elif isinstance(inner, config_lib.UnknownKeyError):
+            message = str(inner)
+        elif isinstance(error, KeyError) or isinstance(inner, KeyError):
+            message = _unknown_field(inner if isinstance(inner, KeyError) else error, argv)
+        else:
+            message = _one_line(str(error))
+    except (flags.Error, TypeError, ValueError, OSError) as error:
+        message = _one_line(_innermost_message(str(error)))
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def _quiet_library_logs() -> None:
+    """Library INFO logs (orbax writes ~55 lines per save) only with an explicit
+    ``--verbosity``; progress lines are printed to stdout by the loop."""
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    _quiet_library_logs()
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     try:
-        summary = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        config = config_lib.split_comma_lists(_CONFIG.value)
+    except OSError as error:  # config_flags defers a file's load error to here
+        cause = error.__cause__ or error
+        lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+        print(f"error: cannot load --config: {lines[-1] if lines else cause}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        summary = train_and_evaluate(config, _WORKDIR.value, eval_only=_EVAL_ONLY.value)
     except (NonFiniteError, WorkdirError, CheckpointMismatchError) as error:
         logging.error("%s", error)
         print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    except ValueError as error:
+        if not str(error).startswith("config."):
+            raise
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except OSError as error:  # a save or a read that failed: the cause, not orbax's logs
+        logging.error("%s", error)
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
         sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted: exiting without saving", file=sys.stderr, flush=True)
@@ -58,4 +166,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     host_malloc.restart_with_tuned_malloc()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -49,7 +49,7 @@ def _concrete(value: Any) -> np.ndarray | None:
 def check_batch(batch: Mapping[str, Any], encoders: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Checks a model batch against a model's encoders; returns the modalities it holds.
 
-    ``batch`` is the dict of DESIGN.md (``text`` int ``[B, T]``, ``text_mask`` bool
+    ``batch`` is the dict of docs/design.md (``text`` int ``[B, T]``, ``text_mask`` bool
     ``[B, T]``, ``image`` float ``[B, H, W, C]``, ``audio`` float ``[B, S]``); ``encoders``
     is :attr:`MultiModalTransformer.encoders`. Checked: every modality has an encoder, at
     least one is present, batch sizes agree and are nonzero, ``text_mask`` has the shape of
@@ -107,7 +107,7 @@ class MultiModalTransformer(nn.Module):
     per-modality embeddings are unaffected), so the model learns to cope with missing inputs.
 
     ``__call__(batch, train=...)`` takes a batch dict
-    (any subset of ``text``/``text_mask``/``image``/``audio``; see DESIGN.md) and returns a
+    (any subset of ``text``/``text_mask``/``image``/``audio``; see docs/design.md) and returns a
     dict with, for every present modality ``m``, ``out[m]`` float32 ``[B, embed_dim]``;
     ``"fused"`` float32 ``[B, embed_dim]`` (embeddings un-normalised: the losses L2-normalise
     them); ``"logits"`` float32 ``[B, num_classes]`` when

@@ -5,6 +5,7 @@ from mmtx.nn.attention import (
     CROSS_ATTENTION_KERNELS,
     CrossModalAttention,
     MultiHeadAttention,
+    default_kernel_init,
 )
 from mmtx.nn.embed import (
     ConvStem,
@@ -33,6 +34,7 @@ __all__ = [
     "PatchEmbed",
     "TokenEmbed",
     "TransformerBlock",
+    "default_kernel_init",
     "log_mel_spectrogram",
     "mel_filterbank",
     "sincos_1d",

@@ -94,7 +94,8 @@ RESUMABLE_FIELDS = (
 def config_differences(saved: Mapping[str, Any] | None, current: Mapping[str, Any] | None) -> str:
     """The fields that differ between a checkpoint's config and the current one, those that
     change what a checkpoint holds first: ``"train.grad_clip: 1.0 -> 0.0 (also, fine to
-    change on resume: train.steps: 6 -> 8)"``; "" when they agree or either is unknown."""
+    change on resume: train.steps: 6 -> 8)"``, or ``"train.steps: 6 -> 8 (fine to change on
+    resume)"``; "" when they agree or either is unknown."""
     if not saved or not current:
         return ""
     old, new = _flat_config(saved), _flat_config(current)
@@ -107,10 +108,11 @@ def config_differences(saved: Mapping[str, Any] | None, current: Mapping[str, An
                 for field in RESUMABLE_FIELDS
             )
             (fine if resumable else matter).append(text)
-    parts = ["; ".join(matter)] if matter else []
+    if not matter:
+        return f"{'; '.join(fine)} (fine to change on resume)" if fine else ""
     if fine:
-        parts.append(f"(also, fine to change on resume: {'; '.join(fine)})")
-    return " ".join(parts)
+        return f"{'; '.join(matter)} (also, fine to change on resume: {'; '.join(fine)})"
+    return "; ".join(matter)
 
 
 def _iterator_state_text(iterator: Any) -> str:

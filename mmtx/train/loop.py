@@ -24,10 +24,10 @@ from jax.experimental import multihost_utils
 from mmtx import config as config_lib
 from mmtx.data.pipeline import create_dataset
 from mmtx.data.tokenizer import create_tokenizer
-from mmtx.models import MultiModalTransformer, dummy_batch
+from mmtx.models import MultiModalTransformer, dummy_batch, resolve_dtype
 from mmtx.train import mesh as mesh_lib
 from mmtx.train import workdir as workdir_lib
-from mmtx.train.checkpoint import Checkpointer
+from mmtx.train.checkpoint import Checkpointer, config_differences
 from mmtx.train.evaluate import evaluate
 from mmtx.train.metrics import MetricWriter, Progress, format_seconds
 from mmtx.train.optimizer import create_optimizer
@@ -197,8 +197,14 @@ def _commit_saves_on_exit(checkpointer: Checkpointer) -> Any:
     return commit
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
+) -> dict[str, Any]:
     """Trains and evaluates as ``config`` says, in ``workdir``; returns the final summary.
+
+    With ``eval_only``, nothing is trained: the newest checkpoint is evaluated (again, when
+    it was already) and ``summary.json``'s ``eval`` is updated. A rerun of a finished run
+    without it reports the final step's recorded evaluation instead of evaluating again.
 
     ``workdir`` must be new, empty or an mmtx workdir (:func:`mmtx.train.workdir.claim`), and
     one run at a time holds it (:func:`mmtx.train.workdir.lock`); otherwise
@@ -219,10 +225,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     config = config_lib.validate(config)
     with _claimed_workdir(workdir):
-        return _train_and_evaluate(config, workdir)
+        return _train_and_evaluate(config, workdir, eval_only)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, eval_only: bool
+) -> dict[str, Any]:
+    wall_started = time.perf_counter()
     train_config = config.train
     mesh = mesh_lib.create_mesh(config.mesh)
     data_sharding = mesh_lib.batch_sharding(mesh)
@@ -247,9 +256,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         tx = create_optimizer(train_config)
         state, state_shardings = create_train_state(module, tx, config, mesh)
         num_params = sum(x.size for x in jax.tree.leaves(state.params))
+        device_kind = jax.devices()[0].device_kind
+        compute_dtype = jnp.dtype(resolve_dtype(config.dtype)).name
         _log(
-            f"model: {num_params:,} params; mesh {dict(mesh.shape)}; "
-            f"devices {jax.device_count()} ({jax.default_backend()})"
+            f"model: {num_params:,} params ({config.param_dtype}), computing in "
+            f"{compute_dtype}; {jax.device_count()} x {device_kind} "
+            f"({jax.default_backend()}); mesh {dict(mesh.shape)}"
         )
         checkpointer = Checkpointer(
             os.path.join(workdir, "checkpoints"),
@@ -258,9 +270,25 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
             config=_as_dict(config),
         )
         cleanup.push(_commit_saves_on_exit(checkpointer))
+        start = 0
         if checkpointer.latest_step() is not None:
             state, start = checkpointer.restore(state, train_iter)
             _log(f"resumed from checkpoint at step {start}")
+            record = checkpointer.read_record(start)
+            changed = config_differences(record and record.get("config"), _as_dict(config))
+            if changed:
+                _log(f"config changes since that checkpoint: {changed}")
+        elif eval_only:
+            raise FileNotFoundError(f"eval_only: no checkpoint in {workdir} to evaluate")
+        if eval_only:
+            _log(f"evaluating step {start} only (eval_only)")
+        elif start < train_config.steps:
+            _log(f"training from step {start} to {train_config.steps}")
+        else:
+            _log(
+                f"nothing left to train: step {start} of train.steps={train_config.steps} is "
+                "done (raise --config.train.steps to train on; --eval_only evaluates again)"
+            )
         # Only now, with the checkpoint known to fit: config.json describes the checkpoints.
         write_config(config, workdir)
 
@@ -309,10 +337,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         progress = Progress(train_config.steps, step)
         started = time.perf_counter()
         first_step = step
+        end = step if eval_only else train_config.steps
         eval_metrics: dict[str, float] = {}
         pending: list[tuple[int, dict[str, jax.Array]]] = []
         nonfinite_steps: list[int] = []
         preempted = False
+        compile_seconds: float | None = None
+        last_loss: float | None = None
 
         def flush_metrics(log: bool) -> None:
             """Fetches the pending steps' metrics, writes them and applies the non-finite policy.
@@ -320,7 +351,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
             Fetching only at log, eval and checkpoint steps keeps the host from blocking on
             each step, so input and compute overlap.
             """
-            nonlocal pending
+            nonlocal pending, last_loss
             if not pending:
                 return
             fetched = jax.device_get(pending)
@@ -341,6 +372,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
                         f"step {metric_step}: non-finite loss, gradients or updated params; "
                         "update skipped"
                     )
+            last_loss = float(fetched[-1][1]["loss"])
             if log:
                 latest = {k: v for k, v in fetched[-1][1].items()}
                 _log(
@@ -348,13 +380,30 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
                 )
 
         try:
-            if step > 0 and (step % train_config.eval_every == 0 or step == train_config.steps):
-                if step not in workdir_lib.read_evals(workdir):
+            recorded = workdir_lib.read_evals(workdir)
+            if eval_only:
+                eval_metrics = run_eval(step)
+            elif step > 0 and (step % train_config.eval_every == 0 or step >= end):
+                if step not in recorded:
                     _log(f"evaluating step {step}, which the interrupted run did not finish")
                     eval_metrics = run_eval(step)
+                elif step >= end:
+                    eval_metrics = recorded[step]
+                    shown = {k: round(v, 4) for k, v in eval_metrics.items() if k in SUMMARY_KEYS}
+                    _log(f"eval at step {step} (recorded in {workdir_lib.EVALS}): {shown}")
             with PreemptionWatcher() as preemption:
-                while step < train_config.steps:
-                    batch = to_global(next(train_iter))
+                first_batch = None
+                if step < end:
+                    first_batch = to_global(next(train_iter))
+                    _log("compiling the train step...")
+                    compile_started = time.perf_counter()
+                    train_step = train_step.lower(state, first_batch).compile()
+                    compile_seconds = time.perf_counter() - compile_started
+                    _log(f"compiled the train step in {compile_seconds:.1f}s")
+                    progress = Progress(train_config.steps, step)  # ETAs without the compile
+                while step < end:
+                    batch = to_global(next(train_iter)) if first_batch is None else first_batch
+                    first_batch = None
                     state, metrics = train_step(state, batch)
                     step += 1
                     pending.append((step, metrics))
@@ -374,7 +423,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
                     if is_eval:
                         eval_metrics = run_eval(step)
                 flush_metrics(log=False)
-                checkpointer.save(step, state, train_iter, force=True)
+                if not eval_only:
+                    checkpointer.save(step, state, train_iter, force=True)
                 if not eval_metrics and not preempted:
                     eval_metrics = run_eval(step)
         finally:
@@ -386,15 +436,30 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     summary = {
         "step": step,
         "num_params": int(num_params),
+        "dtype": compute_dtype,
+        "param_dtype": config.param_dtype,
+        "device_kind": device_kind,
+        "device_count": jax.device_count(),
+        "compile_seconds": round(compile_seconds, 2) if compile_seconds is not None else None,
         "train_seconds_this_run": round(elapsed, 2),
+        "wall_seconds_this_run": round(time.perf_counter() - wall_started, 2),
         "steps_this_run": step - first_step,
         "steps_per_second": round((step - first_step) / elapsed, 3) if step > first_step else None,
+        "final_train_loss": last_loss,
         "eval": {k: round(float(v), 4) for k, v in eval_metrics.items()},
         "nonfinite_steps": nonfinite_steps,
         "preempted": preempted,
     }
+    summary_path = os.path.join(workdir, "summary.json")
+    if step == first_step and os.path.exists(summary_path):
+        # A run that trained nothing keeps the training figures of the run that did.
+        with open(summary_path) as f:
+            previous = json.load(f)
+        for key in ("steps_per_second", "final_train_loss", "compile_seconds"):
+            if summary[key] is None and previous.get(key) is not None:
+                summary[key] = previous[key]
     if jax.process_index() == 0:
-        workdir_lib.write_json_atomically(os.path.join(workdir, "summary.json"), summary)
+        workdir_lib.write_json_atomically(summary_path, summary)
     _log(
         "final: "
         + json.dumps({k: summary["eval"].get(k) for k in SUMMARY_KEYS if k in summary["eval"]})

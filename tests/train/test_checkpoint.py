@@ -240,6 +240,9 @@ def test_config_differences_lists_what_matters_first():
     assert config_differences(saved, current) == (
         "data.num_workers: 0 -> 2 (also, fine to change on resume: train.steps: 5 -> 9)"
     )
+    assert config_differences(saved, {**saved, "train": {"grad_clip": 1.0, "steps": 7}}) == (
+        "train.steps: 5 -> 7 (fine to change on resume)"
+    )
     assert config_differences(saved, saved) == ""
     assert config_differences(None, current) == ""
 

@@ -204,6 +204,22 @@ def test_a_changed_optimizer_on_resume_moves_nothing_and_keeps_config_json(train
     assert Model.from_checkpoint(workdir).step == 16
 
 
+def test_eval_only_evaluates_the_newest_checkpoint_without_training(trained, tmp_path):
+    import shutil
+
+    from mmtx.train.workdir import read_evals
+
+    workdir = str(tmp_path / "copy")
+    shutil.copytree(trained[0], workdir)
+    config = tiny_config(steps=40)  # not trained on: eval_only ignores train.steps
+    config.data.eval_size = 16
+    summary = train_and_evaluate(config, workdir, eval_only=True)
+    assert summary["step"] == 16 and summary["steps_this_run"] == 0
+    assert summary["eval"]["num_examples"] == 16 and read_evals(workdir)[16]["num_examples"] == 16
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["12", "16", "8"]
+    assert summary["steps_per_second"] == trained[1]["steps_per_second"]  # kept from training
+
+
 def test_a_foreign_or_busy_workdir_is_refused_before_anything_is_written(tmp_path):
     from mmtx.train.workdir import WorkdirError
 

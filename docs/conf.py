@@ -102,6 +102,39 @@ def _always_reread_research(app, env, added, changed, removed) -> list[str]:
     return ["research"]
 
 
+def _split_parameters(signature: str) -> list[str]:
+    """``"(a: int = 1, b: tuple = (1, 2))"`` -> ``["a: int = 1", "b: tuple = (1, 2)"]``."""
+    parts, depth, current = [], 0, ""
+    for char in signature.strip()[1:-1]:
+        depth += char in "([{<"
+        depth -= char in ")]}>"
+        if char == "," and depth == 0:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += char
+    return [*parts, current.strip()] if current.strip() else parts
+
+
+def _linen_signature(app, what, name, obj, options, signature, return_annotation):
+    """A linen module's constructor is its dataclass fields plus Flax's internal ``parent`` and
+    ``name``; show the fields only."""
+    if what == "method" and name.endswith(".__init__") and signature and "parent:" in signature:
+        kept = [p for p in _split_parameters(signature) if not p.startswith(("parent:", "name:"))]
+        return f"({', '.join(kept)})", None
+    return None
+
+
+def _skip_type_defaults(app, what, name, obj, skip, options):
+    """A linen field whose default is a type (``dtype = jnp.float32``) would be listed as an
+    attribute "alias of float32", repeating the constructor's signature: skip it."""
+    if what == "class" and isinstance(obj, type) and name in ("dtype", "param_dtype"):
+        return True
+    return None
+
+
 def setup(app) -> None:
     app.connect("source-read", _insert_research_pages)
     app.connect("env-get-outdated", _always_reread_research)
+    app.connect("autodoc-process-signature", _linen_signature)
+    app.connect("autodoc-skip-member", _skip_type_defaults)

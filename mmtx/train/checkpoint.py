@@ -23,12 +23,13 @@ Nothing is ever deleted except by the keep-N policy.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import grain
@@ -161,17 +162,19 @@ class Checkpointer:
         self.save_every = save_every
         self.read_only = read_only
         self.config = dict(config) if config is not None else None
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep,
-            create=not read_only,
-            read_only=read_only,
-            cleanup_tmp_directories=not read_only,
-            # Create a save's directory before save() returns, so that a failure to write
-            # (a read-only or full disk) raises there; created in the background, it left the
-            # array writer waiting for a signal that never came, for orbax's whole timeout.
-            async_options=ocp.options.AsyncOptions(create_directories_asynchronously=False),
-        )
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        # orbax warns that a read-only manager is read-only, three times.
+        with _absl_warnings_off() if read_only else contextlib.nullcontext():
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=keep,
+                create=not read_only,
+                read_only=read_only,
+                cleanup_tmp_directories=not read_only,
+                # Create a save's directory before save() returns, so that a failure to write
+                # (a read-only or full disk) raises there; created in the background, it left the
+                # array writer waiting for a signal that never came, for orbax's whole timeout.
+                async_options=ocp.options.AsyncOptions(create_directories_asynchronously=False),
+            )
+            self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
         """The newest saved step, or None."""
@@ -448,6 +451,17 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+@contextlib.contextmanager
+def _absl_warnings_off() -> Iterator[None]:
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        absl_logger.setLevel(level)
 
 
 def _first_line(error: BaseException) -> str:

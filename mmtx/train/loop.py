@@ -46,6 +46,11 @@ SUMMARY_KEYS = (
 )
 
 
+def _shown(metrics: dict[str, float]) -> dict[str, float]:
+    """The headline metrics, rounded, in :data:`SUMMARY_KEYS` order."""
+    return {k: round(float(metrics[k]), 4) for k in SUMMARY_KEYS if k in metrics}
+
+
 class NonFiniteError(RuntimeError):
     """The loss or a gradient was not finite and ``config.train.nonfinite`` is ``"stop"``."""
 
@@ -328,7 +333,7 @@ def _train_and_evaluate(
             writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
             if jax.process_index() == 0:
                 workdir_lib.record_eval(workdir, step, metrics)
-            shown = {k: round(v, 4) for k, v in metrics.items() if k in SUMMARY_KEYS}
+            shown = _shown(metrics)
             _log(f"eval at step {step} ({time.perf_counter() - started:.1f}s): {shown}")
             return metrics
 
@@ -389,7 +394,7 @@ def _train_and_evaluate(
                     eval_metrics = run_eval(step)
                 elif step >= end:
                     eval_metrics = recorded[step]
-                    shown = {k: round(v, 4) for k, v in eval_metrics.items() if k in SUMMARY_KEYS}
+                    shown = _shown(eval_metrics)
                     _log(f"eval at step {step} (recorded in {workdir_lib.EVALS}): {shown}")
             with PreemptionWatcher() as preemption:
                 first_batch = None

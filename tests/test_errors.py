@@ -73,7 +73,7 @@ BAD_INPUTS = [
     ("heads", override(fusion__num_heads=3), ValueError, "config.fusion.width"),
     # Raw inputs to mmtx.Model.
     ("image rank", call(image_features=np.zeros((2, 2, 16, 16, 3))), ValueError, "image"),
-    ("image channels", call(image_features=np.zeros((16, 16, 4))), ValueError, "channels"),
+    ("image channels", call(image_features=np.zeros((16, 16, 5))), ValueError, "channels"),
     ("image range", call(image_features=np.full((16, 16, 3), 2.0)), ValueError, "[0, 1]"),
     ("audio rank", call(audio_inputs=np.zeros((2, 3, 16000))), ValueError, "audio"),
     ("empty string", call(text_inputs=""), ValueError, "empty"),

@@ -1,4 +1,5 @@
-"""Tests for mmtx.embed: files -> embeddings .npz, in-process on a tiny model's workdir."""
+"""Tests for mmtx/embed.py (named apart from tests/nn/test_embed.py, which tests mmtx/nn/embed.py):
+files -> embeddings .npz, in-process on a tiny model's workdir."""
 
 import io
 import re

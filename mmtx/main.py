@@ -70,12 +70,17 @@ def _argv_config(argv: list[str]) -> str:
     return values[-1] if values else "--config"
 
 
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else text
+
+
 def _innermost_message(text: str) -> str:
     """A config file's error that ml_collections wrapped with its traceback -> the error's
     own message (the traceback's last line, without the exception's type)."""
     if "Traceback (most recent call last)" not in text:
         return text
-    last = [line for line in text.splitlines() if line.strip()][-1].strip()
+    last = _last_line(text)
     kind, colon, message = last.partition(": ")
     return message if colon and kind.replace(".", "").isidentifier() else last
 
@@ -138,8 +143,7 @@ def main(argv: list[str]) -> None:
         config = config_lib.split_comma_lists(_CONFIG.value)
     except OSError as error:  # config_flags defers a file's load error to here
         cause = error.__cause__ or error
-        lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
-        print(f"error: cannot load --config: {lines[-1] if lines else cause}", file=sys.stderr)
+        print(f"error: cannot load --config: {_last_line(str(cause))}", file=sys.stderr)
         sys.exit(2)
     try:
         summary = train_and_evaluate(config, _WORKDIR.value, eval_only=_EVAL_ONLY.value)

@@ -278,12 +278,17 @@ class Checkpointer:
                 "workdir. Nothing was moved or deleted."
             )
 
-    def _config_hint(self, step: int) -> str:
+    def config_changes(self, step: int) -> str:
+        """:func:`config_differences` between the config saved with ``step`` and this
+        checkpointer's ``config`` ("" when either is unknown or the record unreadable)."""
         try:
             record = self.read_record(step)
         except CheckpointDamagedError:
             record = None
-        changed = config_differences(record and record.get("config"), self.config)
+        return config_differences(record and record.get("config"), self.config)
+
+    def _config_hint(self, step: int) -> str:
+        changed = self.config_changes(step)
         return f" Config fields that differ from the checkpoint's: {changed}." if changed else ""
 
     def _verify_data_file(self, step: int, record: Mapping[str, Any] | None) -> None:
@@ -430,12 +435,13 @@ class Checkpointer:
         taken, with a ``REASON.txt``; returns where it went (None when read-only)."""
         if self.read_only:
             return None
-        target = os.path.join(self.directory + CORRUPT_DIRECTORY_SUFFIX, str(step))
+        aside = self.directory + CORRUPT_DIRECTORY_SUFFIX
+        target = os.path.join(aside, str(step))
         if jax.process_index() == 0:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.makedirs(aside, exist_ok=True)
             suffix = 1
             while os.path.exists(target):
-                target = os.path.join(self.directory + CORRUPT_DIRECTORY_SUFFIX, f"{step}.{suffix}")
+                target = os.path.join(aside, f"{step}.{suffix}")
                 suffix += 1
             shutil.move(self._step_path(step), target)
             with open(os.path.join(target, "REASON.txt"), "w") as f:

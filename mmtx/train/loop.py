@@ -27,7 +27,7 @@ from mmtx.data.tokenizer import create_tokenizer
 from mmtx.models import MultiModalTransformer, dummy_batch, resolve_dtype
 from mmtx.train import mesh as mesh_lib
 from mmtx.train import workdir as workdir_lib
-from mmtx.train.checkpoint import Checkpointer, config_differences
+from mmtx.train.checkpoint import Checkpointer
 from mmtx.train.evaluate import evaluate
 from mmtx.train.metrics import MetricWriter, Progress, format_seconds
 from mmtx.train.optimizer import create_optimizer
@@ -279,8 +279,7 @@ def _train_and_evaluate(
         if checkpointer.latest_step() is not None:
             state, start = checkpointer.restore(state, train_iter)
             _log(f"resumed from checkpoint at step {start}")
-            record = checkpointer.read_record(start)
-            changed = config_differences(record and record.get("config"), _as_dict(config))
+            changed = checkpointer.config_changes(start)
             if changed:
                 _log(f"config changes since that checkpoint: {changed}")
         elif eval_only:

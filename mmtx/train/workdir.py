@@ -32,6 +32,10 @@ class WorkdirError(RuntimeError):
     """The workdir cannot be used: not mmtx's, not writable, or in use by another run."""
 
 
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
 def write_json_atomically(path: str, value: Any) -> None:
     """Writes ``value`` as JSON to ``path`` so that readers see the old or the new file,
     never a partial one (a temporary file in the same directory, fsynced, then renamed)."""
@@ -79,7 +83,7 @@ def claim(workdir: str) -> None:
         write_json_atomically(
             marker,
             {
-                "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                "created": _now(),
                 "host": socket.gethostname(),
                 "format": 1,
             },
@@ -103,15 +107,24 @@ def check_writable(directory: str) -> None:
             ) from error
 
 
-def _holder(lock_path: str) -> str:
+def _read_lock(lock_path: str) -> dict[str, Any] | None:
+    """The holder record in a lock file (pid, host, started, command), or None."""
     try:
         with open(lock_path) as f:
             info = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _holder(lock_path: str) -> str:
+    info = _read_lock(lock_path)
+    try:
         return (
             f"pid {info['pid']} on host {info['host']} (started {info['started']}: "
             f"{info['command']})"
         )
-    except (OSError, ValueError, KeyError):
+    except (TypeError, KeyError):
         return "another process"
 
 
@@ -151,7 +164,7 @@ def lock(workdir: str) -> Iterator[None]:
         info = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
-            "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "started": _now(),
             "command": " ".join(sys.argv)[:300],
         }
         os.ftruncate(handle, 0)
@@ -165,10 +178,8 @@ def lock(workdir: str) -> Iterator[None]:
 
 def _check_recorded_holder(workdir: str, path: str) -> None:
     """Without ``flock``: refuses when the recorded holder may still be running."""
-    try:
-        with open(path) as f:
-            info = json.load(f)
-    except (OSError, ValueError):
+    info = _read_lock(path)
+    if info is None:
         return
     if info.get("pid") == os.getpid():
         return

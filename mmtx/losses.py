@@ -19,6 +19,20 @@ MODALITIES = ("text", "image", "audio")
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clips the temperature at 100.
 
 
+def capped_logit_scale(logit_scale: jax.Array) -> jax.Array:
+    """``min(logit_scale, log 100)`` as float32, with the full gradient at the cap itself.
+
+    CLIP (and open_clip) use ``exp(logit_scale)`` in the loss and clamp the parameter to
+    ``[0, log 100]`` after each optimizer update; mmtx's train step clamps it the same way
+    (:func:`mmtx.train.step.clamp_logit_scale`), so the cap here only bites on values set
+    above it by hand (no gradient flows there). At ``logit_scale == log 100`` exactly, where
+    imported CLIP checkpoints sit, ``jnp.minimum`` would split the gradient on the tie and
+    halve it; the gradient there is the uncapped one, as in open_clip.
+    """
+    logit_scale = logit_scale.astype(jnp.float32)
+    return jnp.where(logit_scale > MAX_LOGIT_SCALE, MAX_LOGIT_SCALE, logit_scale)
+
+
 def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
     """``x / ||x||`` along the last axis, float32."""
     x = x.astype(jnp.float32)
@@ -28,7 +42,7 @@ def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
 def pair_logits(a: jax.Array, b: jax.Array, logit_scale: jax.Array) -> jax.Array:
     """Scaled cosine similarities: ``a`` ``[B, D]``, ``b`` ``[B, D]`` -> float32 ``[B, B]``."""
     chex.assert_rank([a, b], 2)
-    scale = jnp.exp(jnp.minimum(logit_scale.astype(jnp.float32), MAX_LOGIT_SCALE))
+    scale = jnp.exp(capped_logit_scale(logit_scale))
     return scale * l2_normalize(a) @ l2_normalize(b).T
 
 

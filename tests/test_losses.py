@@ -351,3 +351,26 @@ def test_total_loss_adds_one_term_per_labelled_attribute_head():
     config.attribute_weight = 0.0
     loss, metrics = total_loss(outputs, batch, config)
     assert float(loss) == 0.0 and "attribute_text_shape" not in metrics
+
+
+def test_logit_scale_gradient_at_the_cap_is_the_uncapped_gradient():
+    """At logit_scale == log 100 (imported CLIP checkpoints) the gradient is open_clip's:
+    that of exp(logit_scale), not half of it (a jnp.minimum splits the tie)."""
+    a, b = jnp.asarray(embeddings(0, 5, 8)), jnp.asarray(embeddings(1, 5, 8))
+    cap = jnp.float32(math.log(100.0))
+
+    def uncapped(s):
+        a_n = a / jnp.linalg.norm(a, axis=-1, keepdims=True)
+        b_n = b / jnp.linalg.norm(b, axis=-1, keepdims=True)
+        logits = jnp.exp(s) * a_n @ b_n.T
+        diag = jnp.diagonal(logits)
+        rows = jax.scipy.special.logsumexp(logits, axis=1) - diag
+        cols = jax.scipy.special.logsumexp(logits, axis=0) - diag
+        return 0.5 * (jnp.mean(rows) + jnp.mean(cols))
+
+    got = jax.grad(lambda s: losses.softmax_contrastive_loss(a, b, s))(cap)
+    np.testing.assert_allclose(got, jax.grad(uncapped)(cap), rtol=1e-5)
+    # Above the cap the value is capped.
+    above = losses.softmax_contrastive_loss(a, b, cap + 1.0)
+    np.testing.assert_allclose(above, uncapped(cap), rtol=1e-6)
+    assert float(losses.capped_logit_scale(cap + 1.0)) == np.float32(cap)

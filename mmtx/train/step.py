@@ -54,6 +54,16 @@ def all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
+def clamp_logit_scale(params: Any) -> Any:
+    """``params`` with the scalar ``logit_scale`` clamped to ``[0, log 100]``, as CLIP and
+    open_clip clamp it after every optimizer update (so the temperature stays in
+    ``[0.01, 1]``); other params are returned as they are."""
+    if "logit_scale" not in params:
+        return params
+    clamped = jnp.clip(params["logit_scale"], 0.0, losses.MAX_LOGIT_SCALE)
+    return type(params)({**params, "logit_scale": clamped.astype(params["logit_scale"].dtype)})
+
+
 def make_train_step(
     module: MultiModalTransformer,
     tx: optax.GradientTransformation,
@@ -77,6 +87,9 @@ def make_train_step(
     one extra forward pass of compute). Each microbatch draws its own dropout key, so with
     dropout the random masks differ from the ``k = 1`` step's (not their distribution).
 
+    After the optimizer update ``logit_scale`` is clamped to ``[0, log 100]``
+    (:func:`clamp_logit_scale`), as CLIP does.
+
     A non-finite step (loss, gradient norm, or any updated param) leaves params and optimizer
     state unchanged (only ``step`` advances), so a bad batch or setting never poisons the
     state; the loop then stops or carries on as ``config.train.nonfinite`` says.
@@ -91,9 +104,7 @@ def make_train_step(
         if config.train.inject_nan_at_step >= 0:
             loss = jnp.where(step + 1 == config.train.inject_nan_at_step, jnp.nan, loss)
             metrics = {**metrics, "loss": loss}
-        metrics["temperature"] = 1.0 / jnp.exp(
-            jnp.minimum(outputs["logit_scale"], losses.MAX_LOGIT_SCALE)
-        )
+        metrics["temperature"] = 1.0 / jnp.exp(losses.capped_logit_scale(outputs["logit_scale"]))
         return loss, metrics
 
     def forward(params: Any, batch: Batch, rng: jax.Array) -> dict[str, Any]:
@@ -162,7 +173,7 @@ def make_train_step(
         loss, metrics, grads = gradient(state, batch, dropout_rng)
         grad_norm = optax.global_norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        params = clamp_logit_scale(optax.apply_updates(state.params, updates))
         # The updated params too: an infinite learning rate or a NaN weight decay turns
         # finite gradients into non-finite params, which must never be accepted (or saved).
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(params)

@@ -21,6 +21,7 @@ from mmtx.train import mesh as mesh_lib
 from mmtx.train.loop import create_train_state
 from mmtx.train.step import (
     all_finite,
+    clamp_logit_scale,
     make_train_step,
     merge_microbatches,
     split_microbatches,
@@ -121,3 +122,45 @@ def test_an_update_that_makes_params_nonfinite_is_rejected():
     assert metrics["nonfinite"] == 1.0
     assert int(after.step) == 1
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(after.params), before.params)
+
+
+def _logit_scale_step(temperature, learning_rate=1.0):
+    """(logit_scale before, after) of one plain-SGD step from ``temperature``."""
+    config = tiny_config()
+    config.model.temperature_init = temperature
+    before, after, _ = one_step(config, tx=optax.sgd(learning_rate), return_initial=True)
+    return float(before.params["logit_scale"]), float(after.params["logit_scale"])
+
+
+def test_logit_scale_at_the_cap_gets_the_full_gradient_as_in_open_clip():
+    """Imported CLIP checkpoints sit at logit_scale = log 100, the cap. open_clip uses
+    exp(logit_scale) in the loss and clamps the param after the update, so its gradient
+    there is the uncapped one; a jnp.minimum cap split the gradient on the tie (half)."""
+    at_cap, after_at_cap = _logit_scale_step(0.01)
+    assert at_cap == pytest.approx(np.float32(np.log(100.0)))
+    below, after_below = _logit_scale_step(0.01 * np.exp(1e-3))
+    assert below < at_cap
+    gradient_at_cap, gradient_below = at_cap - after_at_cap, below - after_below
+    # Random embeddings: the loss falls with a lower scale, so the step moves down, away
+    # from the cap, and the clamp leaves it alone.
+    assert gradient_below > 0
+    np.testing.assert_allclose(gradient_at_cap, gradient_below, rtol=0.05)
+
+
+def test_logit_scale_is_clamped_to_log_100_after_the_update():
+    """Gradient ascent pushes logit_scale up from the cap; the step clamps it back, as CLIP
+    does after every optimizer update."""
+    at_cap, after = _logit_scale_step(0.01, learning_rate=-1.0)
+    assert after == np.float32(at_cap)
+    assert after == np.float32(np.log(100.0))
+
+
+def test_clamp_logit_scale_bounds_and_leaves_other_params():
+    params = {"logit_scale": jnp.float32(7.0), "w": jnp.ones(2)}
+    assert float(clamp_logit_scale(params)["logit_scale"]) == np.float32(np.log(100.0))
+    assert (
+        float(clamp_logit_scale({**params, "logit_scale": jnp.float32(-1.0)})["logit_scale"]) == 0
+    )
+    assert float(clamp_logit_scale({**params, "logit_scale": jnp.float32(2.0)})["logit_scale"]) == 2
+    assert clamp_logit_scale(params)["w"] is params["w"]
+    assert clamp_logit_scale({"w": params["w"]}) == {"w": params["w"]}

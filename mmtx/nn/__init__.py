@@ -18,6 +18,7 @@ from mmtx.nn.embed import (
     sincos_1d,
     sincos_2d,
 )
+from mmtx.nn.kaldi_fbank import KaldiFbank, kaldi_fbank
 from mmtx.nn.transformer import MLP, CrossAttentionBlock, Encoder, TransformerBlock
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "CrossAttentionBlock",
     "CrossModalAttention",
     "Encoder",
+    "KaldiFbank",
     "LearnedPositionEmbedding",
     "LogMelSpectrogram",
     "MultiHeadAttention",
@@ -35,6 +37,7 @@ __all__ = [
     "TokenEmbed",
     "TransformerBlock",
     "default_kernel_init",
+    "kaldi_fbank",
     "log_mel_spectrogram",
     "mel_filterbank",
     "sincos_1d",

@@ -23,11 +23,22 @@ import ml_collections
 import numpy as np
 
 MODALITIES = ("text", "image", "audio")
-# The built-in fusion types; mmtx.fusion.register_fusion adds more.
+# The built-in fusion types; mmtx.fusion.register_fusion adds more. "none" is no fusion
+# (two-tower contrastive models, CLIP/SigLIP): no fusion params and no "fused" output.
 FUSION_TYPES = ("concat", "gated", "cross_attention", "bottleneck", "perceiver")
+NO_FUSION = "none"
 CROSS_ATTENTION_KERNELS = ("dense", "linear")
 ATTENTION_KERNELS = ("dense", "local", "linear")
-POOLINGS = ("cls", "mean")
+# The poolings each modality's tower allows (see mmtx.encoders.Tower).
+POOLINGS = {
+    "text": ("cls", "mean", "eot", "last"),
+    "image": ("cls", "mean", "map"),
+    "audio": ("cls", "mean", "cls_distill"),
+}
+# Class tokens each pooling prepends to the tower's tokens (others: none).
+CLASS_TOKENS = {"cls": 1, "cls_distill": 2}
+ACTIVATIONS = ("gelu_tanh", "gelu", "quick_gelu")
+PROJECTIONS = ("dense", "no_bias", "none")
 POSITION_EMBEDDINGS = ("learned", "sincos")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 # Groups whose keys are names the user chooses (attribute names), not fixed fields.
@@ -100,8 +111,18 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.text.num_heads = 4  # Attention heads; width must be divisible by it.
     c.model.text.mlp_dim = 256  # Hidden width of each block's MLP.
     c.model.text.attention = "dense"  # Attention kernel name (see mmtx.nn.attention).
-    c.model.text.pooling = "cls"  # cls (learned CLS token) | mean (masked mean of tokens).
+    # cls (learned CLS token) | mean (masked mean of tokens) | eot (the output at each row's
+    # highest token id, OpenAI CLIP) | last (at the last position whose mask is True).
+    c.model.text.pooling = "cls"
     c.model.text.position_embedding = "learned"  # learned | sincos.
+    c.model.text.causal = False  # Causal self-attention in every block (CLIP's text tower).
+    c.model.text.activation = "gelu_tanh"  # MLP's: gelu_tanh | gelu (exact erf) | quick_gelu.
+    c.model.text.norm_eps = 1e-6  # Epsilon of every LayerNorm in the tower (CLIP 1e-5).
+    c.model.text.pre_norm = False  # A LayerNorm before the first block (CLIP's ln_pre).
+    c.model.text.final_norm = True  # The LayerNorm after the last block, on every token.
+    # Projection of the pooled output to model.embed_dim: dense | no_bias (kernel only) |
+    # none (the pooled output itself; needs width == model.embed_dim).
+    c.model.text.projection = "dense"
 
     c.model.image = ml_collections.ConfigDict()
     c.model.image.image_size = 64  # Input height and width in pixels.
@@ -113,10 +134,21 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.image.num_heads = 4
     c.model.image.mlp_dim = 256
     c.model.image.attention = "dense"
-    c.model.image.pooling = "cls"
+    c.model.image.pooling = "cls"  # cls | mean | map (attention pooling with a probe, SigLIP).
     c.model.image.position_embedding = "learned"
     c.model.image.mean = (0.5, 0.5, 0.5)  # Per-channel normalisation of [0, 1] pixels.
     c.model.image.std = (0.5, 0.5, 0.5)
+    c.model.image.patch_bias = True  # Bias of the patch projection (stem patch).
+    # Learned position table with rows for the class tokens too, added after they are
+    # prepended (CLIP); False: rows for the patches only, added before.
+    c.model.image.class_token_posemb = False
+    c.model.image.activation = "gelu_tanh"  # MLP's: gelu_tanh | gelu (exact erf) | quick_gelu.
+    c.model.image.norm_eps = 1e-6  # Epsilon of every LayerNorm in the tower (CLIP 1e-5).
+    c.model.image.pre_norm = False  # A LayerNorm before the first block (CLIP's ln_pre).
+    c.model.image.final_norm = True  # The LayerNorm after the last block, on every token.
+    # Projection of the pooled output to model.embed_dim: dense | no_bias (kernel only) |
+    # none (the pooled output itself; needs width == model.embed_dim).
+    c.model.image.projection = "dense"
 
     c.model.audio = ml_collections.ConfigDict()
     c.model.audio.sample_rate = 16000  # Hz of the input waveform.
@@ -136,15 +168,28 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.audio.num_heads = 4
     c.model.audio.mlp_dim = 256
     c.model.audio.attention = "dense"
+    # cls | mean | cls_distill (AST: class and distillation tokens, their outputs averaged).
     c.model.audio.pooling = "cls"
     c.model.audio.position_embedding = "sincos"  # sincos works for any clip length.
+    # (time, mel) stride of the patches; 0 = the patch size (no overlap). AST: (10, 10).
+    c.model.audio.patch_stride = (0, 0)
+    c.model.audio.patch_bias = True  # Bias of the patch projection.
+    c.model.audio.class_token_posemb = False  # As model.image.class_token_posemb.
+    c.model.audio.activation = "gelu_tanh"  # MLP's: gelu_tanh | gelu (exact erf) | quick_gelu.
+    c.model.audio.norm_eps = 1e-6  # Epsilon of every LayerNorm in the tower (CLIP 1e-5).
+    c.model.audio.pre_norm = False  # A LayerNorm before the first block (CLIP's ln_pre).
+    c.model.audio.final_norm = True  # The LayerNorm after the last block, on every token.
+    # Projection of the pooled output to model.embed_dim: dense | no_bias (kernel only) |
+    # none (the pooled output itself; needs width == model.embed_dim).
+    c.model.audio.projection = "dense"
 
     c.fusion = ml_collections.ConfigDict()
     # concat: one joint transformer over all tokens (early fusion). gated: learned weights
     # over the pooled embeddings (late fusion). cross_attention: per-modality streams that
     # cross-attend to each other (ViLBERT). bottleneck: per-modality streams that exchange
     # information only through shared bottleneck tokens (MBT). perceiver: a latent array
-    # cross-attends to all tokens (cost linear in the token count).
+    # cross-attends to all tokens (cost linear in the token count). none: no fusion (a
+    # contrastive two-tower model such as CLIP; needs model.num_classes = 0).
     c.fusion.type = "concat"
     c.fusion.width = 128  # Width of the fusion layers (gated: of the projections).
     c.fusion.depth = 1  # Fusion layers (not used by gated).
@@ -308,11 +353,23 @@ def spectrogram_frames(audio: ml_collections.ConfigDict) -> int:
     return 1 + (audio.num_samples - audio.window_length) // audio.hop_length
 
 
+def audio_patch_grid(audio: ml_collections.ConfigDict) -> tuple[int, int]:
+    """(time, mel) patches the audio tower makes of ``audio.num_samples`` samples: per axis
+    ``(size - patch) // stride + 1`` (0 when the spectrogram is smaller than a patch), the
+    stride being ``patch_stride`` or, where that is 0, the patch size."""
+    sizes = (spectrogram_frames(audio), audio.num_mel_bins)
+    grid = []
+    for size, patch, stride in zip(sizes, audio.patch_size, audio.patch_stride, strict=True):
+        grid.append((size - patch) // (stride or patch) + 1 if size >= patch else 0)
+    return grid[0], grid[1]
+
+
 def tower_tokens(config: ml_collections.ConfigDict, modality: str) -> int:
-    """Tokens ``modality``'s transformer attends over, its CLS token included.
+    """Tokens ``modality``'s transformer attends over, its class tokens included.
 
     Text: ``max_length`` (padding is masked, not dropped); image: one per patch; audio: one
-    per (time x mel) patch of the log-mel spectrogram.
+    per (time x mel) patch of the log-mel spectrogram (:func:`audio_patch_grid`). Plus the
+    class tokens of the pooling (:data:`CLASS_TOKENS`: cls 1, cls_distill 2, others 0).
     """
     tower = config.model[modality]
     if modality == "text":
@@ -320,9 +377,9 @@ def tower_tokens(config: ml_collections.ConfigDict, modality: str) -> int:
     elif modality == "image":
         tokens = (tower.image_size // tower.patch_size) ** 2
     else:
-        frames = spectrogram_frames(tower)
-        tokens = (frames // tower.patch_size[0]) * (tower.num_mel_bins // tower.patch_size[1])
-    return tokens + (1 if tower.pooling == "cls" else 0)
+        grid_t, grid_f = audio_patch_grid(tower)
+        tokens = grid_t * grid_f
+    return tokens + CLASS_TOKENS.get(tower.pooling, 0)
 
 
 def _require(condition: bool, field: str, message: str) -> None:
@@ -333,7 +390,7 @@ def _require(condition: bool, field: str, message: str) -> None:
 # ---------------------------------------------------------------------- types (the schema)
 
 # Tuples whose length the schema fixes (image mean/std follow model.image.channels instead).
-TUPLE_LENGTHS = {"model.audio.patch_size": 2}
+TUPLE_LENGTHS = {"model.audio.patch_size": 2, "model.audio.patch_stride": 2}
 
 
 def _describe_type(schema_value: Any) -> str:
@@ -477,6 +534,8 @@ RANGES: dict[str, str] = {
     "mesh.tensor": "-1 or > 0",
 }
 TOWER_RANGES = {"width": "> 0", "depth": ">= 0", "num_heads": "> 0", "mlp_dim": "> 0"}
+# Fields of the modality towers only (the fusion has none of them).
+MODALITY_TOWER_RANGES = {"norm_eps": "> 0"}
 MODALITY_RANGES: dict[str, dict[str, str]] = {
     "text": {"vocab_size": ">= 0", "max_length": "> 0"},
     "image": {"image_size": "> 0", "patch_size": "> 0", "channels": "> 0", "std": "> 0"},
@@ -490,6 +549,7 @@ MODALITY_RANGES: dict[str, dict[str, str]] = {
         "max_frequency": "> 0",
         "log_mel_std": "> 0",
         "patch_size": "> 0",
+        "patch_stride": ">= 0",
     },
 }
 
@@ -534,7 +594,8 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
         _check_range(path, node[name], spec)
     for modality in config.model.modalities:
         tower = config.model[modality]
-        for name, spec in {**TOWER_RANGES, **MODALITY_RANGES.get(modality, {})}.items():
+        specs = {**TOWER_RANGES, **MODALITY_TOWER_RANGES, **MODALITY_RANGES.get(modality, {})}
+        for name, spec in specs.items():
             _check_range(f"model.{modality}.{name}", tower[name], spec)
     for name, spec in TOWER_RANGES.items():
         _check_range(f"fusion.{name}", config.fusion[name], spec)
@@ -588,18 +649,25 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             f"{name}.attention",
             f"unknown attention kernel {tower.attention!r}; choose one of {ATTENTION_KERNELS}",
         )
-    for name, tower in towers:
-        _require(tower.pooling in POOLINGS, f"{name}.pooling", f"one of {POOLINGS}")
-        _require(
-            tower.position_embedding in POSITION_EMBEDDINGS,
-            f"{name}.position_embedding",
-            f"one of {POSITION_EMBEDDINGS}",
-        )
+    for modality in modalities:
+        _validate_tower(modality, config.model[modality], config.model.embed_dim)
     if "image" in modalities:
         _validate_image(config.model.image)
     if "audio" in modalities:
         _validate_audio(config.model.audio)
     _validate_fusion(config.fusion)
+    _require(
+        config.fusion.type != NO_FUSION or config.model.num_classes == 0,
+        "model.num_classes",
+        "fusion.type='none' has no fused embedding to classify: set model.num_classes to 0; "
+        f"got {config.model.num_classes}",
+    )
+    _require(
+        config.fusion.type != NO_FUSION or config.model.modality_dropout == 0,
+        "model.modality_dropout",
+        "drops modalities from the fusion, which fusion.type='none' does not have: set it "
+        f"to 0; got {config.model.modality_dropout}",
+    )
     _require(
         config.attention.linear.feature_map in ("elu", "favor"),
         "attention.linear.feature_map",
@@ -619,6 +687,40 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return config
 
 
+def _validate_tower(modality: str, tower: ml_collections.ConfigDict, embed_dim: int) -> None:
+    name = f"model.{modality}"
+    poolings = POOLINGS[modality]
+    _require(tower.pooling in poolings, f"{name}.pooling", f"one of {poolings}")
+    _require(
+        tower.position_embedding in POSITION_EMBEDDINGS,
+        f"{name}.position_embedding",
+        f"one of {POSITION_EMBEDDINGS}",
+    )
+    _require(
+        tower.activation in ACTIVATIONS,
+        f"{name}.activation",
+        f"{tower.activation!r} is not one of {ACTIVATIONS}",
+    )
+    _require(
+        tower.projection in PROJECTIONS,
+        f"{name}.projection",
+        f"{tower.projection!r} is not one of {PROJECTIONS}",
+    )
+    _require(
+        tower.projection != "none" or tower.width == embed_dim,
+        f"{name}.projection",
+        f"'none' makes the pooled output the embedding, so width ({tower.width}) must equal "
+        f"model.embed_dim ({embed_dim})",
+    )
+    if "class_token_posemb" in tower:
+        _require(
+            not tower.class_token_posemb or tower.position_embedding == "learned",
+            f"{name}.class_token_posemb",
+            "needs position_embedding='learned' (a table with rows for the class tokens); "
+            f"got {tower.position_embedding!r}",
+        )
+
+
 def _validate_image(image: ml_collections.ConfigDict) -> None:
     _require(image.stem in ("patch", "conv"), "model.image.stem", "patch | conv")
     _require(
@@ -630,6 +732,11 @@ def _validate_image(image: ml_collections.ConfigDict) -> None:
         image.image_size % image.patch_size == 0,
         "model.image.image_size",
         f"{image.image_size} is not divisible by patch_size {image.patch_size}",
+    )
+    _require(
+        image.patch_bias or image.stem == "patch",
+        "model.image.patch_bias",
+        "False drops the bias of the patch projection, which only stem='patch' has",
     )
     for name in ("mean", "std"):
         _require(
@@ -664,6 +771,14 @@ def _validate_audio(audio: ml_collections.ConfigDict) -> None:
         f"{tuple(audio.patch_size)} is larger than the spectrogram "
         f"({frames} frames x {audio.num_mel_bins} mel bins)",
     )
+    for axis, (stride, patch) in enumerate(zip(audio.patch_stride, audio.patch_size, strict=True)):
+        _require(
+            stride <= patch,
+            "model.audio.patch_stride",
+            f"{tuple(audio.patch_stride)}: a stride larger than the patch "
+            f"{tuple(audio.patch_size)} skips spectrogram {('frames', 'mel bins')[axis]} "
+            "(0 = the patch size)",
+        )
 
 
 def _validate_fusion(fusion: ml_collections.ConfigDict) -> None:
@@ -671,9 +786,10 @@ def _validate_fusion(fusion: ml_collections.ConfigDict) -> None:
     from mmtx.fusion import FUSION_MODULES
 
     _require(
-        fusion.type in FUSION_MODULES,
+        fusion.type in FUSION_MODULES or fusion.type == NO_FUSION,
         "fusion.type",
-        f"{fusion.type!r} is not a registered fusion (registered: {tuple(FUSION_MODULES)}). A "
+        f"{fusion.type!r} is not a registered fusion (registered: {tuple(FUSION_MODULES)}; or "
+        f"{NO_FUSION!r} for none). A "
         "custom fusion module must be registered with mmtx.fusion.register_fusion("
         f"{fusion.type!r}, YourModule) before the config is validated or a checkpoint that uses "
         "it is loaded: import the module that registers it first",

@@ -110,18 +110,24 @@ class MultiModalTransformer(nn.Module):
     (any subset of ``text``/``text_mask``/``image``/``audio``; see docs/design.md) and returns a
     dict with, for every present modality ``m``, ``out[m]`` float32 ``[B, embed_dim]``;
     ``"fused"`` float32 ``[B, embed_dim]`` (embeddings un-normalised: the losses L2-normalise
-    them); ``"logits"`` float32 ``[B, num_classes]`` when
-    ``num_classes > 0``; ``"logit_scale"`` and ``"logit_bias"`` float32 scalars (the learnable
-    temperature and bias of the contrastive losses); with ``attribute_heads``,
-    ``"attribute_logits"``: ``"<modality>/<attribute>"`` -> float32 ``[B, classes]``,
-    predicted from that modality's embedding; and, with gated fusion,
+    them; absent with ``fusion_type="none"``, which has no fusion); ``"logits"`` float32
+    ``[B, num_classes]`` when ``num_classes > 0``; ``"logit_scale"`` and ``"logit_bias"``
+    float32 scalars (the learnable temperature and bias of the contrastive losses); with
+    ``attribute_heads``, ``"attribute_logits"``: ``"<modality>/<attribute>"`` -> float32
+    ``[B, classes]``, predicted from that modality's embedding; and, with gated fusion,
     ``"fusion_weights"``: present modality -> float32 scalar weight.
+
+    ``projections`` maps a modality to how its pooled output becomes ``out[m]`` (the
+    ``<m>_head`` param): ``"dense"`` (kernel and bias; the default for a modality not in
+    it), ``"no_bias"`` (kernel only) or ``"none"`` (the pooled output itself, whose width
+    must be ``embed_dim``; no param).
     """
 
     encoders: FrozenDict[str, FrozenDict[str, Any]]
     fusion_type: str
     fusion: FrozenDict[str, Any]
     embed_dim: int
+    projections: FrozenDict[str, str] = FrozenDict()
     num_classes: int = 0
     modality_dropout: float = 0.0
     attribute_heads: FrozenDict[str, FrozenDict[str, int]] = FrozenDict()
@@ -156,9 +162,10 @@ class MultiModalTransformer(nn.Module):
         def attention_options(kernel: str) -> FrozenDict:
             return FrozenDict(config.attention[kernel].to_dict() if kernel != "dense" else {})
 
-        encoders = {}
+        encoders, projections = {}, {}
         for modality in model.modalities:
             kwargs = {**model[modality].to_dict(), **common}
+            projections[modality] = kwargs.pop("projection")
             kwargs["attention_options"] = attention_options(kwargs["attention"])
             if modality == "text":
                 kwargs["vocab_size"] = model.text.vocab_size or vocab_size
@@ -172,7 +179,10 @@ class MultiModalTransformer(nn.Module):
             "cross_attention_options": attention_options(config.fusion.cross_attention),
         }
         # Each fusion module takes the fields it declares (gated needs only its width).
-        accepted = {f.name for f in dataclasses.fields(FUSION_MODULES[fusion_type])}
+        if fusion_type == config_lib.NO_FUSION:
+            accepted = set()
+        else:
+            accepted = {f.name for f in dataclasses.fields(FUSION_MODULES[fusion_type])}
         fusion = {k: v for k, v in fusion.items() if k in accepted}
         # Frozen so that the module is hashable (it is a static argument to jit).
         return cls(
@@ -180,6 +190,7 @@ class MultiModalTransformer(nn.Module):
             fusion_type=fusion_type,
             fusion=FrozenDict(fusion),
             embed_dim=model.embed_dim,
+            projections=FrozenDict(projections),
             num_classes=model.num_classes,
             modality_dropout=model.modality_dropout,
             attribute_heads=FrozenDict(
@@ -215,16 +226,34 @@ class MultiModalTransformer(nn.Module):
             else:
                 tokens, out = encoder(batch[modality], train=train)
             features[modality] = ModalityFeatures(tokens, out["mask"], out["pooled"])
-            outputs[modality] = self._head(f"{modality}_head", self.embed_dim)(out["pooled"])
+            outputs[modality] = self._projection(modality, out["pooled"])
             for name, classes in self.attribute_heads.get(modality, {}).items():
                 head = self._head(f"{modality}_{name}_head", classes)
                 outputs.setdefault("attribute_logits", {})[f"{modality}/{name}"] = head(
                     outputs[modality]
                 )
 
-        if train and self.modality_dropout > 0 and len(present) > 1:
+        if self.fusion_type != config_lib.NO_FUSION:
+            self._fuse(features, outputs, train=train)
+        outputs["logit_scale"] = self.param(
+            "logit_scale",
+            nn.initializers.constant(-np.log(self.temperature_init)),
+            (),
+            jnp.float32,
+        )
+        outputs["logit_bias"] = self.param(
+            "logit_bias", nn.initializers.constant(self.logit_bias_init), (), jnp.float32
+        )
+        return outputs
+
+    def _fuse(
+        self, features: dict[str, ModalityFeatures], outputs: dict[str, Any], *, train: bool
+    ) -> None:
+        """Runs the fusion (modality dropout first, when training) and its heads; adds
+        ``"fused"``, ``"logits"`` and ``"fusion_weights"`` to ``outputs``."""
+        if train and self.modality_dropout > 0 and len(features) > 1:
             keep = self._modality_keep_mask(
-                len(present), next(iter(features.values())).tokens.shape[0]
+                len(features), next(iter(features.values())).tokens.shape[0]
             )
             features = {m: f._replace(keep=keep[:, i]) for i, (m, f) in enumerate(features.items())}
 
@@ -244,16 +273,6 @@ class MultiModalTransformer(nn.Module):
             outputs["logits"] = self._head("classifier", self.num_classes)(fused)
         if "weights" in fusion_out:
             outputs["fusion_weights"] = fusion_out["weights"]
-        outputs["logit_scale"] = self.param(
-            "logit_scale",
-            nn.initializers.constant(-np.log(self.temperature_init)),
-            (),
-            jnp.float32,
-        )
-        outputs["logit_bias"] = self.param(
-            "logit_bias", nn.initializers.constant(self.logit_bias_init), (), jnp.float32
-        )
-        return outputs
 
     def _modality_keep_mask(self, num_modalities: int, batch: int) -> jax.Array:
         """bool ``[B, M]``: each modality kept with prob ``1 - modality_dropout``, at least one
@@ -265,9 +284,26 @@ class MultiModalTransformer(nn.Module):
         )
         return jnp.where(jnp.any(keep, axis=1, keepdims=True), keep, rescue)
 
-    def _head(self, name: str, features: int) -> nn.Module:
+    def _projection(self, modality: str, pooled: jax.Array) -> jax.Array:
+        """``pooled`` ``[B, width]`` -> the modality's float32 ``[B, embed_dim]`` embedding,
+        as ``projections[modality]`` says."""
+        projection = self.projections.get(modality, "dense")
+        if projection == "none":
+            if pooled.shape[-1] != self.embed_dim:
+                raise ValueError(
+                    f"projection 'none' of {modality} needs width == embed_dim; got "
+                    f"{pooled.shape[-1]} and {self.embed_dim}"
+                )
+            return pooled.astype(jnp.float32)
+        if projection not in ("dense", "no_bias"):
+            raise ValueError(f"unknown projection {projection!r} of {modality}")
+        head = self._head(f"{modality}_head", self.embed_dim, use_bias=projection == "dense")
+        return head(pooled)
+
+    def _head(self, name: str, features: int, use_bias: bool = True) -> nn.Module:
         dense = nn.Dense(
             features,
+            use_bias=use_bias,
             kernel_init=nn.with_logical_partitioning(default_kernel_init, ("embed", None)),
             dtype=self.dtype,
             param_dtype=self.param_dtype,

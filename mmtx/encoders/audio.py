@@ -9,20 +9,27 @@ import jax
 import jax.numpy as jnp
 from flax.core import FrozenDict
 
-from mmtx.encoders.tower import Tower
+from mmtx.encoders.tower import Tower, num_class_tokens
 from mmtx.nn import LearnedPositionEmbedding, LogMelSpectrogram, PatchEmbed, sincos_2d
 
 Dtype = Any
 
 
 class AudioEncoder(nn.Module):
-    """Audio Spectrogram Transformer over non-overlapping time x frequency patches.
+    """Audio Spectrogram Transformer over time x frequency patches.
 
     ``audio`` float ``[B, S]`` waveform at ``sample_rate`` -> log-mel ``[B, F, M]`` (computed
     here, in float32, so the input pipeline stays light) -> patches ->
-    ``(x, out)`` with ``x`` ``[B, N (+1 with CLS), width]``, ``out["pooled"]`` ``[B, width]``
-    and ``out["log_mel"]`` ``[B, F, M]``. With ``position_embedding="sincos"`` any clip length
-    works; ``"learned"`` needs exactly ``num_samples`` samples.
+    ``(x, out)`` with ``x`` ``[B, N (+K class tokens), width]``, ``out["pooled"]``
+    ``[B, width]`` and ``out["log_mel"]`` ``[B, F, M]``. With ``position_embedding="sincos"``
+    any clip length works; ``"learned"`` needs exactly ``num_samples`` samples.
+
+    ``patch_stride`` ``(time, mel)`` is the patch conv's stride, 0 = the patch size
+    (non-overlapping patches); smaller strides overlap them (AST: 16 x 16 patches, stride 10),
+    giving a ``((F - pt) // st + 1) x ((M - pf) // sf + 1)`` grid flattened time-major.
+    ``patch_bias=False`` drops the conv's bias. Pooling: ``cls``, ``mean`` or ``cls_distill``
+    (AST: class and distillation tokens, pooled as the mean of their outputs).
+    ``class_token_posemb`` as in :class:`mmtx.encoders.ImageEncoder`.
     """
 
     width: int
@@ -43,6 +50,13 @@ class AudioEncoder(nn.Module):
     attention_options: FrozenDict[str, Any] = FrozenDict()
     pooling: str = "cls"
     position_embedding: str = "sincos"
+    patch_stride: tuple[int, int] = (0, 0)
+    patch_bias: bool = True
+    class_token_posemb: bool = False
+    activation: str = "gelu_tanh"
+    norm_eps: float = 1e-6
+    pre_norm: bool = False
+    final_norm: bool = True
     dropout_rate: float = 0.0
     remat: str = "none"
     scan: bool = True
@@ -67,19 +81,32 @@ class AudioEncoder(nn.Module):
             mean=self.log_mel_mean,
             std=self.log_mel_std,
         )(audio)
+        strides = tuple(s or p for s, p in zip(self.patch_stride, self.patch_size, strict=True))
         x, (grid_t, grid_f) = PatchEmbed(
-            self.width, tuple(self.patch_size), self.dtype, self.param_dtype, name="patches"
+            self.width,
+            tuple(self.patch_size),
+            self.dtype,
+            self.param_dtype,
+            strides=strides,
+            use_bias=self.patch_bias,
+            name="patches",
         )(log_mel[..., None].astype(self.dtype))
         if grid_t == 0 or grid_f == 0:
             raise ValueError(
                 f"audio of {audio.shape[1]} samples gives a {log_mel.shape[1:]} spectrogram, "
                 f"smaller than one patch {tuple(self.patch_size)}"
             )
+        posemb = None
         if self.position_embedding == "learned":
-            x = LearnedPositionEmbedding(grid_t * grid_f, self.param_dtype, name="posemb")(x)
+            rows = grid_t * grid_f
+            if self.class_token_posemb:
+                rows += num_class_tokens(self.pooling)
+            posemb = LearnedPositionEmbedding(rows, self.param_dtype, name="posemb")
         else:
             x = x + sincos_2d(grid_t, grid_f, self.width)[None].astype(x.dtype)
+        if posemb is not None and not self.class_token_posemb:
+            x, posemb = posemb(x), None
         stem = x
-        x, out = Tower.of(self)(x, None, train=train)
+        x, out = Tower.of(self)(x, None, train=train, posemb=posemb)
         out.update(stem=stem, log_mel=log_mel)
         return x, out

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax.core import FrozenDict
 
-from mmtx.encoders.tower import Tower
+from mmtx.encoders.tower import Tower, num_class_tokens
 from mmtx.nn import ConvStem, LearnedPositionEmbedding, PatchEmbed, sincos_2d
 
 Dtype = Any
@@ -25,6 +25,13 @@ class ImageEncoder(nn.Module):
     ``images`` float ``[B, image_size, image_size, channels]`` in ``[0, 1]`` are normalised
     with ``mean``/``std``, patched, position-embedded and encoded ->
     ``(x, out)`` with ``x`` ``[B, N (+1 with CLS), width]`` and ``out["pooled"]`` ``[B, width]``.
+
+    Pooling: ``cls``, ``mean`` or ``map`` (attention pooling, SigLIP; see
+    :class:`mmtx.encoders.Tower`). ``patch_bias=False`` drops the patch projection's bias
+    (``stem="patch"``). With ``class_token_posemb`` (learned position embedding only) the
+    table ``posemb/embedding`` has ``K + N`` rows, the class tokens' first, and is added after
+    the class tokens are prepended (CLIP); otherwise it has ``N`` rows and is added to the
+    patches.
     """
 
     image_size: int
@@ -41,6 +48,12 @@ class ImageEncoder(nn.Module):
     position_embedding: str = "learned"
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    patch_bias: bool = True
+    class_token_posemb: bool = False
+    activation: str = "gelu_tanh"
+    norm_eps: float = 1e-6
+    pre_norm: bool = False
+    final_norm: bool = True
     dropout_rate: float = 0.0
     remat: str = "none"
     scan: bool = True
@@ -71,16 +84,29 @@ class ImageEncoder(nn.Module):
             stem = ConvStem(self.width, num_layers, self.dtype, self.param_dtype, name="stem")
         elif self.stem == "patch":
             patch = (self.patch_size, self.patch_size)
-            stem = PatchEmbed(self.width, patch, self.dtype, self.param_dtype, name="patches")
+            stem = PatchEmbed(
+                self.width,
+                patch,
+                self.dtype,
+                self.param_dtype,
+                use_bias=self.patch_bias,
+                name="patches",
+            )
         else:
             raise ValueError(f"unknown image stem {self.stem!r}; use 'patch' or 'conv'")
         x, (grid_h, grid_w) = stem(x)
+        posemb = None
         if self.position_embedding == "learned":
-            x = LearnedPositionEmbedding(grid_h * grid_w, self.param_dtype, name="posemb")(x)
+            rows = grid_h * grid_w
+            if self.class_token_posemb:
+                rows += num_class_tokens(self.pooling)
+            posemb = LearnedPositionEmbedding(rows, self.param_dtype, name="posemb")
         else:
             x = x + sincos_2d(grid_h, grid_w, self.width)[None].astype(x.dtype)
+        if posemb is not None and not self.class_token_posemb:
+            x, posemb = posemb(x), None
         chex.assert_shape(x, (images.shape[0], grid_h * grid_w, self.width))
         stem = x
-        x, out = Tower.of(self)(x, None, train=train)
+        x, out = Tower.of(self)(x, None, train=train, posemb=posemb)
         out.update(stem=stem, grid=jnp.asarray((grid_h, grid_w)))
         return x, out

@@ -17,10 +17,13 @@ Dtype = Any
 
 
 class TextEncoder(nn.Module):
-    """A bidirectional transformer over token ids.
+    """A transformer over token ids, bidirectional (or ``causal``, as CLIP's text tower).
 
     ``tokens`` int32 ``[B, T]`` (``T <= max_length``) and ``mask`` bool ``[B, T]`` ->
     ``(x, out)`` with ``x`` ``[B, T', width]`` and ``out["pooled"]`` ``[B, width]``.
+    Pooling (see :class:`mmtx.encoders.Tower`): ``cls``, ``mean``, ``eot`` (the output at
+    each row's highest token id, its first occurrence: the end-of-text token of OpenAI
+    CLIP's vocabulary) or ``last`` (the output at the last position whose mask is True).
     """
 
     vocab_size: int
@@ -33,6 +36,11 @@ class TextEncoder(nn.Module):
     attention_options: FrozenDict[str, Any] = FrozenDict()
     pooling: str = "cls"
     position_embedding: str = "learned"
+    activation: str = "gelu_tanh"
+    norm_eps: float = 1e-6
+    pre_norm: bool = False
+    final_norm: bool = True
+    causal: bool = False
     dropout_rate: float = 0.0
     remat: str = "none"
     scan: bool = True
@@ -62,6 +70,7 @@ class TextEncoder(nn.Module):
         else:
             x = x + sincos_1d(tokens.shape[1], self.width)[None].astype(x.dtype)
         stem = x
-        x, out = Tower.of(self)(x, mask, train=train)
+        pool_index = jnp.argmax(tokens, axis=1) if self.pooling == "eot" else None
+        x, out = Tower.of(self)(x, mask, train=train, pool_index=pool_index)
         out["stem"] = stem
         return x, out

@@ -1,8 +1,9 @@
-"""The part every encoder shares: optional CLS token, transformer stack, pooling."""
+"""The part every encoder shares: class tokens, transformer stack, pooling."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -10,9 +11,21 @@ import jax
 import jax.numpy as jnp
 from flax.core import FrozenDict
 
-from mmtx.nn import Encoder
+from mmtx.nn import Encoder, MAPHead
+from mmtx.nn.transformer import layer_norm
 
 Dtype = Any
+
+# Every pooling the tower knows (each modality's config allows a subset: mmtx.config.POOLINGS).
+TOWER_POOLINGS = ("cls", "mean", "cls_distill", "map", "eot", "last")
+# The learned tokens each pooling prepends, in order (their params are named so; the
+# counts are mmtx.config.CLASS_TOKENS).
+CLASS_TOKEN_NAMES = {"cls": ("cls",), "cls_distill": ("cls", "distill")}
+
+
+def num_class_tokens(pooling: str) -> int:
+    """How many class tokens the tower prepends with ``pooling``."""
+    return len(CLASS_TOKEN_NAMES.get(pooling, ()))
 
 
 def masked_mean(x: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -26,12 +39,32 @@ def masked_mean(x: jax.Array, mask: jax.Array | None) -> jax.Array:
     return jnp.sum(x * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1)
 
 
-class Tower(nn.Module):
-    """CLS token (if ``pooling == "cls"``) + :class:`mmtx.nn.Encoder` + pooling.
+def last_true_index(mask: jax.Array) -> jax.Array:
+    """int32 ``[B]``: the last position whose bool ``mask`` ``[B, T]`` is True (``T - 1`` for
+    a row with none)."""
+    length = mask.shape[1]
+    return (length - 1 - jnp.argmax(mask[:, ::-1], axis=1)).astype(jnp.int32)
 
-    ``[B, T, D]`` embedded tokens and a bool ``[B, T]`` mask in; ``(tokens [B, T', D], out)``
-    out, where ``T' = T + 1`` with a CLS token and ``out`` has ``"pooled"`` ``[B, D]`` and
-    ``"mask"`` ``[B, T']``.
+
+class Tower(nn.Module):
+    """Class tokens + optional ``pre_norm`` + :class:`mmtx.nn.Encoder` + pooling.
+
+    ``[B, T, D]`` embedded tokens and a bool ``[B, T]`` mask in; ``(tokens [B, K + T, D],
+    out)`` out, where ``K`` is the number of class tokens the pooling prepends (``cls``: one,
+    param ``cls``; ``cls_distill``: two, ``cls`` then ``distill`` (AST); others none) and
+    ``out`` has ``"pooled"`` ``[B, D]`` and ``"mask"`` ``[B, K + T]``.
+
+    Pooling: ``cls`` the output at position 0; ``cls_distill`` the mean of positions 0 and 1;
+    ``mean`` the masked mean; ``map`` a :class:`mmtx.nn.MAPHead` (``map_head``) over the
+    tokens; ``eot`` the output at ``pool_index`` ``[B]`` (given by the caller: the text
+    encoder passes the position of each row's highest token id); ``last`` the output at the
+    last position whose mask is True.
+
+    The order inside: class tokens are prepended, then ``posemb`` (a callable
+    ``[B, K + T, D] -> [B, K + T, D]``, for position tables with rows for the class tokens)
+    is applied if given, then dropout, the ``pre_norm`` LayerNorm (param ``pre_norm``), the
+    blocks, the final LayerNorm (with ``final_norm``) and the pooling. ``activation``,
+    ``norm_eps`` (every LayerNorm of the tower) and ``causal`` are the blocks' options.
     """
 
     depth: int
@@ -41,6 +74,11 @@ class Tower(nn.Module):
     dropout_rate: float = 0.0
     attention: str = "dense"
     attention_options: FrozenDict[str, Any] = FrozenDict()
+    activation: str = "gelu_tanh"
+    norm_eps: float = 1e-6
+    pre_norm: bool = False
+    final_norm: bool = True
+    causal: bool = False
     remat: str = "none"
     scan: bool = True
     capture_weights: bool = False
@@ -51,30 +89,52 @@ class Tower(nn.Module):
     def of(cls, encoder: nn.Module) -> Tower:
         """The tower named ``"tower"`` configured by ``encoder``'s fields of the same names.
 
-        Every encoder declares the tower's fields (depth, heads, attention, ...); call this in
-        the encoder's ``nn.compact`` method so the tower becomes its child.
+        Encoders declare the tower's fields (depth, heads, attention, ...); a field an
+        encoder does not declare (``causal`` outside the text encoder) keeps the tower's
+        default. Call this in the encoder's ``nn.compact`` method so the tower becomes its
+        child.
         """
         names = [f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name")]
-        return cls(**{name: getattr(encoder, name) for name in names}, name="tower")
+        kwargs = {name: getattr(encoder, name) for name in names if hasattr(encoder, name)}
+        return cls(**kwargs, name="tower")
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, mask: jax.Array | None = None, *, train: bool = False
+        self,
+        x: jax.Array,
+        mask: jax.Array | None = None,
+        *,
+        train: bool = False,
+        posemb: Callable[[jax.Array], jax.Array] | None = None,
+        pool_index: jax.Array | None = None,
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """See the class docstring; ``train`` enables dropout."""
+        if self.pooling not in TOWER_POOLINGS:
+            raise ValueError(f"unknown pooling {self.pooling!r}; use one of {TOWER_POOLINGS}")
+        if self.pooling == "eot" and pool_index is None:
+            raise ValueError("pooling 'eot' needs pool_index (the position to pool per row)")
         batch, length, width = x.shape
         if mask is None:
             mask = jnp.ones((batch, length), dtype=jnp.bool_)
-        if self.pooling == "cls":
-            cls = self.param(
-                "cls",
-                nn.with_logical_partitioning(nn.initializers.zeros, (None, None, "embed")),
-                (1, 1, width),
-                self.param_dtype,
-            )
-            x = jnp.concatenate([jnp.broadcast_to(cls, (batch, 1, width)).astype(x.dtype), x], 1)
-            mask = jnp.concatenate([jnp.ones((batch, 1), dtype=jnp.bool_), mask], axis=1)
+        names = CLASS_TOKEN_NAMES.get(self.pooling, ())
+        if names:
+            tokens = [
+                self.param(
+                    name,
+                    nn.with_logical_partitioning(nn.initializers.zeros, (None, None, "embed")),
+                    (1, 1, width),
+                    self.param_dtype,
+                )
+                for name in names
+            ]
+            tokens = jnp.concatenate(tokens, axis=1).astype(x.dtype)
+            x = jnp.concatenate([jnp.broadcast_to(tokens, (batch, len(names), width)), x], 1)
+            mask = jnp.concatenate([jnp.ones((batch, len(names)), dtype=jnp.bool_), mask], 1)
+        if posemb is not None:
+            x = posemb(x)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+        if self.pre_norm:
+            x = layer_norm(self.dtype, self.param_dtype, "pre_norm", self.norm_eps)(x)
         x, out = Encoder(
             depth=self.depth,
             num_heads=self.num_heads,
@@ -82,6 +142,10 @@ class Tower(nn.Module):
             dropout_rate=self.dropout_rate,
             attention=self.attention,
             attention_options=self.attention_options,
+            activation=self.activation,
+            norm_eps=self.norm_eps,
+            causal=self.causal,
+            final_norm=self.final_norm,
             remat=self.remat,
             scan=self.scan,
             capture_weights=self.capture_weights,
@@ -91,9 +155,23 @@ class Tower(nn.Module):
         )(x, mask, train=train)
         if self.pooling == "cls":
             pooled = x[:, 0]
+        elif self.pooling == "cls_distill":
+            pooled = (x[:, 0] + x[:, 1]) / 2
         elif self.pooling == "mean":
             pooled = masked_mean(x, mask)
+        elif self.pooling == "map":
+            pooled = MAPHead(
+                num_heads=self.num_heads,
+                mlp_dim=self.mlp_dim,
+                activation=self.activation,
+                norm_eps=self.norm_eps,
+                capture_weights=self.capture_weights,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="map_head",
+            )(x, mask)
         else:
-            raise ValueError(f"unknown pooling {self.pooling!r}; use 'cls' or 'mean'")
+            index = pool_index if self.pooling == "eot" else last_true_index(mask)
+            pooled = jnp.take_along_axis(x, index.astype(jnp.int32)[:, None, None], axis=1)[:, 0]
         out.update(encoded=x, pooled=pooled, mask=mask)
         return x, out

@@ -34,6 +34,8 @@ def register_fusion(name: str, module: type[nn.Module]) -> None:
     model passes it the fields of ``config.fusion`` that it declares (by name), plus
     ``dtype``, ``param_dtype`` and, if declared, ``capture_weights``.
     """
+    if name == "none":
+        raise ValueError("'none' is reserved: config.fusion.type='none' means no fusion")
     if not (isinstance(module, type) and issubclass(module, nn.Module)):
         raise TypeError(f"a fusion must be a flax.linen.Module subclass; got {module!r}")
     if "width" not in module.__dataclass_fields__:

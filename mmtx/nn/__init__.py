@@ -19,9 +19,18 @@ from mmtx.nn.embed import (
     sincos_2d,
 )
 from mmtx.nn.kaldi_fbank import KaldiFbank, kaldi_fbank
-from mmtx.nn.transformer import MLP, CrossAttentionBlock, Encoder, TransformerBlock
+from mmtx.nn.transformer import (
+    ACTIVATIONS,
+    MLP,
+    CrossAttentionBlock,
+    Encoder,
+    MAPHead,
+    TransformerBlock,
+    quick_gelu,
+)
 
 __all__ = [
+    "ACTIVATIONS",
     "ATTENTION_KERNELS",
     "CROSS_ATTENTION_KERNELS",
     "MLP",
@@ -32,6 +41,7 @@ __all__ = [
     "KaldiFbank",
     "LearnedPositionEmbedding",
     "LogMelSpectrogram",
+    "MAPHead",
     "MultiHeadAttention",
     "PatchEmbed",
     "TokenEmbed",
@@ -40,6 +50,7 @@ __all__ = [
     "kaldi_fbank",
     "log_mel_spectrogram",
     "mel_filterbank",
+    "quick_gelu",
     "sincos_1d",
     "sincos_2d",
 ]

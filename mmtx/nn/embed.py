@@ -14,25 +14,34 @@ Dtype = Any
 
 
 class PatchEmbed(nn.Module):
-    """Splits an image into non-overlapping patches and projects each to ``features``.
+    """Splits an image into patches and projects each to ``features``.
 
-    A strided convolution, as in ViT: ``[B, H, W, C] -> [B, H/ph * W/pw, features]``.
-    Trailing rows/columns that do not fill a whole patch are dropped.
+    A strided convolution, as in ViT: ``[B, H, W, C] -> [B, gh * gw, features]`` with
+    ``gh = (H - ph) // sh + 1`` (and so for ``gw``), patches flattened row-major. ``strides``
+    ``(sh, sw)`` default to the patch size (non-overlapping patches; trailing rows/columns
+    that do not fill a whole patch are dropped); smaller strides overlap them (AST).
+    ``use_bias=False`` drops the projection's bias (``projection/bias``).
     """
 
     features: int
     patch_size: tuple[int, int]
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    strides: tuple[int, int] | None = None
+    use_bias: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, tuple[int, int]]:
         """x: ``[B, H, W, C]`` float -> (``[B, N, features]``, patch grid ``(gh, gw)``)."""
+        strides = tuple(self.patch_size) if self.strides is None else tuple(self.strides)
+        if min(strides) < 1:
+            raise ValueError(f"patch strides must be >= 1; got {strides}")
         x = nn.Conv(
             self.features,
             kernel_size=tuple(self.patch_size),
-            strides=tuple(self.patch_size),
+            strides=strides,
             padding="VALID",
+            use_bias=self.use_bias,
             kernel_init=nn.with_logical_partitioning(
                 nn.initializers.lecun_normal(), (None, None, None, "embed")
             ),

@@ -3,6 +3,8 @@ its layers."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -23,9 +25,33 @@ REMAT_POLICIES = {
 ACTIVATION_AXES = ("batch", "length", "embed")
 
 
-def layer_norm(dtype: Dtype, param_dtype: Dtype, name: str | None = None) -> nn.LayerNorm:
-    """A LayerNorm whose scale and bias carry the logical axis ``embed``."""
+def quick_gelu(x: jax.Array) -> jax.Array:
+    """OpenAI CLIP's GELU approximation ``x * sigmoid(1.702 x)``, elementwise, dtype kept."""
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+# The MLP activations by config name (model.<modality>.activation).
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu_tanh": functools.partial(nn.gelu, approximate=True),  # tanh approximation (default)
+    "gelu": functools.partial(nn.gelu, approximate=False),  # exact, with erf
+    "quick_gelu": quick_gelu,
+}
+
+
+def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
+    """The activation :data:`ACTIVATIONS` names ``name``; ``ValueError`` for an unknown one."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {tuple(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def layer_norm(
+    dtype: Dtype, param_dtype: Dtype, name: str | None = None, epsilon: float = 1e-6
+) -> nn.LayerNorm:
+    """A LayerNorm (``epsilon`` added to the variance) whose scale and bias carry the logical
+    axis ``embed``."""
     return nn.LayerNorm(
+        epsilon=epsilon,
         dtype=dtype,
         param_dtype=param_dtype,
         scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
@@ -35,10 +61,12 @@ def layer_norm(dtype: Dtype, param_dtype: Dtype, name: str | None = None) -> nn.
 
 
 class MLP(nn.Module):
-    """Two-layer GELU MLP: ``[B, T, D] -> [B, T, hidden_dim] -> [B, T, D]``."""
+    """Two-layer MLP: ``[B, T, D] -> [B, T, hidden_dim] -> [B, T, D]``, ``activation`` (a name
+    in :data:`ACTIVATIONS`; default the tanh GELU) between the layers."""
 
     hidden_dim: int
     dropout_rate: float = 0.0
+    activation: str = "gelu_tanh"
     deterministic: bool = True
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -55,7 +83,7 @@ class MLP(nn.Module):
             param_dtype=self.param_dtype,
             name="fc1",
         )(x)
-        x = nn.gelu(x)
+        x = activation_fn(self.activation)(x)
         x = nn.with_logical_constraint(x, ("batch", "length", "mlp"))
         x = nn.Dropout(self.dropout_rate)(x, deterministic=self.deterministic)
         return nn.Dense(
@@ -71,7 +99,9 @@ class MLP(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-LN block: ``x + Attn(LN(x))``, then ``x + MLP(LN(x))``.
 
-    The call signature ``(x, mask) -> (x, None)`` is the carry form ``nn.scan`` expects.
+    ``activation`` names the MLP's activation (:data:`ACTIVATIONS`), ``norm_eps`` is both
+    LayerNorms' epsilon, and ``causal`` makes each token attend only to itself and earlier
+    ones. The call signature ``(x, mask) -> (x, None)`` is the carry form ``nn.scan`` expects.
     """
 
     num_heads: int
@@ -79,6 +109,9 @@ class TransformerBlock(nn.Module):
     dropout_rate: float = 0.0
     attention: str = "dense"
     attention_options: FrozenDict[str, Any] = FrozenDict()
+    activation: str = "gelu_tanh"
+    norm_eps: float = 1e-6
+    causal: bool = False
     deterministic: bool = True
     capture_weights: bool = False
     dtype: Dtype = jnp.float32
@@ -88,21 +121,23 @@ class TransformerBlock(nn.Module):
     def __call__(self, x: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, None]:
         """x: ``[B, T, D]``; mask: bool ``[B, T]`` key-padding (True = real token) or None."""
         x = nn.with_logical_constraint(x, ACTIVATION_AXES)
-        y = layer_norm(self.dtype, self.param_dtype, "norm1")(x)
+        y = layer_norm(self.dtype, self.param_dtype, "norm1", self.norm_eps)(x)
         y = MultiHeadAttention(
             num_heads=self.num_heads,
             kernel=self.attention,
             kernel_options=self.attention_options,
+            causal=self.causal,
             capture_weights=self.capture_weights,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="attention",
         )(y, mask=mask)
         x = x + nn.Dropout(self.dropout_rate)(y, deterministic=self.deterministic)
-        y = layer_norm(self.dtype, self.param_dtype, "norm2")(x)
+        y = layer_norm(self.dtype, self.param_dtype, "norm2", self.norm_eps)(x)
         y = MLP(
             self.mlp_dim,
             dropout_rate=self.dropout_rate,
+            activation=self.activation,
             deterministic=self.deterministic,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
@@ -168,11 +203,14 @@ class CrossAttentionBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    """A stack of ``depth`` TransformerBlocks followed by a final LayerNorm.
+    """A stack of ``depth`` TransformerBlocks followed by a final LayerNorm ``norm`` (none
+    with ``final_norm=False``).
 
     With ``scan=True`` the blocks are one ``nn.scan`` (params stacked on a leading ``layers``
     axis), so compile time does not grow with depth. ``remat`` names a rematerialisation
-    policy from :data:`REMAT_POLICIES` (or ``"none"``) applied to each block.
+    policy from :data:`REMAT_POLICIES` (or ``"none"``) applied to each block. ``activation``,
+    ``norm_eps`` (every LayerNorm's epsilon) and ``causal`` are the blocks' (see
+    :class:`TransformerBlock`).
     """
 
     depth: int
@@ -181,6 +219,10 @@ class Encoder(nn.Module):
     dropout_rate: float = 0.0
     attention: str = "dense"
     attention_options: FrozenDict[str, Any] = FrozenDict()
+    activation: str = "gelu_tanh"
+    norm_eps: float = 1e-6
+    causal: bool = False
+    final_norm: bool = True
     remat: str = "none"
     scan: bool = True
     capture_weights: bool = False
@@ -200,7 +242,8 @@ class Encoder(nn.Module):
 
         Returns:
           ``(x, out)``: encoded ``[B, T, D]`` in ``dtype`` and a dict of intermediates
-          (``"pre_norm"``: the last block's output before the final LayerNorm).
+          (``"pre_norm"``: the last block's output before the final LayerNorm; equal to ``x``
+          with ``final_norm=False``).
         """
         block = TransformerBlock
         if self.remat != "none":
@@ -213,6 +256,9 @@ class Encoder(nn.Module):
             dropout_rate=self.dropout_rate,
             attention=self.attention,
             attention_options=self.attention_options,
+            activation=self.activation,
+            norm_eps=self.norm_eps,
+            causal=self.causal,
             deterministic=not train,
             capture_weights=self.capture_weights,
             dtype=self.dtype,
@@ -233,5 +279,54 @@ class Encoder(nn.Module):
             for i in range(self.depth):
                 x, _ = block(**kwargs, name=f"block_{i}")(x, mask)
         out = {"pre_norm": x}
-        x = layer_norm(self.dtype, self.param_dtype, "norm")(x)
+        if self.final_norm:
+            x = layer_norm(self.dtype, self.param_dtype, "norm", self.norm_eps)(x)
         return x, out
+
+
+class MAPHead(nn.Module):
+    """Multi-head attention pooling (Lee et al. 2019; big_vision's ``MAPHead``, SigLIP).
+
+    A learned ``probe`` ``[1, 1, D]`` attends to the tokens (a :class:`MultiHeadAttention`
+    named ``attention``, dense kernel), then a residual MLP:
+    ``y = attention(probe, x); y = y + mlp(norm(y))``; the result is ``y[:, 0]``.
+    ``x`` ``[B, T, D]`` and a bool key-padding ``mask`` ``[B, T]`` (or None) -> ``[B, D]``
+    in ``dtype``. Params: ``probe``, ``attention/{query,key,value,out}``, ``norm``,
+    ``mlp/{fc1,fc2}``.
+    """
+
+    num_heads: int
+    mlp_dim: int
+    activation: str = "gelu_tanh"
+    norm_eps: float = 1e-6
+    capture_weights: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """x: ``[B, T, D]`` float; mask: bool ``[B, T]`` (True = real token) -> ``[B, D]``."""
+        batch, _, width = x.shape
+        probe = self.param(
+            "probe",
+            nn.with_logical_partitioning(nn.initializers.xavier_uniform(), (None, None, "embed")),
+            (1, 1, width),
+            self.param_dtype,
+        )
+        probe = jnp.broadcast_to(probe, (batch, 1, width)).astype(self.dtype)
+        y = MultiHeadAttention(
+            num_heads=self.num_heads,
+            capture_weights=self.capture_weights,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="attention",
+        )(probe, x, mask=mask)
+        z = layer_norm(self.dtype, self.param_dtype, "norm", self.norm_eps)(y)
+        y = y + MLP(
+            self.mlp_dim,
+            activation=self.activation,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="mlp",
+        )(z)
+        return y[:, 0]

@@ -356,7 +356,8 @@ class Model:
         ``step`` (default: the newest intact one), onto this process's first device whatever
         mesh trained them, with the config they were saved with (the checkpoint's integrity
         record; ``workdir/config.json`` for checkpoints without one). ``Model.step`` is the
-        step loaded."""
+        step loaded. A tokenizer file named relative to the workdir (an imported
+        checkpoint's ``tokenizer/...``) is read from there."""
         # Imported here: checkpoints belong to the training layer, which imports this module.
         from mmtx.train.checkpoint import Checkpointer
 
@@ -371,7 +372,13 @@ class Model:
         if not saved:
             with open(os.path.join(workdir, "config.json")) as f:
                 saved = json.load(f)
-        config = config_lib.validate(config_lib.merge_overrides(config_lib.default_config(), saved))
+        config = config_lib.merge_overrides(config_lib.default_config(), saved)
+        # An imported checkpoint keeps its tokenizer file in the workdir, named relative to it.
+        model_file = config.tokenizer.model_file
+        if model_file and not os.path.isabs(model_file):
+            if os.path.exists(os.path.join(workdir, model_file)):
+                config.tokenizer.model_file = os.path.join(workdir, model_file)
+        config = config_lib.validate(config)
         model = create_model(config, params=state["params"])
         model.step = loaded
         return model

@@ -10,7 +10,13 @@ import jax.numpy as jnp
 from flax.core import FrozenDict
 
 from mmtx.encoders.tower import Tower, num_class_tokens
-from mmtx.nn import LearnedPositionEmbedding, LogMelSpectrogram, PatchEmbed, sincos_2d
+from mmtx.nn import (
+    KaldiFbank,
+    LearnedPositionEmbedding,
+    LogMelSpectrogram,
+    PatchEmbed,
+    sincos_2d,
+)
 
 Dtype = Any
 
@@ -30,6 +36,10 @@ class AudioEncoder(nn.Module):
     ``patch_bias=False`` drops the conv's bias. Pooling: ``cls``, ``mean`` or ``cls_distill``
     (AST: class and distillation tokens, pooled as the mean of their outputs).
     ``class_token_posemb`` as in :class:`mmtx.encoders.ImageEncoder`.
+
+    ``frontend="kaldi_fbank"`` computes Kaldi's log-mel filterbank instead of mmtx's
+    (:class:`mmtx.nn.KaldiFbank`: what AST's feature extractor feeds AST), normalised as
+    ``(x - log_mel_mean) / log_mel_std``.
     """
 
     width: int
@@ -46,6 +56,7 @@ class AudioEncoder(nn.Module):
     log_mel_mean: float = 0.0
     log_mel_std: float = 1.0
     patch_size: tuple[int, int] = (16, 16)
+    frontend: str = "log_mel"
     attention: str = "dense"
     attention_options: FrozenDict[str, Any] = FrozenDict()
     pooling: str = "cls"
@@ -71,16 +82,33 @@ class AudioEncoder(nn.Module):
         """Encodes a batch of waveforms (see the class docstring)."""
         if audio.ndim != 2:
             raise ValueError(f"audio must be [batch, samples] waveforms; got shape {audio.shape}")
-        log_mel = LogMelSpectrogram(
-            sample_rate=self.sample_rate,
-            window_length=self.window_length,
-            hop_length=self.hop_length,
-            num_mel_bins=self.num_mel_bins,
-            min_frequency=self.min_frequency,
-            max_frequency=self.max_frequency,
-            mean=self.log_mel_mean,
-            std=self.log_mel_std,
-        )(audio)
+        if self.frontend == "kaldi_fbank":
+            # Kaldi's filterbank as AST's feature extractor computes it; its normalisation is
+            # (x - mean) / (2 * std), so std is halved (exactly) to give (x - mean) / log_mel_std.
+            log_mel = KaldiFbank(
+                sample_rate=self.sample_rate,
+                num_mel_bins=self.num_mel_bins,
+                frame_length_ms=1000.0 * self.window_length / self.sample_rate,
+                frame_shift_ms=1000.0 * self.hop_length / self.sample_rate,
+                low_freq=self.min_frequency,
+                high_freq=self.max_frequency,
+                mean=self.log_mel_mean,
+                std=self.log_mel_std / 2,
+                max_frames=0,
+            )(audio)
+        elif self.frontend == "log_mel":
+            log_mel = LogMelSpectrogram(
+                sample_rate=self.sample_rate,
+                window_length=self.window_length,
+                hop_length=self.hop_length,
+                num_mel_bins=self.num_mel_bins,
+                min_frequency=self.min_frequency,
+                max_frequency=self.max_frequency,
+                mean=self.log_mel_mean,
+                std=self.log_mel_std,
+            )(audio)
+        else:
+            raise ValueError(f"unknown audio frontend {self.frontend!r}; use log_mel | kaldi_fbank")
         strides = tuple(s or p for s, p in zip(self.patch_stride, self.patch_size, strict=True))
         x, (grid_t, grid_f) = PatchEmbed(
             self.width,

@@ -1,0 +1,295 @@
+"""CLIP (Radford et al. 2021) checkpoints: open_clip's OpenAI-style state dicts and HF
+``CLIPModel`` files.
+
+Both are a ViT image tower (class token, a position table with a row for it, ``ln_pre``,
+pre-LN blocks, LayerNorm, bias-free projection) and a causal text transformer pooled at the
+end-of-text token (the highest id in the row), LayerNorm epsilon 1e-5.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from mmtx.checkpoints import layout
+from mmtx.checkpoints.family import Converted, two_tower_overrides
+from mmtx.checkpoints.tensors import CheckpointImportError, TensorSource
+
+# OpenAI CLIP's pixel statistics (open_clip's OPENAI_DATASET_MEAN / _STD).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+OPEN_CLIP_HEAD_WIDTH = 64  # open_clip's OpenAI loader: heads = width // 64.
+
+OPEN_CLIP_BLOCK = {
+    "norm1": "ln_1",
+    "norm2": "ln_2",
+    "packed": "attn.",
+    "out": "attn.out_proj",
+    "fc1": "mlp.c_fc",
+    "fc2": "mlp.c_proj",
+}
+HF_CLIP_BLOCK = {
+    "norm1": "layer_norm1",
+    "norm2": "layer_norm2",
+    "query": "self_attn.q_proj",
+    "key": "self_attn.k_proj",
+    "value": "self_attn.v_proj",
+    "out": "self_attn.out_proj",
+    "fc1": "mlp.fc1",
+    "fc2": "mlp.fc2",
+}
+
+
+def _grid_side(positions: int, prefix: int, what: str) -> int:
+    side = math.isqrt(positions - prefix)
+    if side * side != positions - prefix:
+        raise CheckpointImportError(
+            f"{what} has {positions} rows, not {prefix} + a square grid of patches"
+        )
+    return side
+
+
+def _clip_towers(
+    *,
+    text_width: int,
+    text_depth: int,
+    text_heads: int,
+    text_mlp: int,
+    vocab_size: int,
+    context_length: int,
+    image_width: int,
+    image_depth: int,
+    image_heads: int,
+    image_mlp: int,
+    patch_size: int,
+    image_size: int,
+    embed_dim: int,
+    activation: str,
+    norm_eps: float,
+) -> dict[str, Any]:
+    tower = {"activation": activation, "norm_eps": norm_eps, "projection": "no_bias"}
+    return two_tower_overrides(
+        embed_dim=embed_dim,
+        contrastive="softmax",
+        text={
+            **tower,
+            "vocab_size": vocab_size,
+            "max_length": context_length,
+            "width": text_width,
+            "depth": text_depth,
+            "num_heads": text_heads,
+            "mlp_dim": text_mlp,
+            "causal": True,
+            "pooling": "eot",
+            "position_embedding": "learned",
+        },
+        image={
+            **tower,
+            "image_size": image_size,
+            "patch_size": patch_size,
+            "width": image_width,
+            "depth": image_depth,
+            "num_heads": image_heads,
+            "mlp_dim": image_mlp,
+            "pooling": "cls",
+            "position_embedding": "learned",
+            "class_token_posemb": True,
+            "pre_norm": True,
+            "patch_bias": False,
+            "mean": CLIP_MEAN,
+            "std": CLIP_STD,
+        },
+    )
+
+
+def convert_open_clip(
+    source: TensorSource, hf_config: dict[str, Any] | None, num_heads: Mapping[str, int]
+) -> Converted:
+    """open_clip / OpenAI CLIP state dict (``visual.conv1.weight``,
+    ``transformer.resblocks.0.attn.in_proj_weight``, ...) -> mmtx.
+
+    The state dict holds no head count or activation: heads are ``width // 64`` (open_clip's
+    own rule for these files) unless ``num_heads`` names them, and the activation is
+    QuickGELU (OpenAI's weights); LAION-trained open_clip models use exact GELU: pass
+    ``activation="gelu"``.
+    """
+    del hf_config  # an OpenAI-style state dict comes without one
+    source.ignore(["attn_mask", "input_resolution", "context_length", "vocab_size"])
+    vocab_size, text_width = source.shape("token_embedding.weight")
+    context_length = source.shape("positional_embedding")[0]
+    embed_dim = source.shape("text_projection")[1]
+    image_width, _, patch_size, _ = source.shape("visual.conv1.weight")
+    positions = source.shape("visual.positional_embedding")[0]
+    grid = _grid_side(positions, 1, "visual.positional_embedding")
+    text_depth = layout.count_layers(source, "transformer.resblocks.{}.ln_1.weight")
+    image_depth = layout.count_layers(source, "visual.transformer.resblocks.{}.ln_1.weight")
+    text_heads = num_heads.get("text", max(text_width // OPEN_CLIP_HEAD_WIDTH, 1))
+    image_heads = num_heads.get("image", max(image_width // OPEN_CLIP_HEAD_WIDTH, 1))
+    overrides = _clip_towers(
+        text_width=text_width,
+        text_depth=text_depth,
+        text_heads=text_heads,
+        text_mlp=source.shape("transformer.resblocks.0.mlp.c_fc.weight")[0],
+        vocab_size=vocab_size,
+        context_length=context_length,
+        image_width=image_width,
+        image_depth=image_depth,
+        image_heads=image_heads,
+        image_mlp=source.shape("visual.transformer.resblocks.0.mlp.c_fc.weight")[0],
+        patch_size=patch_size,
+        image_size=grid * patch_size,
+        embed_dim=embed_dim,
+        activation="quick_gelu",
+        norm_eps=1e-5,
+    )
+
+    def blocks(prefix: str, depth: int, heads: int) -> Any:
+        return layout.stack_layers(
+            [
+                layout.torch_block(source, f"{prefix}{i}.", OPEN_CLIP_BLOCK, heads)
+                for i in range(depth)
+            ]
+        )
+
+    params = {
+        "text": {
+            "token_embed": {"embedding": {"embedding": source["token_embedding.weight"]}},
+            "posemb": {"embedding": source["positional_embedding"]},
+            "tower": {
+                "encoder": {
+                    "blocks": blocks("transformer.resblocks.", text_depth, text_heads),
+                    "norm": layout.layer_norm(source, "ln_final"),
+                },
+            },
+        },
+        "image": {
+            "patches": {
+                "projection": {"kernel": layout.conv_kernel(source["visual.conv1.weight"])}
+            },
+            "posemb": {"embedding": source["visual.positional_embedding"]},
+            "tower": {
+                "cls": layout.reshaped(source["visual.class_embedding"], (1, 1, image_width)),
+                "pre_norm": layout.layer_norm(source, "visual.ln_pre"),
+                "encoder": {
+                    "blocks": blocks("visual.transformer.resblocks.", image_depth, image_heads),
+                    "norm": layout.layer_norm(source, "visual.ln_post"),
+                },
+            },
+        },
+        "text_head": {"kernel": source["text_projection"]},
+        "image_head": {"kernel": source["visual.proj"]},
+        "logit_scale": layout.reshaped(source["logit_scale"], ()),
+    }
+    return Converted(overrides, params, grids={"image": (grid, grid)})
+
+
+def convert_hf_clip(
+    source: TensorSource, hf_config: dict[str, Any] | None, num_heads: Mapping[str, int]
+) -> Converted:
+    """HF transformers ``CLIPModel`` (``text_model.encoder.layers.0.self_attn.q_proj.weight``,
+    ``vision_model.embeddings.class_embedding``, ...) -> mmtx. Heads, activation and
+    LayerNorm epsilon come from its ``config.json``."""
+    del num_heads  # read from the config / the tensors' shapes
+    if hf_config is None:
+        raise CheckpointImportError(
+            "hf_clip needs the model's config.json (heads, activation); put it next to the "
+            "weights file or pass --hf_config"
+        )
+    text_cfg, vision_cfg = hf_config.get("text_config", {}), hf_config.get("vision_config", {})
+    source.ignore(["text_model.embeddings.position_ids", "vision_model.embeddings.position_ids"])
+    vocab_size, text_width = source.shape("text_model.embeddings.token_embedding.weight")
+    context_length = source.shape("text_model.embeddings.position_embedding.weight")[0]
+    embed_dim = source.shape("text_projection.weight")[0]
+    image_width, _, patch_size, _ = source.shape("vision_model.embeddings.patch_embedding.weight")
+    positions = source.shape("vision_model.embeddings.position_embedding.weight")[0]
+    grid = _grid_side(positions, 1, "vision_model.embeddings.position_embedding.weight")
+    text_depth = layout.count_layers(source, "text_model.encoder.layers.{}.layer_norm1.weight")
+    image_depth = layout.count_layers(source, "vision_model.encoder.layers.{}.layer_norm1.weight")
+    text_heads = int(text_cfg.get("num_attention_heads", 8))
+    image_heads = int(vision_cfg.get("num_attention_heads", 12))
+    activation = _hf_activation(text_cfg.get("hidden_act", "quick_gelu"))
+    if _hf_activation(vision_cfg.get("hidden_act", "quick_gelu")) != activation:
+        raise CheckpointImportError("hf_clip: text and vision towers use different activations")
+    overrides = _clip_towers(
+        text_width=text_width,
+        text_depth=text_depth,
+        text_heads=text_heads,
+        text_mlp=source.shape("text_model.encoder.layers.0.mlp.fc1.weight")[0],
+        vocab_size=vocab_size,
+        context_length=context_length,
+        image_width=image_width,
+        image_depth=image_depth,
+        image_heads=image_heads,
+        image_mlp=source.shape("vision_model.encoder.layers.0.mlp.fc1.weight")[0],
+        patch_size=patch_size,
+        image_size=grid * patch_size,
+        embed_dim=embed_dim,
+        activation=activation,
+        norm_eps=float(text_cfg.get("layer_norm_eps", 1e-5)),
+    )
+
+    def blocks(prefix: str, depth: int, heads: int) -> Any:
+        return layout.stack_layers(
+            [
+                layout.torch_block(source, f"{prefix}{i}.", HF_CLIP_BLOCK, heads)
+                for i in range(depth)
+            ]
+        )
+
+    text, vision = "text_model.", "vision_model."
+    params = {
+        "text": {
+            "token_embed": {
+                "embedding": {"embedding": source[f"{text}embeddings.token_embedding.weight"]}
+            },
+            "posemb": {"embedding": source[f"{text}embeddings.position_embedding.weight"]},
+            "tower": {
+                "encoder": {
+                    "blocks": blocks(f"{text}encoder.layers.", text_depth, text_heads),
+                    "norm": layout.layer_norm(source, f"{text}final_layer_norm"),
+                },
+            },
+        },
+        "image": {
+            "patches": {
+                "projection": {
+                    "kernel": layout.conv_kernel(
+                        source[f"{vision}embeddings.patch_embedding.weight"]
+                    )
+                }
+            },
+            "posemb": {"embedding": source[f"{vision}embeddings.position_embedding.weight"]},
+            "tower": {
+                "cls": layout.reshaped(
+                    source[f"{vision}embeddings.class_embedding"], (1, 1, image_width)
+                ),
+                # (sic: HF's CLIP spells it "pre_layrnorm")
+                "pre_norm": layout.layer_norm(source, f"{vision}pre_layrnorm"),
+                "encoder": {
+                    "blocks": blocks(f"{vision}encoder.layers.", image_depth, image_heads),
+                    "norm": layout.layer_norm(source, f"{vision}post_layernorm"),
+                },
+            },
+        },
+        "text_head": {"kernel": layout.linear_kernel(source["text_projection.weight"])},
+        "image_head": {"kernel": layout.linear_kernel(source["visual_projection.weight"])},
+        "logit_scale": layout.reshaped(source["logit_scale"], ()),
+    }
+    return Converted(overrides, params, grids={"image": (grid, grid)})
+
+
+def _hf_activation(name: str) -> str:
+    """An HF ``hidden_act`` name -> mmtx's activation name."""
+    names = {
+        "quick_gelu": "quick_gelu",
+        "gelu": "gelu",
+        "gelu_pytorch_tanh": "gelu_tanh",
+        "gelu_new": "gelu_tanh",
+        "gelu_fast": "gelu_tanh",
+    }
+    if name not in names:
+        raise CheckpointImportError(
+            f"activation {name!r} has no mmtx counterpart (mmtx has {sorted(set(names.values()))})"
+        )
+    return names[name]

@@ -1,0 +1,322 @@
+"""Importing a published checkpoint: read, convert, check against mmtx's model, write a workdir."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mmtx import config as config_lib
+from mmtx.checkpoints.ast import convert_hf_ast
+from mmtx.checkpoints.clip import convert_hf_clip, convert_open_clip
+from mmtx.checkpoints.family import Converted
+from mmtx.checkpoints.posemb import resample_position_embedding
+from mmtx.checkpoints.siglip import convert_big_vision_siglip, convert_hf_siglip
+from mmtx.checkpoints.tensors import (
+    CheckpointImportError,
+    Missing,
+    TensorSource,
+    first_names,
+    read_tensors,
+)
+
+# (tensors, the HF config.json or None, per-modality head counts given by the user) -> mmtx.
+Converter = Callable[[TensorSource, "dict[str, Any] | None", "Mapping[str, int]"], Converted]
+
+# Family name -> converter. The names are part of mmtx's interface (scripts use them).
+FAMILIES: dict[str, Converter] = {
+    "open_clip": convert_open_clip,
+    "hf_clip": convert_hf_clip,
+    "hf_siglip": convert_hf_siglip,
+    "big_vision_siglip": convert_big_vision_siglip,
+    "hf_ast": convert_hf_ast,
+}
+# Which tokenizer.type a family's tokenizer file is, by the file's name.
+TOKENIZER_TYPES = {
+    "open_clip": {".gz": "clip_bpe", ".txt": "clip_bpe", ".json": "tokenizer_json"},
+    "hf_clip": {".gz": "clip_bpe", ".txt": "clip_bpe", ".json": "tokenizer_json"},
+    "hf_siglip": {".model": "siglip", ".json": "tokenizer_json"},
+    "big_vision_siglip": {".model": "siglip", ".json": "tokenizer_json"},
+}
+ACTIVATIONS = ("gelu_tanh", "gelu", "quick_gelu")
+
+
+@dataclasses.dataclass
+class ImportedModel:
+    """A published checkpoint as an mmtx config and param tree (numpy float32 leaves).
+
+    ``source`` records where it came from (family, file, tensor count). :meth:`model`
+    makes a ready :class:`mmtx.Model`; :func:`write_workdir` saves it as a workdir.
+    """
+
+    config: ml_collections.ConfigDict
+    params: dict[str, Any]
+    source: dict[str, Any]
+
+    def model(self) -> Any:
+        """The imported model as an :class:`mmtx.Model` (tokenizer and preprocessing from
+        the config)."""
+        from mmtx.models import create_model
+
+        return create_model(self.config, params=jax.tree.map(jnp.asarray, self.params))
+
+
+def import_checkpoint(
+    family: str,
+    path: str | os.PathLike,
+    *,
+    hf_config: str | os.PathLike | Mapping[str, Any] | None = None,
+    tokenizer: str | os.PathLike | None = None,
+    image_size: int | None = None,
+    activation: str | None = None,
+    num_heads: Mapping[str, int] | None = None,
+) -> ImportedModel:
+    """Reads a ``family`` checkpoint and converts it to mmtx, checked tensor by tensor.
+
+    Args:
+      family: one of :data:`FAMILIES` (``open_clip``, ``hf_clip``, ``hf_siglip``,
+        ``big_vision_siglip``, ``hf_ast``).
+      path: the weights: ``.safetensors`` (open_clip, HF) or ``.npz`` (big_vision).
+      hf_config: the HF families' ``config.json`` (a path or the loaded dict); default: the
+        ``config.json`` next to ``path``.
+      tokenizer: the family's tokenizer file (``bpe_simple_vocab_16e6.txt.gz`` or
+        ``tokenizer.json`` for CLIP, ``spiece.model`` or ``tokenizer.json`` for SigLIP);
+        without it the model keeps mmtx's byte tokenizer (ids, not text, are then the
+        model's input).
+      image_size: run the image tower at this size; the learned position table is resampled
+        bilinearly to the new patch grid (class tokens kept).
+      activation: override the tower activation (open_clip state dicts do not record it:
+        QuickGELU is assumed, as in OpenAI's weights; LAION-trained ones use ``gelu``).
+      num_heads: modality -> attention heads, for open_clip state dicts, which do not record
+        them (default ``width // 64``, open_clip's rule for OpenAI-style files); the other
+        families read them from their config or the tensors' shapes.
+
+    Returns:
+      An :class:`ImportedModel` whose config validates and whose params have exactly the
+      shapes ``mmtx.models.MultiModalTransformer`` expects.
+
+    Raises:
+      CheckpointImportError: unknown family; missing or unexpected tensors (the first few
+        named); a tensor whose shape disagrees (its name and both shapes).
+      FileNotFoundError: no such weights / config / tokenizer file.
+    """
+    if family not in FAMILIES:
+        raise CheckpointImportError(f"unknown family {family!r}; choose one of {sorted(FAMILIES)}")
+    path = os.fspath(path)
+    tensors = read_tensors(path)
+    if not tensors:
+        raise CheckpointImportError(f"{path} holds no tensors")
+    config_dict = _hf_config(family, path, hf_config)
+    source = TensorSource(tensors, family=family, path=path)
+    try:
+        converted = FAMILIES[family](source, config_dict, dict(num_heads or {}))
+    except CheckpointImportError:
+        raise
+    except Exception as error:
+        if source.missing:  # a missing tensor broke the conversion: name it
+            source.check()
+        raise CheckpointImportError(
+            f"{path} could not be read as {family} ({type(error).__name__}: {error}); its first "
+            f"tensors: {first_names(tensors)}"
+        ) from error
+    source.check()
+    params = converted.params
+    config = config_lib.merge_overrides(config_lib.default_config(), converted.overrides)
+    config.variant = f"imported {family}"
+    if activation is not None:
+        if activation not in ACTIVATIONS:
+            raise CheckpointImportError(f"activation {activation!r}: choose one of {ACTIVATIONS}")
+        for modality in config.model.modalities:
+            config.model[modality].activation = activation
+    if tokenizer is not None:
+        _set_tokenizer(config, family, os.fspath(tokenizer))
+    if image_size is not None:
+        _resample_image(config, params, converted, int(image_size))
+    # The two scalars every mmtx model has, for families that lack them (CLIP has no bias).
+    params.setdefault("logit_scale", np.float32(-np.log(config.model.temperature_init)))
+    params.setdefault("logit_bias", np.float32(config.model.logit_bias_init))
+    try:
+        config = config_lib.validate(config)
+    except (TypeError, ValueError) as error:
+        raise CheckpointImportError(f"{path}: the derived config is not valid: {error}") from error
+    _check_against_model(config, params, path)
+    params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
+    record = {
+        "family": family,
+        "path": os.path.abspath(path),
+        "tensors": len(tensors),
+        "ignored": sorted(source.ignored),
+    }
+    return ImportedModel(config=config, params=params, source=record)
+
+
+def _hf_config(
+    family: str, path: str, hf_config: str | os.PathLike | Mapping[str, Any] | None
+) -> dict[str, Any] | None:
+    if isinstance(hf_config, Mapping):
+        return dict(hf_config)
+    if hf_config is None:
+        if not family.startswith("hf_"):
+            return None
+        hf_config = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
+        if not os.path.exists(hf_config):
+            return None
+    with open(hf_config) as f:
+        return json.load(f)
+
+
+def _set_tokenizer(config: ml_collections.ConfigDict, family: str, path: str) -> None:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no tokenizer file {path}")
+    kinds = TOKENIZER_TYPES.get(family)
+    if kinds is None:
+        raise CheckpointImportError(f"{family} has no text tower: --tokenizer does not apply")
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in kinds:
+        raise CheckpointImportError(
+            f"{path}: a {family} tokenizer is one of {sorted(kinds)} files; got {suffix!r}"
+        )
+    config.tokenizer.type = kinds[suffix]
+    config.tokenizer.model_file = os.path.abspath(path)
+
+
+def _resample_image(
+    config: ml_collections.ConfigDict, params: dict[str, Any], converted: Converted, size: int
+) -> None:
+    image = config.model.image
+    if "image" not in config.model.modalities:
+        raise CheckpointImportError("image_size: this checkpoint has no image tower")
+    if size % image.patch_size:
+        raise CheckpointImportError(
+            f"image_size {size} is not a multiple of the patch size {image.patch_size}"
+        )
+    grid = size // image.patch_size
+    prefix = 1 if image.class_token_posemb and image.pooling == "cls" else 0
+    posemb = params["image"]["posemb"]
+    posemb["embedding"] = resample_position_embedding(
+        posemb["embedding"], converted.grids["image"], (grid, grid), prefix
+    )
+    image.image_size = size
+
+
+def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_flat(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _check_against_model(
+    config: ml_collections.ConfigDict, params: dict[str, Any], path: str
+) -> None:
+    """Raises unless ``params`` has exactly the paths and shapes of the model ``config``
+    describes (computed with ``jax.eval_shape``: nothing is initialised)."""
+    from mmtx.models import MultiModalTransformer, dummy_batch
+
+    module = MultiModalTransformer.from_config(config, vocab_size=config.model.text.vocab_size or 1)
+    batch = dummy_batch(config, batch_size=1)
+    abstract = jax.eval_shape(lambda: module.init(jax.random.key(0), batch, train=False)["params"])
+    import flax.linen as nn
+
+    expected = {k: tuple(v.shape) for k, v in _flat(nn.meta.unbox(abstract)).items()}
+    got = _flat(params)
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    if missing or unexpected:
+        raise CheckpointImportError(
+            f"{path}: internal error, the converted params do not fit mmtx's model "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
+    for key, shape in expected.items():
+        value = got[key]
+        if isinstance(value, Missing):  # reported by TensorSource.check already
+            raise CheckpointImportError(f"{path}: tensor {value.name} is missing")
+        if tuple(np.shape(value)) != shape:
+            raise CheckpointImportError(
+                f"{path}: tensor for mmtx param {key} has shape {tuple(np.shape(value))}, the "
+                f"model needs {shape}"
+            )
+
+
+def write_workdir(imported: ImportedModel, workdir: str | os.PathLike) -> str:
+    """Saves an imported model as an mmtx workdir: ``config.json``, the tokenizer file (in
+    ``tokenizer/``), ``import.json`` (where it came from) and a step-0 checkpoint of the
+    train state (the imported params, a fresh optimizer state) with its integrity record,
+    which :meth:`mmtx.Model.from_checkpoint` loads.
+
+    The workdir is written in a temporary sibling directory and renamed into place at the
+    end, so a failure leaves nothing behind; an existing non-empty ``workdir`` is refused.
+    Returns the workdir's absolute path.
+    """
+    from mmtx.models import MultiModalTransformer
+    from mmtx.train import workdir as workdir_lib
+    from mmtx.train.checkpoint import Checkpointer
+    from mmtx.train.optimizer import create_optimizer
+    from mmtx.train.state import TrainState
+
+    workdir = os.path.abspath(os.fspath(workdir))
+    if os.path.exists(workdir) and (not os.path.isdir(workdir) or os.listdir(workdir)):
+        raise FileExistsError(
+            f"{workdir} exists and is not empty; import into a new directory (nothing written)"
+        )
+    parent = os.path.dirname(workdir)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(workdir)}.importing-")
+    try:
+        config = ml_collections.ConfigDict(imported.config.to_dict())
+        if config.tokenizer.model_file:
+            os.makedirs(os.path.join(staging, "tokenizer"))
+            name = os.path.basename(config.tokenizer.model_file)
+            shutil.copyfile(config.tokenizer.model_file, os.path.join(staging, "tokenizer", name))
+            config.tokenizer.model_file = os.path.join("tokenizer", name)
+        config_json = json.loads(config.to_json_best_effort())
+        workdir_lib.claim(staging)
+        workdir_lib.write_json_atomically(os.path.join(staging, "config.json"), config_json)
+        workdir_lib.write_json_atomically(os.path.join(staging, "import.json"), imported.source)
+        module = MultiModalTransformer.from_config(
+            imported.config, vocab_size=imported.config.model.text.vocab_size or 1
+        )
+        del module
+        params = jax.tree.map(jnp.asarray, imported.params)
+        tx = create_optimizer(config.train)
+        state = TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            rng=jax.random.split(jax.random.PRNGKey(config.train.seed))[1],
+        )
+        checkpointer = Checkpointer(os.path.join(staging, "checkpoints"), config=config_json)
+        try:
+            checkpointer.save(0, state, force=True)
+            checkpointer.wait()
+        finally:
+            checkpointer.close()
+        os.rename(staging, workdir) if not os.path.exists(workdir) else _replace_empty(
+            staging, workdir
+        )
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return workdir
+
+
+def _replace_empty(staging: str, workdir: str) -> None:
+    """Moves ``staging`` onto the existing empty directory ``workdir``."""
+    os.rmdir(workdir)
+    os.rename(staging, workdir)
+
+
+del contextlib

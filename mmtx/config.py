@@ -82,8 +82,14 @@ def default_config() -> ml_collections.ConfigDict:
     c.param_dtype = "float32"  # Dtype of params and optimizer state.
 
     c.tokenizer = ml_collections.ConfigDict()
-    c.tokenizer.type = "bytes"  # bytes (UTF-8 bytes, no download) | sentencepiece.
-    c.tokenizer.model_file = ""  # SentencePiece .model path when type == "sentencepiece".
+    # bytes (UTF-8 bytes, no download) | sentencepiece (mmtx's own, pad id 0) | the published
+    # families' own: clip_bpe (OpenAI CLIP's BPE, ids as open_clip) | siglip (SigLIP's
+    # SentencePiece, ids as transformers' SiglipTokenizer) | tokenizer_json (any Hugging Face
+    # tokenizer.json).
+    c.tokenizer.type = "bytes"
+    # The tokenizer's file, for every type but bytes: the SentencePiece .model (sentencepiece),
+    # bpe_simple_vocab_16e6.txt.gz (clip_bpe), spiece.model (siglip), tokenizer.json.
+    c.tokenizer.model_file = ""
 
     c.model = ml_collections.ConfigDict()
     c.model.modalities = ("text", "image", "audio")  # Encoders the model has (any subset).
@@ -675,14 +681,15 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     )
     _validate_training(config)
     _require(
-        config.tokenizer.type in ("bytes", "sentencepiece"),
+        config.tokenizer.type in ("bytes", "sentencepiece", "clip_bpe", "siglip", "tokenizer_json"),
         "tokenizer.type",
-        "bytes | sentencepiece",
+        "bytes | sentencepiece | clip_bpe | siglip | tokenizer_json",
     )
     _require(
-        config.tokenizer.type != "sentencepiece" or bool(config.tokenizer.model_file),
+        config.tokenizer.type == "bytes" or bool(config.tokenizer.model_file),
         "tokenizer.model_file",
-        "tokenizer.type='sentencepiece' needs the path of its .model file",
+        f"tokenizer.type={config.tokenizer.type!r} needs the path of its file (a SentencePiece "
+        ".model, bpe_simple_vocab_16e6.txt.gz, spiece.model or tokenizer.json)",
     )
     return config
 

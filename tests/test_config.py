@@ -209,6 +209,11 @@ BAD_VALUES = [
     ("model.remat", "everything", "model.remat"),
     ("dtype", "int8", "dtype"),
     ("tokenizer.type", "wordpiece", "tokenizer.type"),
+    # Every type but bytes needs its file (model_file is "" in the default config).
+    ("tokenizer.type", "sentencepiece", "tokenizer.model_file"),
+    ("tokenizer.type", "clip_bpe", "tokenizer.model_file"),
+    ("tokenizer.type", "siglip", "tokenizer.model_file"),
+    ("tokenizer.type", "tokenizer_json", "tokenizer.model_file"),
     ("train.batch_size", 0, "train.batch_size"),
     ("train.learning_rate", -1.0, "train.learning_rate"),
     ("mesh.data", 0, "mesh.data"),

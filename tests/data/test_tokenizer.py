@@ -1,7 +1,13 @@
-"""Tests for mmtx.data.tokenizer: bytes and SentencePiece behind one interface."""
+"""Tests for mmtx.data.tokenizer: bytes, SentencePiece and the published families' tokenizers
+(CLIP BPE, SigLIP, tokenizer.json) behind one interface; the latter equal to their originals'
+ids (fixtures from benchmarks/peers/make_tokenizer_fixtures.py)."""
 
+import gzip
+import json
+import pathlib
 import pickle
 import random
+import re
 
 import numpy as np
 import pytest
@@ -9,8 +15,11 @@ import sentencepiece as spm
 
 from mmtx.data.tokenizer import (
     ByteTokenizer,
+    ClipBpeTokenizer,
     SentencePieceTokenizer,
+    SiglipTokenizer,
     Tokenizer,
+    TokenizerJsonTokenizer,
     create_tokenizer,
 )
 from mmtx.data.tokenizer import train_sentencepiece as train_sentencepiece_model
@@ -168,3 +177,199 @@ def test_sentencepiece_trained_on_the_builtin_captions_trains_a_model(tmp_path):
     config.eval.batch_size = 8
     summary = train_and_evaluate(config, str(tmp_path / "run"))
     assert summary["step"] == 2 and summary["eval"]["num_examples"] == 8
+
+
+# --- The published families' tokenizers, against their originals' ids --------------------------
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "tokenizers"
+REFERENCE = json.loads((FIXTURES / "reference.json").read_text())
+FAMILIES = {
+    "clip_bpe": ClipBpeTokenizer,
+    "siglip": SiglipTokenizer,
+    "tokenizer_json": TokenizerJsonTokenizer,
+}
+
+
+def family(kind):
+    return create_tokenizer(kind, str(FIXTURES / REFERENCE[kind]["file"]))
+
+
+@pytest.mark.parametrize("kind", sorted(FAMILIES))
+def test_family_ids_and_masks_equal_the_original(kind):
+    """Every reference text (case, punctuation, unicode, whitespace, empty, too long, numbers,
+    special-token strings), id for id and mask for mask."""
+    tok = family(kind)
+    assert isinstance(tok, FAMILIES[kind])
+    ref = REFERENCE[kind]
+    assert tok.vocab_size == ref["vocab_size"]
+    ids, mask = tok(REFERENCE["texts"], max_length=REFERENCE["max_length"])
+    assert ids.dtype == np.int32 and mask.dtype == np.bool_
+    for row, text in enumerate(REFERENCE["texts"]):
+        assert ids[row].tolist() == ref["ids"][row], text
+        assert mask[row].tolist() == ref["mask"][row], text
+    # The texts exercise padding and truncation both.
+    lengths = np.asarray(REFERENCE["tokenizer_json"]["mask"]).sum(1)
+    assert lengths.min() < REFERENCE["max_length"] == lengths.max()
+
+
+def test_clip_bpe_layout_truncation_and_padding():
+    tok = family("clip_bpe")
+    ref = REFERENCE["clip_bpe"]
+    assert (tok.sot_id, tok.eot_id, tok.pad_id) == (ref["sot_id"], ref["eot_id"], 0)
+    assert tok.vocab_size == 256 * 2 + 2000 + 2
+    length = REFERENCE["max_length"]
+    long_text = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen"
+    full = tok.encode(long_text)
+    assert full[0] == tok.sot_id and full[-1] == tok.eot_id and len(full) > length
+    ids, mask = tok(long_text, max_length=length)
+    assert ids[0, :-1].tolist() == full[: length - 1] and ids[0, -1] == tok.eot_id
+    assert mask.all()
+    ids, mask = tok(["", "a photo of a cat"], max_length=length)
+    assert ids[0, :2].tolist() == [tok.sot_id, tok.eot_id] and mask[0].sum() == 2
+    # Padding is 0, which is also the id of "!": the mask, not the ids, marks padding.
+    assert tok._tokenizer.token_to_id("!") == 0
+    assert (ids[1][~mask[1]] == 0).all() and mask[1].sum() == 7
+    assert tok(["a"], max_length=1)[0].tolist() == [[tok.eot_id]]
+
+
+def test_clip_bpe_cleans_as_open_clip():
+    tok = family("clip_bpe")
+    # ftfy (mojibake, curly quotes, full width), HTML entities, whitespace, lowercase.
+    assert tok.encode("cafÃ©") == tok.encode("café")
+    assert tok.encode("“hi” ＨＩ") == tok.encode('"hi" hi')
+    assert tok.encode("fish &amp;amp; chips") == tok.encode("fish & chips")
+    assert tok.encode("  A\tPHOTO\n ") == tok.encode("a photo")
+    assert tok.encode("ΟΔΟΣ") == tok.encode("οδος")  # str.lower: final sigma
+
+
+def test_clip_bpe_plain_text_file_and_decode(tmp_path):
+    plain = tmp_path / "bpe.txt"
+    plain.write_bytes(gzip.decompress((FIXTURES / "clip_bpe_2000.txt.gz").read_bytes()) + b"\n")
+    tok, from_gz = ClipBpeTokenizer(str(plain)), family("clip_bpe")
+    assert tok.vocab_size == from_gz.vocab_size  # a trailing newline adds no token
+    for text in REFERENCE["texts"]:
+        assert tok.encode(text) == from_gz.encode(text)
+    for text in ["a photo of two dogs !!", "héllo wörld ✓ 日本語 🙂"]:
+        ids, _ = tok(text, max_length=40)
+        assert tok.decode(ids[0]) == text  # start, end and padding dropped
+        assert tok.decode(tok.encode(text)) == text
+    # As open_clip's decode: a space after every pre-token ("</w>"), stripped at the end.
+    assert tok.decode(tok.encode("it's 3.14")) == "it 's 3 . 1 4"
+    assert tok.decode(tok.encode("  Two   CATS ")) == "two cats"
+
+
+def test_siglip_layout_end_token_and_full_mask():
+    tok = family("siglip")
+    ref = REFERENCE["siglip"]
+    assert tok.attends_to_padding and not Tokenizer.attends_to_padding
+    assert tok.pad_id == tok.eos_id == ref["pad_id"] == ref["eos_id"] == 1  # </s>, not 0
+    length = REFERENCE["max_length"]
+    long_text = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen"
+    ids, mask = tok([long_text, "a cat", ""], max_length=length)
+    assert mask.all()  # SigLIP attends to its padding and pools the last position
+    assert ids[0, -1] == tok.eos_id and ids[0, :-1].tolist() == tok.encode(long_text)[: length - 1]
+    assert ids[2].tolist() == [tok.eos_id] * length
+    # The reference's own attention mask (when asked for one) marks the same real tokens.
+    hf_mask = np.asarray(ref["hf_attention_mask"], dtype=bool)
+    real = np.asarray(ref["ids"]) != tok.pad_id
+    assert (hf_mask | ~real).all()
+
+
+def test_siglip_canonicalises_and_decodes():
+    tok = family("siglip")
+    assert tok.encode("A Photo, of TWO   dogs!!") == tok.encode("a photo of two dogs")
+    assert tok.encode("hello")[-1] == tok.eos_id
+    assert tok.encode("hello </s>") == tok.encode("hello")  # no second </s>
+    for text in ["a photo of two dogs", "one two three", "the river 1234"]:
+        assert tok.decode(tok.encode(text)) == text
+        ids, _ = tok(text, max_length=40)
+        assert tok.decode(ids[0]) == text  # padding (</s>) dropped
+    assert tok.decode(tok.encode("The RIVER, blue!")) == "the river blue"
+
+
+def test_tokenizer_json_pad_id_and_decode(tmp_path):
+    tok = family("tokenizer_json")
+    ref = REFERENCE["tokenizer_json"]
+    assert tok.pad_id == ref["pad_id"] == REFERENCE["clip_bpe"]["eot_id"]
+    # Without a padding config the pad id is 0; ids otherwise the same. The file's own
+    # truncation setting is ignored (max_length rules).
+    config = json.loads((FIXTURES / ref["file"]).read_text())
+    config["padding"] = None
+    config["truncation"] = {"direction": "Right", "max_length": 4, "strategy": "LongestFirst"}
+    config["truncation"]["stride"] = 0
+    no_padding = tmp_path / "tokenizer.json"
+    no_padding.write_text(json.dumps(config))
+    plain = TokenizerJsonTokenizer(str(no_padding))
+    assert plain.pad_id == 0
+    ids, mask = plain(REFERENCE["texts"], max_length=REFERENCE["max_length"])
+    expected = np.where(ref["mask"], ref["ids"], 0)
+    np.testing.assert_array_equal(ids, expected)
+    np.testing.assert_array_equal(mask, ref["mask"])
+    # encode does not truncate.
+    long_text = REFERENCE["texts"][-1]
+    assert len(tok.encode(long_text)) > REFERENCE["max_length"]
+    for text in ["a photo of two dogs !!", "héllo wörld"]:
+        ids, _ = tok(text, max_length=40)
+        assert tok.decode(ids[0]) == text
+    # The same vocabulary and algorithm as clip_bpe where the cleaning agrees.
+    clip = family("clip_bpe")
+    assert tok.encode("a photo of two dogs!!") == clip.encode("a photo of two dogs!!")
+
+
+@pytest.mark.parametrize("kind", sorted(FAMILIES))
+def test_family_pickles_by_file_name(kind):
+    tok = family(kind)
+    data = pickle.dumps(tok)
+    assert len(data) < 1000  # the file name, not the model
+    clone = pickle.loads(data)
+    assert type(clone) is type(tok) and clone.model_file == tok.model_file
+    texts = REFERENCE["texts"]
+    for a, b in zip(clone(texts, 16), tok(texts, 16), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kind", sorted(FAMILIES))
+def test_family_missing_or_wrong_file(kind, tmp_path):
+    with pytest.raises(ValueError, match=f"model_file is required for tokenizer.type={kind}"):
+        create_tokenizer(kind, "")
+    missing = tmp_path / "nope"
+    with pytest.raises(FileNotFoundError, match=f"tokenizer.type={kind}: no file .*nope"):
+        create_tokenizer(kind, str(missing))
+    wrong = tmp_path / "wrong"
+    wrong.write_bytes(b"\x00\xffnot a tokenizer file at all\n\x01 \x02 \x03\n")
+    with pytest.raises(ValueError, match=re.escape(str(wrong))):
+        create_tokenizer(kind, str(wrong))
+
+
+def test_wrong_family_files_are_refused():
+    with pytest.raises(ValueError, match=r"not a Hugging Face tokenizer\.json"):
+        create_tokenizer("tokenizer_json", str(FIXTURES / "siglip_tiny.model"))
+    with pytest.raises(ValueError, match=r"not CLIP's BPE merges|not a BPE merge"):
+        create_tokenizer("clip_bpe", str(FIXTURES / "reference.json"))
+    with pytest.raises(ValueError, match="not a SentencePiece model"):
+        create_tokenizer("siglip", str(FIXTURES / "clip_tokenizer.json"))
+    with pytest.raises(ValueError, match="no '</s>' piece"):
+        # mmtx's own SentencePiece models (pad 0, unk 1, bos 2, eos 3) name eos "</s>" too,
+        # but one trained without it is refused.
+        create_tokenizer("siglip", _model_without_eos())
+
+
+def _model_without_eos():
+    import tempfile
+
+    prefix = pathlib.Path(tempfile.mkdtemp()) / "no_eos"
+    return train_sentencepiece(prefix, pad_id=0, unk_id=1, bos_id=-1, eos_id=-1)
+
+
+def test_create_tokenizer_dispatch_and_config(tmp_path):
+    from mmtx import config as config_lib
+
+    for kind, cls in FAMILIES.items():
+        config = config_lib.apply_variant(config_lib.default_config(), "tiny")
+        config.tokenizer.type = kind
+        config.tokenizer.model_file = str(FIXTURES / REFERENCE[kind]["file"])
+        config_lib.validate(config)
+        tok = create_tokenizer(config.tokenizer.type, config.tokenizer.model_file)
+        assert isinstance(tok, cls) and isinstance(tok, Tokenizer)
+    with pytest.raises(ValueError, match="clip_bpe, siglip, tokenizer_json"):
+        create_tokenizer("clip")

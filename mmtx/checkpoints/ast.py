@@ -87,6 +87,8 @@ def convert_hf_ast(
                 "window_length": WINDOW,
                 "hop_length": HOP,
                 "num_mel_bins": num_mel_bins,
+                "min_frequency": 20.0,  # Kaldi's default low edge, AST's
+                "max_frequency": SAMPLE_RATE / 2,
                 "log_mel_mean": AST_MEAN,
                 "log_mel_std": 2 * AST_STD,
                 "patch_size": (patch_t, patch_f),

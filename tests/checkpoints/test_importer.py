@@ -52,7 +52,7 @@ def test_config_is_read_from_the_tensor_shapes(tmp_path):
 
 
 def test_unknown_family(tmp_path):
-    with pytest.raises(CheckpointImportError, match="unknown family 'clip'.*open_clip"):
+    with pytest.raises(CheckpointImportError, match=r"unknown family 'clip'.*open_clip"):
         import_checkpoint("clip", save(tmp_path, open_clip_state_dict()))
 
 
@@ -69,14 +69,16 @@ def test_missing_and_unexpected_tensors_are_named(tmp_path):
 
 
 def test_a_checkpoint_of_another_family_fails_with_its_names(tmp_path):
-    with pytest.raises(CheckpointImportError, match="missing 1: text_model.embeddings"):
+    with pytest.raises(CheckpointImportError, match=r"missing 1: text_model\.embeddings"):
         import_checkpoint("hf_clip", save(tmp_path, open_clip_state_dict()), hf_config={})
 
 
 def test_a_shape_mismatch_names_the_tensor_and_both_shapes(tmp_path):
     state = open_clip_state_dict(width=64)
     state["visual.transformer.resblocks.0.mlp.c_proj.bias"] = np.zeros(65, np.float32)
-    with pytest.raises(CheckpointImportError, match=r"has shape \(1, 65\), the model needs \(1, 64\)"):
+    with pytest.raises(
+        CheckpointImportError, match=r"has shape \(1, 65\), the model needs \(1, 64\)"
+    ):
         import_checkpoint("open_clip", save(tmp_path, state))
 
 
@@ -95,7 +97,7 @@ def test_bfloat16_checkpoints_are_widened_exactly(tmp_path):
 def test_a_torch_pickle_is_refused_with_the_conversion_command(tmp_path):
     path = tmp_path / "open_clip_model.bin"
     path.write_bytes(b"\x80\x02not really")
-    with pytest.raises(CheckpointImportError, match="(?s)torch pickle.*safetensors.*save_file"):
+    with pytest.raises(CheckpointImportError, match=r"(?s)torch pickle.*safetensors.*save_file"):
         import_checkpoint("open_clip", str(path))
 
 

@@ -166,6 +166,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.audio.num_mel_bins = 64  # Mel filterbank size.
     c.model.audio.min_frequency = 50.0  # Lowest mel filter edge in Hz.
     c.model.audio.max_frequency = 8000.0  # Highest mel filter edge in Hz (<= sample_rate / 2).
+    # log_mel (mmtx's log-mel) | kaldi_fbank (Kaldi's filterbank as AST's feature extractor
+    # computes it: DC removal, pre-emphasis, Hann window, Kaldi mel scale).
+    c.model.audio.frontend = "log_mel"
     c.model.audio.log_mel_mean = -4.0  # Normalisation of log-mel values: (x - mean) / std.
     c.model.audio.log_mel_std = 4.0
     c.model.audio.patch_size = (16, 16)  # (time frames, mel bins) per patch, AST-style.
@@ -755,6 +758,11 @@ def _validate_image(image: ml_collections.ConfigDict) -> None:
 
 
 def _validate_audio(audio: ml_collections.ConfigDict) -> None:
+    _require(
+        audio.frontend in ("log_mel", "kaldi_fbank"),
+        "model.audio.frontend",
+        f"{audio.frontend!r} is not one of ('log_mel', 'kaldi_fbank')",
+    )
     _require(
         audio.num_samples >= audio.window_length,
         "model.audio.num_samples",

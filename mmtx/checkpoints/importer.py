@@ -114,9 +114,37 @@ def import_checkpoint(
         raise CheckpointImportError(f"unknown family {family!r}; choose one of {sorted(FAMILIES)}")
     path = os.fspath(path)
     tensors = read_tensors(path)
+    return convert_tensors(
+        family,
+        tensors,
+        path=path,
+        hf_config=_hf_config(family, path, hf_config),
+        tokenizer=tokenizer,
+        image_size=image_size,
+        activation=activation,
+        num_heads=num_heads,
+    )
+
+
+def convert_tensors(
+    family: str,
+    tensors: Mapping[str, np.ndarray],
+    *,
+    path: str = "",
+    hf_config: Mapping[str, Any] | None = None,
+    tokenizer: str | os.PathLike | None = None,
+    image_size: int | None = None,
+    activation: str | None = None,
+    num_heads: Mapping[str, int] | None = None,
+) -> ImportedModel:
+    """:func:`import_checkpoint` on tensors already read (name -> array), e.g. to derive a
+    full-size config from names and shapes alone (``np.zeros`` of each shape costs no memory
+    until written). ``path`` only names the source in messages and the record."""
+    if family not in FAMILIES:
+        raise CheckpointImportError(f"unknown family {family!r}; choose one of {sorted(FAMILIES)}")
     if not tensors:
-        raise CheckpointImportError(f"{path} holds no tensors")
-    config_dict = _hf_config(family, path, hf_config)
+        raise CheckpointImportError(f"{path or 'the checkpoint'} holds no tensors")
+    config_dict = dict(hf_config) if hf_config is not None else None
     source = TensorSource(tensors, family=family, path=path)
     try:
         converted = FAMILIES[family](source, config_dict, dict(num_heads or {}))
@@ -153,7 +181,7 @@ def import_checkpoint(
     params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
     record = {
         "family": family,
-        "path": os.path.abspath(path),
+        "path": os.path.abspath(path) if path else "",
         "tensors": len(tensors),
         "ignored": sorted(source.ignored),
     }

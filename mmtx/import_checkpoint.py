@@ -63,12 +63,15 @@ def describe(config: object) -> str:
     lines = []
     for modality in model.modalities:
         tower = model[modality]
-        size = {
-            "text": f"{tower.max_length} tokens, vocab {tower.vocab_size}",
-            "image": f"{tower.image_size} px, patch {tower.patch_size}",
-            "audio": f"{tower.num_mel_bins} mel x {tower.num_samples} samples, patch "
-            f"{tuple(tower.patch_size)} stride {tuple(tower.patch_stride)}",
-        }[modality]
+        if modality == "text":
+            size = f"{tower.max_length} tokens, vocab {tower.vocab_size}"
+        elif modality == "image":
+            size = f"{tower.image_size} px, patch {tower.patch_size}"
+        else:
+            size = (
+                f"{tower.num_mel_bins} mel x {tower.num_samples} samples, patch "
+                f"{tuple(tower.patch_size)} stride {tuple(tower.patch_stride)}"
+            )
         lines.append(
             f"  {modality}: {tower.depth} x {tower.width} wide, {tower.num_heads} heads, "
             f"{size}, pooling {tower.pooling}, {tower.activation}"

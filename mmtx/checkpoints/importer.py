@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -289,7 +288,6 @@ def write_workdir(imported: ImportedModel, workdir: str | os.PathLike) -> str:
     end, so a failure leaves nothing behind; an existing non-empty ``workdir`` is refused.
     Returns the workdir's absolute path.
     """
-    from mmtx.models import MultiModalTransformer
     from mmtx.train import workdir as workdir_lib
     from mmtx.train.checkpoint import Checkpointer
     from mmtx.train.optimizer import create_optimizer
@@ -304,6 +302,7 @@ def write_workdir(imported: ImportedModel, workdir: str | os.PathLike) -> str:
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(workdir)}.importing-")
     try:
+        workdir_lib.claim(staging)
         config = ml_collections.ConfigDict(imported.config.to_dict())
         if config.tokenizer.model_file:
             os.makedirs(os.path.join(staging, "tokenizer"))
@@ -311,13 +310,8 @@ def write_workdir(imported: ImportedModel, workdir: str | os.PathLike) -> str:
             shutil.copyfile(config.tokenizer.model_file, os.path.join(staging, "tokenizer", name))
             config.tokenizer.model_file = os.path.join("tokenizer", name)
         config_json = json.loads(config.to_json_best_effort())
-        workdir_lib.claim(staging)
         workdir_lib.write_json_atomically(os.path.join(staging, "config.json"), config_json)
         workdir_lib.write_json_atomically(os.path.join(staging, "import.json"), imported.source)
-        module = MultiModalTransformer.from_config(
-            imported.config, vocab_size=imported.config.model.text.vocab_size or 1
-        )
-        del module
         params = jax.tree.map(jnp.asarray, imported.params)
         tx = create_optimizer(config.train)
         state = TrainState(
@@ -332,19 +326,10 @@ def write_workdir(imported: ImportedModel, workdir: str | os.PathLike) -> str:
             checkpointer.wait()
         finally:
             checkpointer.close()
-        os.rename(staging, workdir) if not os.path.exists(workdir) else _replace_empty(
-            staging, workdir
-        )
+        if os.path.exists(workdir):  # an empty directory the user made
+            os.rmdir(workdir)
+        os.rename(staging, workdir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return workdir
-
-
-def _replace_empty(staging: str, workdir: str) -> None:
-    """Moves ``staging`` onto the existing empty directory ``workdir``."""
-    os.rmdir(workdir)
-    os.rename(staging, workdir)
-
-
-del contextlib

@@ -234,6 +234,11 @@ class Checkpointer:
             raise CheckpointDamagedError(f"its integrity record is unreadable ({error})") from error
         return record
 
+    def has_data_position(self, step: int) -> bool:
+        """Whether ``step`` was saved with the data pipeline's position (every training save
+        is; an imported model's step-0 checkpoint is not)."""
+        return os.path.isdir(self._step_path(step, "data"))
+
     def saved_arrays(self, step: int) -> Any:
         """The tree of ``ArrayMetadata`` (shape, dtype, saved sharding) of ``step``'s state."""
         try:
@@ -330,7 +335,8 @@ class Checkpointer:
         """Restores ``step`` (default: the newest intact one) into the shapes and shardings
         of ``abstract_state`` (arrays, or ``jax.ShapeDtypeStruct`` leaves with shardings).
 
-        ``data_iterator``, when given, is moved to the saved position in place. Without a
+        ``data_iterator``, when given, is moved to the saved position in place (it stays at
+        its start when the checkpoint holds no data position: an imported model). Without a
         ``step``, a damaged checkpoint is reported, moved to ``<directory>_corrupt/`` and the
         previous one is tried. Returns ``(state, step)``.
 
@@ -344,11 +350,14 @@ class Checkpointer:
         def restore_step(step: int) -> Any:
             record = self.read_record(step)
             self.check_compatible(step, abstract_state)
-            if data_iterator is not None:
+            # A checkpoint saved without a data position (an imported model's step 0, see
+            # mmtx.checkpoints.write_workdir) starts the data pipeline from its beginning.
+            restore_data = data_iterator is not None and self.has_data_position(step)
+            if restore_data:
                 self._verify_data_file(step, record)
             state = self._restore_state(step, abstract_state)
             self._verify_arrays(step, state, record)
-            if data_iterator is not None:
+            if restore_data:
                 try:
                     self.manager.restore(
                         step,

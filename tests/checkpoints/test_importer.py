@@ -138,3 +138,34 @@ def test_nothing_is_written_when_the_import_fails_or_the_workdir_is_taken(tmp_pa
         write_workdir(imported, taken)
     assert os.listdir(taken) == ["notes.txt"]
     assert sorted(os.listdir(tmp_path)) == ["model.safetensors", "taken"]
+
+
+def test_training_starts_from_an_imported_workdir(tmp_path):
+    """An imported workdir holds no data position: training resumes from its step 0 with the
+    data pipeline at its start, from the imported params."""
+    from mmtx import config as config_lib
+    from mmtx.train.checkpoint import Checkpointer
+    from mmtx.train.loop import train_and_evaluate
+
+    imported = import_checkpoint("open_clip", save(tmp_path, open_clip_state_dict()))
+    workdir = write_workdir(imported, tmp_path / "clip")
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = config_lib.merge_overrides(config_lib.default_config(), json.load(f))
+    config.train.steps = 1
+    config.train.warmup_steps = 0  # a first step with a nonzero learning rate
+    config.train.batch_size = config.eval.batch_size = 4
+    config.data.eval_size = 4
+    summary = train_and_evaluate(config_lib.validate(config), workdir)
+    assert summary["step"] == 1
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+    try:
+        assert checkpointer.all_steps() == [0, 1]
+        assert not checkpointer.has_data_position(0) and checkpointer.has_data_position(1)
+        trained, _ = checkpointer.restore_arrays(1)
+    finally:
+        checkpointer.close()
+    start = np.asarray(imported.params["image"]["tower"]["cls"])
+    moved = np.abs(np.asarray(trained["params"]["image"]["tower"]["cls"]) - start).max()
+    assert 0 < moved < 0.1  # one small step away from the imported weights
+    # CLIP's logit_scale sits at the cap; the step clamps it there, as open_clip does.
+    assert float(trained["params"]["logit_scale"]) <= np.float32(np.log(100.0))

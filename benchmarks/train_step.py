@@ -260,7 +260,8 @@ def analytic_flops(config: ml_collections.ConfigDict, batch_size: int) -> dict[s
         add("stem", _stem_flops(config, modality))
         for name, value in _encoder_flops(config, tower, lengths[modality]).items():
             add(name, value)
-        add("heads", 2.0 * tower.width * model.embed_dim)
+        if tower.projection != "none":  # "none": the pooled output is the embedding
+            add("heads", 2.0 * tower.width * model.embed_dim)
         for attribute in model.attribute_modalities.get(modality, ()):
             if config.loss.attribute_weight:
                 add("heads", 2.0 * model.embed_dim * model.attribute_classes[attribute])
@@ -277,6 +278,8 @@ def analytic_flops(config: ml_collections.ConfigDict, batch_size: int) -> dict[s
         if fused_used:
             for modality in model.modalities:
                 add("fusion", 2.0 * model[modality].width * fusion.width)
+    elif fusion.type == config_lib.NO_FUSION:
+        fused_used = False  # no fusion and no fused heads
     else:
         complete = False
     if fused_used:

@@ -488,3 +488,138 @@ def test_tower_tokens_match_the_model():
     for modality in config.model.modalities:
         tokens, _ = captured[modality]["tower"]["__call__"][0]
         assert tokens.shape[1] == config_lib.tower_tokens(config, modality), modality
+
+
+# ------------------------------------------------------------------ architecture options
+
+ARCHITECTURE_BAD_VALUES = [
+    # (dotted field to set, bad value, field the error must name, words of the message)
+    ("model.text.activation", "relu", "model.text.activation", "'gelu_tanh', 'gelu'"),
+    ("model.audio.activation", "swish", "model.audio.activation", "quick_gelu"),
+    ("model.image.norm_eps", 0.0, "model.image.norm_eps", "> 0"),
+    ("model.text.norm_eps", -1e-5, "model.text.norm_eps", "> 0"),
+    ("model.text.projection", "linear", "model.text.projection", "'dense', 'no_bias', 'none'"),
+    ("model.text.pooling", "map", "model.text.pooling", "'eot', 'last'"),
+    ("model.image.pooling", "eot", "model.image.pooling", "'map'"),
+    ("model.image.pooling", "cls_distill", "model.image.pooling", "'map'"),
+    ("model.audio.pooling", "last", "model.audio.pooling", "'cls_distill'"),
+    ("model.audio.patch_stride", (-1, 10), "model.audio.patch_stride", ">= 0"),
+    ("model.audio.patch_stride", (10,), "model.audio.patch_stride", "2 entries"),
+    ("model.audio.patch_stride", (20, 8), "model.audio.patch_stride", "skips"),
+    ("model.image.class_token_posemb", True, "model.image.class_token_posemb", "learned"),
+    ("model.audio.class_token_posemb", True, "model.audio.class_token_posemb", "learned"),
+    ("fusion.type", "nothing", "fusion.type", "'none' for none"),
+]
+
+
+@pytest.mark.parametrize(
+    "field,value,named,words",
+    ARCHITECTURE_BAD_VALUES,
+    ids=[f"{f}={v}" for f, v, _, _ in ARCHITECTURE_BAD_VALUES],
+)
+def test_validate_rejects_bad_architecture_options(field, value, named, words):
+    config = tiny()
+    if field == "model.image.class_token_posemb":
+        config.model.image.position_embedding = "sincos"
+    config_lib.validate(config)  # fine before the change
+    set_dotted(config, field, value)
+    with pytest.raises(ValueError, match=re.escape(f"config.{named}:")) as info:
+        config_lib.validate(config)
+    assert words in str(info.value)
+
+
+def test_projection_none_with_the_embedding_width_validates():
+    config = tiny()
+    config.model.text.projection = "none"  # width 32 == embed_dim 32
+    config_lib.validate(config)
+    config.model.text.width = 64
+    with pytest.raises(ValueError, match=r"config\.model\.text\.projection: .*width \(64\)"):
+        config_lib.validate(config)
+    config.model.modalities = ("image", "audio")  # an absent tower is not checked
+    config_lib.validate(config)
+
+
+def test_fusion_none_needs_no_classifier_and_no_modality_dropout():
+    config = tiny()
+    config.fusion.type = "none"
+    with pytest.raises(ValueError, match=r"config\.model\.num_classes: fusion\.type='none'"):
+        config_lib.validate(config)
+    config.model.num_classes = 0
+    config_lib.validate(config)
+    config.model.modality_dropout = 0.1
+    with pytest.raises(ValueError, match=r"config\.model\.modality_dropout: .*'none'"):
+        config_lib.validate(config)
+
+
+def test_patch_bias_false_needs_the_patch_stem():
+    config = tiny()
+    config.model.image.patch_bias = False
+    config_lib.validate(config)
+    config.model.image.stem = "conv"
+    with pytest.raises(ValueError, match=r"config\.model\.image\.patch_bias: .*stem='patch'"):
+        config_lib.validate(config)
+
+
+def test_every_new_option_validates_with_its_allowed_values():
+    config = tiny()
+    config.fusion.type, config.model.num_classes = "none", 0
+    for modality, poolings in config_lib.POOLINGS.items():
+        for pooling in poolings:
+            config.model[modality].pooling = pooling
+            config_lib.validate(config)
+    for activation in config_lib.ACTIVATIONS:
+        config.model.text.activation = activation
+        config_lib.validate(config)
+    for projection in config_lib.PROJECTIONS:
+        config.model.audio.projection = projection
+        config_lib.validate(config)
+    config.model.audio.update(patch_stride=(10, 10), patch_bias=False)
+    config.model.audio.update(position_embedding="learned", class_token_posemb=True)
+    config.model.image.update(class_token_posemb=True, pre_norm=True, final_norm=False)
+    config.model.text.update(causal=True, norm_eps=1e-5)
+    config_lib.validate(config)
+
+
+@pytest.mark.parametrize(
+    "pooling,patch_stride,tokens",
+    [
+        ("cls", (0, 0), 6 * 4 + 1),  # 98 frames // 16, 64 mels // 16
+        ("mean", (0, 0), 6 * 4),
+        ("cls_distill", (0, 0), 6 * 4 + 2),
+        ("cls_distill", (10, 10), 9 * 5 + 2),  # (98 - 16) // 10 + 1, (64 - 16) // 10 + 1
+        ("mean", (16, 8), 6 * 7),  # stride 0 on an axis means the patch size
+        ("mean", (0, 8), 6 * 7),
+    ],
+)
+def test_tower_tokens_count_class_tokens_and_the_strided_grid(pooling, patch_stride, tokens):
+    config = tiny()
+    config.model.audio.update(pooling=pooling, patch_stride=patch_stride)
+    assert config_lib.tower_tokens(config, "audio") == tokens
+    config.model.image.pooling = "map"
+    assert config_lib.tower_tokens(config, "image") == (64 // 8) ** 2
+    config.model.text.pooling = "eot"
+    assert config_lib.tower_tokens(config, "text") == config.model.text.max_length
+
+
+def test_tower_tokens_match_the_model_with_the_new_options():
+    """As test_tower_tokens_match_the_model, with cls_distill, overlapping patches, map and
+    eot pooling."""
+    config = config_lib.load_config("configs/base.py:tiny")
+    config.model.audio.update(pooling="cls_distill", patch_stride=(10, 6))
+    config.model.image.pooling = "map"
+    config.model.text.pooling = "eot"
+    config = config_lib.validate(config)
+    module = MultiModalTransformer.from_config(config, vocab_size=259)
+
+    def towers(rng):
+        _, state = module.init_with_output(
+            rng,
+            dummy_batch(config, 2),
+            capture_intermediates=lambda mdl, _: mdl.name == "tower",
+        )
+        return state["intermediates"]
+
+    captured = jax.eval_shape(towers, jax.random.PRNGKey(0))
+    for modality in config.model.modalities:
+        tokens, _ = captured[modality]["tower"]["__call__"][0]
+        assert tokens.shape[1] == config_lib.tower_tokens(config, modality), modality

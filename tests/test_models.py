@@ -621,3 +621,258 @@ def test_from_checkpoint_of_a_custom_fusion_says_to_register_it_first(tmp_path, 
     model = Model.from_checkpoint(tmp_path)
     assert model.step == 3 and model.module.fusion_type == "mean_of_pooled"
     jax.tree.map(np.testing.assert_array_equal, model.params, params)
+
+
+# ------------------------------------------------------------------ architecture options
+
+# The param tree (path, shape in the tiny variant, shape in the default "small" one) of the
+# default config, recorded before the architecture options of issue 17 were added: every
+# option's default must keep it exactly (existing checkpoints load unchanged).
+DEFAULT_PARAM_TREE = """
+audio/patches/projection/bias                     32           128
+audio/patches/projection/kernel                   16x16x1x32   16x16x1x128
+audio/tower/cls                                   1x1x32       1x1x128
+audio/tower/encoder/blocks/attention/key/bias     1x2x16       2x4x32
+audio/tower/encoder/blocks/attention/key/kernel   1x32x2x16    2x128x4x32
+audio/tower/encoder/blocks/attention/out/bias     1x32         2x128
+audio/tower/encoder/blocks/attention/out/kernel   1x2x16x32    2x4x32x128
+audio/tower/encoder/blocks/attention/query/bias   1x2x16       2x4x32
+audio/tower/encoder/blocks/attention/query/kernel 1x32x2x16    2x128x4x32
+audio/tower/encoder/blocks/attention/value/bias   1x2x16       2x4x32
+audio/tower/encoder/blocks/attention/value/kernel 1x32x2x16    2x128x4x32
+audio/tower/encoder/blocks/mlp/fc1/bias           1x64         2x256
+audio/tower/encoder/blocks/mlp/fc1/kernel         1x32x64      2x128x256
+audio/tower/encoder/blocks/mlp/fc2/bias           1x32         2x128
+audio/tower/encoder/blocks/mlp/fc2/kernel         1x64x32      2x256x128
+audio/tower/encoder/blocks/norm1/bias             1x32         2x128
+audio/tower/encoder/blocks/norm1/scale            1x32         2x128
+audio/tower/encoder/blocks/norm2/bias             1x32         2x128
+audio/tower/encoder/blocks/norm2/scale            1x32         2x128
+audio/tower/encoder/norm/bias                     32           128
+audio/tower/encoder/norm/scale                    32           128
+audio_head/bias                                   32           128
+audio_head/kernel                                 32x32        128x128
+classifier/bias                                   64           64
+classifier/kernel                                 32x64        128x64
+fused_head/bias                                   32           128
+fused_head/kernel                                 32x32        128x128
+fused_norm/bias                                   32           128
+fused_norm/scale                                  32           128
+fusion/audio_projection/bias                      32           128
+fusion/audio_projection/kernel                    32x32        128x128
+fusion/cls                                        1x1x32       1x1x128
+fusion/encoder/blocks/attention/key/bias          1x2x16       1x4x32
+fusion/encoder/blocks/attention/key/kernel        1x32x2x16    1x128x4x32
+fusion/encoder/blocks/attention/out/bias          1x32         1x128
+fusion/encoder/blocks/attention/out/kernel        1x2x16x32    1x4x32x128
+fusion/encoder/blocks/attention/query/bias        1x2x16       1x4x32
+fusion/encoder/blocks/attention/query/kernel      1x32x2x16    1x128x4x32
+fusion/encoder/blocks/attention/value/bias        1x2x16       1x4x32
+fusion/encoder/blocks/attention/value/kernel      1x32x2x16    1x128x4x32
+fusion/encoder/blocks/mlp/fc1/bias                1x64         1x256
+fusion/encoder/blocks/mlp/fc1/kernel              1x32x64      1x128x256
+fusion/encoder/blocks/mlp/fc2/bias                1x32         1x128
+fusion/encoder/blocks/mlp/fc2/kernel              1x64x32      1x256x128
+fusion/encoder/blocks/norm1/bias                  1x32         1x128
+fusion/encoder/blocks/norm1/scale                 1x32         1x128
+fusion/encoder/blocks/norm2/bias                  1x32         1x128
+fusion/encoder/blocks/norm2/scale                 1x32         1x128
+fusion/encoder/norm/bias                          32           128
+fusion/encoder/norm/scale                         32           128
+fusion/image_projection/bias                      32           128
+fusion/image_projection/kernel                    32x32        128x128
+fusion/modality_embedding                         3x32         3x128
+fusion/text_projection/bias                       32           128
+fusion/text_projection/kernel                     32x32        128x128
+image/patches/projection/bias                     32           128
+image/patches/projection/kernel                   8x8x3x32     8x8x3x128
+image/posemb/embedding                            64x32        64x128
+image/tower/cls                                   1x1x32       1x1x128
+image/tower/encoder/blocks/attention/key/bias     1x2x16       2x4x32
+image/tower/encoder/blocks/attention/key/kernel   1x32x2x16    2x128x4x32
+image/tower/encoder/blocks/attention/out/bias     1x32         2x128
+image/tower/encoder/blocks/attention/out/kernel   1x2x16x32    2x4x32x128
+image/tower/encoder/blocks/attention/query/bias   1x2x16       2x4x32
+image/tower/encoder/blocks/attention/query/kernel 1x32x2x16    2x128x4x32
+image/tower/encoder/blocks/attention/value/bias   1x2x16       2x4x32
+image/tower/encoder/blocks/attention/value/kernel 1x32x2x16    2x128x4x32
+image/tower/encoder/blocks/mlp/fc1/bias           1x64         2x256
+image/tower/encoder/blocks/mlp/fc1/kernel         1x32x64      2x128x256
+image/tower/encoder/blocks/mlp/fc2/bias           1x32         2x128
+image/tower/encoder/blocks/mlp/fc2/kernel         1x64x32      2x256x128
+image/tower/encoder/blocks/norm1/bias             1x32         2x128
+image/tower/encoder/blocks/norm1/scale            1x32         2x128
+image/tower/encoder/blocks/norm2/bias             1x32         2x128
+image/tower/encoder/blocks/norm2/scale            1x32         2x128
+image/tower/encoder/norm/bias                     32           128
+image/tower/encoder/norm/scale                    32           128
+image_head/bias                                   32           128
+image_head/kernel                                 32x32        128x128
+logit_bias                                        ()           ()
+logit_scale                                       ()           ()
+text/posemb/embedding                             64x32        64x128
+text/token_embed/embedding/embedding              259x32       259x128
+text/tower/cls                                    1x1x32       1x1x128
+text/tower/encoder/blocks/attention/key/bias      1x2x16       2x4x32
+text/tower/encoder/blocks/attention/key/kernel    1x32x2x16    2x128x4x32
+text/tower/encoder/blocks/attention/out/bias      1x32         2x128
+text/tower/encoder/blocks/attention/out/kernel    1x2x16x32    2x4x32x128
+text/tower/encoder/blocks/attention/query/bias    1x2x16       2x4x32
+text/tower/encoder/blocks/attention/query/kernel  1x32x2x16    2x128x4x32
+text/tower/encoder/blocks/attention/value/bias    1x2x16       2x4x32
+text/tower/encoder/blocks/attention/value/kernel  1x32x2x16    2x128x4x32
+text/tower/encoder/blocks/mlp/fc1/bias            1x64         2x256
+text/tower/encoder/blocks/mlp/fc1/kernel          1x32x64      2x128x256
+text/tower/encoder/blocks/mlp/fc2/bias            1x32         2x128
+text/tower/encoder/blocks/mlp/fc2/kernel          1x64x32      2x256x128
+text/tower/encoder/blocks/norm1/bias              1x32         2x128
+text/tower/encoder/blocks/norm1/scale             1x32         2x128
+text/tower/encoder/blocks/norm2/bias              1x32         2x128
+text/tower/encoder/blocks/norm2/scale             1x32         2x128
+text/tower/encoder/norm/bias                      32           128
+text/tower/encoder/norm/scale                     32           128
+text_head/bias                                    32           128
+text_head/kernel                                  32x32        128x128
+"""
+
+
+def param_tree(config, vocab_size=259):
+    """``{path: shape}`` of the params of ``config``'s model (traced, nothing compiled)."""
+    module = MultiModalTransformer.from_config(config_lib.validate(config), vocab_size)
+    shapes = jax.eval_shape(module.init, jax.random.key(0), dummy_batch(config, 1))
+    flat = jax.tree_util.tree_flatten_with_path(nn.meta.unbox(shapes["params"]))[0]
+    return {"/".join(k.key for k in path): tuple(leaf.shape) for path, leaf in flat}
+
+
+def test_default_config_param_tree_is_unchanged():
+    def shape(text):
+        return () if text == "()" else tuple(int(n) for n in text.split("x"))
+
+    rows = [line.split() for line in DEFAULT_PARAM_TREE.strip().splitlines()]
+    tiny = config_lib.apply_variant(config_lib.default_config(), "tiny")
+    assert param_tree(tiny) == {path: shape(t) for path, t, _ in rows}
+    assert param_tree(config_lib.default_config()) == {path: shape(s) for path, _, s in rows}
+
+
+def options_config(**tower_options):
+    """small_config with ``tower_options`` set on every tower and no fusion."""
+    config = small_config()
+    config.fusion.type = "none"
+    config.model.num_classes = 0
+    for modality in MODALITIES:
+        config.model[modality].update(tower_options)
+    return config
+
+
+def test_fusion_none_has_no_fusion_params_and_no_fused_output():
+    config = options_config()
+    tree = param_tree(config)
+    assert not any(p.startswith(("fusion/", "fused_", "classifier/")) for p in tree)
+    assert {p.split("/")[0] for p in tree} == {
+        *MODALITIES, "text_head", "image_head", "audio_head", "logit_scale", "logit_bias"
+    }  # fmt: skip
+    module = MultiModalTransformer.from_config(config, ByteTokenizer().vocab_size)
+    _, params = built("concat")  # the encoders' and heads' params are the same
+    params = {k: v for k, v in params.items() if k in {p.split("/")[0] for p in tree}}
+    batch = make_batch(MODALITIES)
+    out = jax.jit(lambda p: module.apply({"params": p}, batch))(params)
+    assert set(out) == {*MODALITIES, "logit_scale", "logit_bias"}
+    # The towers' embeddings are those of the fused model with the same params.
+    full = outputs_by_subset("concat")["+".join(MODALITIES)]
+    for m in MODALITIES:
+        np.testing.assert_allclose(out[m], full[m], rtol=1e-5, atol=1e-5)
+    # The contrastive loss works without a fused embedding, gradients included.
+    from mmtx import losses
+
+    def loss(p):
+        return losses.total_loss(module.apply({"params": p}, batch), batch, config.loss)[0]
+
+    value, grads = jax.jit(jax.value_and_grad(loss))(params)
+    assert np.isfinite(value) and value > 0
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+    assert np.abs(grads["text_head"]["kernel"]).max() > 0
+
+
+def test_fusion_none_trains_a_step_with_microbatches():
+    import optax
+
+    from mmtx.train import mesh as mesh_lib
+    from mmtx.train.loop import create_train_state
+    from mmtx.train.step import make_train_step
+
+    config = options_config()
+    config.train.batch_size, config.train.microbatches = 4, 2
+    config = config_lib.validate(config)
+    module = MultiModalTransformer.from_config(config, ByteTokenizer().vocab_size)
+    tx = optax.sgd(0.1)
+    state, _ = create_train_state(module, tx, config, mesh_lib.create_mesh(config.mesh))
+    batch = jax.tree.map(jnp.asarray, make_batch(MODALITIES, batch=4))
+    new_state, metrics = jax.jit(make_train_step(module, tx, config))(state, batch)
+    metrics = jax.device_get(metrics)
+    assert np.isfinite(metrics["loss"]) and metrics["nonfinite"] == 0
+    assert "contrastive_text_image" in metrics
+    before, after = state.params["image_head"]["kernel"], new_state.params["image_head"]["kernel"]
+    assert np.abs(np.asarray(after) - np.asarray(before)).max() > 0
+
+
+@pytest.mark.parametrize("projection", ["no_bias", "none"])
+def test_projection_options(projection):
+    config = options_config(projection=projection)
+    config.model.embed_dim = config.model.text.width  # 32 = 32: projection none needs it
+    tree = param_tree(config)
+    for m in MODALITIES:
+        if projection == "no_bias":
+            assert tree[f"{m}_head/kernel"] == (32, EMBED) and f"{m}_head/bias" not in tree
+        else:
+            assert not any(p.startswith(f"{m}_head") for p in tree)
+    module = MultiModalTransformer.from_config(config, ByteTokenizer().vocab_size)
+    _, params = built("concat")
+    params = {k: v for k, v in params.items() if k in {p.split("/")[0] for p in tree}}
+    if projection == "no_bias":
+        params = {
+            k: ({"kernel": v["kernel"]} if k.endswith("_head") else v) for k, v in params.items()
+        }
+    batch = make_batch(MODALITIES)
+    out, inter = jax.jit(lambda p: module.apply({"params": p}, batch, capture_intermediates=True))(
+        params
+    )
+    for m in MODALITIES:
+        pooled = inter["intermediates"][m]["tower"]["__call__"][0][1]["pooled"]
+        want = pooled if projection == "none" else pooled @ params[f"{m}_head"]["kernel"]
+        np.testing.assert_allclose(out[m], want, rtol=1e-5, atol=1e-6)
+        assert out[m].dtype == jnp.float32
+
+
+def test_projection_none_needs_width_equal_to_embed_dim():
+    config = options_config(projection="none")
+    config.model.embed_dim = 16
+    with pytest.raises(ValueError, match=r"^config\.model\.text\.projection: .*embed_dim \(16\)"):
+        config_lib.validate(config)
+
+
+def test_every_new_option_builds_and_runs_end_to_end():
+    """CLIP-like text (causal, eot, quick_gelu, pre/final norms), SigLIP-like image (map,
+    no patch bias, learned table with class rows), AST-like audio (overlapping patches,
+    cls_distill), no projection bias, no fusion: the model runs and every output is finite."""
+    config = options_config(activation="quick_gelu", norm_eps=1e-5, projection="no_bias")
+    config.model.text.update(pooling="eot", causal=True, pre_norm=False)
+    config.model.image.update(pooling="map", patch_bias=False, pre_norm=True)
+    config.model.audio.update(
+        pooling="cls_distill", patch_stride=(2, 4), class_token_posemb=True,
+        position_embedding="learned", final_norm=False,
+    )  # fmt: skip
+    config = config_lib.validate(config)
+    tree = param_tree(config)
+    grid = config_lib.audio_patch_grid(config.model.audio)
+    assert tree["audio/posemb/embedding"] == (2 + grid[0] * grid[1], 32)
+    assert config_lib.tower_tokens(config, "audio") == 2 + grid[0] * grid[1]
+    assert "audio/tower/encoder/norm/scale" not in tree and "image/tower/pre_norm/scale" in tree
+    model = create_model(config, seed=0)
+    out = model(
+        text_inputs=["a red circle", "cats"],
+        image_features=make_batch(("image",))["image"],
+        audio_inputs=make_batch(("audio",))["audio"],
+    )
+    assert set(out) == {*MODALITIES, "logit_scale", "logit_bias"}
+    for m in MODALITIES:
+        assert out[m].shape == (B, EMBED) and np.all(np.isfinite(out[m]))

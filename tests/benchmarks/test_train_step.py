@@ -154,3 +154,19 @@ def test_peer_and_compare_scripts_parse() -> None:
     assert args.rounds == 2 and overrides == ["--config.model.remat=full"]
     assert "--no_unrolled_count" in compare.mmtx_command(args, overrides)
     assert compare.last_json_line('x\n{"a": 1}\nnoise\n') == {"a": 1}
+
+
+def test_analytic_flops_of_a_model_without_fusion(script: ModuleType) -> None:
+    """fusion.type='none' (with no classifier, as it must be) is a complete count: the same
+    as the bench model's, whose fusion feeds nothing; projection 'none' drops its head."""
+    config = script.load_config(BENCH_CONFIG, batch_size=8)
+    fused = script.analytic_flops(config, 8)
+    config.fusion.type = "none"
+    unfused = script.analytic_flops(config_lib.validate(config), 8)
+    assert unfused["complete"] and unfused == fused
+    config.model.image.projection = "none"
+    no_head = script.analytic_flops(config_lib.validate(config), 8)
+    image = config.model.image
+    assert unfused["forward"]["heads"] - no_head["forward"]["heads"] == pytest.approx(
+        8 * 2.0 * image.width * config.model.embed_dim
+    )

@@ -104,3 +104,91 @@ def test_gradients_reach_every_param():
         assert bool(jnp.all(jnp.isfinite(g))), f"non-finite gradient for {name}"
         if not any(s in name for s in SHIFT_INVARIANT):
             assert bool(jnp.any(g != 0)), f"zero gradient for {name}"
+
+
+# ------------------------------------------------------------------ architecture options
+
+AST_SAMPLES, AST_MELS, AST_PATCH, AST_STRIDE = 4400, 36, (16, 16), (10, 10)
+
+
+@functools.cache
+def built_ast(pooling="cls_distill", **options):
+    """AST's patching (16 x 16 patches every 10 frames / mel bins) at a small size."""
+    encoder = AudioEncoder(
+        width=D, depth=1, num_heads=2, mlp_dim=32, num_samples=AST_SAMPLES, window_length=WINDOW,
+        hop_length=HOP, num_mel_bins=AST_MELS, patch_size=AST_PATCH, patch_stride=AST_STRIDE,
+        pooling=pooling, position_embedding="learned", **options,
+    )  # fmt: skip
+    audio = waveforms(AST_SAMPLES)
+    return encoder, flax.linen.unbox(random_params(encoder, audio)), jax.jit(encoder.apply)
+
+
+def test_overlapping_patches_equal_explicit_patches_times_the_kernel():
+    _, params, apply = built_ast(patch_bias=True)
+    p = params["params"]
+    _, out = apply(params, waveforms(AST_SAMPLES))
+    log_mel = np.asarray(out["log_mel"], np.float64)  # [B, F, M]
+    frames_, mels = log_mel.shape[1:]
+    grid_t = (frames_ - AST_PATCH[0]) // AST_STRIDE[0] + 1
+    grid_f = (mels - AST_PATCH[1]) // AST_STRIDE[1] + 1
+    assert (grid_t, grid_f) == (2, 3)  # patches overlap on both axes
+    patches = np.stack(
+        [
+            log_mel[:, t * 10 : t * 10 + 16, f * 10 : f * 10 + 16].reshape(B, -1)
+            for t in range(grid_t)  # time-major: all mel patches of the first time step first
+            for f in range(grid_f)
+        ],
+        axis=1,
+    )
+    kernel = np.asarray(p["patches"]["projection"]["kernel"], np.float64).reshape(16 * 16, D)
+    want = patches @ kernel + np.asarray(p["patches"]["projection"]["bias"])
+    want = want + np.asarray(p["posemb"]["embedding"])
+    np.testing.assert_allclose(np.asarray(out["stem"]), want, atol=1e-4)
+
+
+def test_cls_distill_pools_the_mean_of_the_two_class_tokens():
+    _, params, apply = built_ast()
+    tower = params["params"]["tower"]
+    assert tower["cls"].shape == tower["distill"].shape == (1, 1, D)
+    x, out = apply(params, waveforms(AST_SAMPLES))
+    assert x.shape == (B, 2 + 6, D) and out["mask"].shape == (B, 8)
+    np.testing.assert_allclose(
+        np.asarray(out["pooled"]), (np.asarray(x[:, 0]) + np.asarray(x[:, 1])) / 2, atol=1e-6
+    )
+
+
+def test_class_token_posemb_with_cls_distill_and_no_patch_bias():
+    """AST's layout: a [2 + N, D] table, rows 0 and 1 for the cls and distill tokens."""
+    _, params, apply = built_ast(class_token_posemb=True, patch_bias=False)
+    p = params["params"]
+    assert p["posemb"]["embedding"].shape == (2 + 6, D)
+    assert set(p["patches"]["projection"]) == {"kernel"}
+    x, _ = apply(params, waveforms(AST_SAMPLES))
+    # The same as adding rows 0 and 1 to the class tokens and the rest to the patches.
+    _, plain_params, plain_apply = built_ast(patch_bias=False)
+    moved = jax.tree.map(lambda a: a, plain_params)
+    table = p["posemb"]["embedding"]
+    moved["params"]["patches"] = p["patches"]
+    moved["params"]["posemb"]["embedding"] = table[2:]
+    moved["params"]["tower"] = dict(p["tower"])
+    moved["params"]["tower"]["cls"] = p["tower"]["cls"] + table[0]
+    moved["params"]["tower"]["distill"] = p["tower"]["distill"] + table[1]
+    want, _ = plain_apply(moved, waveforms(AST_SAMPLES))
+    np.testing.assert_allclose(np.asarray(x), np.asarray(want), atol=1e-5)
+
+
+def test_ast_options_gradients_reach_every_param():
+    _, params, apply = built_ast(class_token_posemb=True, pre_norm=True, norm_eps=1e-12)
+    audio = waveforms(AST_SAMPLES)
+    w = np.random.default_rng(3).normal(size=(B, D)).astype(np.float32)
+
+    @jax.jit
+    @jax.grad
+    def grad(p):
+        return jnp.sum(apply(p, audio)[1]["pooled"] * w)
+
+    for path, g in jax.tree_util.tree_leaves_with_path(grad(params)):
+        name = jax.tree_util.keystr(path)
+        assert bool(jnp.all(jnp.isfinite(g))), f"non-finite gradient for {name}"
+        if not any(s in name for s in SHIFT_INVARIANT):
+            assert bool(jnp.any(g != 0)), f"zero gradient for {name}"

@@ -2,13 +2,15 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import SHIFT_INVARIANT
+from helpers import SHIFT_INVARIANT, random_params
 
 from mmtx.encoders.tower import Tower, masked_mean
+from mmtx.nn import Encoder, MAPHead
 
 B, T, D = 2, 6, 16
 
@@ -140,3 +142,127 @@ def test_gradients_reach_every_param():
         return jnp.sum(apply(p, x, mask)[1]["pooled"] * w)
 
     assert_all_grads_nonzero(jax.jit(jax.grad(loss))(jitter(params)))
+
+
+# ------------------------------------------------------------------ architecture options
+
+
+def ref_layer_norm(p, x, eps=1e-6):
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / jnp.sqrt(var + eps) * p["scale"] + p["bias"]
+
+
+@pytest.mark.parametrize("pre_norm,final_norm", [(True, True), (True, False), (False, False)])
+def test_pre_norm_and_final_norm(pre_norm, final_norm):
+    """pre_norm: a LayerNorm ``pre_norm`` on the tokens (class token included) before the
+    first block; final_norm=False: no ``encoder/norm``, the blocks' output is the output."""
+    eps = 1e-5
+    x, mask = inputs()
+    tower = Tower(
+        depth=1, num_heads=2, mlp_dim=32, pre_norm=pre_norm, final_norm=final_norm, norm_eps=eps
+    )
+    params = nn.unbox(random_params(tower, x, mask))
+    assert ("pre_norm" in params["params"]) == pre_norm
+    assert ("norm" in params["params"]["encoder"]) == final_norm
+    y, out = jax.jit(tower.apply)(params, x, mask)
+
+    p = params["params"]
+    cls = jnp.broadcast_to(p["cls"], (B, 1, D))
+    tokens = jnp.concatenate([cls, x], axis=1)
+    if pre_norm:
+        tokens = ref_layer_norm(p["pre_norm"], tokens, eps)
+    full_mask = jnp.concatenate([jnp.ones((B, 1), bool), mask], axis=1)
+    blocks = Encoder(depth=1, num_heads=2, mlp_dim=32, norm_eps=eps, final_norm=False)
+    want = blocks.apply({"params": {"blocks": p["encoder"]["blocks"]}}, tokens, full_mask)[0]
+    if final_norm:
+        want = ref_layer_norm(p["encoder"]["norm"], want, eps)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(want), atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(out["pooled"]), np.asarray(y[:, 0]))
+
+
+def test_defaults_have_no_pre_norm_and_a_final_norm():
+    _, params, _ = built("cls")
+    assert "pre_norm" not in params["params"]
+    assert set(params["params"]["encoder"]) == {"blocks", "norm"}
+
+
+def test_cls_distill_prepends_two_tokens_and_pools_their_mean():
+    x, mask = inputs()
+    tower = Tower(depth=1, num_heads=2, mlp_dim=32, pooling="cls_distill")
+    params = nn.unbox(random_params(tower, x, mask))
+    assert params["params"]["cls"].shape == params["params"]["distill"].shape == (1, 1, D)
+    y, out = jax.jit(tower.apply)(params, x, mask)
+    assert y.shape == (B, T + 2, D) and out["mask"].shape == (B, T + 2)
+    assert bool(out["mask"][:, :2].all())
+    np.testing.assert_allclose(
+        np.asarray(out["pooled"]), (np.asarray(y[:, 0]) + np.asarray(y[:, 1])) / 2, atol=1e-6
+    )
+    # The order is [cls, distill, tokens...]: swapping the two tokens' values changes y[:, 0].
+    swapped = jax.tree.map(lambda a: a, params)
+    p = swapped["params"]
+    p["cls"], p["distill"] = params["params"]["distill"], params["params"]["cls"]
+    y_swapped = jax.jit(tower.apply)(swapped, x, mask)[0]
+    np.testing.assert_allclose(np.asarray(y_swapped[:, 0]), np.asarray(y[:, 1]), atol=1e-5)
+
+
+def test_last_pooling_takes_the_last_valid_position():
+    x, mask = inputs()
+    tower = Tower(depth=1, num_heads=2, mlp_dim=32, pooling="last")
+    params = nn.unbox(random_params(tower, x, mask))
+    assert "cls" not in params["params"]
+    y, out = jax.jit(tower.apply)(params, x, mask)
+    assert y.shape == (B, T, D)
+    np.testing.assert_array_equal(np.asarray(out["pooled"][0]), np.asarray(y[0, 3]))
+    np.testing.assert_array_equal(np.asarray(out["pooled"][1]), np.asarray(y[1, 1]))
+
+
+def test_eot_pooling_takes_the_given_index_and_needs_it():
+    x, mask = inputs()
+    tower = Tower(depth=1, num_heads=2, mlp_dim=32, pooling="eot")
+    index = jnp.asarray([2, 0])
+    params = nn.unbox(jax.jit(tower.init)(jax.random.key(0), x, mask, pool_index=index))
+    y, out = jax.jit(tower.apply)(params, x, mask, pool_index=index)
+    np.testing.assert_array_equal(np.asarray(out["pooled"]), np.asarray(y[jnp.arange(B), index]))
+    with pytest.raises(ValueError, match="pool_index"):
+        jax.eval_shape(tower.apply, params, x, mask)
+
+
+def test_map_pooling_uses_a_map_head_on_the_final_tokens():
+    x, mask = inputs()
+    tower = Tower(depth=1, num_heads=2, mlp_dim=32, pooling="map", norm_eps=1e-5)
+    params = nn.unbox(random_params(tower, x, mask))
+    assert "cls" not in params["params"]
+    y, out = jax.jit(tower.apply)(params, x, mask)
+    assert y.shape == (B, T, D)
+    head = MAPHead(num_heads=2, mlp_dim=32, norm_eps=1e-5)
+    want = head.apply({"params": params["params"]["map_head"]}, y, mask)
+    np.testing.assert_allclose(np.asarray(out["pooled"]), np.asarray(want), atol=1e-6)
+
+
+def test_posemb_is_applied_after_the_class_tokens():
+    x, mask = inputs()
+    tower = Tower(depth=1, num_heads=2, mlp_dim=32, pooling="cls_distill")
+    params = nn.unbox(random_params(tower, x, mask))
+    table = jnp.asarray(np.random.default_rng(5).normal(size=(T + 2, D)), jnp.float32)
+    got = jax.jit(lambda p, x: tower.apply(p, x, mask, posemb=lambda t: t + table))(params, x)[0]
+    # The same as prepending the class tokens plus their rows by hand, with no posemb.
+    p = params["params"]
+    shifted = jax.tree.map(lambda a: a, params)
+    shifted["params"]["cls"] = p["cls"] + table[0]
+    shifted["params"]["distill"] = p["distill"] + table[1]
+    want = jax.jit(tower.apply)(shifted, x + table[2:], mask)[0]
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+
+
+def test_gradients_reach_every_param_of_the_new_options():
+    x, mask = inputs()
+    w = np.random.default_rng(3).normal(size=(B, D)).astype(np.float32)
+    for pooling in ("cls_distill", "map"):
+        tower = Tower(depth=1, num_heads=2, mlp_dim=32, pooling=pooling, pre_norm=True)
+        params = nn.unbox(random_params(tower, x, mask))
+
+        def loss(p, tower=tower):
+            return jnp.sum(tower.apply(p, x, mask)[1]["pooled"] * w)
+
+        assert_all_grads_nonzero(jax.jit(jax.grad(loss))(params))

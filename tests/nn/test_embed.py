@@ -96,6 +96,47 @@ def test_patch_embed_matches_reference() -> None:
     assert np.abs(x_grad[:, :8, :12]).min() > 0
 
 
+def ref_strided_patch_embed(params, x, patch, strides) -> np.ndarray:
+    """Every (possibly overlapping) patch cut out by explicit loops, row-major, times the
+    flattened kernel (float64 numpy)."""
+    x = np.asarray(x, np.float64)
+    (ph, pw), (sh, sw) = patch, strides
+    gh, gw = (x.shape[1] - ph) // sh + 1, (x.shape[2] - pw) // sw + 1
+    patches = [
+        x[:, i * sh : i * sh + ph, j * sw : j * sw + pw].reshape(x.shape[0], -1)
+        for i in range(gh)
+        for j in range(gw)
+    ]
+    kernel = np.asarray(params["projection"]["kernel"], np.float64)
+    out = np.stack(patches, axis=1) @ kernel.reshape(-1, kernel.shape[-1])
+    if "bias" in params["projection"]:
+        out = out + np.asarray(params["projection"]["bias"], np.float64)
+    return out
+
+
+@pytest.mark.parametrize(
+    "patch,strides,use_bias",
+    [((4, 3), (2, 3), True), ((5, 5), (3, 2), False), ((4, 3), None, True)],
+)
+def test_strided_patch_embed_matches_explicit_patches(patch, strides, use_bias) -> None:
+    module = PatchEmbed(features=5, patch_size=patch, strides=strides, use_bias=use_bias)
+    x = _normal((2, 11, 13, 2), seed=0)
+    params = _params(module, x)
+    assert ("bias" in params["projection"]) == use_bias
+    y, grid = jax.jit(module.apply)({"params": params}, x)
+    sh, sw = strides or patch
+    assert grid == ((11 - patch[0]) // sh + 1, (13 - patch[1]) // sw + 1)
+    want = ref_strided_patch_embed(params, x, patch, strides or patch)
+    assert y.shape == want.shape == (2, grid[0] * grid[1], 5)
+    np.testing.assert_allclose(np.asarray(y), want, atol=1e-4)
+
+
+def test_patch_embed_rejects_a_zero_stride() -> None:
+    module = PatchEmbed(features=5, patch_size=(2, 2), strides=(0, 2))
+    with pytest.raises(ValueError, match="strides"):
+        jax.eval_shape(module.init, jax.random.key(0), jnp.ones((1, 4, 4, 1)))
+
+
 # ----------------------------------------------------------------------------- tokens, positions
 
 

@@ -8,6 +8,7 @@ gradient, scanned and unrolled encoders must agree, and remat must not change an
 from __future__ import annotations
 
 import functools
+import math
 
 import flax
 import flax.linen as nn
@@ -16,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmtx.nn import MLP, CrossAttentionBlock, Encoder, TransformerBlock
+from mmtx.nn import ACTIVATIONS, MLP, CrossAttentionBlock, Encoder, MAPHead, TransformerBlock
+from mmtx.nn.transformer import quick_gelu
 
 # These programs are tiny: a quick compile matters more than fast code.
 jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
@@ -358,3 +360,170 @@ def test_cross_attention_block_matches_reference() -> None:
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5)
     _nonzero_grads(ref_grads)
     _assert_trees_close(grads, ref_grads, atol=2e-5)
+
+
+# ------------------------------------------------------------------ architecture options
+
+
+def test_activations_match_their_formulas() -> None:
+    x = jnp.linspace(-6.0, 6.0, 101, dtype=jnp.float32)
+    xs = np.linspace(-6.0, 6.0, 101)
+    exact = 0.5 * xs * (1.0 + np.vectorize(math.erf)(xs / np.sqrt(2.0)))
+    np.testing.assert_allclose(ACTIVATIONS["gelu"](x), exact, atol=1e-6)
+    np.testing.assert_allclose(ACTIVATIONS["gelu_tanh"](x), ref_gelu(x), atol=1e-6)
+    np.testing.assert_allclose(
+        ACTIVATIONS["quick_gelu"](x), xs / (1.0 + np.exp(-1.702 * xs)), atol=1e-6
+    )
+    assert ACTIVATIONS["quick_gelu"] is quick_gelu
+    # The three differ (by up to ~0.02), so a wrong mapping cannot pass unseen.
+    assert np.abs(np.asarray(ACTIVATIONS["gelu"](x)) - np.asarray(quick_gelu(x))).max() > 1e-2
+    assert np.abs(np.asarray(ACTIVATIONS["gelu"](x) - ACTIVATIONS["gelu_tanh"](x))).max() > 1e-4
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_mlp_activation_matches_reference(activation: str) -> None:
+    module = MLP(hidden_dim=MLP_DIM, activation=activation)
+    x = _normal((B, T, D), seed=0)
+    params = _params(module, x)
+    reference = {
+        "gelu_tanh": ref_gelu,
+        "gelu": lambda h: 0.5 * h * (1.0 + jax.scipy.special.erf(h / np.sqrt(2.0))),
+        "quick_gelu": lambda h: h * jax.nn.sigmoid(1.702 * h),
+    }[activation]
+
+    def ref(p, x):
+        h = reference(jnp.dot(x, p["fc1"]["kernel"], precision=HIGHEST) + p["fc1"]["bias"])
+        return jnp.dot(h, p["fc2"]["kernel"], precision=HIGHEST) + p["fc2"]["bias"]
+
+    out, want = jit(lambda p, x: (module.apply({"params": p}, x), ref(p, x)))(params, x)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(want), atol=1e-5)
+
+
+def test_unknown_activation_raises() -> None:
+    with pytest.raises(ValueError, match="activation 'relu'"):
+        jax.eval_shape(MLP(MLP_DIM, activation="relu").init, jax.random.key(0), jnp.ones((1, D)))
+
+
+def test_norm_eps_reaches_every_layer_norm() -> None:
+    """With a huge epsilon every LayerNorm's output shrinks by sqrt(var + eps): the encoder
+    equals the reference whose LayerNorms all use that epsilon, and not the default one."""
+    eps = 0.5
+    x, mask, _, params = _encoder_inputs()
+    module = Encoder(depth=DEPTH, num_heads=H, mlp_dim=MLP_DIM, norm_eps=eps)
+
+    def ref(p, x, eps):
+        for i in range(DEPTH):
+            q = jax.tree.map(lambda a, i=i: a[i], p["blocks"])
+            x = x + ref_attention(q["attention"], ref_layer_norm(q["norm1"], x, eps), mask)
+            x = x + ref_mlp(q["mlp"], ref_layer_norm(q["norm2"], x, eps))
+        return ref_layer_norm(p["norm"], x, eps)
+
+    got, want, default = jit(
+        lambda p, x: (module.apply({"params": p}, x, mask)[0], ref(p, x, eps), ref(p, x, 1e-6))
+    )(params, x)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+    assert np.abs(np.asarray(got) - np.asarray(default)).max() > 1e-2
+
+
+def test_encoder_without_final_norm_has_no_norm_param() -> None:
+    x, mask, _, params = _encoder_inputs()
+    module = Encoder(depth=DEPTH, num_heads=H, mlp_dim=MLP_DIM, final_norm=False)
+    shapes = jax.eval_shape(module.init, jax.random.key(0), x, mask)["params"]
+    assert set(shapes) == {"blocks"}
+    blocks = {"blocks": params["blocks"]}
+    y, out = jit(lambda p, x: module.apply({"params": p}, x, mask))(blocks, x)
+    want = x
+    for i in range(DEPTH):
+        want = ref_block(jax.tree.map(lambda a, i=i: a[i], params["blocks"]), want, mask)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(want), atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(out["pre_norm"]), np.asarray(y))
+
+
+@pytest.mark.parametrize("scan", [True, False])
+def test_causal_encoder_later_tokens_do_not_change_earlier_outputs(scan: bool) -> None:
+    module = Encoder(depth=DEPTH, num_heads=H, mlp_dim=MLP_DIM, causal=True, scan=scan)
+    x = _normal((B, T, D), seed=0)
+    params = _params(module, x)
+    apply = jit(lambda p, x: module.apply({"params": p}, x)[0])
+    y = apply(params, x)
+    for t in range(T):
+        changed = apply(params, x.at[:, t].add(_normal((B, D), seed=10 + t)))
+        np.testing.assert_allclose(np.asarray(changed[:, :t]), np.asarray(y[:, :t]), atol=1e-6)
+        assert np.abs(np.asarray(changed[:, t:]) - np.asarray(y[:, t:])).max() > 1e-3
+    # The same params without causal: the first token sees the last.
+    bidirectional = Encoder(depth=DEPTH, num_heads=H, mlp_dim=MLP_DIM, scan=scan)
+    y_bi = jit(lambda p, x: bidirectional.apply({"params": p}, x)[0])(params, x)
+    assert np.abs(np.asarray(y_bi[:, 0]) - np.asarray(y[:, 0])).max() > 1e-3
+
+
+def test_causal_block_matches_reference_with_a_causal_mask() -> None:
+    module = TransformerBlock(num_heads=H, mlp_dim=MLP_DIM, causal=True)
+    x, mask = _normal((B, T, D), seed=0), _padding_mask()
+    params = _params(module, x, mask)
+    causal_and_padding = jnp.tril(jnp.ones((T, T), bool))[None, None] & mask[:, None, None, :]
+
+    def ref(p, x):
+        y = ref_layer_norm(p["norm1"], x)
+        a = p["attention"]
+        q, k, v = (
+            jnp.einsum("btd,dhk->bthk", y, a[n]["kernel"], precision=HIGHEST) + a[n]["bias"]
+            for n in ("query", "key", "value")
+        )
+        logits = jnp.einsum("bthk,bshk->bhts", q, k, precision=HIGHEST) / np.sqrt(q.shape[-1])
+        w = jax.nn.softmax(jnp.where(causal_and_padding, logits, -1e30), axis=-1)
+        o = jnp.einsum("bhts,bshk->bthk", w, v, precision=HIGHEST)
+        x = x + jnp.einsum("bthk,hko->bto", o, a["out"]["kernel"], precision=HIGHEST)
+        x = x + a["out"]["bias"]
+        return x + ref_mlp(p["mlp"], ref_layer_norm(p["norm2"], x))
+
+    out, want = jit(lambda p, x: (module.apply({"params": p}, x, mask)[0], ref(p, x)))(params, x)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(want), atol=1e-5)
+
+
+def ref_map_head(p: dict, x: jnp.ndarray, mask=None, eps: float = 1e-6) -> jnp.ndarray:
+    probe = jnp.broadcast_to(p["probe"], (x.shape[0], 1, x.shape[2]))
+    y = ref_attention(p["attention"], probe, mask, context=x)
+    y = y + ref_mlp(p["mlp"], ref_layer_norm(p["norm"], y, eps))
+    return y[:, 0]
+
+
+def test_map_head_matches_reference_in_value_and_gradient() -> None:
+    module = MAPHead(num_heads=H, mlp_dim=MLP_DIM)
+    x, mask = _normal((B, T, D), seed=0), _padding_mask()
+    params = _params(module, x, mask)
+    projection = {"kernel": (D, H, D // H), "bias": (H, D // H)}
+    assert jax.tree.map(jnp.shape, params) == {
+        "probe": (1, 1, D),
+        "attention": {
+            **{name: projection for name in ("query", "key", "value")},
+            "out": {"kernel": (H, D // H, D), "bias": (D,)},
+        },
+        "norm": {"scale": (D,), "bias": (D,)},
+        "mlp": {"fc1": {"kernel": (D, MLP_DIM), "bias": (MLP_DIM,)},
+                "fc2": {"kernel": (MLP_DIM, D), "bias": (D,)}},
+    }  # fmt: skip
+    cot = _normal((B, D), seed=1)
+
+    @jit
+    def run(params, x):
+        lib = lambda p, x: module.apply({"params": p}, x, mask)
+        ref = lambda p, x: ref_map_head(p, x, mask)
+        return (
+            lib(params, x),
+            ref(params, x),
+            jax.grad(lambda p, x: jnp.sum(lib(p, x) * cot), (0, 1))(params, x),
+            jax.grad(lambda p, x: jnp.sum(ref(p, x) * cot), (0, 1))(params, x),
+        )
+
+    out, want, grads, ref_grads = run(params, x)
+    assert out.shape == (B, D)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(want), atol=1e-5)
+    _nonzero_grads(ref_grads)
+    _assert_trees_close(grads, ref_grads, atol=1e-5)
+    # Padded tokens are not attended to.
+    noisy = jnp.where(mask[..., None], x, 100.0)
+    np.testing.assert_allclose(
+        np.asarray(jit(lambda p, x: module.apply({"params": p}, x, mask))(params, noisy)),
+        np.asarray(out),
+        atol=1e-5,
+    )

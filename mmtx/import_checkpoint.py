@@ -76,7 +76,11 @@ def describe(config: object) -> str:
             f"  {modality}: {tower.depth} x {tower.width} wide, {tower.num_heads} heads, "
             f"{size}, pooling {tower.pooling}, {tower.activation}"
         )
-    lines.append(f"  embedding: {model.embed_dim}; tokenizer: {config.tokenizer.type}")  # type: ignore[attr-defined]
+    tokenizer = config.tokenizer.type  # type: ignore[attr-defined]
+    lines.append(
+        f"  embedding: {model.embed_dim}"
+        + (f"; tokenizer: {tokenizer}" if "text" in model.modalities else "")
+    )
     return "\n".join(lines)
 
 

@@ -455,7 +455,7 @@ class TokenizerJsonTokenizer(Tokenizer):
         return list(self._tokenizer.post_process(encoding).ids)[:max_length]
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Special tokens dropped, and trailing ``pad_id``s (padding)."""
+        """Special tokens dropped, and trailing padding ids (``pad_id``)."""
         ids = [int(i) for i in ids]
         while ids and ids[-1] == self.pad_id:
             ids.pop()

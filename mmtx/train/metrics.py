@@ -8,34 +8,8 @@ import struct
 import time
 from collections.abc import Mapping
 
-import numpy as np
-
-
-def retrieval_recall(
-    queries: np.ndarray,
-    gallery: np.ndarray,
-    query_keys: np.ndarray,
-    gallery_keys: np.ndarray,
-    ks: tuple[int, ...] = (1, 5),
-) -> dict[int, float]:
-    """Recall@k of cosine-similarity retrieval.
-
-    A query is a hit at k when any of its k nearest gallery items has the same key (e.g. the
-    same attributes, or the same example id).
-
-    Args:
-      queries: float ``[N, D]``; gallery: float ``[M, D]``.
-      query_keys: int ``[N]``; gallery_keys: int ``[M]``.
-
-    Returns:
-      ``{k: recall}`` with recalls in ``[0, 1]``.
-    """
-    queries = queries / np.maximum(np.linalg.norm(queries, axis=-1, keepdims=True), 1e-12)
-    gallery = gallery / np.maximum(np.linalg.norm(gallery, axis=-1, keepdims=True), 1e-12)
-    similarity = queries @ gallery.T
-    order = np.argsort(-similarity, axis=1, kind="stable")
-    matches = gallery_keys[order] == query_keys[:, None]
-    return {k: float(np.mean(np.any(matches[:, :k], axis=1))) for k in ks}
+# Recall@k of cosine-similarity retrieval, ties by lower gallery index (kept here by name).
+from mmtx.evaluate.retrieval import retrieval_recall  # noqa: F401
 
 
 class MetricWriter:

@@ -250,6 +250,17 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 256  # Eval batch (global); the last partial batch is padded.
+    # Zero-shot classification of the eval images/audio by prompted class names (CLIP):
+    # needs a text tower and labels with names (see classnames).
+    c.eval.zero_shot = True
+    # Prompt templates, "{}" = the class name; each class's prompt embeddings are averaged.
+    c.eval.zero_shot_templates = ("a photo of a {}.", "a {}.", "a picture of a {}.")
+    # Zero-shot class names in label order; () = the data's own (synthetic: "red circle", ...,
+    # "white ring" = shape x colour; TFDS: a ClassLabel's names).
+    c.eval.classnames = ()
+    # Retrieval with every caption of an example when the data has several (COCO protocol:
+    # image->text hits when any caption is in the top k; each caption a text->image query).
+    c.eval.all_captions = True
 
     c.data = ml_collections.ConfigDict()
     # synthetic (built-in, no download) | tfds:<name> (a TFDS dataset prepared as array_record
@@ -683,6 +694,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         "elu | favor",
     )
     _validate_training(config)
+    _validate_eval(config.eval)
     _require(
         config.tokenizer.type in ("bytes", "sentencepiece", "clip_bpe", "siglip", "tokenizer_json"),
         "tokenizer.type",
@@ -839,6 +851,23 @@ def _validate_training(config: ml_collections.ConfigDict) -> None:
         "softmax | sigmoid | none",
     )
     _validate_data(config)
+
+
+def _validate_eval(evaluation: ml_collections.ConfigDict) -> None:
+    for name in evaluation.classnames:
+        _require(isinstance(name, str), "eval.classnames", f"entries must be str; got {name!r}")
+    if evaluation.zero_shot:
+        _require(
+            len(evaluation.zero_shot_templates) > 0,
+            "eval.zero_shot_templates",
+            "needs at least one template when eval.zero_shot is on (e.g. 'a photo of a {}.')",
+        )
+    for template in evaluation.zero_shot_templates:
+        _require(
+            isinstance(template, str) and template.count("{}") == 1,
+            "eval.zero_shot_templates",
+            f"each template needs exactly one '{{}}' for the class name; got {template!r}",
+        )
 
 
 def _validate_data(config: ml_collections.ConfigDict) -> None:

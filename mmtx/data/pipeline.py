@@ -19,7 +19,7 @@ import numpy as np
 from absl import flags
 
 from mmtx.data import preprocessing
-from mmtx.data.synthetic import SyntheticSource
+from mmtx.data.synthetic import CLASS_NAMES, SyntheticSource
 from mmtx.data.tfds_source import TfdsSource, tfds_name
 from mmtx.data.tokenizer import Tokenizer
 
@@ -137,6 +137,7 @@ def create_dataset(
     train: bool,
     process_index: int = 0,
     process_count: int = 1,
+    with_index: bool = False,
 ) -> grain.IterDataset:
     """Builds the pipeline for one process.
 
@@ -150,7 +151,9 @@ def create_dataset(
     ``batch_size`` axis (the per-process batch). With ``config.data.num_workers > 0`` the
     batches are produced by that many worker processes (grain ``mp_prefetch``). The
     iterator's position is checkpointable (``grain.checkpoint``), workers included.
-    Deterministic: the same config gives the same batches.
+    Deterministic: the same config gives the same batches. With ``with_index`` (eval data
+    only) each example also carries ``index``, int32: its position in the split, which
+    :func:`eval_captions` refers to.
     """
     source = create_source(config, split)
     dataset = grain.MapDataset.source(source)
@@ -163,6 +166,10 @@ def create_dataset(
     if train:
         dataset = dataset.shuffle(seed=config.data.seed).repeat()
         dataset = dataset.random_map(preprocess, seed=config.data.seed)
+    elif with_index:
+        dataset = dataset.map_with_index(
+            lambda index, example: {**preprocess(example), "index": np.int32(index)}
+        )
     else:
         dataset = dataset.map(preprocess)
     dataset = dataset[process_index::process_count]
@@ -180,6 +187,41 @@ def create_dataset(
             grain.MultiprocessingOptions(num_workers=config.data.num_workers)
         )
     return iter_dataset
+
+
+def eval_class_names(config: ml_collections.ConfigDict, source: Any) -> tuple[str, ...]:
+    """Names of the eval data's labels, in label order, for zero-shot classification:
+    ``config.eval.classnames`` when given, else the source's own (the synthetic data's
+    shape x colour names, :data:`mmtx.data.synthetic.CLASS_NAMES`; a TFDS ``ClassLabel``'s
+    names); ``()`` when there are none."""
+    if config.eval.classnames:
+        return tuple(config.eval.classnames)
+    if isinstance(source, SyntheticSource):
+        return CLASS_NAMES
+    return tuple(getattr(source, "class_names", ()) or ())
+
+
+def eval_captions(
+    config: ml_collections.ConfigDict, source: Any
+) -> tuple[list[str], np.ndarray] | None:
+    """Every caption of the eval split and the split position of the example each describes:
+    ``(captions, example_index int64 [M])``, for retrieval with several captions per image.
+
+    None when the model has no text tower, ``config.eval.all_captions`` is off, or the source
+    has one caption per example (the synthetic data; a TFDS text feature outside a
+    ``Sequence``). Reads every example of the split on every process (its text feature).
+    """
+    if "text" not in config.model.modalities or not config.eval.all_captions:
+        return None
+    if not getattr(source, "multiple_captions", False):
+        return None
+    captions: list[str] = []
+    example_index: list[int] = []
+    for index in range(len(source)):
+        texts = source.captions(index)
+        captions.extend(texts)
+        example_index.extend([index] * len(texts))
+    return captions, np.asarray(example_index, np.int64)
 
 
 # Which synthetic attributes each modality expresses: retrieval between two modalities

@@ -10,7 +10,8 @@ chaining them.
 Audio: :func:`audio_to_float`, :func:`resample`, :func:`crop_or_pad` and
 :func:`preprocess_audio`; the log-mel spectrogram (:func:`log_mel_spectrogram`, the same
 function the audio encoder calls) runs inside the model, on the accelerator, so batches
-carry raw waveforms. Text: :func:`select_text` picks one caption of several.
+carry raw waveforms. Text: :func:`select_text` picks one caption of several, :func:`all_texts`
+reads them all.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from mmtx.nn.embed import log_mel_spectrogram
 
 __all__ = [
     "MAX_AUDIO_CHANNELS",
+    "all_texts",
     "audio_to_float",
     "center_crop",
     "crop_or_pad",
@@ -67,6 +69,19 @@ def select_text(value: Any, rng: np.random.Generator | None = None) -> str:
             raise ValueError("the text feature holds no captions")
         index = 0 if rng is None else int(rng.integers(len(value)))
         return select_text(value[index])
+    raise TypeError(f"text must be str, bytes or a sequence of them; got {type(value).__name__}")
+
+
+def all_texts(value: Any) -> list[str]:
+    """Every caption of a dataset's text feature (a ``str``, UTF-8 ``bytes`` or a
+    sequence/array of them), in order, as ``str``: what evaluation with several captions per
+    image reads (:func:`select_text` picks one)."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, str | bytes):
+        return [select_text(value)]
+    if isinstance(value, Sequence | np.ndarray):
+        return [select_text(v) for v in value]
     raise TypeError(f"text must be str, bytes or a sequence of them; got {type(value).__name__}")
 
 

@@ -54,6 +54,9 @@ NUM_COLOURS = len(COLOURS)
 NUM_SIZES = len(SIZES)
 NUM_POSITIONS = len(POSITIONS)
 NUM_CLASSES = NUM_SHAPES * NUM_COLOURS
+# Human-readable name of each label ``shape * NUM_COLOURS + colour``: "red circle", "green
+# circle", ..., "white ring" (the names zero-shot classification writes into its prompts).
+CLASS_NAMES: tuple[str, ...] = tuple(f"{colour} {shape}" for shape in SHAPES for colour in COLOURS)
 
 # Synonym tables, indexed by attribute value. Every string maps to exactly one value; a synonym
 # may be a prefix of a longer synonym of another value ("near the top" / "near the top left"),
@@ -429,7 +432,8 @@ class SyntheticSource:
       * ``caption``: ``str``, ASCII, at most ``MAX_CAPTION_BYTES`` bytes.
       * ``image``: float32 ``[H, W, 3]`` in ``[0, 1]``.
       * ``audio``: float32 ``[S]`` in ``[-1, 1]``.
-      * ``label``: int32 scalar ``shape * NUM_COLOURS + colour`` in ``[0, NUM_CLASSES)``.
+      * ``label``: int32 scalar ``shape * NUM_COLOURS + colour`` in ``[0, NUM_CLASSES)``,
+        named by :data:`CLASS_NAMES`.
       * ``shape``, ``colour``, ``size``, ``position``: ``int`` attribute indices.
     """
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from mmtx.data.preprocessing import all_texts
+
 TFDS_PREFIX = "tfds:"
 # Leave a top-level Image feature encoded for preprocessing to decode (at a reduced JPEG
 # scale); False makes TFDS decode it at full size.
@@ -76,6 +78,21 @@ def _feature_info(features: Any, path: str) -> Any:
     raise KeyError(f"feature {path!r} not in the dataset (features: {sorted(features.keys())})")
 
 
+def _in_sequence(features: Any, path: str) -> bool:
+    """Whether feature ``path`` of a ``FeaturesDict`` is (inside) a ``tfds.features.Sequence``
+    or a tensor with a leading axis: several values per example."""
+    if path in features.keys():
+        feature = features[path]
+        return hasattr(feature, "feature") or len(getattr(feature, "shape", ()) or ()) > 0
+    head, sep, rest = path.partition("/")
+    if sep and head in features.keys():
+        inner = features[head]
+        if hasattr(inner, "feature"):  # a tfds.features.Sequence
+            return True
+        return _in_sequence(inner, rest)
+    return False
+
+
 class TfdsSource:
     """One split of a prepared TFDS dataset; ``source[i]`` is a dict keyed by role.
 
@@ -83,7 +100,9 @@ class TfdsSource:
     value under :data:`ROLE_KEYS`: ``caption``, bytes or an array of bytes; ``image``, the
     encoded bytes of a top-level Image feature (else uint8 ``[H, W, C]``); ``audio``, ``[S]``
     PCM or float at :attr:`audio_sample_rate`; ``label``, an int. Picklable, so grain worker
-    processes can read it.
+    processes can read it. ``multiple_captions`` says whether the text feature holds several
+    captions per example (read them all with :meth:`captions`); ``class_names`` are the
+    label's names when it is a ``ClassLabel`` with names (underscores as spaces), else ``()``.
 
     Args:
       name: the TFDS name, with config and version as ``tfds.data_source`` takes them.
@@ -134,6 +153,15 @@ class TfdsSource:
         if "audio" in self.features:
             audio_feature = _feature_info(info_features, self.features["audio"])
             self.audio_sample_rate = int(getattr(audio_feature, "sample_rate", 0) or 0)
+        # A text feature inside a tfds.features.Sequence (COCO's "captions/text") holds
+        # several captions per example.
+        self.multiple_captions = "text" in self.features and _in_sequence(
+            info_features, self.features["text"]
+        )
+        self.class_names: tuple[str, ...] = ()
+        if "label" in self.features:
+            names = getattr(_feature_info(info_features, self.features["label"]), "names", None)
+            self.class_names = tuple(str(name).replace("_", " ") for name in names or ())
 
     def __len__(self) -> int:
         return len(self._source)
@@ -143,6 +171,10 @@ class TfdsSource:
         return {
             ROLE_KEYS[role]: lookup_feature(example, path) for role, path in self.features.items()
         }
+
+    def captions(self, index: int) -> list[str]:
+        """Every caption of example ``index`` (one for a plain text feature), as ``str``."""
+        return all_texts(lookup_feature(self._source[index], self.features["text"]))
 
     def __repr__(self) -> str:
         return f"TfdsSource({self.name!r}, split={self.split!r}, {len(self)} examples)"

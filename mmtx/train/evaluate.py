@@ -1,8 +1,9 @@
-"""Evaluation over a whole split: accuracy and cross-modal retrieval recall."""
+"""Evaluation over a whole split: accuracy, cross-modal retrieval recall and the evaluators
+of :mod:`mmtx.evaluate` (zero-shot classification, retrieval with every caption)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
@@ -10,7 +11,9 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from mmtx.data.pipeline import ATTRIBUTE_KEYS, MODALITY_ATTRIBUTES
-from mmtx.train.metrics import retrieval_recall
+from mmtx.data.tokenizer import Tokenizer
+from mmtx.evaluate.evaluators import EvalTasks, evaluate_tasks
+from mmtx.evaluate.retrieval import retrieval_recall
 
 # (query, gallery) pairs reported as <query>_to_<gallery>_recall@k.
 RETRIEVAL_DIRECTIONS = (("text", "image"), ("image", "text"), ("audio", "text"))
@@ -38,6 +41,47 @@ def attribute_keys(columns: dict[str, np.ndarray], attributes: tuple[str, ...]) 
     return key
 
 
+def text_embedder(
+    eval_step: Callable[[Any, dict[str, Any]], dict[str, Any]],
+    params: Any,
+    tokenizer: Tokenizer,
+    max_length: int,
+    *,
+    local_batch_size: int,
+    to_global: Callable[[dict[str, np.ndarray]], dict[str, jax.Array]],
+) -> Callable[[Sequence[str]], np.ndarray]:
+    """``embed_text(texts) -> float [len(texts), D]``: the text embeddings of ``eval_step``
+    (the loop's jitted, sharded step), in order.
+
+    Every process must call it with the same texts: each chunk of ``local_batch_size x
+    processes`` texts is split into contiguous per-process slices (padded to the local batch),
+    so every process runs the same number of steps and the gathered rows keep their order.
+    """
+
+    def embed_text(texts: Sequence[str]) -> np.ndarray:
+        texts = list(texts)
+        count, index = jax.process_count(), jax.process_index()
+        chunk_size = local_batch_size * count
+        rows = []
+        for start in range(0, len(texts), chunk_size):
+            chunk = texts[start : start + chunk_size]
+            mine = chunk[index * local_batch_size : (index + 1) * local_batch_size]
+            if mine:
+                ids, mask = tokenizer(mine, max_length)
+            else:
+                ids = np.zeros((0, max_length), np.int32)
+                mask = np.zeros((0, max_length), bool)
+            mask = np.array(mask, copy=True)
+            mask[~mask.any(axis=1), 0] = True  # an empty text must attend somewhere
+            padded, _ = pad_batch({"text": np.asarray(ids), "text_mask": mask}, local_batch_size)
+            outputs = eval_step(params, to_global(padded))
+            gathered = multihost_utils.process_allgather(outputs["text"], tiled=True)
+            rows.append(np.asarray(gathered)[: len(chunk)])
+        return np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
+
+    return embed_text
+
+
 def evaluate(
     eval_step: Callable[[Any, dict[str, Any]], dict[str, Any]],
     params: Any,
@@ -45,6 +89,8 @@ def evaluate(
     *,
     local_batch_size: int,
     to_global: Callable[[dict[str, np.ndarray]], dict[str, jax.Array]],
+    tasks: EvalTasks | None = None,
+    embed_text: Callable[[Sequence[str]], np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Runs ``eval_step`` over every batch and computes the split's metrics.
 
@@ -53,13 +99,20 @@ def evaluate(
     direction in :data:`RETRIEVAL_DIRECTIONS` whose modalities are present, where a hit is a
     retrieved item with the same attributes that both modalities express (the example itself
     when the data has no attributes); and ``num_examples``.
+
+    With ``tasks`` (:func:`mmtx.evaluate.evaluators.eval_tasks`) and ``embed_text``
+    (:func:`text_embedder`), also the metrics of
+    :func:`mmtx.evaluate.evaluators.evaluate_tasks`: ``<m>_zero_shot_top{1,5}``; and when
+    the split has several captions per example, the text<->image/audio recalls over every
+    caption, which replace the first-caption ones of the same names (``num_captions`` counts
+    the captions; the batches must carry ``index``).
     """
     collected: dict[str, list[np.ndarray]] = {}
     for local in batches:
         padded, count = pad_batch(local, local_batch_size)
         outputs = eval_step(params, to_global(padded))
         outputs = {k: v for k, v in outputs.items() if np.ndim(v) >= 1}
-        labels = {k: v for k, v in padded.items() if k == "label" or k in ATTRIBUTE_KEYS}
+        labels = {k: v for k, v in padded.items() if k in ("label", "index") or k in ATTRIBUTE_KEYS}
         labels["valid"] = np.arange(local_batch_size) < count
         columns = multihost_utils.process_allgather({**outputs, **labels}, tiled=True)
         valid = np.asarray(columns.pop("valid"))
@@ -86,4 +139,6 @@ def evaluate(
         recalls = retrieval_recall(data[query], data[gallery], keys, keys)
         for k, value in recalls.items():
             metrics[f"{query}_to_{gallery}_recall@{k}"] = value
+    if tasks is not None and embed_text is not None:
+        metrics.update(evaluate_tasks(tasks, embed_text, data))
     return metrics

@@ -24,11 +24,12 @@ from jax.experimental import multihost_utils
 from mmtx import config as config_lib
 from mmtx.data.pipeline import create_dataset
 from mmtx.data.tokenizer import create_tokenizer
+from mmtx.evaluate.evaluators import eval_tasks
 from mmtx.models import MultiModalTransformer, dummy_batch, resolve_dtype
 from mmtx.train import mesh as mesh_lib
 from mmtx.train import workdir as workdir_lib
 from mmtx.train.checkpoint import Checkpointer
-from mmtx.train.evaluate import evaluate
+from mmtx.train.evaluate import evaluate, text_embedder
 from mmtx.train.metrics import MetricWriter, Progress, format_seconds
 from mmtx.train.optimizer import create_optimizer
 from mmtx.train.preemption import PreemptionWatcher
@@ -43,6 +44,9 @@ SUMMARY_KEYS = (
     "image_to_text_recall@5",
     "audio_to_text_recall@1",
     "audio_to_text_recall@5",
+    "image_zero_shot_top1",
+    "image_zero_shot_top5",
+    "audio_zero_shot_top1",
 )
 
 
@@ -244,7 +248,12 @@ def _train_and_evaluate(
     local_batch = train_config.batch_size // jax.process_count()
     local_eval_batch = config.eval.batch_size // jax.process_count()
 
-    tokenizer = create_tokenizer(config.tokenizer.type, config.tokenizer.model_file)
+    # An imported workdir keeps its tokenizer file inside, named relative to the workdir.
+    tokenizer_file = config.tokenizer.model_file
+    if tokenizer_file and not os.path.isabs(tokenizer_file):
+        if os.path.exists(os.path.join(workdir, tokenizer_file)):
+            tokenizer_file = os.path.join(workdir, tokenizer_file)
+    tokenizer = create_tokenizer(config.tokenizer.type, tokenizer_file)
     train_data = create_dataset(
         config,
         "train",
@@ -307,6 +316,9 @@ def _train_and_evaluate(
             in_shardings=(state_shardings.params, data_sharding),
         )
 
+        # Zero-shot class names and every caption of the eval split, read at the first eval.
+        eval_extras: list[Any] = []
+
         def run_eval(step: int) -> dict[str, float]:
             eval_data = create_dataset(
                 config,
@@ -316,7 +328,10 @@ def _train_and_evaluate(
                 train=False,
                 process_index=jax.process_index(),
                 process_count=jax.process_count(),
+                with_index=True,
             )
+            if not eval_extras:
+                eval_extras.append(eval_tasks(config))
             started = time.perf_counter()
             eval_iter = iter(eval_data)
             try:
@@ -326,6 +341,15 @@ def _train_and_evaluate(
                     eval_iter,
                     local_batch_size=local_eval_batch,
                     to_global=to_global,
+                    tasks=eval_extras[0],
+                    embed_text=text_embedder(
+                        eval_step,
+                        state.params,
+                        tokenizer,
+                        config.model.text.max_length,
+                        local_batch_size=local_eval_batch,
+                        to_global=to_global,
+                    ),
                 )
             finally:
                 close_iterator(eval_iter)

@@ -13,8 +13,10 @@ then train (reading needs no TensorFlow)::
 
 ``arg`` picks the size variant (default ``base``: ViT-B/16 towers at 224 px, for a TPU VM
 or GPU; ``tiny``/``small`` fit a CPU). The splits are Karpathy & Li's: train on
-``train+restval`` (113k images), evaluate image<->text retrieval on ``val`` (5k images);
-each training step uses one of an image's five captions, picked at random.
+``train+restval`` (113k images), evaluate image<->text retrieval on ``val`` (5k images)
+with all of each image's captions, as papers report it (``config.eval.all_captions``: image
+-> text hits when any caption is in the top k, every caption a text -> image query); each
+training step uses one of an image's five captions, picked at random.
 """
 
 from mmtx import config as config_lib

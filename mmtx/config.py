@@ -16,6 +16,7 @@ import json
 import math
 import numbers
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -247,6 +248,27 @@ def default_config() -> ml_collections.ConfigDict:
     # checkpoint) or "skip" (leave the state unchanged and count the step in train/nonfinite).
     c.train.nonfinite = "stop"
     c.train.inject_nan_at_step = -1  # Testing aid: make step K's loss NaN (from 1; -1: never).
+    # Fine-tuning (docs/usage.md, "Fine-tuning"). A fresh run's params start from another
+    # run's: a workdir (its newest intact checkpoint) or a step directory DIR/checkpoints/STEP.
+    # Params are matched by path; new ones stay initialised, learned 2-D position tables are
+    # resampled to this config's patch grid; the optimizer starts fresh. "" = from scratch.
+    c.train.init_from = ""
+    # Regexes over "/"-joined param paths ("^image/", "_head/"): a param trains when it matches
+    # one of `trainable` (or `trainable` is empty) and none of `frozen`. Frozen params get no
+    # optimizer state and no weight decay, and stay bit-identical.
+    c.train.trainable = ()
+    c.train.frozen = ()
+    # Layer-wise learning-rate decay: block i of a tower of depth L trains at lr * d^(L - i),
+    # its embeddings at lr * d^(L + 1), everything else at lr. 1 = off.
+    c.train.layer_decay = 1.0
+    # LoRA adapters (Hu et al. 2021) on the towers' block kernels: W + alpha / rank * A @ B,
+    # B zero at the start. With rank > 0 only the adapters (and `trainable` matches) train.
+    c.train.lora = ml_collections.ConfigDict()
+    c.train.lora.rank = 0  # Adapter rank; 0 = no adapters.
+    c.train.lora.alpha = 1.0  # Adapter scale numerator: the update is alpha / rank * A @ B.
+    # Kernels that get adapters: attention (query, key, value, out), mlp (fc1, fc2), one of
+    # those six names, or a regex over param paths ending in a kernel (mmtx.train.lora).
+    c.train.lora.targets = ("attention", "mlp")
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 256  # Eval batch (global); the last partial batch is padded.
@@ -541,6 +563,9 @@ RANGES: dict[str, str] = {
     "train.checkpoint_every": "> 0",
     "train.keep_checkpoints": "> 0",
     "train.inject_nan_at_step": "-1 or > 0",
+    "train.layer_decay": "(0, 1]",
+    "train.lora.rank": ">= 0",
+    "train.lora.alpha": "> 0",
     "eval.batch_size": "> 0",
     "data.seed": ">= 0",
     "data.train_size": "> 0",
@@ -849,6 +874,23 @@ def _validate_training(config: ml_collections.ConfigDict) -> None:
         config.loss.contrastive in ("softmax", "sigmoid", "none"),
         "loss.contrastive",
         "softmax | sigmoid | none",
+    )
+    regexes = {
+        "train.trainable": train.trainable,
+        "train.frozen": train.frozen,
+        "train.lora.targets": train.lora.targets,
+    }
+    for name, patterns in regexes.items():
+        for pattern in patterns:
+            _require(isinstance(pattern, str), name, f"entries must be str; got {pattern!r}")
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ValueError(f"config.{name}: {pattern!r} is not a regex ({error})") from None
+    _require(
+        train.lora.rank == 0 or len(train.lora.targets) > 0,
+        "train.lora.targets",
+        "needs at least one target when train.lora.rank > 0 (e.g. ('attention', 'mlp'))",
     )
     _validate_data(config)
 

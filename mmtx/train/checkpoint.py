@@ -82,6 +82,8 @@ RESUMABLE_FIELDS = (
     "train.learning_rate",
     "train.warmup_steps",
     "train.end_learning_rate_factor",
+    "train.init_from",  # read only at a fresh start; the run's own checkpoints take over
+    "train.layer_decay",
     "eval.",
     "data.num_threads",
     "data.prefetch",

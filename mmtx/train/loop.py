@@ -26,7 +26,10 @@ from mmtx.data.pipeline import create_dataset
 from mmtx.data.tokenizer import create_tokenizer
 from mmtx.evaluate.evaluators import eval_tasks
 from mmtx.models import MultiModalTransformer, dummy_batch, resolve_dtype
+from mmtx.train import init_from as init_from_lib
+from mmtx.train import lora as lora_lib
 from mmtx.train import mesh as mesh_lib
+from mmtx.train import trainable as trainable_lib
 from mmtx.train import workdir as workdir_lib
 from mmtx.train.checkpoint import Checkpointer
 from mmtx.train.evaluate import evaluate, text_embedder
@@ -101,12 +104,15 @@ def _claimed_workdir(workdir: str) -> Iterator[None]:
 
 
 def _state_init(module: MultiModalTransformer, tx: Any, config: ml_collections.ConfigDict) -> Any:
-    """``init(rng) -> TrainState``: params from a one-example dummy batch, optimizer state."""
+    """``init(rng) -> TrainState``: params from a one-example dummy batch (with LoRA
+    adapters when ``config.train.lora.rank > 0``), optimizer state."""
     batch = dummy_batch(config, batch_size=1)
 
     def init(rng: jax.Array) -> TrainState:
         init_rng, train_rng = jax.random.split(rng)
         params = nn.meta.unbox(module.init(init_rng, batch, train=False)["params"])
+        lora_rng = jax.random.fold_in(init_rng, lora_lib.RNG_STREAM)
+        params = lora_lib.add_adapters(params, config.train.lora, lora_rng)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
@@ -122,8 +128,9 @@ def abstract_train_state(
 ) -> tuple[TrainState, TrainState]:
     """What :func:`create_train_state` makes, as shapes: ``(abstract state, shardings)``.
 
-    Params are sharded by their logical axes on ``mesh``; optimizer moments mirror the
-    params' shardings; everything else is replicated. Nothing is materialised.
+    Params are sharded by their logical axes on ``mesh`` (LoRA adapters are replicated);
+    optimizer moments mirror the params' shardings; everything else is replicated. Nothing
+    is materialised.
     """
     batch = dummy_batch(config, batch_size=1)
     rng = jax.random.PRNGKey(config.train.seed)
@@ -131,6 +138,12 @@ def abstract_train_state(
     param_shardings = mesh_lib.logical_shardings(mesh, abstract_boxed)
     abstract_state = jax.eval_shape(_state_init(module, tx, config), rng)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    if lora_lib.LORA_KEY in abstract_state.params:
+        adapters = abstract_state.params[lora_lib.LORA_KEY]
+        param_shardings = {
+            **param_shardings,
+            lora_lib.LORA_KEY: jax.tree.map(lambda _: replicated, adapters),
+        }
     opt_shardings = _mirror_param_shardings(
         abstract_state.opt_state, abstract_state.params, param_shardings, replicated
     )
@@ -151,18 +164,27 @@ def create_train_state(
 
 
 def _mirror_param_shardings(opt_state: Any, params: Any, param_shardings: Any, default: Any) -> Any:
-    """Maps every params-shaped subtree of ``opt_state`` (Adam's moments) to the params'
-    shardings and every other leaf (counts, scalars) to ``default``."""
-    param_treedef = jax.tree.structure(params)
+    """Maps every leaf of ``opt_state`` whose key path ends with a param's path and has its
+    shape (Adam's moments, also those of a partitioned optimizer that holds moments for the
+    trainable params only) to that param's sharding, and every other leaf (counts, scalars)
+    to ``default``."""
+    by_path = {
+        tuple(path): (leaf.shape, sharding)
+        for (path, leaf), sharding in zip(
+            jax.tree_util.tree_leaves_with_path(params),
+            jax.tree.leaves(param_shardings),
+            strict=True,
+        )
+    }
 
-    def is_param_like(x: Any) -> bool:
-        return jax.tree.structure(x) == param_treedef
+    def sharding(path: tuple[Any, ...], leaf: Any) -> Any:
+        for start in range(len(path)):
+            match = by_path.get(tuple(path[start:]))
+            if match is not None and tuple(match[0]) == tuple(leaf.shape):
+                return match[1]
+        return default
 
-    return jax.tree.map(
-        lambda x: param_shardings if is_param_like(x) else default,
-        opt_state,
-        is_leaf=is_param_like,
-    )
+    return jax.tree_util.tree_map_with_path(sharding, opt_state)
 
 
 def close_iterator(iterator: Any) -> None:
@@ -270,6 +292,8 @@ def _train_and_evaluate(
         tx = create_optimizer(train_config)
         state, state_shardings = create_train_state(module, tx, config, mesh)
         num_params = sum(x.size for x in jax.tree.leaves(state.params))
+        trainable_mask = trainable_lib.trainable_mask(state.params, train_config)
+        num_trainable = trainable_lib.count(state.params, trainable_mask)
         device_kind = jax.devices()[0].device_kind
         compute_dtype = jnp.dtype(resolve_dtype(config.dtype)).name
         _log(
@@ -277,6 +301,11 @@ def _train_and_evaluate(
             f"{compute_dtype}; {jax.device_count()} x {device_kind} "
             f"({jax.default_backend()}); mesh {dict(mesh.shape)}"
         )
+        if num_trainable < num_params:
+            _log(
+                f"trainable: {num_trainable:,} params "
+                f"({100 * num_trainable / num_params:.1f}%), the rest frozen"
+            )
         checkpointer = Checkpointer(
             os.path.join(workdir, "checkpoints"),
             save_every=train_config.checkpoint_every,
@@ -293,6 +322,12 @@ def _train_and_evaluate(
                 _log(f"config changes since that checkpoint: {changed}")
         elif eval_only:
             raise FileNotFoundError(f"eval_only: no checkpoint in {workdir} to evaluate")
+        elif train_config.init_from:
+            params, report = init_from_lib.load_params(train_config.init_from, state.params, config)
+            opt_state = jax.jit(tx.init, out_shardings=state_shardings.opt_state)(params)
+            state = state.replace(params=params, opt_state=opt_state)
+            for line in report.lines():
+                _log(line)
         if eval_only:
             _log(f"evaluating step {start} only (eval_only)")
         elif start < train_config.steps:
@@ -312,7 +347,7 @@ def _train_and_evaluate(
 
         train_step = jit_train_step(module, tx, config, mesh, state_shardings)
         eval_step = jax.jit(
-            mesh_lib.with_sharding_rules(make_eval_step(module), mesh),
+            mesh_lib.with_sharding_rules(make_eval_step(module, config), mesh),
             in_shardings=(state_shardings.params, data_sharding),
         )
 
@@ -464,6 +499,7 @@ def _train_and_evaluate(
     summary = {
         "step": step,
         "num_params": int(num_params),
+        "num_trainable_params": int(num_trainable),
         "dtype": compute_dtype,
         "param_dtype": config.param_dtype,
         "device_kind": device_kind,

@@ -12,6 +12,8 @@ import optax
 
 from mmtx import losses
 from mmtx.models import MultiModalTransformer
+from mmtx.train import lora as lora_lib
+from mmtx.train import trainable as trainable_lib
 from mmtx.train.optimizer import learning_rate_schedule
 from mmtx.train.state import TrainState
 
@@ -90,12 +92,20 @@ def make_train_step(
     After the optimizer update ``logit_scale`` is clamped to ``[0, log 100]``
     (:func:`clamp_logit_scale`), as CLIP does.
 
+    Params that ``config.train`` freezes (:func:`mmtx.train.trainable.trainable_mask`:
+    ``trainable`` / ``frozen`` regexes, the base model under LoRA) are left out of the
+    gradient (no backward pass into them is computed or accumulated; ``grad_norm`` is the
+    trainable params') and come out of the step bit for bit as they went in. With LoRA
+    adapters (``params["lora"]``) the model runs on :func:`mmtx.train.lora.merge_lora`'s
+    merged kernels.
+
     A non-finite step (loss, gradient norm, or any updated param) leaves params and optimizer
     state unchanged (only ``step`` advances), so a bad batch or setting never poisons the
     state; the loop then stops or carries on as ``config.train.nonfinite`` says.
     """
     schedule = learning_rate_schedule(config.train)
     k = config.train.microbatches
+    lora_scale = lora_lib.scale(config.train.lora)
 
     def loss_from_outputs(
         outputs: dict[str, Any], batch: Batch, step: jax.Array
@@ -108,31 +118,35 @@ def make_train_step(
         return loss, metrics
 
     def forward(params: Any, batch: Batch, rng: jax.Array) -> dict[str, Any]:
+        params = lora_lib.merge_lora(params, lora_scale)
         return module.apply({"params": params}, batch, train=True, rngs={"dropout": rng})
 
+    # The gradient functions differentiate with respect to the trainable params only
+    # (``trainable``: the params with None where frozen; ``frozen``: the others).
+
     def full_batch_gradient(
-        state: TrainState, batch: Batch, rng: jax.Array
+        trainable: Any, frozen: Any, batch: Batch, rng: jax.Array, step: jax.Array
     ) -> tuple[jax.Array, Metrics, Any]:
         def loss_fn(params: Any) -> tuple[jax.Array, Metrics]:
-            return loss_from_outputs(forward(params, batch, rng), batch, state.step)
+            outputs = forward(trainable_lib.combine(params, frozen), batch, rng)
+            return loss_from_outputs(outputs, batch, step)
 
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
         return loss, metrics, grads
 
     def accumulated_gradient(
-        state: TrainState, batch: Batch, rng: jax.Array
+        trainable: Any, frozen: Any, batch: Batch, rng: jax.Array, step: jax.Array
     ) -> tuple[jax.Array, Metrics, Any]:
         batch_size = jax.tree.leaves(batch)[0].shape[0]
         micro = split_microbatches(batch, k)
         rngs = jax.random.split(rng, k)
+        params = jax.lax.stop_gradient(trainable_lib.combine(trainable, frozen))
         # 1. Every output of the whole batch, without gradients.
-        stacked = jax.lax.map(
-            lambda args: forward(jax.lax.stop_gradient(state.params), *args), (micro, rngs)
-        )
+        stacked = jax.lax.map(lambda args: forward(params, *args), (micro, rngs))
         outputs = merge_microbatches(stacked, batch_size)
         # 2. The full-batch loss and its gradient with respect to the outputs.
         (loss, metrics), output_grads = jax.value_and_grad(
-            lambda o: loss_from_outputs(o, batch, state.step), has_aux=True
+            lambda o: loss_from_outputs(o, batch, step), has_aux=True
         )(outputs)
         # Per-example gradients go to their microbatch; a per-batch output (logit_scale)
         # appears in every microbatch, so each carries 1/k of its gradient.
@@ -151,7 +165,7 @@ def make_train_step(
             micro_batch, micro_rng, grads_out = args
 
             def surrogate(params: Any) -> jax.Array:
-                out = forward(params, micro_batch, micro_rng)
+                out = forward(trainable_lib.combine(params, frozen), micro_batch, micro_rng)
                 terms = jax.tree.map(
                     lambda o, g: jnp.sum(o.astype(jnp.float32) * g.astype(jnp.float32)),
                     out,
@@ -159,21 +173,26 @@ def make_train_step(
                 )
                 return sum(jax.tree.leaves(terms))
 
-            grads = jax.grad(surrogate)(state.params)
+            grads = jax.grad(surrogate)(trainable)
             return jax.tree.map(lambda t, g: t + g.astype(jnp.float32), total, grads), None
 
-        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable)
         grads, _ = jax.lax.scan(accumulate, zeros, (micro, rngs, micro_grads))
-        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, trainable)
         return loss, metrics, grads
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         dropout_rng = jax.random.fold_in(state.rng, state.step)
+        mask = trainable_lib.trainable_mask(state.params, config.train)  # python bools
+        trainable, frozen = trainable_lib.split(state.params, mask)
         gradient = full_batch_gradient if k == 1 else accumulated_gradient
-        loss, metrics, grads = gradient(state, batch, dropout_rng)
+        loss, metrics, grads = gradient(trainable, frozen, batch, dropout_rng, state.step)
         grad_norm = optax.global_norm(grads)
+        grads = trainable_lib.combine(grads, jax.tree.map(jnp.zeros_like, frozen))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = clamp_logit_scale(optax.apply_updates(state.params, updates))
+        # Frozen params pass through as they came (p + 0 would turn -0.0 into 0.0).
+        params = jax.tree.map(lambda m, new, old: new if m else old, mask, params, state.params)
         # The updated params too: an infinite learning rate or a NaN weight decay turns
         # finite gradients into non-finite params, which must never be accepted (or saved).
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(params)
@@ -192,11 +211,16 @@ def make_train_step(
 
 
 def make_eval_step(
-    module: MultiModalTransformer,
+    module: MultiModalTransformer, config: ml_collections.ConfigDict | None = None
 ) -> Callable[[Any, Batch], dict[str, jax.Array]]:
-    """Returns ``eval_step(params, batch) -> outputs``: the model's embeddings and logits."""
+    """Returns ``eval_step(params, batch) -> outputs``: the model's embeddings and logits
+    (with LoRA adapters in ``params``, of the merged model: pass the run's ``config``)."""
+    lora_scale = lora_lib.scale(config.train.lora) if config is not None else 0.0
 
     def eval_step(params: Any, batch: Batch) -> dict[str, jax.Array]:
+        if lora_lib.LORA_KEY in params and config is None:
+            raise ValueError("params hold LoRA adapters: make_eval_step needs the run's config")
+        params = lora_lib.merge_lora(params, lora_scale)
         outputs = module.apply({"params": params}, batch, train=False)
         return {k: v for k, v in outputs.items() if k not in ("fusion_weights",)}
 

@@ -11,7 +11,12 @@ import optax
 import pytest
 
 from mmtx import config as config_lib
-from mmtx.train.optimizer import create_optimizer, learning_rate_schedule, weight_decay_mask
+from mmtx.train.optimizer import (
+    create_optimizer,
+    layer_scales,
+    learning_rate_schedule,
+    weight_decay_mask,
+)
 
 
 def train_config(**overrides):
@@ -95,8 +100,9 @@ def test_weight_decay_mask_on_frozen_dict():
     assert mask == {"params": {"Dense_0": {"kernel": True, "bias": False}}}
 
 
-def reference_adamw(train, params, grads_sequence, decay_mask):
-    """AdamW (optax order: adam, masked decoupled decay, -lr) with optional global-norm clip."""
+def reference_adamw(train, params, grads_sequence, decay_mask, multipliers=None):
+    """AdamW (optax order: adam, masked decoupled decay, -lr) with optional global-norm clip;
+    ``multipliers`` scale each param's whole update (layer-wise learning-rate decay)."""
     eps = 1e-8
     params = {k: np.asarray(v, np.float64) for k, v in params.items()}
     m = {k: np.zeros_like(v) for k, v in params.items()}
@@ -116,7 +122,7 @@ def reference_adamw(train, params, grads_sequence, decay_mask):
             update = m_hat / (np.sqrt(v_hat) + eps)
             if decay_mask[k]:
                 update = update + train.weight_decay * params[k]
-            params[k] = params[k] - lr * update
+            params[k] = params[k] - lr * update * (multipliers or {}).get(k, 1.0)
     return params
 
 
@@ -199,3 +205,154 @@ def test_weight_decay_shrinks_kernel_not_bias_with_zero_gradient():
             old = old[key]
         np.testing.assert_array_equal(leaf, old)
     np.testing.assert_array_equal(new["pos"][0], params["pos"][0])
+
+
+# Fine-tuning: frozen params, layer-wise learning-rate decay.
+
+
+def test_frozen_params_get_zero_updates_no_state_and_do_not_enter_the_clip():
+    train = train_config(
+        grad_clip=1.0, warmup_steps=0, steps=5, learning_rate=0.1, weight_decay=0.3
+    )
+    train.frozen = ("^frozen/",)
+    params = {
+        "kernel": jnp.asarray([[1.0, -2.0], [0.5, 3.0]]),
+        "bias": jnp.asarray([1.0, -1.0]),
+        "frozen": {"kernel": jnp.ones((2, 2))},
+    }
+    # The frozen param's huge gradient would shrink the others' by clipping if it counted.
+    grads_sequence = [
+        {"kernel": jnp.full((2, 2), 0.3), "bias": jnp.asarray([0.2, -0.1]),
+         "frozen": {"kernel": jnp.full((2, 2), 1e6)}},
+        {"kernel": jnp.full((2, 2), -0.1), "bias": jnp.asarray([-0.1, 0.1]),
+         "frozen": {"kernel": jnp.full((2, 2), -1e6)}},
+    ]  # fmt: skip
+    tx = create_optimizer(train)
+    got = run_optimizer(tx, params, grads_sequence)
+    trained = [{k: g[k] for k in ("kernel", "bias")} for g in grads_sequence]
+    want = reference_adamw(
+        train, {k: params[k] for k in ("kernel", "bias")}, trained, {"kernel": True, "bias": False}
+    )
+    for k in ("kernel", "bias"):
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6)
+    # No decay, no update: exactly the initial value.
+    np.testing.assert_array_equal(got["frozen"]["kernel"], params["frozen"]["kernel"])
+    # Adam's moments exist for the two trainable params only.
+    state = tx.init(params)
+    moments = jax.tree.leaves(
+        [mu for _, mu in optax.tree_utils.tree_get_all_with_path(state, "mu")]
+    )
+    assert sorted(x.size for x in moments) == [2, 4]
+    # the moments plus two step counters (Adam's, the schedule's)
+    assert sum(x.size for x in jax.tree.leaves(state)) == 2 * (2 + 4) + 2
+
+
+def test_without_freezing_or_layer_decay_the_state_is_the_plain_chain():
+    """Checkpoints of runs from before fine-tuning existed must still restore."""
+    train = train_config()
+    params = {"kernel": jnp.ones((2, 2))}
+    state = create_optimizer(train).init(params)
+    adamw = optax.adamw(
+        learning_rate_schedule(train), weight_decay=train.weight_decay, mask=weight_decay_mask
+    )
+    plain = optax.chain(optax.clip_by_global_norm(train.grad_clip), adamw).init(params)
+    assert jax.tree.structure(state) == jax.tree.structure(plain)
+
+
+def tower_params(scan_layers, image_depth=3):
+    """The param shapes of a text + image + concat-fusion model (no compile)."""
+    from mmtx.models import MultiModalTransformer, dummy_batch
+
+    config = config_lib.apply_variant(config_lib.default_config(), "tiny")
+    config.model.modalities = ("text", "image")
+    config.model.scan_layers = scan_layers
+    config.model.image.depth = image_depth
+    config.model.image.pre_norm = True
+    config.model.text.max_length = 8
+    config.model.image.image_size = 16
+    module = MultiModalTransformer.from_config(config, vocab_size=50)
+    boxed = jax.eval_shape(
+        lambda r: module.init(r, dummy_batch(config, 1), train=False)["params"],
+        jax.random.key(0),
+    )
+    return flax.linen.meta.unbox(boxed)
+
+
+def expected_multiplier(path, d):
+    """The rule written out by hand for a depth-3 image tower and a depth-1 text tower."""
+    depth = {"image": 3, "text": 1}
+    tower = path.split("/")[0]
+    if tower not in depth:  # heads, fusion, logit_scale
+        return 1.0
+    L = depth[tower]
+    if "/encoder/blocks/" in path:
+        return np.asarray([d ** (L - i) for i in range(L)])
+    if "/encoder/block_" in path:
+        i = int(path.split("/encoder/block_")[1].split("/")[0])
+        return d ** (L - i)
+    if path.startswith(f"{tower}/tower/encoder/norm/"):
+        return 1.0
+    # patches, posemb, token_embed, cls, pre_norm
+    assert any(name in path for name in ("patches", "posemb", "token_embed", "cls", "pre_norm"))
+    return d ** (L + 1)
+
+
+@pytest.mark.parametrize("scan_layers", [True, False], ids=["scanned", "unrolled"])
+def test_layer_scales_follow_the_hand_written_rule(scan_layers):
+    params = tower_params(scan_layers)
+    scales = layer_scales(params, 0.5)
+    paths = [jax.tree_util.keystr(p, simple=True, separator="/") for p, _ in
+             jax.tree_util.tree_leaves_with_path(params)]  # fmt: skip
+    assert any("/encoder/block" in p for p in paths) and "image/tower/pre_norm/scale" in paths
+    for path, scale, leaf in zip(
+        paths, jax.tree.leaves(scales), jax.tree.leaves(params), strict=True
+    ):
+        want = expected_multiplier(path, 0.5)
+        if np.ndim(want):  # one per layer along the scanned axis, broadcastable to the leaf
+            assert np.shape(scale) == (leaf.shape[0],) + (1,) * (leaf.ndim - 1), path
+            np.testing.assert_allclose(np.ravel(scale), want, rtol=1e-6, err_msg=path)
+        else:
+            np.testing.assert_allclose(scale, want, rtol=1e-6, err_msg=path)
+
+
+def test_layer_decay_scales_the_whole_adamw_update_per_layer():
+    # No clipping: the reference below runs per param (a global norm would couple them).
+    train = train_config(
+        grad_clip=0.0, warmup_steps=0, steps=5, learning_rate=0.1, weight_decay=0.3
+    )
+    train.layer_decay = 0.5
+    blocks = "image/tower/encoder/blocks/mlp/fc1/kernel"
+    params = {
+        "image": {
+            "tower": {"encoder": {"blocks": {"mlp": {"fc1": {"kernel": jnp.ones((2, 3, 2))}}}}},
+            "patches": {"projection": {"bias": jnp.asarray([1.0, -1.0])}},
+        },
+        "image_head": {"kernel": jnp.asarray([[1.0, -2.0], [0.5, 3.0]])},
+    }
+    flat_keys = {blocks: ("image", "tower", "encoder", "blocks", "mlp", "fc1", "kernel"),
+                 "patches": ("image", "patches", "projection", "bias"),
+                 "head": ("image_head", "kernel")}  # fmt: skip
+
+    def get(tree, keys):
+        for key in keys:
+            tree = tree[key]
+        return tree
+
+    rng = np.random.default_rng(0)
+    grads_sequence = [
+        jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+        for _ in range(3)
+    ]
+    got = run_optimizer(create_optimizer(train), params, grads_sequence)
+    # Reference: AdamW per param, each update (decay included) times its multiplier:
+    # depth 2 -> blocks [0.25, 0.5] along axis 0, embeddings 0.125, head 1.
+    multipliers = {blocks: np.asarray([0.25, 0.5]).reshape(2, 1, 1), "patches": 0.125, "head": 1}
+    for name, keys in flat_keys.items():
+        want = reference_adamw(
+            train,
+            {"p": get(params, keys)},
+            [{"p": get(g, keys)} for g in grads_sequence],
+            {"p": keys[-1] == "kernel"},
+            multipliers={"p": multipliers[name]},
+        )["p"]
+        np.testing.assert_allclose(get(got, keys), want, rtol=1e-5, atol=1e-6, err_msg=name)

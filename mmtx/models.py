@@ -357,7 +357,9 @@ class Model:
         mesh trained them, with the config they were saved with (the checkpoint's integrity
         record; ``workdir/config.json`` for checkpoints without one). ``Model.step`` is the
         step loaded. A tokenizer file named relative to the workdir (an imported
-        checkpoint's ``tokenizer/...``) is read from there."""
+        checkpoint's ``tokenizer/...``) is read from there. A LoRA run's adapters are merged
+        into the kernels they adapt (:func:`mmtx.train.lora.merge_lora`): ``Model.params``
+        are a plain model's."""
         # Imported here: checkpoints belong to the training layer, which imports this module.
         from mmtx.train.checkpoint import Checkpointer
 
@@ -379,7 +381,12 @@ class Model:
             if os.path.exists(os.path.join(workdir, model_file)):
                 config.tokenizer.model_file = os.path.join(workdir, model_file)
         config = config_lib.validate(config)
-        model = create_model(config, params=state["params"])
+        params = state["params"]
+        if "lora" in params:  # a LoRA run: the adapters merged into the kernels they adapt
+            from mmtx.train.lora import merge_lora, scale
+
+            params = merge_lora(params, scale(config.train.lora))
+        model = create_model(config, params=params)
         model.step = loaded
         return model
 

@@ -66,11 +66,17 @@ class InitReport:
             return shown + (f", ... ({more} more)" if more > 0 else "")
 
         resampled = [f"{p} {list(a)} -> {list(b)}" for p, (a, b) in self.resampled.items()]
+        # New LoRA adapters (expected when starting adapters on a plain model): one entry.
+        adapters = [p for p in self.new if p.startswith(f"{LORA_KEY}/")]
+        new = [p for p in self.new if p not in adapters]
+        new_names = (
+            [f"{len(adapters)} LoRA adapter params ({LORA_KEY}/...)"] if adapters else []
+        ) + new
         lines = [f"init_from {self.source} (step {self.step}):"]
         rows = [
             ("copied", self.copied, ""),
             ("resampled", resampled, names(resampled)),
-            ("new", self.new, names(self.new)),
+            ("new", self.new, names(new_names)),
             ("dropped", self.dropped, names(self.dropped)),
         ]
         for label, paths, shown in rows:

@@ -261,6 +261,10 @@ def default_config() -> ml_collections.ConfigDict:
     # Layer-wise learning-rate decay: block i of a tower of depth L trains at lr * d^(L - i),
     # its embeddings at lr * d^(L + 1), everything else at lr. 1 = off.
     c.train.layer_decay = 1.0
+    # Exponential moving average of the params, updated every step (ema = d * ema + (1 - d) *
+    # params, starting at the initial / init_from params), evaluated and checkpointed beside
+    # them (eval metrics ema/...; mmtx.Model.from_checkpoint(dir, ema=True)). 0 = none.
+    c.train.ema_decay = 0.0
     # LoRA adapters (Hu et al. 2021) on the towers' block kernels: W + alpha / rank * A @ B,
     # B zero at the start. With rank > 0 only the adapters (and `trainable` matches) train.
     c.train.lora = ml_collections.ConfigDict()
@@ -564,6 +568,7 @@ RANGES: dict[str, str] = {
     "train.keep_checkpoints": "> 0",
     "train.inject_nan_at_step": "-1 or > 0",
     "train.layer_decay": "(0, 1]",
+    "train.ema_decay": "[0, 1)",
     "train.lora.rank": ">= 0",
     "train.lora.alpha": "> 0",
     "eval.batch_size": "> 0",

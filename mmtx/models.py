@@ -351,7 +351,9 @@ class Model:
     step: int | None = None  # The checkpoint step loaded (None: not from a checkpoint).
 
     @classmethod
-    def from_checkpoint(cls, workdir: str | os.PathLike, step: int | None = None) -> Model:
+    def from_checkpoint(
+        cls, workdir: str | os.PathLike, step: int | None = None, *, ema: bool = False
+    ) -> Model:
         """Loads the model of a training run: the params saved in ``workdir/checkpoints`` at
         ``step`` (default: the newest intact one), onto this process's first device whatever
         mesh trained them, with the config they were saved with (the checkpoint's integrity
@@ -359,7 +361,8 @@ class Model:
         step loaded. A tokenizer file named relative to the workdir (an imported
         checkpoint's ``tokenizer/...``) is read from there. A LoRA run's adapters are merged
         into the kernels they adapt (:func:`mmtx.train.lora.merge_lora`): ``Model.params``
-        are a plain model's."""
+        are a plain model's. ``ema=True`` loads the exponential moving average of the params
+        (a run with ``config.train.ema_decay > 0``) instead of the params."""
         # Imported here: checkpoints belong to the training layer, which imports this module.
         from mmtx.train.checkpoint import Checkpointer
 
@@ -381,7 +384,12 @@ class Model:
             if os.path.exists(os.path.join(workdir, model_file)):
                 config.tokenizer.model_file = os.path.join(workdir, model_file)
         config = config_lib.validate(config)
-        params = state["params"]
+        if ema and state.get("ema_params") is None:
+            raise ValueError(
+                f"ema=True: the checkpoint at step {loaded} in {workdir} holds no EMA params "
+                "(its run had config.train.ema_decay = 0)"
+            )
+        params = state["ema_params"] if ema else state["params"]
         if "lora" in params:  # a LoRA run: the adapters merged into the kernels they adapt
             from mmtx.train.lora import merge_lora, scale
 

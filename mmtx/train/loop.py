@@ -118,6 +118,7 @@ def _state_init(module: MultiModalTransformer, tx: Any, config: ml_collections.C
             params=params,
             opt_state=tx.init(params),
             rng=train_rng,
+            ema_params=params if config.train.ema_decay > 0 else None,
         )
 
     return init
@@ -148,7 +149,11 @@ def abstract_train_state(
         abstract_state.opt_state, abstract_state.params, param_shardings, replicated
     )
     shardings = TrainState(
-        step=replicated, params=param_shardings, opt_state=opt_shardings, rng=replicated
+        step=replicated,
+        params=param_shardings,
+        opt_state=opt_shardings,
+        rng=replicated,
+        ema_params=param_shardings if config.train.ema_decay > 0 else None,
     )
     return abstract_state, shardings
 
@@ -325,7 +330,8 @@ def _train_and_evaluate(
         elif train_config.init_from:
             params, report = init_from_lib.load_params(train_config.init_from, state.params, config)
             opt_state = jax.jit(tx.init, out_shardings=state_shardings.opt_state)(params)
-            state = state.replace(params=params, opt_state=opt_state)
+            ema = jax.tree.map(lambda x: x.copy(), params) if train_config.ema_decay > 0 else None
+            state = state.replace(params=params, opt_state=opt_state, ema_params=ema)
             for line in report.lines():
                 _log(line)
         if eval_only:
@@ -354,7 +360,7 @@ def _train_and_evaluate(
         # Zero-shot class names and every caption of the eval split, read at the first eval.
         eval_extras: list[Any] = []
 
-        def run_eval(step: int) -> dict[str, float]:
+        def evaluate_params(params: Any) -> dict[str, float]:
             eval_data = create_dataset(
                 config,
                 "eval",
@@ -367,19 +373,18 @@ def _train_and_evaluate(
             )
             if not eval_extras:
                 eval_extras.append(eval_tasks(config))
-            started = time.perf_counter()
             eval_iter = iter(eval_data)
             try:
-                metrics = evaluate(
+                return evaluate(
                     eval_step,
-                    state.params,
+                    params,
                     eval_iter,
                     local_batch_size=local_eval_batch,
                     to_global=to_global,
                     tasks=eval_extras[0],
                     embed_text=text_embedder(
                         eval_step,
-                        state.params,
+                        params,
                         tokenizer,
                         config.model.text.max_length,
                         local_batch_size=local_eval_batch,
@@ -388,11 +393,22 @@ def _train_and_evaluate(
                 )
             finally:
                 close_iterator(eval_iter)
+
+        def run_eval(step: int) -> dict[str, float]:
+            started = time.perf_counter()
+            metrics = evaluate_params(state.params)
+            _log(f"eval at step {step} ({time.perf_counter() - started:.1f}s): {_shown(metrics)}")
+            if state.ema_params is not None:  # the moving average, beside the params
+                started = time.perf_counter()
+                ema_metrics = evaluate_params(state.ema_params)
+                _log(
+                    f"eval of the EMA params at step {step} "
+                    f"({time.perf_counter() - started:.1f}s): {_shown(ema_metrics)}"
+                )
+                metrics.update({f"ema/{k}": v for k, v in ema_metrics.items()})
             writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
             if jax.process_index() == 0:
                 workdir_lib.record_eval(workdir, step, metrics)
-            shown = _shown(metrics)
-            _log(f"eval at step {step} ({time.perf_counter() - started:.1f}s): {shown}")
             return metrics
 
         writer = MetricWriter(workdir, enabled=jax.process_index() == 0)

@@ -66,6 +66,22 @@ def clamp_logit_scale(params: Any) -> Any:
     return type(params)({**params, "logit_scale": clamped.astype(params["logit_scale"].dtype)})
 
 
+def update_ema(ema: Any, params: Any, mask: Any, decay: float) -> Any:
+    """``decay * ema + (1 - decay) * params`` per trainable leaf (float32 arithmetic, stored
+    in the param's dtype); leaves that ``mask`` marks frozen keep their value bit for bit
+    (their params do not move). ``ema`` None (no EMA) stays None."""
+    if ema is None:
+        return None
+
+    def update(trainable: bool, average: jax.Array, param: jax.Array) -> jax.Array:
+        if not trainable:
+            return average
+        mixed = decay * average.astype(jnp.float32) + (1.0 - decay) * param.astype(jnp.float32)
+        return mixed.astype(average.dtype)
+
+    return jax.tree.map(update, mask, ema, params)
+
+
 def make_train_step(
     module: MultiModalTransformer,
     tx: optax.GradientTransformation,
@@ -204,7 +220,12 @@ def make_train_step(
         metrics["grad_norm"] = grad_norm
         metrics["learning_rate"] = schedule(state.step)
         metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
-        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        ema = update_ema(state.ema_params, params, mask, config.train.ema_decay)
+        if ema is not None:  # a rejected step leaves the average as it was, too
+            ema = jax.tree.map(lambda new, old: jnp.where(finite, new, old), ema, state.ema_params)
+        new_state = state.replace(
+            step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema
+        )
         return new_state, metrics
 
     return train_step

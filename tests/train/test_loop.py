@@ -307,3 +307,24 @@ def test_nonfinite_stop_raises_naming_the_step_and_saves_nothing_after_it(tmp_pa
     with pytest.raises(NonFiniteError, match=message):
         train_and_evaluate(config, workdir)
     assert restored_params(workdir)[1] == 2
+
+
+def test_ema_is_evaluated_checkpointed_and_loadable(tmp_path):
+    config = tiny_config(steps=4)
+    config.train.ema_decay = 0.9
+    config.train.eval_every = 4
+    workdir = str(tmp_path / "ema")
+    summary = train_and_evaluate(config, workdir)
+    assert "ema/text_to_image_recall@1" in summary["eval"]
+    with open(os.path.join(workdir, "evals.json")) as f:
+        assert "ema/image_to_text_recall@1" in json.load(f)["4"]
+    raw, ema = Model.from_checkpoint(workdir), Model.from_checkpoint(workdir, ema=True)
+    assert raw.step == ema.step == 4
+    differs = jax.tree.map(lambda a, b: bool(np.any(a != b)), raw.params, ema.params)
+    assert any(jax.tree.leaves(differs))
+
+
+def test_ema_true_on_a_run_without_ema_is_an_error(trained):
+    workdir, _ = trained
+    with pytest.raises(ValueError, match="holds no EMA params"):
+        Model.from_checkpoint(workdir, ema=True)

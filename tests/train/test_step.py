@@ -25,6 +25,7 @@ from mmtx.train.step import (
     make_train_step,
     merge_microbatches,
     split_microbatches,
+    update_ema,
 )
 
 B = 8
@@ -164,3 +165,46 @@ def test_clamp_logit_scale_bounds_and_leaves_other_params():
     assert float(clamp_logit_scale({**params, "logit_scale": jnp.float32(2.0)})["logit_scale"]) == 2
     assert clamp_logit_scale(params)["w"] is params["w"]
     assert clamp_logit_scale({"w": params["w"]}) == {"w": params["w"]}
+
+
+def test_ema_is_the_moving_average_of_the_trained_params():
+    config = tiny_config()
+    config.train.ema_decay = 0.75
+    before, after, _ = one_step(config, return_initial=True)
+    assert before.ema_params is not None
+
+    def check(initial, new, ema):
+        want = np.float32(0.75) * np.asarray(initial) + np.float32(0.25) * np.asarray(new)
+        np.testing.assert_allclose(np.asarray(ema), want, rtol=1e-6, atol=1e-7)
+
+    # The average starts at the initial params and moves a quarter of the way each step.
+    jax.tree.map(np.testing.assert_array_equal, before.ema_params, before.params)
+    jax.tree.map(
+        check, before.params, jax.device_get(after.params), jax.device_get(after.ema_params)
+    )
+    moved = jax.tree.leaves(jax.tree.map(lambda a, b: np.any(a != b), before.params, after.params))
+    assert any(moved)
+
+
+def test_ema_of_frozen_params_is_bit_identical_and_off_means_none():
+    config = tiny_config()
+    config.train.ema_decay = 0.5
+    config.train.frozen = ("^image/",)
+    before, after, _ = one_step(config, return_initial=True)
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        before.ema_params["image"],
+        jax.device_get(after.ema_params["image"]),
+    )
+    _, plain, _ = one_step(tiny_config(), return_initial=True)
+    assert plain.ema_params is None
+
+
+def test_update_ema_rule():
+    mask = {"a": True, "b": False}
+    ema = {"a": jnp.float32(1.0), "b": jnp.float32(-0.0)}
+    params = {"a": jnp.float32(3.0), "b": jnp.float32(5.0)}
+    out = update_ema(ema, params, mask, 0.9)
+    assert float(out["a"]) == np.float32(0.9) * 1 + np.float32(1 - 0.9) * 3
+    assert np.signbit(out["b"]) and float(out["b"]) == 0  # frozen: kept bit for bit
+    assert update_ema(None, params, mask, 0.9) is None

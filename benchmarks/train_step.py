@@ -20,7 +20,8 @@ Reported, per config:
 
 * ``step_ms``: the median of ``--steps`` timed steps after ``--warmup`` untimed ones, each
   ended by ``block_until_ready`` on the new state and the metrics; ``examples_per_sec``.
-* ``flops_analytic``: the step's FLOPs counted per layer type (:func:`analytic_flops`, the
+* ``flops_analytic``: the step's FLOPs counted per layer type (``analytic_flops`` from
+  ``mmtx/train/flops.py``, the one counter the training loop's MFU also uses; the
   forward pass's matmuls x 3 for forward + backward) and ``flops_xla``: XLA's
   ``compiled.cost_analysis()["flops"]`` of the same step. XLA counts a ``while`` body once,
   so when ``config.model.scan_layers`` is on, an unrolled copy of the step is compiled (not
@@ -44,7 +45,6 @@ import ast
 import copy
 import dataclasses
 import json
-import math
 import statistics
 import sys
 import time
@@ -62,6 +62,10 @@ from mmtx.data.tokenizer import create_tokenizer
 from mmtx.models import MultiModalTransformer, dummy_batch
 from mmtx.train import host_malloc
 from mmtx.train import mesh as mesh_lib
+from mmtx.train.flops import (  # the one FLOP counter, shared with the training loop
+    analytic_flops,
+    matmul_peak_gflops,
+)
 from mmtx.train.loop import create_train_state
 from mmtx.train.optimizer import create_optimizer
 from mmtx.train.state import TrainState
@@ -146,151 +150,6 @@ def load_config(
     if attention is not None:
         set_attention(config, attention)
     return config_lib.validate(config)
-
-
-# --- FLOPs ----------------------------------------------------------------------------------
-
-
-def attention_core_flops(
-    config: ml_collections.ConfigDict, kernel: str, length: int, width: int, num_heads: int
-) -> float:
-    """Forward FLOPs of one example's attention scores and weighted values (self-attention).
-
-    ``dense``: ``q k^T`` and ``p v``, ``2 T^2 D`` each. ``local``: the blockwise band (every
-    block of ``b`` queries against 3 blocks of keys, ``b = max(radius, 16)`` capped at ``T``,
-    padded to whole blocks) plus the global tokens' rows and columns. ``linear``: the feature
-    maps' ``phi(k)^T v`` and ``phi(q) (..)`` with ``m`` features per head (``m = Dh`` for
-    elu, ``num_features`` or ``4 Dh`` for FAVOR+, whose projections are counted too).
-    """
-    head_dim = width // num_heads
-    if kernel == "dense":
-        return 2 * (2.0 * length * length * width)
-    if kernel == "local":
-        options = config.attention.local
-        block = max(1, min(max(options.radius, 16), length))
-        padded = -(-length // block) * block
-        band = 2 * (2.0 * padded * 3 * block * width)
-        num_global = min(options.num_global, length)
-        # Global keys seen by every query block, and the global queries' dense rows.
-        global_terms = 2 * (2.0 * padded * num_global * width) + 2 * (
-            2.0 * num_global * length * width
-        )
-        return band + global_terms
-    if kernel == "linear":
-        options = config.attention.linear
-        features = head_dim
-        if options.feature_map == "favor":
-            features = options.num_features or 4 * head_dim
-        core = num_heads * (2.0 * length * features * head_dim) * 2  # kv, then q kv
-        core += num_heads * 2.0 * length * features  # the normaliser
-        if options.feature_map == "favor":
-            core += 2 * num_heads * (2.0 * length * features * head_dim)
-        return core
-    raise ValueError(f"unknown attention kernel {kernel!r}")
-
-
-def _encoder_flops(
-    config: ml_collections.ConfigDict, tower: ml_collections.ConfigDict, length: int
-) -> dict[str, float]:
-    """Forward FLOPs of one example through ``tower.depth`` pre-LN blocks, per layer type."""
-    width, depth = tower.width, tower.depth
-    return {
-        "attention_projections": depth * 4 * 2.0 * length * width * width,  # q, k, v, out
-        "attention_core": depth
-        * attention_core_flops(config, tower.attention, length, width, tower.num_heads),
-        "mlp": depth * 2 * 2.0 * length * width * tower.mlp_dim,
-    }
-
-
-def _stem_flops(config: ml_collections.ConfigDict, modality: str) -> float:
-    """Forward FLOPs of one example's stem (patch / conv embedding; 0 for a token lookup)."""
-    tower = config.model[modality]
-    if modality == "text":
-        return 0.0
-    if modality == "image":
-        side, channels = tower.image_size, tower.channels
-        if tower.stem == "patch":
-            patches = (side // tower.patch_size) ** 2
-            return 2.0 * patches * tower.patch_size**2 * channels * tower.width
-        layers = tower.patch_size.bit_length() - 1
-        flops, in_channels = 0.0, channels
-        for i in range(layers):
-            side = -(-side // 2)
-            out_channels = max(tower.width // 2 ** (layers - 1 - i), 8)
-            flops += 2.0 * side * side * 9 * in_channels * out_channels
-            in_channels = out_channels
-        return flops + 2.0 * side * side * in_channels * tower.width
-    frames = 1 + (tower.num_samples - tower.window_length) // tower.hop_length
-    fft = 1 << (tower.window_length - 1).bit_length()
-    mel = 2.0 * frames * (fft // 2 + 1) * tower.num_mel_bins
-    patch_t, patch_f = tower.patch_size
-    patches = (frames // patch_t) * (tower.num_mel_bins // patch_f)
-    return mel + 2.0 * patches * patch_t * patch_f * tower.width
-
-
-def analytic_flops(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, Any]:
-    """The train step's FLOPs counted per layer type, from the config alone.
-
-    Each matmul ``[m, k] @ [k, n]`` counts ``2 m k n``; the forward pass is counted per
-    example and the backward pass as twice the forward (the gradients with respect to
-    each matmul's two operands), so a train step is ``3 x`` the forward. Counted: the stems
-    (patch / conv embedding, the audio mel filterbank), per transformer block the q, k, v and
-    output projections, the attention scores and weighted values (per kernel, see
-    :func:`attention_core_flops`) and the MLP; the fusion (concat: the per-modality
-    projections and its transformer; gated: its projections; both only when the
-    classification loss uses the fused embedding, since nothing else does); the output
-    heads; the contrastive logits ``2 B^2 E`` per modality pair. Not counted: the audio FFT,
-    the backward pass of the first layer's input (XLA drops it), and elementwise work
-    (LayerNorm, softmax, GELU, the optimizer), which XLA's count includes.
-
-    Returns a dict: ``forward`` (per layer type, FLOPs of the whole batch), ``forward_total``,
-    ``train`` (``3 x forward_total``) and ``complete`` (False when a part of the model has
-    no analytic count here: the cross_attention, bottleneck or perceiver fusions).
-    """
-    model, fusion = config.model, config.fusion
-    per_example: dict[str, float] = {}
-
-    def add(name: str, value: float) -> None:
-        per_example[name] = per_example.get(name, 0.0) + value
-
-    complete = True
-    lengths = {m: config_lib.tower_tokens(config, m) for m in model.modalities}
-    for modality in model.modalities:
-        tower = model[modality]
-        add("stem", _stem_flops(config, modality))
-        for name, value in _encoder_flops(config, tower, lengths[modality]).items():
-            add(name, value)
-        if tower.projection != "none":  # "none": the pooled output is the embedding
-            add("heads", 2.0 * tower.width * model.embed_dim)
-        for attribute in model.attribute_modalities.get(modality, ()):
-            if config.loss.attribute_weight:
-                add("heads", 2.0 * model.embed_dim * model.attribute_classes[attribute])
-    # The fusion and its heads feed only the classification loss: without it XLA drops them.
-    fused_used = bool(model.num_classes and config.loss.classification_weight)
-    if fusion.type == "concat":
-        if fused_used:
-            for modality in model.modalities:
-                add("fusion", 2.0 * lengths[modality] * model[modality].width * fusion.width)
-            fused_length = 1 + sum(lengths.values())
-            for value in _encoder_flops(config, fusion, fused_length).values():
-                add("fusion", value)
-    elif fusion.type == "gated":
-        if fused_used:
-            for modality in model.modalities:
-                add("fusion", 2.0 * model[modality].width * fusion.width)
-    elif fusion.type == config_lib.NO_FUSION:
-        fused_used = False  # no fusion and no fused heads
-    else:
-        complete = False
-    if fused_used:
-        add("heads", 2.0 * fusion.width * model.embed_dim)
-        add("heads", 2.0 * fusion.width * model.num_classes)
-    forward = {name: value * batch_size for name, value in per_example.items()}
-    if config.loss.contrastive != "none" and config.loss.contrastive_weight:
-        pairs = math.comb(len(model.modalities), 2)
-        forward["contrastive_logits"] = pairs * 2.0 * batch_size**2 * model.embed_dim
-    total = sum(forward.values())
-    return {"forward": forward, "forward_total": total, "train": 3 * total, "complete": complete}
 
 
 def xla_flops(compiled: Any) -> float:
@@ -416,20 +275,6 @@ class StepTimer:
             times.append(time.perf_counter() - start)
             self.last_metrics = metrics
         return times
-
-
-def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
-    """Median rate of a jitted float32 ``[size, size] @ [size, size]`` matmul, GFLOP/s."""
-    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
-    matmul = jax.jit(jnp.matmul).lower(a, b).compile()
-    matmul(a, b).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        matmul(a, b).block_until_ready()
-        times.append(time.perf_counter() - start)
-    return 2.0 * size**3 / statistics.median(times) / 1e9
 
 
 # --- one measurement ------------------------------------------------------------------------

@@ -244,6 +244,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.eval_every = 500  # Steps between evaluations (and one at the end).
     c.train.checkpoint_every = 500  # Steps between checkpoints (and one at the end).
     c.train.keep_checkpoints = 3  # Checkpoints kept on disk.
+    # Peak FLOP/s per device that the logged MFU divides by; 0 = the table for TPU v4/v5e/v5p/
+    # v6e and A100/H100/H200 (bf16 dense), else measured once at start (a large matmul; CPU).
+    c.train.peak_flops = 0.0
     # On a non-finite loss or gradient: "stop" (exit non-zero naming the step, saving no new
     # checkpoint) or "skip" (leave the state unchanged and count the step in train/nonfinite).
     c.train.nonfinite = "stop"
@@ -566,6 +569,7 @@ RANGES: dict[str, str] = {
     "train.eval_every": "> 0",
     "train.checkpoint_every": "> 0",
     "train.keep_checkpoints": "> 0",
+    "train.peak_flops": ">= 0",
     "train.inject_nan_at_step": "-1 or > 0",
     "train.layer_decay": "(0, 1]",
     "train.ema_decay": "[0, 1)",

@@ -26,6 +26,7 @@ from mmtx.data.pipeline import create_dataset
 from mmtx.data.tokenizer import create_tokenizer
 from mmtx.evaluate.evaluators import eval_tasks
 from mmtx.models import MultiModalTransformer, dummy_batch, resolve_dtype
+from mmtx.train import flops as flops_lib
 from mmtx.train import init_from as init_from_lib
 from mmtx.train import lora as lora_lib
 from mmtx.train import mesh as mesh_lib
@@ -33,6 +34,7 @@ from mmtx.train import trainable as trainable_lib
 from mmtx.train import workdir as workdir_lib
 from mmtx.train.checkpoint import Checkpointer
 from mmtx.train.evaluate import evaluate, text_embedder
+from mmtx.train.flops import throughput
 from mmtx.train.metrics import MetricWriter, Progress, format_seconds
 from mmtx.train.optimizer import create_optimizer
 from mmtx.train.preemption import PreemptionWatcher
@@ -264,6 +266,18 @@ def train_and_evaluate(
         return _train_and_evaluate(config, workdir, eval_only)
 
 
+def _flops_and_peak(config: ml_collections.ConfigDict, device_kind: str) -> tuple[float, float]:
+    """The step's analytic FLOPs (all devices) and the peak FLOP/s per device, logged once."""
+    count = flops_lib.analytic_flops(config, config.train.batch_size)
+    peak, source = flops_lib.device_peak_flops(config.train.peak_flops, device_kind)
+    partial = "" if count["complete"] else " (the fusion is not counted)"
+    _log(
+        f"MFU: {count['train'] / 1e9:.4g} GFLOP per step (analytic{partial}) against "
+        f"{peak / 1e12:.4g} TFLOP/s per device ({source})"
+    )
+    return float(count["train"]), float(peak)
+
+
 def _train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str, eval_only: bool
 ) -> dict[str, Any]:
@@ -422,6 +436,7 @@ def _train_and_evaluate(
         nonfinite_steps: list[int] = []
         preempted = False
         compile_seconds: float | None = None
+        flops_per_step, peak_flops = 0.0, 0.0
         last_loss: float | None = None
 
         def flush_metrics(log: bool) -> None:
@@ -457,6 +472,8 @@ def _train_and_evaluate(
                 _log(
                     progress.line(step, {k: latest[k] for k in ("loss", "accuracy") if k in latest})
                 )
+                if progress.perf:
+                    writer.write_scalars(step, {f"train/{k}": v for k, v in progress.perf.items()})
 
         try:
             recorded = workdir_lib.read_evals(workdir)
@@ -474,12 +491,16 @@ def _train_and_evaluate(
                 first_batch = None
                 if step < end:
                     first_batch = to_global(next(train_iter))
+                    flops_per_step, peak_flops = _flops_and_peak(config, device_kind)
                     _log("compiling the train step...")
                     compile_started = time.perf_counter()
                     train_step = train_step.lower(state, first_batch).compile()
                     compile_seconds = time.perf_counter() - compile_started
                     _log(f"compiled the train step in {compile_seconds:.1f}s")
-                    progress = Progress(train_config.steps, step)  # ETAs without the compile
+                    # ETAs, TFLOP/s and MFU without the compile.
+                    progress = Progress(
+                        train_config.steps, step, flops_per_step, jax.device_count(), peak_flops
+                    )
                 while step < end:
                     batch = to_global(next(train_iter)) if first_batch is None else first_batch
                     first_batch = None
@@ -526,16 +547,35 @@ def _train_and_evaluate(
         "steps_this_run": step - first_step,
         "steps_per_second": round((step - first_step) / elapsed, 3) if step > first_step else None,
         "final_train_loss": last_loss,
+        # Analytic model FLOPs (mmtx.train.flops) at steps_per_second, per device, and MFU.
+        "flops_per_step": flops_per_step or None,
+        "peak_flops_per_device": peak_flops or None,
+        "tflops_per_device": None,
+        "mfu": None,
         "eval": {k: round(float(v), 4) for k, v in eval_metrics.items()},
         "nonfinite_steps": nonfinite_steps,
         "preempted": preempted,
     }
+    if step > first_step and flops_per_step:
+        # Over this run's steps, the compile excluded (evals and checkpoints included).
+        rate = (step - first_step) / max(elapsed - (compile_seconds or 0.0), 1e-9)
+        perf = throughput(rate, flops_per_step, jax.device_count(), peak_flops)
+        summary["tflops_per_device"] = round(perf["tflops_per_device"], 6)
+        summary["mfu"] = round(perf["mfu"], 5) if peak_flops else None
     summary_path = os.path.join(workdir, "summary.json")
     if step == first_step and os.path.exists(summary_path):
         # A run that trained nothing keeps the training figures of the run that did.
         with open(summary_path) as f:
             previous = json.load(f)
-        for key in ("steps_per_second", "final_train_loss", "compile_seconds"):
+        for key in (
+            "steps_per_second",
+            "final_train_loss",
+            "compile_seconds",
+            "flops_per_step",
+            "peak_flops_per_device",
+            "tflops_per_device",
+            "mfu",
+        ):
             if summary[key] is None and previous.get(key) is not None:
                 summary[key] = previous[key]
     if jax.process_index() == 0:

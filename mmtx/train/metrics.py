@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 # Recall@k of cosine-similarity retrieval, ties by lower gallery index (kept here by name).
 from mmtx.evaluate.retrieval import retrieval_recall  # noqa: F401
+from mmtx.train.flops import throughput
 
 
 class MetricWriter:
@@ -64,10 +65,27 @@ def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
 
 
 class Progress:
-    """A one-line progress report with steps/s and ETA, measured over the last interval."""
+    """A one-line progress report with steps/s and ETA, measured over the last interval.
 
-    def __init__(self, total_steps: int, start_step: int):
+    With ``flops_per_step`` (the analytic count of :func:`mmtx.train.flops.analytic_flops`)
+    and ``peak_flops`` (per device), the line ends with the interval's achieved TFLOP/s per
+    device and MFU, which :attr:`perf` also holds (``tflops_per_device``, ``mfu``) after each
+    :meth:`line`.
+    """
+
+    def __init__(
+        self,
+        total_steps: int,
+        start_step: int,
+        flops_per_step: float = 0.0,
+        device_count: int = 1,
+        peak_flops: float = 0.0,
+    ):
         self.total_steps = total_steps
+        self.flops_per_step = flops_per_step
+        self.device_count = device_count
+        self.peak_flops = peak_flops
+        self.perf: dict[str, float] = {}
         self._last_step = start_step
         self._last_time = time.perf_counter()
 
@@ -78,10 +96,16 @@ class Progress:
         self._last_step, self._last_time = step, now
         eta = (self.total_steps - step) / max(rate, 1e-9)
         shown = " ".join(f"{k}={v:.4g}" for k, v in scalars.items())
-        return (
+        text = (
             f"step {step}/{self.total_steps} ({100 * step / self.total_steps:.0f}%) "
             f"{rate:.2f} steps/s ETA {format_seconds(eta)} | {shown}"
         )
+        if self.flops_per_step > 0:
+            self.perf = throughput(rate, self.flops_per_step, self.device_count, self.peak_flops)
+            text += f" | {self.perf['tflops_per_device']:.3g} TFLOP/s/device"
+            if self.peak_flops > 0:
+                text += f" MFU {self.perf['mfu']:.2f}"
+        return text
 
 
 def format_seconds(seconds: float) -> str:

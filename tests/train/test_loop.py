@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -72,6 +73,23 @@ def test_loss_falls(trained):
     losses = [value for _, value in read_scalars(workdir)["train/loss"]]
     assert len(losses) == 16
     assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.1
+
+
+def test_tflops_and_mfu_are_logged_and_summarised(trained, tmp_path, capsys):
+    workdir, summary = trained
+    scalars = read_scalars(workdir)
+    for tag in ("train/tflops_per_device", "train/mfu"):
+        assert len(scalars[tag]) == 16 and all(value > 0 for _, value in scalars[tag])
+    assert summary["flops_per_step"] > 0 and summary["peak_flops_per_device"] > 0
+    assert 0 < summary["mfu"] < 1 and summary["tflops_per_device"] > 0
+    # A configured peak is used as given and shows in the progress line.
+    config = tiny_config(steps=2)
+    config.train.peak_flops = 1e9
+    summary = train_and_evaluate(config, str(tmp_path / "run"))
+    assert summary["peak_flops_per_device"] == 1e9
+    out = capsys.readouterr().out
+    assert "TFLOP/s per device (config.train.peak_flops)" in out
+    assert re.search(r"step 2/2 .* \| loss=\S+ .*\| \S+ TFLOP/s/device MFU \d+\.\d\d", out), out
 
 
 class Preempted(Exception):

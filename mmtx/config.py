@@ -214,6 +214,9 @@ def default_config() -> ml_collections.ConfigDict:
 
     # Options of the attention kernels, shared by every tower whose `attention` names them.
     c.attention = ml_collections.ConfigDict()
+    # Dense-kernel implementation: auto (cuDNN flash on a GPU when the dtype and head dim allow,
+    # else XLA) | xla | cudnn (GPU, bf16/fp16 only; an error at validation when it cannot run).
+    c.attention.implementation = "auto"
     c.attention.local = ml_collections.ConfigDict()
     c.attention.local.radius = 64  # Query i sees keys j with |i - j| <= radius.
     c.attention.local.num_global = 1  # The first tokens (e.g. CLS) see and are seen by all.
@@ -727,6 +730,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         "attention.linear.feature_map",
         "elu | favor",
     )
+    _validate_attention_implementation(config)
     _validate_training(config)
     _validate_eval(config.eval)
     _require(
@@ -869,6 +873,48 @@ def _validate_fusion(fusion: ml_collections.ConfigDict) -> None:
         )
     if fusion.type in ("cross_attention", "bottleneck", "perceiver"):
         _require(fusion.depth > 0, "fusion.depth", f"{fusion.type} fusion needs depth >= 1")
+
+
+def _validate_attention_implementation(config: ml_collections.ConfigDict) -> None:
+    """An explicit ``cudnn`` must be able to run here: checked against jax's backend, the
+    compute dtype, every tower's and the fusion's kernels and head dims (before compile)."""
+    from mmtx.nn.attention import IMPLEMENTATIONS, cudnn_unsupported_reason
+
+    implementation = config.attention.implementation
+    _require(
+        implementation in IMPLEMENTATIONS,
+        "attention.implementation",
+        f"{implementation!r} is not one of {IMPLEMENTATIONS}",
+    )
+    if implementation != "cudnn":
+        return
+    import jax
+
+    backend = jax.default_backend()
+    dtype = config.dtype
+    if dtype == "auto":
+        dtype = "float32" if backend == "cpu" else "bfloat16"
+    uses = [
+        (f"model.{m}", config.model[m], (config.model[m].attention,))
+        for m in config.model.modalities
+    ]
+    fusion = config.fusion
+    fusion_kernels = {
+        "concat": (fusion.attention,),
+        "bottleneck": (fusion.attention,),
+        "cross_attention": (fusion.attention, fusion.cross_attention),
+        "perceiver": (fusion.attention, fusion.cross_attention),
+    }.get(fusion.type, ())
+    uses.append(("fusion", fusion, fusion_kernels))
+    for name, tower, kernels in uses:
+        for kernel in kernels:
+            reason = cudnn_unsupported_reason(
+                kernel=kernel,
+                dtype=dtype,
+                head_dim=tower.width // tower.num_heads,
+                backend=backend,
+            )
+            _require(reason is None, "attention.implementation", f"'cudnn' in {name}: {reason}")
 
 
 def _validate_training(config: ml_collections.ConfigDict) -> None:

@@ -623,3 +623,57 @@ def test_tower_tokens_match_the_model_with_the_new_options():
     for modality in config.model.modalities:
         tokens, _ = captured[modality]["tower"]["__call__"][0]
         assert tokens.shape[1] == config_lib.tower_tokens(config, modality), modality
+
+
+def test_attention_implementation_defaults_to_auto_and_takes_xla():
+    assert config_lib.default_config().attention.implementation == "auto"
+    config = tiny()
+    config.attention.implementation = "xla"
+    config_lib.validate(config)
+
+
+def test_unknown_attention_implementation_is_rejected():
+    config = tiny()
+    config.attention.implementation = "flash"
+    with pytest.raises(ValueError, match=r"config\.attention\.implementation: 'flash' is not one"):
+        config_lib.validate(config)
+
+
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="cuDNN can run on a GPU")
+def test_cudnn_attention_off_gpu_fails_validation_with_the_reason():
+    config = tiny()
+    config.attention.implementation = "cudnn"
+    with pytest.raises(ValueError) as error:
+        config_lib.validate(config)
+    message = str(error.value)
+    assert message.startswith("config.attention.implementation: 'cudnn' in model.")
+    assert "cuDNN flash attention needs a GPU backend" in message and "\n" not in message
+    # And so does building a model from it, before anything compiles.
+    with pytest.raises(ValueError, match="needs a GPU backend"):
+        mmtx.create_model(config)
+
+
+@pytest.mark.parametrize(
+    "field,value,reason",
+    [
+        ("dtype", "float32", "compute dtype; got float32"),
+        ("model.text.attention", "local", "'cudnn' in model.text: .*only the dense kernel"),
+        ("fusion.cross_attention", "linear", "'cudnn' in fusion: .*only the dense kernel"),
+        ("model.image.num_heads", 8, "'cudnn' in model.image: .*multiple of 8; got 4"),
+    ],
+)
+def test_cudnn_attention_checks_dtype_kernels_and_head_dims(monkeypatch, field, value, reason):
+    """A GPU is faked: validation decides before any model is built."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    config = tiny()
+    config.fusion.type = "perceiver"
+    config.model.text.width = config.model.image.width = config.model.audio.width = 64
+    config.fusion.width = 64
+    config.attention.implementation = "cudnn"
+    config.dtype = "bfloat16"
+    config_lib.validate(config)  # head dim 32, bf16, dense: cuDNN can run
+    set_dotted(config, field, value)
+    if field == "model.image.num_heads":
+        config.model.image.width = 32
+    with pytest.raises(ValueError, match=reason):
+        config_lib.validate(config)

@@ -876,3 +876,61 @@ def test_every_new_option_builds_and_runs_end_to_end():
     assert set(out) == {*MODALITIES, "logit_scale", "logit_bias"}
     for m in MODALITIES:
         assert out[m].shape == (B, EMBED) and np.all(np.isfinite(out[m]))
+
+
+def _implementations(config):
+    """{module path: implementation} of every MultiHeadAttention the model builds (traced)."""
+    from mmtx.nn import MultiHeadAttention
+
+    module = MultiModalTransformer.from_config(
+        config_lib.load_config(config), vocab_size=ByteTokenizer().vocab_size
+    )
+    seen = {}
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, MultiHeadAttention) and context.method_name == "__call__":
+            seen["/".join(context.module.scope.path)] = context.module.implementation
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(module.init, jax.random.key(0), dummy_batch(config, 1))
+    return seen
+
+
+@pytest.mark.parametrize("fusion", FUSION_TYPES)
+def test_attention_implementation_reaches_every_attention_layer(fusion):
+    """config.attention.implementation reaches each tower's blocks, the MAP head and every
+    fusion's self- and cross-attention."""
+    config = small_config(fusion)
+    config.model.image.pooling = "map"
+    if fusion == "none":
+        config.model.num_classes = 0
+    config.attention.implementation = "xla"
+    seen = _implementations(config)
+    assert seen and set(seen.values()) == {"xla"}, seen
+    for modality in MODALITIES:
+        assert f"{modality}/tower/encoder/blocks/attention" in seen, sorted(seen)
+    assert "image/tower/map_head/attention" in seen, sorted(seen)
+    fusion_paths = [p for p in seen if p.startswith("fusion")]
+    if fusion in ("gated", "none"):
+        assert not fusion_paths
+    else:
+        assert fusion_paths, sorted(seen)
+    if fusion in ("cross_attention", "perceiver"):
+        assert any("cross" in p for p in fusion_paths), fusion_paths
+
+
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="auto picks cuDNN on a GPU")
+def test_attention_implementation_auto_equals_xla_bit_for_bit_off_gpu():
+    _, params = built("concat")
+    batch = make_batch(MODALITIES)
+    outputs = {}
+    for implementation in ("xla", "auto"):
+        config = small_config("concat")
+        config.attention.implementation = implementation
+        module = MultiModalTransformer.from_config(
+            config_lib.load_config(config), vocab_size=ByteTokenizer().vocab_size
+        )
+        outputs[implementation] = jax.jit(module.apply)({"params": params}, batch)
+    for key in (*MODALITIES, "fused", "logits"):
+        np.testing.assert_array_equal(outputs["auto"][key], outputs["xla"][key], err_msg=key)

@@ -59,6 +59,7 @@ class AudioEncoder(nn.Module):
     frontend: str = "log_mel"
     attention: str = "dense"
     attention_options: FrozenDict[str, Any] = FrozenDict()
+    attention_implementation: str | None = None
     pooling: str = "cls"
     position_embedding: str = "sincos"
     patch_stride: tuple[int, int] = (0, 0)

@@ -44,6 +44,7 @@ class ImageEncoder(nn.Module):
     stem: str = "patch"
     attention: str = "dense"
     attention_options: FrozenDict[str, Any] = FrozenDict()
+    attention_implementation: str | None = None
     pooling: str = "cls"
     position_embedding: str = "learned"
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)

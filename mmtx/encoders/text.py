@@ -34,6 +34,7 @@ class TextEncoder(nn.Module):
     mlp_dim: int
     attention: str = "dense"
     attention_options: FrozenDict[str, Any] = FrozenDict()
+    attention_implementation: str | None = None
     pooling: str = "cls"
     position_embedding: str = "learned"
     activation: str = "gelu_tanh"

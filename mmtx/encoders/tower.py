@@ -74,6 +74,7 @@ class Tower(nn.Module):
     dropout_rate: float = 0.0
     attention: str = "dense"
     attention_options: FrozenDict[str, Any] = FrozenDict()
+    attention_implementation: str | None = None
     activation: str = "gelu_tanh"
     norm_eps: float = 1e-6
     pre_norm: bool = False
@@ -142,6 +143,7 @@ class Tower(nn.Module):
             dropout_rate=self.dropout_rate,
             attention=self.attention,
             attention_options=self.attention_options,
+            attention_implementation=self.attention_implementation,
             activation=self.activation,
             norm_eps=self.norm_eps,
             causal=self.causal,
@@ -165,6 +167,7 @@ class Tower(nn.Module):
                 mlp_dim=self.mlp_dim,
                 activation=self.activation,
                 norm_eps=self.norm_eps,
+                attention_implementation=self.attention_implementation,
                 capture_weights=self.capture_weights,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,

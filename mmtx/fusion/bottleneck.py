@@ -49,6 +49,7 @@ class BottleneckFusion(nn.Module):
     fusion_layer: int = 0
     attention: str = "dense"
     attention_options: FrozenDict[str, Any] = FrozenDict()
+    attention_implementation: str | None = None
     dropout_rate: float = 0.0
     remat: str = "none"
     capture_weights: bool = False
@@ -72,6 +73,7 @@ class BottleneckFusion(nn.Module):
             block_kwargs(self, train=train),
             attention=self.attention,
             attention_options=self.attention_options,
+            attention_implementation=self.attention_implementation,
         )
         projected = project_tokens(self, features, present)
         streams, masks = {}, {}

@@ -32,6 +32,7 @@ class ConcatFusion(nn.Module):
     mlp_dim: int
     attention: str = "dense"
     attention_options: FrozenDict[str, Any] = FrozenDict()
+    attention_implementation: str | None = None
     dropout_rate: float = 0.0
     remat: str = "none"
     scan: bool = True
@@ -83,6 +84,7 @@ class ConcatFusion(nn.Module):
             dropout_rate=self.dropout_rate,
             attention=self.attention,
             attention_options=self.attention_options,
+            attention_implementation=self.attention_implementation,
             remat=self.remat,
             scan=self.scan,
             capture_weights=self.capture_weights,

@@ -47,6 +47,7 @@ class CrossAttentionFusion(nn.Module):
     mlp_dim: int
     attention: str = "dense"
     attention_options: FrozenDict[str, Any] = FrozenDict()
+    attention_implementation: str | None = None
     cross_attention: str = "dense"
     cross_attention_options: FrozenDict[str, Any] = FrozenDict()
     dropout_rate: float = 0.0
@@ -77,6 +78,7 @@ class CrossAttentionFusion(nn.Module):
                     x = cross_block(
                         attention=self.cross_attention,
                         attention_options=self.cross_attention_options,
+                        attention_implementation=self.attention_implementation,
                         **common,
                         name=f"{m}_cross_{layer}",
                     )(
@@ -87,6 +89,7 @@ class CrossAttentionFusion(nn.Module):
                 x, _ = self_block(
                     attention=self.attention,
                     attention_options=self.attention_options,
+                    attention_implementation=self.attention_implementation,
                     **common,
                     name=f"{m}_self_{layer}",
                 )(x, masks[m])

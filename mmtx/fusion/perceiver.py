@@ -45,6 +45,7 @@ class PerceiverFusion(nn.Module):
     latent_layers: int = 1
     attention: str = "dense"
     attention_options: FrozenDict[str, Any] = FrozenDict()
+    attention_implementation: str | None = None
     cross_attention: str = "dense"
     cross_attention_options: FrozenDict[str, Any] = FrozenDict()
     dropout_rate: float = 0.0
@@ -77,6 +78,7 @@ class PerceiverFusion(nn.Module):
             x = cross_block(
                 attention=self.cross_attention,
                 attention_options=self.cross_attention_options,
+                attention_implementation=self.attention_implementation,
                 **common,
                 name=f"cross_{layer}",
             )(x, tokens, mask)
@@ -84,6 +86,7 @@ class PerceiverFusion(nn.Module):
                 x, _ = self_block(
                     attention=self.attention,
                     attention_options=self.attention_options,
+                    attention_implementation=self.attention_implementation,
                     **common,
                     name=f"latent_{layer}_{sub}",
                 )(x, None)

@@ -3,9 +3,12 @@
 from mmtx.nn.attention import (
     ATTENTION_KERNELS,
     CROSS_ATTENTION_KERNELS,
+    IMPLEMENTATIONS,
     CrossModalAttention,
     MultiHeadAttention,
+    cudnn_unsupported_reason,
     default_kernel_init,
+    resolve_implementation,
 )
 from mmtx.nn.embed import (
     ConvStem,
@@ -33,6 +36,7 @@ __all__ = [
     "ACTIVATIONS",
     "ATTENTION_KERNELS",
     "CROSS_ATTENTION_KERNELS",
+    "IMPLEMENTATIONS",
     "MLP",
     "ConvStem",
     "CrossAttentionBlock",
@@ -46,11 +50,13 @@ __all__ = [
     "PatchEmbed",
     "TokenEmbed",
     "TransformerBlock",
+    "cudnn_unsupported_reason",
     "default_kernel_init",
     "kaldi_fbank",
     "log_mel_spectrogram",
     "mel_filterbank",
     "quick_gelu",
+    "resolve_implementation",
     "sincos_1d",
     "sincos_2d",
 ]

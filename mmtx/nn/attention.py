@@ -6,6 +6,8 @@ shards them over a mesh; without a mesh the names are inert metadata.
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -79,6 +81,86 @@ ATTENTION_KERNELS: dict[str, AttentionKernel] = {
 }
 
 default_kernel_init = nn.initializers.xavier_uniform()
+
+# config.attention.implementation: auto (cuDNN flash where it can run, else XLA), xla, cudnn.
+IMPLEMENTATIONS = ("auto", "xla", "cudnn")
+CUDNN_DTYPES = ("bfloat16", "float16")
+
+_logger = logging.getLogger(__name__)
+
+
+def _cudnn_max_head_dim() -> int:
+    # jax's own rule (jax._src.cudnn.fused_attention_stablehlo.check_is_flash_attention):
+    # head_dim <= 256 on Hopper or later, <= 128 before, and a multiple of 8.
+    try:
+        from jax._src.cudnn.fused_attention_stablehlo import check_compute_capability
+
+        return 256 if check_compute_capability("9.0") else 128
+    except Exception:
+        return 128
+
+
+def cudnn_unsupported_reason(
+    *,
+    kernel: str = "dense",
+    dtype: Any = None,
+    head_dim: int | None = None,
+    backend: str | None = None,
+) -> str | None:
+    """Why cuDNN flash attention cannot run here, or ``None`` when it can.
+
+    Checks the backend (GPU only), the kernel (dense only), the compute dtype (bf16/fp16) and
+    the head dim (jax's flash-attention rule), in that order; arguments left ``None`` are not
+    checked.
+    """
+    backend = backend or jax.default_backend()
+    if backend != "gpu":
+        return f"cuDNN flash attention needs a GPU backend; jax's backend is {backend!r}"
+    if kernel != "dense":
+        return f"cuDNN flash attention runs only the dense kernel; got {kernel!r}"
+    if dtype is not None and jnp.dtype(dtype).name not in CUDNN_DTYPES:
+        name = jnp.dtype(dtype).name
+        return f"cuDNN flash attention needs a bfloat16/float16 compute dtype; got {name}"
+    if head_dim is not None:
+        max_dim = _cudnn_max_head_dim()
+        if not (head_dim <= max_dim and head_dim % 8 == 0):
+            return (
+                f"cuDNN flash attention needs head_dim <= {max_dim} and a multiple of 8; "
+                f"got {head_dim}"
+            )
+    return None
+
+
+@functools.cache
+def _log_fallback(reason: str) -> None:
+    _logger.warning("attention implementation auto: using XLA, not cuDNN (%s)", reason)
+
+
+def resolve_implementation(
+    implementation: str | None, *, kernel: str, dtype: Any, head_dim: int
+) -> str | None:
+    """The ``implementation`` that ``jax.nn.dot_product_attention`` gets.
+
+    ``None`` stays ``None`` (jax's default, XLA). ``"xla"`` is XLA. ``"auto"`` is ``None`` off
+    GPU (silently; bit-identical to ``"xla"``), ``"cudnn"`` on a GPU when the kernel, dtype
+    and head dim allow it, else XLA with one logged line per reason. ``"cudnn"`` raises
+    ``ValueError`` with the reason when cuDNN cannot run (at trace time, before compile).
+    """
+    if implementation is None or implementation == "xla":
+        return implementation
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"unknown attention implementation {implementation!r}; choose one of {IMPLEMENTATIONS}"
+        )
+    if implementation == "auto" and (jax.default_backend() != "gpu" or kernel != "dense"):
+        return None  # Off GPU, or a kernel that does not call jax's dense attention.
+    reason = cudnn_unsupported_reason(kernel=kernel, dtype=dtype, head_dim=head_dim)
+    if reason is None:
+        return "cudnn"
+    if implementation == "cudnn":
+        raise ValueError(f"attention implementation 'cudnn' cannot run: {reason}")
+    _log_fallback(reason)
+    return "xla"
 
 
 class HeadProjection(nn.Module):
@@ -156,7 +238,10 @@ class MultiHeadAttention(nn.Module):
         ``linear``: ``feature_map``, ``num_features``, ``seed``).
       out_features: output width (default: the input width).
       causal: mask keys after each query (self-attention only).
-      implementation: passed to ``jax.nn.dot_product_attention`` (``"cudnn"`` for flash on GPU).
+      implementation: ``None`` (jax's default), ``"xla"``, ``"cudnn"`` (flash on GPU; a
+        ``ValueError`` when it cannot run) or ``"auto"`` (cuDNN where it can run, else XLA);
+        resolved by :func:`resolve_implementation` and passed to
+        ``jax.nn.dot_product_attention`` (config: ``config.attention.implementation``).
       capture_weights: also compute the dense softmax attention probabilities ``[B, H, T, S]``
         (whatever the kernel) and sow them into the ``intermediates`` collection as
         ``attention_weights`` (for visualisation).
@@ -203,6 +288,9 @@ class MultiHeadAttention(nn.Module):
                 self.num_heads, head_dim, dtype=self.dtype, param_dtype=self.param_dtype, name=name
             )
 
+        implementation = resolve_implementation(
+            self.implementation, kernel=self.kernel, dtype=self.dtype, head_dim=head_dim
+        )
         q = projection("query")(x)
         k = projection("key")(context)
         v = projection("value")(context)
@@ -212,7 +300,7 @@ class MultiHeadAttention(nn.Module):
             v,
             mask=mask,
             causal=self.causal,
-            implementation=self.implementation,
+            implementation=implementation,
             **self.kernel_options,
         )
         if self.capture_weights:

@@ -109,6 +109,7 @@ class TransformerBlock(nn.Module):
     dropout_rate: float = 0.0
     attention: str = "dense"
     attention_options: FrozenDict[str, Any] = FrozenDict()
+    attention_implementation: str | None = None
     activation: str = "gelu_tanh"
     norm_eps: float = 1e-6
     causal: bool = False
@@ -126,6 +127,7 @@ class TransformerBlock(nn.Module):
             num_heads=self.num_heads,
             kernel=self.attention,
             kernel_options=self.attention_options,
+            implementation=self.attention_implementation,
             causal=self.causal,
             capture_weights=self.capture_weights,
             dtype=self.dtype,
@@ -161,6 +163,7 @@ class CrossAttentionBlock(nn.Module):
     dropout_rate: float = 0.0
     attention: str = "dense"
     attention_options: FrozenDict[str, Any] = FrozenDict()
+    attention_implementation: str | None = None
     deterministic: bool = True
     capture_weights: bool = False
     dtype: Dtype = jnp.float32
@@ -179,6 +182,7 @@ class CrossAttentionBlock(nn.Module):
             num_heads=self.num_heads,
             kernel=self.attention,
             kernel_options=self.attention_options,
+            implementation=self.attention_implementation,
             capture_weights=self.capture_weights,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
@@ -219,6 +223,7 @@ class Encoder(nn.Module):
     dropout_rate: float = 0.0
     attention: str = "dense"
     attention_options: FrozenDict[str, Any] = FrozenDict()
+    attention_implementation: str | None = None
     activation: str = "gelu_tanh"
     norm_eps: float = 1e-6
     causal: bool = False
@@ -256,6 +261,7 @@ class Encoder(nn.Module):
             dropout_rate=self.dropout_rate,
             attention=self.attention,
             attention_options=self.attention_options,
+            attention_implementation=self.attention_implementation,
             activation=self.activation,
             norm_eps=self.norm_eps,
             causal=self.causal,
@@ -299,6 +305,7 @@ class MAPHead(nn.Module):
     mlp_dim: int
     activation: str = "gelu_tanh"
     norm_eps: float = 1e-6
+    attention_implementation: str | None = None
     capture_weights: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -316,6 +323,7 @@ class MAPHead(nn.Module):
         probe = jnp.broadcast_to(probe, (batch, 1, width)).astype(self.dtype)
         y = MultiHeadAttention(
             num_heads=self.num_heads,
+            implementation=self.attention_implementation,
             capture_weights=self.capture_weights,
             dtype=self.dtype,
             param_dtype=self.param_dtype,

@@ -7,6 +7,7 @@ heads, an explicit softmax over the visible keys, and the output projection.
 from __future__ import annotations
 
 import functools
+import logging
 
 import flax.linen as nn
 import jax
@@ -14,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmtx.nn import MultiHeadAttention
+from mmtx.nn import MultiHeadAttention, cudnn_unsupported_reason, resolve_implementation
+from mmtx.nn import attention as attention_module
 
 # These programs are tiny: a quick compile matters more than fast code.
 jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
@@ -324,3 +326,86 @@ def test_cross_modal_attention_validates_its_inputs() -> None:
         CrossModalAttention(num_heads=H).init(
             jax.random.key(0), x, context, jnp.ones((B, S + 1), bool)
         )
+
+
+# --- implementation: auto | xla | cudnn (config.attention.implementation) ---------------------
+
+
+def _mha_outputs(implementation):
+    module = MultiHeadAttention(num_heads=H, implementation=implementation)
+    x = _normal((B, T, D), 0)
+    params = module.init(jax.random.key(0), x)
+    return jit(module.apply)(params, x, mask=jnp.asarray(_padding_mask(T)))
+
+
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="auto picks cuDNN on a GPU")
+def test_auto_and_xla_equal_the_default_bit_for_bit_off_gpu() -> None:
+    default = np.asarray(_mha_outputs(None))
+    np.testing.assert_array_equal(np.asarray(_mha_outputs("xla")), default)
+    np.testing.assert_array_equal(np.asarray(_mha_outputs("auto")), default)
+
+
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="cuDNN can run on a GPU")
+def test_explicit_cudnn_off_gpu_fails_at_trace_time_with_the_reason() -> None:
+    module = MultiHeadAttention(num_heads=H, implementation="cudnn")
+    x = _normal((B, T, D), 0)
+    with pytest.raises(ValueError, match=r"'cudnn' cannot run: .*needs a GPU backend"):
+        jax.eval_shape(module.init, jax.random.key(0), x)
+
+
+def test_unknown_implementation_raises() -> None:
+    module = MultiHeadAttention(num_heads=H, implementation="flash")
+    with pytest.raises(ValueError, match="unknown attention implementation 'flash'"):
+        jax.eval_shape(module.init, jax.random.key(0), _normal((B, T, D), 0))
+
+
+@pytest.mark.parametrize(
+    "kwargs,reason",
+    [
+        ({"backend": "cpu"}, "needs a GPU backend; jax's backend is 'cpu'"),
+        ({"backend": "tpu", "dtype": jnp.bfloat16}, "needs a GPU backend"),
+        ({"backend": "gpu", "kernel": "local"}, "runs only the dense kernel; got 'local'"),
+        ({"backend": "gpu", "dtype": jnp.float32}, "bfloat16/float16 compute dtype; got float32"),
+        ({"backend": "gpu", "dtype": jnp.bfloat16, "head_dim": 12}, "a multiple of 8; got 12"),
+        ({"backend": "gpu", "dtype": jnp.bfloat16, "head_dim": 512}, "got 512"),
+        ({"backend": "gpu", "dtype": jnp.float16, "head_dim": 64}, None),
+        ({"backend": "gpu", "dtype": jnp.bfloat16, "head_dim": 128}, None),
+    ],
+)
+def test_cudnn_unsupported_reason(kwargs, reason) -> None:
+    got = cudnn_unsupported_reason(**kwargs)
+    if reason is None:
+        assert got is None
+    else:
+        assert reason in got
+
+
+def test_resolve_implementation_off_gpu(monkeypatch) -> None:
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    kw = dict(kernel="dense", dtype=jnp.bfloat16, head_dim=64)
+    assert resolve_implementation(None, **kw) is None
+    assert resolve_implementation("auto", **kw) is None
+    assert resolve_implementation("xla", **kw) == "xla"
+    with pytest.raises(ValueError, match="needs a GPU backend"):
+        resolve_implementation("cudnn", **kw)
+
+
+def test_resolve_implementation_on_gpu_picks_cudnn_or_logs_one_fallback(
+    monkeypatch, caplog
+) -> None:
+    """A GPU is faked: the choice is made before any kernel runs."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    kw = dict(kernel="dense", head_dim=64)
+    assert resolve_implementation("auto", dtype=jnp.bfloat16, **kw) == "cudnn"
+    assert resolve_implementation("cudnn", dtype=jnp.float16, **kw) == "cudnn"
+    assert resolve_implementation("auto", kernel="linear", dtype=jnp.bfloat16, head_dim=64) is None
+    attention_module._log_fallback.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="mmtx.nn.attention"):
+        for _ in range(3):  # one line per reason, not per layer
+            assert resolve_implementation("auto", dtype=jnp.float32, **kw) == "xla"
+    lines = [r.getMessage() for r in caplog.records if r.name == "mmtx.nn.attention"]
+    assert len(lines) == 1 and "using XLA, not cuDNN" in lines[0] and "float32" in lines[0]
+    with pytest.raises(ValueError, match=r"'cudnn' cannot run: .*compute dtype; got float32"):
+        resolve_implementation("cudnn", dtype=jnp.float32, **kw)
+    with pytest.raises(ValueError, match=r"'cudnn' cannot run: .*only the dense kernel"):
+        resolve_implementation("cudnn", kernel="local", dtype=jnp.bfloat16, head_dim=64)

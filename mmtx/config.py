@@ -250,6 +250,9 @@ def default_config() -> ml_collections.ConfigDict:
     # Peak FLOP/s per device that the logged MFU divides by; 0 = the table for TPU v4/v5e/v5p/
     # v6e and A100/H100/H200 (bf16 dense), else measured once at start (a large matmul; CPU).
     c.train.peak_flops = 0.0
+    # Steps START,END (1-based, inclusive) traced with jax.profiler to workdir/profile for
+    # TensorBoard's profile plugin; (0, 0) = off.
+    c.train.profile_steps = (0, 0)
     # On a non-finite loss or gradient: "stop" (exit non-zero naming the step, saving no new
     # checkpoint) or "skip" (leave the state unchanged and count the step in train/nonfinite).
     c.train.nonfinite = "stop"
@@ -573,6 +576,7 @@ RANGES: dict[str, str] = {
     "train.checkpoint_every": "> 0",
     "train.keep_checkpoints": "> 0",
     "train.peak_flops": ">= 0",
+    "train.profile_steps": ">= 0",
     "train.inject_nan_at_step": "-1 or > 0",
     "train.layer_decay": "(0, 1]",
     "train.ema_decay": "[0, 1)",
@@ -920,6 +924,12 @@ def _validate_attention_implementation(config: ml_collections.ConfigDict) -> Non
 def _validate_training(config: ml_collections.ConfigDict) -> None:
     train = config.train
     _require(train.nonfinite in ("stop", "skip"), "train.nonfinite", "stop | skip")
+    profile = tuple(train.profile_steps)
+    _require(
+        profile in ((), (0, 0)) or (len(profile) == 2 and 0 < profile[0] <= profile[1]),
+        "train.profile_steps",
+        f"START,END with 0 < START <= END, or 0,0 (off); got {profile}",
+    )
     _require(
         train.batch_size % train.microbatches == 0,
         "train.microbatches",

@@ -266,6 +266,47 @@ def train_and_evaluate(
         return _train_and_evaluate(config, workdir, eval_only)
 
 
+class StepProfiler:
+    """A ``jax.profiler`` trace of train steps ``START..END`` (1-based, inclusive) in ``logdir``.
+
+    The trace starts before step START fetches its batch, once the previous steps are done
+    (blocked on), and stops after step END's state and metrics are ready, so it holds exactly
+    those steps. ``logdir`` gets TensorBoard's profile plugin layout
+    (``plugins/profile/<run>/<host>.xplane.pb``). ``(0, 0)`` or ``()`` is off. A resumed run
+    past START traces from its first step up to END; one past END traces nothing.
+    """
+
+    def __init__(self, steps: Any, logdir: str):
+        steps = tuple(steps)
+        self.start, self.end = steps if len(steps) == 2 else (0, 0)
+        self.logdir = logdir
+        self.active = False
+        self.done = self.start <= 0
+
+    def before(self, step: int, state: Any) -> None:
+        """Called before step ``step`` (1-based) runs."""
+        if self.done or self.active or not self.start <= step <= self.end:
+            return
+        jax.block_until_ready(state)
+        jax.profiler.start_trace(self.logdir)
+        self.active = True
+        _log(f"profiling steps {step}..{self.end} to {self.logdir}")
+
+    def after(self, step: int, outputs: Any) -> None:
+        """Called after step ``step`` was dispatched, with its outputs."""
+        if self.active and step >= self.end:
+            jax.block_until_ready(outputs)
+            self.close()
+            _log(f"profile of steps up to {step} written to {self.logdir}")
+
+    def close(self) -> None:
+        """Stops a running trace (also on an early exit)."""
+        if self.active:
+            jax.profiler.stop_trace()
+            self.active = False
+            self.done = True
+
+
 def _flops_and_peak(config: ml_collections.ConfigDict, device_kind: str) -> tuple[float, float]:
     """The step's analytic FLOPs (all devices) and the peak FLOP/s per device, logged once."""
     count = flops_lib.analytic_flops(config, config.train.batch_size)
@@ -475,6 +516,7 @@ def _train_and_evaluate(
                 if progress.perf:
                     writer.write_scalars(step, {f"train/{k}": v for k, v in progress.perf.items()})
 
+        profiler = StepProfiler(train_config.profile_steps, os.path.join(workdir, "profile"))
         try:
             recorded = workdir_lib.read_evals(workdir)
             if eval_only:
@@ -502,11 +544,13 @@ def _train_and_evaluate(
                         train_config.steps, step, flops_per_step, jax.device_count(), peak_flops
                     )
                 while step < end:
+                    profiler.before(step + 1, state)
                     batch = to_global(next(train_iter)) if first_batch is None else first_batch
                     first_batch = None
                     state, metrics = train_step(state, batch)
                     step += 1
                     pending.append((step, metrics))
+                    profiler.after(step, (state, metrics))
                     if preemption.should_stop(step):
                         flush_metrics(log=True)
                         _log(
@@ -528,6 +572,7 @@ def _train_and_evaluate(
                 if not eval_metrics and not preempted:
                     eval_metrics = run_eval(step)
         finally:
+            profiler.close()
             writer.flush()
             writer.close()
     # Leaving the block committed the final checkpoint: the summary may say it is saved.

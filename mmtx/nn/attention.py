@@ -106,12 +106,15 @@ def cudnn_unsupported_reason(
     dtype: Any = None,
     head_dim: int | None = None,
     backend: str | None = None,
+    lengths: tuple[int, int] | None = None,
+    masked: bool = False,
 ) -> str | None:
     """Why cuDNN flash attention cannot run here, or ``None`` when it can.
 
     Checks the backend (GPU only), the kernel (dense only), the compute dtype (bf16/fp16) and
-    the head dim (jax's flash-attention rule), in that order; arguments left ``None`` are not
-    checked.
+    the head dim (jax's flash-attention rule) and, with a mask (which jax hands cuDNN as a
+    bias), that the query and key ``lengths`` are even (cuDNN's backward pass needs that), in
+    that order; arguments left ``None`` are not checked.
     """
     backend = backend or jax.default_backend()
     if backend != "gpu":
@@ -128,6 +131,11 @@ def cudnn_unsupported_reason(
                 f"cuDNN flash attention needs head_dim <= {max_dim} and a multiple of 8; "
                 f"got {head_dim}"
             )
+    if masked and lengths is not None and (lengths[0] % 2 or lengths[1] % 2):
+        return (
+            "cuDNN flash attention with a mask needs even query and key lengths (its backward "
+            f"pass); got {lengths[0]} and {lengths[1]}"
+        )
     return None
 
 
@@ -137,7 +145,13 @@ def _log_fallback(reason: str) -> None:
 
 
 def resolve_implementation(
-    implementation: str | None, *, kernel: str, dtype: Any, head_dim: int
+    implementation: str | None,
+    *,
+    kernel: str,
+    dtype: Any,
+    head_dim: int,
+    lengths: tuple[int, int] | None = None,
+    masked: bool = False,
 ) -> str | None:
     """The ``implementation`` that ``jax.nn.dot_product_attention`` gets.
 
@@ -154,7 +168,9 @@ def resolve_implementation(
         )
     if implementation == "auto" and (jax.default_backend() != "gpu" or kernel != "dense"):
         return None  # Off GPU, or a kernel that does not call jax's dense attention.
-    reason = cudnn_unsupported_reason(kernel=kernel, dtype=dtype, head_dim=head_dim)
+    reason = cudnn_unsupported_reason(
+        kernel=kernel, dtype=dtype, head_dim=head_dim, lengths=lengths, masked=masked
+    )
     if reason is None:
         return "cudnn"
     if implementation == "cudnn":
@@ -289,7 +305,12 @@ class MultiHeadAttention(nn.Module):
             )
 
         implementation = resolve_implementation(
-            self.implementation, kernel=self.kernel, dtype=self.dtype, head_dim=head_dim
+            self.implementation,
+            kernel=self.kernel,
+            dtype=self.dtype,
+            head_dim=head_dim,
+            lengths=(x.shape[1], context.shape[1]),
+            masked=mask is not None,
         )
         q = projection("query")(x)
         k = projection("key")(context)

@@ -370,6 +370,9 @@ def test_unknown_implementation_raises() -> None:
         ({"backend": "gpu", "dtype": jnp.bfloat16, "head_dim": 512}, "got 512"),
         ({"backend": "gpu", "dtype": jnp.float16, "head_dim": 64}, None),
         ({"backend": "gpu", "dtype": jnp.bfloat16, "head_dim": 128}, None),
+        ({"backend": "gpu", "lengths": (5, 6), "masked": True}, "even query and key lengths"),
+        ({"backend": "gpu", "lengths": (5, 6), "masked": False}, None),
+        ({"backend": "gpu", "lengths": (4, 6), "masked": True}, None),
     ],
 )
 def test_cudnn_unsupported_reason(kwargs, reason) -> None:

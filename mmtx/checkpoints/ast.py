@@ -120,10 +120,6 @@ def convert_hf_ast(
     kernel = source[f"{e}patch_embeddings.projection.weight"]
     if not isinstance(kernel, Missing):  # [D, 1, mel, time] -> [time, mel, 1, D]
         kernel = np.ascontiguousarray(kernel.transpose(3, 2, 1, 0))
-    blocks = [
-        layout.torch_block(source, f"{prefix}encoder.layer.{i}.", AST_BLOCK, heads)
-        for i in range(depth)
-    ]
     params = {
         "audio": {
             "patches": {
@@ -137,7 +133,9 @@ def convert_hf_ast(
                 "cls": source[f"{e}cls_token"],
                 "distill": source[f"{e}distillation_token"],
                 "encoder": {
-                    "blocks": layout.stack_layers(blocks),
+                    "blocks": layout.torch_blocks(
+                        source, f"{prefix}encoder.layer.", depth, AST_BLOCK, heads
+                    ),
                     "norm": layout.layer_norm(source, f"{prefix}layernorm"),
                 },
             },

@@ -144,21 +144,15 @@ def convert_open_clip(
         norm_eps=1e-5,
     )
 
-    def blocks(prefix: str, depth: int, heads: int) -> Any:
-        return layout.stack_layers(
-            [
-                layout.torch_block(source, f"{prefix}{i}.", OPEN_CLIP_BLOCK, heads)
-                for i in range(depth)
-            ]
-        )
-
     params = {
         "text": {
             "token_embed": {"embedding": {"embedding": source["token_embedding.weight"]}},
             "posemb": {"embedding": source["positional_embedding"]},
             "tower": {
                 "encoder": {
-                    "blocks": blocks("transformer.resblocks.", text_depth, text_heads),
+                    "blocks": layout.torch_blocks(
+                        source, "transformer.resblocks.", text_depth, OPEN_CLIP_BLOCK, text_heads
+                    ),
                     "norm": layout.layer_norm(source, "ln_final"),
                 },
             },
@@ -172,7 +166,13 @@ def convert_open_clip(
                 "cls": layout.reshaped(source["visual.class_embedding"], (1, 1, image_width)),
                 "pre_norm": layout.layer_norm(source, "visual.ln_pre"),
                 "encoder": {
-                    "blocks": blocks("visual.transformer.resblocks.", image_depth, image_heads),
+                    "blocks": layout.torch_blocks(
+                        source,
+                        "visual.transformer.resblocks.",
+                        image_depth,
+                        OPEN_CLIP_BLOCK,
+                        image_heads,
+                    ),
                     "norm": layout.layer_norm(source, "visual.ln_post"),
                 },
             },
@@ -229,28 +229,9 @@ def convert_hf_clip(
         norm_eps=float(text_cfg.get("layer_norm_eps", 1e-5)),
     )
 
-    def blocks(prefix: str, depth: int, heads: int) -> Any:
-        return layout.stack_layers(
-            [
-                layout.torch_block(source, f"{prefix}{i}.", HF_CLIP_BLOCK, heads)
-                for i in range(depth)
-            ]
-        )
-
-    text, vision = "text_model.", "vision_model."
+    vision = "vision_model."
     params = {
-        "text": {
-            "token_embed": {
-                "embedding": {"embedding": source[f"{text}embeddings.token_embedding.weight"]}
-            },
-            "posemb": {"embedding": source[f"{text}embeddings.position_embedding.weight"]},
-            "tower": {
-                "encoder": {
-                    "blocks": blocks(f"{text}encoder.layers.", text_depth, text_heads),
-                    "norm": layout.layer_norm(source, f"{text}final_layer_norm"),
-                },
-            },
-        },
+        "text": hf_text_tower(source, text_depth, text_heads, final_norm="final_layer_norm"),
         "image": {
             "patches": {
                 "projection": {
@@ -267,7 +248,9 @@ def convert_hf_clip(
                 # (sic: HF's CLIP spells it "pre_layrnorm")
                 "pre_norm": layout.layer_norm(source, f"{vision}pre_layrnorm"),
                 "encoder": {
-                    "blocks": blocks(f"{vision}encoder.layers.", image_depth, image_heads),
+                    "blocks": layout.torch_blocks(
+                        source, f"{vision}encoder.layers.", image_depth, HF_CLIP_BLOCK, image_heads
+                    ),
                     "norm": layout.layer_norm(source, f"{vision}post_layernorm"),
                 },
             },
@@ -277,6 +260,28 @@ def convert_hf_clip(
         "logit_scale": layout.reshaped(source["logit_scale"], ()),
     }
     return Converted(overrides, params, grids={"image": (grid, grid)})
+
+
+def hf_text_tower(
+    source: TensorSource, depth: int, num_heads: int, *, final_norm: str
+) -> dict[str, Any]:
+    """An HF CLIP / SigLIP text tower (``text_model.embeddings``, ``text_model.encoder``,
+    ``text_model.<final_norm>``) -> mmtx's ``text`` params."""
+    text = "text_model."
+    return {
+        "token_embed": {
+            "embedding": {"embedding": source[f"{text}embeddings.token_embedding.weight"]}
+        },
+        "posemb": {"embedding": source[f"{text}embeddings.position_embedding.weight"]},
+        "tower": {
+            "encoder": {
+                "blocks": layout.torch_blocks(
+                    source, f"{text}encoder.layers.", depth, HF_CLIP_BLOCK, num_heads
+                ),
+                "norm": layout.layer_norm(source, f"{text}{final_norm}"),
+            },
+        },
+    }
 
 
 def _hf_activation(name: str) -> str:

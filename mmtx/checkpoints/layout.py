@@ -140,6 +140,16 @@ def torch_block(
     }
 
 
+def torch_blocks(
+    source: TensorSource, prefix: str, depth: int, names: Mapping[str, str], num_heads: int
+) -> dict[str, Any]:
+    """The ``depth`` blocks ``{prefix}0.``, ``{prefix}1.``, ... of a torch transformer
+    (:func:`torch_block`), stacked on a leading ``[depth]`` axis as mmtx scans them."""
+    return stack_layers(
+        [torch_block(source, f"{prefix}{i}.", names, num_heads) for i in range(depth)]
+    )
+
+
 def stack_layers(layers: list[Any]) -> Any:
     """Per-layer param trees -> one tree with a leading ``[depth]`` axis on every leaf (the
     layout of mmtx's scanned ``blocks``). A leaf missing in any layer stays missing."""

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from mmtx.checkpoints import layout
-from mmtx.checkpoints.clip import HF_CLIP_BLOCK, _grid_side, _hf_activation
+from mmtx.checkpoints.clip import HF_CLIP_BLOCK, _grid_side, _hf_activation, hf_text_tower
 from mmtx.checkpoints.family import Converted, two_tower_overrides
 from mmtx.checkpoints.tensors import CheckpointImportError, Missing, TensorSource
 
@@ -98,28 +98,9 @@ def convert_hf_siglip(
         },
     )
 
-    def blocks(prefix: str, depth: int, heads: int) -> Any:
-        return layout.stack_layers(
-            [
-                layout.torch_block(source, f"{prefix}{i}.", HF_CLIP_BLOCK, heads)
-                for i in range(depth)
-            ]
-        )
-
     head = f"{vision}head."
     params = {
-        "text": {
-            "token_embed": {
-                "embedding": {"embedding": source[f"{text}embeddings.token_embedding.weight"]}
-            },
-            "posemb": {"embedding": source[f"{text}embeddings.position_embedding.weight"]},
-            "tower": {
-                "encoder": {
-                    "blocks": blocks(f"{text}encoder.layers.", text_depth, text_heads),
-                    "norm": layout.layer_norm(source, f"{text}final_layer_norm"),
-                },
-            },
-        },
+        "text": hf_text_tower(source, text_depth, text_heads, final_norm="final_layer_norm"),
         "image": {
             "patches": {
                 "projection": {
@@ -132,7 +113,9 @@ def convert_hf_siglip(
             "posemb": {"embedding": source[f"{vision}embeddings.position_embedding.weight"]},
             "tower": {
                 "encoder": {
-                    "blocks": blocks(f"{vision}encoder.layers.", image_depth, image_heads),
+                    "blocks": layout.torch_blocks(
+                        source, f"{vision}encoder.layers.", image_depth, HF_CLIP_BLOCK, image_heads
+                    ),
                     "norm": layout.layer_norm(source, f"{vision}post_layernorm"),
                 },
                 "map_head": {

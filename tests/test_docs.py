@@ -41,7 +41,8 @@ def test_docs_build_with_warnings_as_errors(tmp_path):
 
 def test_notebooks_are_saved_executed():
     """The docs show the notebooks' saved outputs, so they must be saved executed."""
-    assert {p.stem for p in NOTEBOOKS} == {"quickstart", "attention_maps", "custom_fusion", "finetune"}
+    expected = {"quickstart", "attention_maps", "custom_fusion", "finetune"}
+    assert {p.stem for p in NOTEBOOKS} == expected
     for path in NOTEBOOKS:
         cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
         assert all(c["execution_count"] for c in cells), f"{path.name}: unexecuted cells"

@@ -403,6 +403,15 @@ def merge_overrides(
     return config
 
 
+def workdir_file(path: str, workdir: str) -> str:
+    """``path`` as named inside ``workdir`` when it is relative and that file exists (an
+    imported checkpoint keeps its tokenizer file there, as ``tokenizer/<file>``); else
+    ``path`` unchanged."""
+    if path and not os.path.isabs(path) and os.path.exists(os.path.join(workdir, path)):
+        return os.path.join(workdir, path)
+    return path
+
+
 def spectrogram_frames(audio: ml_collections.ConfigDict) -> int:
     """STFT frames the log-mel frontend makes of ``audio.num_samples`` samples (no padding)."""
     return 1 + (audio.num_samples - audio.window_length) // audio.hop_length

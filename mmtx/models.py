@@ -380,11 +380,7 @@ class Model:
             with open(os.path.join(workdir, "config.json")) as f:
                 saved = json.load(f)
         config = config_lib.merge_overrides(config_lib.default_config(), saved)
-        # An imported checkpoint keeps its tokenizer file in the workdir, named relative to it.
-        model_file = config.tokenizer.model_file
-        if model_file and not os.path.isabs(model_file):
-            if os.path.exists(os.path.join(workdir, model_file)):
-                config.tokenizer.model_file = os.path.join(workdir, model_file)
+        config.tokenizer.model_file = config_lib.workdir_file(config.tokenizer.model_file, workdir)
         config = config_lib.validate(config)
         if ema and state.get("ema_params") is None:
             raise ValueError(

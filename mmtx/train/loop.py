@@ -330,11 +330,7 @@ def _train_and_evaluate(
     local_batch = train_config.batch_size // jax.process_count()
     local_eval_batch = config.eval.batch_size // jax.process_count()
 
-    # An imported workdir keeps its tokenizer file inside, named relative to the workdir.
-    tokenizer_file = config.tokenizer.model_file
-    if tokenizer_file and not os.path.isabs(tokenizer_file):
-        if os.path.exists(os.path.join(workdir, tokenizer_file)):
-            tokenizer_file = os.path.join(workdir, tokenizer_file)
+    tokenizer_file = config_lib.workdir_file(config.tokenizer.model_file, workdir)
     tokenizer = create_tokenizer(config.tokenizer.type, tokenizer_file)
     train_data = create_dataset(
         config,

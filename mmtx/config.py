@@ -23,19 +23,27 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-MODALITIES = ("text", "image", "audio")
+from mmtx.modalities import get_modality, modality_names
+from mmtx.modalities.audio import audio_patch_grid, spectrogram_frames  # noqa: F401 (re-exported)
+
 # The built-in fusion types; mmtx.fusion.register_fusion adds more. "none" is no fusion
 # (two-tower contrastive models, CLIP/SigLIP): no fusion params and no "fused" output.
 FUSION_TYPES = ("concat", "gated", "cross_attention", "bottleneck", "perceiver")
 NO_FUSION = "none"
 CROSS_ATTENTION_KERNELS = ("dense", "linear")
 ATTENTION_KERNELS = ("dense", "local", "linear")
-# The poolings each modality's tower allows (see mmtx.encoders.Tower).
-POOLINGS = {
-    "text": ("cls", "mean", "eot", "last"),
-    "image": ("cls", "mean", "map"),
-    "audio": ("cls", "mean", "cls_distill"),
-}
+
+
+def __getattr__(name: str) -> Any:
+    # The registered modalities and their poolings, read from the registry each time (a
+    # modality registered after this module is imported appears too).
+    if name == "MODALITIES":
+        return modality_names()
+    if name == "POOLINGS":
+        return {m: get_modality(m).poolings for m in modality_names()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # Class tokens each pooling prepends to the tower's tokens (others: none).
 CLASS_TOKENS = {"cls": 1, "cls_distill": 2}
 ACTIVATIONS = ("gelu_tanh", "gelu", "quick_gelu")
@@ -43,7 +51,7 @@ PROJECTIONS = ("dense", "no_bias", "none")
 POSITION_EMBEDDINGS = ("learned", "sincos")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 # Groups whose keys are names the user chooses (attribute names), not fixed fields.
-OPEN_GROUPS = ("model.attribute_classes", "model.attribute_modalities")
+OPEN_GROUPS = ("model.attribute_classes", "model.attribute_modalities", "model.tasks")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 PARAM_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -101,6 +109,11 @@ def default_config() -> ml_collections.ConfigDict:
     # config.loss.attribute_weight; the batch must carry an int label per attribute.
     c.model.attribute_classes = ml_collections.ConfigDict()
     c.model.attribute_modalities = ml_collections.ConfigDict()
+    # Downstream tasks, each with its own learned fusion weights over the modality embeddings
+    # (a gated fusion per task) and a classification head: task name -> the batch key it
+    # predicts ("label", classes model.num_classes, or an attribute of attribute_classes).
+    # Trained together with weight config.loss.task_weight; the weights are reported per task.
+    c.model.tasks = ml_collections.ConfigDict()
     c.model.temperature_init = 0.07  # Initial contrastive temperature (learned). CLIP: 0.07.
     c.model.logit_bias_init = -10.0  # Initial bias of the sigmoid (SigLIP) loss, learned.
     c.model.dropout_rate = 0.0  # Dropout after attention and MLP in every block (train only).
@@ -110,88 +123,10 @@ def default_config() -> ml_collections.ConfigDict:
     )
     c.model.scan_layers = True  # nn.scan over layers (fast compile); False unrolls them.
 
-    c.model.text = ml_collections.ConfigDict()
-    c.model.text.vocab_size = 0  # 0 = take it from the tokenizer.
-    c.model.text.max_length = 64  # Tokens per caption after padding / truncation.
-    c.model.text.width = 128  # Token width D.
-    c.model.text.depth = 2  # Transformer blocks.
-    c.model.text.num_heads = 4  # Attention heads; width must be divisible by it.
-    c.model.text.mlp_dim = 256  # Hidden width of each block's MLP.
-    c.model.text.attention = "dense"  # Attention kernel name (see mmtx.nn.attention).
-    # cls (learned CLS token) | mean (masked mean of tokens) | eot (the output at each row's
-    # highest token id, OpenAI CLIP) | last (at the last position whose mask is True).
-    c.model.text.pooling = "cls"
-    c.model.text.position_embedding = "learned"  # learned | sincos.
-    c.model.text.causal = False  # Causal self-attention in every block (CLIP's text tower).
-    c.model.text.activation = "gelu_tanh"  # MLP's: gelu_tanh | gelu (exact erf) | quick_gelu.
-    c.model.text.norm_eps = 1e-6  # Epsilon of every LayerNorm in the tower (CLIP 1e-5).
-    c.model.text.pre_norm = False  # A LayerNorm before the first block (CLIP's ln_pre).
-    c.model.text.final_norm = True  # The LayerNorm after the last block, on every token.
-    # Projection of the pooled output to model.embed_dim: dense | no_bias (kernel only) |
-    # none (the pooled output itself; needs width == model.embed_dim).
-    c.model.text.projection = "dense"
-
-    c.model.image = ml_collections.ConfigDict()
-    c.model.image.image_size = 64  # Input height and width in pixels.
-    c.model.image.patch_size = 8  # Square patch side; image_size must be divisible by it.
-    c.model.image.channels = 3  # Input channels.
-    c.model.image.stem = "patch"  # patch (linear, ViT) | conv (3x3 stride-2 convs, ViTc).
-    c.model.image.width = 128
-    c.model.image.depth = 2
-    c.model.image.num_heads = 4
-    c.model.image.mlp_dim = 256
-    c.model.image.attention = "dense"
-    c.model.image.pooling = "cls"  # cls | mean | map (attention pooling with a probe, SigLIP).
-    c.model.image.position_embedding = "learned"
-    c.model.image.mean = (0.5, 0.5, 0.5)  # Per-channel normalisation of [0, 1] pixels.
-    c.model.image.std = (0.5, 0.5, 0.5)
-    c.model.image.patch_bias = True  # Bias of the patch projection (stem patch).
-    # Learned position table with rows for the class tokens too, added after they are
-    # prepended (CLIP); False: rows for the patches only, added before.
-    c.model.image.class_token_posemb = False
-    c.model.image.activation = "gelu_tanh"  # MLP's: gelu_tanh | gelu (exact erf) | quick_gelu.
-    c.model.image.norm_eps = 1e-6  # Epsilon of every LayerNorm in the tower (CLIP 1e-5).
-    c.model.image.pre_norm = False  # A LayerNorm before the first block (CLIP's ln_pre).
-    c.model.image.final_norm = True  # The LayerNorm after the last block, on every token.
-    # Projection of the pooled output to model.embed_dim: dense | no_bias (kernel only) |
-    # none (the pooled output itself; needs width == model.embed_dim).
-    c.model.image.projection = "dense"
-
-    c.model.audio = ml_collections.ConfigDict()
-    c.model.audio.sample_rate = 16000  # Hz of the input waveform.
-    c.model.audio.num_samples = (
-        16000  # Clip length fed to the model (raw inputs are cropped/padded).
-    )
-    c.model.audio.window_length = 400  # STFT window in samples (25 ms at 16 kHz).
-    c.model.audio.hop_length = 160  # STFT hop in samples (10 ms at 16 kHz).
-    c.model.audio.num_mel_bins = 64  # Mel filterbank size.
-    c.model.audio.min_frequency = 50.0  # Lowest mel filter edge in Hz.
-    c.model.audio.max_frequency = 8000.0  # Highest mel filter edge in Hz (<= sample_rate / 2).
-    # log_mel (mmtx's log-mel) | kaldi_fbank (Kaldi's filterbank as AST's feature extractor
-    # computes it: DC removal, pre-emphasis, Hann window, Kaldi mel scale).
-    c.model.audio.frontend = "log_mel"
-    c.model.audio.log_mel_mean = -4.0  # Normalisation of log-mel values: (x - mean) / std.
-    c.model.audio.log_mel_std = 4.0
-    c.model.audio.patch_size = (16, 16)  # (time frames, mel bins) per patch, AST-style.
-    c.model.audio.width = 128
-    c.model.audio.depth = 2
-    c.model.audio.num_heads = 4
-    c.model.audio.mlp_dim = 256
-    c.model.audio.attention = "dense"
-    # cls | mean | cls_distill (AST: class and distillation tokens, their outputs averaged).
-    c.model.audio.pooling = "cls"
-    c.model.audio.position_embedding = "sincos"  # sincos works for any clip length.
-    # (time, mel) stride of the patches; 0 = the patch size (no overlap). AST: (10, 10).
-    c.model.audio.patch_stride = (0, 0)
-    c.model.audio.patch_bias = True  # Bias of the patch projection.
-    c.model.audio.class_token_posemb = False  # As model.image.class_token_posemb.
-    c.model.audio.activation = "gelu_tanh"  # MLP's: gelu_tanh | gelu (exact erf) | quick_gelu.
-    c.model.audio.norm_eps = 1e-6  # Epsilon of every LayerNorm in the tower (CLIP 1e-5).
-    c.model.audio.pre_norm = False  # A LayerNorm before the first block (CLIP's ln_pre).
-    c.model.audio.final_norm = True  # The LayerNorm after the last block, on every token.
-    # Projection of the pooled output to model.embed_dim: dense | no_bias (kernel only) |
-    # none (the pooled output itself; needs width == model.embed_dim).
-    c.model.audio.projection = "dense"
+    # One group per registered modality (mmtx.modalities): its encoder's fields and the
+    # projection of its pooled output. Their defaults and comments live with the modality.
+    for modality in modality_names():
+        c.model[modality] = get_modality(modality).default_config()
 
     c.fusion = ml_collections.ConfigDict()
     # concat: one joint transformer over all tokens (early fusion). gated: learned weights
@@ -230,6 +165,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.loss.contrastive_weight = 1.0  # Weight of each pairwise contrastive term.
     c.loss.classification_weight = 1.0  # Weight of the cross-entropy on the fused embedding.
     c.loss.attribute_weight = 0.0  # Weight of each auxiliary attribute cross-entropy term.
+    c.loss.task_weight = 1.0  # Weight of each model.tasks head's cross-entropy term.
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 2000  # Optimizer steps.
@@ -309,7 +245,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.eval_split = "validation"  # TFDS split evaluated on ("train[90%:]", "test", ...).
     # TFDS feature behind each role; nested features joined with "/" ("captions/text");
     # "" = the dataset has none. Every modality in model.modalities needs one.
-    c.data.features = ml_collections.ConfigDict({"text": "", "image": "", "audio": "", "label": ""})
+    c.data.features = ml_collections.ConfigDict(
+        {**dict.fromkeys(modality_names(), ""), "label": ""}
+    )
     c.data.audio_sample_rate = 0  # Source audio's rate in Hz; 0 = from the TFDS feature.
     c.data.augment = False  # Training augmentation: random image crop + flip, audio crop.
     c.data.num_threads = 2  # Threads reading and preprocessing examples (per process/worker).
@@ -365,7 +303,7 @@ def apply_variant(config: ml_collections.ConfigDict, name: str) -> ml_collection
     variant = VARIANTS[name]
     config.variant = name
     config.model.embed_dim = variant["embed_dim"]
-    for modality in MODALITIES:
+    for modality in modality_names():
         config.model[modality].update(variant["tower"])
     config.fusion.update(variant["fusion"])
     return config
@@ -412,37 +350,17 @@ def workdir_file(path: str, workdir: str) -> str:
     return path
 
 
-def spectrogram_frames(audio: ml_collections.ConfigDict) -> int:
-    """STFT frames the log-mel frontend makes of ``audio.num_samples`` samples (no padding)."""
-    return 1 + (audio.num_samples - audio.window_length) // audio.hop_length
-
-
-def audio_patch_grid(audio: ml_collections.ConfigDict) -> tuple[int, int]:
-    """(time, mel) patches the audio tower makes of ``audio.num_samples`` samples: per axis
-    ``(size - patch) // stride + 1`` (0 when the spectrogram is smaller than a patch), the
-    stride being ``patch_stride`` or, where that is 0, the patch size."""
-    sizes = (spectrogram_frames(audio), audio.num_mel_bins)
-    grid = []
-    for size, patch, stride in zip(sizes, audio.patch_size, audio.patch_stride, strict=True):
-        grid.append((size - patch) // (stride or patch) + 1 if size >= patch else 0)
-    return grid[0], grid[1]
-
-
 def tower_tokens(config: ml_collections.ConfigDict, modality: str) -> int:
     """Tokens ``modality``'s transformer attends over, its class tokens included.
 
-    Text: ``max_length`` (padding is masked, not dropped); image: one per patch; audio: one
-    per (time x mel) patch of the log-mel spectrogram (:func:`audio_patch_grid`). Plus the
-    class tokens of the pooling (:data:`CLASS_TOKENS`: cls 1, cls_distill 2, others 0).
+    The modality's own count (:meth:`mmtx.modalities.ModalitySpec.num_tokens`: text
+    ``max_length``, padding being masked, not dropped; image one per patch; audio one per
+    (time x mel) patch of the log-mel spectrogram, :func:`audio_patch_grid`; video one per
+    tubelet) plus the class tokens of the pooling (:data:`CLASS_TOKENS`: cls 1, cls_distill
+    2, others 0).
     """
     tower = config.model[modality]
-    if modality == "text":
-        tokens = tower.max_length
-    elif modality == "image":
-        tokens = (tower.image_size // tower.patch_size) ** 2
-    else:
-        grid_t, grid_f = audio_patch_grid(tower)
-        tokens = grid_t * grid_f
+    tokens = get_modality(modality).num_tokens(tower)
     return tokens + CLASS_TOKENS.get(tower.pooling, 0)
 
 
@@ -544,6 +462,8 @@ def _check_open_group(path: str, group: ml_collections.ConfigDict) -> None:
         if path == "model.attribute_classes":
             _check_type(f"{path}.{name}", value, 0)
             _require(value > 0, f"{path}.{name}", f"must be > 0 classes; got {value}")
+        elif path == "model.tasks":
+            _check_type(f"{path}.{name}", value, "")
         else:
             _check_type(f"{path}.{name}", value, ("",))
 
@@ -569,6 +489,7 @@ RANGES: dict[str, str] = {
     "loss.contrastive_weight": ">= 0",
     "loss.classification_weight": ">= 0",
     "loss.attribute_weight": ">= 0",
+    "loss.task_weight": ">= 0",
     "train.steps": "> 0",
     "train.batch_size": "> 0",
     "train.microbatches": "> 0",
@@ -606,22 +527,6 @@ RANGES: dict[str, str] = {
 TOWER_RANGES = {"width": "> 0", "depth": ">= 0", "num_heads": "> 0", "mlp_dim": "> 0"}
 # Fields of the modality towers only (the fusion has none of them).
 MODALITY_TOWER_RANGES = {"norm_eps": "> 0"}
-MODALITY_RANGES: dict[str, dict[str, str]] = {
-    "text": {"vocab_size": ">= 0", "max_length": "> 0"},
-    "image": {"image_size": "> 0", "patch_size": "> 0", "channels": "> 0", "std": "> 0"},
-    "audio": {
-        "sample_rate": "> 0",
-        "num_samples": "> 0",
-        "window_length": "> 0",
-        "hop_length": "> 0",
-        "num_mel_bins": "> 0",
-        "min_frequency": ">= 0",
-        "max_frequency": "> 0",
-        "log_mel_std": "> 0",
-        "patch_size": "> 0",
-        "patch_stride": ">= 0",
-    },
-}
 
 
 def _in_range(value: float, spec: str) -> bool:
@@ -664,7 +569,7 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
         _check_range(path, node[name], spec)
     for modality in config.model.modalities:
         tower = config.model[modality]
-        specs = {**TOWER_RANGES, **MODALITY_TOWER_RANGES, **MODALITY_RANGES.get(modality, {})}
+        specs = {**TOWER_RANGES, **MODALITY_TOWER_RANGES, **get_modality(modality).ranges}
         for name, spec in specs.items():
             _check_range(f"model.{modality}.{name}", tower[name], spec)
     for name, spec in TOWER_RANGES.items():
@@ -679,7 +584,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
     In order: unknown or missing keys and types (a bool is not an int, a float is not an
     int, floats must be finite; ``TypeError`` for a wrong type), the ranges of
-    :data:`RANGES` / :data:`TOWER_RANGES` / :data:`MODALITY_RANGES`, the choices (kernel,
+    :data:`RANGES` / :data:`TOWER_RANGES` / each modality's ``ranges``, the choices (kernel,
     fusion, pooling names ...) and the checks that span fields (width divisible by heads,
     patches that fit the image and the spectrogram, ...). Raises ``ValueError`` (or
     ``TypeError``) whose message starts ``config.<field>:`` and names the allowed values;
@@ -689,7 +594,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     modalities = tuple(config.model.modalities)
     _require(len(modalities) > 0, "model.modalities", "needs at least one modality")
     for modality in modalities:
-        _require(modality in MODALITIES, "model.modalities", f"unknown modality {modality!r}")
+        _require(
+            modality in modality_names(),
+            "model.modalities",
+            f"unknown modality {modality!r}; registered: {modality_names()}",
+        )
     _check_ranges(config)
     _require(config.dtype in DTYPES, "dtype", f"{config.dtype!r} is not one of {DTYPES}")
     _require(
@@ -699,13 +608,21 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     )
     for modality, names in config.model.attribute_modalities.items():
         field = f"model.attribute_modalities.{modality}"
-        _require(modality in MODALITIES, field, f"unknown modality {modality!r}")
+        _require(modality in modality_names(), field, f"unknown modality {modality!r}")
         for name in names:
             _require(
                 name in config.model.attribute_classes,
                 field,
                 f"attribute {name!r} has no entry in model.attribute_classes",
             )
+    for name, label in config.model.tasks.items():
+        _require(
+            (label == "label" and config.model.num_classes > 0)
+            or label in config.model.attribute_classes,
+            f"model.tasks.{name}",
+            f"predicts {label!r}, which needs an entry in model.attribute_classes (or 'label' "
+            "with model.num_classes > 0)",
+        )
     _require(config.model.remat in REMAT_POLICIES, "model.remat", f"one of {REMAT_POLICIES}")
     towers = [(f"model.{m}", config.model[m]) for m in modalities]
     for name, tower in [*towers, ("fusion", config.fusion)]:
@@ -721,10 +638,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         )
     for modality in modalities:
         _validate_tower(modality, config.model[modality], config.model.embed_dim)
-    if "image" in modalities:
-        _validate_image(config.model.image)
-    if "audio" in modalities:
-        _validate_audio(config.model.audio)
+        get_modality(modality).validate(config.model[modality], _require)
     _validate_fusion(config.fusion)
     _require(
         config.fusion.type != NO_FUSION or config.model.num_classes == 0,
@@ -762,7 +676,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def _validate_tower(modality: str, tower: ml_collections.ConfigDict, embed_dim: int) -> None:
     name = f"model.{modality}"
-    poolings = POOLINGS[modality]
+    poolings = get_modality(modality).poolings
     _require(tower.pooling in poolings, f"{name}.pooling", f"one of {poolings}")
     _require(
         tower.position_embedding in POSITION_EMBEDDINGS,
@@ -791,71 +705,6 @@ def _validate_tower(modality: str, tower: ml_collections.ConfigDict, embed_dim: 
             f"{name}.class_token_posemb",
             "needs position_embedding='learned' (a table with rows for the class tokens); "
             f"got {tower.position_embedding!r}",
-        )
-
-
-def _validate_image(image: ml_collections.ConfigDict) -> None:
-    _require(image.stem in ("patch", "conv"), "model.image.stem", "patch | conv")
-    _require(
-        image.stem == "patch" or image.patch_size & (image.patch_size - 1) == 0,
-        "model.image.patch_size",
-        f"stem='conv' needs a power of two, got {image.patch_size}",
-    )
-    _require(
-        image.image_size % image.patch_size == 0,
-        "model.image.image_size",
-        f"{image.image_size} is not divisible by patch_size {image.patch_size}",
-    )
-    _require(
-        image.patch_bias or image.stem == "patch",
-        "model.image.patch_bias",
-        "False drops the bias of the patch projection, which only stem='patch' has",
-    )
-    for name in ("mean", "std"):
-        _require(
-            len(image[name]) == image.channels,
-            f"model.image.{name}",
-            f"needs one entry per channel (model.image.channels={image.channels}); "
-            f"got {len(image[name])}: {tuple(image[name])}",
-        )
-
-
-def _validate_audio(audio: ml_collections.ConfigDict) -> None:
-    _require(
-        audio.frontend in ("log_mel", "kaldi_fbank"),
-        "model.audio.frontend",
-        f"{audio.frontend!r} is not one of ('log_mel', 'kaldi_fbank')",
-    )
-    _require(
-        audio.num_samples >= audio.window_length,
-        "model.audio.num_samples",
-        f"must be >= window_length ({audio.window_length}) to make one STFT frame; "
-        f"got {audio.num_samples}",
-    )
-    _require(
-        audio.min_frequency < audio.max_frequency,
-        "model.audio.min_frequency",
-        f"must be < max_frequency ({audio.max_frequency}); got {audio.min_frequency}",
-    )
-    _require(
-        audio.max_frequency <= audio.sample_rate / 2,
-        "model.audio.max_frequency",
-        "must be <= sample_rate / 2",
-    )
-    frames = spectrogram_frames(audio)
-    _require(
-        frames >= audio.patch_size[0] and audio.num_mel_bins >= audio.patch_size[1],
-        "model.audio.patch_size",
-        f"{tuple(audio.patch_size)} is larger than the spectrogram "
-        f"({frames} frames x {audio.num_mel_bins} mel bins)",
-    )
-    for axis, (stride, patch) in enumerate(zip(audio.patch_stride, audio.patch_size, strict=True)):
-        _require(
-            stride <= patch,
-            "model.audio.patch_stride",
-            f"{tuple(audio.patch_stride)}: a stride larger than the patch "
-            f"{tuple(audio.patch_size)} skips spectrogram {('frames', 'mel bins')[axis]} "
-            "(0 = the patch size)",
         )
 
 

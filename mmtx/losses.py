@@ -5,6 +5,7 @@ All losses are computed in float32 whatever the compute dtype.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Mapping
@@ -15,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-MODALITIES = ("text", "image", "audio")
+from mmtx.modalities import modality_names, present_key
+
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clips the temperature at 100.
 
 
@@ -72,6 +74,56 @@ def sigmoid_contrastive_loss(
     return -jnp.sum(jax.nn.log_sigmoid(signs * logits)) / logits.shape[0]
 
 
+def masked_softmax_contrastive_loss(
+    a: jax.Array, b: jax.Array, logit_scale: jax.Array, valid: jax.Array
+) -> jax.Array:
+    """:func:`softmax_contrastive_loss` over the examples where ``valid`` (bool ``[B]``) holds:
+    only valid pairs are rows, columns and negatives; 0 when none is valid. Equals the
+    unmasked loss of the valid examples alone."""
+    logits = pair_logits(a, b, logit_scale)
+    valid = valid.astype(jnp.bool_)
+    count = jnp.maximum(jnp.sum(valid.astype(jnp.float32)), 1.0)
+    labels = jnp.arange(logits.shape[0])
+    # Invalid columns are no negatives; invalid rows are dropped from the mean.
+    masked = jnp.where(valid[None, :], logits, -jnp.inf)
+    masked = jnp.where(valid[:, None], masked, 0.0)
+    a_to_b = optax.softmax_cross_entropy_with_integer_labels(masked, labels)
+    b_to_a = optax.softmax_cross_entropy_with_integer_labels(masked.T, labels)
+    weight = valid.astype(jnp.float32)
+    return 0.5 * (jnp.sum(a_to_b * weight) + jnp.sum(b_to_a * weight)) / count
+
+
+def masked_sigmoid_contrastive_loss(
+    a: jax.Array, b: jax.Array, logit_scale: jax.Array, logit_bias: jax.Array, valid: jax.Array
+) -> jax.Array:
+    """:func:`sigmoid_contrastive_loss` over the pairs whose two examples are ``valid`` (bool
+    ``[B]``), divided by the number of valid examples; 0 when none is valid."""
+    logits = pair_logits(a, b, logit_scale) + logit_bias.astype(jnp.float32)
+    signs = 2.0 * jnp.eye(logits.shape[0], dtype=jnp.float32) - 1.0
+    weight = valid.astype(jnp.float32)
+    pairs = weight[:, None] * weight[None, :]
+    count = jnp.maximum(jnp.sum(weight), 1.0)
+    return -jnp.sum(pairs * jax.nn.log_sigmoid(signs * logits)) / count
+
+
+def masked_classification_loss(
+    logits: jax.Array, labels: jax.Array, valid: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """:func:`classification_loss` averaged over the examples where ``valid`` (bool ``[B]``)."""
+    logits = logits.astype(jnp.float32)
+    weight = valid.astype(jnp.float32)
+    count = jnp.maximum(jnp.sum(weight), 1.0)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    hits = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    return jnp.sum(losses * weight) / count, jnp.sum(hits * weight) / count
+
+
+def presence(batch: Mapping[str, Any], modality: str) -> jax.Array | None:
+    """bool ``[B]``: which examples of ``batch`` have ``modality`` (None: all of them)."""
+    flag = batch.get(present_key(modality))
+    return None if flag is None else jnp.asarray(flag).astype(jnp.bool_)
+
+
 def classification_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Mean softmax cross-entropy and accuracy: logits ``[B, C]``, labels int ``[B]``."""
     chex.assert_rank(logits, 2)
@@ -92,25 +144,43 @@ def total_loss(
         ``logit_bias``).
       batch: the input batch (``label`` int32 ``[B]`` is used when present).
       config: ``config.loss`` with ``contrastive`` (``softmax`` | ``sigmoid`` | ``none``),
-        ``contrastive_weight``, ``classification_weight`` and ``attribute_weight``.
+        ``contrastive_weight``, ``classification_weight``, ``attribute_weight`` and
+        ``task_weight``.
 
     Returns:
       ``(loss, metrics)``: a float32 scalar and a dict of float32 scalars: one
       ``contrastive_<a>_<b>`` term per pair of present modalities, ``classification`` and
-      ``accuracy`` when labels and logits are present, and ``attribute_<modality>_<name>``
-      (with its ``_accuracy``) for each auxiliary attribute head whose label the batch has.
+      ``accuracy`` when labels and logits are present, ``attribute_<modality>_<name>``
+      (with its ``_accuracy``) for each auxiliary attribute head whose label the batch has,
+      ``task_<name>`` (with its ``_accuracy``) for each ``model.tasks`` head whose label the
+      batch has, and ``fusion_weight_<task>_<modality>``, each task's fusion weights.
+
+    Per-example absence (``batch["present/<m>"]`` bool ``[B]``): a contrastive pair is
+    computed over the examples that have both modalities, an attribute head over those that
+    have its modality; without the flags the plain (unmasked) losses run.
     """
     metrics: dict[str, jax.Array] = {}
     loss = jnp.zeros((), jnp.float32)
-    present = [m for m in MODALITIES if m in outputs]
+    present = [m for m in modality_names() if m in outputs]
     if config.contrastive != "none" and config.contrastive_weight:
         for a, b in itertools.combinations(present, 2):
+            flags = [f for f in (presence(batch, a), presence(batch, b)) if f is not None]
+            valid = functools.reduce(jnp.logical_and, flags) if flags else None
             if config.contrastive == "softmax":
-                term = softmax_contrastive_loss(outputs[a], outputs[b], outputs["logit_scale"])
+                if valid is None:
+                    term = softmax_contrastive_loss(outputs[a], outputs[b], outputs["logit_scale"])
+                else:
+                    term = masked_softmax_contrastive_loss(
+                        outputs[a], outputs[b], outputs["logit_scale"], valid
+                    )
             elif config.contrastive == "sigmoid":
-                term = sigmoid_contrastive_loss(
-                    outputs[a], outputs[b], outputs["logit_scale"], outputs["logit_bias"]
-                )
+                scale, bias = outputs["logit_scale"], outputs["logit_bias"]
+                if valid is None:
+                    term = sigmoid_contrastive_loss(outputs[a], outputs[b], scale, bias)
+                else:
+                    term = masked_sigmoid_contrastive_loss(
+                        outputs[a], outputs[b], scale, bias, valid
+                    )
             else:
                 raise ValueError(f"unknown config.loss.contrastive {config.contrastive!r}")
             metrics[f"contrastive_{a}_{b}"] = term
@@ -122,11 +192,25 @@ def total_loss(
         loss = loss + config.classification_weight * term
     if config.get("attribute_weight", 0.0):
         for key, logits in outputs.get("attribute_logits", {}).items():
-            attribute = key.split("/")[1]
+            modality, attribute = key.split("/")
             if attribute in batch:
-                term, accuracy = classification_loss(logits, batch[attribute])
+                valid = presence(batch, modality)
+                if valid is None:
+                    term, accuracy = classification_loss(logits, batch[attribute])
+                else:
+                    term, accuracy = masked_classification_loss(logits, batch[attribute], valid)
                 metrics[f"attribute_{key.replace('/', '_')}"] = term
                 metrics[f"attribute_{key.replace('/', '_')}_accuracy"] = accuracy
                 loss = loss + config.attribute_weight * term
+    for key, logits in outputs.get("task_logits", {}).items():
+        name, label = key.split("/")
+        if label in batch:
+            term, accuracy = classification_loss(logits, batch[label])
+            metrics[f"task_{name}"] = term
+            metrics[f"task_{name}_accuracy"] = accuracy
+            loss = loss + config.get("task_weight", 1.0) * term
+    for name, weights in outputs.get("task_fusion_weights", {}).items():
+        for modality, weight in weights.items():
+            metrics[f"fusion_weight_{name}_{modality}"] = weight.astype(jnp.float32)
     metrics["loss"] = loss
     return loss, metrics

@@ -17,17 +17,32 @@ import numpy as np
 from flax.core import FrozenDict
 
 from mmtx import config as config_lib
-from mmtx.data.preprocessing import to_audio_batch, to_image_batch
 from mmtx.data.tokenizer import Tokenizer, create_tokenizer
-from mmtx.encoders import AudioEncoder, ImageEncoder, TextEncoder
-from mmtx.fusion import FUSION_MODULES, ModalityFeatures
+from mmtx.fusion import FUSION_MODULES, GatedFusion, ModalityFeatures
+from mmtx.modalities import (
+    LEGACY_FUSION_ORDER,
+    fusion_order,
+    get_modality,
+    modality_names,
+    present_key,
+)
 from mmtx.nn.attention import default_kernel_init
 
 Dtype = Any
-ENCODERS = {"text": TextEncoder, "image": ImageEncoder, "audio": AudioEncoder}
-# The outputs that are embeddings [B, embed_dim] (Model(..., normalize=True) scales them).
-EMBEDDING_KEYS = (*ENCODERS, "fused")
-BATCH_KEYS = ("text", "text_mask", "image", "audio", "label")
+
+
+def embedding_keys() -> tuple[str, ...]:
+    """The outputs that are embeddings ``[B, embed_dim]`` (``Model(..., normalize=True)``
+    scales them): every registered modality's and ``"fused"``."""
+    return (*modality_names(), "fused")
+
+
+def task_classes(config: ml_collections.ConfigDict, label: str) -> int:
+    """Classes of a task head over batch key ``label``: ``model.num_classes`` for
+    ``"label"``, else ``model.attribute_classes[label]``."""
+    if label == "label":
+        return int(config.model.num_classes)
+    return int(config.model.attribute_classes[label])
 
 
 def resolve_dtype(name: str) -> jnp.dtype:
@@ -49,15 +64,20 @@ def _concrete(value: Any) -> np.ndarray | None:
 def check_batch(batch: Mapping[str, Any], encoders: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Checks a model batch against a model's encoders; returns the modalities it holds.
 
-    ``batch`` is the dict of docs/design.md (``text`` int ``[B, T]``, ``text_mask`` bool
-    ``[B, T]``, ``image`` float ``[B, H, W, C]``, ``audio`` float ``[B, S]``); ``encoders``
-    is :attr:`MultiModalTransformer.encoders`. Checked: every modality has an encoder, at
-    least one is present, batch sizes agree and are nonzero, ``text_mask`` has the shape of
-    ``text``; and on concrete values (not under jit, which traces them): text ids are
-    integers in ``[0, vocab_size)``, and image and audio values are finite. Raises
-    ``ValueError`` (``TypeError`` for non-integer ids) before anything is compiled.
+    ``batch`` is the dict of docs/design.md (per modality its input, e.g. ``text`` int
+    ``[B, T]`` with ``text_mask`` bool ``[B, T]``, ``image`` float ``[B, H, W, C]``,
+    ``audio`` float ``[B, S]``, ``video`` float ``[B, T, H, W, C]``; optionally
+    ``present/<modality>`` bool ``[B]``); ``encoders`` is
+    :attr:`MultiModalTransformer.encoders`. Checked: every modality has an encoder, at
+    least one is present, batch sizes agree and are nonzero, presence flags are ``[B]``; and
+    on concrete values (not under jit, which traces them): each modality's own checks
+    (:meth:`mmtx.modalities.ModalitySpec.check_values`: text ids in ``[0, vocab_size)``,
+    finite pixels and samples) on the examples that have it, and every example has at
+    least one modality. Raises ``ValueError`` (``TypeError`` for non-integer ids) before
+    anything is compiled. Returns the present modalities in registry order.
     """
-    present = [m for m in ENCODERS if m in batch and batch[m] is not None]
+    names = modality_names()
+    present = [m for m in names if m in batch and batch[m] is not None]
     unsupported = [m for m in present if m not in encoders]
     if unsupported:
         raise ValueError(
@@ -71,30 +91,40 @@ def check_batch(batch: Mapping[str, Any], encoders: Mapping[str, Mapping[str, An
     sizes = {m: int(np.shape(batch[m])[0]) for m in present}
     if len(set(sizes.values())) != 1:
         raise ValueError(f"modalities disagree on batch size: {sizes}")
-    if 0 in sizes.values():
+    size = next(iter(sizes.values()))
+    if size == 0:
         raise ValueError("the batch is empty (batch size 0)")
-    if "text" in present and (ids := _concrete(batch["text"])) is not None:
-        # An id past the embedding table would silently read a clipped row inside XLA.
-        vocab = encoders["text"]["vocab_size"]
-        if not np.issubdtype(ids.dtype, np.integer):
-            raise TypeError(f"text must hold integer token ids; got dtype {ids.dtype}")
-        if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+    flags: dict[str, np.ndarray | None] = {}
+    for modality in present:
+        key = present_key(modality)
+        if key not in batch:
+            continue
+        if np.shape(batch[key]) != (size,):
+            raise ValueError(f"{key} must be bool [{size}]; got shape {np.shape(batch[key])}")
+        flags[modality] = _concrete(batch[key])
+    for key in batch:
+        if key.startswith("present/") and key.split("/", 1)[1] not in present:
+            raise ValueError(f"batch has {key} but no {key.split('/', 1)[1]} input")
+    for modality in present:
+        spec = get_modality(modality)
+        values = {k: _concrete(batch[k]) for k in (modality, *spec.extra_keys) if k in batch}
+        if any(v is None for v in values.values()):
+            continue
+        rows = flags.get(modality)
+        if rows is not None:
+            if not rows.any():
+                continue
+            values = {k: v[rows.astype(bool)] for k, v in values.items()}
+        spec.check_values(values, encoders[modality])
+    if flags and all(f is not None for f in flags.values()):
+        covered = np.zeros((size,), bool)
+        for modality in present:
+            flag = flags.get(modality)
+            covered |= True if flag is None else flag.astype(bool)
+        if not covered.all():
             raise ValueError(
-                f"text token ids must be in [0, {vocab}) (the text vocabulary); got "
-                f"values in [{ids.min()}, {ids.max()}]"
-            )
-    for modality in ("image", "audio"):
-        if modality in present and (values := _concrete(batch[modality])) is not None:
-            finite = np.isfinite(values.reshape(values.shape[0], -1)).all(axis=1)
-            if not finite.all():
-                raise ValueError(
-                    f"{modality}[{int(np.argmin(finite))}] has non-finite values (NaN or inf)"
-                )
-    if "text_mask" in batch and "text" in present:
-        if np.shape(batch["text_mask"]) != np.shape(batch["text"]):
-            raise ValueError(
-                f"text_mask shape {np.shape(batch['text_mask'])} differs from text shape "
-                f"{np.shape(batch['text'])}"
+                f"example {int(np.argmin(covered))} has no modality present (every "
+                "present/<modality> flag is False)"
             )
     return present
 
@@ -107,15 +137,24 @@ class MultiModalTransformer(nn.Module):
     per-modality embeddings are unaffected), so the model learns to cope with missing inputs.
 
     ``__call__(batch, train=...)`` takes a batch dict
-    (any subset of ``text``/``text_mask``/``image``/``audio``; see docs/design.md) and returns a
+    (any subset of the registered modalities' inputs, ``text``/``text_mask``/``image``/
+    ``audio``/``video``; see docs/design.md) and returns a
     dict with, for every present modality ``m``, ``out[m]`` float32 ``[B, embed_dim]``;
     ``"fused"`` float32 ``[B, embed_dim]`` (embeddings un-normalised: the losses L2-normalise
     them; absent with ``fusion_type="none"``, which has no fusion); ``"logits"`` float32
     ``[B, num_classes]`` when ``num_classes > 0``; ``"logit_scale"`` and ``"logit_bias"``
     float32 scalars (the learnable temperature and bias of the contrastive losses); with
     ``attribute_heads``, ``"attribute_logits"``: ``"<modality>/<attribute>"`` -> float32
-    ``[B, classes]``, predicted from that modality's embedding; and, with gated fusion,
-    ``"fusion_weights"``: present modality -> float32 scalar weight.
+    ``[B, classes]``, predicted from that modality's embedding; with gated fusion,
+    ``"fusion_weights"``: present modality -> float32 scalar weight; with ``tasks``
+    (``"<task>/<label>"`` -> classes), ``"task_logits"``: that key -> float32
+    ``[B, classes]`` from the task's own gated fusion of the modality embeddings, and
+    ``"task_fusion_weights"``: task -> present modality -> float32 scalar weight.
+
+    Per-example absence: ``batch["present/<m>"]`` bool ``[B]`` (False = the example has no
+    ``m``; its ``m`` input is a filler of the right shape). Such an example is fused exactly
+    as if ``m`` were absent (``ModalityFeatures.keep``) and its ``out[m]`` is zero; the
+    losses skip it (:func:`mmtx.losses.total_loss`).
 
     ``projections`` maps a modality to how its pooled output becomes ``out[m]`` (the
     ``<m>_head`` param): ``"dense"`` (kernel and bias; the default for a modality not in
@@ -131,6 +170,8 @@ class MultiModalTransformer(nn.Module):
     num_classes: int = 0
     modality_dropout: float = 0.0
     attribute_heads: FrozenDict[str, FrozenDict[str, int]] = FrozenDict()
+    tasks: FrozenDict[str, int] = FrozenDict()
+    fusion_order: tuple[str, ...] = LEGACY_FUSION_ORDER
     temperature_init: float = 0.07
     logit_bias_init: float = -10.0
     capture_weights: bool = False
@@ -166,11 +207,10 @@ class MultiModalTransformer(nn.Module):
 
         encoders, projections = {}, {}
         for modality in model.modalities:
-            kwargs = {**model[modality].to_dict(), **common}
-            projections[modality] = kwargs.pop("projection")
+            spec = get_modality(modality)
+            kwargs = {**spec.encoder_fields(model[modality], vocab_size), **common}
+            projections[modality] = model[modality].projection
             kwargs["attention_options"] = attention_options(kwargs["attention"])
-            if modality == "text":
-                kwargs["vocab_size"] = model.text.vocab_size or vocab_size
             kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
             encoders[modality] = kwargs
         fusion_type = config.fusion.type
@@ -179,6 +219,7 @@ class MultiModalTransformer(nn.Module):
             **common,
             "attention_options": attention_options(config.fusion.attention),
             "cross_attention_options": attention_options(config.fusion.cross_attention),
+            "modalities": fusion_order(model.modalities),
         }
         # Each fusion module takes the fields it declares (gated needs only its width).
         if fusion_type == config_lib.NO_FUSION:
@@ -202,6 +243,13 @@ class MultiModalTransformer(nn.Module):
                     if m in model.modalities
                 }
             ),
+            tasks=FrozenDict(
+                {
+                    f"{name}/{label}": task_classes(config, label)
+                    for name, label in model.tasks.items()
+                }
+            ),
+            fusion_order=fusion_order(model.modalities),
             temperature_init=model.temperature_init,
             logit_bias_init=model.logit_bias_init,
             dtype=resolve_dtype(config.dtype),
@@ -219,16 +267,16 @@ class MultiModalTransformer(nn.Module):
         features: dict[str, ModalityFeatures] = {}
         outputs: dict[str, Any] = {}
         for modality in present:
-            encoder = ENCODERS[modality](**self.encoders[modality], **common, name=modality)
-            if modality == "text":
-                mask = batch.get("text_mask")
-                if mask is None:
-                    mask = batch["text"] != 0
-                tokens, out = encoder(batch["text"], mask, train=train)
-            else:
-                tokens, out = encoder(batch[modality], train=train)
-            features[modality] = ModalityFeatures(tokens, out["mask"], out["pooled"])
-            outputs[modality] = self._projection(modality, out["pooled"])
+            spec = get_modality(modality)
+            encoder = spec.encoder_class()(**self.encoders[modality], **common, name=modality)
+            tokens, out = spec.encode(encoder, batch, train=train)
+            flag = batch.get(present_key(modality))
+            keep = None if flag is None else jnp.asarray(flag).astype(jnp.bool_)
+            features[modality] = ModalityFeatures(tokens, out["mask"], out["pooled"], keep)
+            embedding = self._projection(modality, out["pooled"])
+            if keep is not None:  # an absent example's embedding is zero, not its filler's
+                embedding = jnp.where(keep[:, None], embedding, 0.0)
+            outputs[modality] = embedding
             for name, classes in self.attribute_heads.get(modality, {}).items():
                 head = self._head(f"{modality}_{name}_head", classes)
                 outputs.setdefault("attribute_logits", {})[f"{modality}/{name}"] = head(
@@ -237,6 +285,8 @@ class MultiModalTransformer(nn.Module):
 
         if self.fusion_type != config_lib.NO_FUSION:
             self._fuse(features, outputs, train=train)
+        for key, classes in self.tasks.items():
+            self._task(key, classes, features, outputs)
         outputs["logit_scale"] = self.param(
             "logit_scale",
             nn.initializers.constant(-np.log(self.temperature_init)),
@@ -254,9 +304,15 @@ class MultiModalTransformer(nn.Module):
         """Runs the fusion (modality dropout first, when training) and its heads; adds
         ``"fused"``, ``"logits"`` and ``"fusion_weights"`` to ``outputs``."""
         if train and self.modality_dropout > 0 and len(features) > 1:
-            keep = self._modality_keep_mask(
-                len(features), next(iter(features.values())).tokens.shape[0]
-            )
+            batch = next(iter(features.values())).tokens.shape[0]
+            flags = [f.keep for f in features.values()]
+            if all(flag is None for flag in flags):
+                keep = self._modality_keep_mask(len(features), batch)
+            else:
+                present = jnp.stack(
+                    [jnp.ones((batch,), jnp.bool_) if f is None else f for f in flags], axis=1
+                )
+                keep = self._modality_keep_mask(len(features), batch, present)
             features = {m: f._replace(keep=keep[:, i]) for i, (m, f) in enumerate(features.items())}
 
         fusion_class = FUSION_MODULES[self.fusion_type]
@@ -276,15 +332,50 @@ class MultiModalTransformer(nn.Module):
         if "weights" in fusion_out:
             outputs["fusion_weights"] = fusion_out["weights"]
 
-    def _modality_keep_mask(self, num_modalities: int, batch: int) -> jax.Array:
+    def _modality_keep_mask(
+        self, num_modalities: int, batch: int, present: jax.Array | None = None
+    ) -> jax.Array:
         """bool ``[B, M]``: each modality kept with prob ``1 - modality_dropout``, at least one
-        per example (a random one when all were dropped)."""
+        per example (a random one when all were dropped). With ``present`` (bool ``[B, M]``,
+        the batch's presence flags) only present modalities are kept or rescued."""
         drop_rng, pick_rng = jax.random.split(self.make_rng("dropout"))
         keep = jax.random.bernoulli(drop_rng, 1.0 - self.modality_dropout, (batch, num_modalities))
-        rescue = jax.nn.one_hot(
-            jax.random.randint(pick_rng, (batch,), 0, num_modalities), num_modalities, dtype=bool
-        )
+        if present is None:
+            pick = jax.random.randint(pick_rng, (batch,), 0, num_modalities)
+        else:
+            keep = keep & present
+            scores = jax.random.uniform(pick_rng, (batch, num_modalities))
+            pick = jnp.argmax(jnp.where(present, scores, -1.0), axis=1)
+        rescue = jax.nn.one_hot(pick, num_modalities, dtype=bool)
         return jnp.where(jnp.any(keep, axis=1, keepdims=True), keep, rescue)
+
+    def _task(
+        self,
+        key: str,
+        classes: int,
+        features: dict[str, ModalityFeatures],
+        outputs: dict[str, Any],
+    ) -> None:
+        """One downstream task's own fusion (``key`` is ``"<task>/<label>"``): a
+        :class:`mmtx.fusion.GatedFusion` of the modality embeddings (its learned weights are
+        the task's, param ``task_<task>_fusion``) and a linear head (``task_<task>_head``);
+        adds ``outputs["task_logits"][key]`` float32 ``[B, classes]`` and
+        ``outputs["task_fusion_weights"][task]``: modality -> float32 scalar weight."""
+        name = key.split("/")[0]
+        embeddings = {
+            m: ModalityFeatures(f.tokens, f.mask, outputs[m], f.keep) for m, f in features.items()
+        }
+        fusion = GatedFusion(
+            width=self.embed_dim,
+            modalities=self.fusion_order,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name=f"task_{name}_fusion",
+        )
+        fused, out = fusion(embeddings)
+        logits = self._head(f"task_{name}_head", classes)(fused)
+        outputs.setdefault("task_logits", {})[key] = logits
+        outputs.setdefault("task_fusion_weights", {})[name] = out["weights"]
 
     def _projection(self, modality: str, pooled: jax.Array) -> jax.Array:
         """``pooled`` ``[B, width]`` -> the modality's float32 ``[B, embed_dim]`` embedding,
@@ -398,46 +489,75 @@ class Model:
 
     def preprocess(
         self,
-        text_inputs: str | Sequence[str] | None = None,
-        image_features: np.ndarray | None = None,
-        audio_inputs: np.ndarray | None = None,
+        text_inputs: str | Sequence[str | None] | None = None,
+        image_features: Any = None,
+        audio_inputs: Any = None,
         audio_sample_rate: int | None = None,
+        video_inputs: Any = None,
+        **inputs: Any,
     ) -> dict[str, np.ndarray]:
         """Raw inputs (see the class docstring) -> a model batch dict of numpy arrays:
         ``text`` int32 ``[B, T]`` and ``text_mask`` bool ``[B, T]``, ``image`` float32
-        ``[B, H, W, C]``, ``audio`` float32 ``[B, S]``; shapes and types validated.
+        ``[B, H, W, C]``, ``audio`` float32 ``[B, S]``, ``video`` float32
+        ``[B, T, H, W, C]``; shapes and types validated. A modality registered with
+        :func:`mmtx.modalities.register_modality` takes its raw inputs by its
+        ``raw_input`` keyword (in ``inputs``).
 
-        Images go through :func:`mmtx.data.preprocessing.preprocess_image` (decoded if
-        bytes, shorter side resized, centre crop), audio through
-        :func:`mmtx.data.preprocessing.to_audio_batch` (mixed to mono, resampled when
-        ``audio_sample_rate`` differs from the model's, cropped/padded to the model's clip
-        length): the evaluation path of the input pipeline.
+        A list of inputs may hold ``None`` for examples that lack that modality: the batch
+        then carries ``present/<modality>`` bool ``[B]`` (False there) and a filler copy of
+        another example, which the model ignores. Images go through
+        :func:`mmtx.data.preprocessing.preprocess_image` (decoded if bytes, shorter side
+        resized, centre crop), audio through :func:`mmtx.data.preprocessing.to_audio_batch`
+        (mixed to mono, resampled when ``audio_sample_rate`` differs from the model's,
+        cropped/padded to the model's clip length), video through
+        :func:`mmtx.data.preprocessing.to_video_batch`: the evaluation path of the input
+        pipeline.
         """
-        model = self.config.model
+        raw = dict(inputs)
+        for keyword, value in (
+            ("text_inputs", text_inputs),
+            ("image_features", image_features),
+            ("audio_inputs", audio_inputs),
+            ("video_inputs", video_inputs),
+        ):
+            if value is not None:
+                raw[keyword] = value
+        by_keyword = {get_modality(m).raw_input: m for m in modality_names()}
+        unknown = sorted(k for k in raw if k not in by_keyword)
+        if unknown:
+            raise TypeError(
+                f"unknown inputs {unknown}; this model's are "
+                f"{[get_modality(m).raw_input for m in self.config.model.modalities]}"
+            )
+        options = {"audio_sample_rate": _sample_rate(audio_sample_rate)}
         batch: dict[str, np.ndarray] = {}
-        if text_inputs is not None:
-            texts = _text_list(text_inputs)
-            if not texts:
-                raise ValueError("text_inputs is an empty list")
-            batch["text"], batch["text_mask"] = self.tokenizer(texts, model.text.max_length)
-            empty = [i for i, row in enumerate(batch["text_mask"]) if not row.any()]
-            if empty:
-                raise ValueError(f"text_inputs{empty} encode to no tokens (empty strings?)")
-        if image_features is not None:
-            image = model.image
-            batch["image"] = to_image_batch(
-                image_features, image.image_size, image.channels, name="image_features"
-            )
-        if audio_inputs is not None:
-            batch["audio"] = to_audio_batch(
-                audio_inputs,
-                model.audio.num_samples,
-                sample_rate=_sample_rate(audio_sample_rate),
-                target_rate=model.audio.sample_rate,
-                name="audio_inputs",
-            )
+        sizes: dict[str, int] = {}
+        for keyword, value in raw.items():
+            modality = by_keyword[keyword]
+            if modality not in self.config.model.modalities:
+                raise ValueError(
+                    f"{keyword}: this model has no encoder for {modality} (its modalities are "
+                    f"{tuple(self.config.model.modalities)})"
+                )
+            spec = get_modality(modality)
+            entries = spec.as_list(value)
+            present = None
+            if entries is not None and any(entry is None for entry in entries):
+                present = np.asarray([entry is not None for entry in entries])
+                if not present.any():
+                    continue  # every example lacks it: the modality is absent
+                filler = entries[int(np.argmax(present))]
+                value = [filler if entry is None else entry for entry in entries]
+            arrays = spec.from_raw(value, config=self.config, tokenizer=self.tokenizer, **options)
+            batch.update(arrays)
+            sizes[keyword] = len(arrays[modality])
+            if present is not None:
+                batch[present_key(modality)] = present
         if not batch:
-            raise ValueError("give at least one of text_inputs, image_features, audio_inputs")
+            names = [get_modality(m).raw_input for m in self.config.model.modalities]
+            raise ValueError(f"give at least one of {', '.join(names)} (not all None)")
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"inputs disagree on batch size (examples per input): {sizes}")
         return batch
 
     def apply(self, batch: dict[str, Any], *, train: bool = False, **kwargs: Any) -> Any:
@@ -446,12 +566,14 @@ class Model:
 
     def __call__(
         self,
-        text_inputs: str | Sequence[str] | None = None,
-        image_features: np.ndarray | None = None,
-        audio_inputs: np.ndarray | None = None,
+        text_inputs: str | Sequence[str | None] | None = None,
+        image_features: Any = None,
+        audio_inputs: Any = None,
         audio_sample_rate: int | None = None,
+        video_inputs: Any = None,
         *,
         normalize: bool = False,
+        **inputs: Any,
     ) -> dict[str, Any]:
         """Runs the model on raw inputs (see the class docstring).
 
@@ -459,7 +581,9 @@ class Model:
         ``"fused"``: float32 ``[B, embed_dim]``) are divided by their L2 norm, as the
         contrastive losses compare them; other outputs are unchanged.
         """
-        batch = self.preprocess(text_inputs, image_features, audio_inputs, audio_sample_rate)
+        batch = self.preprocess(
+            text_inputs, image_features, audio_inputs, audio_sample_rate, video_inputs, **inputs
+        )
         return self.run(batch, normalize=normalize)
 
     def run(self, batch: Mapping[str, Any], *, normalize: bool = False) -> dict[str, Any]:
@@ -475,7 +599,7 @@ class Model:
         check_batch(batch, self.module.encoders)
         outputs = jax.tree.map(np.asarray, _jitted_apply(self.module, self.params, batch))
         if normalize:
-            for key in EMBEDDING_KEYS:
+            for key in embedding_keys():
                 if key in outputs:
                     outputs[key] = l2_normalize(outputs[key])
         return outputs
@@ -487,28 +611,6 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     x = np.asarray(x, np.float32)
     norm = np.linalg.norm(x, axis=-1, keepdims=True)
     return x / np.maximum(norm, np.float32(eps))
-
-
-def _text_list(text_inputs: Any) -> list[str]:
-    """``text_inputs`` as a list of str: a str, or a list/tuple/numpy array of str."""
-    if isinstance(text_inputs, np.ndarray) and text_inputs.ndim == 0:
-        text_inputs = text_inputs.item()
-    if isinstance(text_inputs, str):
-        return [text_inputs]
-    if isinstance(text_inputs, bytes | bytearray | np.bytes_):
-        raise TypeError("text_inputs is bytes; decode it to str first (text.decode('utf-8'))")
-    if not isinstance(text_inputs, list | tuple | np.ndarray):
-        raise TypeError(
-            f"text_inputs must be a str or a list of str; got {type(text_inputs).__name__}"
-        )
-    for index, text in enumerate(text_inputs):
-        if isinstance(text, bytes | bytearray | np.bytes_):
-            raise TypeError(
-                f"text_inputs[{index}] is bytes; decode it to str first (text.decode('utf-8'))"
-            )
-        if not isinstance(text, str):
-            raise TypeError(f"text_inputs[{index}] must be a str; got {type(text).__name__}")
-    return [str(text) for text in text_inputs]
 
 
 def _sample_rate(rate: Any) -> int | None:
@@ -539,17 +641,11 @@ def init_params(
 
 
 def dummy_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, jax.Array]:
-    """A zero batch with every configured modality, shaped as the model expects."""
-    model = config.model
+    """A zero batch with every configured modality, shaped as the model expects (each
+    modality's :meth:`mmtx.modalities.ModalitySpec.dummy_input`)."""
     batch: dict[str, jax.Array] = {}
-    if "text" in model.modalities:
-        batch["text"] = jnp.ones((batch_size, model.text.max_length), jnp.int32)
-        batch["text_mask"] = jnp.ones((batch_size, model.text.max_length), jnp.bool_)
-    if "image" in model.modalities:
-        size, channels = model.image.image_size, model.image.channels
-        batch["image"] = jnp.zeros((batch_size, size, size, channels), jnp.float32)
-    if "audio" in model.modalities:
-        batch["audio"] = jnp.zeros((batch_size, model.audio.num_samples), jnp.float32)
+    for modality in config.model.modalities:
+        batch.update(get_modality(modality).dummy_input(config.model[modality], batch_size))
     return batch
 
 

@@ -203,7 +203,7 @@ BAD_VALUES = [
     ("model.audio.max_frequency", 9000.0, "model.audio.max_frequency"),
     ("model.text.pooling", "max", "model.text.pooling"),
     ("model.audio.position_embedding", "rope", "model.audio.position_embedding"),
-    ("model.modalities", ("text", "video"), "model.modalities"),
+    ("model.modalities", ("text", "smell"), "model.modalities"),
     ("model.modalities", (), "model.modalities"),
     ("model.dropout_rate", 1.0, "model.dropout_rate"),
     ("model.remat", "everything", "model.remat"),
@@ -359,8 +359,8 @@ def test_validate_rejects_keys_the_schema_lacks():
     with pytest.raises(ValueError, match=re.escape("config.model.text.widht: unknown key")):
         config_lib.validate(config)
     config = tiny()
-    config.data.features.video = "clip"
-    with pytest.raises(ValueError, match=re.escape("config.data.features.video: unknown key")):
+    config.data.features.smell = "clip"
+    with pytest.raises(ValueError, match=re.escape("config.data.features.smell: unknown key")):
         config_lib.validate(config)
 
 

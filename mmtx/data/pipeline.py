@@ -18,13 +18,13 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from mmtx.data import preprocessing
 from mmtx.data.synthetic import CLASS_NAMES, SyntheticSource
 from mmtx.data.tfds_source import TfdsSource, tfds_name
 from mmtx.data.tokenizer import Tokenizer
+from mmtx.modalities import get_modality, modality_names, ordered, present_key
 
 # Keys a pipeline batch carries besides the model inputs: attributes used by the metrics.
-ATTRIBUTE_KEYS = ("shape", "colour", "size", "position")
+ATTRIBUTE_KEYS = ("shape", "colour", "size", "position", "motion")
 
 
 def split_name(config: ml_collections.ConfigDict, split: str) -> str:
@@ -69,55 +69,81 @@ def source_sample_rate(config: ml_collections.ConfigDict, source: Any) -> int:
     return rate or int(config.model.audio.sample_rate)
 
 
+def is_empty(value: Any) -> bool:
+    """Whether a source example's value stands for a missing input: None, an empty string or
+    bytes, or an array/sequence with no elements."""
+    if value is None:
+        return True
+    if isinstance(value, str | bytes):
+        return len(value) == 0
+    if isinstance(value, np.ndarray):
+        return value.size == 0
+    if isinstance(value, list | tuple):
+        return len(value) == 0
+    return False
+
+
 def make_preprocess(
     config: ml_collections.ConfigDict,
     tokenizer: Tokenizer,
     *,
     sample_rate: int | None = None,
     augment: bool = False,
+    mark_presence: bool = False,
 ) -> Callable[..., dict[str, np.ndarray]]:
     """Returns the per-example map ``(example, rng=None) -> model inputs`` of the configured
-    modalities.
+    modalities, each through its spec's
+    :meth:`mmtx.modalities.ModalitySpec.preprocess_example`.
 
-    ``example`` has a source's keys (``caption``, ``image``, ``audio``, ``label`` and the
-    synthetic attributes). ``rng`` (a ``np.random.Generator``; training only) picks one of
-    several captions and, with ``augment``, a random image crop and flip and a random audio
-    crop; without it the first caption, the centre crop and the clip's start are used.
+    ``example`` has a source's keys (``caption``, ``image``, ``audio``, ``video``, ``label``
+    and the synthetic attributes). ``rng`` (a ``np.random.Generator``; training only) picks
+    one of several captions and, with ``augment``, a random image crop and flip and a random
+    audio crop; without it the first caption, the centre crop and the clip's start are used.
     ``sample_rate``: the source audio's rate (default: the model's).
 
+    With ``mark_presence`` (sources whose examples may lack inputs, TFDS) every modality gets
+    ``present/<modality>`` bool ``[]``: an example whose value is missing or empty
+    (:func:`is_empty`) is marked absent and carries zeros of the right shape instead.
+
     Output (numpy): ``text`` int32 ``[T]`` and ``text_mask`` bool ``[T]``, ``image`` float32
-    ``[H, W, C]`` in [0, 1], ``audio`` float32 ``[S]``, ``label`` int32 ``[]``, and the
-    attribute ints in :data:`ATTRIBUTE_KEYS` that the source provides.
+    ``[H, W, C]`` in [0, 1], ``audio`` float32 ``[S]``, ``video`` float32 ``[T, H, W, C]``,
+    ``label`` int32 ``[]``, and the attribute ints in :data:`ATTRIBUTE_KEYS` that the source
+    provides.
     """
-    modalities = tuple(config.model.modalities)
-    max_length = config.model.text.max_length
-    image_config, audio_config = config.model.image, config.model.audio
-    sample_rate = sample_rate or audio_config.sample_rate
+    modalities = ordered(config.model.modalities)
+    specs = {m: get_modality(m) for m in modalities}
+    fillers = {
+        m: {k: np.asarray(v[0]) for k, v in specs[m].dummy_input(config.model[m], 1).items()}
+        for m in modalities
+    }
 
     def preprocess(
         example: dict[str, Any], rng: np.random.Generator | None = None
     ) -> dict[str, np.ndarray]:
-        augment_rng = rng if augment else None
         out: dict[str, np.ndarray] = {}
-        if "text" in modalities:
-            caption = preprocessing.select_text(example["caption"], rng)
-            ids, mask = tokenizer(caption, max_length)
-            out["text"], out["text_mask"] = ids[0], mask[0]
-        if "image" in modalities:
-            out["image"] = preprocessing.preprocess_image(
-                example["image"],
-                image_config.image_size,
-                channels=image_config.channels,
-                rng=augment_rng,
+        for modality, spec in specs.items():
+            value = example.get(spec.example_key)
+            if mark_presence and is_empty(value):
+                out.update({k: np.zeros_like(v) for k, v in fillers[modality].items()})
+                out[present_key(modality)] = np.asarray(False)
+                continue
+            if value is None:
+                raise KeyError(
+                    f"the example has no {spec.example_key!r} for the {modality} modality "
+                    f"(its keys: {sorted(example)})"
+                )
+            out.update(
+                spec.preprocess_example(
+                    value,
+                    config=config,
+                    tokenizer=tokenizer,
+                    rng=rng,
+                    augment=augment,
+                    sample_rate=sample_rate,
+                )
             )
-        if "audio" in modalities:
-            out["audio"] = preprocessing.preprocess_audio(
-                example["audio"],
-                audio_config.num_samples,
-                sample_rate=sample_rate,
-                target_rate=audio_config.sample_rate,
-                rng=augment_rng,
-            )
+            if mark_presence:
+                out[present_key(modality)] = np.asarray(True)
         if "label" in example:
             out["label"] = np.asarray(example["label"], np.int32)
         for key in ATTRIBUTE_KEYS:
@@ -162,6 +188,7 @@ def create_dataset(
         tokenizer,
         sample_rate=source_sample_rate(config, source),
         augment=train and config.data.augment,
+        mark_presence=bool(getattr(source, "may_lack_inputs", False)),
     )
     if train:
         dataset = dataset.shuffle(seed=config.data.seed).repeat()
@@ -224,11 +251,8 @@ def eval_captions(
     return captions, np.asarray(example_index, np.int64)
 
 
-# Which synthetic attributes each modality expresses: retrieval between two modalities
-# counts a hit when the retrieved item agrees on the attributes both express (audio has
-# no position).
-MODALITY_ATTRIBUTES = {
-    "text": ("shape", "colour", "size", "position"),
-    "image": ("shape", "colour", "size", "position"),
-    "audio": ("shape", "colour", "size"),
-}
+def modality_attributes() -> dict[str, tuple[str, ...]]:
+    """Which synthetic attributes each registered modality expresses (its spec's
+    ``attributes``): retrieval between two modalities counts a hit when the retrieved item
+    agrees on the attributes both express (audio has no position; motion needs video data)."""
+    return {m: get_modality(m).attributes for m in modality_names()}

@@ -297,6 +297,73 @@ def _stacks(images: list | tuple) -> bool:
         return False
 
 
+# ----------------------------------------------------------------------------- video
+
+
+def sample_frames(num_available: int, num_frames: int) -> np.ndarray:
+    """int ``[num_frames]``: the frames a clip of ``num_available`` keeps, evenly spaced over
+    the whole clip (each the centre of its span); frames repeat when the clip is shorter."""
+    if num_available <= 0:
+        raise ValueError("the video has no frames")
+    centres = (np.arange(num_frames) + 0.5) * num_available / num_frames
+    return np.minimum(np.floor(centres).astype(np.int64), num_available - 1)
+
+
+def preprocess_video(
+    video: Any, num_frames: int, image_size: int, *, channels: int = 3
+) -> np.ndarray:
+    """One raw clip -> float32 ``[num_frames, image_size, image_size, channels]`` in [0, 1].
+
+    ``video``: ``[T, H, W, C]`` (or ``[T, H, W]`` grey), ``uint8`` or float in ``[0, 1]``, or a
+    sequence of frames (arrays or encoded image bytes, as a TFDS ``Video`` feature stored as
+    encoded frames gives). ``num_frames`` frames are kept, evenly spaced over the clip
+    (:func:`sample_frames`), and each goes through :func:`preprocess_image` without
+    augmentation (shorter side resized, centre crop), so every frame gets the same crop.
+    """
+    frames = list(video) if isinstance(video, list | tuple) else None
+    if frames is None:
+        array = np.asarray(video)
+        if array.ndim == 3:
+            array = array[..., None]
+        if array.ndim != 4:
+            raise ValueError(f"video must be [T, H, W, C]; got shape {array.shape}")
+        frames = list(array)
+    keep = sample_frames(len(frames), num_frames)
+    return np.stack([preprocess_image(frames[i], image_size, channels=channels) for i in keep])
+
+
+def to_video_batch(
+    videos: Any, num_frames: int, image_size: int, channels: int = 3, *, name: str = "video"
+) -> np.ndarray:
+    """Raw clips -> float32 ``[B, num_frames, image_size, image_size, channels]`` in [0, 1].
+
+    ``videos`` is one clip ``[T, H, W, C]``, a batch ``[B, T, H, W, C]``, or a list of clips
+    (each any length and frame size). Each goes through :func:`preprocess_video`. Errors
+    name ``name`` and, in a batch, the example (``video_inputs[1]: ...``).
+    """
+    if isinstance(videos, list | tuple):
+        examples, batched = list(videos), True
+    else:
+        array = np.asarray(videos)
+        if array.ndim not in (4, 5):
+            raise ValueError(
+                f"{name} must be [T, H, W, C] or [B, T, H, W, C]; got shape {array.shape}"
+            )
+        batched = array.ndim == 5
+        examples = list(array) if batched else [array]
+    if not examples:
+        raise ValueError(f"{name} batch is empty")
+    out = []
+    for index, clip in enumerate(examples):
+        try:
+            out.append(preprocess_video(clip, num_frames, image_size, channels=channels))
+        except (ValueError, TypeError, OSError) as error:
+            where = f"{name}[{index}]" if batched else name
+            kind = ValueError if isinstance(error, OSError) else type(error)
+            raise kind(f"{where}: {error}") from error
+    return np.stack(out)
+
+
 # ----------------------------------------------------------------------------- audio
 
 # The most channels a multi-channel clip may have (7.1 surround); a 2-D array whose last axis

@@ -28,8 +28,14 @@ TFDS_PREFIX = "tfds:"
 # Leave a top-level Image feature encoded for preprocessing to decode (at a reduced JPEG
 # scale); False makes TFDS decode it at full size.
 DEFER_IMAGE_DECODING = True
-# The example keys a source yields, per role (the synthetic source's names).
-ROLE_KEYS = {"text": "caption", "image": "image", "audio": "audio", "label": "label"}
+
+
+def role_keys() -> dict[str, str]:
+    """The example key a source yields per role: each registered modality's
+    ``example_key`` (``text`` -> ``caption``, the synthetic source's names) and ``label``."""
+    from mmtx.modalities import get_modality, modality_names
+
+    return {**{m: get_modality(m).example_key for m in modality_names()}, "label": "label"}
 
 
 def tfds_name(source: str) -> str | None:
@@ -97,12 +103,16 @@ class TfdsSource:
     """One split of a prepared TFDS dataset; ``source[i]`` is a dict keyed by role.
 
     Each example holds, for each role given a feature path in ``features``, the decoded
-    value under :data:`ROLE_KEYS`: ``caption``, bytes or an array of bytes; ``image``, the
-    encoded bytes of a top-level Image feature (else uint8 ``[H, W, C]``); ``audio``, ``[S]``
-    PCM or float at :attr:`audio_sample_rate`; ``label``, an int. Picklable, so grain worker
-    processes can read it. ``multiple_captions`` says whether the text feature holds several
-    captions per example (read them all with :meth:`captions`); ``class_names`` are the
-    label's names when it is a ``ClassLabel`` with names (underscores as spaces), else ``()``.
+    value under its role's key (:func:`role_keys`): ``caption``, bytes or an array of
+    bytes; ``image``, the encoded bytes of a top-level Image feature (else uint8
+    ``[H, W, C]``); ``audio``, ``[S]`` PCM or float at :attr:`audio_sample_rate`; ``video``,
+    the frames of a ``Video`` feature, ``[T, H, W, C]`` uint8; ``label``, an int. Picklable,
+    so grain worker processes can read it. ``multiple_captions`` says whether the text
+    feature holds several captions per example (read them all with :meth:`captions`);
+    ``class_names`` are the label's names when it is a ``ClassLabel`` with names
+    (underscores as spaces), else ``()``. Any example may lack any modality (an empty
+    feature): ``may_lack_inputs`` is True, so the pipeline marks each example's presence
+    (``present/<modality>``).
 
     Args:
       name: the TFDS name, with config and version as ``tfds.data_source`` takes them.
@@ -116,9 +126,12 @@ class TfdsSource:
 
         self.name, self.split, self.data_dir = name, split, data_dir
         self.features = {role: path for role, path in features.items() if path}
-        unknown = set(self.features) - set(ROLE_KEYS)
+        self.role_keys = role_keys()
+        unknown = set(self.features) - set(self.role_keys)
         if unknown:
-            raise ValueError(f"unknown feature roles {sorted(unknown)}; use {sorted(ROLE_KEYS)}")
+            raise ValueError(
+                f"unknown feature roles {sorted(unknown)}; use {sorted(self.role_keys)}"
+            )
         # A top-level image is decoded later, in preprocessing, where a JPEG can be decoded
         # at a reduced scale (mmtx.data.preprocessing.decode_image).
         image_path = self.features.get("image", "")
@@ -149,6 +162,7 @@ class TfdsSource:
         info_features = self._source.dataset_info.features
         for path in self.features.values():
             _feature_info(info_features, path)  # fails early, naming the dataset's features
+        self.may_lack_inputs = True
         self.audio_sample_rate = 0
         if "audio" in self.features:
             audio_feature = _feature_info(info_features, self.features["audio"])
@@ -169,7 +183,8 @@ class TfdsSource:
     def __getitem__(self, index: int) -> dict[str, Any]:
         example = self._source[index]
         return {
-            ROLE_KEYS[role]: lookup_feature(example, path) for role, path in self.features.items()
+            self.role_keys[role]: lookup_feature(example, path)
+            for role, path in self.features.items()
         }
 
     def captions(self, index: int) -> list[str]:

@@ -23,9 +23,13 @@ from mmtx.evaluate.zero_shot import (
     zero_shot_accuracy,
     zero_shot_classifier,
 )
+from mmtx.modalities import modality_names
 
-# Modalities classified zero-shot and retrieved against every caption.
-NON_TEXT_MODALITIES = ("image", "audio")
+
+def non_text_modalities() -> tuple[str, ...]:
+    """Modalities classified zero-shot and retrieved against every caption: every
+    registered modality but text."""
+    return tuple(m for m in modality_names() if m != "text")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +56,7 @@ def eval_tasks(config: ml_collections.ConfigDict, source: Any = None) -> EvalTas
     modalities = tuple(config.model.modalities)
     if "text" not in modalities:
         return EvalTasks()
-    zero_shot = config.eval.zero_shot and any(m in modalities for m in NON_TEXT_MODALITIES)
+    zero_shot = config.eval.zero_shot and any(m in modalities for m in non_text_modalities())
     source = create_source(config, "eval") if source is None else source
     classnames = eval_class_names(config, source) if zero_shot else ()
     captions = eval_captions(config, source)
@@ -79,7 +83,7 @@ def zero_shot_metrics(
             f"[{labels.min()}, {labels.max()}]; set config.eval.classnames (one per label)"
         )
     metrics = {}
-    for modality in NON_TEXT_MODALITIES:
+    for modality in non_text_modalities():
         if modality in data:
             accuracy = zero_shot_accuracy(data[modality], labels, classifier, ks)
             metrics.update({f"{modality}_zero_shot_top{k}": v for k, v in accuracy.items()})
@@ -110,7 +114,7 @@ def evaluate_tasks(
       ``num_captions``.
     """
     metrics: dict[str, float] = {}
-    present = [m for m in NON_TEXT_MODALITIES if m in data]
+    present = [m for m in non_text_modalities() if m in data]
     if not present:
         return metrics
     embed_text: TextEmbedder = text_embedder(model_or_embed_text)

@@ -9,7 +9,7 @@ single examples (modality dropout) exactly as if it were absent for them.
 import flax.linen as nn
 
 from mmtx.fusion.bottleneck import BottleneckFusion
-from mmtx.fusion.common import MODALITIES, ModalityFeatures
+from mmtx.fusion.common import ModalityFeatures
 from mmtx.fusion.concat import ConcatFusion
 from mmtx.fusion.cross_attention import CrossAttentionFusion
 from mmtx.fusion.gated import GatedFusion
@@ -23,6 +23,15 @@ FUSION_MODULES = {
     "bottleneck": BottleneckFusion,
     "perceiver": PerceiverFusion,
 }
+
+
+def __getattr__(name: str) -> object:
+    # MODALITIES: the registered modalities in fusion order (mmtx.modalities.modality_names).
+    if name == "MODALITIES":
+        from mmtx.modalities import modality_names
+
+        return modality_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def register_fusion(name: str, module: type[nn.Module]) -> None:
@@ -45,7 +54,6 @@ def register_fusion(name: str, module: type[nn.Module]) -> None:
 
 __all__ = [
     "FUSION_MODULES",
-    "MODALITIES",
     "BottleneckFusion",
     "ConcatFusion",
     "CrossAttentionFusion",

@@ -11,13 +11,13 @@ import jax.numpy as jnp
 from flax.core import FrozenDict
 
 from mmtx.fusion.common import (
-    MODALITIES,
     ModalityFeatures,
     block_class,
     block_kwargs,
     check_features,
     kept,
     mean_over_kept,
+    present_modalities,
     project_tokens,
 )
 from mmtx.nn.transformer import TransformerBlock, layer_norm
@@ -67,7 +67,7 @@ class BottleneckFusion(nn.Module):
                 f"fusion_layer={self.fusion_layer} must be in [0, depth={self.depth}) so that "
                 "at least one layer fuses"
             )
-        present = [m for m in MODALITIES if m in features]
+        present = present_modalities(features)
         block = block_class(TransformerBlock, self.remat)
         common = dict(
             block_kwargs(self, train=train),

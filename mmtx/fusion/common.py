@@ -8,13 +8,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmtx.modalities import modality_names, ordered
 from mmtx.nn.attention import default_kernel_init
 from mmtx.nn.transformer import REMAT_POLICIES
 
 Dtype = Any
-
-# Fixed order: modality embeddings and gate weights are indexed by position in this tuple.
-MODALITIES = ("text", "image", "audio")
 
 
 class ModalityFeatures(NamedTuple):
@@ -35,13 +33,29 @@ def check_features(features: dict[str, ModalityFeatures]) -> int:
     """Validates a features dict; returns the shared batch size."""
     if not features:
         raise ValueError("fusion needs at least one modality; got none")
-    unknown = set(features) - set(MODALITIES)
+    unknown = set(features) - set(modality_names())
     if unknown:
-        raise ValueError(f"unknown modalities {sorted(unknown)}; known: {MODALITIES}")
+        raise ValueError(f"unknown modalities {sorted(unknown)}; registered: {modality_names()}")
     sizes = {name: f.tokens.shape[0] for name, f in features.items()}
     if len(set(sizes.values())) != 1:
         raise ValueError(f"modalities disagree on batch size: {sizes}")
     return next(iter(sizes.values()))
+
+
+def present_modalities(features: dict[str, ModalityFeatures]) -> list[str]:
+    """The modalities of ``features`` in the fusion order (the registry's,
+    :func:`mmtx.modalities.modality_names`)."""
+    return ordered(features)
+
+
+def table_index(modalities: tuple[str, ...], name: str) -> int:
+    """Row of ``name`` in a fusion's per-modality table whose rows are ``modalities``."""
+    if name not in modalities:
+        raise ValueError(
+            f"modality {name!r} has no row in this fusion's per-modality table {modalities}; "
+            "build the fusion with modalities=mmtx.modalities.fusion_order(<the model's>)"
+        )
+    return modalities.index(name)
 
 
 def kept(features: ModalityFeatures) -> jax.Array:

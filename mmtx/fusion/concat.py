@@ -9,7 +9,13 @@ import jax
 import jax.numpy as jnp
 from flax.core import FrozenDict
 
-from mmtx.fusion.common import MODALITIES, ModalityFeatures, check_features
+from mmtx.fusion.common import (
+    ModalityFeatures,
+    check_features,
+    present_modalities,
+    table_index,
+)
+from mmtx.modalities import LEGACY_FUSION_ORDER
 from mmtx.nn import Encoder
 from mmtx.nn.attention import default_kernel_init
 
@@ -23,13 +29,15 @@ class ConcatFusion(nn.Module):
     Padded tokens, and every token of a modality an example drops (``keep``), stay masked in
     the joint attention. The fused output is the CLS token,
     ``[B, width]``; ``out["tokens"]`` is the joint sequence ``[B, 1 + sum T_m, width]`` and
-    ``out["mask"]`` its mask.
+    ``out["mask"]`` its mask. The modality embedding table has one row per entry of
+    ``modalities`` (:func:`mmtx.modalities.fusion_order` of the model's modalities).
     """
 
     width: int
     depth: int
     num_heads: int
     mlp_dim: int
+    modalities: tuple[str, ...] = LEGACY_FUSION_ORDER
     attention: str = "dense"
     attention_options: FrozenDict[str, Any] = FrozenDict()
     attention_implementation: str | None = None
@@ -49,7 +57,7 @@ class ConcatFusion(nn.Module):
         modality_embedding = self.param(
             "modality_embedding",
             nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed")),
-            (len(MODALITIES), self.width),
+            (len(self.modalities), self.width),
             self.param_dtype,
         )
         cls = self.param(
@@ -60,9 +68,8 @@ class ConcatFusion(nn.Module):
         )
         streams = [jnp.broadcast_to(cls, (batch, 1, self.width)).astype(self.dtype)]
         masks = [jnp.ones((batch, 1), jnp.bool_)]
-        for index, name in enumerate(MODALITIES):
-            if name not in features:
-                continue
+        for name in present_modalities(features):
+            index = table_index(self.modalities, name)
             tokens = nn.Dense(
                 self.width,
                 kernel_init=nn.with_logical_partitioning(default_kernel_init, (None, "embed")),

@@ -11,13 +11,13 @@ from flax.core import FrozenDict
 
 from mmtx.encoders.tower import masked_mean
 from mmtx.fusion.common import (
-    MODALITIES,
     ModalityFeatures,
     block_class,
     block_kwargs,
     check_features,
     kept,
     mean_over_kept,
+    present_modalities,
     project_tokens,
     visible_mask,
 )
@@ -62,7 +62,7 @@ class CrossAttentionFusion(nn.Module):
     ) -> tuple[jax.Array, dict[str, Any]]:
         """features: present modality -> ModalityFeatures. Returns (``[B, width]``, out)."""
         check_features(features)
-        present = [m for m in MODALITIES if m in features]
+        present = present_modalities(features)
         common = block_kwargs(self, train=train)
         cross_block = block_class(CrossAttentionBlock, self.remat)
         self_block = block_class(TransformerBlock, self.remat)

@@ -8,7 +8,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmtx.fusion.common import MODALITIES, ModalityFeatures, check_features
+from mmtx.fusion.common import (
+    ModalityFeatures,
+    check_features,
+    present_modalities,
+    table_index,
+)
+from mmtx.modalities import LEGACY_FUSION_ORDER
 from mmtx.nn.attention import default_kernel_init
 
 Dtype = Any
@@ -17,7 +23,8 @@ Dtype = Any
 class GatedFusion(nn.Module):
     """``fused = sum_m w_m * W_m pooled_m`` over the present modalities.
 
-    ``w = softmax(g[present])`` where ``g`` ``[len(MODALITIES)]`` are learned gate logits, so
+    ``w = softmax(g[present])`` where ``g`` ``[len(modalities)]`` are learned gate logits (one
+    row per entry of ``modalities``: :func:`mmtx.modalities.fusion_order`), so
     the weights always sum to one over whichever modalities are present (per example, over
     those it keeps, see ``ModalityFeatures.keep``). ``out["weights"]``
     maps each present modality to its weight, float32 ``[]``, so a user can see which
@@ -25,6 +32,7 @@ class GatedFusion(nn.Module):
     """
 
     width: int
+    modalities: tuple[str, ...] = LEGACY_FUSION_ORDER
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -36,10 +44,10 @@ class GatedFusion(nn.Module):
         del train  # no dropout or batch statistics
         check_features(features)
         gate_logits = self.param(
-            "gate_logits", nn.initializers.zeros, (len(MODALITIES),), self.param_dtype
+            "gate_logits", nn.initializers.zeros, (len(self.modalities),), self.param_dtype
         )
-        present = [name for name in MODALITIES if name in features]
-        index = jnp.asarray([MODALITIES.index(name) for name in present])
+        present = present_modalities(features)
+        index = jnp.asarray([table_index(self.modalities, name) for name in present])
         logits = gate_logits[index].astype(jnp.float32)
         weights = jax.nn.softmax(logits)
         batch = features[present[0]].pooled.shape[0]

@@ -10,11 +10,11 @@ import jax.numpy as jnp
 from flax.core import FrozenDict
 
 from mmtx.fusion.common import (
-    MODALITIES,
     ModalityFeatures,
     block_class,
     block_kwargs,
     check_features,
+    present_modalities,
     project_tokens,
     visible_mask,
 )
@@ -60,7 +60,7 @@ class PerceiverFusion(nn.Module):
     ) -> tuple[jax.Array, dict[str, Any]]:
         """features: present modality -> ModalityFeatures. Returns (``[B, width]``, out)."""
         batch = check_features(features)
-        present = [m for m in MODALITIES if m in features]
+        present = present_modalities(features)
         projected = project_tokens(self, features, present)
         tokens = jnp.concatenate([projected[m] for m in present], axis=1)
         mask = jnp.concatenate([visible_mask(features[m]) for m in present], axis=1)

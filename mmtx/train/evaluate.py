@@ -10,13 +10,19 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from mmtx.data.pipeline import ATTRIBUTE_KEYS, MODALITY_ATTRIBUTES
+from mmtx.data.pipeline import ATTRIBUTE_KEYS, modality_attributes
 from mmtx.data.tokenizer import Tokenizer
 from mmtx.evaluate.evaluators import EvalTasks, evaluate_tasks
 from mmtx.evaluate.retrieval import retrieval_recall
+from mmtx.modalities import modality_names
 
 # (query, gallery) pairs reported as <query>_to_<gallery>_recall@k.
-RETRIEVAL_DIRECTIONS = (("text", "image"), ("image", "text"), ("audio", "text"))
+
+
+def retrieval_directions() -> tuple[tuple[str, str], ...]:
+    """(query, gallery) pairs evaluated: text to and from every other registered modality."""
+    others = [m for m in modality_names() if m != "text"]
+    return tuple(pair for m in others for pair in (("text", m), (m, "text")))
 
 
 def pad_batch(batch: dict[str, np.ndarray], size: int) -> tuple[dict[str, np.ndarray], int]:
@@ -96,7 +102,8 @@ def evaluate(
 
     Returns float metrics: ``accuracy`` and ``classification`` (cross-entropy) when the
     model has a classifier and the data labels; ``<a>_to_<b>_recall@{1,5}`` for each
-    direction in :data:`RETRIEVAL_DIRECTIONS` whose modalities are present, where a hit is a
+    direction of :func:`retrieval_directions` whose modalities are present (over the examples
+    that have both, by their ``present/<m>`` flags), where a hit is a
     retrieved item with the same attributes that both modalities express (the example itself
     when the data has no attributes); and ``num_examples``.
 
@@ -112,7 +119,11 @@ def evaluate(
         padded, count = pad_batch(local, local_batch_size)
         outputs = eval_step(params, to_global(padded))
         outputs = {k: v for k, v in outputs.items() if np.ndim(v) >= 1}
-        labels = {k: v for k, v in padded.items() if k in ("label", "index") or k in ATTRIBUTE_KEYS}
+        labels = {
+            k: v
+            for k, v in padded.items()
+            if k in ("label", "index") or k in ATTRIBUTE_KEYS or k.startswith("present/")
+        }
         labels["valid"] = np.arange(local_batch_size) < count
         columns = multihost_utils.process_allgather({**outputs, **labels}, tiled=True)
         valid = np.asarray(columns.pop("valid"))
@@ -127,16 +138,22 @@ def evaluate(
         log_probs -= np.log(np.exp(log_probs).sum(1, keepdims=True))
         metrics["accuracy"] = float(np.mean(np.argmax(logits, 1) == labels))
         metrics["classification"] = float(-np.mean(log_probs[np.arange(len(labels)), labels]))
-    for query, gallery in RETRIEVAL_DIRECTIONS:
+    expressed = modality_attributes()
+    for query, gallery in retrieval_directions():
         if query not in data or gallery not in data:
             continue
-        gallery_attributes = MODALITY_ATTRIBUTES.get(gallery, ())
-        shared = tuple(a for a in MODALITY_ATTRIBUTES.get(query, ()) if a in gallery_attributes)
-        if shared and all(a in data for a in shared):
-            keys = attribute_keys(data, shared)
-        else:
-            keys = np.arange(len(data[query]))
-        recalls = retrieval_recall(data[query], data[gallery], keys, keys)
+        shared = tuple(
+            a for a in expressed.get(query, ()) if a in expressed.get(gallery, ()) and a in data
+        )
+        keys = attribute_keys(data, shared) if shared else np.arange(len(data[query]))
+        # Only the examples that have both modalities take part (present/<m> flags).
+        both = np.ones(len(keys), bool)
+        for modality in (query, gallery):
+            if f"present/{modality}" in data:
+                both &= data[f"present/{modality}"].astype(bool)
+        if not both.any():
+            continue
+        recalls = retrieval_recall(data[query][both], data[gallery][both], keys[both], keys[both])
         for k, value in recalls.items():
             metrics[f"{query}_to_{gallery}_recall@{k}"] = value
     if tasks is not None and embed_text is not None:

@@ -1,0 +1,196 @@
+"""What a modality is to mmtx: one :class:`ModalitySpec` per modality, in one registry.
+
+Everything that differs between text, images, audio and video lives in that modality's spec:
+its config group (``config.model.<name>``), its encoder and how the batch feeds it, a dummy
+input for initialisation, the checks on concrete inputs, the raw-input preprocessing of
+:class:`mmtx.Model`, the input pipeline's per-example preprocessing, its token count and
+stem FLOPs, and the scene attributes it expresses (for evaluation). The config schema, the
+model, the losses, the fusion order, the pipeline, evaluation and the test helpers iterate
+over :func:`modality_names`. Adding a modality is one subclass registered with
+:func:`register_modality` (see docs/contributing.md).
+
+Per example, a batch may mark a modality absent: ``batch["present/<name>"]`` bool ``[B]``
+(:func:`present_key`); absent examples carry filler values of the right shape, which the
+model ignores (see :class:`mmtx.models.MultiModalTransformer`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+Require = Callable[[bool, str, str], None]
+
+# The modalities whose rows the concat and gated fusions' per-modality tables had before the
+# registry: a model of a subset of these keeps that 3-row layout, so its checkpoints load.
+LEGACY_FUSION_ORDER = ("text", "image", "audio")
+
+
+def present_key(modality: str) -> str:
+    """The batch key of ``modality``'s per-example presence flags, bool ``[B]``."""
+    return f"present/{modality}"
+
+
+class ModalitySpec:
+    """One modality's record. Subclass it, set the class attributes, override the methods.
+
+    Attributes:
+      name: the modality's name: its ``config.model`` group, its batch key (the encoder's
+        input) and its output embedding's key.
+      raw_input: the keyword of :class:`mmtx.Model` that takes its raw inputs.
+      example_key: the key of a source example (synthetic or TFDS) that holds it.
+      extra_keys: batch keys besides ``name`` that belong to it (``text_mask``).
+      poolings: the poolings its tower allows (:class:`mmtx.encoders.Tower`).
+      ranges: numeric ranges of its own config fields (see ``mmtx.config.RANGES``).
+      attributes: the synthetic scene attributes it expresses; retrieval between two
+        modalities counts a hit when the retrieved item agrees on those both express.
+      description: a few words for error messages and docs.
+    """
+
+    name: str = ""
+    raw_input: str = ""
+    example_key: str = ""
+    extra_keys: tuple[str, ...] = ()
+    poolings: tuple[str, ...] = ("cls", "mean")
+    ranges: ClassVar[Mapping[str, str]] = {}
+    attributes: tuple[str, ...] = ()
+    description: str = ""
+
+    # --- config ---------------------------------------------------------------------------
+    def default_config(self) -> ml_collections.ConfigDict:
+        """The default ``config.model.<name>`` group (its tower sizes are set by variants)."""
+        raise NotImplementedError
+
+    def validate(self, group: ml_collections.ConfigDict, require: Require) -> None:
+        """Checks that span the group's fields; ``require(ok, "model.<name>.<field>", why)``."""
+
+    def num_tokens(self, group: ml_collections.ConfigDict) -> int:
+        """Tokens the encoder makes of one example before class tokens are prepended."""
+        raise NotImplementedError
+
+    def stem_flops(self, group: ml_collections.ConfigDict) -> float:
+        """Forward FLOPs of one example's stem (embedding before the transformer)."""
+        return 0.0
+
+    # --- model ----------------------------------------------------------------------------
+    def encoder_class(self) -> type[nn.Module]:
+        """The flax module that encodes this modality: ``(x, out)`` as the encoders return."""
+        raise NotImplementedError
+
+    def encoder_fields(self, group: ml_collections.ConfigDict, vocab_size: int) -> dict[str, Any]:
+        """The encoder's fields from the config group (the group minus ``projection``)."""
+        fields = group.to_dict()
+        fields.pop("projection", None)
+        return fields
+
+    def encode(
+        self, encoder: nn.Module, batch: Mapping[str, jax.Array], *, train: bool
+    ) -> tuple[jax.Array, dict[str, Any]]:
+        """Runs ``encoder`` on this modality's batch entries -> ``(tokens, out)``."""
+        return encoder(batch[self.name], train=train)
+
+    def dummy_input(
+        self, group: ml_collections.ConfigDict, batch_size: int
+    ) -> dict[str, jax.Array]:
+        """Zero inputs of the right shapes and dtypes (for init and tracing)."""
+        raise NotImplementedError
+
+    def check_values(self, batch: Mapping[str, Any], fields: Mapping[str, Any]) -> None:
+        """Checks concrete (host) inputs before anything compiles; default: finite floats.
+
+        ``batch`` holds numpy arrays; ``fields`` are the encoder's fields."""
+        values = np.asarray(batch[self.name])
+        if np.issubdtype(values.dtype, np.floating):
+            finite = np.isfinite(values.reshape(values.shape[0], -1)).all(axis=1)
+            if not finite.all():
+                raise ValueError(
+                    f"{self.name}[{int(np.argmin(finite))}] has non-finite values (NaN or inf)"
+                )
+
+    # --- data -----------------------------------------------------------------------------
+    def from_raw(
+        self, inputs: list[Any], *, config: ml_collections.ConfigDict, tokenizer: Any, **options
+    ) -> dict[str, np.ndarray]:
+        """Raw inputs of :class:`mmtx.Model`, one per example (no ``None``) -> batch arrays."""
+        raise NotImplementedError
+
+    def as_list(self, inputs: Any) -> list[Any] | None:
+        """Raw inputs as a list with one entry per example, when they are given as a list
+        (which may hold ``None`` for absent examples); None when they are one array/batch."""
+        return list(inputs) if isinstance(inputs, list | tuple) else None
+
+    def preprocess_example(
+        self,
+        value: Any,
+        *,
+        config: ml_collections.ConfigDict,
+        tokenizer: Any,
+        rng: np.random.Generator | None,
+        augment: bool,
+        sample_rate: int | None,
+    ) -> dict[str, np.ndarray]:
+        """One source example's raw value -> this modality's model inputs (no batch axis).
+
+        ``rng`` is the example's generator (training; None at evaluation); ``augment`` says
+        whether random crops/flips apply."""
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, ModalitySpec] = {}
+
+
+def register_modality(spec: ModalitySpec, *, replace: bool = False) -> ModalitySpec:
+    """Registers ``spec`` under ``spec.name``; returns it. Registration order is the fusion
+    order. A config made (``mmtx.config.default_config``) after this has its group."""
+    if not spec.name or not spec.name.isidentifier():
+        raise ValueError(f"a modality needs a name that is an identifier; got {spec.name!r}")
+    if spec.name in _REGISTRY and not replace:
+        raise ValueError(f"modality {spec.name!r} is already registered (pass replace=True)")
+    reserved = {"fused", "logits", "label", "logit_scale", "logit_bias", "index"}
+    if spec.name in reserved:
+        raise ValueError(f"{spec.name!r} is reserved for another batch or output key")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def unregister_modality(name: str) -> None:
+    """Removes a registered modality (tests that register a toy one clean up with this)."""
+    _REGISTRY.pop(name, None)
+
+
+def modality_names() -> tuple[str, ...]:
+    """The registered modalities, in registration (fusion) order."""
+    return tuple(_REGISTRY)
+
+
+def get_modality(name: str) -> ModalitySpec:
+    """The spec registered as ``name`` (``ValueError`` naming the registered ones if none)."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown modality {name!r}; registered: {modality_names()} "
+            "(mmtx.modalities.register_modality adds one)"
+        ) from None
+
+
+def ordered(modalities: Any) -> list[str]:
+    """The given modality names in registry order (unregistered names last, as given)."""
+    names = list(modalities)
+    known = [m for m in modality_names() if m in names]
+    return known + [m for m in names if m not in known]
+
+
+def fusion_order(modalities: Any) -> tuple[str, ...]:
+    """The rows of a fusion's per-modality tables (concat's modality embeddings, gated's
+    gate logits) for a model of ``modalities``: the legacy ``(text, image, audio)`` when
+    every one is among those (so older checkpoints keep their shapes), else the model's
+    modalities in registry order."""
+    if set(modalities) <= set(LEGACY_FUSION_ORDER):
+        return LEGACY_FUSION_ORDER
+    return tuple(ordered(modalities))

@@ -1,0 +1,144 @@
+"""Video: a ViViT (:class:`mmtx.encoders.VideoEncoder`) over ``[B, T, H, W, C]`` clips."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mmtx.data import preprocessing
+from mmtx.modalities.spec import ModalitySpec, Require
+
+
+class VideoSpec(ModalitySpec):
+    """Clips: ``video`` float32 ``[B, num_frames, image_size, image_size, channels]`` in
+    ``[0, 1]``, embedded as ``tubelet_size x patch_size x patch_size`` tubelets."""
+
+    name = "video"
+    raw_input = "video_inputs"
+    example_key = "video"
+    poolings = ("cls", "mean", "map")
+    ranges: ClassVar[Mapping[str, str]] = {
+        "num_frames": "> 0",
+        "image_size": "> 0",
+        "patch_size": "> 0",
+        "tubelet_size": "> 0",
+        "temporal_depth": ">= 0",
+        "channels": "> 0",
+        "std": "> 0",
+    }
+    # Position only nudges where a moving object's path lies (the synthetic clips).
+    attributes = ("shape", "colour", "size", "motion")
+    description = "video clips"
+
+    def default_config(self) -> ml_collections.ConfigDict:
+        g = ml_collections.ConfigDict()
+        g.num_frames = 8  # Frames per clip fed to the model (sampled evenly from the clip).
+        g.image_size = 32  # Frame height and width in pixels.
+        g.patch_size = 8  # Square spatial patch side; image_size must be divisible by it.
+        g.tubelet_size = 2  # Frames per tubelet; num_frames must be divisible by it.
+        g.channels = 3
+        g.width = 128
+        g.depth = 2  # Blocks of the joint tower, or of the spatial tower when factorised.
+        g.temporal_depth = 1  # Blocks of the temporal tower (layout factorised only).
+        g.num_heads = 4
+        g.mlp_dim = 256
+        # joint (one tower over all space-time tokens) | factorised (ViViT's factorised
+        # encoder: a spatial tower per time slice, then a temporal tower over the slices).
+        g.layout = "joint"
+        g.attention = "dense"
+        g.pooling = "cls"  # cls | mean | map.
+        # learned (separable: a spatial table plus a temporal table) | sincos (fixed).
+        g.position_embedding = "learned"
+        g.mean = (0.5, 0.5, 0.5)  # Per-channel normalisation of [0, 1] pixels.
+        g.std = (0.5, 0.5, 0.5)
+        g.activation = "gelu_tanh"  # MLP's: gelu_tanh | gelu (exact erf) | quick_gelu.
+        g.norm_eps = 1e-6  # Epsilon of every LayerNorm in the towers.
+        g.pre_norm = False  # A LayerNorm before the first block.
+        g.final_norm = True  # The LayerNorm after the last block, on every token.
+        # Projection of the pooled output to model.embed_dim: dense | no_bias | none.
+        g.projection = "dense"
+        return g
+
+    def validate(self, group: ml_collections.ConfigDict, require: Require) -> None:
+        require(
+            group.layout in ("joint", "factorised"),
+            "model.video.layout",
+            f"{group.layout!r} is not one of ('joint', 'factorised')",
+        )
+        require(
+            group.image_size % group.patch_size == 0,
+            "model.video.image_size",
+            f"{group.image_size} is not divisible by patch_size {group.patch_size}",
+        )
+        require(
+            group.num_frames % group.tubelet_size == 0,
+            "model.video.num_frames",
+            f"{group.num_frames} is not divisible by tubelet_size {group.tubelet_size}",
+        )
+        require(
+            group.layout == "joint" or group.temporal_depth > 0,
+            "model.video.temporal_depth",
+            "layout='factorised' needs a temporal tower (temporal_depth >= 1)",
+        )
+        for name in ("mean", "std"):
+            require(
+                len(group[name]) == group.channels,
+                f"model.video.{name}",
+                f"needs one entry per channel (model.video.channels={group.channels}); "
+                f"got {len(group[name])}: {tuple(group[name])}",
+            )
+
+    def num_tokens(self, group: ml_collections.ConfigDict) -> int:
+        slices = group.num_frames // group.tubelet_size
+        if group.layout == "factorised":
+            return slices  # the temporal tower's tokens: one per time slice
+        return slices * (group.image_size // group.patch_size) ** 2
+
+    def stem_flops(self, group: ml_collections.ConfigDict) -> float:
+        tubelets = (group.num_frames // group.tubelet_size) * (
+            group.image_size // group.patch_size
+        ) ** 2
+        voxels = group.tubelet_size * group.patch_size**2 * group.channels
+        return 2.0 * tubelets * voxels * group.width
+
+    def encoder_class(self) -> type[nn.Module]:
+        from mmtx.encoders import VideoEncoder
+
+        return VideoEncoder
+
+    def dummy_input(
+        self, group: ml_collections.ConfigDict, batch_size: int
+    ) -> dict[str, jax.Array]:
+        shape = (batch_size, group.num_frames, group.image_size, group.image_size, group.channels)
+        return {"video": jnp.zeros(shape, jnp.float32)}
+
+    def from_raw(
+        self, inputs: Any, *, config: ml_collections.ConfigDict, tokenizer: Any, **options
+    ) -> dict[str, np.ndarray]:
+        video = config.model.video
+        batch = preprocessing.to_video_batch(
+            inputs, video.num_frames, video.image_size, video.channels, name="video_inputs"
+        )
+        return {"video": batch}
+
+    def preprocess_example(
+        self,
+        value: Any,
+        *,
+        config: ml_collections.ConfigDict,
+        tokenizer: Any,
+        rng: np.random.Generator | None,
+        augment: bool,
+        sample_rate: int | None,
+    ) -> dict[str, np.ndarray]:
+        video = config.model.video
+        clip = preprocessing.preprocess_video(
+            value, video.num_frames, video.image_size, channels=video.channels
+        )
+        return {"video": clip}

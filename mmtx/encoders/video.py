@@ -88,13 +88,18 @@ class VideoEncoder(nn.Module):
         (the slices batched as ``[B * T', N, width]``) and pools it with ``pooling``; the
         temporal table is added to the ``[B, T', width]`` slice embeddings
         (``out["spatial_pooled"]``, before that addition) and a temporal tower (``temporal``,
-        ``temporal_depth`` blocks, its own params and class tokens) encodes them ->
-        ``x`` ``[B, T' + K, width]``.
+        ``temporal_depth`` blocks, 4 by default as in ViViT-B's factorised encoder; its own
+        params and class tokens; the other tower options shared) encodes them ->
+        ``x`` ``[B, T' + K, width]``. The joint layout ignores ``temporal_depth``.
+
     ``K`` is the number of class tokens of ``pooling`` (``cls``: 1; ``mean``, ``map``: 0), so
     ``x`` has :func:`video_num_tokens` tokens. ``out`` holds the (last) tower's intermediates:
     ``"pooled"`` ``[B, width]``, ``"mask"`` bool ``[B, L]`` (all True: what fusion may attend
     to), ``"encoded"``, ``"pre_norm"``; plus ``"stem"`` and ``"grid"`` int ``(T', H/p, W/p)``.
-    ``x`` and the pooled output are in ``dtype``, params in ``param_dtype``.
+    ``x`` and the pooled output are in ``dtype``, params in ``param_dtype``. With
+    ``capture_weights`` the towers sow their attention probabilities into ``intermediates``
+    (``tower/...``; factorised: the spatial ones batched over ``B * T'`` slices, and
+    ``temporal/...``).
     """
 
     num_frames: int

@@ -243,25 +243,15 @@ def _star_sdf(x: np.ndarray, y: np.ndarray, radius: float, inner: float) -> np.n
     return dist * np.sign(py * bax - px * bay)
 
 
-def _render_image(
-    shape: int,
-    colour: int,
-    size: int,
-    position: int,
-    u: Sequence[float],
-    rng: np.random.Generator,
-    image_size: int = 64,
-) -> np.ndarray:
-    """Draws one scene.
+def _background(u: Sequence[float], image_size: int) -> np.ndarray:
+    """The scene without its object: a grey gradient, dim distractor dots, a slight tint.
 
     Args:
-      shape, colour, size, position: attribute indices into SHAPES, COLOURS, SIZES, POSITIONS.
-      u: ``_NUM_UNIFORMS`` floats in ``[0, 1)`` for the jitter (slots 6..19 and 24.. used).
-      rng: source of the pixel noise.
+      u: ``_NUM_UNIFORMS`` floats in ``[0, 1)`` (slots 13..19 and 24.. used).
       image_size: ``S``.
 
     Returns:
-      float32 ``[S, S, 3]`` in ``[0, 1]``.
+      float32 ``[S, S, 3]``, not yet clipped or noisy.
     """
     n = image_size
     coords, ramp = _pixel_grid(n)
@@ -283,30 +273,81 @@ def _render_image(
     image = np.empty((n, n, 3), dtype=np.float32)
     for c in range(3):
         np.add(grey, np.float32(0.04 * u[14 + c] - 0.02), out=image[:, :, c])
+    return image
 
-    # The object: signed distance on a patch around it, alpha-blended.
+
+def _radius(size: int, u: Sequence[float], image_size: int) -> float:
+    """The object's radius in pixels (``u[8]`` picks it within ``SIZE_RADII[size]``)."""
     lo, hi = SIZE_RADII[size]
-    radius = n * (lo + (hi - lo) * u[8])
+    return image_size * (lo + (hi - lo) * u[8])
+
+
+def _draw_object(
+    frames: np.ndarray,
+    shape: int,
+    colour: int,
+    radius: float,
+    u: Sequence[float],
+    xs: np.ndarray,
+    ys: np.ndarray,
+) -> None:
+    """Alpha-blends the object into every frame, in place, at frame ``f``'s centre.
+
+    Args:
+      frames: float32 ``[F, S, S, 3]``, written in place.
+      shape, colour: attribute indices.
+      radius: the object's radius in pixels.
+      u: ``_NUM_UNIFORMS`` floats in ``[0, 1)`` (slots 9..12 used: rotation, colour jitter).
+      xs, ys: float64 ``[F]``, the object's centre in each frame, in pixels (``y`` down).
+    """
+    n = frames.shape[1]
+    coords, _ = _pixel_grid(n)
+    # The signed distance on one patch that holds the object in every frame.
+    extent = 1.35 * radius + 1.5
+    x0, x1 = max(0, int(xs.min() - extent)), min(n, math.ceil(xs.max() + extent))
+    y0, y1 = max(0, int(ys.min() - extent)), min(n, math.ceil(ys.max() + extent))
+    # Small rotation only (+-10 deg): a 45 degree turn would make a square a diamond.
+    angle = math.radians(20.0 * (u[9] - 0.5))
+    cos, sin = np.float32(math.cos(angle) / radius), np.float32(math.sin(angle) / radius)
+    px = coords[None, None, x0:x1] - xs.astype(np.float32)[:, None, None]  # [F, 1, w]
+    py = ys.astype(np.float32)[:, None, None] - coords[None, y0:y1, None]  # [F, h, 1], y up
+    sdf = _shape_sdf(shape, cos * px - sin * py, sin * px + cos * py)
+    alpha = np.clip(np.float32(0.5) - sdf * np.float32(radius), 0.0, 1.0)
+    for c in range(3):
+        value = min(max(COLOUR_RGB[colour][c] + _JITTER_RGB * (2 * u[10 + c] - 1), 0.0), 1.0)
+        patch = frames[:, y0:y1, x0:x1, c]
+        patch += alpha * (np.float32(value) - patch)
+
+
+def _render_image(
+    shape: int,
+    colour: int,
+    size: int,
+    position: int,
+    u: Sequence[float],
+    rng: np.random.Generator,
+    image_size: int = 64,
+) -> np.ndarray:
+    """Draws one scene.
+
+    Args:
+      shape, colour, size, position: attribute indices into SHAPES, COLOURS, SIZES, POSITIONS.
+      u: ``_NUM_UNIFORMS`` floats in ``[0, 1)`` for the jitter (slots 6..19 and 24.. used).
+      rng: source of the pixel noise.
+      image_size: ``S``.
+
+    Returns:
+      float32 ``[S, S, 3]`` in ``[0, 1]``.
+    """
+    n = image_size
+    image = _background(u, n)
+    radius = _radius(size, u, n)
     row, col = divmod(position, 3)
     margin = 1.1 * radius
     cx = n * (GRID_CENTRES[col] + _JITTER_POS * (2 * u[6] - 1))
     cy = n * (GRID_CENTRES[row] + _JITTER_POS * (2 * u[7] - 1))
     cx, cy = min(max(cx, margin), n - margin), min(max(cy, margin), n - margin)
-    extent = 1.35 * radius + 1.5
-    x0, x1 = max(0, int(cx - extent)), min(n, math.ceil(cx + extent))
-    y0, y1 = max(0, int(cy - extent)), min(n, math.ceil(cy + extent))
-    # Small rotation only (+-10 deg): a 45 degree turn would make a square a diamond.
-    angle = math.radians(20.0 * (u[9] - 0.5))
-    cos, sin = np.float32(math.cos(angle) / radius), np.float32(math.sin(angle) / radius)
-    px = (coords[x0:x1] - np.float32(cx))[None, :]
-    py = (np.float32(cy) - coords[y0:y1])[:, None]  # y up
-    sdf = _shape_sdf(shape, cos * px - sin * py, sin * px + cos * py)
-    alpha = np.clip(np.float32(0.5) - sdf * np.float32(radius), 0.0, 1.0)
-    for c in range(3):
-        value = min(max(COLOUR_RGB[colour][c] + _JITTER_RGB * (2 * u[10 + c] - 1), 0.0), 1.0)
-        patch = image[y0:y1, x0:x1, c]
-        patch += alpha * (np.float32(value) - patch)
-
+    _draw_object(image[None], shape, colour, radius, u, np.array([cx]), np.array([cy]))
     image += _normal_noise(rng, image.shape, IMAGE_NOISE)
     return np.clip(image, 0.0, 1.0, out=image)
 

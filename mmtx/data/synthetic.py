@@ -1,7 +1,7 @@
-"""A procedural text/image/audio dataset: no download, no disk, deterministic, numpy only.
+"""A procedural text/image/audio/video dataset: no download, no disk, deterministic, numpy only.
 
-Every example is one scene: an object with a shape, a colour, a size and a coarse position,
-rendered three ways:
+Every example is one scene: an object with a shape, a colour, a size and a coarse position
+(and, with video, a motion), rendered three ways (four with video):
 
 * ``image``: float32 ``[H, W, 3]`` in ``[0, 1]``. The object drawn (anti-aliased) on a noisy
   grey gradient background with a few small, dim grey distractor dots.
@@ -10,6 +10,16 @@ rendered three ways:
 * ``audio``: float32 ``[S]`` waveform in ``[-1, 1]``. Pitch encodes the colour
   (:data:`COLOUR_FREQUENCIES`), the number of beeps encodes the shape (:data:`SHAPE_BEEPS`),
   loudness encodes the size (:data:`SIZE_AMPLITUDES`). Position is not audible.
+* ``video`` (only with ``SyntheticSource(video_frames=F)``): float32 ``[F, V, V, 3]`` in
+  ``[0, 1]``, the same object on the same kind of background moving in one of four directions
+  (:data:`MOTIONS`, attribute ``motion``). Then the caption also names the motion and every
+  beep of the audio glides in pitch (:data:`MOTION_GLIDES`: rising for up, falling for down,
+  rise-fall for right, fall-rise for left); the image is unchanged.
+
+Which attributes each rendering expresses: image and text all of ``shape``, ``colour``,
+``size``, ``position`` (text also ``motion``); audio ``shape``, ``colour``, ``size`` (and
+``motion``); video ``shape``, ``colour``, ``size``, ``motion``, and ``position`` across the
+motion only (along it the path spans half the frame; the position just shifts it).
 
 :class:`SyntheticSource` is a random-access source (``__len__``/``__getitem__``), so grain can
 shuffle and shard it; example ``i`` depends only on ``(seed, split, i)``.
@@ -665,7 +675,7 @@ class SyntheticSource:
       * ``video``: float32 ``[F, V, V, 3]`` in ``[0, 1]``: the same object on the same kind of
         background (the image's, static, with fresh pixel noise in every frame), moving
         ``VIDEO_TRAVEL * V`` pixels in the direction ``MOTION_DIRECTIONS[motion]`` at constant
-        speed (8 frames of 32x32: 2.2 px per frame, 16 px in all) and wholly in frame
+        speed (8 frames of 32x32: about 2.2 px per frame, 15 to 16 px in all), wholly in frame
         throughout. Across the motion it keeps the image's position; along it the path spans
         half the frame, at the end the position names (see ``_video_path``).
       * ``motion``: ``int`` index into :data:`MOTIONS`.

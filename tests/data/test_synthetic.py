@@ -199,6 +199,15 @@ def test_constants():
     assert len(syn.POSITIONS) == 9 and len(syn.TEMPLATES) >= 6
     assert syn.NUM_MOTIONS == len(syn.MOTIONS) == len(syn.MOTION_DIRECTIONS) == 4
     assert len(syn.MOTION_GLIDES) == len(set(syn.MOTION_GLIDES)) == syn.NUM_MOTIONS
+    # The pitch rises for an object moving up and falls for one moving down.
+    glides = dict(zip(syn.MOTIONS, syn.MOTION_GLIDES, strict=True))
+    assert glides["moving upwards"] == "rise" and glides["moving downwards"] == "fall"
+    assert dict(zip(syn.MOTIONS, syn.MOTION_DIRECTIONS, strict=True)) == {
+        "moving leftwards": (-1, 0),
+        "moving rightwards": (1, 0),
+        "moving upwards": (0, -1),
+        "moving downwards": (0, 1),
+    }
     assert len(syn.VIDEO_TEMPLATES) >= 6
     assert syn.VIDEO_ATTRIBUTES == (*syn.ATTRIBUTES, "motion")
     assert all(len(syn.ATTRIBUTE_VALUES[k]) >= 2 for k in syn.VIDEO_ATTRIBUTES)

@@ -19,7 +19,7 @@ from mmtx.data import synthetic as syn
 
 NUM_TRAIN = 2000
 NUM_EVAL = 500
-NUM_VIDEO = 1000
+NUM_VIDEO = 500
 FRAMES, VIDEO_SIZE = 8, 32
 
 
@@ -453,7 +453,7 @@ def test_video_fields_and_determinism(videos):
         assert type(ex["motion"]) is int and 0 <= ex["motion"] < syn.NUM_MOTIONS
     assert {ex["motion"] for ex in videos} == set(range(syn.NUM_MOTIONS))
     source = syn.SyntheticSource("train", seed=0, video_frames=FRAMES, video_size=VIDEO_SIZE)
-    for i in (5, 3, 999):  # any order, fresh source: the same example
+    for i in (5, 3, NUM_VIDEO - 1):  # any order, fresh source: the same example
         again = source[i]
         assert _same(again, videos[i]) and again["motion"] == videos[i]["motion"]
         assert np.array_equal(again["video"], videos[i]["video"])

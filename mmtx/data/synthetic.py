@@ -495,23 +495,24 @@ def _glide_integral(motion: int, length: int) -> np.ndarray:
     """``int_0^t c`` for the beep's pitch contour ``c`` of ``MOTION_GLIDES[motion]``.
 
     ``c`` goes between -1 and 1 with mean 0 over the beep, so the integral is 0 at both ends.
-    Returns float64 ``[length]`` at ``t = j / length``, ``j = 0 .. length - 1``.
+    Returns float64 ``[length]`` at ``t = j / length``, ``j = 0 .. length - 1`` (read-only:
+    it is cached).
     """
     t = np.arange(length, dtype=np.float64) / length
     name = MOTION_GLIDES[motion]
-    if name == "rise":  # c = 2t - 1
-        return t * t - t
-    if name == "fall":  # c = 1 - 2t
-        return t - t * t
     # rise-fall: c = 1 - 4|t - 1/2|, whose integral is -(s - 2s^2) before the middle and
     # s - 2s^2 after it, with s = min(t, 1 - t); fall-rise is its negative.
     s = np.minimum(t, 1.0 - t)
     hump = np.where(t <= 0.5, -1.0, 1.0) * (s - 2.0 * s * s)
-    if name == "rise-fall":
-        return hump
-    if name == "fall-rise":
-        return -hump
-    raise ValueError(f"unknown glide {name!r}")
+    integrals = {
+        "rise": t * t - t,  # c = 2t - 1
+        "fall": t - t * t,  # c = 1 - 2t
+        "rise-fall": hump,
+        "fall-rise": -hump,
+    }
+    integral = integrals[name]
+    integral.flags.writeable = False
+    return integral
 
 
 def _render_audio(

@@ -1,7 +1,7 @@
-"""A procedural text/image/audio dataset: no download, no disk, deterministic, numpy only.
+"""A procedural text/image/audio/video dataset: no download, no disk, deterministic, numpy only.
 
-Every example is one scene: an object with a shape, a colour, a size and a coarse position,
-rendered three ways:
+Every example is one scene: an object with a shape, a colour, a size and a coarse position
+(and, with video, a motion), rendered three ways (four with video):
 
 * ``image``: float32 ``[H, W, 3]`` in ``[0, 1]``. The object drawn (anti-aliased) on a noisy
   grey gradient background with a few small, dim grey distractor dots.
@@ -10,6 +10,16 @@ rendered three ways:
 * ``audio``: float32 ``[S]`` waveform in ``[-1, 1]``. Pitch encodes the colour
   (:data:`COLOUR_FREQUENCIES`), the number of beeps encodes the shape (:data:`SHAPE_BEEPS`),
   loudness encodes the size (:data:`SIZE_AMPLITUDES`). Position is not audible.
+* ``video`` (only with ``SyntheticSource(video_frames=F)``): float32 ``[F, V, V, 3]`` in
+  ``[0, 1]``, the same object on the same kind of background moving in one of four directions
+  (:data:`MOTIONS`, attribute ``motion``). Then the caption also names the motion and every
+  beep of the audio glides in pitch (:data:`MOTION_GLIDES`: rising for up, falling for down,
+  rise-fall for right, fall-rise for left); the image is unchanged.
+
+Which attributes each rendering expresses: image and text all of ``shape``, ``colour``,
+``size``, ``position`` (text also ``motion``); audio ``shape``, ``colour``, ``size`` (and
+``motion``); video ``shape``, ``colour``, ``size``, ``motion``, and ``position`` across the
+motion only (along it the path spans half the frame; the position just shifts it).
 
 :class:`SyntheticSource` is a random-access source (``__len__``/``__getitem__``), so grain can
 shuffle and shard it; example ``i`` depends only on ``(seed, split, i)``.
@@ -49,10 +59,31 @@ POSITIONS: tuple[str, ...] = (
     "bottom",
     "bottom right",
 )
+# Video only: the direction the object moves in (``MOTION_DIRECTIONS``). Named without the
+# words "left"/"right" so that no caption phrase of a motion contains a position synonym.
+MOTIONS: tuple[str, ...] = (
+    "moving leftwards",
+    "moving rightwards",
+    "moving upwards",
+    "moving downwards",
+)
 NUM_SHAPES = len(SHAPES)
 NUM_COLOURS = len(COLOURS)
 NUM_SIZES = len(SIZES)
 NUM_POSITIONS = len(POSITIONS)
+NUM_MOTIONS = len(MOTIONS)
+# The attributes of an example: ``motion`` only when the source makes video
+# (:attr:`SyntheticSource.attributes` is the one that applies).
+ATTRIBUTES: tuple[str, ...] = ("shape", "colour", "size", "position")
+VIDEO_ATTRIBUTES: tuple[str, ...] = (*ATTRIBUTES, "motion")
+# The name of each value of each attribute.
+ATTRIBUTE_VALUES: Mapping[str, tuple[str, ...]] = {
+    "shape": SHAPES,
+    "colour": COLOURS,
+    "size": SIZES,
+    "position": POSITIONS,
+    "motion": MOTIONS,
+}
 NUM_CLASSES = NUM_SHAPES * NUM_COLOURS
 # Human-readable name of each label ``shape * NUM_COLOURS + colour``: "red circle", "green
 # circle", ..., "white ring" (the names zero-shot classification writes into its prompts).
@@ -109,6 +140,12 @@ POSITION_LABELS: tuple[tuple[str, ...], ...] = (
     ("bottom", "bottom centre", "lower middle"),
     ("bottom right", "bottom-right", "lower right"),
 )
+MOTION_SYNONYMS: tuple[tuple[str, ...], ...] = (
+    ("moving leftwards", "heading leftwards", "sliding leftwards"),
+    ("moving rightwards", "heading rightwards", "sliding rightwards"),
+    ("moving upwards", "rising", "going up", "climbing"),
+    ("moving downwards", "sinking", "going down", "falling"),
+)
 # Every way a caption may name each position (phrases and labels).
 POSITION_SYNONYMS: tuple[tuple[str, ...], ...] = tuple(
     tuple(dict.fromkeys(p + q)) for p, q in zip(POSITION_PHRASES, POSITION_LABELS, strict=True)
@@ -124,6 +161,18 @@ TEMPLATES: tuple[str, ...] = (
     "The picture shows a {size} {colour} {shape} {where}.",
     "{size} {shape}, colour {colour}, {label}",
     "A {size} {colour} {shape} appears {where}.",
+)
+# With video: the same fields plus motion (a phrase from MOTION_SYNONYMS). VIDEO_TEMPLATES[0],
+# the fallback, fits MAX_CAPTION_BYTES with the longest synonyms.
+VIDEO_TEMPLATES: tuple[str, ...] = (
+    "a {size} {colour} {shape}, {label}, {motion}",
+    "A {size} {colour} {shape} {where}, {motion}.",
+    "{label}: {size} {colour} {shape}, {motion}",
+    "{Where}, a {size} {colour} {shape} is {motion}.",
+    "One {colour} {shape}, {size}, {where}, {motion}.",
+    "A {size} {colour} {shape} {motion} {where}.",
+    "{size} {shape}, colour {colour}, {label}, {motion}",
+    "The clip shows a {size} {colour} {shape} {motion} {where}.",
 )
 MAX_CAPTION_BYTES = 63
 
@@ -141,10 +190,20 @@ COLOUR_RGB: tuple[tuple[float, float, float], ...] = (
 COLOUR_FREQUENCIES: tuple[float, ...] = tuple(200.0 * 10.0 ** (k / 7.0) for k in range(8))
 SHAPE_BEEPS: tuple[int, ...] = tuple(range(1, NUM_SHAPES + 1))
 SIZE_AMPLITUDES: tuple[float, ...] = (0.2, 0.6)
+# Video only: the pitch contour of every beep states the motion. Each glide is between
+# (1 - GLIDE_DEPTH) and (1 + GLIDE_DEPTH) times the colour's pitch and averages to it, so the
+# colour stays the spectral peak (neighbouring pitches differ by a factor 1.39).
+MOTION_GLIDES: tuple[str, ...] = ("fall-rise", "rise-fall", "rise", "fall")
+GLIDE_DEPTH = 0.1
 # Object radius as a fraction of the image side, (low, high) per size.
 SIZE_RADII: tuple[tuple[float, float], ...] = ((0.08, 0.10), (0.16, 0.19))
 # Centres of the 3x3 position grid as a fraction of the image side.
 GRID_CENTRES: tuple[float, ...] = (0.2, 0.5, 0.8)
+# Video: the unit step (dx, dy) of each motion in pixel axes (x right, y down).
+MOTION_DIRECTIONS: tuple[tuple[int, int], ...] = ((-1, 0), (1, 0), (0, -1), (0, 1))
+# The object's path over a clip: this fraction of the frame side, first to last frame (less
+# only where a large object at a small size would not fit otherwise).
+VIDEO_TRAVEL = 0.5
 
 SPLITS: Mapping[str, int] = {"train": 0, "eval": 1}
 DEFAULT_SIZES: Mapping[str, int] = {"train": 1_000_000, "eval": 2_000}
@@ -162,6 +221,12 @@ _NUM_UNIFORMS = 24 + 4 * _MAX_DISTRACTORS
 _BEEP_WINDOW = 0.85  # fraction of the clip that holds the beeps
 _BEEP_DUTY = 0.55
 _RAMP_SECONDS = 0.004  # beep fade in/out, avoids clicks
+# Every shape lies within 1.3 radii of its centre (the triangle's circumradius); the anti-aliased
+# edge adds half a pixel. A clip keeps the object's centre this far from the frame's edges.
+_VIDEO_EXTENT = 1.3
+_VIDEO_EDGE_PIXELS = 1.0
+# Child stream of an example's key for every random number that video adds.
+_VIDEO_STREAM = 1
 
 # 256 quantiles of N(0, 1): a table lookup on random bytes is ~5x faster than
 # Generator.standard_normal and is Gaussian enough for pixel and audio noise.
@@ -243,25 +308,15 @@ def _star_sdf(x: np.ndarray, y: np.ndarray, radius: float, inner: float) -> np.n
     return dist * np.sign(py * bax - px * bay)
 
 
-def _render_image(
-    shape: int,
-    colour: int,
-    size: int,
-    position: int,
-    u: Sequence[float],
-    rng: np.random.Generator,
-    image_size: int = 64,
-) -> np.ndarray:
-    """Draws one scene.
+def _background(u: Sequence[float], image_size: int) -> np.ndarray:
+    """The scene without its object: a grey gradient, dim distractor dots, a slight tint.
 
     Args:
-      shape, colour, size, position: attribute indices into SHAPES, COLOURS, SIZES, POSITIONS.
-      u: ``_NUM_UNIFORMS`` floats in ``[0, 1)`` for the jitter (slots 6..19 and 24.. used).
-      rng: source of the pixel noise.
+      u: ``_NUM_UNIFORMS`` floats in ``[0, 1)`` (slots 13..19 and 24.. used).
       image_size: ``S``.
 
     Returns:
-      float32 ``[S, S, 3]`` in ``[0, 1]``.
+      float32 ``[S, S, 3]``, not yet clipped or noisy.
     """
     n = image_size
     coords, ramp = _pixel_grid(n)
@@ -283,38 +338,181 @@ def _render_image(
     image = np.empty((n, n, 3), dtype=np.float32)
     for c in range(3):
         np.add(grey, np.float32(0.04 * u[14 + c] - 0.02), out=image[:, :, c])
+    return image
 
-    # The object: signed distance on a patch around it, alpha-blended.
+
+def _radius(size: int, u: Sequence[float], image_size: int) -> float:
+    """The object's radius in pixels (``u[8]`` picks it within ``SIZE_RADII[size]``)."""
     lo, hi = SIZE_RADII[size]
-    radius = n * (lo + (hi - lo) * u[8])
+    return image_size * (lo + (hi - lo) * u[8])
+
+
+def _draw_object(
+    frames: np.ndarray,
+    shape: int,
+    colour: int,
+    radius: float,
+    u: Sequence[float],
+    xs: np.ndarray,
+    ys: np.ndarray,
+) -> None:
+    """Alpha-blends the object into every frame, in place, at frame ``f``'s centre.
+
+    Args:
+      frames: float32 ``[F, S, S, 3]``, written in place.
+      shape, colour: attribute indices.
+      radius: the object's radius in pixels.
+      u: ``_NUM_UNIFORMS`` floats in ``[0, 1)`` (slots 9..12 used: rotation, colour jitter).
+      xs, ys: float64 ``[F]``, the object's centre in each frame, in pixels (``y`` down).
+    """
+    n = frames.shape[1]
+    coords, _ = _pixel_grid(n)
+    # The signed distance on one patch that holds the object in every frame.
+    extent = 1.35 * radius + 1.5
+    x0, x1 = max(0, int(xs.min() - extent)), min(n, math.ceil(xs.max() + extent))
+    y0, y1 = max(0, int(ys.min() - extent)), min(n, math.ceil(ys.max() + extent))
+    # Small rotation only (+-10 deg): a 45 degree turn would make a square a diamond.
+    angle = math.radians(20.0 * (u[9] - 0.5))
+    cos, sin = np.float32(math.cos(angle) / radius), np.float32(math.sin(angle) / radius)
+    px = coords[None, None, x0:x1] - xs.astype(np.float32)[:, None, None]  # [F, 1, w]
+    py = ys.astype(np.float32)[:, None, None] - coords[None, y0:y1, None]  # [F, h, 1], y up
+    sdf = _shape_sdf(shape, cos * px - sin * py, sin * px + cos * py)
+    alpha = np.clip(np.float32(0.5) - sdf * np.float32(radius), 0.0, 1.0)
+    for c in range(3):
+        value = min(max(COLOUR_RGB[colour][c] + _JITTER_RGB * (2 * u[10 + c] - 1), 0.0), 1.0)
+        patch = frames[:, y0:y1, x0:x1, c]
+        patch += alpha * (np.float32(value) - patch)
+
+
+def _render_image(
+    shape: int,
+    colour: int,
+    size: int,
+    position: int,
+    u: Sequence[float],
+    rng: np.random.Generator,
+    image_size: int = 64,
+) -> np.ndarray:
+    """Draws one scene.
+
+    Args:
+      shape, colour, size, position: attribute indices into SHAPES, COLOURS, SIZES, POSITIONS.
+      u: ``_NUM_UNIFORMS`` floats in ``[0, 1)`` for the jitter (slots 6..19 and 24.. used).
+      rng: source of the pixel noise.
+      image_size: ``S``.
+
+    Returns:
+      float32 ``[S, S, 3]`` in ``[0, 1]``.
+    """
+    n = image_size
+    image = _background(u, n)
+    radius = _radius(size, u, n)
     row, col = divmod(position, 3)
     margin = 1.1 * radius
     cx = n * (GRID_CENTRES[col] + _JITTER_POS * (2 * u[6] - 1))
     cy = n * (GRID_CENTRES[row] + _JITTER_POS * (2 * u[7] - 1))
     cx, cy = min(max(cx, margin), n - margin), min(max(cy, margin), n - margin)
-    extent = 1.35 * radius + 1.5
-    x0, x1 = max(0, int(cx - extent)), min(n, math.ceil(cx + extent))
-    y0, y1 = max(0, int(cy - extent)), min(n, math.ceil(cy + extent))
-    # Small rotation only (+-10 deg): a 45 degree turn would make a square a diamond.
-    angle = math.radians(20.0 * (u[9] - 0.5))
-    cos, sin = np.float32(math.cos(angle) / radius), np.float32(math.sin(angle) / radius)
-    px = (coords[x0:x1] - np.float32(cx))[None, :]
-    py = (np.float32(cy) - coords[y0:y1])[:, None]  # y up
-    sdf = _shape_sdf(shape, cos * px - sin * py, sin * px + cos * py)
-    alpha = np.clip(np.float32(0.5) - sdf * np.float32(radius), 0.0, 1.0)
-    for c in range(3):
-        value = min(max(COLOUR_RGB[colour][c] + _JITTER_RGB * (2 * u[10 + c] - 1), 0.0), 1.0)
-        patch = image[y0:y1, x0:x1, c]
-        patch += alpha * (np.float32(value) - patch)
-
+    _draw_object(image[None], shape, colour, radius, u, np.array([cx]), np.array([cy]))
     image += _normal_noise(rng, image.shape, IMAGE_NOISE)
     return np.clip(image, 0.0, 1.0, out=image)
+
+
+def _video_path(
+    size: int, position: int, motion: int, u: Sequence[float], video_size: int, frames: int
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """The object's radius and its centre in each frame of a clip.
+
+    Across the motion the centre is the image's (the position's row or column, same jitter),
+    kept ``_VIDEO_EXTENT`` radii plus ``_VIDEO_EDGE_PIXELS`` from the edges. Along the motion
+    the object moves ``VIDEO_TRAVEL * S`` pixels at constant speed on a path inside the same
+    margins; the position's column (row, for vertical motion) places that path at the low,
+    middle or high end of the room left, so a "left" object moving rightwards starts at the
+    left, one moving leftwards ends there.
+
+    Returns:
+      ``(radius, xs, ys)``: pixels, float; float64 ``[F]`` and ``[F]`` (``y`` down).
+    """
+    n = video_size
+    radius = _radius(size, u, n)
+    margin = _VIDEO_EXTENT * radius + _VIDEO_EDGE_PIXELS
+    room = n - 2 * margin
+    travel = min(VIDEO_TRAVEL * n, room)
+    row, col = divmod(position, 3)
+    dx, dy = MOTION_DIRECTIONS[motion]
+    step = np.linspace(0.0, travel, frames)
+    centres = []
+    for cell, jitter, direction in ((col, u[6], dx), (row, u[7], dy)):
+        centre = GRID_CENTRES[cell] + _JITTER_POS * (2 * jitter - 1)
+        if direction == 0:
+            centres.append(np.full(frames, min(max(n * centre, margin), n - margin)))
+            continue
+        # 0 at the first grid centre, 1 at the last.
+        where = (centre - GRID_CENTRES[0]) / (GRID_CENTRES[-1] - GRID_CENTRES[0])
+        low = margin + min(max(where, 0.0), 1.0) * (room - travel)
+        centres.append(low + step if direction > 0 else low + travel - step)
+    return radius, centres[0], centres[1]
+
+
+def _render_video(
+    shape: int,
+    colour: int,
+    size: int,
+    position: int,
+    motion: int,
+    u: Sequence[float],
+    rng: np.random.Generator,
+    frames: int,
+    video_size: int,
+) -> np.ndarray:
+    """Draws the scene as a clip: the image's background (static) and object, moving.
+
+    Args:
+      shape, colour, size, position, motion: attribute indices (MOTIONS for ``motion``).
+      u: the ``_NUM_UNIFORMS`` floats that the image uses, so both show the same scene.
+      rng: source of the pixel noise, fresh in every frame.
+      frames: ``F``.
+      video_size: ``S``.
+
+    Returns:
+      float32 ``[F, S, S, 3]`` in ``[0, 1]``.
+    """
+    video = np.empty((frames, video_size, video_size, 3), dtype=np.float32)
+    video[...] = _background(u, video_size)
+    radius, xs, ys = _video_path(size, position, motion, u, video_size, frames)
+    _draw_object(video, shape, colour, radius, u, xs, ys)
+    video += _normal_noise(rng, video.shape, IMAGE_NOISE)
+    return np.clip(video, 0.0, 1.0, out=video)
 
 
 @functools.lru_cache(maxsize=8)
 def _fade(length: int) -> np.ndarray:
     """Linear fade-in ramp, float32 ``[length]`` in ``(0, 1]``."""
     return np.arange(1, length + 1, dtype=np.float32) / np.float32(length)
+
+
+@functools.lru_cache(maxsize=64)
+def _glide_integral(motion: int, length: int) -> np.ndarray:
+    """``int_0^t c`` for the beep's pitch contour ``c`` of ``MOTION_GLIDES[motion]``.
+
+    ``c`` goes between -1 and 1 with mean 0 over the beep, so the integral is 0 at both ends.
+    Returns float64 ``[length]`` at ``t = j / length``, ``j = 0 .. length - 1`` (read-only:
+    it is cached).
+    """
+    t = np.arange(length, dtype=np.float64) / length
+    name = MOTION_GLIDES[motion]
+    # rise-fall: c = 1 - 4|t - 1/2|, whose integral is -(s - 2s^2) before the middle and
+    # s - 2s^2 after it, with s = min(t, 1 - t); fall-rise is its negative.
+    s = np.minimum(t, 1.0 - t)
+    hump = np.where(t <= 0.5, -1.0, 1.0) * (s - 2.0 * s * s)
+    integrals = {
+        "rise": t * t - t,  # c = 2t - 1
+        "fall": t - t * t,  # c = 1 - 2t
+        "rise-fall": hump,
+        "fall-rise": -hump,
+    }
+    integral = integrals[name]
+    integral.flags.writeable = False
+    return integral
 
 
 def _render_audio(
@@ -325,11 +523,14 @@ def _render_audio(
     rng: np.random.Generator,
     sample_rate: int = 16000,
     num_samples: int = 16000,
+    motion: int | None = None,
 ) -> np.ndarray:
     """Synthesises the scene's sound: ``SHAPE_BEEPS[shape]`` equally spaced beeps of a sine.
 
     Pitch ``COLOUR_FREQUENCIES[colour]`` (+-2%), peak amplitude ``SIZE_AMPLITUDES[size]``
-    (+-10%), onset at a random time in the first 8% of the clip, then additive noise.
+    (+-10%), onset at a random time in the first 8% of the clip, then additive noise. With a
+    ``motion``, the pitch of every beep glides by ``MOTION_GLIDES[motion]`` within
+    ``+-GLIDE_DEPTH`` of that pitch; without one, the pitch is steady.
 
     Args:
       shape, colour, size: attribute indices.
@@ -337,6 +538,7 @@ def _render_audio(
       rng: source of the noise.
       sample_rate: Hz.
       num_samples: ``N``.
+      motion: index into MOTIONS, or None (no video: no glide).
 
     Returns:
       float32 ``[N]`` in ``[-1, 1]``.
@@ -357,18 +559,36 @@ def _render_audio(
         env[start + length - len(fade) : start + length] = fade[::-1]
     wave = _time_grid(n, sample_rate) * np.float32(2 * math.pi * freq)
     wave += np.float32(2 * math.pi * u[23])
+    if motion is not None:
+        # Phase of the instantaneous frequency freq * (1 + GLIDE_DEPTH * c(t)) within a beep.
+        scale = 2 * math.pi * freq * GLIDE_DEPTH * length / sample_rate
+        glide = (_glide_integral(motion, length) * scale).astype(np.float32)
+        for k in range(beeps):
+            start = onset + round(k * period)
+            part = wave[start : start + length]
+            part += glide[: len(part)]
     np.sin(wave, out=wave)
     wave *= env
     wave += _normal_noise(rng, wave.shape, AUDIO_NOISE)
     return np.clip(wave, -1.0, 1.0, out=wave)
 
 
-def _make_caption(shape: int, colour: int, size: int, position: int, u: Sequence[float]) -> str:
-    """Builds an ASCII caption (<= ``MAX_CAPTION_BYTES`` bytes) naming all four attributes.
+def _make_caption(
+    shape: int,
+    colour: int,
+    size: int,
+    position: int,
+    u: Sequence[float],
+    motion: int | None = None,
+    w: Sequence[float] = (),
+) -> str:
+    """Builds an ASCII caption (<= ``MAX_CAPTION_BYTES`` bytes) naming every attribute.
 
     ``u``: ``_NUM_UNIFORMS`` floats in ``[0, 1)``; slots 0..5 choose the template and synonyms.
     A combination that would be too long falls back to the shortest template, ``TEMPLATES[0]``,
-    which always fits.
+    which always fits. With a ``motion`` (video), ``w``: two more floats in ``[0, 1)`` choose
+    a template of VIDEO_TEMPLATES (fallback ``VIDEO_TEMPLATES[0]``) and the motion's synonym;
+    slots 1..5 of ``u`` still choose the other synonyms.
     """
 
     def pick(options: tuple[str, ...], x: float) -> str:
@@ -383,9 +603,15 @@ def _make_caption(shape: int, colour: int, size: int, position: int, u: Sequence
         "Where": where[0].upper() + where[1:],
         "label": pick(POSITION_LABELS[position], u[5]),
     }
-    caption = pick(TEMPLATES, u[0]).format(**fields)
+    templates = TEMPLATES
+    if motion is not None:
+        templates = VIDEO_TEMPLATES
+        fields["motion"] = pick(MOTION_SYNONYMS[motion], w[1])
+        caption = pick(templates, w[0]).format(**fields)
+    else:
+        caption = pick(templates, u[0]).format(**fields)
     if len(caption) > MAX_CAPTION_BYTES:
-        caption = TEMPLATES[0].format(**fields)
+        caption = templates[0].format(**fields)
     return caption
 
 
@@ -393,17 +619,23 @@ def describe(example: Mapping[str, Any]) -> str:
     """Canonical caption, e.g. ``"a small red circle in the top left"``.
 
     Args:
-      example: a mapping with int-like ``shape``, ``colour``, ``size`` and ``position``.
+      example: a mapping with int-like ``shape``, ``colour``, ``size`` and ``position``, and
+        optionally ``motion`` (a video example's), which adds its name: ``"a small red circle
+        in the top left moving upwards"``.
 
     Returns:
-      an ASCII ``str`` built from the canonical names (first synonym of each table).
+      an ASCII ``str`` (<= ``MAX_CAPTION_BYTES`` bytes) built from the canonical names (first
+      synonym of each table).
     """
-    return TEMPLATES[0].format(
+    text = TEMPLATES[0].format(
         size=SIZES[int(example["size"])],
         colour=COLOURS[int(example["colour"])],
         shape=SHAPES[int(example["shape"])],
         where=POSITION_PHRASES[int(example["position"])][0],
     )
+    if "motion" in example:
+        text += " " + MOTIONS[int(example["motion"])]
+    return text
 
 
 class SyntheticSource:
@@ -426,6 +658,9 @@ class SyntheticSource:
       image_size: ``H = W`` of the images.
       sample_rate: audio sample rate in Hz.
       audio_seconds: clip length; ``S = round(sample_rate * audio_seconds)`` samples.
+      video_frames: ``F``, frames of a video clip per example; 0 (the default) = no video,
+        and then every output is exactly what it was before video existed. At least 2.
+      video_size: ``V``, the clip's height and width; 0 = ``image_size``.
 
     ``source[i]`` returns a dict:
 
@@ -435,6 +670,22 @@ class SyntheticSource:
       * ``label``: int32 scalar ``shape * NUM_COLOURS + colour`` in ``[0, NUM_CLASSES)``,
         named by :data:`CLASS_NAMES`.
       * ``shape``, ``colour``, ``size``, ``position``: ``int`` attribute indices.
+
+    and, with video (``video_frames > 0``), also:
+
+      * ``video``: float32 ``[F, V, V, 3]`` in ``[0, 1]``: the same object on the same kind of
+        background (the image's, static, with fresh pixel noise in every frame), moving
+        ``VIDEO_TRAVEL * V`` pixels in the direction ``MOTION_DIRECTIONS[motion]`` at constant
+        speed (8 frames of 32x32: about 2.2 px per frame, 15 to 16 px in all), wholly in frame
+        throughout. Across the motion it keeps the image's position; along it the path spans
+        half the frame, at the end the position names (see ``_video_path``).
+      * ``motion``: ``int`` index into :data:`MOTIONS`.
+
+    With video, the image, audio noise, label and attributes are those of the same example
+    without video; the caption comes from :data:`VIDEO_TEMPLATES` and names the motion; every
+    beep of the audio glides in pitch (:data:`MOTION_GLIDES`). The random numbers that video
+    adds (motion, caption choice, the clip's noise) come from a child stream of the example's
+    key, so the others are untouched. :attr:`attributes` lists the example's attributes.
     """
 
     def __init__(
@@ -445,6 +696,8 @@ class SyntheticSource:
         image_size: int = 64,
         sample_rate: int = 16000,
         audio_seconds: float = 1.0,
+        video_frames: int = 0,
+        video_size: int = 0,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
@@ -460,6 +713,14 @@ class SyntheticSource:
             raise ValueError(
                 f"need a positive sample_rate and audio_seconds, got {sample_rate}, {audio_seconds}"
             )
+        video_frames, video_size = operator.index(video_frames), operator.index(video_size)
+        if video_frames < 0 or video_frames == 1:
+            raise ValueError(
+                f"video_frames must be 0 (no video) or >= 2 (motion needs two frames), "
+                f"got {video_frames}"
+            )
+        if video_size != 0 and video_size < 16:
+            raise ValueError(f"video_size must be 0 (= image_size) or >= 16, got {video_size}")
         self.split = split
         self.seed = int(seed)
         self.size = size
@@ -467,6 +728,14 @@ class SyntheticSource:
         self.sample_rate = int(sample_rate)
         self.audio_seconds = float(audio_seconds)
         self.num_samples = int(num_samples)
+        self.video_frames = video_frames
+        self.video_size = (video_size or self.image_size) if video_frames else 0
+
+    @property
+    def attributes(self) -> tuple[str, ...]:
+        """The attribute keys of an example: :data:`VIDEO_ATTRIBUTES` with video, else
+        :data:`ATTRIBUTES`."""
+        return VIDEO_ATTRIBUTES if self.video_frames else ATTRIBUTES
 
     def __len__(self) -> int:
         """Number of examples in the split."""
@@ -476,7 +745,12 @@ class SyntheticSource:
         return (
             f"SyntheticSource(split={self.split!r}, seed={self.seed}, size={self.size}, "
             f"image_size={self.image_size}, sample_rate={self.sample_rate}, "
-            f"audio_seconds={self.audio_seconds})"
+            f"audio_seconds={self.audio_seconds}"
+            + (
+                f", video_frames={self.video_frames}, video_size={self.video_size})"
+                if self.video_frames
+                else ")"
+            )
         )
 
     def key(self, index: int) -> tuple[int, int, int]:
@@ -493,16 +767,41 @@ class SyntheticSource:
         )
         u = rng.random(_NUM_UNIFORMS).tolist()
         image = _render_image(shape, colour, size, position, u, rng, self.image_size)
-        audio = _render_audio(shape, colour, size, u, rng, self.sample_rate, self.num_samples)
+        if not self.video_frames:
+            audio = _render_audio(shape, colour, size, u, rng, self.sample_rate, self.num_samples)
+            return {
+                "caption": _make_caption(shape, colour, size, position, u),
+                "image": image,
+                "audio": audio,
+                "label": np.int32(shape * NUM_COLOURS + colour),
+                "shape": shape,
+                "colour": colour,
+                "size": size,
+                "position": position,
+            }
+        # Video: every new random number from a child stream of the same key.
+        video_rng = np.random.default_rng(
+            np.random.SeedSequence(self.key(index), spawn_key=(_VIDEO_STREAM,))
+        )
+        motion = int(video_rng.integers(NUM_MOTIONS))
+        w = video_rng.random(2).tolist()
+        audio = _render_audio(
+            shape, colour, size, u, rng, self.sample_rate, self.num_samples, motion
+        )
+        video = _render_video(
+            shape, colour, size, position, motion, u, video_rng, self.video_frames, self.video_size
+        )
         return {
-            "caption": _make_caption(shape, colour, size, position, u),
+            "caption": _make_caption(shape, colour, size, position, u, motion, w),
             "image": image,
             "audio": audio,
+            "video": video,
             "label": np.int32(shape * NUM_COLOURS + colour),
             "shape": shape,
             "colour": colour,
             "size": size,
             "position": position,
+            "motion": motion,
         }
 
     def _check_index(self, index: int) -> int:

@@ -8,5 +8,13 @@ from mmtx.encoders.audio import AudioEncoder
 from mmtx.encoders.image import ImageEncoder
 from mmtx.encoders.text import TextEncoder
 from mmtx.encoders.tower import Tower
+from mmtx.encoders.video import VideoEncoder, video_num_tokens
 
-__all__ = ["AudioEncoder", "ImageEncoder", "TextEncoder", "Tower"]
+__all__ = [
+    "AudioEncoder",
+    "ImageEncoder",
+    "TextEncoder",
+    "Tower",
+    "VideoEncoder",
+    "video_num_tokens",
+]

@@ -54,6 +54,57 @@ class PatchEmbed(nn.Module):
         return x.reshape(batch, grid_h * grid_w, features), (grid_h, grid_w)
 
 
+class TubeletEmbed(nn.Module):
+    """Splits a video into non-overlapping tubelets and projects each to ``features``.
+
+    ViViT's tubelet embedding (Arnab et al. 2021): a 3-D convolution whose kernel and stride are
+    ``tubelet_size`` ``(t, ph, pw)``, i.e. each ``t x ph x pw x C`` block of pixels, flattened
+    (time, row, column, channel) like the kernel ``projection/kernel`` ``[t, ph, pw, C,
+    features]``, times that kernel plus ``projection/bias`` ``[features]`` (none with
+    ``use_bias=False``). ``[B, T, H, W, C] -> [B, gt * gh * gw, features]`` in ``dtype`` with
+    ``gt = T / t``, ``gh = H / ph``, ``gw = W / pw``; tokens are time-major, then row-major
+    (token ``(i * gh + j) * gw + k`` is tubelet ``(i, j, k)``). Each of ``T``, ``H``, ``W``
+    must be divisible by its tubelet size (``ValueError`` otherwise).
+    """
+
+    features: int
+    tubelet_size: tuple[int, int, int]
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, tuple[int, int, int]]:
+        """x: ``[B, T, H, W, C]`` float -> (``[B, N, features]``, grid ``(gt, gh, gw)``)."""
+        size = tuple(self.tubelet_size)
+        if x.ndim != 5:
+            raise ValueError(f"TubeletEmbed takes video [B, T, H, W, C]; got shape {x.shape}")
+        if len(size) != 3 or min(size) < 1:
+            raise ValueError(f"tubelet_size must be 3 positive ints (t, h, w); got {size}")
+        for axis, name, step in zip((1, 2, 3), ("frames", "height", "width"), size, strict=True):
+            if x.shape[axis] % step:
+                raise ValueError(
+                    f"video {name} {x.shape[axis]} is not divisible by the tubelet size {step} "
+                    f"(tubelet_size {size}, video shape {tuple(x.shape)})"
+                )
+        x = nn.Conv(
+            self.features,
+            kernel_size=size,
+            strides=size,
+            padding="VALID",
+            use_bias=self.use_bias,
+            kernel_init=nn.with_logical_partitioning(
+                nn.initializers.lecun_normal(), (None, None, None, None, "embed")
+            ),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="projection",
+        )(x)
+        batch, grid_t, grid_h, grid_w, features = x.shape
+        return x.reshape(batch, grid_t * grid_h * grid_w, features), (grid_t, grid_h, grid_w)
+
+
 class ConvStem(nn.Module):
     """Convolutional stem for a ViT (Xiao et al. 2021, "Early convolutions help transformers
     see better"): 3x3 stride-2 convolutions, each doubling the channels, then a 1x1 projection.

@@ -20,6 +20,7 @@ from mmtx.nn import (
     LogMelSpectrogram,
     PatchEmbed,
     TokenEmbed,
+    TubeletEmbed,
     log_mel_spectrogram,
     mel_filterbank,
     sincos_1d,
@@ -370,3 +371,110 @@ def test_log_mel_bad_inputs_raise() -> None:
         log_mel_spectrogram(jnp.zeros((1234,)))
     with pytest.raises(ValueError, match="fewer than one window"):
         log_mel_spectrogram(jnp.zeros((2, 100)), window_length=400)
+
+
+# ----------------------------------------------------------------------------- tubelets
+
+
+def ref_tubelet_embed(params: dict, x, tubelet: tuple[int, int, int]):
+    """Explicit loops (float64 numpy): every ``t x ph x pw`` tubelet in time-major, then
+    row-major order, flattened (time, row, column, channel), times the flattened kernel plus
+    the bias. Returns ``(y, patches)``: ``y`` ``[B, N, F]`` and the flattened tubelets
+    ``[B, N, t * ph * pw * C]``."""
+    x = np.asarray(x, np.float64)
+    t, ph, pw = tubelet
+    b, frames, height, width, _ = x.shape
+    patches = np.stack(
+        [
+            x[:, i * t : (i + 1) * t, j * ph : (j + 1) * ph, k * pw : (k + 1) * pw].reshape(b, -1)
+            for i in range(frames // t)
+            for j in range(height // ph)
+            for k in range(width // pw)
+        ],
+        axis=1,
+    )
+    kernel = np.asarray(params["projection"]["kernel"], np.float64)
+    y = patches @ kernel.reshape(-1, kernel.shape[-1])
+    if "bias" in params["projection"]:
+        y = y + np.asarray(params["projection"]["bias"], np.float64)
+    return y, patches
+
+
+def ref_tubelet_embed_grads(params: dict, x, tubelet, cot) -> tuple[np.ndarray, np.ndarray]:
+    """Gradients of ``sum(y * cot)`` by hand: the kernel's is ``patches^T @ cot`` (summed over
+    examples and tokens); the input's puts ``cot @ kernel^T`` back at each tubelet's pixels."""
+    _, patches = ref_tubelet_embed(params, x, tubelet)
+    cot = np.asarray(cot, np.float64)
+    kernel = np.asarray(params["projection"]["kernel"], np.float64)
+    kernel_grad = np.einsum("bnk,bnf->kf", patches, cot).reshape(kernel.shape)
+    per_patch = cot @ kernel.reshape(-1, kernel.shape[-1]).T  # [B, N, t * ph * pw * C]
+    t, ph, pw = tubelet
+    b, frames, height, width, channels = x.shape
+    x_grad = np.zeros(x.shape)
+    n = 0
+    for i in range(frames // t):
+        for j in range(height // ph):
+            for k in range(width // pw):
+                block = per_patch[:, n].reshape(b, t, ph, pw, channels)
+                x_grad[:, i * t : (i + 1) * t, j * ph : (j + 1) * ph, k * pw : (k + 1) * pw] = block
+                n += 1
+    return kernel_grad, x_grad
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_tubelet_embed_matches_explicit_tubelets(use_bias: bool) -> None:
+    tubelet = (2, 3, 2)  # all three sizes differ: time, rows and columns cannot be confused
+    module = TubeletEmbed(features=5, tubelet_size=tubelet, use_bias=use_bias)
+    x = _normal((2, 4, 6, 8, 3), seed=0)
+    params = _params(module, x)
+    assert params["projection"]["kernel"].shape == (2, 3, 2, 3, 5)
+    assert ("bias" in params["projection"]) == use_bias
+    grid = (2, 2, 4)
+    cot = _normal((2, 16, 5), seed=1)
+
+    @jax.jit
+    def run(params, x):
+        def loss(p, x):
+            y, _ = module.apply({"params": p}, x)
+            return jnp.sum(y * cot), y
+
+        return jax.grad(loss, (0, 1), has_aux=True)(params, x)
+
+    assert module.apply({"params": params}, x)[1] == grid
+    (p_grad, x_grad), y = run(params, x)
+    want, _ = ref_tubelet_embed(params, x, tubelet)
+    assert y.shape == want.shape == (2, 16, 5) and y.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(y), want, atol=1e-4)
+    kernel_grad, want_x_grad = ref_tubelet_embed_grads(params, x, tubelet, cot)
+    np.testing.assert_allclose(np.asarray(p_grad["projection"]["kernel"]), kernel_grad, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(x_grad), want_x_grad, atol=1e-4)
+    if use_bias:
+        np.testing.assert_allclose(
+            np.asarray(p_grad["projection"]["bias"]), np.asarray(cot).sum((0, 1)), atol=1e-4
+        )
+
+
+def test_tubelet_embed_bf16_compute_f32_params() -> None:
+    module = TubeletEmbed(features=4, tubelet_size=(2, 2, 2), dtype=jnp.bfloat16)
+    x = _normal((1, 2, 4, 4, 1), seed=2)
+    params = _params(module, x)
+    assert params["projection"]["kernel"].dtype == jnp.float32
+    y, grid = module.apply({"params": params}, x)
+    assert y.dtype == jnp.bfloat16 and y.shape == (1, 4, 4) and grid == (1, 2, 2)
+    want, _ = ref_tubelet_embed(params, x, (2, 2, 2))
+    np.testing.assert_allclose(np.asarray(y, np.float32), want, atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize(
+    "shape,match",
+    [
+        ((1, 3, 4, 4, 1), "frames 3 is not divisible by the tubelet size 2"),
+        ((1, 4, 5, 4, 1), "height 5 is not divisible"),
+        ((1, 4, 4, 6, 1), "width 6 is not divisible by the tubelet size 4"),
+        ((1, 4, 4, 1), r"\[B, T, H, W, C\]"),
+    ],
+)
+def test_tubelet_embed_rejects_indivisible_or_wrong_rank(shape, match) -> None:
+    module = TubeletEmbed(features=3, tubelet_size=(2, 2, 4))
+    with pytest.raises(ValueError, match=match):
+        jax.eval_shape(module.init, jax.random.key(0), jnp.zeros(shape))

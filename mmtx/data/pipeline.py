@@ -50,6 +50,9 @@ def create_source(config: ml_collections.ConfigDict, split: str) -> Any:
             image_size=config.model.image.image_size,
             sample_rate=config.model.audio.sample_rate,
             audio_seconds=config.model.audio.num_samples / config.model.audio.sample_rate,
+            # Clips only when the model has video (they cost ~2x an image + audio example).
+            video_frames=config.model.video.num_frames if "video" in config.model.modalities else 0,
+            video_size=config.model.video.image_size,
         )
     name = tfds_name(data.source)
     if name:

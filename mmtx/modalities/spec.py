@@ -73,6 +73,14 @@ class ModalitySpec:
         """Tokens the encoder makes of one example before class tokens are prepended."""
         raise NotImplementedError
 
+    def transformer_passes(
+        self, group: ml_collections.ConfigDict, class_tokens: int
+    ) -> list[tuple[int, int, int]]:
+        """The encoder's transformer runs per example, for FLOP counts: ``(depth, tokens,
+        times)`` each; default one run of ``group.depth`` blocks over its tokens plus the
+        ``class_tokens``."""
+        return [(group.depth, self.num_tokens(group) + class_tokens, 1)]
+
     def stem_flops(self, group: ml_collections.ConfigDict) -> float:
         """Forward FLOPs of one example's stem (embedding before the transformer)."""
         return 0.0

@@ -100,6 +100,19 @@ class VideoSpec(ModalitySpec):
             return slices  # the temporal tower's tokens: one per time slice
         return slices * (group.image_size // group.patch_size) ** 2
 
+    def transformer_passes(
+        self, group: ml_collections.ConfigDict, class_tokens: int
+    ) -> list[tuple[int, int, int]]:
+        if group.layout != "factorised":
+            return super().transformer_passes(group, class_tokens)
+        slices = group.num_frames // group.tubelet_size
+        patches = (group.image_size // group.patch_size) ** 2
+        # The spatial tower once per time slice, then the temporal tower over the slices.
+        return [
+            (group.depth, patches + class_tokens, slices),
+            (group.temporal_depth, slices + class_tokens, 1),
+        ]
+
     def stem_flops(self, group: ml_collections.ConfigDict) -> float:
         tubelets = (group.num_frames // group.tubelet_size) * (
             group.image_size // group.patch_size

@@ -101,7 +101,8 @@ def evaluate(
     """Runs ``eval_step`` over every batch and computes the split's metrics.
 
     Returns float metrics: ``accuracy`` and ``classification`` (cross-entropy) when the
-    model has a classifier and the data labels; ``<a>_to_<b>_recall@{1,5}`` for each
+    model has a classifier and the data labels; ``task_<task>_accuracy`` for each
+    ``model.tasks`` head whose label the data has; ``<a>_to_<b>_recall@{1,5}`` for each
     direction of :func:`retrieval_directions` whose modalities are present (over the examples
     that have both, by their ``present/<m>`` flags), where a hit is a
     retrieved item with the same attributes that both modalities express (the example itself
@@ -118,7 +119,8 @@ def evaluate(
     for local in batches:
         padded, count = pad_batch(local, local_batch_size)
         outputs = eval_step(params, to_global(padded))
-        outputs = {k: v for k, v in outputs.items() if np.ndim(v) >= 1}
+        tasks_out = {f"task_logits/{k}": v for k, v in outputs.get("task_logits", {}).items()}
+        outputs = {k: v for k, v in {**outputs, **tasks_out}.items() if np.ndim(v) >= 1}
         labels = {
             k: v
             for k, v in padded.items()
@@ -138,6 +140,11 @@ def evaluate(
         log_probs -= np.log(np.exp(log_probs).sum(1, keepdims=True))
         metrics["accuracy"] = float(np.mean(np.argmax(logits, 1) == labels))
         metrics["classification"] = float(-np.mean(log_probs[np.arange(len(labels)), labels]))
+    for key in [k for k in data if k.startswith("task_logits/")]:
+        task, label = key.split("/")[1:]
+        if label in data:
+            hits = np.argmax(data[key], axis=1) == data[label]
+            metrics[f"task_{task}_accuracy"] = float(np.mean(hits))
     expressed = modality_attributes()
     for query, gallery in retrieval_directions():
         if query not in data or gallery not in data:

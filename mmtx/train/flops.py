@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mmtx import config as config_lib
+from mmtx.modalities import get_modality
 
 
 def attention_core_flops(
@@ -72,32 +73,6 @@ def _encoder_flops(
     }
 
 
-def _stem_flops(config: ml_collections.ConfigDict, modality: str) -> float:
-    """Forward FLOPs of one example's stem (patch / conv embedding; 0 for a token lookup)."""
-    tower = config.model[modality]
-    if modality == "text":
-        return 0.0
-    if modality == "image":
-        side, channels = tower.image_size, tower.channels
-        if tower.stem == "patch":
-            patches = (side // tower.patch_size) ** 2
-            return 2.0 * patches * tower.patch_size**2 * channels * tower.width
-        layers = tower.patch_size.bit_length() - 1
-        flops, in_channels = 0.0, channels
-        for i in range(layers):
-            side = -(-side // 2)
-            out_channels = max(tower.width // 2 ** (layers - 1 - i), 8)
-            flops += 2.0 * side * side * 9 * in_channels * out_channels
-            in_channels = out_channels
-        return flops + 2.0 * side * side * in_channels * tower.width
-    frames = 1 + (tower.num_samples - tower.window_length) // tower.hop_length
-    fft = 1 << (tower.window_length - 1).bit_length()
-    mel = 2.0 * frames * (fft // 2 + 1) * tower.num_mel_bins
-    patch_t, patch_f = tower.patch_size
-    patches = (frames // patch_t) * (tower.num_mel_bins // patch_f)
-    return mel + 2.0 * patches * patch_t * patch_f * tower.width
-
-
 def analytic_flops(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, Any]:
     """The train step's FLOPs counted per layer type, from the config alone.
 
@@ -126,10 +101,13 @@ def analytic_flops(config: ml_collections.ConfigDict, batch_size: int) -> dict[s
     complete = True
     lengths = {m: config_lib.tower_tokens(config, m) for m in model.modalities}
     for modality in model.modalities:
-        tower = model[modality]
-        add("stem", _stem_flops(config, modality))
-        for name, value in _encoder_flops(config, tower, lengths[modality]).items():
-            add(name, value)
+        tower, spec = model[modality], get_modality(modality)
+        add("stem", spec.stem_flops(tower))
+        class_tokens = config_lib.CLASS_TOKENS.get(tower.pooling, 0)
+        for depth, length, times in spec.transformer_passes(tower, class_tokens):
+            run = ml_collections.ConfigDict(dict(tower.to_dict(), depth=depth))
+            for name, value in _encoder_flops(config, run, length).items():
+                add(name, times * value)
         if tower.projection != "none":  # "none": the pooled output is the embedding
             add("heads", 2.0 * tower.width * model.embed_dim)
         for attribute in model.attribute_modalities.get(modality, ()):

@@ -56,8 +56,16 @@ SUMMARY_KEYS = (
 
 
 def _shown(metrics: dict[str, float]) -> dict[str, float]:
-    """The headline metrics, rounded, in :data:`SUMMARY_KEYS` order."""
-    return {k: round(float(metrics[k]), 4) for k in SUMMARY_KEYS if k in metrics}
+    """The headline metrics, rounded: :data:`SUMMARY_KEYS` in that order, then those of the
+    other modalities (``video_to_text_recall@1`` ...) and the task accuracies, sorted."""
+    rest = sorted(
+        k
+        for k in metrics
+        if k not in SUMMARY_KEYS
+        and (k.endswith(("_recall@1", "_zero_shot_top1")) or k.startswith("task_"))
+        and not k.startswith("text_to_audio")
+    )
+    return {k: round(float(metrics[k]), 4) for k in (*SUMMARY_KEYS, *rest) if k in metrics}
 
 
 class NonFiniteError(RuntimeError):

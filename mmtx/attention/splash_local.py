@@ -14,6 +14,11 @@ block size (the ``j < T`` term hides the padded keys; padded query rows are drop
 key-padding ``mask`` becomes splash ``SegmentIds`` (query id 1, key id 1 for a real key, 0 for
 a padded one). Splash does not scale the logits: ``q`` is multiplied by ``1/sqrt(Dh)`` first.
 
+Splash is a Mosaic kernel, which XLA cannot partition over a device mesh: given the operands'
+``partition`` (a ``PartitionSpec`` of ``[B, T, H, Dh]``) and a mesh of more than one device in
+context (``jax.sharding.use_abstract_mesh``, as the train step has), the kernel runs on each
+shard under ``jax.shard_map`` (batch and heads may be split; length and head dim are not).
+
 The kernel is for TPU. ``interpret=True`` runs it in Pallas interpret mode on any backend
 (slow; for tests on CPU); the environment variable ``MMTX_PALLAS_INTERPRET=1`` asks for that
 mode where ``config.attention.implementation = "pallas"`` selects this kernel
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 
 import chex
 import jax
@@ -31,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
+from jax.sharding import PartitionSpec
 
 from mmtx.attention.local import _check_args
 
@@ -146,6 +153,44 @@ def _has_visible_key(key_ok: jax.Array, radius: int, num_global: int, causal: bo
     return (band > 0) | (globals_seen > 0) | ((i < num_global) & (all_seen > 0))
 
 
+def _per_shard(
+    fn: Callable[..., jax.Array],
+    partition: PartitionSpec | None,
+    operands: tuple[jax.Array, ...],
+    mask: jax.Array | None,
+) -> jax.Array:
+    """``fn(*operands, mask)``, under ``shard_map`` over the mesh in context when there is one.
+
+    The batch and head entries of ``partition`` are kept where they divide those dims (else
+    that dim is replicated); length and head dim are never split.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if partition is None or mesh.empty or mesh.size == 1:
+        return fn(*operands, mask)
+    batch, _, heads, _ = operands[0].shape
+    entries = (*partition, None, None, None, None)
+
+    def kept(axes: str | tuple[str, ...] | None, size: int) -> str | tuple[str, ...] | None:
+        names = axes if isinstance(axes, tuple) else (axes,) if axes else ()
+        return axes if size % math.prod(mesh.shape[name] for name in names) == 0 else None
+
+    batch_axes, head_axes = kept(entries[0], batch), kept(entries[2], heads)
+    if batch_axes is None and head_axes is None:
+        return fn(*operands, mask)
+    spec = PartitionSpec(batch_axes, None, head_axes, None)
+
+    def local(*args: jax.Array) -> jax.Array:
+        return fn(*args) if mask is not None else fn(*args, None)
+
+    args = operands if mask is None else (*operands, mask)
+    in_specs = (spec,) * len(operands) + (
+        (PartitionSpec(batch_axes, None),) if mask is not None else ()
+    )
+    # check_vma=False: pallas_call's outputs carry no varying-manual-axes annotation.
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=spec, check_vma=False)
+    return sharded(*args)
+
+
 def splash_local_attention(
     q: jax.Array,
     k: jax.Array,
@@ -157,6 +202,7 @@ def splash_local_attention(
     mask: jax.Array | None = None,
     interpret: bool = False,
     block_size: int | None = None,
+    partition: PartitionSpec | None = None,
 ) -> jax.Array:
     """:func:`mmtx.attention.local_attention` computed by the Pallas splash-attention kernel.
 
@@ -172,6 +218,9 @@ def splash_local_attention(
         a TPU.
       block_size: splash's query and key tile, a positive multiple of 128; ``T`` is padded up
         to a multiple of it. Default: ``T`` rounded up to 128, at most 512.
+      partition: how ``q``/``k``/``v`` are split over the mesh in context (e.g.
+        ``PartitionSpec(("data", "fsdp"), None, "tensor", None)``); with a mesh of more than
+        one device the kernel then runs per shard under ``shard_map``. ``None``: unsharded.
 
     Returns:
       ``[B, T, H, Dh]`` in the dtype of ``q``, equal to :func:`local_attention`'s output: the
@@ -191,27 +240,32 @@ def splash_local_attention(
     if isinstance(block_size, bool) or block_size <= 0 or block_size % _LANES:
         raise ValueError(f"block_size must be a positive multiple of {_LANES}; got {block_size}")
     padded = -(-t // block_size) * block_size
-    kernel = _splash_kernel(
-        padded, t, heads, radius, num_global, causal, block_size, bool(interpret)
-    )
-
-    def to_heads_major(x: jax.Array) -> jax.Array:  # [B, T, H, Dh] -> [B, H, Tp, Dh]
-        x = jnp.pad(x, [(0, 0), (0, padded - t), (0, 0), (0, 0)])
-        return jnp.swapaxes(x, 1, 2)
-
     scale = 1.0 / math.sqrt(dh)
     q_scaled = (q.astype(jnp.float32) * scale).astype(q.dtype)
-    qh, kh, vh = (to_heads_major(x) for x in (q_scaled, k, v))
-    if mask is None:
-        out = jax.vmap(kernel)(qh, kh, vh)
-    else:
-        key_ok = jnp.asarray(mask, jnp.bool_)
-        kv_ids = jnp.pad(key_ok.astype(jnp.int32), [(0, 0), (0, padded - t)])
-        ids = splash.SegmentIds(q=jnp.ones_like(kv_ids), kv=kv_ids)
-        out = jax.vmap(kernel)(qh, kh, vh, segment_ids=ids)
-    out = jnp.swapaxes(out, 1, 2)[:, :t]  # [B, T, H, Dh]
+    key_ok = None if mask is None else jnp.asarray(mask, jnp.bool_)
 
-    if mask is not None:
+    def run(q: jax.Array, k: jax.Array, v: jax.Array, key_ok: jax.Array | None) -> jax.Array:
+        """The kernel on (a shard of) the batch and heads: [b, T, h, Dh] -> [b, T, h, Dh]."""
+        kernel = _splash_kernel(
+            padded, t, q.shape[2], radius, num_global, causal, block_size, bool(interpret)
+        )
+
+        def to_heads_major(x: jax.Array) -> jax.Array:  # [b, T, h, Dh] -> [b, h, Tp, Dh]
+            x = jnp.pad(x, [(0, 0), (0, padded - t), (0, 0), (0, 0)])
+            return jnp.swapaxes(x, 1, 2)
+
+        qh, kh, vh = (to_heads_major(x) for x in (q, k, v))
+        if key_ok is None:
+            out = jax.vmap(kernel)(qh, kh, vh)
+        else:
+            kv_ids = jnp.pad(key_ok.astype(jnp.int32), [(0, 0), (0, padded - t)])
+            ids = splash.SegmentIds(q=jnp.ones_like(kv_ids), kv=kv_ids)
+            out = jax.vmap(kernel)(qh, kh, vh, segment_ids=ids)
+        return jnp.swapaxes(out, 1, 2)[:, :t]
+
+    out = _per_shard(run, partition, (q_scaled, k, v), key_ok)
+
+    if key_ok is not None:
         # Splash gives a row with no visible key a meaningless average; local_attention gives
         # the mean of v (and no gradient to q or k), as dense attention does.
         mean_v = jnp.mean(v.astype(jnp.float32), axis=1)  # [B, H, Dh]

@@ -51,7 +51,11 @@ def _local(q, k, v, *, mask=None, causal=False, implementation=None, radius=64, 
         mask=_key_padding_mask(mask, "local"),
     )
     if implementation == "pallas":  # The fused splash kernel (TPU; interpret mode on request).
-        return splash_local_attention(q, k, v, interpret=pallas_interpret_requested(), **options)
+        # Per shard of the mesh in context (a Mosaic kernel is not partitioned automatically).
+        partition = nn.logical_to_mesh_axes(("batch", "length", "heads", "kv"))
+        return splash_local_attention(
+            q, k, v, interpret=pallas_interpret_requested(), partition=partition, **options
+        )
     return local_attention(q, k, v, **options)
 
 

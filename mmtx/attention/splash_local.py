@@ -45,7 +45,8 @@ __all__ = ["PALLAS_INTERPRET_ENV", "pallas_interpret_requested", "splash_local_a
 
 # Splash tiles the key axis in lanes of 128: block sizes must be multiples of it.
 _LANES = 128
-_MAX_DEFAULT_BLOCK = 512
+# Default tiles, largest first: the largest that adds no padding beyond a multiple of 128.
+_DEFAULT_BLOCKS = (512, 256, 128)
 
 PALLAS_INTERPRET_ENV = "MMTX_PALLAS_INTERPRET"
 
@@ -137,6 +138,12 @@ def _splash_kernel(
     )
 
 
+def _default_block_size(length: int) -> int:
+    """The largest of 512, 256, 128 dividing ``length`` rounded up to a multiple of 128."""
+    padded = -(-length // _LANES) * _LANES
+    return next(block for block in _DEFAULT_BLOCKS if padded % block == 0)
+
+
 def _has_visible_key(key_ok: jax.Array, radius: int, num_global: int, causal: bool) -> jax.Array:
     """bool ``[B, T]``: whether query ``i`` sees at least one real key (prefix sums, O(T))."""
     batch, t = key_ok.shape
@@ -217,7 +224,8 @@ def splash_local_attention(
       interpret: run the kernel in Pallas interpret mode (any backend; slow). ``False`` needs
         a TPU.
       block_size: splash's query and key tile, a positive multiple of 128; ``T`` is padded up
-        to a multiple of it. Default: ``T`` rounded up to 128, at most 512.
+        to a multiple of it. Default: the largest of 512, 256 and 128 that divides ``T``
+        rounded up to a multiple of 128 (no more padding than 128-token tiles need).
       partition: how ``q``/``k``/``v`` are split over the mesh in context (e.g.
         ``PartitionSpec(("data", "fsdp"), None, "tensor", None)``); with a mesh of more than
         one device the kernel then runs per shard under ``shard_map``. ``None``: unsharded.
@@ -236,7 +244,7 @@ def splash_local_attention(
     if t == 0:
         return jnp.zeros_like(q)
     if block_size is None:
-        block_size = min(_MAX_DEFAULT_BLOCK, -(-t // _LANES) * _LANES)
+        block_size = _default_block_size(t)
     if isinstance(block_size, bool) or block_size <= 0 or block_size % _LANES:
         raise ValueError(f"block_size must be a positive multiple of {_LANES}; got {block_size}")
     padded = -(-t // block_size) * block_size

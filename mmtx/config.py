@@ -149,8 +149,10 @@ def default_config() -> ml_collections.ConfigDict:
 
     # Options of the attention kernels, shared by every tower whose `attention` names them.
     c.attention = ml_collections.ConfigDict()
-    # Dense-kernel implementation: auto (cuDNN flash on a GPU when the dtype and head dim allow,
-    # else XLA) | xla | cudnn (GPU, bf16/fp16 only; an error at validation when it cannot run).
+    # Attention implementation: auto (cuDNN flash for the dense kernel on a GPU when the dtype
+    # and head dim allow, the Pallas splash kernel for the local kernel on a TPU, else XLA) | xla
+    # | cudnn (dense kernel, GPU, bf16/fp16 only) | pallas (local kernel, TPU; interpret mode
+    # anywhere with MMTX_PALLAS_INTERPRET=1); an explicit one that cannot run fails validation.
     c.attention.implementation = "auto"
     c.attention.local = ml_collections.ConfigDict()
     c.attention.local.radius = 64  # Query i sees keys j with |i - j| <= radius.
@@ -738,9 +740,14 @@ def _validate_fusion(fusion: ml_collections.ConfigDict) -> None:
 
 
 def _validate_attention_implementation(config: ml_collections.ConfigDict) -> None:
-    """An explicit ``cudnn`` must be able to run here: checked against jax's backend, the
-    compute dtype, every tower's and the fusion's kernels and head dims (before compile)."""
-    from mmtx.nn.attention import IMPLEMENTATIONS, cudnn_unsupported_reason
+    """An explicit ``cudnn`` or ``pallas`` must be able to run here: checked against jax's
+    backend, the compute dtype, every tower's (and MAP head's) and the fusion's kernels and
+    head dims (before compile)."""
+    from mmtx.nn.attention import (
+        IMPLEMENTATIONS,
+        cudnn_unsupported_reason,
+        pallas_unsupported_reason,
+    )
 
     implementation = config.attention.implementation
     _require(
@@ -748,7 +755,7 @@ def _validate_attention_implementation(config: ml_collections.ConfigDict) -> Non
         "attention.implementation",
         f"{implementation!r} is not one of {IMPLEMENTATIONS}",
     )
-    if implementation != "cudnn":
+    if implementation not in ("cudnn", "pallas"):
         return
     import jax
 
@@ -757,7 +764,12 @@ def _validate_attention_implementation(config: ml_collections.ConfigDict) -> Non
     if dtype == "auto":
         dtype = "float32" if backend == "cpu" else "bfloat16"
     uses = [
-        (f"model.{m}", config.model[m], (config.model[m].attention,))
+        (
+            f"model.{m}",
+            config.model[m],
+            (config.model[m].attention,)
+            + (("dense",) if config.model[m].get("pooling") == "map" else ()),
+        )
         for m in config.model.modalities
     ]
     fusion = config.fusion
@@ -770,13 +782,20 @@ def _validate_attention_implementation(config: ml_collections.ConfigDict) -> Non
     uses.append(("fusion", fusion, fusion_kernels))
     for name, tower, kernels in uses:
         for kernel in kernels:
-            reason = cudnn_unsupported_reason(
-                kernel=kernel,
-                dtype=dtype,
-                head_dim=tower.width // tower.num_heads,
-                backend=backend,
+            if implementation == "pallas":
+                reason = pallas_unsupported_reason(kernel=kernel, backend=backend)
+            else:
+                reason = cudnn_unsupported_reason(
+                    kernel=kernel,
+                    dtype=dtype,
+                    head_dim=tower.width // tower.num_heads,
+                    backend=backend,
+                )
+            _require(
+                reason is None,
+                "attention.implementation",
+                f"{implementation!r} in {name}: {reason}",
             )
-            _require(reason is None, "attention.implementation", f"'cudnn' in {name}: {reason}")
 
 
 def _validate_training(config: ml_collections.ConfigDict) -> None:

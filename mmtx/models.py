@@ -198,7 +198,7 @@ class MultiModalTransformer(nn.Module):
             dropout_rate=model.dropout_rate,
             remat=model.remat,
             scan=model.scan_layers,
-            # auto | xla | cudnn, resolved per attention layer (mmtx.nn.resolve_implementation).
+            # auto | xla | cudnn | pallas, resolved per layer (mmtx.nn.resolve_implementation).
             attention_implementation=config.attention.get("implementation", "auto"),
         )
 

@@ -2,6 +2,8 @@
 
 - :func:`dot_product_attention`: dense softmax attention (XLA, or cuDNN flash on GPU).
 - :func:`local_attention`: sliding window + global tokens, blockwise, linear in length.
+- :func:`splash_local_attention`: the same contract as a fused Pallas splash kernel (TPU;
+  interpret mode elsewhere).
 - :func:`linear_attention`: elu+1 (Katharopoulos et al. 2020) or FAVOR+ (Choromanski et al.
   2021) feature maps, linear in length.
 """
@@ -9,5 +11,12 @@
 from mmtx.attention.dense import attention_weights, dot_product_attention
 from mmtx.attention.linear import linear_attention
 from mmtx.attention.local import local_attention
+from mmtx.attention.splash_local import splash_local_attention
 
-__all__ = ["attention_weights", "dot_product_attention", "linear_attention", "local_attention"]
+__all__ = [
+    "attention_weights",
+    "dot_product_attention",
+    "linear_attention",
+    "local_attention",
+    "splash_local_attention",
+]

@@ -8,6 +8,7 @@ from mmtx.nn.attention import (
     MultiHeadAttention,
     cudnn_unsupported_reason,
     default_kernel_init,
+    pallas_unsupported_reason,
     resolve_implementation,
 )
 from mmtx.nn.embed import (
@@ -57,6 +58,7 @@ __all__ = [
     "kaldi_fbank",
     "log_mel_spectrogram",
     "mel_filterbank",
+    "pallas_unsupported_reason",
     "quick_gelu",
     "resolve_implementation",
     "sincos_1d",

@@ -23,6 +23,7 @@ from mmtx.attention import (
     linear_attention,
     local_attention,
 )
+from mmtx.attention.splash_local import pallas_interpret_requested, splash_local_attention
 
 Dtype = Any
 
@@ -41,18 +42,21 @@ def _key_padding_mask(mask: jax.Array | None, kernel: str) -> jax.Array | None:
 
 
 def _local(q, k, v, *, mask=None, causal=False, implementation=None, radius=64, num_global=0):
-    del implementation
     if q.shape[1] != k.shape[1]:
         raise ValueError("the local kernel is for self-attention (queries and keys of one length)")
-    return local_attention(
-        q,
-        k,
-        v,
+    options = dict(
         radius=radius,
         num_global=min(num_global, q.shape[1]),
         causal=causal,
         mask=_key_padding_mask(mask, "local"),
     )
+    if implementation == "pallas":  # The fused splash kernel (TPU; interpret mode on request).
+        # Per shard of the mesh in context (a Mosaic kernel is not partitioned automatically).
+        partition = nn.logical_to_mesh_axes(("batch", "length", "heads", "kv"))
+        return splash_local_attention(
+            q, k, v, interpret=pallas_interpret_requested(), partition=partition, **options
+        )
+    return local_attention(q, k, v, **options)
 
 
 def _linear(
@@ -82,8 +86,9 @@ ATTENTION_KERNELS: dict[str, AttentionKernel] = {
 
 default_kernel_init = nn.initializers.xavier_uniform()
 
-# config.attention.implementation: auto (cuDNN flash where it can run, else XLA), xla, cudnn.
-IMPLEMENTATIONS = ("auto", "xla", "cudnn")
+# config.attention.implementation: auto (cuDNN flash or the Pallas local kernel where it can
+# run, else XLA), xla, cudnn (dense kernel, GPU), pallas (local kernel, TPU).
+IMPLEMENTATIONS = ("auto", "xla", "cudnn", "pallas")
 CUDNN_DTYPES = ("bfloat16", "float16")
 
 _logger = logging.getLogger(__name__)
@@ -139,9 +144,31 @@ def cudnn_unsupported_reason(
     return None
 
 
+def pallas_unsupported_reason(*, kernel: str = "local", backend: str | None = None) -> str | None:
+    """Why the Pallas splash kernel cannot run here, or ``None`` when it can.
+
+    It runs only the local kernel (:func:`mmtx.attention.splash_local_attention`), on a TPU
+    backend, or on any backend in interpret mode when ``MMTX_PALLAS_INTERPRET=1`` is set.
+    """
+    if kernel != "local":
+        return f"the Pallas splash kernel runs only the local kernel; got {kernel!r}"
+    backend = backend or jax.default_backend()
+    if backend != "tpu" and not pallas_interpret_requested():
+        return (
+            f"the Pallas splash kernel needs a TPU backend; jax's backend is {backend!r} "
+            "(set MMTX_PALLAS_INTERPRET=1 to run it in interpret mode, slowly)"
+        )
+    return None
+
+
 @functools.cache
 def _log_fallback(reason: str) -> None:
     _logger.warning("attention implementation auto: using XLA, not cuDNN (%s)", reason)
+
+
+@functools.cache
+def _log_local_fallback(reason: str) -> None:
+    _logger.info("attention implementation auto: using XLA, not Pallas (%s)", reason)
 
 
 def resolve_implementation(
@@ -159,6 +186,9 @@ def resolve_implementation(
     GPU (silently; bit-identical to ``"xla"``), ``"cudnn"`` on a GPU when the kernel, dtype
     and head dim allow it, else XLA with one logged line per reason. ``"cudnn"`` raises
     ``ValueError`` with the reason when cuDNN cannot run (at trace time, before compile).
+    For the local kernel ``"auto"`` is ``"pallas"`` on a TPU, else ``None`` with one logged
+    (INFO) line; ``"pallas"`` raises ``ValueError`` with the reason when the splash kernel
+    cannot run (:func:`pallas_unsupported_reason`).
     """
     if implementation is None or implementation == "xla":
         return implementation
@@ -166,6 +196,16 @@ def resolve_implementation(
         raise ValueError(
             f"unknown attention implementation {implementation!r}; choose one of {IMPLEMENTATIONS}"
         )
+    if implementation == "pallas" or (implementation == "auto" and kernel == "local"):
+        reason = pallas_unsupported_reason(kernel=kernel)
+        if implementation == "auto" and jax.default_backend() != "tpu":
+            reason = reason or f"jax's backend is {jax.default_backend()!r}, not 'tpu'"
+        if reason is None:
+            return "pallas"
+        if implementation == "pallas":
+            raise ValueError(f"attention implementation 'pallas' cannot run: {reason}")
+        _log_local_fallback(reason)
+        return None
     if implementation == "auto" and (jax.default_backend() != "gpu" or kernel != "dense"):
         return None  # Off GPU, or a kernel that does not call jax's dense attention.
     reason = cudnn_unsupported_reason(
@@ -255,9 +295,10 @@ class MultiHeadAttention(nn.Module):
       out_features: output width (default: the input width).
       causal: mask keys after each query (self-attention only).
       implementation: ``None`` (jax's default), ``"xla"``, ``"cudnn"`` (flash on GPU; a
-        ``ValueError`` when it cannot run) or ``"auto"`` (cuDNN where it can run, else XLA);
-        resolved by :func:`resolve_implementation` and passed to
-        ``jax.nn.dot_product_attention`` (config: ``config.attention.implementation``).
+        ``ValueError`` when it cannot run), ``"pallas"`` (the local kernel as a fused splash
+        kernel on TPU; a ``ValueError`` when it cannot run) or ``"auto"`` (cuDNN or Pallas
+        where it can run, else XLA); resolved by :func:`resolve_implementation` and passed to
+        the kernel (config: ``config.attention.implementation``).
       capture_weights: also compute the dense softmax attention probabilities ``[B, H, T, S]``
         (whatever the kernel) and sow them into the ``intermediates`` collection as
         ``attention_weights`` (for visualisation).

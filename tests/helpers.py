@@ -25,7 +25,12 @@ def random_params(module, *args, seed=0):
 
 
 # Per modality: (tokens T, feature width D, padded tokens in example 0).
-FEATURE_SPECS = {"text": (5, 8, 2), "image": (4, 12, 0), "audio": (3, 16, 1)}
+FEATURE_SPECS = {
+    "text": (5, 8, 2),
+    "image": (4, 12, 0),
+    "audio": (3, 16, 1),
+    "video": (6, 10, 1),
+}
 
 
 def random_features(modalities, batch, seed=0, specs=FEATURE_SPECS):

@@ -85,7 +85,7 @@ BAD_INPUTS = [
     ("text bytes", call(text_inputs=b"a cat"), TypeError, "text_inputs is bytes; decode it"),
     ("text int", call(text_inputs=3), TypeError, "list of str; got int"),
     ("one text bytes", call(text_inputs=["a", b"b"]), TypeError, "text_inputs[1] is bytes"),
-    ("one text None", call(text_inputs=["a", None]), TypeError, "text_inputs[1] must be a str"),
+    ("one text None", call(text_inputs=["a", None]), ValueError, "example 1 has no modality"),
     (
         "NaN pixel",
         call(image_features=spoiled(IMAGE, np.nan)),

@@ -15,7 +15,7 @@ from mmtx.fusion.common import (
     present_modalities,
     table_index,
 )
-from mmtx.modalities import LEGACY_FUSION_ORDER
+from mmtx.modalities import modality_names
 from mmtx.nn import Encoder
 from mmtx.nn.attention import default_kernel_init
 
@@ -30,14 +30,15 @@ class ConcatFusion(nn.Module):
     the joint attention. The fused output is the CLS token,
     ``[B, width]``; ``out["tokens"]`` is the joint sequence ``[B, 1 + sum T_m, width]`` and
     ``out["mask"]`` its mask. The modality embedding table has one row per entry of
-    ``modalities`` (:func:`mmtx.modalities.fusion_order` of the model's modalities).
+    ``modalities`` (:func:`mmtx.modalities.fusion_order` of the model's modalities; empty:
+    every registered modality).
     """
 
     width: int
     depth: int
     num_heads: int
     mlp_dim: int
-    modalities: tuple[str, ...] = LEGACY_FUSION_ORDER
+    modalities: tuple[str, ...] = ()
     attention: str = "dense"
     attention_options: FrozenDict[str, Any] = FrozenDict()
     attention_implementation: str | None = None
@@ -57,7 +58,7 @@ class ConcatFusion(nn.Module):
         modality_embedding = self.param(
             "modality_embedding",
             nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed")),
-            (len(self.modalities), self.width),
+            (len(self.modalities or modality_names()), self.width),
             self.param_dtype,
         )
         cls = self.param(
@@ -69,7 +70,7 @@ class ConcatFusion(nn.Module):
         streams = [jnp.broadcast_to(cls, (batch, 1, self.width)).astype(self.dtype)]
         masks = [jnp.ones((batch, 1), jnp.bool_)]
         for name in present_modalities(features):
-            index = table_index(self.modalities, name)
+            index = table_index(self.modalities or modality_names(), name)
             tokens = nn.Dense(
                 self.width,
                 kernel_init=nn.with_logical_partitioning(default_kernel_init, (None, "embed")),

@@ -14,7 +14,7 @@ from mmtx.fusion.common import (
     present_modalities,
     table_index,
 )
-from mmtx.modalities import LEGACY_FUSION_ORDER
+from mmtx.modalities import modality_names
 from mmtx.nn.attention import default_kernel_init
 
 Dtype = Any
@@ -24,7 +24,8 @@ class GatedFusion(nn.Module):
     """``fused = sum_m w_m * W_m pooled_m`` over the present modalities.
 
     ``w = softmax(g[present])`` where ``g`` ``[len(modalities)]`` are learned gate logits (one
-    row per entry of ``modalities``: :func:`mmtx.modalities.fusion_order`), so
+    row per entry of ``modalities``, the model's :func:`mmtx.modalities.fusion_order`;
+    empty: every registered modality), so
     the weights always sum to one over whichever modalities are present (per example, over
     those it keeps, see ``ModalityFeatures.keep``). ``out["weights"]``
     maps each present modality to its weight, float32 ``[]``, so a user can see which
@@ -32,7 +33,7 @@ class GatedFusion(nn.Module):
     """
 
     width: int
-    modalities: tuple[str, ...] = LEGACY_FUSION_ORDER
+    modalities: tuple[str, ...] = ()
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -43,11 +44,11 @@ class GatedFusion(nn.Module):
         """features: present modality -> ModalityFeatures. Returns (``[B, width]``, out)."""
         del train  # no dropout or batch statistics
         check_features(features)
-        gate_logits = self.param(
-            "gate_logits", nn.initializers.zeros, (len(self.modalities),), self.param_dtype
-        )
+        rows = self.modalities or modality_names()
+        shape = (len(rows),)
+        gate_logits = self.param("gate_logits", nn.initializers.zeros, shape, self.param_dtype)
         present = present_modalities(features)
-        index = jnp.asarray([table_index(self.modalities, name) for name in present])
+        index = jnp.asarray([table_index(rows, name) for name in present])
         logits = gate_logits[index].astype(jnp.float32)
         weights = jax.nn.softmax(logits)
         batch = features[present[0]].pooled.shape[0]

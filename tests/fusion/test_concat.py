@@ -93,8 +93,8 @@ def test_mismatched_batch_sizes_raise():
 
 def test_unknown_modality_raises():
     fusion, params, _ = built()
-    features = {"video": make_features(("image",))["image"]}
-    with pytest.raises(ValueError, match="video"):
+    features = {"smell": make_features(("image",))["image"]}
+    with pytest.raises(ValueError, match="smell"):
         jax.eval_shape(fusion.apply, params, features)
 
 

@@ -36,7 +36,7 @@ def make_features(modalities=MODALITIES, batch=B, seed=0):
 @functools.cache
 def built(kind):
     fusion = FUSION_MODULES[kind](width=WIDTH, **KWARGS[kind])
-    # Params for all three modalities; a call with a subset uses that subset's params.
+    # Params for all four modalities; a call with a subset uses that subset's params.
     return fusion, random_params(fusion, make_features()), jax.jit(fusion.apply)
 
 
@@ -120,8 +120,8 @@ def test_bad_features_raise(kind):
     mixed = dict(make_features(("text",), batch=2), **make_features(("image",), batch=3))
     with pytest.raises(ValueError, match="batch size"):
         jax.eval_shape(fusion.apply, params, mixed)
-    with pytest.raises(ValueError, match="video"):
-        jax.eval_shape(fusion.apply, params, {"video": make_features(("image",))["image"]})
+    with pytest.raises(ValueError, match="smell"):
+        jax.eval_shape(fusion.apply, params, {"smell": make_features(("image",))["image"]})
 
 
 @pytest.mark.parametrize("kind", ("cross_attention", "bottleneck", "perceiver"))

@@ -12,7 +12,8 @@ import pytest
 from mmtx.fusion import MODALITIES, GatedFusion, ModalityFeatures
 
 B, WIDTH = 3, 8
-SPECS = {"text": (5, 6), "image": (4, 10), "audio": (3, 12)}  # (tokens T_m, width D_m)
+# (tokens T_m, width D_m) per modality.
+SPECS = {"text": (5, 6), "image": (4, 10), "audio": (3, 12), "video": (2, 8)}
 SUBSETS = [s for r in range(1, len(MODALITIES) + 1) for s in itertools.combinations(MODALITIES, r)]
 
 
@@ -62,7 +63,7 @@ def reference(params, features):
 @pytest.mark.parametrize("modalities", SUBSETS, ids="+".join)
 def test_every_subset_matches_reference(modalities):
     _, params, apply = built()
-    assert len(set(np.asarray(params["params"]["gate_logits"]).tolist())) == 3
+    assert len(set(np.asarray(params["params"]["gate_logits"]).tolist())) == len(MODALITIES)
     features = make_features(modalities)
     fused, out = apply(params, features)
     assert fused.shape == (B, WIDTH) and fused.dtype == jnp.float32

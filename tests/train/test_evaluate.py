@@ -135,7 +135,8 @@ def test_evaluate_with_attributes():
     assert metrics["accuracy"] == pytest.approx(0.5)
     assert metrics["classification"] == pytest.approx(classification, rel=1e-6)
     expected_keys = {"num_examples", "accuracy", "classification"}
-    for query, gallery in (("text", "image"), ("image", "text"), ("audio", "text")):
+    directions = (("text", "image"), ("image", "text"), ("text", "audio"), ("audio", "text"))
+    for query, gallery in directions:
         for k in (1, 5):
             name = f"{query}_to_{gallery}_recall@{k}"
             expected_keys.add(name)

@@ -115,7 +115,11 @@ class MultiModalTransformer(nn.Module):
     float32 scalars (the learnable temperature and bias of the contrastive losses); with
     ``attribute_heads``, ``"attribute_logits"``: ``"<modality>/<attribute>"`` -> float32
     ``[B, classes]``, predicted from that modality's embedding; and, with gated fusion,
-    ``"fusion_weights"``: present modality -> float32 scalar weight.
+    ``"fusion_weights"``: present modality -> float32 scalar weight. With
+    ``capture_weights``, ``"intermediates"``: modality -> that encoder's ``out`` and
+    ``"fusion"`` -> the fusion's ``out`` (without their ``[B, T, D]`` token arrays), which
+    hold the attention probabilities as ``"attention_weights"`` (see :mod:`mmtx.encoders`,
+    :mod:`mmtx.fusion`).
 
     ``projections`` maps a modality to how its pooled output becomes ``out[m]`` (the
     ``<m>_head`` param): ``"dense"`` (kernel and bias; the default for a modality not in
@@ -228,6 +232,8 @@ class MultiModalTransformer(nn.Module):
             else:
                 tokens, out = encoder(batch[modality], train=train)
             features[modality] = ModalityFeatures(tokens, out["mask"], out["pooled"])
+            if self.capture_weights:  # the encoder's intermediates, less its token arrays
+                outputs.setdefault("intermediates", {})[modality] = _small_outputs(out)
             outputs[modality] = self._projection(modality, out["pooled"])
             for name, classes in self.attribute_heads.get(modality, {}).items():
                 head = self._head(f"{modality}_{name}_head", classes)
@@ -275,6 +281,8 @@ class MultiModalTransformer(nn.Module):
             outputs["logits"] = self._head("classifier", self.num_classes)(fused)
         if "weights" in fusion_out:
             outputs["fusion_weights"] = fusion_out["weights"]
+        if self.capture_weights:
+            outputs.setdefault("intermediates", {})["fusion"] = _small_outputs(fusion_out)
 
     def _modality_keep_mask(self, num_modalities: int, batch: int) -> jax.Array:
         """bool ``[B, M]``: each modality kept with prob ``1 - modality_dropout``, at least one
@@ -312,6 +320,11 @@ class MultiModalTransformer(nn.Module):
             name=name,
         )
         return lambda x: dense(x).astype(jnp.float32)
+
+
+def _small_outputs(out: dict[str, Any]) -> dict[str, Any]:
+    """An encoder's or fusion's ``out`` without its token-stream arrays ``[B, T, D]``."""
+    return {k: v for k, v in out.items() if k not in ("encoded", "pre_norm", "stem", "tokens")}
 
 
 @dataclasses.dataclass

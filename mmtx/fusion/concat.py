@@ -23,7 +23,9 @@ class ConcatFusion(nn.Module):
     Padded tokens, and every token of a modality an example drops (``keep``), stay masked in
     the joint attention. The fused output is the CLS token,
     ``[B, width]``; ``out["tokens"]`` is the joint sequence ``[B, 1 + sum T_m, width]`` and
-    ``out["mask"]`` its mask.
+    ``out["mask"]`` its mask. With ``capture_weights``, ``out["attention_weights"]`` is the
+    joint attention of every layer, stacked: ``[depth, B, H, N, N]`` (``N = 1 + sum T_m``)
+    for the dense kernel (see :class:`mmtx.nn.Encoder`).
     """
 
     width: int

@@ -121,7 +121,7 @@ def _check_args(
 
 def _masked_softmax_attention(
     logits: jax.Array, visible: jax.Array, values: jax.Array, spec: str
-) -> tuple[jax.Array, jax.Array]:
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Softmax over the last axis of float32 ``logits`` where ``visible``; returns
     (out, weights, any)."""
     logits = jnp.where(visible, logits, _LARGE_NEGATIVE)

@@ -79,7 +79,7 @@ def test_capture_weights_shows_which_tokens_a_word_attends_to():
     )
     features = make_features()
     params = random_params(fusion, features)
-    _, out = fusion.apply(params, features)
+    _, out = jax.jit(fusion.apply)(params, features)
     weights = out["attention_weights"]
     assert set(weights) == {"text_cross_0", "text_self_0", "image_cross_0", "image_self_0"}
     text_to_image = np.asarray(weights["text_cross_0"])

@@ -149,7 +149,11 @@ class MultiModalTransformer(nn.Module):
     ``"fusion_weights"``: present modality -> float32 scalar weight; with ``tasks``
     (``"<task>/<label>"`` -> classes), ``"task_logits"``: that key -> float32
     ``[B, classes]`` from the task's own gated fusion of the modality embeddings, and
-    ``"task_fusion_weights"``: task -> present modality -> float32 scalar weight.
+    ``"task_fusion_weights"``: task -> present modality -> float32 scalar weight. With
+    ``capture_weights``, ``"intermediates"``: modality -> that encoder's ``out`` and
+    ``"fusion"`` -> the fusion's ``out`` (without their ``[B, T, D]`` token arrays), which
+    hold the attention probabilities as ``"attention_weights"`` (see :mod:`mmtx.encoders`,
+    :mod:`mmtx.fusion`).
 
     Per-example absence: ``batch["present/<m>"]`` bool ``[B]`` (False = the example has no
     ``m``; its ``m`` input is a filler of the right shape). Such an example is fused exactly
@@ -273,6 +277,8 @@ class MultiModalTransformer(nn.Module):
             flag = batch.get(present_key(modality))
             keep = None if flag is None else jnp.asarray(flag).astype(jnp.bool_)
             features[modality] = ModalityFeatures(tokens, out["mask"], out["pooled"], keep)
+            if self.capture_weights:  # the encoder's intermediates, less its token arrays
+                outputs.setdefault("intermediates", {})[modality] = _small_outputs(out)
             embedding = self._projection(modality, out["pooled"])
             if keep is not None:  # an absent example's embedding is zero, not its filler's
                 embedding = jnp.where(keep[:, None], embedding, 0.0)
@@ -331,6 +337,8 @@ class MultiModalTransformer(nn.Module):
             outputs["logits"] = self._head("classifier", self.num_classes)(fused)
         if "weights" in fusion_out:
             outputs["fusion_weights"] = fusion_out["weights"]
+        if self.capture_weights:
+            outputs.setdefault("intermediates", {})["fusion"] = _small_outputs(fusion_out)
 
     def _modality_keep_mask(
         self, num_modalities: int, batch: int, present: jax.Array | None = None
@@ -403,6 +411,11 @@ class MultiModalTransformer(nn.Module):
             name=name,
         )
         return lambda x: dense(x).astype(jnp.float32)
+
+
+def _small_outputs(out: dict[str, Any]) -> dict[str, Any]:
+    """An encoder's or fusion's ``out`` without its token-stream arrays ``[B, T, D]``."""
+    return {k: v for k, v in out.items() if k not in ("encoded", "pre_norm", "stem", "tokens")}
 
 
 @dataclasses.dataclass

@@ -2,7 +2,9 @@
 
 A thin wrapper over :func:`jax.nn.dot_product_attention`, so that on GPU the cuDNN flash
 kernel is used when ``implementation="cudnn"`` is asked for, and on TPU/CPU XLA's fused
-attention. :func:`attention_weights` computes the same softmax explicitly, for visualisation.
+attention. :func:`attention_weights` computes the same softmax explicitly;
+``dot_product_attention(..., return_weights=True)`` applies those explicit probabilities and
+returns them with the output (for visualisation).
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ def dot_product_attention(
     bias: jax.Array | None = None,
     causal: bool = False,
     implementation: Implementation = None,
-) -> jax.Array:
+    return_weights: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Softmax attention ``softmax(q k^T / sqrt(Dh) + bias, masked) v``.
 
     Args:
@@ -60,12 +63,24 @@ def dot_product_attention(
       bias: float, broadcastable to ``[B, H, T, S]``; added to the logits.
       causal: if True, query ``i`` sees only keys ``j <= i``.
       implementation: ``None`` (let JAX choose), ``"xla"`` or ``"cudnn"`` (GPU flash attention).
+      return_weights: also return the softmax probabilities. ``jax.nn.dot_product_attention``
+        (XLA's fused attention, cuDNN flash) does not expose them, so then the attention is
+        computed on the explicit XLA path instead, whatever ``implementation`` says: the
+        probabilities of :func:`attention_weights` (float32) times ``v``. Its output equals
+        the fused one to float round-off; its memory is ``O(B H T S)``.
 
     Returns:
       ``[B, T, H, Dh]`` in the dtype of ``q``. The softmax is computed in float32.
       A query row whose keys are all masked returns the mean of ``v`` (no NaNs).
+      With ``return_weights``: ``(out, weights)``, ``weights`` float32 ``[B, H, T, S]``,
+      the probabilities ``out`` was computed with (each row sums to one over the keys;
+      masked keys get exactly zero, a fully masked row is uniform).
     """
     _check_qkv(q, k, v)
+    if return_weights:
+        weights = attention_weights(q, k, mask=mask, bias=bias, causal=causal)
+        out = jnp.einsum("bhts,bshd->bthd", weights, v.astype(jnp.float32))
+        return out.astype(q.dtype), weights
     return jax.nn.dot_product_attention(
         q,
         k,

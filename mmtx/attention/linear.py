@@ -219,6 +219,7 @@ def linear_attention(
     rng: jax.Array | None = None,
     mask: jax.Array | None = None,
     chunk_size: int = 64,
+    return_weights: bool = False,
 ) -> jax.Array:
     """Linear attention ``out_i = phi(q_i).sum_j phi(k_j) v_j^T / (phi(q_i).sum_j phi(k_j))``.
 
@@ -241,14 +242,23 @@ def linear_attention(
         features and contribute nothing. A query with no visible key outputs zeros.
       chunk_size: chunk length of the causal computation (memory/time trade-off only; any
         positive value gives the same result up to float round-off).
+      return_weights: must stay False: linear attention never forms the ``[T, S]`` attention
+        matrix (that is what makes it linear), so there are no weights to return.
 
     Returns:
       ``[B, T, H, Dh]`` in ``q.dtype``; features, running sums and the division are float32.
 
     Raises:
       ValueError: unknown ``feature_map``; ``"favor"`` without ``rng``; ``causal`` with
-        ``S != T``; bad shapes, ``mask`` shape, ``num_features`` or ``chunk_size``.
+        ``S != T``; bad shapes, ``mask`` shape, ``num_features`` or ``chunk_size``;
+        ``return_weights=True``.
     """
+    if return_weights:
+        raise ValueError(
+            "linear attention forms no attention map: it sums phi(k) v^T over the keys before "
+            "any query sees them, so no [T, S] probabilities exist to return. Use the dense or "
+            "local kernel to capture attention weights (capture_weights=True)."
+        )
     _check_args(q, k, v, feature_map, causal, rng, mask, chunk_size)
     if mask is not None:
         mask = jnp.asarray(mask, dtype=jnp.bool_)

@@ -13,22 +13,84 @@ absolute positions, plus the ``num_global`` global keys concatenated after them;
 that already lies inside the band of a query is masked out of the concatenated part, so it is
 counted once. The ``num_global`` global query rows are recomputed with a dense
 ``[num_global, T]`` attention and overwrite the blockwise rows.
+
+``return_weights=True`` also returns the probabilities exactly as computed, as a
+:class:`LocalWeights`: the band ``[B, H, T, 3 * block + num_global]`` (each query's row of
+its block's window, then the global-key columns) and the global query rows
+``[B, H, num_global, T]``; :func:`local_weights_to_dense` scatters them into a dense
+``[B, H, T, T]`` map for plotting.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["local_attention"]
+__all__ = ["LocalWeights", "local_attention", "local_block_size", "local_weights_to_dense"]
 
 _MIN_BLOCK = 16
 # Same fill as jax.nn.dot_product_attention: finite, so a fully masked row stays NaN-free.
 _LARGE_NEGATIVE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+class LocalWeights(NamedTuple):
+    """The probabilities :func:`local_attention` applies, in the layout it computes them.
+
+    With ``T`` queries, ``G = num_global`` and ``w = local_block_size(T, radius)``, query
+    ``i`` (in block ``n = i // w``) attends over ``3 * w`` window keys and ``G`` global keys:
+
+    - ``band``: float32 ``[..., H, T, 3 * w + G]``. Column ``c < 3 * w`` is key
+      ``(n - 1) * w + c`` (zero where that key is outside ``[0, T)``, outside the band
+      ``|i - j| <= radius``, causal-masked or padded); column ``3 * w + g`` is global key
+      ``g``, zero where ``g`` already lies in the band (it is counted in the window part).
+      Rows ``i < G`` (the global queries) are zero here: theirs are ``global_rows``.
+    - ``global_rows``: float32 ``[..., H, G, T]``, the dense rows of the global queries.
+
+    Each query row sums to one over its keys, except a row with no visible key (possible only
+    through a key-padding mask), which is all zeros: its output is the mean of ``v``, not a
+    softmax over the band. Leading axes ``...`` are ``[B]``, or ``[L, B]`` once stacked over
+    layers.
+    """
+
+    band: jax.Array
+    global_rows: jax.Array
+
+
+def local_block_size(length: int, radius: int) -> int:
+    """The block length ``w`` :func:`local_attention` uses for ``length`` tokens and ``radius``
+    (``min(max(radius, 16), length)``, at least 1); each query block sees ``3 * w`` keys."""
+    return max(1, min(max(radius, _MIN_BLOCK), length))
+
+
+def local_weights_to_dense(weights: LocalWeights) -> jax.Array:
+    """Scatters a :class:`LocalWeights` into the dense ``[..., H, T, T]`` float32 map.
+
+    Entry ``[..., h, i, j]`` is the probability query ``i`` gives key ``j`` (zero outside
+    the band + global pattern): what :func:`mmtx.attention.attention_weights` returns under the
+    same band, global, causal and padding mask, for every row with a visible key. For
+    plotting: it builds the ``T x T`` array the kernel avoids.
+    """
+    band, global_rows = weights
+    t, num_global = band.shape[-2], global_rows.shape[-2]
+    window = band.shape[-1] - num_global
+    if window % 3 or global_rows.shape[-1] != t:
+        raise ValueError(
+            f"not a LocalWeights layout: band {band.shape}, global_rows {global_rows.shape}"
+        )
+    block = window // 3
+    rows = jnp.arange(t)[:, None]
+    cols = (rows // block - 1) * block + jnp.arange(window)[None, :]  # [T, 3 * block]
+    inside = (cols >= 0) & (cols < t)
+    local = jnp.where(inside, band[..., :window], 0.0)
+    dense = jnp.zeros((*band.shape[:-1], t), jnp.float32)
+    dense = dense.at[..., rows, jnp.clip(cols, 0, t - 1)].add(local)
+    dense = dense.at[..., :num_global].add(band[..., window:])
+    return dense.at[..., :num_global, :].set(global_rows)
 
 
 def _check_args(
@@ -59,12 +121,13 @@ def _check_args(
 
 def _masked_softmax_attention(
     logits: jax.Array, visible: jax.Array, values: jax.Array, spec: str
-) -> tuple[jax.Array, jax.Array]:
-    """Softmax over the last axis of float32 ``logits`` where ``visible``; returns (out, any)."""
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Softmax over the last axis of float32 ``logits`` where ``visible``; returns
+    (out, weights, any)."""
     logits = jnp.where(visible, logits, _LARGE_NEGATIVE)
     weights = jax.nn.softmax(logits, axis=-1)
     out = jnp.einsum(spec, weights, values, preferred_element_type=jnp.float32)
-    return out, jnp.any(visible, axis=-1)
+    return out, weights, jnp.any(visible, axis=-1)
 
 
 def local_attention(
@@ -76,7 +139,8 @@ def local_attention(
     num_global: int = 0,
     causal: bool = False,
     mask: jax.Array | None = None,
-) -> jax.Array:
+    return_weights: bool = False,
+) -> jax.Array | tuple[jax.Array, LocalWeights]:
     """Banded softmax self-attention with global tokens, blockwise and linear in ``T``.
 
     Args:
@@ -88,12 +152,16 @@ def local_attention(
         keys and are seen by all queries.
       causal: if True, query ``i`` additionally only sees keys ``j <= i`` (global ones too).
       mask: optional key-padding mask, bool ``[B, T]``, ``True`` = real key; applied on top.
+      return_weights: also return the probabilities as computed, a :class:`LocalWeights`
+        (band ``[B, H, T, 3 * w + num_global]`` and global rows ``[B, H, num_global, T]``,
+        ``w = local_block_size(T, radius)``); no dense ``T x T`` array is built.
 
     Returns:
       ``[B, T, H, Dh]`` in the dtype of ``q``: ``softmax(q k^T / sqrt(Dh), masked) v`` with the
       logits and softmax in float32. A query row with no visible key (possible only through
       ``mask``) returns the mean of ``v`` over all ``T`` positions, like
       :func:`mmtx.attention.dot_product_attention`; its gradient w.r.t. ``q``/``k`` is zero.
+      With ``return_weights``: ``(out, LocalWeights)``.
 
     Raises:
       ValueError: on non-4-D or mismatched ``q``/``k``/``v``, a negative ``radius``,
@@ -106,14 +174,18 @@ def local_attention(
     scale = 1.0 / math.sqrt(dh)
 
     if t == 0:
-        return jnp.zeros_like(q)
+        empty = LocalWeights(
+            jnp.zeros((batch, heads, 0, 3 + num_global), jnp.float32),
+            jnp.zeros((batch, heads, num_global, 0), jnp.float32),
+        )
+        return (jnp.zeros_like(q), empty) if return_weights else jnp.zeros_like(q)
 
     key_ok = jnp.ones((batch, t), jnp.bool_) if mask is None else jnp.asarray(mask, jnp.bool_)
     v32 = v.astype(jnp.float32)
     mean_v = jnp.mean(v32, axis=1)  # [B, H, Dh]: output of a row with no visible key
 
     # --- blockwise band attention -------------------------------------------------------
-    block = max(1, min(max(radius, _MIN_BLOCK), t))
+    block = local_block_size(t, radius)
     nb = -(-t // block)
     tp = nb * block
     pad = tp - t
@@ -164,7 +236,9 @@ def local_attention(
         vg_b = jnp.broadcast_to(vg[:, None], (batch, nb, *vg.shape[1:]))
         values = jnp.concatenate([vw, vg_b], axis=2)
 
-    out_b, any_b = _masked_softmax_attention(logits, visible, values, "bnhqk,bnkhd->bnqhd")
+    out_b, weights_b, any_b = _masked_softmax_attention(
+        logits, visible, values, "bnhqk,bnkhd->bnqhd"
+    )
     out_b = jnp.where(jnp.moveaxis(any_b, 2, 3)[..., None], out_b, mean_v[:, None, None])
     out = out_b.reshape(batch, tp, heads, dh)[:, :t]
 
@@ -177,9 +251,20 @@ def local_attention(
         vis_q = jnp.broadcast_to(key_ok[:, None, None, :], logits_q.shape)
         if causal:
             vis_q = vis_q & (jnp.arange(t)[None, :] <= jnp.arange(num_global)[:, None])
-        out_g, any_g = _masked_softmax_attention(logits_q, vis_q, v32, "bhgs,bshd->bghd")
+        out_g, weights_g, any_g = _masked_softmax_attention(logits_q, vis_q, v32, "bhgs,bshd->bghd")
         out_g = jnp.where(jnp.moveaxis(any_g, 1, 2)[..., None], out_g, mean_v[:, None])
         out = jnp.concatenate([out_g, out[:, num_global:]], axis=1)
 
     chex.assert_shape(out, (batch, t, heads, dh))
-    return out.astype(out_dtype)
+    out = out.astype(out_dtype)
+    if not return_weights:
+        return out
+    # [B, nb, H, block, K] -> [B, H, T, K]; rows with no visible key and global rows zeroed.
+    band = jnp.where(any_b[..., None], weights_b, 0.0)
+    band = jnp.moveaxis(band, 1, 2).reshape(batch, heads, tp, band.shape[-1])[:, :, :t]
+    band = jnp.where((jnp.arange(t) >= num_global)[:, None], band, 0.0)
+    if num_global > 0:
+        global_rows = jnp.where(any_g[..., None], weights_g, 0.0)
+    else:
+        global_rows = jnp.zeros((batch, heads, 0, t), jnp.float32)
+    return out, LocalWeights(band, global_rows)

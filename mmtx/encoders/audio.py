@@ -27,7 +27,9 @@ class AudioEncoder(nn.Module):
     ``audio`` float ``[B, S]`` waveform at ``sample_rate`` -> log-mel ``[B, F, M]`` (computed
     here, in float32, so the input pipeline stays light) -> patches ->
     ``(x, out)`` with ``x`` ``[B, N (+K class tokens), width]``, ``out["pooled"]``
-    ``[B, width]`` and ``out["log_mel"]`` ``[B, F, M]``. With ``position_embedding="sincos"``
+    ``[B, width]`` and ``out["log_mel"]`` ``[B, F, M]`` (with ``capture_weights``,
+    ``out["attention_weights"]``: every block's attention probabilities, ``[depth, B, H, N',
+    N']`` for the dense kernel, see :class:`Tower`). With ``position_embedding="sincos"``
     any clip length works; ``"learned"`` needs exactly ``num_samples`` samples.
 
     ``patch_stride`` ``(time, mel)`` is the patch conv's stride, 0 = the patch size

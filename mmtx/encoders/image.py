@@ -24,7 +24,9 @@ class ImageEncoder(nn.Module):
 
     ``images`` float ``[B, image_size, image_size, channels]`` in ``[0, 1]`` are normalised
     with ``mean``/``std``, patched, position-embedded and encoded ->
-    ``(x, out)`` with ``x`` ``[B, N (+1 with CLS), width]`` and ``out["pooled"]`` ``[B, width]``.
+    ``(x, out)`` with ``x`` ``[B, N (+1 with CLS), width]`` and ``out["pooled"]`` ``[B, width]``;
+    with ``capture_weights``, ``out["attention_weights"]`` holds every block's attention
+    probabilities, ``[depth, B, H, N', N']`` for the dense kernel (see :class:`Tower`).
 
     Pooling: ``cls``, ``mean`` or ``map`` (attention pooling, SigLIP; see
     :class:`mmtx.encoders.Tower`). ``patch_bias=False`` drops the patch projection's bias

@@ -20,7 +20,9 @@ class TextEncoder(nn.Module):
     """A transformer over token ids, bidirectional (or ``causal``, as CLIP's text tower).
 
     ``tokens`` int32 ``[B, T]`` (``T <= max_length``) and ``mask`` bool ``[B, T]`` ->
-    ``(x, out)`` with ``x`` ``[B, T', width]`` and ``out["pooled"]`` ``[B, width]``.
+    ``(x, out)`` with ``x`` ``[B, T', width]`` and ``out["pooled"]`` ``[B, width]``; with
+    ``capture_weights``, ``out["attention_weights"]`` holds every block's attention
+    probabilities, ``[depth, B, H, T', T']`` for the dense kernel (see :class:`Tower`).
     Pooling (see :class:`mmtx.encoders.Tower`): ``cls``, ``mean``, ``eot`` (the output at
     each row's highest token id, its first occurrence: the end-of-text token of OpenAI
     CLIP's vocabulary) or ``last`` (the output at the last position whose mask is True).

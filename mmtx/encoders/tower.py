@@ -52,7 +52,12 @@ class Tower(nn.Module):
     ``[B, T, D]`` embedded tokens and a bool ``[B, T]`` mask in; ``(tokens [B, K + T, D],
     out)`` out, where ``K`` is the number of class tokens the pooling prepends (``cls``: one,
     param ``cls``; ``cls_distill``: two, ``cls`` then ``distill`` (AST); others none) and
-    ``out`` has ``"pooled"`` ``[B, D]`` and ``"mask"`` ``[B, K + T]``.
+    ``out`` has ``"pooled"`` ``[B, D]``, ``"mask"`` ``[B, K + T]``, ``"encoded"`` (the
+    returned tokens) and ``"pre_norm"``. With ``capture_weights`` it also has
+    ``"attention_weights"``, every block's attention probabilities stacked over layers
+    (dense: float32 ``[depth, B, H, K + T, K + T]``; local: a
+    :class:`mmtx.attention.LocalWeights` band, see :class:`mmtx.nn.Encoder`), and with
+    ``map`` pooling ``"map_attention_weights"``, the probe's ``[B, H, 1, K + T]``.
 
     Pooling: ``cls`` the output at position 0; ``cls_distill`` the mean of positions 0 and 1;
     ``mean`` the masked mean; ``map`` a :class:`mmtx.nn.MAPHead` (``map_head``) over the
@@ -162,7 +167,7 @@ class Tower(nn.Module):
         elif self.pooling == "mean":
             pooled = masked_mean(x, mask)
         elif self.pooling == "map":
-            pooled = MAPHead(
+            pooled, head_out = MAPHead(
                 num_heads=self.num_heads,
                 mlp_dim=self.mlp_dim,
                 activation=self.activation,
@@ -173,6 +178,8 @@ class Tower(nn.Module):
                 param_dtype=self.param_dtype,
                 name="map_head",
             )(x, mask)
+            if "attention_weights" in head_out:
+                out["map_attention_weights"] = head_out["attention_weights"]
         else:
             index = pool_index if self.pooling == "eot" else last_true_index(mask)
             pooled = jnp.take_along_axis(x, index.astype(jnp.int32)[:, None, None], axis=1)[:, 0]

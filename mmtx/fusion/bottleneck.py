@@ -38,7 +38,11 @@ class BottleneckFusion(nn.Module):
     of the kept modalities' CLS tokens after a final LayerNorm, ``[B, width]``.
 
     ``out["cls"]`` maps each present modality to its CLS output ``[B, width]`` and
-    ``out["bottleneck"]`` is the final bottleneck ``[B, num_bottlenecks, width]``.
+    ``out["bottleneck"]`` is the final bottleneck ``[B, num_bottlenecks, width]``. With
+    ``capture_weights``, ``out["attention_weights"]`` maps each block's name
+    (``"<modality>_<layer>"``) to its attention probabilities (dense: ``[B, H, T', T']``,
+    ``T'`` the stream's ``1 + T_m``, plus ``num_bottlenecks`` in fusing layers, whose keys
+    end with the bottleneck tokens).
     """
 
     width: int
@@ -100,22 +104,31 @@ class BottleneckFusion(nn.Module):
         )
         keeps = [kept(features[m]) for m in present]
         bottleneck_mask = jnp.ones((batch, self.num_bottlenecks), jnp.bool_)
+        weights = {}
         for layer in range(self.depth):
             if layer < self.fusion_layer:
                 for m in present:
-                    streams[m], _ = block(**common, name=f"{m}_{layer}")(streams[m], masks[m])
+                    name = f"{m}_{layer}"
+                    streams[m], block_out = block(**common, name=name)(streams[m], masks[m])
+                    if self.capture_weights:
+                        weights[name] = block_out["attention_weights"]
                 continue
             updates = []
             for m in present:
                 length = streams[m].shape[1]
-                joint, _ = block(**common, name=f"{m}_{layer}")(
+                joint, block_out = block(**common, name=f"{m}_{layer}")(
                     jnp.concatenate([streams[m], bottleneck], axis=1),
                     jnp.concatenate([masks[m], bottleneck_mask], axis=1),
                 )
+                if self.capture_weights:
+                    weights[f"{m}_{layer}"] = block_out["attention_weights"]
                 streams[m] = joint[:, :length]
                 updates.append(joint[:, length:])
             bottleneck = mean_over_kept(updates, keeps)
         norm = layer_norm(self.dtype, self.param_dtype, "norm")
         cls_out = {m: norm(streams[m][:, 0]) for m in present}
         fused = mean_over_kept([cls_out[m] for m in present], keeps)
-        return fused, {"cls": cls_out, "bottleneck": bottleneck}
+        out = {"cls": cls_out, "bottleneck": bottleneck}
+        if self.capture_weights:
+            out["attention_weights"] = weights
+        return fused, out

@@ -31,7 +31,9 @@ class ConcatFusion(nn.Module):
     ``[B, width]``; ``out["tokens"]`` is the joint sequence ``[B, 1 + sum T_m, width]`` and
     ``out["mask"]`` its mask. The modality embedding table has one row per entry of
     ``modalities`` (:func:`mmtx.modalities.fusion_order` of the model's modalities; empty:
-    every registered modality).
+    every registered modality). With ``capture_weights``, ``out["attention_weights"]`` is
+    the joint attention of every layer, stacked: ``[depth, B, H, N, N]`` (``N = 1 + sum
+    T_m``) for the dense kernel (see :class:`mmtx.nn.Encoder`).
     """
 
     width: int

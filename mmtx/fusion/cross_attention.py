@@ -39,6 +39,10 @@ class CrossAttentionFusion(nn.Module):
     cross-attention is skipped and the module is a per-modality transformer.
 
     ``out["tokens"]`` maps each present modality to its final stream ``[B, T_m, width]``.
+    With ``capture_weights``, ``out["attention_weights"]`` maps each block's name to its
+    attention probabilities: ``"<m>_cross_<layer>"`` modality ``m``'s tokens -> the other
+    modalities' tokens (concatenated in ``MODALITIES`` order) ``[B, H, T_m, sum_{n != m} T_n]``
+    and ``"<m>_self_<layer>"`` ``[B, H, T_m, T_m]`` (dense kernels).
     """
 
     width: int
@@ -69,30 +73,36 @@ class CrossAttentionFusion(nn.Module):
         streams = project_tokens(self, features, present)
         masks = {m: features[m].mask.astype(jnp.bool_) for m in present}
         visible = {m: visible_mask(features[m]) for m in present}
+        weights = {}
         for layer in range(self.depth):
             updated = {}
             for m in present:
                 x = streams[m]
                 others = [n for n in present if n != m]
                 if others:
-                    x = cross_block(
+                    name = f"{m}_cross_{layer}"
+                    x, block_out = cross_block(
                         attention=self.cross_attention,
                         attention_options=self.cross_attention_options,
                         attention_implementation=self.attention_implementation,
                         **common,
-                        name=f"{m}_cross_{layer}",
+                        name=name,
                     )(
                         x,
                         jnp.concatenate([streams[n] for n in others], axis=1),
                         jnp.concatenate([visible[n] for n in others], axis=1),
                     )
-                x, _ = self_block(
+                    if self.capture_weights:
+                        weights[name] = block_out["attention_weights"]
+                x, block_out = self_block(
                     attention=self.attention,
                     attention_options=self.attention_options,
                     attention_implementation=self.attention_implementation,
                     **common,
                     name=f"{m}_self_{layer}",
                 )(x, masks[m])
+                if self.capture_weights:
+                    weights[f"{m}_self_{layer}"] = block_out["attention_weights"]
                 updated[m] = x
             streams = updated
         streams = {
@@ -100,4 +110,7 @@ class CrossAttentionFusion(nn.Module):
         }
         pooled = [masked_mean(streams[m], masks[m]) for m in present]
         fused = mean_over_kept(pooled, [kept(features[m]) for m in present])
-        return fused, {"tokens": streams}
+        out = {"tokens": streams}
+        if self.capture_weights:
+            out["attention_weights"] = weights
+        return fused, out

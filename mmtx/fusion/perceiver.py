@@ -34,7 +34,11 @@ class PerceiverFusion(nn.Module):
     ``latent_layers`` self-attention blocks over the latents, so the cost grows linearly with
     the total token count (only the projections and the cross-attention see the tokens) and
     quadratically only in ``num_latents``. The fused output is the mean latent after a final
-    LayerNorm, ``[B, width]``; ``out["latents"]`` is ``[B, num_latents, width]``.
+    LayerNorm, ``[B, width]``; ``out["latents"]`` is ``[B, num_latents, width]``. With
+    ``capture_weights``, ``out["attention_weights"]`` maps each block's name to its attention
+    probabilities: ``"cross_<layer>"`` latents -> tokens ``[B, H, num_latents, sum T_m]``,
+    ``"latent_<layer>_<sub>"`` latents -> latents ``[B, H, num_latents, num_latents]``
+    (dense kernels).
     """
 
     width: int
@@ -74,21 +78,29 @@ class PerceiverFusion(nn.Module):
         common = block_kwargs(self, train=train)
         cross_block = block_class(CrossAttentionBlock, self.remat)
         self_block = block_class(TransformerBlock, self.remat)
+        weights = {}
         for layer in range(self.depth):
-            x = cross_block(
+            x, block_out = cross_block(
                 attention=self.cross_attention,
                 attention_options=self.cross_attention_options,
                 attention_implementation=self.attention_implementation,
                 **common,
                 name=f"cross_{layer}",
             )(x, tokens, mask)
+            if self.capture_weights:
+                weights[f"cross_{layer}"] = block_out["attention_weights"]
             for sub in range(self.latent_layers):
-                x, _ = self_block(
+                x, block_out = self_block(
                     attention=self.attention,
                     attention_options=self.attention_options,
                     attention_implementation=self.attention_implementation,
                     **common,
                     name=f"latent_{layer}_{sub}",
                 )(x, None)
+                if self.capture_weights:
+                    weights[f"latent_{layer}_{sub}"] = block_out["attention_weights"]
         x = layer_norm(self.dtype, self.param_dtype, "norm")(x)
-        return jnp.mean(x, axis=1), {"latents": x}
+        out = {"latents": x}
+        if self.capture_weights:
+            out["attention_weights"] = weights
+        return jnp.mean(x, axis=1), out

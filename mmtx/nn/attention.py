@@ -17,22 +17,26 @@ import jax
 import jax.numpy as jnp
 from flax.core import FrozenDict
 
-from mmtx.attention import (
-    attention_weights,
-    dot_product_attention,
-    linear_attention,
-    local_attention,
-)
+from mmtx.attention import dot_product_attention, linear_attention, local_attention
 from mmtx.attention.splash_local import pallas_interpret_requested, splash_local_attention
 
 Dtype = Any
 
-# A kernel maps (q [B,T,H,Dh], k [B,S,H,Dh], v [B,S,H,Dh], mask) -> [B,T,H,Dh].
-AttentionKernel = Callable[..., jax.Array]
+# A kernel maps (q [B,T,H,Dh], k [B,S,H,Dh], v [B,S,H,Dh], mask) -> [B,T,H,Dh]; with
+# return_weights=True -> (out, weights) in the kernel's own layout (or a ValueError).
+AttentionKernel = Callable[..., Any]
 
 
-def _dense(q, k, v, *, mask=None, causal=False, implementation=None):
-    return dot_product_attention(q, k, v, mask=mask, causal=causal, implementation=implementation)
+def _dense(q, k, v, *, mask=None, causal=False, implementation=None, return_weights=False):
+    return dot_product_attention(
+        q,
+        k,
+        v,
+        mask=mask,
+        causal=causal,
+        implementation=implementation,
+        return_weights=return_weights,
+    )
 
 
 def _key_padding_mask(mask: jax.Array | None, kernel: str) -> jax.Array | None:
@@ -41,7 +45,10 @@ def _key_padding_mask(mask: jax.Array | None, kernel: str) -> jax.Array | None:
     return mask
 
 
-def _local(q, k, v, *, mask=None, causal=False, implementation=None, radius=64, num_global=0):
+def _local(
+    q, k, v, *, mask=None, causal=False, implementation=None, return_weights=False, radius=64,
+    num_global=0,
+):  # fmt: skip
     if q.shape[1] != k.shape[1]:
         raise ValueError("the local kernel is for self-attention (queries and keys of one length)")
     options = dict(
@@ -50,18 +57,20 @@ def _local(q, k, v, *, mask=None, causal=False, implementation=None, radius=64, 
         causal=causal,
         mask=_key_padding_mask(mask, "local"),
     )
-    if implementation == "pallas":  # The fused splash kernel (TPU; interpret mode on request).
+    # The fused splash kernel (TPU; interpret mode on request) exposes no probabilities: a
+    # capture of the maps runs the blockwise XLA kernel, which computes the same attention.
+    if implementation == "pallas" and not return_weights:
         # Per shard of the mesh in context (a Mosaic kernel is not partitioned automatically).
         partition = nn.logical_to_mesh_axes(("batch", "length", "heads", "kv"))
         return splash_local_attention(
             q, k, v, interpret=pallas_interpret_requested(), partition=partition, **options
         )
-    return local_attention(q, k, v, **options)
+    return local_attention(q, k, v, return_weights=return_weights, **options)
 
 
 def _linear(
-    q, k, v, *, mask=None, causal=False, implementation=None, feature_map="elu", num_features=0,
-    seed=0,
+    q, k, v, *, mask=None, causal=False, implementation=None, return_weights=False,
+    feature_map="elu", num_features=0, seed=0,
 ):  # fmt: skip
     del implementation
     # FAVOR+ uses one fixed draw of random features per seed, so a module is deterministic.
@@ -74,6 +83,7 @@ def _linear(
         causal=causal,
         rng=jax.random.key(seed) if feature_map == "favor" else None,
         mask=_key_padding_mask(mask, "linear"),
+        return_weights=return_weights,
     )
 
 
@@ -299,9 +309,14 @@ class MultiHeadAttention(nn.Module):
         kernel on TPU; a ``ValueError`` when it cannot run) or ``"auto"`` (cuDNN or Pallas
         where it can run, else XLA); resolved by :func:`resolve_implementation` and passed to
         the kernel (config: ``config.attention.implementation``).
-      capture_weights: also compute the dense softmax attention probabilities ``[B, H, T, S]``
-        (whatever the kernel) and sow them into the ``intermediates`` collection as
-        ``attention_weights`` (for visualisation).
+      capture_weights: also return the probabilities the kernel applied, as
+        ``out["attention_weights"]``: dense ``[B, H, T, S]`` float32 (computed on the explicit
+        XLA path, since cuDNN flash attention does not expose them: see
+        :func:`mmtx.attention.dot_product_attention`); local a
+        :class:`mmtx.attention.LocalWeights` band (``mmtx.attention.local_weights_to_dense``
+        makes it ``[B, H, T, T]``; with ``"pallas"`` the blockwise XLA kernel runs instead, as
+        the splash kernel exposes none); linear raises ``ValueError`` (it forms no attention
+        map). Capture does not change the output beyond float round-off.
     """
 
     num_heads: int
@@ -317,7 +332,7 @@ class MultiHeadAttention(nn.Module):
     @nn.compact
     def __call__(
         self, x: jax.Array, context: jax.Array | None = None, *, mask: jax.Array | None = None
-    ) -> jax.Array:
+    ) -> tuple[jax.Array, dict[str, Any]]:
         """Attends from ``x`` to ``context`` (or to ``x`` itself).
 
         Args:
@@ -327,7 +342,8 @@ class MultiHeadAttention(nn.Module):
             ``[B, H, T, S]``.
 
         Returns:
-          ``[B, T, out_features or D]`` in ``dtype``.
+          ``(y, out)``: ``y`` ``[B, T, out_features or D]`` in ``dtype``; ``out`` is ``{}``, or
+          ``{"attention_weights": weights}`` with ``capture_weights`` (see the attributes).
         """
         if self.kernel not in ATTENTION_KERNELS:
             raise ValueError(
@@ -363,14 +379,16 @@ class MultiHeadAttention(nn.Module):
             mask=mask,
             causal=self.causal,
             implementation=implementation,
+            return_weights=self.capture_weights,
             **self.kernel_options,
         )
+        out: dict[str, Any] = {}
         if self.capture_weights:
-            weights = attention_weights(q, k, mask=mask, causal=self.causal)
-            self.sow("intermediates", "attention_weights", weights)
-        return HeadMerge(
+            y, out["attention_weights"] = y
+        y = HeadMerge(
             self.out_features or width, dtype=self.dtype, param_dtype=self.param_dtype, name="out"
         )(y)
+        return y, out
 
 
 # Kernels that can attend across two sequences of different lengths.
@@ -391,8 +409,10 @@ class CrossModalAttention(nn.Module):
       kernel: ``"dense"`` or ``"linear"`` (see :data:`CROSS_ATTENTION_KERNELS`; the local
         kernel needs queries and keys of one sequence).
       kernel_options: keyword options of that kernel.
-      capture_weights: sow the softmax probabilities ``[B, H, T, S]`` as ``attention_weights``
-        in the ``intermediates`` collection (e.g. which image patch a word attends to).
+      capture_weights: also return the softmax probabilities ``[B, H, T, S]`` (dense kernel;
+        linear raises ``ValueError``) as ``out["attention_weights"]``, e.g. which image patch
+        a word attends to. Rows of examples with no visible context token are zero (their
+        output is zero, not a softmax).
     """
 
     num_heads: int
@@ -406,7 +426,7 @@ class CrossModalAttention(nn.Module):
     @nn.compact
     def __call__(
         self, x: jax.Array, context: jax.Array, context_mask: jax.Array | None = None
-    ) -> jax.Array:
+    ) -> tuple[jax.Array, dict[str, Any]]:
         """Attends from ``x`` to ``context``.
 
         Args:
@@ -415,7 +435,8 @@ class CrossModalAttention(nn.Module):
           context_mask: bool ``[B, S]``, True = real context token; None = all real.
 
         Returns:
-          ``[B, T, D]`` in ``dtype``; rows of examples whose context is fully masked are zero.
+          ``(y, out)``: ``y`` ``[B, T, D]`` in ``dtype``, rows of examples whose context is
+          fully masked are zero; ``out`` as :class:`MultiHeadAttention`'s.
         """
         if self.kernel not in CROSS_ATTENTION_KERNELS:
             raise ValueError(
@@ -426,7 +447,7 @@ class CrossModalAttention(nn.Module):
         chex.assert_equal_shape_prefix([x, context], 1)
         if context_mask is not None:
             chex.assert_shape(context_mask, context.shape[:2])
-        y = MultiHeadAttention(
+        y, out = MultiHeadAttention(
             num_heads=self.num_heads,
             kernel=self.kernel,
             kernel_options=self.kernel_options,
@@ -437,6 +458,9 @@ class CrossModalAttention(nn.Module):
             name="attention",
         )(x, context, mask=context_mask)
         if context_mask is None:
-            return y
-        has_context = jnp.any(context_mask, axis=1)[:, None, None]
-        return jnp.where(has_context, y, jnp.zeros_like(y))
+            return y, out
+        has_context = jnp.any(context_mask, axis=1)
+        if "attention_weights" in out:
+            weights = out["attention_weights"]
+            out["attention_weights"] = jnp.where(has_context[:, None, None, None], weights, 0.0)
+        return jnp.where(has_context[:, None, None], y, jnp.zeros_like(y)), out

@@ -101,7 +101,10 @@ class TransformerBlock(nn.Module):
 
     ``activation`` names the MLP's activation (:data:`ACTIVATIONS`), ``norm_eps`` is both
     LayerNorms' epsilon, and ``causal`` makes each token attend only to itself and earlier
-    ones. The call signature ``(x, mask) -> (x, None)`` is the carry form ``nn.scan`` expects.
+    ones. The call signature ``(x, mask) -> (x, out)`` is the carry form ``nn.scan`` expects:
+    ``out`` is the block's intermediates, ``{}``, or with ``capture_weights``
+    ``{"attention_weights": ...}`` in the kernel's layout (see
+    :class:`mmtx.nn.MultiHeadAttention`), which ``nn.scan`` stacks over layers.
     """
 
     num_heads: int
@@ -119,11 +122,13 @@ class TransformerBlock(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, None]:
-        """x: ``[B, T, D]``; mask: bool ``[B, T]`` key-padding (True = real token) or None."""
+    def __call__(self, x: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, dict[str, Any]]:
+        """x: ``[B, T, D]``; mask: bool ``[B, T]`` key-padding (True = real token) or None.
+
+        Returns ``(x [B, T, D] in dtype, out)`` (see the class docstring)."""
         x = nn.with_logical_constraint(x, ACTIVATION_AXES)
         y = layer_norm(self.dtype, self.param_dtype, "norm1", self.norm_eps)(x)
-        y = MultiHeadAttention(
+        y, out = MultiHeadAttention(
             num_heads=self.num_heads,
             kernel=self.attention,
             kernel_options=self.attention_options,
@@ -146,7 +151,7 @@ class TransformerBlock(nn.Module):
             name="mlp",
         )(y)
         x = x + nn.Dropout(self.dropout_rate)(y, deterministic=self.deterministic)
-        return nn.with_logical_constraint(x, ACTIVATION_AXES), None
+        return nn.with_logical_constraint(x, ACTIVATION_AXES), out
 
 
 class CrossAttentionBlock(nn.Module):
@@ -155,7 +160,9 @@ class CrossAttentionBlock(nn.Module):
     layer of Perceiver).
 
     Examples whose context is fully masked get no attention update (see
-    :class:`mmtx.nn.CrossModalAttention`).
+    :class:`mmtx.nn.CrossModalAttention`). Returns ``(x, out)`` like
+    :class:`TransformerBlock`; with ``capture_weights`` ``out["attention_weights"]`` is the
+    cross-attention's ``[B, H, T, S]``.
     """
 
     num_heads: int
@@ -172,13 +179,13 @@ class CrossAttentionBlock(nn.Module):
     @nn.compact
     def __call__(
         self, x: jax.Array, context: jax.Array, context_mask: jax.Array | None = None
-    ) -> jax.Array:
+    ) -> tuple[jax.Array, dict[str, Any]]:
         """x: ``[B, T, D]``; context: ``[B, S, Dc]``; context_mask: bool ``[B, S]`` or None.
 
-        Returns ``[B, T, D]`` in ``dtype``.
+        Returns ``(x [B, T, D] in dtype, out)``.
         """
         x = nn.with_logical_constraint(x, ACTIVATION_AXES)
-        y = CrossModalAttention(
+        y, out = CrossModalAttention(
             num_heads=self.num_heads,
             kernel=self.attention,
             kernel_options=self.attention_options,
@@ -203,7 +210,7 @@ class CrossAttentionBlock(nn.Module):
             name="mlp",
         )(y)
         x = x + nn.Dropout(self.dropout_rate)(y, deterministic=self.deterministic)
-        return nn.with_logical_constraint(x, ACTIVATION_AXES)
+        return nn.with_logical_constraint(x, ACTIVATION_AXES), out
 
 
 class Encoder(nn.Module):
@@ -214,7 +221,8 @@ class Encoder(nn.Module):
     axis), so compile time does not grow with depth. ``remat`` names a rematerialisation
     policy from :data:`REMAT_POLICIES` (or ``"none"``) applied to each block. ``activation``,
     ``norm_eps`` (every LayerNorm's epsilon) and ``causal`` are the blocks' (see
-    :class:`TransformerBlock`).
+    :class:`TransformerBlock`). With ``capture_weights`` the blocks' intermediates come back
+    stacked over layers, the same structure scanned or not.
     """
 
     depth: int
@@ -248,7 +256,10 @@ class Encoder(nn.Module):
         Returns:
           ``(x, out)``: encoded ``[B, T, D]`` in ``dtype`` and a dict of intermediates
           (``"pre_norm"``: the last block's output before the final LayerNorm; equal to ``x``
-          with ``final_norm=False``).
+          with ``final_norm=False``; with ``capture_weights`` and ``depth > 0``,
+          ``"attention_weights"``: every block's, stacked on a leading ``depth`` axis: dense
+          float32 ``[depth, B, H, T, T]``, local a :class:`mmtx.attention.LocalWeights` whose
+          arrays lead with ``depth``).
         """
         block = TransformerBlock
         if self.remat != "none":
@@ -280,11 +291,15 @@ class Encoder(nn.Module):
                 length=self.depth,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x, _ = stack(**kwargs, name="blocks")(x, mask)
+            x, out = stack(**kwargs, name="blocks")(x, mask)
         else:
+            per_layer = []
             for i in range(self.depth):
-                x, _ = block(**kwargs, name=f"block_{i}")(x, mask)
-        out = {"pre_norm": x}
+                x, block_out = block(**kwargs, name=f"block_{i}")(x, mask)
+                per_layer.append(block_out)
+            # Stacked like nn.scan's outputs, so both give one structure.
+            out = jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer) if per_layer else {}
+        out = {**out, "pre_norm": x}
         if self.final_norm:
             x = layer_norm(self.dtype, self.param_dtype, "norm", self.norm_eps)(x)
         return x, out
@@ -298,7 +313,8 @@ class MAPHead(nn.Module):
     ``y = attention(probe, x); y = y + mlp(norm(y))``; the result is ``y[:, 0]``.
     ``x`` ``[B, T, D]`` and a bool key-padding ``mask`` ``[B, T]`` (or None) -> ``[B, D]``
     in ``dtype``. Params: ``probe``, ``attention/{query,key,value,out}``, ``norm``,
-    ``mlp/{fc1,fc2}``.
+    ``mlp/{fc1,fc2}``. Returns ``(pooled, out)``; with ``capture_weights``
+    ``out["attention_weights"]`` is the probe's float32 ``[B, H, 1, T]``.
     """
 
     num_heads: int
@@ -311,8 +327,11 @@ class MAPHead(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-        """x: ``[B, T, D]`` float; mask: bool ``[B, T]`` (True = real token) -> ``[B, D]``."""
+    def __call__(
+        self, x: jax.Array, mask: jax.Array | None = None
+    ) -> tuple[jax.Array, dict[str, Any]]:
+        """x: ``[B, T, D]`` float; mask: bool ``[B, T]`` (True = real token) ->
+        ``([B, D], out)``."""
         batch, _, width = x.shape
         probe = self.param(
             "probe",
@@ -321,7 +340,7 @@ class MAPHead(nn.Module):
             self.param_dtype,
         )
         probe = jnp.broadcast_to(probe, (batch, 1, width)).astype(self.dtype)
-        y = MultiHeadAttention(
+        y, out = MultiHeadAttention(
             num_heads=self.num_heads,
             implementation=self.attention_implementation,
             capture_weights=self.capture_weights,
@@ -337,4 +356,4 @@ class MAPHead(nn.Module):
             param_dtype=self.param_dtype,
             name="mlp",
         )(z)
-        return y[:, 0]
+        return y[:, 0], out

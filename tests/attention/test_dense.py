@@ -252,3 +252,41 @@ def test_bfloat16() -> None:
     for g16, g32 in zip(r16["grads"], r32["ref_grads"], strict=True):
         assert g16.dtype == jnp.bfloat16
         np.testing.assert_allclose(_np(g16), _np(g32), atol=1e-1, rtol=5e-2)
+
+
+@pytest.mark.parametrize("case", ["padding", "mask_and_bias"])
+def test_return_weights_gives_the_applied_probabilities(case: str) -> None:
+    """``return_weights=True``: the reference softmax, summing to one over the visible keys,
+    and an output (and gradients) equal to the fused path's."""
+    q, k, v = _qkv()
+    kwargs = CASES[case]
+    cotangent = _normal(q.shape, 9)
+
+    @jit
+    def run(q, k, v):
+        def loss(return_weights, q, k, v):
+            result = dot_product_attention(q, k, v, return_weights=return_weights, **kwargs)
+            out = result[0] if return_weights else result
+            return jnp.sum(out * cotangent), result
+
+        grads, (out, weights) = jax.grad(functools.partial(loss, True), (0, 1, 2), has_aux=True)(
+            q, k, v
+        )
+        fused_grads, fused = jax.grad(functools.partial(loss, False), (0, 1, 2), has_aux=True)(
+            q, k, v
+        )
+        return out, weights, grads, fused, fused_grads, ref_weights(q, k, **kwargs)
+
+    out, weights, grads, fused, fused_grads, ref = run(q, k, v)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert weights.shape == (B, H, T, S) and weights.dtype == jnp.float32
+    np.testing.assert_allclose(_np(weights), _np(ref), atol=1e-6)
+    visible = np.broadcast_to(np.asarray(_full_mask(T, S, kwargs.get("mask"))), weights.shape)
+    assert np.all(np.asarray(weights)[~visible] == 0.0)
+    np.testing.assert_allclose(np.asarray(weights).sum(-1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(
+        np.einsum("bhts,bshd->bthd", _np(weights), _np(v)), _np(out), atol=1e-5
+    )
+    np.testing.assert_allclose(_np(out), _np(fused), atol=1e-5)
+    for name, g, w in zip("qkv", grads, fused_grads, strict=True):
+        np.testing.assert_allclose(_np(g), _np(w), atol=1e-5, err_msg=f"grad wrt {name}")

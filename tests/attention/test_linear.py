@@ -259,6 +259,15 @@ def test_bad_args_raise() -> None:
         linear_attention(q, k, v, feature_map="favor", rng=jax.random.key(0), num_features=0)
 
 
+@pytest.mark.parametrize("feature_map", ["elu", "favor"])
+def test_return_weights_raises(feature_map: str) -> None:
+    q, k, v = _qkv(T, S)
+    with pytest.raises(ValueError, match="linear attention forms no attention map"):
+        linear_attention(
+            q, k, v, feature_map=feature_map, rng=jax.random.key(0), return_weights=True
+        )
+
+
 # ---------------------------------------------------------------------------- memory
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from mmtx.attention.dense import dot_product_attention
-from mmtx.attention.local import local_attention
+from mmtx.attention.local import local_attention, local_block_size, local_weights_to_dense
 
 # Tiny programs: a quick compile matters more than fast code.
 jit = functools.partial(
@@ -228,3 +228,47 @@ def test_no_t_by_t_intermediate() -> None:
     # The detector can fail: the dense reference does build a T x T array.
     dense = jax.make_jaxpr(lambda q, k, v: ref_attention(q, k, v, np.ones((1, t, t), bool)))
     assert _big_avals(dense(spec, spec, spec).jaxpr, t)
+
+
+@pytest.mark.parametrize(
+    ("t", "radius", "num_global", "causal"),
+    [(33, 3, 2, False), (33, 3, 0, True), (40, 20, 1, True), (7, 40, 3, False)],
+)
+def test_returned_band_scatters_to_the_dense_masked_softmax(
+    t: int, radius: int, num_global: int, causal: bool
+) -> None:
+    """The band :func:`local_attention` returns, scattered by :func:`local_weights_to_dense`,
+    equals the plain softmax under the band + global + causal + padding mask, row by row;
+    rows with no visible key are zero; the output is the one without ``return_weights``."""
+    q, k, v = _qkv(t, seed=t + radius)
+    mask = _padding_mask(t)
+    mask[1, : t // 2] = False  # batch 1: its first rows see no key once radius < t // 2
+    f = functools.partial(local_attention, radius=radius, num_global=num_global, causal=causal)
+
+    @jit
+    def run(q, k, v, mask):
+        out, weights = f(q, k, v, mask=mask, return_weights=True)
+        return out, weights, local_weights_to_dense(weights), f(q, k, v, mask=mask)
+
+    out, weights, dense, plain = run(q, k, v, jnp.asarray(mask))
+    block = local_block_size(t, radius)
+    assert weights.band.shape == (B, H, t, 3 * block + num_global)
+    assert weights.global_rows.shape == (B, H, num_global, t)
+    assert dense.shape == (B, H, t, t) and dense.dtype == jnp.float32
+    np.testing.assert_array_equal(out, plain)
+
+    visible = dense_mask(t, radius, num_global, causal, mask)  # [B, T, T]
+    logits = np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(D)
+    logits = np.where(visible[:, None], logits, -np.inf)
+    has_key = visible.any(-1)[:, None, :, None]  # [B, 1, T, 1]
+    e = np.exp(logits - np.where(has_key, logits.max(-1, keepdims=True), 0.0))
+    ref = np.where(has_key, e / np.where(has_key, e.sum(-1, keepdims=True), 1.0), 0.0)
+    np.testing.assert_allclose(dense, ref, atol=1e-6)
+    row_sums = np.where(has_key[..., 0], 1.0, 0.0)
+    np.testing.assert_allclose(
+        np.asarray(dense).sum(-1), np.broadcast_to(row_sums, (B, H, t)), atol=1e-6
+    )
+    assert (~has_key).any() or radius >= t // 2  # rows with no key are covered too
+    # The band holds exactly the visible entries' probabilities: nothing is lost or doubled.
+    total = np.asarray(weights.band).sum() + np.asarray(weights.global_rows).sum()
+    np.testing.assert_allclose(total, ref.sum(), rtol=1e-6)

@@ -197,3 +197,31 @@ def test_new_image_options_gradients_reach_every_param():
             assert bool(jnp.all(jnp.isfinite(g))), name
             if not any(s in name for s in SHIFT_INVARIANT):
                 assert bool(jnp.any(g != 0)), f"zero gradient for {name} with {options}"
+
+
+@pytest.mark.parametrize("attention", ["dense", "local"])
+def test_capture_weights_maps_in_out(attention):
+    """With ``capture_weights`` the encoder's ``out`` carries each layer's attention map in
+    the layout of its kernel: dense ``[depth, B, H, N + 1, N + 1]``; local a band whose
+    dense scatter is zero outside the band (radius 1, the CLS token global) and sums to one."""
+    from mmtx.attention import LocalWeights, local_weights_to_dense
+
+    options = flax.core.FrozenDict(radius=1, num_global=1) if attention == "local" else {}
+    kwargs = dict(image_size=SIZE, patch_size=PATCH, width=D, depth=2, num_heads=2, mlp_dim=32)
+    encoder = ImageEncoder(
+        **kwargs, attention=attention, attention_options=options, capture_weights=True
+    )
+    params = random_params(encoder, images())
+    _, out = jax.jit(encoder.apply)(params, images())
+    weights = out["attention_weights"]
+    if attention == "dense":
+        assert weights.shape == (2, B, 2, N + 1, N + 1) and weights.dtype == jnp.float32
+        np.testing.assert_allclose(np.asarray(weights).sum(-1), 1.0, atol=1e-6)
+        return
+    assert isinstance(weights, LocalWeights) and weights.band.shape[:4] == (2, B, 2, N + 1)
+    dense = np.asarray(local_weights_to_dense(weights))
+    assert dense.shape == (2, B, 2, N + 1, N + 1)
+    i, j = np.arange(N + 1)[:, None], np.arange(N + 1)[None, :]
+    outside = ~((np.abs(i - j) <= 1) | (i < 1) | (j < 1))
+    assert np.all(dense[..., outside] == 0.0)
+    np.testing.assert_allclose(dense.sum(-1), 1.0, atol=1e-6)

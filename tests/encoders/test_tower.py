@@ -236,7 +236,7 @@ def test_map_pooling_uses_a_map_head_on_the_final_tokens():
     y, out = jax.jit(tower.apply)(params, x, mask)
     assert y.shape == (B, T, D)
     head = MAPHead(num_heads=2, mlp_dim=32, norm_eps=1e-5)
-    want = head.apply({"params": params["params"]["map_head"]}, y, mask)
+    want = head.apply({"params": params["params"]["map_head"]}, y, mask)[0]
     np.testing.assert_allclose(np.asarray(out["pooled"]), np.asarray(want), atol=1e-6)
 
 
@@ -266,3 +266,40 @@ def test_gradients_reach_every_param_of_the_new_options():
             return jnp.sum(tower.apply(p, x, mask)[1]["pooled"] * w)
 
         assert_all_grads_nonzero(jax.jit(jax.grad(loss))(params))
+
+
+def test_capture_weights_out_carries_every_layers_map_scanned_or_not():
+    """``out["attention_weights"]`` ``[depth, B, H, T, T]`` and, with map pooling,
+    ``out["map_attention_weights"]`` ``[B, H, 1, T]``: softmax rows that skip padded tokens,
+    the same with and without ``nn.scan``, and the tower's outputs are unchanged."""
+    x, mask = inputs()
+    kwargs = dict(depth=2, num_heads=2, mlp_dim=32, pooling="map")
+    scanned = Tower(**kwargs, capture_weights=True)
+    unrolled = Tower(**kwargs, capture_weights=True, scan=False)
+    params = nn.unbox(random_params(scanned, x, mask))
+    blocks = params["params"]["encoder"].pop("blocks")
+    unrolled_params = jax.tree.map(lambda a: a, params)
+    for i in range(2):
+        unrolled_params["params"]["encoder"][f"block_{i}"] = jax.tree.map(
+            lambda a, i=i: a[i], blocks
+        )
+    params["params"]["encoder"]["blocks"] = blocks
+
+    y, out = jax.jit(scanned.apply)(params, x, mask)
+    y_u, out_u = jax.jit(unrolled.apply)(unrolled_params, x, mask)
+    y_plain, out_plain = jax.jit(Tower(**kwargs).apply)(params, x, mask)
+    assert "attention_weights" not in out_plain and "map_attention_weights" not in out_plain
+    np.testing.assert_allclose(out["pooled"], out_plain["pooled"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y, y_plain, rtol=1e-5, atol=1e-6)
+
+    weights, probe = np.asarray(out["attention_weights"]), np.asarray(out["map_attention_weights"])
+    assert weights.shape == (2, B, 2, T, T) and weights.dtype == np.float32
+    assert probe.shape == (B, 2, 1, T)
+    padded = ~np.asarray(mask)[:, None, None, :]
+    for w in (*weights, probe):
+        np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-6)
+        assert np.all(w[np.broadcast_to(padded, w.shape)] == 0.0)
+    assert jax.tree.structure(out_u) == jax.tree.structure(out)
+    for key in ("attention_weights", "map_attention_weights", "pooled"):
+        np.testing.assert_allclose(out_u[key], out[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    np.testing.assert_allclose(y_u, y, rtol=1e-5, atol=1e-6)

@@ -124,6 +124,44 @@ def test_bad_features_raise(kind):
         jax.eval_shape(fusion.apply, params, {"smell": make_features(("image",))["image"]})
 
 
+def _expected_weight_names(kind, present):
+    """The blocks whose attention maps ``out["attention_weights"]`` holds, by kind."""
+    layers = range(KWARGS[kind]["depth"])
+    if kind == "cross_attention":
+        return {f"{m}_{part}_{i}" for m in present for i in layers for part in ("cross", "self")}
+    if kind == "bottleneck":
+        return {f"{m}_{i}" for m in present for i in layers}
+    return {f"cross_{i}" for i in layers} | {f"latent_{i}_0" for i in layers}
+
+
+@pytest.mark.parametrize("kind", ATTENTION_FUSIONS)
+def test_capture_weights_returns_every_blocks_map_and_changes_nothing(kind):
+    """``capture_weights=True``: ``out["attention_weights"]`` holds each block's float32
+    probabilities (rows summing to one, zero on padded keys: here every example keeps every
+    modality), and the fused embedding is unchanged."""
+    _, params, apply = built(kind)
+    capturing = FUSION_MODULES[kind](width=WIDTH, capture_weights=True, **KWARGS[kind])
+    features = make_features()
+    fused, out = jax.jit(capturing.apply)(params, features)
+    np.testing.assert_allclose(fused, apply(params, features)[0], rtol=1e-5, atol=1e-6)
+    assert "attention_weights" not in apply(params, features)[1]
+    weights = out["attention_weights"]
+    if kind == "concat":
+        tokens = 1 + sum(SPECS[m][0] for m in MODALITIES)
+        assert weights.shape == (KWARGS[kind]["depth"], B, 2, tokens, tokens)
+        maps = {"joint": weights}
+    else:
+        assert set(weights) == _expected_weight_names(kind, MODALITIES)
+        maps = weights
+    for name, w in maps.items():
+        w = np.asarray(w)
+        assert w.dtype == np.float32 and w.shape[-3] == 2, name
+        np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5, err_msg=name)
+    if kind == "perceiver":  # latents -> all tokens: example 0's padded tokens get nothing
+        padded = np.concatenate([~np.asarray(features[m].mask[0]) for m in MODALITIES])
+        assert padded.any() and np.all(np.asarray(weights["cross_0"])[0][..., padded] == 0.0)
+
+
 @pytest.mark.parametrize("kind", ("cross_attention", "bottleneck", "perceiver"))
 def test_dropout_only_in_training(kind):
     fusion = FUSION_MODULES[kind](width=WIDTH, dropout_rate=0.5, **KWARGS[kind])

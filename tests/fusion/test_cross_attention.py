@@ -79,8 +79,12 @@ def test_capture_weights_shows_which_tokens_a_word_attends_to():
     )
     features = make_features()
     params = random_params(fusion, features)
-    _, state = fusion.apply(params, features, mutable=["intermediates"])
-    weights = state["intermediates"]["text_cross_0"]["cross_attention"]["attention"]
-    (text_to_image,) = weights["attention_weights"]
+    _, out = jax.jit(fusion.apply)(params, features)
+    weights = out["attention_weights"]
+    assert set(weights) == {"text_cross_0", "text_self_0", "image_cross_0", "image_self_0"}
+    text_to_image = np.asarray(weights["text_cross_0"])
     assert text_to_image.shape == (B, 2, 5, 4)
     np.testing.assert_allclose(text_to_image.sum(-1), 1.0, rtol=1e-5)
+    image_to_text = np.asarray(weights["image_cross_0"])
+    assert image_to_text.shape == (B, 2, 4, 5)
+    assert np.all(image_to_text[0, :, :, 3:] == 0.0)  # text example 0's padded tokens

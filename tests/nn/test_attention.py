@@ -83,7 +83,7 @@ def _compare(module: MultiHeadAttention, x, context=None, mask=None) -> jnp.ndar
             return jnp.sum(y * cotangent), y
 
         def library(params, x, context):
-            return module.apply({"params": params}, x, context, mask=mask)
+            return module.apply({"params": params}, x, context, mask=mask)[0]
 
         def reference(params, x, context):
             return ref_mha(params, x, context, mask=mask, causal=module.causal)
@@ -141,7 +141,7 @@ def test_masked_context_tokens_do_not_change_the_output() -> None:
     x, context = _normal((B, T, D), seed=0), _normal((B, S, DC), seed=1)
     mask = _padding_mask(S)
     params = _params(module, x, context, mask=mask)
-    apply = jit(lambda context: module.apply({"params": params}, x, context, mask=mask))
+    apply = jit(lambda context: module.apply({"params": params}, x, context, mask=mask)[0])
     out = np.asarray(apply(context))
 
     noise = _normal(context.shape, seed=2, scale=100.0)
@@ -155,38 +155,100 @@ def test_masked_context_tokens_do_not_change_the_output() -> None:
 
 
 def test_capture_weights() -> None:
+    """The dense weights come back in ``out``: the reference softmax, applied to the output."""
     module = MultiHeadAttention(num_heads=H, capture_weights=True)
     x, context = _normal((B, T, D), seed=0), _normal((B, S, DC), seed=1)
     mask = _padding_mask(S)
     params = _params(module, x, context, mask=mask)
+    plain = MultiHeadAttention(num_heads=H)
+    cotangent = _normal((B, T, D), seed=7)
 
     @jit
-    def run(params):
-        return module.apply({"params": params}, x, context, mask=mask, mutable=["intermediates"])
+    def run(params, x):
+        def loss(module, params, x):
+            y, out = module.apply({"params": params}, x, context, mask=mask)
+            return jnp.sum(y * cotangent), (y, out)
 
-    out, state = run(params)
-    (weights,) = state["intermediates"]["attention_weights"]
-    weights = np.asarray(weights)
+        (_, (y, out)), grads = jax.value_and_grad(
+            functools.partial(loss, module), (0, 1), has_aux=True
+        )(params, x)
+        (_, (y_plain, out_plain)), grads_plain = jax.value_and_grad(
+            functools.partial(loss, plain), (0, 1), has_aux=True
+        )(params, x)
+        return y, out, grads, y_plain, out_plain, grads_plain
+
+    y, out, grads, y_plain, out_plain, grads_plain = run(params, x)
+    assert out_plain == {}  # without capture_weights nothing comes back
+    assert set(out) == {"attention_weights"}
+    weights = np.asarray(out["attention_weights"])
     assert weights.shape == (B, H, T, S) and weights.dtype == np.float32
     np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-6)
     assert np.all(weights[np.broadcast_to(~mask[:, None, None, :], weights.shape)] == 0.0)
 
-    # The weights are those the layer applied: recombining v with them gives the output.
+    # The reference softmax from the params.
+    def project(name: str, inputs):
+        p = params[name]
+        return jnp.einsum("bld,dhk->blhk", inputs, p["kernel"], precision=HIGHEST) + p["bias"]
+
+    q, k = project("query", x), project("key", context)
+    logits = np.einsum("bthk,bshk->bhts", q, k) / np.sqrt(D // H)
+    logits = np.where(mask[:, None, None, :], logits, -np.inf)
+    ref = np.exp(logits - logits.max(-1, keepdims=True))
+    np.testing.assert_allclose(weights, ref / ref.sum(-1, keepdims=True), atol=1e-6)
+
+    # They are the weights the layer applied: recombining v with them gives the output.
     p = params
     v = np.einsum("bsd,dhk->bshk", context, p["value"]["kernel"]) + np.asarray(p["value"]["bias"])
-    y = np.einsum("bhts,bshk->bthk", weights, v)
-    recombined = np.einsum("bthk,hko->bto", y, p["out"]["kernel"]) + np.asarray(p["out"]["bias"])
-    np.testing.assert_allclose(recombined, np.asarray(out), atol=1e-5)
-
-    # Without capture_weights nothing is sown.
-    plain = MultiHeadAttention(num_heads=H)
-    _, state = jax.eval_shape(
-        lambda params: plain.apply(
-            {"params": params}, x, context, mask=mask, mutable=["intermediates"]
-        ),
-        params,
+    heads = np.einsum("bhts,bshk->bthk", weights, v)
+    recombined = np.einsum("bthk,hko->bto", heads, p["out"]["kernel"]) + np.asarray(
+        p["out"]["bias"]
     )
-    assert not state.get("intermediates")
+    np.testing.assert_allclose(recombined, np.asarray(y), atol=1e-5)
+
+    # Capture does not change the output or its gradients (beyond float round-off).
+    np.testing.assert_allclose(np.asarray(y), np.asarray(y_plain), atol=1e-6)
+    for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_plain), strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-5)
+
+
+def test_capture_weights_local_kernel_returns_its_band() -> None:
+    """The local kernel's band, scattered, is the dense softmax under the band mask."""
+    from flax.core import FrozenDict
+
+    from mmtx.attention import LocalWeights, local_block_size, local_weights_to_dense
+
+    t, radius, num_global = 21, 2, 1
+    x = _normal((B, t, D), seed=5)
+    padding = np.ones((B, t), bool)
+    padding[0, -3:] = False
+    options = FrozenDict(radius=radius, num_global=num_global)
+    local = MultiHeadAttention(
+        num_heads=H, kernel="local", kernel_options=options, capture_weights=True
+    )
+    dense = MultiHeadAttention(num_heads=H, capture_weights=True)
+    params = _params(dense, x)
+    full_mask = padding[:, None, None, :] & _band_mask(t, radius, num_global)[None, None]
+    (y, out), (ref_y, ref_out) = jit(
+        lambda p: (
+            local.apply({"params": p}, x, mask=padding),
+            dense.apply({"params": p}, x, mask=full_mask),
+        )
+    )(params)
+    weights = out["attention_weights"]
+    assert isinstance(weights, LocalWeights)
+    window = 3 * local_block_size(t, radius)
+    assert weights.band.shape == (B, H, t, window + num_global)
+    assert weights.global_rows.shape == (B, H, num_global, t)
+    np.testing.assert_allclose(
+        np.asarray(local_weights_to_dense(weights)), ref_out["attention_weights"], atol=1e-6
+    )
+    np.testing.assert_allclose(y, ref_y, rtol=1e-5, atol=1e-5)
+
+
+def test_capture_weights_linear_kernel_raises() -> None:
+    module = MultiHeadAttention(num_heads=H, kernel="linear", capture_weights=True)
+    with pytest.raises(ValueError, match="linear attention forms no attention map"):
+        module.init(jax.random.key(0), jnp.zeros((B, T, D)))
 
 
 def test_bfloat16_compute_float32_params() -> None:
@@ -194,7 +256,7 @@ def test_bfloat16_compute_float32_params() -> None:
     x = _normal((B, T, D), seed=0)
     params = _params(module, x)
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
-    out = jit(lambda p, x: module.apply({"params": p}, x))(params, x)
+    out = jit(lambda p, x: module.apply({"params": p}, x)[0])(params, x)
     assert out.dtype == jnp.bfloat16
     ref = jit(ref_mha)(params, x)
     np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref), atol=5e-2, rtol=5e-2)
@@ -229,8 +291,8 @@ def test_local_kernel_equals_dense_under_the_band_mask(radius: int, num_global: 
     dense = MultiHeadAttention(num_heads=H)
     params = _params(dense, x)
     full_mask = padding[:, None, None, :] & _band_mask(9, radius, num_global)[None, None]
-    out = jit(lambda p: local.apply({"params": p}, x, mask=padding))(params)
-    ref = jit(lambda p: dense.apply({"params": p}, x, mask=full_mask))(params)
+    out = jit(lambda p: local.apply({"params": p}, x, mask=padding)[0])(params)
+    ref = jit(lambda p: dense.apply({"params": p}, x, mask=full_mask)[0])(params)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
 
 
@@ -240,7 +302,7 @@ def test_linear_kernel_applies_linear_attention_to_the_projections() -> None:
     x = _normal((B, T, D), seed=6)
     module = MultiHeadAttention(num_heads=H, kernel="linear")
     params = _params(module, x)
-    out = jit(lambda p: module.apply({"params": p}, x))(params)
+    out = jit(lambda p: module.apply({"params": p}, x)[0])(params)
 
     def project(name: str):
         p = params[name]
@@ -294,7 +356,7 @@ def test_cross_modal_attention_matches_reference(kernel: str) -> None:
         return jnp.where(mask.any(-1)[:, None, None], y + p["out"]["bias"], 0.0)
 
     def library(params, x, context):
-        return module.apply({"params": params}, x, context, mask)
+        return module.apply({"params": params}, x, context, mask)[0]
 
     @jit
     def values_and_grads(params, x, context):
@@ -335,7 +397,7 @@ def _mha_outputs(implementation):
     module = MultiHeadAttention(num_heads=H, implementation=implementation)
     x = _normal((B, T, D), 0)
     params = module.init(jax.random.key(0), x)
-    return jit(module.apply)(params, x, mask=jnp.asarray(_padding_mask(T)))
+    return jit(module.apply)(params, x, mask=jnp.asarray(_padding_mask(T)))[0]
 
 
 @pytest.mark.skipif(jax.default_backend() == "gpu", reason="auto picks cuDNN on a GPU")

@@ -64,7 +64,9 @@ def ref_mlp(p: dict, x: jnp.ndarray) -> jnp.ndarray:
     return jnp.dot(h, p["fc2"]["kernel"], precision=HIGHEST) + p["fc2"]["bias"]
 
 
-def ref_attention(p: dict, x: jnp.ndarray, mask, context=None) -> jnp.ndarray:
+def ref_attention(
+    p: dict, x: jnp.ndarray, mask, context=None, return_weights: bool = False
+) -> jnp.ndarray:
     context = x if context is None else context
 
     def project(name: str, inputs):
@@ -77,7 +79,10 @@ def ref_attention(p: dict, x: jnp.ndarray, mask, context=None) -> jnp.ndarray:
     e = jnp.where(
         visible, jnp.exp(logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True))), 0
     )
-    y = jnp.einsum("bhts,bshk->bthk", e / e.sum(-1, keepdims=True), v, precision=HIGHEST)
+    weights = e / e.sum(-1, keepdims=True)
+    if return_weights:
+        return weights
+    y = jnp.einsum("bhts,bshk->bthk", weights, v, precision=HIGHEST)
     return jnp.einsum("bthk,hko->bto", y, p["out"]["kernel"], precision=HIGHEST) + p["out"]["bias"]
 
 
@@ -195,7 +200,7 @@ def test_block_matches_reference() -> None:
     (out, carry), ref = jit(
         lambda p, x: (module.apply({"params": p}, x, mask), ref_block(p, x, mask))
     )(params, x)
-    assert carry is None and out.shape == (B, T, D)
+    assert carry == {} and out.shape == (B, T, D)
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5)
     no_mask = jit(lambda p, x: ref_block(p, x, None))(params, x)
     assert np.abs(np.asarray(no_mask) - np.asarray(ref)).max() > 1e-3  # the mask matters
@@ -303,26 +308,89 @@ def test_dropout_only_in_training() -> None:
         jax.eval_shape(lambda x: module.apply({"params": params}, x, mask, train=True), x)
 
 
-def test_capture_weights_scan_stacks_layers() -> None:
-    x, mask, _, params = _encoder_inputs()
+@functools.lru_cache
+def _captured_fn(scan: bool, remat: str = "none", attention: str = "dense", options=()):
+    """Jitted ``(params, x, mask, cotangent) -> (y, out, grads wrt (params, x))`` of an Encoder
+    with ``capture_weights=True``."""
+    module = Encoder(
+        depth=DEPTH,
+        num_heads=H,
+        mlp_dim=MLP_DIM,
+        scan=scan,
+        remat=remat,
+        attention=attention,
+        attention_options=flax.core.FrozenDict(options),
+        capture_weights=True,
+    )
 
-    def weights(scan: bool, params):
-        module = Encoder(depth=DEPTH, num_heads=H, mlp_dim=MLP_DIM, scan=scan, capture_weights=True)
-        fn = jit(lambda p: module.apply({"params": p}, x, mask, mutable=["intermediates"])[1])
-        return fn(params)["intermediates"]
+    @jit
+    def run(params, x, mask, cotangent):
+        def loss(params, x):
+            y, out = module.apply({"params": params}, x, mask)
+            return jnp.sum(y * cotangent), (y, out)
 
-    stacked = weights(True, params)
-    (w,) = stacked["blocks"]["attention"]["attention_weights"]
-    w = np.asarray(w)
-    assert w.shape == (DEPTH, B, H, T, T)
+        grads, (y, out) = jax.grad(loss, (0, 1), has_aux=True)(params, x)
+        return y, out, grads
+
+    return run
+
+
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_capture_weights_stacked_over_layers_scan_and_unrolled(remat: str) -> None:
+    """``out["attention_weights"]`` ``[DEPTH, B, H, T, T]``: each layer's reference softmax,
+    the same scanned or unrolled, and capture changes neither the output nor a gradient."""
+    x, mask, cot, params = _encoder_inputs()
+    y, out, grads = _captured_fn(True, remat)(params, x, mask, cot)
+    w = np.asarray(out["attention_weights"])
+    assert set(out) == {"attention_weights", "pre_norm"}
+    assert w.shape == (DEPTH, B, H, T, T) and w.dtype == np.float32
     np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-6)
     assert np.all(w[np.broadcast_to(~mask[None, :, None, None, :], w.shape)] == 0.0)
     assert np.abs(w[0] - w[1]).max() > 1e-3  # two different layers
 
-    unrolled = weights(False, unrolled_params(params))
+    # Each layer's weights are the reference softmax of that layer's input.
+    h = x
     for i in range(DEPTH):
-        (wi,) = unrolled[f"block_{i}"]["attention"]["attention_weights"]
-        np.testing.assert_allclose(np.asarray(wi), w[i], atol=1e-6)
+        p = jax.tree.map(lambda a, i=i: a[i], params["blocks"])
+        want = ref_attention(p["attention"], ref_layer_norm(p["norm1"], h), mask, None, True)
+        np.testing.assert_allclose(w[i], np.asarray(want), atol=1e-5, err_msg=f"layer {i}")
+        h = ref_block(p, h, mask)
+
+    # Capture does not change the output or the gradients.
+    plain_y, (plain_param_grads, plain_x_grad) = _encoder_fn(True, remat)[1](params, x, mask, cot)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(plain_y), atol=1e-6)
+    _assert_trees_close(grads, (plain_param_grads, plain_x_grad), atol=1e-5)
+
+    # Unrolled: the same structure and values.
+    y_u, out_u, grads_u = _captured_fn(False, remat)(unrolled_params(params), x, mask, cot)
+    assert jax.tree.structure(out_u) == jax.tree.structure(out)
+    _assert_trees_close(out_u, out, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(y_u), np.asarray(y), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(grads_u[1]), np.asarray(grads[1]), atol=1e-5)
+
+
+def test_capture_weights_local_kernel_stacks_its_band() -> None:
+    from mmtx.attention import LocalWeights, local_weights_to_dense
+
+    x, mask, _, params = _encoder_inputs()
+    options = (("radius", 1), ("num_global", 1))
+    cot = jnp.zeros((B, T, D))
+    _, out, _ = _captured_fn(True, "none", "local", options)(params, x, mask, cot)
+    _, out_u, _ = _captured_fn(False, "none", "local", options)(
+        unrolled_params(params), x, mask, cot
+    )
+    weights = out["attention_weights"]
+    assert isinstance(weights, LocalWeights) and isinstance(
+        out_u["attention_weights"], LocalWeights
+    )
+    assert weights.band.shape[:4] == (DEPTH, B, H, T)
+    assert weights.global_rows.shape == (DEPTH, B, H, 1, T)
+    _assert_trees_close(out_u, out, atol=1e-6)
+    dense = np.asarray(local_weights_to_dense(weights))  # [DEPTH, B, H, T, T]
+    i, j = np.arange(T)[:, None], np.arange(T)[None, :]
+    outside = ~((np.abs(i - j) <= 1) | (i < 1) | (j < 1))
+    assert np.all(dense[..., outside] == 0.0)
+    np.testing.assert_allclose(dense.sum(-1), 1.0, atol=1e-6)
 
 
 def ref_cross_block(p: dict, x: jnp.ndarray, context: jnp.ndarray, mask) -> jnp.ndarray:
@@ -346,10 +414,10 @@ def test_cross_attention_block_matches_reference() -> None:
 
     @jit
     def run(params, x, context):
-        lib = lambda p, x, c: jnp.sum(module.apply({"params": p}, x, c, mask) * cot)
+        lib = lambda p, x, c: jnp.sum(module.apply({"params": p}, x, c, mask)[0] * cot)
         ref = lambda p, x, c: jnp.sum(ref_cross_block(p, x, c, mask) * cot)
         return (
-            module.apply({"params": params}, x, context, mask),
+            module.apply({"params": params}, x, context, mask)[0],
             ref_cross_block(params, x, context, mask),
             jax.grad(lib, (0, 1, 2))(params, x, context),
             jax.grad(ref, (0, 1, 2))(params, x, context),
@@ -506,7 +574,7 @@ def test_map_head_matches_reference_in_value_and_gradient() -> None:
 
     @jit
     def run(params, x):
-        lib = lambda p, x: module.apply({"params": p}, x, mask)
+        lib = lambda p, x: module.apply({"params": p}, x, mask)[0]
         ref = lambda p, x: ref_map_head(p, x, mask)
         return (
             lib(params, x),
@@ -523,7 +591,7 @@ def test_map_head_matches_reference_in_value_and_gradient() -> None:
     # Padded tokens are not attended to.
     noisy = jnp.where(mask[..., None], x, 100.0)
     np.testing.assert_allclose(
-        np.asarray(jit(lambda p, x: module.apply({"params": p}, x, mask))(params, noisy)),
+        np.asarray(jit(lambda p, x: module.apply({"params": p}, x, mask)[0])(params, noisy)),
         np.asarray(out),
         atol=1e-5,
     )

@@ -236,7 +236,7 @@ def test_config_auto_with_the_local_kernel_stays_xla_off_tpu(monkeypatch) -> Non
 
     @jit
     def run(params, x):
-        return tuple(module.clone(implementation=i).apply(params, x) for i in ("auto", "xla"))
+        return tuple(module.clone(implementation=i).apply(params, x)[0] for i in ("auto", "xla"))
 
     auto, xla = run(params, x)
     np.testing.assert_array_equal(np.asarray(auto), np.asarray(xla))
@@ -293,7 +293,7 @@ params = module.init(jax.random.key(0), x)
 result = {}
 for implementation in ("pallas", "xla"):
     def loss(params, x, mask, implementation=implementation):
-        y = module.clone(implementation=implementation).apply(params, x, mask=mask)
+        y = module.clone(implementation=implementation).apply(params, x, mask=mask)[0]
         return jnp.sum(y * jnp.cos(y)), y
     fn = jax.jit(
         mesh_lib.with_sharding_rules(jax.value_and_grad(loss, has_aux=True), mesh),

@@ -84,9 +84,11 @@ def masked_softmax_contrastive_loss(
     valid = valid.astype(jnp.bool_)
     count = jnp.maximum(jnp.sum(valid.astype(jnp.float32)), 1.0)
     labels = jnp.arange(logits.shape[0])
-    # Invalid columns are no negatives; invalid rows are dropped from the mean.
-    masked = jnp.where(valid[None, :], logits, -jnp.inf)
-    masked = jnp.where(valid[:, None], masked, 0.0)
+    # Only valid pairs are scores; an invalid example's row (and column) keeps its diagonal
+    # alone, at 0, so its cross-entropy is 0 and it is dropped from the mean below.
+    pairs = valid[:, None] & valid[None, :]
+    own = jnp.eye(logits.shape[0], dtype=jnp.bool_) & ~valid[:, None]
+    masked = jnp.where(pairs, logits, jnp.where(own, 0.0, -jnp.inf))
     a_to_b = optax.softmax_cross_entropy_with_integer_labels(masked, labels)
     b_to_a = optax.softmax_cross_entropy_with_integer_labels(masked.T, labels)
     weight = valid.astype(jnp.float32)

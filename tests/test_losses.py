@@ -374,3 +374,89 @@ def test_logit_scale_gradient_at_the_cap_is_the_uncapped_gradient():
     above = losses.softmax_contrastive_loss(a, b, cap + 1.0)
     np.testing.assert_allclose(above, uncapped(cap), rtol=1e-6)
     assert float(losses.capped_logit_scale(cap + 1.0)) == np.float32(cap)
+
+
+# --- per-example absence ------------------------------------------------------------------
+
+VALID = np.asarray([True, False, True, True, False])
+
+
+def _embeddings(seed=0, n=5, d=4):
+    rng = np.random.default_rng(seed)
+    return (jnp.asarray(rng.normal(size=(n, d)), jnp.float32) for _ in range(2))
+
+
+def test_masked_softmax_loss_is_the_loss_of_the_valid_examples_alone():
+    a, b = _embeddings()
+    scale = jnp.asarray(2.0)
+
+    def masked(a, b):
+        return losses.masked_softmax_contrastive_loss(a, b, scale, jnp.asarray(VALID))
+
+    def subset(a, b):
+        return losses.softmax_contrastive_loss(a[VALID], b[VALID], scale)
+
+    np.testing.assert_allclose(masked(a, b), subset(a, b), rtol=1e-6)
+    grads = jax.grad(masked, (0, 1))(a, b), jax.grad(subset, (0, 1))(a, b)
+    for got, want in zip(*grads, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+        np.testing.assert_array_equal(got[~VALID], 0.0)  # absent rows get no gradient
+    everyone = jnp.ones(5, bool)
+    np.testing.assert_allclose(
+        losses.masked_softmax_contrastive_loss(a, b, scale, everyone),
+        losses.softmax_contrastive_loss(a, b, scale),
+        rtol=1e-6,
+    )
+    assert float(losses.masked_softmax_contrastive_loss(a, b, scale, jnp.zeros(5, bool))) == 0.0
+
+
+def test_masked_sigmoid_loss_is_the_loss_of_the_valid_examples_alone():
+    a, b = _embeddings(1)
+    scale, bias = jnp.asarray(2.0), jnp.asarray(-1.0)
+
+    def masked(a, b):
+        return losses.masked_sigmoid_contrastive_loss(a, b, scale, bias, jnp.asarray(VALID))
+
+    def subset(a, b):
+        return losses.sigmoid_contrastive_loss(a[VALID], b[VALID], scale, bias)
+
+    np.testing.assert_allclose(masked(a, b), subset(a, b), rtol=1e-6)
+    grads = jax.grad(masked, (0, 1))(a, b), jax.grad(subset, (0, 1))(a, b)
+    for got, want in zip(*grads, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_total_loss_skips_pairs_and_heads_where_an_input_is_absent():
+    text, image = _embeddings(2)
+    audio, _ = _embeddings(3)
+    labels = jnp.asarray([0, 1, 2, 1, 0])
+    attribute = jnp.asarray(np.random.default_rng(4).normal(size=(5, 3)), jnp.float32)
+    outputs = {
+        "text": text,
+        "image": image,
+        "audio": audio,
+        "logit_scale": jnp.asarray(1.5),
+        "logit_bias": jnp.asarray(0.0),
+        "attribute_logits": {"audio/shape": attribute},
+    }
+    config = ml_collections.ConfigDict(
+        dict(
+            contrastive="softmax",
+            contrastive_weight=1.0,
+            classification_weight=0.0,
+            attribute_weight=1.0,
+        )
+    )
+    batch = {"present/audio": jnp.asarray(VALID), "shape": labels}
+    _, metrics = losses.total_loss(outputs, batch, config)
+    scale = outputs["logit_scale"]
+    np.testing.assert_allclose(
+        metrics["contrastive_text_audio"],
+        losses.softmax_contrastive_loss(text[VALID], audio[VALID], scale),
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(  # text and image are everywhere: the plain loss
+        metrics["contrastive_text_image"], losses.softmax_contrastive_loss(text, image, scale)
+    )
+    want, _ = losses.classification_loss(attribute[VALID], labels[VALID])
+    np.testing.assert_allclose(metrics["attribute_audio_shape"], want, rtol=1e-6)

@@ -934,3 +934,96 @@ def test_attention_implementation_auto_equals_xla_bit_for_bit_off_gpu():
         outputs[implementation] = jax.jit(module.apply)({"params": params}, batch)
     for key in (*MODALITIES, "fused", "logits"):
         np.testing.assert_array_equal(outputs["auto"][key], outputs["xla"][key], err_msg=key)
+
+
+# --- per-example absence (present/<modality>) ---------------------------------------------
+
+
+@pytest.mark.parametrize("fusion", ["concat", "gated"])
+def test_an_absent_input_equals_the_modality_not_being_there(fusion):
+    module, params = built(fusion)
+    full = make_batch(MODALITIES, batch=3)
+    flagged = dict(full, **{"present/audio": np.asarray([True, False, True])})
+    run = jax.jit(lambda b: module.apply({"params": params}, b))
+    with_flags = run(flagged)
+    without_audio = run(make_batch(("text", "image"), batch=3))
+    everything = run(full)
+    # Example 1 is fused as if it had no audio; examples 0 and 2 as if every input were there.
+    np.testing.assert_allclose(with_flags["fused"][1], without_audio["fused"][1], atol=1e-5)
+    np.testing.assert_allclose(with_flags["fused"][::2], everything["fused"][::2], atol=1e-5)
+    assert np.abs(with_flags["fused"][1] - everything["fused"][1]).max() > 1e-4
+    np.testing.assert_array_equal(with_flags["audio"][1], 0.0)
+    np.testing.assert_allclose(with_flags["audio"][::2], everything["audio"][::2], atol=1e-6)
+
+
+def test_presence_flags_are_checked():
+    module, params = built("concat")
+    batch = make_batch(("text", "image"))
+    with pytest.raises(ValueError, match=re.escape("present/image must be bool [2]")):
+        module.apply({"params": params}, dict(batch, **{"present/image": np.ones(3, bool)}))
+    with pytest.raises(ValueError, match="present/audio but no audio input"):
+        module.apply({"params": params}, dict(batch, **{"present/audio": np.ones(2, bool)}))
+    nobody = {"present/text": np.asarray([True, False]), "present/image": np.asarray([True, False])}
+    with pytest.raises(ValueError, match="example 1 has no modality present"):
+        module.apply({"params": params}, dict(batch, **nobody))
+    # A NaN in an absent example's filler is not checked (it is never used) ...
+    spoiled = dict(batch, image=batch["image"].copy())
+    spoiled["image"][1] = np.nan
+    module.apply({"params": params}, dict(spoiled, **{"present/image": np.asarray([True, False])}))
+    # ... in a present one it is.
+    with pytest.raises(ValueError, match=re.escape("image[1] has non-finite values")):
+        module.apply({"params": params}, spoiled)
+
+
+def test_model_takes_none_for_an_absent_input():
+    module, params = built("gated")
+    config = config_lib.load_config(small_config("gated"))
+    model = Model(module=module, params=params, config=config, tokenizer=ByteTokenizer())
+    rng = np.random.default_rng(0)
+    images = [rng.uniform(size=(SIZE, SIZE, 3)).astype(np.float32) for _ in range(2)]
+    batch = model.preprocess(text_inputs=["a red circle", None], image_features=images)
+    np.testing.assert_array_equal(batch["present/text"], [True, False])
+    assert "present/image" not in batch and batch["text"].shape == (2, MAX_LEN)
+    out = model(text_inputs=["a red circle", None], image_features=images)
+    alone = model(image_features=images[1:])
+    np.testing.assert_allclose(out["fused"][1], alone["fused"][0], atol=1e-5)
+    np.testing.assert_array_equal(out["text"][1], 0.0)
+    assert out["fusion_weights"].keys() == {"text", "image"}
+    # A list of only None drops the modality; a count mismatch is an error.
+    assert "text" not in model(text_inputs=[None, None], image_features=images)
+    with pytest.raises(ValueError, match="disagree on batch size"):
+        model.preprocess(text_inputs=["a", "b", "c"], image_features=images)
+
+
+# --- tasks: per-task fusion weights -------------------------------------------------------
+
+
+def test_tasks_have_their_own_fusion_weights_and_heads():
+    config = small_config("concat")
+    config.model.attribute_classes = {"shape": 4, "colour": 3}
+    config.model.tasks = {"shape": "shape", "colour": "colour"}
+    config = config_lib.load_config(config)
+    module = MultiModalTransformer.from_config(config, vocab_size=ByteTokenizer().vocab_size)
+    shapes = jax.eval_shape(module.init, jax.random.key(0), dummy_batch(config, 1))["params"]
+    for task in ("shape", "colour"):
+        assert nn.meta.unbox(shapes[f"task_{task}_fusion"])["gate_logits"].shape == (3,)
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(
+        lambda s: jnp.asarray(0.3 * rng.normal(size=s.shape), s.dtype), nn.meta.unbox(shapes)
+    )
+    batch = dict(make_batch(MODALITIES), shape=np.asarray([1, 3]), colour=np.asarray([0, 2]))
+    outputs = module.apply({"params": params}, batch)
+    assert outputs["task_logits"]["shape/shape"].shape == (B, 4)
+    assert outputs["task_logits"]["colour/colour"].shape == (B, 3)
+    weights = outputs["task_fusion_weights"]
+    for task in ("shape", "colour"):
+        assert weights[task].keys() == set(MODALITIES)
+        np.testing.assert_allclose(sum(weights[task].values()), 1.0, rtol=1e-6)
+    # Each task's weights are the softmax of its own gate logits.
+    logits = np.asarray(params["task_colour_fusion"]["gate_logits"])
+    expected = np.exp(logits) / np.exp(logits).sum()
+    got = [weights["colour"][m] for m in MODALITIES]
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    config.model.tasks = {"pitch": "pitch"}
+    with pytest.raises(ValueError, match=re.escape("config.model.tasks.pitch")):
+        config_lib.validate(config)

@@ -48,9 +48,9 @@ import ml_collections
 import numpy as np
 
 from mmtx import config as config_lib
+from mmtx import launch
 from mmtx.data.pipeline import create_dataset
 from mmtx.data.tokenizer import create_tokenizer
-from mmtx.train import host_malloc
 from mmtx.train.build import build
 
 DEFAULT_CONFIG = "configs/base.py"
@@ -277,5 +277,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    host_malloc.restart_with_tuned_malloc()
+    launch.restart_with_tuned_malloc()
     main(sys.argv[1:])

@@ -56,8 +56,8 @@ import ml_collections
 import numpy as np
 
 from mmtx import config as config_lib
+from mmtx import launch
 from mmtx.models import MultiModalTransformer, dummy_batch
-from mmtx.train import host_malloc
 from mmtx.train.build import build
 from mmtx.train.flops import (  # the one FLOP counter, shared with the training loop
     analytic_flops,
@@ -316,7 +316,7 @@ def measure(
         "compile_s": round(compile_s, 2),
         "final_loss": round(float(timer.last_metrics["loss"]), 5),
         "xla_options": xla_options,
-        "host_malloc": host_malloc.current_setting(),
+        "host_malloc": launch.current_setting(),
         "backend": jax.default_backend(),
         "jax": jax.__version__,
     }
@@ -409,5 +409,5 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    host_malloc.restart_with_tuned_malloc()
+    launch.restart_with_tuned_malloc()
     main()

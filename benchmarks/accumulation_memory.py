@@ -8,9 +8,9 @@ Usage, from the repository root::
 
 For every ``k`` the config's ``train.batch_size`` is set to ``--batch_size`` (the global batch,
 fixed) and ``train.microbatches`` to ``k``; the module, optimizer and train step are built as
-``mmtx/train/loop.py`` builds them (``MultiModalTransformer.from_config``,
-``create_optimizer``, ``make_train_step`` under the mesh's sharding rules, ``jax.jit`` with the
-state's shardings and ``donate_argnums=0``) and the step is lowered and compiled from abstract
+``mmtx/train/loop.py`` builds them (:func:`mmtx.train.build.build`: ``make_train_step`` under
+the mesh's sharding rules, ``jax.jit`` with the state's shardings and ``donate_argnums=0``)
+and the step is lowered and compiled from abstract
 inputs (``jax.eval_shape`` of the state's init, ``ShapeDtypeStruct`` batch), so no state or
 batch is materialised to size it.
 
@@ -26,7 +26,7 @@ Both are XLA's buffer assignment, not a measurement. Where the device reports
 ``k`` then runs in a fresh subprocess (``--isolate`` forces that anywhere), and it includes
 the materialised state and batch.
 
-Time: the compiled step is run on a real state (``create_train_state``) and a real batch from
+Time: the compiled step is run on a real state (``Run.init_state``) and a real batch from
 the config's dataset, once to warm up, then ``--repeats`` times; the median is reported
 (``--repeats 0`` skips timing). The output cache costs about one extra forward pass (roughly a
 third more compute than k = 1). On CPU the measured cost is larger for configs with
@@ -62,15 +62,11 @@ import ml_collections
 import numpy as np
 
 from mmtx import config as config_lib
+from mmtx import launch
 from mmtx.data.pipeline import create_dataset
 from mmtx.data.tokenizer import create_tokenizer
-from mmtx.models import MultiModalTransformer
-from mmtx.train import host_malloc
-from mmtx.train import mesh as mesh_lib
-from mmtx.train.loop import abstract_train_state, create_train_state
-from mmtx.train.optimizer import create_optimizer
+from mmtx.train.build import Run, build
 from mmtx.train.state import TrainState
-from mmtx.train.step import make_train_step
 
 DEFAULT_CONFIG = "configs/base.py"
 DEFAULT_MICROBATCHES = (1, 2, 4, 8)
@@ -139,11 +135,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 class Setup:
     spec: str
     config: ml_collections.ConfigDict
-    module: MultiModalTransformer
-    tx: Any
-    mesh: Any
+    run: Run
     abstract_state: TrainState
-    state_shardings: TrainState
     abstract_batch: dict[str, jax.ShapeDtypeStruct]
     data_sharding: Any
 
@@ -164,12 +157,7 @@ def make_dataset(config: ml_collections.ConfigDict, batch_size: int) -> Any:
 def setup(spec: str, batch_size: int, k: int) -> Setup:
     """Everything the step needs, abstract (cached: the report reuses k's setup)."""
     config = load_config(spec, batch_size, k)
-    mesh = mesh_lib.create_mesh(config.mesh)
-    mesh_lib.check_divisibility(config, mesh, jax.process_count())
-    tokenizer = create_tokenizer(config.tokenizer.type, config.tokenizer.model_file)
-    module = MultiModalTransformer.from_config(config, vocab_size=tokenizer.vocab_size)
-    tx = create_optimizer(config.train)
-    abstract_state, state_shardings = abstract_train_state(module, tx, config, mesh)
+    run = build(config)
     # The batch's keys, shapes and dtypes from one example of the real pipeline.
     example = next(iter(make_dataset(config, 1)))
     abstract_batch = {
@@ -179,25 +167,16 @@ def setup(spec: str, batch_size: int, k: int) -> Setup:
     return Setup(
         spec=spec,
         config=config,
-        module=module,
-        tx=tx,
-        mesh=mesh,
-        abstract_state=abstract_state,
-        state_shardings=state_shardings,
+        run=run,
+        abstract_state=run.abstract_state,
         abstract_batch=abstract_batch,
-        data_sharding=mesh_lib.batch_sharding(mesh),
+        data_sharding=run.data_sharding,
     )
 
 
 def compile_step(s: Setup) -> Any:
     """The train step jitted exactly as the loop jits it, compiled from abstract inputs."""
-    step = jax.jit(
-        mesh_lib.with_sharding_rules(make_train_step(s.module, s.tx, s.config), s.mesh),
-        in_shardings=(s.state_shardings, s.data_sharding),
-        out_shardings=(s.state_shardings, None),
-        donate_argnums=0,
-    )
-    return step.lower(s.abstract_state, s.abstract_batch).compile()
+    return s.run.train_step.lower(s.abstract_state, s.abstract_batch).compile()
 
 
 # --- one measurement -----------------------------------------------------------------------
@@ -211,11 +190,10 @@ def device_peak_bytes(device: jax.Device) -> int | None:
 
 @functools.cache
 def _initial_state(spec: str, batch_size: int) -> TrainState:
-    """The real initial state (``create_train_state``); it does not depend on k, so one
+    """The real initial state (``Run.init_state``); it does not depend on k, so one
     process initialises it once and each k steps a copy (the step donates its state)."""
     s = setup(spec, batch_size, 1)
-    state, _ = create_train_state(s.module, s.tx, s.config, s.mesh)
-    return state
+    return s.run.init_state()
 
 
 def time_steps(compiled: Any, s: Setup, repeats: int, reuse_state: bool) -> float | None:
@@ -228,7 +206,7 @@ def time_steps(compiled: Any, s: Setup, repeats: int, reuse_state: bool) -> floa
         master = _initial_state(s.spec, s.config.train.batch_size)
         state = jax.tree.map(lambda x: x.copy(), master)
     else:
-        state, _ = create_train_state(s.module, s.tx, s.config, s.mesh)
+        state = s.run.init_state()
     batch = next(iter(make_dataset(s.config, s.config.train.batch_size)))
     batch = jax.device_put(batch, s.data_sharding)
     state, metrics = compiled(state, batch)
@@ -562,5 +540,5 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    host_malloc.restart_with_tuned_malloc()
+    launch.restart_with_tuned_malloc()
     main()

@@ -52,8 +52,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmtx import launch
 from mmtx.attention import dot_product_attention, linear_attention, local_attention
-from mmtx.train import host_malloc
 
 KERNELS = ("dense", "local", "linear_elu", "linear_favor")
 DEFAULT_KERNELS = ("dense", "local", "linear_elu")
@@ -529,7 +529,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "device": {"kind": device.device_kind, "platform": device.platform},
         "jax": jax.__version__,
         "memory_source": source,
-        "host_malloc": host_malloc.current_setting(),
+        "host_malloc": launch.current_setting(),
         "config": {
             key: getattr(args, key)
             for key in ("batch", "heads", "head_dim", "dtype", "radius", "num_global", "repeats")
@@ -543,5 +543,5 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    host_malloc.restart_with_tuned_malloc()
+    launch.restart_with_tuned_malloc()
     main()

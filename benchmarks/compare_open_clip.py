@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mmtx.train import host_malloc
+from mmtx import launch
 
 ROOT = Path(__file__).resolve().parents[1]
 MMTX_SCRIPT = ROOT / "benchmarks" / "train_step.py"
@@ -144,5 +144,5 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    host_malloc.restart_with_tuned_malloc()
+    launch.restart_with_tuned_malloc()
     main()

@@ -12,9 +12,9 @@ Three measurements, one after the other (not at once, so they don't share the co
   :func:`mmtx.data.pipeline.create_dataset` (the loop's own pipeline: shuffle, shard,
   preprocess, batch, prefetch), once for every ``--num_workers`` value, after one warm-up
   batch (workers started). Examples/s = batch x batches / seconds.
-* ``step``: the jitted train step as the loop runs it
-  (:func:`mmtx.train.loop.jit_train_step`) on one batch held in memory: the rate at which
-  training consumes examples. Median of ``--steps`` steps after a compile and a warm-up step.
+* ``step``: the jitted train step as the loop runs it (``train_step`` of
+  :func:`mmtx.train.build.build`) on one batch held in memory: the rate at which training
+  consumes examples. Median of ``--steps`` steps after a compile and a warm-up step.
 * ``fed``: the same step fed by the pipeline (``--num_workers`` = the config's value), i.e.
   what the loop sees; ``fed / step`` near 1 means input is not the bottleneck.
 
@@ -48,13 +48,10 @@ import ml_collections
 import numpy as np
 
 from mmtx import config as config_lib
+from mmtx import launch
 from mmtx.data.pipeline import create_dataset
 from mmtx.data.tokenizer import create_tokenizer
-from mmtx.models import MultiModalTransformer
-from mmtx.train import host_malloc
-from mmtx.train import mesh as mesh_lib
-from mmtx.train.loop import create_train_state, jit_train_step
-from mmtx.train.optimizer import create_optimizer
+from mmtx.train.build import build
 
 DEFAULT_CONFIG = "configs/base.py"
 TARGET_RATIO = 3.0
@@ -182,18 +179,15 @@ def pipeline_rate(
 def step_rates(config: ml_collections.ConfigDict, steps: int) -> dict[str, float]:
     """Examples/s of the jitted train step on a batch in memory (``step``) and fed by the
     pipeline (``fed``), each the median over ``steps`` steps."""
-    tokenizer = create_tokenizer(config.tokenizer.type, config.tokenizer.model_file)
-    mesh = mesh_lib.create_mesh(config.mesh)
-    data_sharding = mesh_lib.batch_sharding(mesh)
-    module = MultiModalTransformer.from_config(config, vocab_size=tokenizer.vocab_size)
-    tx = create_optimizer(config.train)
-    state, shardings = create_train_state(module, tx, config, mesh)
-    train_step = jit_train_step(module, tx, config, mesh, shardings)
+    built = build(config)
+    state, train_step = built.init_state(), built.train_step
     batch_size = config.train.batch_size
-    iterator = iter(create_dataset(config, "train", tokenizer, batch_size=batch_size, train=True))
+    iterator = iter(
+        create_dataset(config, "train", built.tokenizer, batch_size=batch_size, train=True)
+    )
 
     def to_device(batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        return jax.device_put(batch, data_sharding)
+        return jax.device_put(batch, built.data_sharding)
 
     fixed = to_device(next(iterator))
     started = time.perf_counter()
@@ -283,5 +277,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    host_malloc.restart_with_tuned_malloc()
+    launch.restart_with_tuned_malloc()
     main(sys.argv[1:])

@@ -9,10 +9,10 @@ Usage, from the repository root::
     .venv/bin/python benchmarks/train_step.py --suite               # bench_clip + base.py x kernels
 
 The train step is built exactly as ``mmtx/train/loop.py`` builds it: the mesh from
-``config.mesh``, ``MultiModalTransformer.from_config``, ``create_optimizer``,
-``create_train_state`` (the state initialised directly into its shardings), and
-``make_train_step`` traced under the mesh's logical-axis rules, jitted with the state's
-shardings and ``donate_argnums=0``. The batch is random but shaped and typed like the
+``config.mesh``, the module, optimizer, sharded state and jitted step all from
+``mmtx.train.build.build`` (the state initialised directly into its shardings, the step
+traced under the mesh's logical-axis rules, jitted with the state's shardings and
+``donate_argnums=0``). The batch is random but shaped and typed like the
 dataset's (int32 token ids ``[B, T]`` with a bool mask, float32 images ``[B, H, W, C]`` in
 ``[0, 1]``, float32 waveforms ``[B, S]``), already on the device, so only the step is timed.
 
@@ -51,25 +51,19 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from mmtx import config as config_lib
-from mmtx.data.tokenizer import create_tokenizer
+from mmtx import launch
 from mmtx.models import MultiModalTransformer, dummy_batch
-from mmtx.train import host_malloc
-from mmtx.train import mesh as mesh_lib
+from mmtx.train.build import build
 from mmtx.train.flops import (  # the one FLOP counter, shared with the training loop
     analytic_flops,
     matmul_peak_gflops,
 )
-from mmtx.train.loop import create_train_state
-from mmtx.train.optimizer import create_optimizer
 from mmtx.train.state import TrainState
-from mmtx.train.step import make_train_step
 
 DEFAULT_CONFIG = "configs/bench_clip.py"
 SUITE = (
@@ -202,25 +196,15 @@ def random_batch(
 
 
 def build_step(config: ml_collections.ConfigDict) -> StepSetup:
-    """The mesh, module, optimizer, sharded state and jitted step, as ``train_and_evaluate``."""
-    mesh = mesh_lib.create_mesh(config.mesh)
-    mesh_lib.check_divisibility(config, mesh, jax.process_count())
-    tokenizer = create_tokenizer(config.tokenizer.type, config.tokenizer.model_file)
-    module = MultiModalTransformer.from_config(config, vocab_size=tokenizer.vocab_size)
-    tx = create_optimizer(config.train)
-    state, state_shardings = create_train_state(module, tx, config, mesh)
-    data_sharding = mesh_lib.batch_sharding(mesh)
-    jitted = jax.jit(
-        mesh_lib.with_sharding_rules(make_train_step(module, tx, config), mesh),
-        in_shardings=(state_shardings, data_sharding),
-        out_shardings=(state_shardings, None),
-        donate_argnums=0,
-    )
-    vocab = config.model.text.vocab_size or tokenizer.vocab_size
+    """The mesh, module, optimizer, sharded state and jitted step: ``mmtx.train.build``, as
+    ``train_and_evaluate`` builds them."""
+    run = build(config)
+    vocab = config.model.text.vocab_size or run.tokenizer.vocab_size
     batch = random_batch(config, config.train.batch_size, vocab, seed=config.train.seed)
-    batch = jax.device_put(batch, data_sharding)
+    batch = jax.device_put(batch, run.data_sharding)
+    state = run.init_state()
     num_params = sum(int(x.size) for x in jax.tree.leaves(state.params))
-    return StepSetup(config, module, mesh, jitted, state, batch, num_params)
+    return StepSetup(config, run.module, run.mesh, run.train_step, state, batch, num_params)
 
 
 def compile_step(setup: StepSetup, xla_options: dict[str, str]) -> tuple[Any, float]:
@@ -234,25 +218,11 @@ def unrolled_xla_flops(config: ml_collections.ConfigDict, xla_options: dict[str,
     """XLA's FLOP count of the step with ``scan_layers`` off (compiled from shapes, not run)."""
     config = copy.deepcopy(config)
     config.model.scan_layers = False
-    mesh = mesh_lib.create_mesh(config.mesh)
-    tokenizer = create_tokenizer(config.tokenizer.type, config.tokenizer.model_file)
-    module = MultiModalTransformer.from_config(config, vocab_size=tokenizer.vocab_size)
-    tx = create_optimizer(config.train)
-    step = make_train_step(module, tx, config)
-    tokens = config.model.text.vocab_size or tokenizer.vocab_size
+    run = build(config)
+    tokens = config.model.text.vocab_size or run.tokenizer.vocab_size
     batch = random_batch(config, config.train.batch_size, tokens)
-
-    def init(rng: jax.Array) -> TrainState:
-        params = nn.meta.unbox(module.init(rng, dummy_batch(config, 1), train=False)["params"])
-        return TrainState(
-            step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng
-        )
-
-    abstract_state = jax.eval_shape(init, jax.random.PRNGKey(0))
     abstract_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
-    lowered = jax.jit(mesh_lib.with_sharding_rules(step, mesh)).lower(
-        abstract_state, abstract_batch
-    )
+    lowered = run.train_step.lower(run.abstract_state, abstract_batch)
     return xla_flops(lowered.compile(dict(xla_options)))
 
 
@@ -346,7 +316,7 @@ def measure(
         "compile_s": round(compile_s, 2),
         "final_loss": round(float(timer.last_metrics["loss"]), 5),
         "xla_options": xla_options,
-        "host_malloc": host_malloc.current_setting(),
+        "host_malloc": launch.current_setting(),
         "backend": jax.default_backend(),
         "jax": jax.__version__,
     }
@@ -439,5 +409,5 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    host_malloc.restart_with_tuned_malloc()
+    launch.restart_with_tuned_malloc()
     main()

@@ -29,7 +29,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -38,14 +37,12 @@ import numpy as np
 from mmtx import Model
 from mmtx import config as config_lib
 from mmtx.data.pipeline import create_dataset
-from mmtx.data.tokenizer import create_tokenizer
-from mmtx.models import MultiModalTransformer, dummy_batch
+from mmtx.models import dummy_batch
 from mmtx.train import mesh as mesh_lib
+from mmtx.train.build import Run, build
 from mmtx.train.evaluate import evaluate
 from mmtx.train.loop import train_and_evaluate
-from mmtx.train.optimizer import create_optimizer
-from mmtx.train.state import TrainState
-from mmtx.train.step import make_eval_step, make_train_step
+from mmtx.train.step import make_eval_step
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE_CONFIG = os.path.join(REPO_ROOT, "configs", "base.py")
@@ -294,24 +291,13 @@ def evaluate_subsets(
     return results
 
 
-def _abstract_module_and_params(
-    config: ml_collections.ConfigDict,
-) -> tuple[MultiModalTransformer, Any]:
-    """The module of ``config`` and its params as ``ShapeDtypeStruct``s (nothing computed).
-
-    Layers are unrolled (``scan_layers=False``): XLA's cost analysis of a scan's while loop
-    need not count every iteration, the unrolled graph is counted exactly.
-    """
+def _unrolled_run(config: ml_collections.ConfigDict) -> Run:
+    """:func:`mmtx.train.build.build` of ``config`` with its layers unrolled
+    (``scan_layers=False``): XLA's cost analysis of a scan's while loop need not count every
+    iteration, the unrolled graph is counted exactly. Nothing is computed."""
     config = copy.deepcopy(config)
     config.model.scan_layers = False
-    config = config_lib.validate(config)
-    tokenizer = create_tokenizer(config.tokenizer.type, config.tokenizer.model_file)
-    module = MultiModalTransformer.from_config(config, vocab_size=tokenizer.vocab_size)
-    batch = dummy_batch(config, batch_size=1)
-    boxed = jax.eval_shape(
-        lambda r: module.init(r, batch, train=False)["params"], jax.random.key(0)
-    )
-    return module, nn.meta.unbox(boxed)
+    return build(config_lib.validate(config))
 
 
 def _flops(compiled: Any) -> float:
@@ -329,58 +315,41 @@ def flops_per_example(config: ml_collections.ConfigDict, batch_size: int = 8) ->
     """Forward-pass FLOPs per example of ``config``'s model on a full batch, from XLA.
 
     Lowers and compiles ``module.apply(params, batch, train=False)`` (unrolled layers; see
-    :func:`_abstract_module_and_params`) on a dummy batch of every configured modality
+    :func:`_unrolled_run`) on a dummy batch of every configured modality
     (``text`` int32 ``[B, T]``, ``text_mask`` bool ``[B, T]``, ``image`` float32
     ``[B, H, W, C]``, ``audio`` float32 ``[B, S]``; ``B = batch_size``) and divides the
     compiled program's ``cost_analysis()["flops"]`` by ``B``. Counts what XLA executes on this
     backend (the log-mel frontend included); a multiply-add counts as 2 FLOPs.
     """
-    module, params = _abstract_module_and_params(config)
+    run = _unrolled_run(config)
     batch = jax.eval_shape(lambda: dummy_batch(config, batch_size))
 
     def forward(params: Any, batch: dict[str, jax.Array]) -> dict[str, Any]:
-        return module.apply({"params": params}, batch, train=False)
+        return run.module.apply({"params": params}, batch, train=False)
 
-    compiled = jax.jit(forward).lower(params, batch).compile()
+    compiled = jax.jit(forward).lower(run.abstract_state.params, batch).compile()
     return _flops(compiled) / batch_size
 
 
 def train_step_flops_per_example(config: ml_collections.ConfigDict, batch_size: int = 8) -> float:
     """FLOPs per example of one train step (forward, backward, loss and AdamW update), from XLA.
 
-    As :func:`flops_per_example`, for ``make_train_step(module, tx, config)`` on a dummy batch
-    that also carries ``label`` and the attribute labels (int32 ``[B]``). The optimizer update
-    is per step, not per example, so it is divided by ``batch_size`` like the rest.
+    As :func:`flops_per_example`, for the run's jitted train step (:func:`mmtx.train.build.build`)
+    on a dummy batch that also carries ``label`` and the attribute labels (int32 ``[B]``). The
+    optimizer update is per step, not per example, so it is divided by ``batch_size`` like the
+    rest.
     """
-    step, state, batch = _train_step_inputs(config, batch_size, unroll=True)
-    compiled = jax.jit(step).lower(state, batch).compile()
+    run = _unrolled_run(config)
+    batch = _abstract_train_batch(config, batch_size)
+    compiled = run.train_step.lower(run.abstract_state, batch).compile()
     return _flops(compiled) / batch_size
 
 
-def _train_step_inputs(
-    config: ml_collections.ConfigDict, batch_size: int, *, unroll: bool
-) -> tuple[Callable[..., Any], TrainState, dict[str, jax.Array]]:
-    """The train step of ``config`` (not jitted), an abstract state and an abstract batch.
-
-    The batch has every configured modality plus ``label`` and the attribute labels (int32
-    ``[B]``); ``unroll`` builds the model with unrolled layers (for exact FLOP counts).
-    """
-    if unroll:
-        module, params = _abstract_module_and_params(config)
-    else:
-        tokenizer = create_tokenizer(config.tokenizer.type, config.tokenizer.model_file)
-        module = MultiModalTransformer.from_config(config, vocab_size=tokenizer.vocab_size)
-        one = dummy_batch(config, batch_size=1)
-        params = nn.meta.unbox(
-            jax.eval_shape(lambda r: module.init(r, one, train=False)["params"], jax.random.key(0))
-        )
-    tx = create_optimizer(config.train)
-    state = TrainState(
-        step=jax.ShapeDtypeStruct((), jnp.int32),
-        params=params,
-        opt_state=jax.eval_shape(tx.init, params),
-        rng=jax.eval_shape(lambda: jax.random.PRNGKey(0)),
-    )
+def _abstract_train_batch(
+    config: ml_collections.ConfigDict, batch_size: int
+) -> dict[str, jax.ShapeDtypeStruct]:
+    """A dummy batch of every configured modality plus ``label`` and the attribute labels
+    (int32 ``[B]``), as ``ShapeDtypeStruct``s."""
 
     def make_batch() -> dict[str, jax.Array]:
         batch = dummy_batch(config, batch_size)
@@ -388,7 +357,7 @@ def _train_step_inputs(
             batch[name] = jnp.zeros((batch_size,), jnp.int32)
         return batch
 
-    return make_train_step(module, tx, config), state, jax.eval_shape(make_batch)
+    return jax.eval_shape(make_batch)
 
 
 def train_steps_per_second(
@@ -403,11 +372,11 @@ def train_steps_per_second(
     are zeros, which does not change the work done.
     """
     batch_size = config.train.batch_size if batch_size is None else batch_size
-    step, abstract_state, abstract_batch = _train_step_inputs(config, batch_size, unroll=False)
+    run = build(config)
     zeros = lambda s: jnp.zeros(s.shape, s.dtype)
-    state = jax.tree.map(zeros, abstract_state)
-    batch = jax.tree.map(zeros, abstract_batch)
-    jitted = jax.jit(step, donate_argnums=0)
+    state = jax.device_put(jax.tree.map(zeros, run.abstract_state), run.state_shardings)
+    batch = jax.tree.map(zeros, _abstract_train_batch(config, batch_size))
+    jitted = run.train_step
     state, metrics = jitted(state, batch)
     jax.block_until_ready(metrics)
     started = time.perf_counter()

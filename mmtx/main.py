@@ -16,7 +16,7 @@ or field is one ``error:`` line (exit 2). Progress goes to stdout; library logs 
 show only warnings unless ``--verbosity=0`` (absl's flag) asks for INFO.
 
 On a CPU host it first restarts itself with glibc malloc settings that let XLA reuse its
-buffers (:mod:`mmtx.train.host_malloc`; ``MMTX_HOST_MALLOC=default`` turns that off).
+buffers (:mod:`mmtx.launch`; ``MMTX_HOST_MALLOC=default`` turns that off).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mmtx import config as config_lib
-from mmtx.train import distributed, host_malloc
+from mmtx import launch
+from mmtx.train import distributed
 from mmtx.train.checkpoint import CheckpointMismatchError
 from mmtx.train.loop import NonFiniteError, train_and_evaluate
 from mmtx.train.workdir import WorkdirError
@@ -169,5 +170,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    host_malloc.restart_with_tuned_malloc()
+    launch.restart_with_tuned_malloc()
     app.run(main, flags_parser=parse_flags)

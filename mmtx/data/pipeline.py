@@ -25,6 +25,27 @@ from mmtx.modalities import get_modality, modality_names, ordered, present_key
 
 # Keys a pipeline batch carries besides the model inputs: attributes used by the metrics.
 ATTRIBUTE_KEYS = ("shape", "colour", "size", "position", "motion")
+# grain's own absl flags that its main process reads when it starts worker processes.
+GRAIN_WORKER_FLAGS = ("grain_enable_multiprocess_worker_profiling",)
+
+
+def _grain_worker_flags_readable() -> None:
+    """Lets grain read :data:`GRAIN_WORKER_FLAGS` at their defaults where nobody parsed absl
+    flags (a notebook, a test, a script without ``absl.app``), without parsing anything.
+
+    grain 0.2.18 starts ``mp_prefetch`` workers after reading
+    ``--grain_enable_multiprocess_worker_profiling`` with ``FlagHolder.value``, which raises
+    ``UnparsedFlagAccessError`` before absl's flags are parsed (google/grain#1355; later grain
+    versions read the default instead). absl gives an unparsed flag's value once the flag is
+    marked present, as grain marks its debug flags in its workers; only grain's flags are
+    touched, the program's own stay unparsed, and an entry point that parses flags (``absl.app``)
+    makes this a no-op.
+    """
+    if flags.FLAGS.is_parsed():
+        return
+    for name in GRAIN_WORKER_FLAGS:
+        if name in flags.FLAGS and not flags.FLAGS[name].present:
+            flags.FLAGS[name].present = True
 
 
 def split_name(config: ml_collections.ConfigDict, split: str) -> str:
@@ -209,10 +230,7 @@ def create_dataset(
     )
     iter_dataset = dataset.to_iter_dataset(read_options)
     if config.data.num_workers > 0:
-        # grain's worker processes read absl flags; outside an absl program (a notebook, a
-        # test) nothing has parsed them, so take their defaults.
-        if not flags.FLAGS.is_parsed():
-            flags.FLAGS.mark_as_parsed()
+        _grain_worker_flags_readable()
         iter_dataset = iter_dataset.mp_prefetch(
             grain.MultiprocessingOptions(num_workers=config.data.num_workers)
         )

@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -23,23 +22,24 @@ from jax.experimental import multihost_utils
 
 from mmtx import config as config_lib
 from mmtx.data.pipeline import create_dataset
-from mmtx.data.tokenizer import create_tokenizer
 from mmtx.evaluate.evaluators import eval_tasks
-from mmtx.models import MultiModalTransformer, dummy_batch, resolve_dtype
+from mmtx.models import resolve_dtype
 from mmtx.train import flops as flops_lib
 from mmtx.train import init_from as init_from_lib
-from mmtx.train import lora as lora_lib
 from mmtx.train import mesh as mesh_lib
 from mmtx.train import trainable as trainable_lib
 from mmtx.train import workdir as workdir_lib
+from mmtx.train.build import (  # noqa: F401  (re-exported: the loop's names before build.py)
+    abstract_train_state,
+    build,
+    create_train_state,
+    jit_train_step,
+)
 from mmtx.train.checkpoint import Checkpointer
 from mmtx.train.evaluate import evaluate, text_embedder
 from mmtx.train.flops import throughput
 from mmtx.train.metrics import MetricWriter, Progress, format_seconds
-from mmtx.train.optimizer import create_optimizer
 from mmtx.train.preemption import PreemptionWatcher
-from mmtx.train.state import TrainState
-from mmtx.train.step import make_eval_step, make_train_step
 
 SUMMARY_KEYS = (
     "accuracy",
@@ -113,119 +113,12 @@ def _claimed_workdir(workdir: str) -> Iterator[None]:
         yield
 
 
-def _state_init(module: MultiModalTransformer, tx: Any, config: ml_collections.ConfigDict) -> Any:
-    """``init(rng) -> TrainState``: params from a one-example dummy batch (with LoRA
-    adapters when ``config.train.lora.rank > 0``), optimizer state."""
-    batch = dummy_batch(config, batch_size=1)
-
-    def init(rng: jax.Array) -> TrainState:
-        init_rng, train_rng = jax.random.split(rng)
-        params = nn.meta.unbox(module.init(init_rng, batch, train=False)["params"])
-        lora_rng = jax.random.fold_in(init_rng, lora_lib.RNG_STREAM)
-        params = lora_lib.add_adapters(params, config.train.lora, lora_rng)
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            opt_state=tx.init(params),
-            rng=train_rng,
-            ema_params=params if config.train.ema_decay > 0 else None,
-        )
-
-    return init
-
-
-def abstract_train_state(
-    module: MultiModalTransformer, tx: Any, config: ml_collections.ConfigDict, mesh: Any
-) -> tuple[TrainState, TrainState]:
-    """What :func:`create_train_state` makes, as shapes: ``(abstract state, shardings)``.
-
-    Params are sharded by their logical axes on ``mesh`` (LoRA adapters are replicated);
-    optimizer moments mirror the params' shardings; everything else is replicated. Nothing
-    is materialised.
-    """
-    batch = dummy_batch(config, batch_size=1)
-    rng = jax.random.PRNGKey(config.train.seed)
-    abstract_boxed = jax.eval_shape(lambda r: module.init(r, batch, train=False)["params"], rng)
-    param_shardings = mesh_lib.logical_shardings(mesh, abstract_boxed)
-    abstract_state = jax.eval_shape(_state_init(module, tx, config), rng)
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    if lora_lib.LORA_KEY in abstract_state.params:
-        adapters = abstract_state.params[lora_lib.LORA_KEY]
-        param_shardings = {
-            **param_shardings,
-            lora_lib.LORA_KEY: jax.tree.map(lambda _: replicated, adapters),
-        }
-    opt_shardings = _mirror_param_shardings(
-        abstract_state.opt_state, abstract_state.params, param_shardings, replicated
-    )
-    shardings = TrainState(
-        step=replicated,
-        params=param_shardings,
-        opt_state=opt_shardings,
-        rng=replicated,
-        ema_params=param_shardings if config.train.ema_decay > 0 else None,
-    )
-    return abstract_state, shardings
-
-
-def create_train_state(
-    module: MultiModalTransformer, tx: Any, config: ml_collections.ConfigDict, mesh: Any
-) -> tuple[TrainState, Any]:
-    """Initialises the state directly into its shardings; returns (state, state shardings)."""
-    _, shardings = abstract_train_state(module, tx, config, mesh)
-    init = _state_init(module, tx, config)
-    state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(config.train.seed))
-    return state, shardings
-
-
-def _mirror_param_shardings(opt_state: Any, params: Any, param_shardings: Any, default: Any) -> Any:
-    """Maps every leaf of ``opt_state`` whose key path ends with a param's path and has its
-    shape (Adam's moments, also those of a partitioned optimizer that holds moments for the
-    trainable params only) to that param's sharding, and every other leaf (counts, scalars)
-    to ``default``."""
-    by_path = {
-        tuple(path): (leaf.shape, sharding)
-        for (path, leaf), sharding in zip(
-            jax.tree_util.tree_leaves_with_path(params),
-            jax.tree.leaves(param_shardings),
-            strict=True,
-        )
-    }
-
-    def sharding(path: tuple[Any, ...], leaf: Any) -> Any:
-        for start in range(len(path)):
-            match = by_path.get(tuple(path[start:]))
-            if match is not None and tuple(match[0]) == tuple(leaf.shape):
-                return match[1]
-        return default
-
-    return jax.tree_util.tree_map_with_path(sharding, opt_state)
-
-
 def close_iterator(iterator: Any) -> None:
     """Stops a data iterator's worker processes now (grain ``mp_prefetch``), rather than in
     interpreter-exit finalizers, which fail noisily once their queues are gone."""
     close = getattr(iterator, "close", None)
     if close is not None:
         close()
-
-
-def jit_train_step(
-    module: MultiModalTransformer,
-    tx: Any,
-    config: ml_collections.ConfigDict,
-    mesh: Any,
-    state_shardings: Any,
-) -> Any:
-    """The jitted ``(state, batch) -> (state, metrics)`` step exactly as training runs it:
-    under the mesh's logical-axis rules, state sharded as ``state_shardings``, batch split
-    over the data axes, and the input state donated (its buffers reused for the new one)."""
-    return jax.jit(
-        mesh_lib.with_sharding_rules(make_train_step(module, tx, config), mesh),
-        in_shardings=(state_shardings, mesh_lib.batch_sharding(mesh)),
-        out_shardings=(state_shardings, None),
-        donate_argnums=0,
-    )
 
 
 def _commit_saves_on_exit(checkpointer: Checkpointer) -> Any:
@@ -332,14 +225,11 @@ def _train_and_evaluate(
 ) -> dict[str, Any]:
     wall_started = time.perf_counter()
     train_config = config.train
-    mesh = mesh_lib.create_mesh(config.mesh)
-    data_sharding = mesh_lib.batch_sharding(mesh)
-    mesh_lib.check_divisibility(config, mesh, jax.process_count())
+    run = build(config, mesh_lib.create_mesh(config.mesh), workdir=workdir)
+    mesh, tokenizer, tx, state_shardings = run.mesh, run.tokenizer, run.tx, run.state_shardings
     local_batch = train_config.batch_size // jax.process_count()
     local_eval_batch = config.eval.batch_size // jax.process_count()
 
-    tokenizer_file = config_lib.workdir_file(config.tokenizer.model_file, workdir)
-    tokenizer = create_tokenizer(config.tokenizer.type, tokenizer_file)
     train_data = create_dataset(
         config,
         "train",
@@ -352,9 +242,7 @@ def _train_and_evaluate(
     with contextlib.ExitStack() as cleanup:
         train_iter = iter(train_data)
         cleanup.callback(close_iterator, train_iter)
-        module = MultiModalTransformer.from_config(config, vocab_size=tokenizer.vocab_size)
-        tx = create_optimizer(train_config)
-        state, state_shardings = create_train_state(module, tx, config, mesh)
+        state = run.init_state()
         num_params = sum(x.size for x in jax.tree.leaves(state.params))
         trainable_mask = trainable_lib.trainable_mask(state.params, train_config)
         num_trainable = trainable_lib.count(state.params, trainable_mask)
@@ -405,16 +293,7 @@ def _train_and_evaluate(
         # Only now, with the checkpoint known to fit: config.json describes the checkpoints.
         write_config(config, workdir)
 
-        def to_global(batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-            return jax.tree.map(
-                lambda x: jax.make_array_from_process_local_data(data_sharding, x), batch
-            )
-
-        train_step = jit_train_step(module, tx, config, mesh, state_shardings)
-        eval_step = jax.jit(
-            mesh_lib.with_sharding_rules(make_eval_step(module, config), mesh),
-            in_shardings=(state_shardings.params, data_sharding),
-        )
+        to_global, train_step, eval_step = run.to_global, run.train_step, run.eval_step
 
         # Zero-shot class names and every caption of the eval split, read at the first eval.
         eval_extras: list[Any] = []

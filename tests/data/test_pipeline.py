@@ -1,6 +1,12 @@
 """Tests for mmtx/data/pipeline.py: the grain pipeline over the synthetic source."""
 
 import itertools
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -8,6 +14,8 @@ import pytest
 from mmtx import config as config_lib
 from mmtx.data.pipeline import create_dataset, create_source, make_preprocess
 from mmtx.data.tokenizer import ByteTokenizer
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -117,3 +125,56 @@ def test_unknown_source_raises(config):
     config.data.source = "nope"
     with pytest.raises(ValueError, match=r"config\.data\.source"):
         create_source(config, "train")
+
+
+# A program that never parses absl flags (a notebook, a script without absl.app) reads
+# batches from worker processes, the same as without workers, and its own flags stay
+# unparsed: the pipeline parses nothing.
+_NO_ABSL_CHILD = textwrap.dedent(
+    """
+    import json
+    import numpy as np
+    from absl import flags
+    from mmtx import config as config_lib
+    from mmtx.data.pipeline import create_dataset
+    from mmtx.data.tokenizer import ByteTokenizer
+
+    OWN = flags.DEFINE_integer("own_flag", 3, "the program's own flag")
+
+    def first_batch(workers):
+        config = config_lib.apply_variant(config_lib.default_config(), "tiny")
+        config.data.num_workers = workers
+        config = config_lib.validate(config)
+        data = create_dataset(config, "train", ByteTokenizer(), batch_size=4, train=True)
+        iterator = iter(data)
+        try:
+            return next(iterator)
+        finally:
+            getattr(iterator, "close", lambda: None)()
+
+    if __name__ == "__main__":
+        with_workers, without = first_batch(1), first_batch(0)
+        same = sorted(with_workers) == sorted(without) and all(
+            np.array_equal(with_workers[k], without[k]) for k in without
+        )
+        try:
+            own = OWN.value
+        except flags.UnparsedFlagAccessError:
+            own = "unparsed"
+        print(json.dumps({"same": bool(same), "parsed": flags.FLAGS.is_parsed(), "own": own}))
+    """
+)
+
+
+def test_workers_outside_an_absl_program(tmp_path):
+    script = tmp_path / "no_absl.py"
+    script.write_text(_NO_ABSL_CHILD)
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "PYTHONPATH": path, "JAX_PLATFORMS": "cpu"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"same": True, "parsed": False, "own": "unparsed"}

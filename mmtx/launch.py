@@ -1,4 +1,9 @@
-"""Host memory for CPU runs: keep freed memory in the process instead of faulting it in again.
+"""Launch concerns of mmtx's entry points, kept out of the library: the host-malloc restart.
+
+Nothing here runs on import; only programs call it (``python -m mmtx.main`` and the benchmark
+scripts, first thing under ``if __name__ == "__main__":``). Library modules never import it.
+
+Host memory for CPU runs: keep freed memory in the process instead of faulting it in again.
 
 XLA:CPU allocates each program's temporaries as one buffer per call (1 GiB for the
 ``configs/bench_clip.py`` train step) with ``malloc``. glibc serves any block above its

@@ -1,5 +1,5 @@
-"""Tests for mmtx/train/host_malloc.py: when a run restarts with glibc malloc tunables, and that
-they stop the per-call page faults of large buffers."""
+"""Tests for mmtx/launch.py: when a run restarts with glibc malloc tunables, that they stop the
+per-call page faults of large buffers, and that importing the library launches nothing."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ import textwrap
 
 import pytest
 
-from mmtx.train import host_malloc
+from mmtx import launch as host_malloc
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Children import this checkout's mmtx, whatever their working directory.
+PYTHONPATH = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
 GLIBC = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
 needs_glibc = pytest.mark.skipif(not GLIBC, reason="glibc malloc tunables only")
 TUNED = ":".join(f"{name}={value}" for name, value in host_malloc.TUNABLES.items())
@@ -77,7 +80,7 @@ def test_current_setting() -> None:
 _CHILD = textwrap.dedent(
     """
     import ctypes, json, os, resource, sys, threading
-    from mmtx.train import host_malloc
+    from mmtx import launch as host_malloc
 
     host_malloc.restart_with_tuned_malloc()
     libc = ctypes.CDLL(None)
@@ -107,7 +110,7 @@ def _run_child(tmp_path, switch: str) -> tuple[dict, str]:
     script = tmp_path / "child.py"
     script.write_text(_CHILD)
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-    env.update({host_malloc.SWITCH: switch, "JAX_PLATFORMS": "cpu"})
+    env.update({host_malloc.SWITCH: switch, "JAX_PLATFORMS": "cpu", "PYTHONPATH": PYTHONPATH})
     done = subprocess.run(
         [sys.executable, "-B", str(script), "--flag=1"],
         capture_output=True,
@@ -130,3 +133,25 @@ def test_restart_stops_page_faults_of_reused_large_buffers(tmp_path) -> None:
     assert "mmtx: restarting with GLIBC_TUNABLES=" in stderr
     assert tuned["tunables"] == TUNED and tuned["argv"] == ["--flag=1"]
     assert max(tuned["faults"]) < pages // 50  # the block's pages are reused
+
+
+def test_importing_the_library_neither_launches_nor_parses_flags() -> None:
+    """Launch concerns stay with the entry points: importing the library (the loop, the data
+    pipeline, the evaluate and checkpoint packages) neither imports :mod:`mmtx.launch` nor
+    parses or marks absl's flags."""
+    code = textwrap.dedent(
+        """
+        import json, sys
+        from absl import flags
+        import mmtx, mmtx.train.loop, mmtx.train.build, mmtx.data.pipeline
+        import mmtx.evaluate, mmtx.checkpoints
+        print(json.dumps({"launch": "mmtx.launch" in sys.modules,
+                          "parsed": flags.FLAGS.is_parsed()}))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONPATH": PYTHONPATH, "JAX_PLATFORMS": "cpu"},
+    )  # fmt: skip
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"launch": False, "parsed": False}

@@ -510,7 +510,7 @@ def _train_and_evaluate(
         workdir_lib.write_json_atomically(summary_path, summary)
     _log(
         "final: "
-        + json.dumps({k: summary["eval"].get(k) for k in SUMMARY_KEYS if k in summary["eval"]})
+        + json.dumps({k: summary["eval"].get(k) for k in _shown(summary["eval"])})
     )
     _log(
         f"trained {summary['steps_this_run']} steps in {format_seconds(elapsed)}; "

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from mmtx import config as config_lib
+from mmtx.data import synthetic
 from mmtx.data.pipeline import create_dataset, create_source, make_preprocess
 from mmtx.data.tokenizer import ByteTokenizer
 
@@ -178,3 +179,36 @@ def test_workers_outside_an_absl_program(tmp_path):
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result == {"same": True, "parsed": False, "own": "unparsed"}
+
+
+def test_an_empty_value_becomes_an_absent_input_not_zeros_alone(config):
+    config.model.modalities = ("text", "image", "audio")
+    preprocess = make_preprocess(config, ByteTokenizer(), mark_presence=True)
+    example = create_source(config, "eval")[0]
+    full = preprocess(example)
+    assert all(bool(full[f"present/{m}"]) for m in config.model.modalities)
+    holes = preprocess(dict(example, caption=b"", audio=np.zeros((0,), np.int16)))
+    assert not holes["present/text"] and not holes["present/audio"] and holes["present/image"]
+    np.testing.assert_array_equal(holes["image"], full["image"])
+    assert holes["audio"].shape == full["audio"].shape and not holes["audio"].any()
+    assert holes["text"].shape == full["text"].shape
+    # Without presence marking (the synthetic data, which never lacks an input) there are no
+    # flags, and a missing value is an error naming it.
+    plain = make_preprocess(config, ByteTokenizer())
+    assert not any(k.startswith("present/") for k in plain(example))
+    with pytest.raises(KeyError, match="'audio' for the audio modality"):
+        plain({k: v for k, v in example.items() if k != "audio"})
+
+
+def test_video_batches_carry_clips_and_motion(config):
+    config.model.modalities = ("text", "video")
+    config.model.video.num_frames, config.model.video.image_size = 4, 16
+    data = create_dataset(config, "eval", ByteTokenizer(), batch_size=4, train=False)
+    batch = next(iter(data))
+    assert batch["video"].shape == (4, 4, 16, 16, 3) and batch["video"].dtype == np.float32
+    assert batch["motion"].shape == (4,) and "image" not in batch
+    # The clip shows the caption's motion: the caption names it.
+    source = create_source(config, "eval")
+    for index in range(4):
+        phrases = synthetic.MOTION_SYNONYMS[batch["motion"][index]]
+        assert any(phrase in source[index]["caption"] for phrase in phrases)

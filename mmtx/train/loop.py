@@ -22,6 +22,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from mmtx import config as config_lib
+from mmtx import losses
 from mmtx.data.pipeline import create_dataset
 from mmtx.data.tokenizer import create_tokenizer
 from mmtx.evaluate.evaluators import eval_tasks
@@ -39,7 +40,7 @@ from mmtx.train.metrics import MetricWriter, Progress, format_seconds
 from mmtx.train.optimizer import create_optimizer
 from mmtx.train.preemption import PreemptionWatcher
 from mmtx.train.state import TrainState
-from mmtx.train.step import make_eval_step, make_train_step
+from mmtx.train.step import LossFn, make_eval_step, make_train_step
 
 SUMMARY_KEYS = (
     "accuracy",
@@ -208,12 +209,14 @@ def jit_train_step(
     config: ml_collections.ConfigDict,
     mesh: Any,
     state_shardings: Any,
+    loss_fn: LossFn = losses.total_loss,
 ) -> Any:
     """The jitted ``(state, batch) -> (state, metrics)`` step exactly as training runs it:
     under the mesh's logical-axis rules, state sharded as ``state_shardings``, batch split
-    over the data axes, and the input state donated (its buffers reused for the new one)."""
+    over the data axes, and the input state donated (its buffers reused for the new one).
+    ``loss_fn``: as :func:`mmtx.train.step.make_train_step` takes it."""
     return jax.jit(
-        mesh_lib.with_sharding_rules(make_train_step(module, tx, config), mesh),
+        mesh_lib.with_sharding_rules(make_train_step(module, tx, config, loss_fn), mesh),
         in_shardings=(state_shardings, mesh_lib.batch_sharding(mesh)),
         out_shardings=(state_shardings, None),
         donate_argnums=0,
@@ -236,7 +239,11 @@ def _commit_saves_on_exit(checkpointer: Checkpointer) -> Any:
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    eval_only: bool = False,
+    loss_fn: LossFn = losses.total_loss,
 ) -> dict[str, Any]:
     """Trains and evaluates as ``config`` says, in ``workdir``; returns the final summary.
 
@@ -263,7 +270,7 @@ def train_and_evaluate(
     """
     config = config_lib.validate(config)
     with _claimed_workdir(workdir):
-        return _train_and_evaluate(config, workdir, eval_only)
+        return _train_and_evaluate(config, workdir, eval_only, loss_fn)
 
 
 class StepProfiler:
@@ -320,7 +327,7 @@ def _flops_and_peak(config: ml_collections.ConfigDict, device_kind: str) -> tupl
 
 
 def _train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, eval_only: bool
+    config: ml_collections.ConfigDict, workdir: str, eval_only: bool, loss_fn: LossFn
 ) -> dict[str, Any]:
     wall_started = time.perf_counter()
     train_config = config.train
@@ -402,7 +409,7 @@ def _train_and_evaluate(
                 lambda x: jax.make_array_from_process_local_data(data_sharding, x), batch
             )
 
-        train_step = jit_train_step(module, tx, config, mesh, state_shardings)
+        train_step = jit_train_step(module, tx, config, mesh, state_shardings, loss_fn)
         eval_step = jax.jit(
             mesh_lib.with_sharding_rules(make_eval_step(module, config), mesh),
             in_shardings=(state_shardings.params, data_sharding),

@@ -3,7 +3,7 @@
 Usage, from the repository root::
 
     .venv/bin/python benchmarks/accumulation_memory.py [--config configs/base.py[:variant]]
-        [--batch_size 64] [--microbatches 1,2,4,8] [--repeats 3]
+        [--batch_size 64] [--microbatches 1,2,4,8] [--repeats 3] [--rounds 1]
         [--memory auto|compiled|device] [--isolate] [--out_dir docs/research]
 
 For every ``k`` the config's ``train.batch_size`` is set to ``--batch_size`` (the global batch,
@@ -28,10 +28,12 @@ the materialised state and batch.
 
 Time: the compiled step is run on a real state (``Run.init_state``) and a real batch from
 the config's dataset, once to warm up, then ``--repeats`` times; the median is reported
-(``--repeats 0`` skips timing). The output cache costs about one extra forward pass (roughly a
-third more compute than k = 1). On CPU the measured cost is larger for configs with
-convolutions (the image stem): XLA:CPU runs convolution gradients several times slower inside
-``lax.scan`` than outside it (see benchmarks/README.md).
+(``--repeats 0`` skips timing). With ``--rounds R > 1`` every k is compiled and warmed up
+first, then the k are timed in turn, ``--repeats`` steps each, R times over (k = 1, 4, 1, 4,
+...), so that a change in the machine's load (a shared CPU) hits every k alike: the step time
+is then the median over all rounds, and each k's ratio to k = 1 is also taken round by round
+(its range is reported). The output cache costs about one extra forward pass (roughly a
+third more compute than k = 1).
 
 Writes ``accumulation_memory.md`` (a table per k: microbatch size, temp and total MiB, temp
 relative to k = 1, step ms and its ratio to k = 1) and ``accumulation_memory.png`` to
@@ -67,6 +69,7 @@ from mmtx.data.pipeline import create_dataset
 from mmtx.data.tokenizer import create_tokenizer
 from mmtx.train.build import Run, build
 from mmtx.train.state import TrainState
+from mmtx.train.step import unroll_limit
 
 DEFAULT_CONFIG = "configs/base.py"
 DEFAULT_MICROBATCHES = (1, 2, 4, 8)
@@ -92,6 +95,7 @@ class Measurement:
     device_peak_mib: float | None = None  # memory_stats()["peak_bytes_in_use"], GPU
     step_ms: float | None = None
     compile_s: float | None = None
+    round_ms: tuple[float, ...] = ()  # per-round medians, with --rounds > 1
     note: str = ""
 
 
@@ -112,6 +116,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     add("--batch_size", type=int, default=64, help="global batch, fixed for every k")
     add("--microbatches", type=_int_list, default=list(DEFAULT_MICROBATCHES), help="k values")
     add("--repeats", type=int, default=3, help="timed steps per k (median); 0 = no timing")
+    add("--rounds", type=int, default=1, help="time the k interleaved, this many rounds")
     add("--memory", choices=MEMORY_SOURCES, default="auto", help="also read the device peak")
     add("--isolate", action="store_true", help="measure each k in a fresh subprocess")
     add("--out_dir", type=Path, default=Path("docs/research"))
@@ -119,6 +124,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args = parser.parse_args(list(argv))
     if args.repeats < 0:
         parser.error("--repeats must be >= 0")
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
+    if args.rounds > 1 and args.isolate:
+        parser.error("--rounds > 1 times every k in one process; it cannot go with --isolate")
     if args.batch_size < 1:
         parser.error("--batch_size must be positive")
     bad = [k for k in args.microbatches if args.batch_size % k]
@@ -196,32 +205,43 @@ def _initial_state(spec: str, batch_size: int) -> TrainState:
     return s.run.init_state()
 
 
+class Runner:
+    """A compiled step with its own real state and batch, warmed up by one step; each
+    :meth:`time` call runs more steps on it (the step donates its state, so it is carried)."""
+
+    def __init__(self, compiled: Any, s: Setup, reuse_state: bool) -> None:
+        """``reuse_state``: step a copy of the process's shared initial state rather than
+        initialising one (which would compile the init again); off where the device peak is
+        read, so that it counts one state."""
+        if reuse_state:
+            master = _initial_state(s.spec, s.config.train.batch_size)
+            self.state = jax.tree.map(lambda x: x.copy(), master)
+        else:
+            self.state = s.run.init_state()
+        batch = next(iter(make_dataset(s.config, s.config.train.batch_size)))
+        self.batch = jax.device_put(batch, s.data_sharding)
+        self.compiled = compiled
+        self.time(1)  # warm-up
+
+    def time(self, repeats: int) -> float | None:
+        """Median wall time in ms of ``repeats`` steps (None for 0)."""
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            self.state, metrics = self.compiled(self.state, self.batch)
+            jax.block_until_ready((self.state, metrics))
+            times.append((time.perf_counter() - start) * 1e3)
+        return statistics.median(times) if times else None
+
+
 def time_steps(compiled: Any, s: Setup, repeats: int, reuse_state: bool) -> float | None:
     """Median wall time in ms of ``repeats`` steps on a real state and batch, after a warm-up
-    step (with ``repeats == 0``: only the warm-up, for the device peak). ``reuse_state``:
-    step a copy of the process's shared initial state rather than initialising one (which
-    would compile the init again); off where the device peak is read, so that it counts one
-    state."""
-    if reuse_state:
-        master = _initial_state(s.spec, s.config.train.batch_size)
-        state = jax.tree.map(lambda x: x.copy(), master)
-    else:
-        state = s.run.init_state()
-    batch = next(iter(make_dataset(s.config, s.config.train.batch_size)))
-    batch = jax.device_put(batch, s.data_sharding)
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready((state, metrics))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        state, metrics = compiled(state, batch)
-        jax.block_until_ready((state, metrics))
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times) if times else None
+    step (with ``repeats == 0``: only the warm-up, for the device peak)."""
+    return Runner(compiled, s, reuse_state).time(repeats)
 
 
-def measure(args: argparse.Namespace, k: int, source: str) -> Measurement:
-    """Compiles the step for ``k`` microbatches, sizes it, and times it."""
+def compile_and_size(args: argparse.Namespace, k: int) -> tuple[Any, dict[str, Any]]:
+    """The compiled step for ``k`` microbatches and its memory fields of :class:`Measurement`."""
     s = setup(args.config, args.batch_size, k)
     started = time.perf_counter()
     compiled = compile_step(s)
@@ -245,6 +265,13 @@ def measure(args: argparse.Namespace, k: int, source: str) -> Measurement:
         xla_peak_mib=None if xla_peak is None else xla_peak / MIB,
         compile_s=compile_s,
     )
+    return compiled, common
+
+
+def measure(args: argparse.Namespace, k: int, source: str) -> Measurement:
+    """Compiles the step for ``k`` microbatches, sizes it, and times it."""
+    s = setup(args.config, args.batch_size, k)
+    compiled, common = compile_and_size(args, k)
     if args.repeats == 0 and source != "device":
         return Measurement(**common)
     try:
@@ -275,8 +302,42 @@ def resolve_memory_source(requested: str) -> str:
     return "device" if device_peak_bytes(jax.devices()[0]) is not None else "compiled"
 
 
+def measure_interleaved(args: argparse.Namespace) -> list[Measurement]:
+    """Every k compiled, sized and warmed up, then timed in ``args.rounds`` interleaved rounds
+    of ``args.repeats`` steps each; ``step_ms`` is the median over all rounds' medians."""
+    runners, sized = {}, {}
+    for k in args.microbatches:
+        compiled, sized[k] = compile_and_size(args, k)
+        runners[k] = Runner(compiled, setup(args.config, args.batch_size, k), reuse_state=True)
+        print(f"k={k:>3}: compiled in {sized[k]['compile_s']:.1f} s", file=sys.stderr, flush=True)
+    rounds: dict[int, list[float]] = {k: [] for k in args.microbatches}
+    for r in range(args.rounds):
+        for k in args.microbatches:
+            rounds[k].append(runners[k].time(args.repeats))
+        line = ", ".join(f"k={k} {rounds[k][-1]:,.1f} ms" for k in args.microbatches)
+        print(f"round {r + 1}/{args.rounds}: {line}", file=sys.stderr, flush=True)
+    return [
+        Measurement(**sized[k], step_ms=statistics.median(rounds[k]), round_ms=tuple(rounds[k]))
+        for k in args.microbatches
+    ]
+
+
+def round_ratio_range(results: Sequence[Measurement], m: Measurement) -> tuple[float, float] | None:
+    """(min, max) over the rounds of ``m``'s step time over k = 1's in the same round."""
+    ref = reference(results)
+    if ref is None or not m.round_ms or len(ref.round_ms) != len(m.round_ms):
+        return None
+    per_round = [t / t1 for t, t1 in zip(m.round_ms, ref.round_ms, strict=True)]
+    return min(per_round), max(per_round)
+
+
 def run_sweep(args: argparse.Namespace, argv: Sequence[str], source: str) -> list[Measurement]:
     isolate = args.isolate or source == "device"
+    if args.rounds > 1 and args.repeats and not isolate:
+        results = measure_interleaved(args)
+        for result in results:
+            print(_progress_line(result), file=sys.stderr, flush=True)
+        return results
     results = []
     for k in args.microbatches:
         if isolate:
@@ -340,11 +401,17 @@ def _times(value: float | None) -> str:
     return MISSING if value is None else f"{value:.2f}×"
 
 
+def _times_range(bounds: tuple[float, float] | None) -> str:
+    return MISSING if bounds is None else f"{bounds[0]:.2f}–{bounds[1]:.2f}×"
+
+
 def markdown_table(results: Sequence[Measurement], source: str) -> str:
     device = source == "device"
+    interleaved = any(m.round_ms for m in results)
     header = ["k", "microbatch", "temp MiB", "total MiB", "temp × k=1"]
     header += ["device peak MiB"] if device else []
     header += ["step ms", "step × k=1"]
+    header += ["step × k=1, per round"] if interleaved else []
     rows = [header, ["---:"] * len(header)]
     for m in results:
         r = ratios(results, m)
@@ -352,6 +419,7 @@ def markdown_table(results: Sequence[Measurement], source: str) -> str:
         row += [_number(m.total_mib), _times(r["temp"])]
         row += [_number(m.device_peak_mib)] if device else []
         row += [_number(m.step_ms), _times(r["step"])]
+        row += [_times_range(round_ratio_range(results, m))] if interleaved else []
         rows.append(row)
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
@@ -410,7 +478,14 @@ def markdown_report(
         ),
         "- Time (ms): median of "
         f"{args.repeats} step(s) on a real state and batch after one warm-up step "
-        "(compile excluded), `block_until_ready`."
+        "(compile excluded), `block_until_ready`"
+        + (
+            f"; the k timed in turn, {args.rounds} rounds: step ms is the median of the "
+            "rounds' medians, *per round* the range over the rounds of the ratio to k = 1 "
+            "in the same round."
+            if any(m.round_ms for m in results)
+            else "."
+        )
         if args.repeats
         else "- Time: not measured (`--repeats 0`).",
         "",
@@ -420,12 +495,15 @@ def markdown_report(
         "(`memory_falls_with_k`).",
     ]
     notes = [f"- k={m.microbatches}: {m.note}" for m in results if m.note]
-    if device.platform == "cpu" and args.repeats and "image" in model["modalities"]:
+    unroll = unroll_limit(setup(args.config, args.batch_size, 1).config)
+    rolled = [m.microbatches for m in results if m.microbatches > max(unroll, 1)]
+    if device.platform == "cpu" and args.repeats and "image" in model["modalities"] and rolled:
         notes.append(
-            "- CPU step times: for k > 1 the backward pass runs inside `lax.scan`, where "
-            "XLA:CPU computes convolution gradients (the image stem) several times slower than "
-            "outside a loop; the time ratios then exceed the ~one extra forward pass the output "
-            "cache costs. See benchmarks/README.md."
+            f"- CPU step times: for k = {', '.join(map(str, rolled))} (above "
+            f"the unroll limit {unroll}, `train.accumulation_unroll`) the backward runs inside "
+            "`lax.scan`, where XLA:CPU computes convolution gradients (the image stem) several "
+            "times slower than outside a loop; the time ratios then exceed the ~one extra "
+            "forward pass the output cache costs. See benchmarks/README.md."
         )
     if notes:
         lines += ["", "Notes:", "", *notes]
@@ -474,6 +552,9 @@ def raw_numbers(results: Sequence[Measurement]) -> list[dict[str, Any]]:
             key: round(value, 3) if isinstance(value, float) else value
             for key, value in dataclasses.asdict(m).items()
         }
+        row["round_ms"] = [round(value, 3) for value in m.round_ms]
+        bounds = round_ratio_range(results, m)
+        row["step_ratio_range_vs_k1"] = None if bounds is None else [round(b, 3) for b in bounds]
         row.update(
             {
                 f"{name}_ratio_vs_k1": None if value is None else round(value, 3)
@@ -529,6 +610,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "batch_size": args.batch_size,
             "microbatches": args.microbatches,
             "repeats": args.repeats,
+            "rounds": args.rounds,
             **{key: model[key] for key in ("variant", "dtype", "num_params", "params_mib")},
         },
         "results": raw_numbers(results),

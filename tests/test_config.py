@@ -92,6 +92,14 @@ def test_merge_overrides_rejects_scalar_for_group():
         config_lib.merge_overrides(config_lib.default_config(), {"model": {"text": 5}})
 
 
+def test_merge_overrides_skips_retired_keys_of_older_saved_configs():
+    saved = {"train": {"inject_nan_at_step": -1, "steps": 7}}
+    config = config_lib.merge_overrides(config_lib.default_config(), saved)
+    assert config.train.steps == 7 and "inject_nan_at_step" not in config.train
+    with pytest.raises(KeyError, match="inject_nan_at_step"):  # only at its old place
+        config_lib.merge_overrides(config_lib.default_config(), {"inject_nan_at_step": -1})
+
+
 def test_merge_overrides_rejects_wrong_type():
     with pytest.raises(TypeError):
         config_lib.merge_overrides(config_lib.default_config(), {"model": {"embed_dim": "big"}})
@@ -231,7 +239,7 @@ BAD_VALUES = [
     ("train.end_learning_rate_factor", -0.1, "train.end_learning_rate_factor"),
     ("train.warmup_steps", -1, "train.warmup_steps"),
     ("train.seed", -1, "train.seed"),
-    ("train.inject_nan_at_step", 0, "train.inject_nan_at_step"),
+    ("train.accumulation_unroll", -2, "train.accumulation_unroll"),
     ("model.temperature_init", float("inf"), "model.temperature_init"),
     ("model.logit_bias_init", float("nan"), "model.logit_bias_init"),
     ("model.modality_dropout", -0.5, "model.modality_dropout"),

@@ -23,13 +23,14 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mmtx import config as config_lib
+from mmtx import losses
 from mmtx.data.tokenizer import Tokenizer, create_tokenizer
 from mmtx.models import MultiModalTransformer, dummy_batch
 from mmtx.train import lora as lora_lib
 from mmtx.train import mesh as mesh_lib
 from mmtx.train.optimizer import create_optimizer
 from mmtx.train.state import TrainState
-from mmtx.train.step import make_eval_step, make_train_step
+from mmtx.train.step import LossFn, make_eval_step, make_train_step
 
 __all__ = [
     "Run",
@@ -111,6 +112,7 @@ def build(
     *,
     workdir: str | None = None,
     tx: optax.GradientTransformation | None = None,
+    loss_fn: LossFn = losses.total_loss,
 ) -> Run:
     """Builds a run's module, tokenizer, optimizer, abstract state, shardings and jitted steps.
 
@@ -121,6 +123,8 @@ def build(
         there (an imported checkpoint's ``tokenizer/<file>``) is read from it
         (:func:`mmtx.config.workdir_file`).
       tx: an optimizer to use instead of ``create_optimizer(config.train)``.
+      loss_fn: the train step's loss, as :func:`mmtx.train.step.make_train_step` takes it
+        (tests wrap the real one, e.g. to make one step's loss NaN).
 
     Returns:
       A :class:`Run`. Nothing is initialised or compiled yet.
@@ -149,7 +153,7 @@ def build(
         abstract_state=abstract_state,
         state_shardings=state_shardings,
         data_sharding=data_sharding,
-        train_step=jit_train_step(module, tx, config, mesh, state_shardings),
+        train_step=jit_train_step(module, tx, config, mesh, state_shardings, loss_fn),
         eval_step=jax.jit(
             mesh_lib.with_sharding_rules(make_eval_step(module, config), mesh),
             in_shardings=(state_shardings.params, data_sharding),
@@ -253,12 +257,14 @@ def jit_train_step(
     config: ml_collections.ConfigDict,
     mesh: Mesh,
     state_shardings: Any,
+    loss_fn: LossFn = losses.total_loss,
 ) -> Any:
     """The jitted ``(state, batch) -> (state, metrics)`` step exactly as training runs it:
     under the mesh's logical-axis rules, state sharded as ``state_shardings``, batch split
-    over the data axes, and the input state donated (its buffers reused for the new one)."""
+    over the data axes, and the input state donated (its buffers reused for the new one).
+    ``loss_fn``: as :func:`mmtx.train.step.make_train_step` takes it."""
     return jax.jit(
-        mesh_lib.with_sharding_rules(make_train_step(module, tx, config), mesh),
+        mesh_lib.with_sharding_rules(make_train_step(module, tx, config, loss_fn), mesh),
         in_shardings=(state_shardings, mesh_lib.batch_sharding(mesh)),
         out_shardings=(state_shardings, None),
         donate_argnums=0,

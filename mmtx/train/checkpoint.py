@@ -78,7 +78,7 @@ RESUMABLE_FIELDS = (
     "train.checkpoint_every",
     "train.keep_checkpoints",
     "train.nonfinite",
-    "train.inject_nan_at_step",
+    "train.accumulation_unroll",
     "train.learning_rate",
     "train.warmup_steps",
     "train.end_learning_rate_factor",

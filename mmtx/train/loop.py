@@ -21,6 +21,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from mmtx import config as config_lib
+from mmtx import losses
 from mmtx.data.pipeline import create_dataset
 from mmtx.evaluate.evaluators import eval_tasks
 from mmtx.models import resolve_dtype
@@ -40,6 +41,7 @@ from mmtx.train.evaluate import evaluate, text_embedder
 from mmtx.train.flops import throughput
 from mmtx.train.metrics import MetricWriter, Progress, format_seconds
 from mmtx.train.preemption import PreemptionWatcher
+from mmtx.train.step import LossFn
 
 SUMMARY_KEYS = (
     "accuracy",
@@ -137,7 +139,11 @@ def _commit_saves_on_exit(checkpointer: Checkpointer) -> Any:
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    eval_only: bool = False,
+    loss_fn: LossFn = losses.total_loss,
 ) -> dict[str, Any]:
     """Trains and evaluates as ``config`` says, in ``workdir``; returns the final summary.
 
@@ -164,7 +170,7 @@ def train_and_evaluate(
     """
     config = config_lib.validate(config)
     with _claimed_workdir(workdir):
-        return _train_and_evaluate(config, workdir, eval_only)
+        return _train_and_evaluate(config, workdir, eval_only, loss_fn)
 
 
 class StepProfiler:
@@ -221,11 +227,11 @@ def _flops_and_peak(config: ml_collections.ConfigDict, device_kind: str) -> tupl
 
 
 def _train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, eval_only: bool
+    config: ml_collections.ConfigDict, workdir: str, eval_only: bool, loss_fn: LossFn
 ) -> dict[str, Any]:
     wall_started = time.perf_counter()
     train_config = config.train
-    run = build(config, mesh_lib.create_mesh(config.mesh), workdir=workdir)
+    run = build(config, mesh_lib.create_mesh(config.mesh), workdir=workdir, loss_fn=loss_fn)
     mesh, tokenizer, tx, state_shardings = run.mesh, run.tokenizer, run.tx, run.state_shardings
     local_batch = train_config.batch_size // jax.process_count()
     local_eval_batch = config.eval.batch_size // jax.process_count()
@@ -508,10 +514,7 @@ def _train_and_evaluate(
                 summary[key] = previous[key]
     if jax.process_index() == 0:
         workdir_lib.write_json_atomically(summary_path, summary)
-    _log(
-        "final: "
-        + json.dumps({k: summary["eval"].get(k) for k in _shown(summary["eval"])})
-    )
+    _log("final: " + json.dumps({k: summary["eval"].get(k) for k in _shown(summary["eval"])}))
     _log(
         f"trained {summary['steps_this_run']} steps in {format_seconds(elapsed)}; "
         f"summary in {os.path.join(workdir, 'summary.json')}"

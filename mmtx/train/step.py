@@ -19,6 +19,7 @@ from mmtx.train.state import TrainState
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
+LossFn = Callable[[dict[str, Any], Batch, ml_collections.ConfigDict], tuple[jax.Array, Metrics]]
 
 
 def split_microbatches(batch: Batch, k: int) -> Batch:
@@ -82,12 +83,62 @@ def update_ema(ema: Any, params: Any, mask: Any, decay: float) -> Any:
     return jax.tree.map(update, mask, ema, params)
 
 
+def loss_couples_batch(config: ml_collections.ConfigDict) -> bool:
+    """Whether :func:`mmtx.losses.total_loss` under ``config`` has a term that couples the
+    examples of a batch (a contrastive term: its negatives are the other examples). Without
+    one every term is a mean over the batch of per-example values, so the full-batch loss is
+    the mean of equal microbatches' losses, and so is its gradient."""
+    return (
+        config.loss.contrastive != "none"
+        and bool(config.loss.contrastive_weight)
+        and len(config.model.modalities) >= 2
+    )
+
+
+def after(previous: Any, following: Any) -> Any:
+    """``following``, made to depend on every array of ``previous``: equal to it while
+    ``previous`` is finite, zeros where it is not (then the step is rejected anyway).
+
+    An unrolled microbatch loop gates each microbatch's inputs on the gradients summed so
+    far, so that XLA runs the microbatches one after another (only one microbatch's
+    activations alive at a time), as a rolled loop does. A real data dependence is needed:
+    XLA:CPU drops ``lax.optimization_barrier`` before scheduling. The dependence is on the
+    sum of each whole array (on one element, XLA could compute that element alone and
+    leave the rest of the array, and the activations it needs, for later): one pass over
+    ``previous``, small next to a microbatch's forward and backward.
+    """
+    leaves = jax.tree.leaves(previous)
+    if not leaves:
+        return following
+    probe = sum(jnp.sum(leaf.astype(jnp.float32)) for leaf in leaves)
+    ready = jnp.isfinite(probe)
+    return jax.tree.map(lambda x: jnp.where(ready, x, jnp.zeros_like(x)), following)
+
+
+CPU_UNROLL = 8  # train.accumulation_unroll = -1 (auto): this on CPU, 0 elsewhere
+
+
+def unroll_limit(config: ml_collections.ConfigDict) -> int:
+    """The most microbatches whose gradient loop is unrolled: ``train.accumulation_unroll``,
+    or for ``-1`` (auto) :data:`CPU_UNROLL` on the CPU backend and 0 (always a loop) on
+    accelerators, where the loop's memory matters most and no slowdown was measured."""
+    limit = config.train.accumulation_unroll
+    if limit >= 0:
+        return limit
+    return CPU_UNROLL if jax.default_backend() == "cpu" else 0
+
+
 def make_train_step(
     module: MultiModalTransformer,
     tx: optax.GradientTransformation,
     config: ml_collections.ConfigDict,
+    loss_fn: LossFn = losses.total_loss,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """Returns ``train_step(state, batch) -> (state, metrics)``.
+
+    ``loss_fn(outputs, batch, config.loss) -> (loss, metrics)`` is the training loss of a
+    batch: a float32 scalar and a dict of float32 scalars that includes ``"loss"``
+    (default :func:`mmtx.losses.total_loss`; tests wrap it, e.g. to make one step's loss NaN).
 
     Dropout randomness is ``fold_in(state.rng, step)``, so a step's result depends only on
     the state and the batch (what exact resume needs). Metrics are float32 scalars: the loss
@@ -97,13 +148,25 @@ def make_train_step(
     With ``config.train.microbatches = k > 1`` the batch is split into ``k`` microbatches
     inside the step and the gradient is that of the full-batch loss, contrastive terms
     included, computed with an output cache (GradCache, Gao et al. 2021): a gradient-free
-    forward pass over the microbatches (``lax.map``) collects every model output
-    (embeddings, logits) for the whole batch; the full-batch loss and its gradient with respect
-    to those outputs are computed once; then ``lax.scan`` backpropagates each microbatch's
-    share of that gradient through the model, summing float32 param gradients. Only one
-    microbatch's activations are alive at a time, so peak memory falls with ``k`` (for about
-    one extra forward pass of compute). Each microbatch draws its own dropout key, so with
-    dropout the random masks differ from the ``k = 1`` step's (not their distribution).
+    forward pass over the microbatches collects every model output (embeddings, logits) for
+    the whole batch; the full-batch loss and its gradient with respect to those outputs are
+    computed once; then each microbatch's share of that gradient is backpropagated through
+    the model, summing float32 param gradients. Only one microbatch's activations are alive
+    at a time, so peak memory falls with ``k`` (for about one extra forward pass of compute).
+    When the loss is :func:`mmtx.losses.total_loss` and no term couples the batch
+    (:func:`loss_couples_batch`: classification and attribute heads only), the cache is not
+    needed: the gradient is the mean of the microbatches' own loss gradients, with no extra
+    forward pass. Each microbatch draws its own dropout key, so with dropout the random masks
+    differ from the ``k = 1`` step's (not their distribution).
+
+    The cache's forward pass is a ``lax.map``. The loop of microbatch gradients is a
+    ``lax.scan``, or unrolled into straight-line code when ``k <=``
+    :func:`unroll_limit` (``train.accumulation_unroll``; auto: 8 on CPU, where XLA runs
+    convolution gradients, the image stem's, several times slower inside a loop; never on
+    accelerators). Unrolled, each microbatch's inputs are gated on the gradients summed
+    before it (:func:`after`), so that microbatches run one after another; XLA:CPU's
+    scheduler still overlaps some of their work, so the step's temporary memory is higher
+    than the loop's (benchmarks/README.md).
 
     After the optimizer update ``logit_scale`` is clamped to ``[0, log 100]``
     (:func:`clamp_logit_scale`), as CLIP does.
@@ -121,17 +184,30 @@ def make_train_step(
     """
     schedule = learning_rate_schedule(config.train)
     k = config.train.microbatches
+    unroll = k <= unroll_limit(config)
+    plain_sum = loss_fn is losses.total_loss and not loss_couples_batch(config)
     lora_scale = lora_lib.scale(config.train.lora)
 
-    def loss_from_outputs(
-        outputs: dict[str, Any], batch: Batch, step: jax.Array
-    ) -> tuple[jax.Array, Metrics]:
-        loss, metrics = losses.total_loss(outputs, batch, config.loss)
-        if config.train.inject_nan_at_step >= 0:
-            loss = jnp.where(step + 1 == config.train.inject_nan_at_step, jnp.nan, loss)
-            metrics = {**metrics, "loss": loss}
+    def loss_from_outputs(outputs: dict[str, Any], batch: Batch) -> tuple[jax.Array, Metrics]:
+        loss, metrics = loss_fn(outputs, batch, config.loss)
+        metrics = {**metrics, "loss": loss}
         metrics["temperature"] = 1.0 / jnp.exp(losses.capped_logit_scale(outputs["logit_scale"]))
         return loss, metrics
+
+    def microbatch_sum(fn: Callable[..., Any], zeros: Any, xs: Any) -> Any:
+        """``zeros + sum_j fn(xs[j])`` in float32 (``zeros``: a pair whose second part is the
+        gradients): ``lax.scan``, or unrolled, each microbatch after the one before."""
+
+        def add(total: Any, x: Any) -> tuple[Any, None]:
+            return jax.tree.map(lambda t, g: t + g.astype(jnp.float32), total, fn(x)), None
+
+        if not unroll:
+            return jax.lax.scan(add, zeros, xs)[0]
+        total = zeros
+        for j in range(k):
+            x = jax.tree.map(lambda leaf, j=j: leaf[j], xs)
+            total, _ = add(total, after(total[1], x) if j else x)
+        return total
 
     def forward(params: Any, batch: Batch, rng: jax.Array) -> dict[str, Any]:
         params = lora_lib.merge_lora(params, lora_scale)
@@ -141,17 +217,37 @@ def make_train_step(
     # (``trainable``: the params with None where frozen; ``frozen``: the others).
 
     def full_batch_gradient(
-        trainable: Any, frozen: Any, batch: Batch, rng: jax.Array, step: jax.Array
+        trainable: Any, frozen: Any, batch: Batch, rng: jax.Array
     ) -> tuple[jax.Array, Metrics, Any]:
-        def loss_fn(params: Any) -> tuple[jax.Array, Metrics]:
+        def objective(params: Any) -> tuple[jax.Array, Metrics]:
             outputs = forward(trainable_lib.combine(params, frozen), batch, rng)
-            return loss_from_outputs(outputs, batch, step)
+            return loss_from_outputs(outputs, batch)
 
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+        (loss, metrics), grads = jax.value_and_grad(objective, has_aux=True)(trainable)
         return loss, metrics, grads
 
+    def summed_gradient(
+        trainable: Any, frozen: Any, batch: Batch, rng: jax.Array
+    ) -> tuple[jax.Array, Metrics, Any]:
+        """Per-example losses only: every loss term and metric is a mean over the batch, so
+        the full batch's are the means of the microbatches' (no output cache)."""
+        micro = split_microbatches(batch, k)
+        rngs = jax.random.split(rng, k)
+
+        def one(args: tuple[Batch, jax.Array]) -> tuple[Metrics, Any]:
+            _, metrics, grads = full_batch_gradient(trainable, frozen, *args)
+            return metrics, grads
+
+        first = (jax.tree.map(lambda x: x[0], micro), rngs[0])
+        shapes = (jax.eval_shape(lambda: one(first)[0]), trainable)
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), shapes)
+        metrics, grads = microbatch_sum(one, zeros, (micro, rngs))
+        metrics = jax.tree.map(lambda m: m / k, metrics)
+        grads = jax.tree.map(lambda g, p: (g / k).astype(p.dtype), grads, trainable)
+        return metrics["loss"], metrics, grads
+
     def accumulated_gradient(
-        trainable: Any, frozen: Any, batch: Batch, rng: jax.Array, step: jax.Array
+        trainable: Any, frozen: Any, batch: Batch, rng: jax.Array
     ) -> tuple[jax.Array, Metrics, Any]:
         batch_size = jax.tree.leaves(batch)[0].shape[0]
         micro = split_microbatches(batch, k)
@@ -162,7 +258,7 @@ def make_train_step(
         outputs = merge_microbatches(stacked, batch_size)
         # 2. The full-batch loss and its gradient with respect to the outputs.
         (loss, metrics), output_grads = jax.value_and_grad(
-            lambda o: loss_from_outputs(o, batch, step), has_aux=True
+            lambda o: loss_from_outputs(o, batch), has_aux=True
         )(outputs)
         # Per-example gradients go to their microbatch; a per-batch output (logit_scale)
         # appears in every microbatch, so each carries 1/k of its gradient.
@@ -177,7 +273,7 @@ def make_train_step(
         )
 
         # 3. Backpropagate each microbatch's share through the model and sum.
-        def accumulate(total: Any, args: tuple[Batch, jax.Array, Any]) -> tuple[Any, None]:
+        def backward(args: tuple[Batch, jax.Array, Any]) -> Any:
             micro_batch, micro_rng, grads_out = args
 
             def surrogate(params: Any) -> jax.Array:
@@ -189,11 +285,10 @@ def make_train_step(
                 )
                 return sum(jax.tree.leaves(terms))
 
-            grads = jax.grad(surrogate)(trainable)
-            return jax.tree.map(lambda t, g: t + g.astype(jnp.float32), total, grads), None
+            return (), jax.grad(surrogate)(trainable)
 
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable)
-        grads, _ = jax.lax.scan(accumulate, zeros, (micro, rngs, micro_grads))
+        _, grads = microbatch_sum(backward, ((), zeros), (micro, rngs, micro_grads))
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, trainable)
         return loss, metrics, grads
 
@@ -201,8 +296,11 @@ def make_train_step(
         dropout_rng = jax.random.fold_in(state.rng, state.step)
         mask = trainable_lib.trainable_mask(state.params, config.train)  # python bools
         trainable, frozen = trainable_lib.split(state.params, mask)
-        gradient = full_batch_gradient if k == 1 else accumulated_gradient
-        loss, metrics, grads = gradient(trainable, frozen, batch, dropout_rng, state.step)
+        if k == 1:
+            gradient = full_batch_gradient
+        else:
+            gradient = summed_gradient if plain_sum else accumulated_gradient
+        loss, metrics, grads = gradient(trainable, frozen, batch, dropout_rng)
         grad_norm = optax.global_norm(grads)
         grads = trainable_lib.combine(grads, jax.tree.map(jnp.zeros_like, frozen))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)

@@ -183,7 +183,17 @@ def test_sigkill_mid_step_mid_save_and_sigterm_then_rerun_matches(tmp_path, unin
 
 
 def test_nan_stop_exits_nonzero_naming_the_step(tmp_path):
-    result = run(tmp_path, "--config.train.inject_nan_at_step=13")
+    # mmtx.main with the loss wrapped to be NaN at step 13 (tests/train/nan_worker.py).
+    worker = [sys.executable, str(REPO / "tests" / "train" / "nan_worker.py"), "--nan_at_step=13"]
+    result = subprocess.run(
+        worker + command(tmp_path)[3:],
+        cwd=REPO,
+        env={**environment(), "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert result.returncode == 1
     assert "non-finite loss, gradients or updated params at step 13" in result.stderr
     # No checkpoint after the bad step: the latest is from before it.

@@ -7,6 +7,7 @@ import re
 import jax
 import numpy as np
 import pytest
+from nan_worker import loss_nan_at_step
 
 from mmtx import Model, create_model
 from mmtx import config as config_lib
@@ -294,14 +295,13 @@ def test_an_eval_cut_short_is_run_on_resume(tmp_path, capsys, monkeypatch):
 def test_nonfinite_skip_leaves_the_state_unchanged_and_counts_the_step(tmp_path):
     config = tiny_config(steps=5)
     config.train.nonfinite = "skip"
-    config.train.inject_nan_at_step = 3
     config.train.checkpoint_every = 1
     config.train.keep_checkpoints = 10
     # Attribute heads (user-named config entries) must survive config.json for from_checkpoint.
     config.model.attribute_classes = {"shape": 4}
     config.model.attribute_modalities = {"image": ("shape",)}
     workdir = str(tmp_path)
-    summary = train_and_evaluate(config, workdir)
+    summary = train_and_evaluate(config, workdir, loss_fn=loss_nan_at_step(config, 3))
     assert summary["nonfinite_steps"] == [3] and summary["step"] == 5
     assert Model.from_checkpoint(workdir).module.attribute_heads["image"]["shape"] == 4
     flags = dict(read_scalars(workdir)["train/nonfinite"])
@@ -318,12 +318,11 @@ def test_nonfinite_stop_raises_naming_the_step_and_saves_nothing_after_it(tmp_pa
     from mmtx.train.loop import NonFiniteError
 
     config = tiny_config(steps=8)
-    config.train.inject_nan_at_step = 3
     config.train.checkpoint_every = 1
     workdir = str(tmp_path)
     message = "non-finite loss, gradients or updated params at step 3"
     with pytest.raises(NonFiniteError, match=message):
-        train_and_evaluate(config, workdir)
+        train_and_evaluate(config, workdir, loss_fn=loss_nan_at_step(config, 3))
     assert restored_params(workdir)[1] == 2
 
 

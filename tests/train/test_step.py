@@ -1,7 +1,9 @@
 """Tests for mmtx/train/step.py: gradient accumulation gives the full-batch update.
 
 Contrastive losses couple the batch, so the accumulated step (output cache) must equal the
-one-shot step for them too, not just for per-example losses.
+one-shot step for them too, not just for per-example losses. Every accumulation path is
+checked: the output cache unrolled and as a loop, and the plain mean of microbatch gradients
+that per-example losses take.
 """
 
 import functools
@@ -13,6 +15,7 @@ import optax
 import pytest
 
 from mmtx import config as config_lib
+from mmtx import losses
 from mmtx.data import synthetic
 from mmtx.data.pipeline import create_dataset
 from mmtx.data.tokenizer import create_tokenizer
@@ -22,16 +25,18 @@ from mmtx.train.loop import create_train_state
 from mmtx.train.step import (
     all_finite,
     clamp_logit_scale,
+    loss_couples_batch,
     make_train_step,
     merge_microbatches,
     split_microbatches,
+    unroll_limit,
     update_ema,
 )
 
 B = 8
 
 
-def tiny_config(contrastive="softmax", classification_weight=1.0, microbatches=1):
+def tiny_config(contrastive="softmax", classification_weight=1.0, microbatches=1, unroll=8):
     config = config_lib.apply_variant(config_lib.default_config(), "tiny")
     config.model.text.max_length = 16
     config.model.attribute_classes = {"shape": synthetic.NUM_SHAPES}
@@ -41,6 +46,7 @@ def tiny_config(contrastive="softmax", classification_weight=1.0, microbatches=1
     config.loss.classification_weight = classification_weight
     config.train.batch_size = B
     config.train.microbatches = microbatches
+    config.train.accumulation_unroll = unroll
     config.train.warmup_steps = 0
     return config_lib.validate(config)
 
@@ -53,7 +59,7 @@ def batch():
     return next(iter(data))
 
 
-def one_step(config, tx=None, return_initial=False):
+def one_step(config, tx=None, return_initial=False, loss_fn=losses.total_loss):
     tokenizer = create_tokenizer(config.tokenizer.type, config.tokenizer.model_file)
     module = MultiModalTransformer.from_config(config, vocab_size=tokenizer.vocab_size)
     # Plain SGD with rate 1: the update is minus the gradient. (Adam's first step is about
@@ -62,22 +68,46 @@ def one_step(config, tx=None, return_initial=False):
     mesh = mesh_lib.create_mesh(config.mesh)
     state, _ = create_train_state(module, tx, config, mesh)
     initial = jax.device_get(state)
-    step = jax.jit(make_train_step(module, tx, config))
+    step = jax.jit(make_train_step(module, tx, config, loss_fn=loss_fn))
     new_state, metrics = step(state, jax.tree.map(jnp.asarray, batch()))
     if return_initial:
         return initial, new_state, jax.device_get(metrics)
     return new_state, jax.device_get(metrics)
 
 
+def wrapped_total_loss(outputs, batch, config):
+    """The real loss behind a wrapper: the step cannot tell that no term couples the batch,
+    so it takes the output cache even for per-example losses."""
+    return losses.total_loss(outputs, batch, config)
+
+
 @pytest.mark.parametrize(
-    "contrastive,classification_weight",
-    [("softmax", 1.0), ("sigmoid", 0.0), ("none", 1.0)],
-    ids=["softmax+classification", "sigmoid", "classification"],
+    "contrastive,classification_weight,unroll,loss_fn",
+    [
+        ("softmax", 1.0, 8, losses.total_loss),
+        ("softmax", 1.0, 0, losses.total_loss),
+        ("sigmoid", 0.0, 8, losses.total_loss),
+        ("none", 1.0, 8, losses.total_loss),
+        ("none", 1.0, 0, losses.total_loss),
+        ("none", 1.0, 8, wrapped_total_loss),
+    ],
+    ids=[
+        "softmax+classification-unrolled",
+        "softmax+classification-scan",
+        "sigmoid-unrolled",
+        "classification-plain-sum-unrolled",
+        "classification-plain-sum-scan",
+        "classification-output-cache",
+    ],
 )
-def test_accumulated_step_equals_full_batch_step(contrastive, classification_weight):
+def test_accumulated_step_equals_full_batch_step(
+    contrastive, classification_weight, unroll, loss_fn
+):
     reference, reference_metrics = one_step(tiny_config(contrastive, classification_weight))
     for k in (2, 4):
-        state, metrics = one_step(tiny_config(contrastive, classification_weight, k))
+        config = tiny_config(contrastive, classification_weight, k, unroll)
+        state, metrics = one_step(config, loss_fn=loss_fn)
+        assert set(metrics) == set(reference_metrics)
         for name, value in reference_metrics.items():
             np.testing.assert_allclose(metrics[name], value, rtol=2e-5, atol=1e-6, err_msg=name)
         paths = jax.tree_util.tree_leaves_with_path(state.params)
@@ -89,6 +119,40 @@ def test_accumulated_step_equals_full_batch_step(contrastive, classification_wei
             )
         # The update is not trivially zero: params moved.
         assert reference_metrics["grad_norm"] > 0
+
+
+def test_only_a_contrastive_term_between_two_towers_couples_the_batch():
+    assert loss_couples_batch(tiny_config("softmax"))
+    assert loss_couples_batch(tiny_config("sigmoid"))
+    assert not loss_couples_batch(tiny_config("none"))
+    config = tiny_config("softmax")
+    config.loss.contrastive_weight = 0.0
+    assert not loss_couples_batch(config)
+    config = tiny_config("softmax")
+    config.model.modalities = ("image",)
+    assert not loss_couples_batch(config)
+
+
+def test_unroll_limit_auto_is_8_on_cpu_and_explicit_values_stand():
+    assert jax.default_backend() == "cpu"
+    assert unroll_limit(tiny_config(unroll=-1)) == 8
+    assert unroll_limit(tiny_config(unroll=0)) == 0
+    assert unroll_limit(tiny_config(unroll=3)) == 3
+
+
+def nan_loss(outputs, batch, config):
+    loss, metrics = losses.total_loss(outputs, batch, config)
+    return loss * jnp.nan, metrics
+
+
+@pytest.mark.parametrize("microbatches", [1, 2], ids=["full-batch", "output-cache"])
+def test_a_wrapped_nan_loss_is_flagged_and_leaves_the_state(microbatches):
+    before, after, metrics = one_step(
+        tiny_config(microbatches=microbatches), return_initial=True, loss_fn=nan_loss
+    )
+    assert np.isnan(metrics["loss"]) and metrics["nonfinite"] == 1.0
+    assert int(after.step) == 1
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(after.params), before.params)
 
 
 def test_split_and_merge_are_inverse_and_strided():

@@ -3,9 +3,11 @@
 Runs in its own virtual environment, never in the project's (torch is not an mmtx
 dependency)::
 
-    benchmarks/peers/setup_open_clip.sh                       # once: makes .venv-open-clip
-    benchmarks/peers/.venv-open-clip/bin/python benchmarks/peers/open_clip_step.py \
+    benchmarks/peers/setup_peers.sh                           # once: makes .venv-peers
+    benchmarks/peers/.venv-peers/bin/python benchmarks/peers/open_clip_step.py \
         [--batch_size 64] [--steps 10] [--warmup 3] [--bf16] [--threads N]
+
+(``setup_open_clip.sh`` makes the older, open_clip-only ``.venv-open-clip``, which also works.)
 
 The model is open_clip's own ``open_clip.model.CLIP``, randomly initialised from a
 vision/text config dict with the dimensions of ``configs/bench_clip.py``: a ViT of width 256,
@@ -18,9 +20,11 @@ ids ``[B, 64]`` int64 with the highest id (open_clip pools the text at ``argmax`
 random position.
 
 Reports the median step time over ``--steps`` timed steps after ``--warmup`` untimed ones,
-plus the machine's float32 matmul rate in torch (2048^3, for reference), and ends with one
-JSON line: ``examples_per_sec``, ``step_ms``, ``step_ms_all``, ``batch_size``, ``dtype``,
-``threads``, ``num_params``, ``torch``, ``open_clip``, ``torch_matmul_gflops``.
+plus the machine's float32 matmul rate in torch (2048^3, after the timed steps;
+``compare_open_clip.py`` takes the best of it and XLA's as the peak of both libraries' MFU),
+and ends with one JSON line: ``examples_per_sec``, ``step_ms``, ``step_ms_all``,
+``batch_size``, ``dtype``, ``threads``, ``num_params``, ``torch``, ``open_clip``,
+``torch_matmul_gflops``.
 """
 
 from __future__ import annotations

@@ -68,6 +68,11 @@ def test_tiny_run_prints_the_result_keys(
     for key in script.RESULT_KEYS:
         assert payload[key] is not None and payload[key] > 0, key
     assert payload["batch_size"] == 8 and len(payload["step_ms_all"]) == 2
+    # The matmul peak is measured before and after the steps; the reported peak is the mean
+    # (compare_open_clip.py takes the better of the two).
+    runs = payload["peak_gflops_runs"]
+    assert len(runs) == 2 and all(rate > 0 for rate in runs)
+    assert payload["peak_gflops"] == pytest.approx(sum(runs) / 2, abs=0.01)
     # The JSON values are rounded (mfu to 4 decimals, step_ms to 2): allow for that.
     assert payload["mfu"] == pytest.approx(
         payload["achieved_gflops"] / payload["peak_gflops"], rel=1e-3, abs=1e-4

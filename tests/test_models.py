@@ -1027,3 +1027,25 @@ def test_tasks_have_their_own_fusion_weights_and_heads():
     config.model.tasks = {"pitch": "pitch"}
     with pytest.raises(ValueError, match=re.escape("config.model.tasks.pitch")):
         config_lib.validate(config)
+
+
+# --- checkpoints of models made before the modality registry load unchanged ---------------
+
+PARAM_TREES = REPO / "tests" / "fixtures" / "param_trees_0_1.json"
+
+
+@pytest.mark.parametrize("fusion", FUSION_TYPES)
+def test_param_trees_match_those_before_the_registry(fusion):
+    """The param tree (paths and shapes) of configs/base.py:tiny with each fusion, over text,
+    image and audio and over text and image, as commit d161cc0 (before mmtx.modalities) made
+    it: checkpoints written then restore into today's models."""
+    expected = json.loads(PARAM_TREES.read_text())
+    for modalities in (("text", "image", "audio"), ("text", "image")):
+        config = config_lib.load_config(f"{REPO / 'configs' / 'base.py'}:tiny")
+        config.fusion.type, config.model.modalities = fusion, modalities
+        config = config_lib.validate(config)
+        module = MultiModalTransformer.from_config(config, vocab_size=259)
+        shapes = jax.eval_shape(module.init, jax.random.key(0), dummy_batch(config, 1))
+        flat = jax.tree_util.tree_flatten_with_path(nn.meta.unbox(shapes["params"]))[0]
+        got = {jax.tree_util.keystr(path): list(leaf.shape) for path, leaf in flat}
+        assert got == expected[f"{fusion}/{'+'.join(modalities)}"]

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
 common = importlib.import_module("common")
 attention_variants = importlib.import_module("attention_variants")
 
-ALL_DIRECTIONS = {"text_to_image", "image_to_text", "audio_to_text"}
+ALL_DIRECTIONS = {"text_to_image", "image_to_text", "text_to_audio", "audio_to_text"}
 
 
 def tiny_study_config(steps: int = 2):

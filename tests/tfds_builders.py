@@ -67,3 +67,36 @@ def prepare(builder_class: type, data_dir: str) -> str:
     builder = builder_class(data_dir=data_dir, file_format="array_record")
     builder.download_and_prepare()
     return builder.name
+
+
+VIDEO_FRAMES, VIDEO_SIDE = 6, 24
+
+
+def video_example(split: str, index: int) -> dict:
+    """Raw example ``index`` of ``split`` of :class:`TinyVideoText`: a uint8 clip whose frame
+    ``t`` is filled with ``index + 10 t`` and captions; example 1 has no caption (an empty
+    sequence), which the pipeline must mark absent."""
+    frames = np.arange(VIDEO_FRAMES, dtype=np.int64)[:, None, None, None] * 10 + index
+    clip = np.broadcast_to(frames, (VIDEO_FRAMES, VIDEO_SIDE, VIDEO_SIDE, 3)).astype(np.uint8)
+    texts = [] if index == 1 else [f"{split} clip {index}"]
+    return {"video": clip, "captions": {"text": texts}}
+
+
+class TinyVideoText(tfds.core.GeneratorBasedBuilder):
+    """A video clip + captions (the fourth modality through a TFDS ``Video`` feature)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        features = {
+            "video": tfds.features.Video(shape=(None, VIDEO_SIDE, VIDEO_SIDE, 3)),
+            "captions": tfds.features.Sequence({"text": tfds.features.Text()}),
+        }
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
+
+    def _split_generators(self, dl_manager):
+        return {"test": self._generate_examples("test", 4)}
+
+    def _generate_examples(self, split: str, size: int):
+        for index in range(size):
+            yield index, video_example(split, index)

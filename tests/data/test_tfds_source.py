@@ -332,3 +332,28 @@ def test_preprocess_without_rng_is_the_eval_path(data_dir):
 def test_unknown_split_names_the_splits(data_dir):
     with pytest.raises(ValueError, match=r"split 'validation': Unknown split.*'train', 'test'"):
         TfdsSource("tiny_multimodal", "validation", data_dir, {"label": "label"})
+
+
+def test_a_video_feature_and_an_empty_caption(tmp_path):
+    """A TFDS ``Video`` feature through ``data.features.video``; an example whose caption
+    sequence is empty is marked absent (``present/text``), not zero-filled."""
+    data_dir = str(tmp_path)
+    name = tfds_builders.prepare(tfds_builders.TinyVideoText, data_dir)
+    config = config_lib.apply_variant(config_lib.default_config(), "tiny")
+    config.model.modalities = ("text", "video")
+    config.model.video.num_frames, config.model.video.image_size = 4, 16
+    config.data.source, config.data.data_dir = f"tfds:{name}", data_dir
+    config.data.eval_split = "test"
+    config.data.features.update({"text": "captions/text", "video": "video"})
+    config = config_lib.validate(config)
+    (batch,) = take(create_dataset(config, "eval", ByteTokenizer(), batch_size=4, train=False), 1)
+    assert batch["video"].shape == (4, 4, 16, 16, 3)
+    # TFDS stores examples in its own order; frame 0 of example i is filled with i.
+    index = np.rint(batch["video"][:, 0, 0, 0, 0] * 255).astype(int)
+    assert sorted(index) == [0, 1, 2, 3]
+    np.testing.assert_array_equal(batch["present/text"], index != 1)
+    assert batch["present/video"].all()
+    # Frames 0, 2, 3, 5 of 6 (evenly spaced), frame t filled with i + 10 t, in [0, 1].
+    expected = (index[:, None] + 10 * np.asarray([0, 2, 3, 5])[None]) / 255.0
+    np.testing.assert_allclose(batch["video"][:, :, 0, 0, 0], expected, atol=1e-6)
+    assert not batch["text"][index == 1].any()

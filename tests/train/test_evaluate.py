@@ -207,3 +207,30 @@ def test_evaluate_without_labels_or_logits_reports_retrieval_only():
     }
     assert metrics["num_examples"] == 10.0
     assert metrics["image_to_text_recall@1"] == 1.0
+
+
+def test_evaluate_counts_only_the_pairs_present():
+    """Examples whose image is absent (``present/image`` False) take no part in text<->image
+    retrieval, as query or gallery item: here their filler embeddings would win."""
+    data = [{k: v for k, v in b.items() if k != "label"} for b in batches(False)]
+    absent_ids = {2, 5, 7}
+    for b in data:
+        b["present/image"] = np.asarray([i not in absent_ids for i in b["id"]])
+
+    def step(params, batch):
+        text = one_hot(batch["id"], 11)
+        # The image of id j (1..10) scores 1 for caption j % 10 + 1 and 0.5 for its own
+        # caption j; an absent one scores 2 for caption j % 10 + 1 (a filler that must not
+        # count).
+        image = one_hot(batch["id"] % 10 + 1, 11) + 0.5 * text
+        image[~batch["present/image"]] *= 4.0
+        return {"text": text, "image": image}
+
+    metrics = evaluate(step, None, data, local_batch_size=BATCH, to_global=lambda b: b)
+    assert metrics["num_examples"] == 10.0
+    present = [i for i in range(1, 11) if i not in absent_ids]
+    # Reference over the 7 present examples alone: caption i retrieves its own image first
+    # only when the image that scores 1 for it (id (i - 2) % 10 + 1) is not in the gallery.
+    hits = [(i - 2) % 10 + 1 not in present for i in present]
+    assert 0 < sum(hits) < len(hits)
+    assert metrics["text_to_image_recall@1"] == pytest.approx(np.mean(hits))

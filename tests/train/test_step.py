@@ -104,7 +104,9 @@ def test_accumulated_step_equals_full_batch_step(
     contrastive, classification_weight, unroll, loss_fn
 ):
     reference, reference_metrics = one_step(tiny_config(contrastive, classification_weight))
-    for k in (2, 4):
+    # k = 2 too on the main path; the other paths at k = 4 only (each k compiles a step).
+    main_path = contrastive == "softmax" and unroll and loss_fn is losses.total_loss
+    for k in (2, 4) if main_path else (4,):
         config = tiny_config(contrastive, classification_weight, k, unroll)
         state, metrics = one_step(config, loss_fn=loss_fn)
         assert set(metrics) == set(reference_metrics)

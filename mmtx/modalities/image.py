@@ -77,13 +77,7 @@ class ImageSpec(ModalitySpec):
             "model.image.patch_bias",
             "False drops the bias of the patch projection, which only stem='patch' has",
         )
-        for name in ("mean", "std"):
-            require(
-                len(group[name]) == group.channels,
-                f"model.image.{name}",
-                f"needs one entry per channel (model.image.channels={group.channels}); "
-                f"got {len(group[name])}: {tuple(group[name])}",
-            )
+        self.require_per_channel(group, require, ("mean", "std"))
 
     def num_tokens(self, group: ml_collections.ConfigDict) -> int:
         return (group.image_size // group.patch_size) ** 2
@@ -110,10 +104,6 @@ class ImageSpec(ModalitySpec):
     ) -> dict[str, jax.Array]:
         shape = (batch_size, group.image_size, group.image_size, group.channels)
         return {"image": jnp.zeros(shape, jnp.float32)}
-
-    def as_list(self, inputs: Any) -> list[Any] | None:
-        # A list is one image per entry; an array (one image or a batch) is not a list.
-        return list(inputs) if isinstance(inputs, list | tuple) else None
 
     def from_raw(
         self, inputs: Any, *, config: ml_collections.ConfigDict, tokenizer: Any, **options

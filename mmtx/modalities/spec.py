@@ -69,6 +69,19 @@ class ModalitySpec:
     def validate(self, group: ml_collections.ConfigDict, require: Require) -> None:
         """Checks that span the group's fields; ``require(ok, "model.<name>.<field>", why)``."""
 
+    def require_per_channel(
+        self, group: ml_collections.ConfigDict, require: Require, names: tuple[str, ...]
+    ) -> None:
+        """Checks that each field of ``names`` (``mean``, ``std``) has one entry per
+        ``group.channels``; for :meth:`validate` of pixel modalities."""
+        for name in names:
+            require(
+                len(group[name]) == group.channels,
+                f"model.{self.name}.{name}",
+                f"needs one entry per channel (model.{self.name}.channels={group.channels}); "
+                f"got {len(group[name])}: {tuple(group[name])}",
+            )
+
     def num_tokens(self, group: ml_collections.ConfigDict) -> int:
         """Tokens the encoder makes of one example before class tokens are prepended."""
         raise NotImplementedError

@@ -86,13 +86,7 @@ class VideoSpec(ModalitySpec):
             "model.video.temporal_depth",
             "layout='factorised' needs a temporal tower (temporal_depth >= 1)",
         )
-        for name in ("mean", "std"):
-            require(
-                len(group[name]) == group.channels,
-                f"model.video.{name}",
-                f"needs one entry per channel (model.video.channels={group.channels}); "
-                f"got {len(group[name])}: {tuple(group[name])}",
-            )
+        self.require_per_channel(group, require, ("mean", "std"))
 
     def num_tokens(self, group: ml_collections.ConfigDict) -> int:
         slices = group.num_frames // group.tubelet_size

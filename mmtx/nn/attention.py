@@ -19,6 +19,7 @@ from flax.core import FrozenDict
 
 from mmtx.attention import dot_product_attention, linear_attention, local_attention
 from mmtx.attention.splash_local import pallas_interpret_requested, splash_local_attention
+from mmtx.nn.matmul import dense_dot
 
 Dtype = Any
 
@@ -235,6 +236,8 @@ class HeadProjection(nn.Module):
     Kernel ``[D, H, Dh]`` (logical axes ``embed, heads, kv``), bias ``[H, Dh]``. Written out
     rather than with ``nn.DenseGeneral``, whose init reshapes a flat kernel: under a
     logical-axis-rules context that reshape would constrain a 2-D array with 3-D axis names.
+    The contraction is :func:`mmtx.nn.matmul.dense_dot` on the kernel viewed as
+    ``[D, H * Dh]`` (a faster kernel gradient on CPU).
     """
 
     num_heads: int
@@ -260,13 +263,16 @@ class HeadProjection(nn.Module):
             self.param_dtype,
         )
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        return jnp.einsum("...d,dhk->...hk", x, kernel) + bias
+        d, heads, head_dim = kernel.shape
+        y = dense_dot(x, kernel.reshape(d, heads * head_dim))
+        return y.reshape(*x.shape[:-1], heads, head_dim) + bias
 
 
 class HeadMerge(nn.Module):
     """``[..., H, Dh] -> [..., features]``: the output projection out of heads.
 
-    Kernel ``[H, Dh, features]`` (logical axes ``heads, kv, embed``), bias ``[features]``.
+    Kernel ``[H, Dh, features]`` (logical axes ``heads, kv, embed``), bias ``[features]``;
+    contracted with :func:`mmtx.nn.matmul.dense_dot` as ``[..., H * Dh] @ [H * Dh, features]``.
     """
 
     features: int
@@ -291,7 +297,9 @@ class HeadMerge(nn.Module):
             self.param_dtype,
         )
         y, kernel, bias = nn.dtypes.promote_dtype(y, kernel, bias, dtype=self.dtype)
-        return jnp.einsum("...hk,hko->...o", y, kernel) + bias
+        heads, head_dim, features = kernel.shape
+        flat = y.reshape(*y.shape[:-2], heads * head_dim)
+        return dense_dot(flat, kernel.reshape(heads * head_dim, features)) + bias
 
 
 class MultiHeadAttention(nn.Module):

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax.core import FrozenDict
 
 from mmtx.nn.attention import CrossModalAttention, MultiHeadAttention, default_kernel_init
+from mmtx.nn.matmul import dense_dot_general
 
 Dtype = Any
 
@@ -62,7 +63,8 @@ def layer_norm(
 
 class MLP(nn.Module):
     """Two-layer MLP: ``[B, T, D] -> [B, T, hidden_dim] -> [B, T, D]``, ``activation`` (a name
-    in :data:`ACTIVATIONS`; default the tanh GELU) between the layers."""
+    in :data:`ACTIVATIONS`; default the tanh GELU) between the layers. Both layers contract
+    with :func:`mmtx.nn.matmul.dense_dot_general` (a faster kernel gradient on CPU)."""
 
     hidden_dim: int
     dropout_rate: float = 0.0
@@ -81,6 +83,7 @@ class MLP(nn.Module):
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            dot_general=dense_dot_general,
             name="fc1",
         )(x)
         x = activation_fn(self.activation)(x)
@@ -92,6 +95,7 @@ class MLP(nn.Module):
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            dot_general=dense_dot_general,
             name="fc2",
         )(x)
 

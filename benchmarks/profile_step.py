@@ -39,8 +39,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mmtx import launch
-
+# Only the standard library at module level: benchmarks/peers/open_clip_profile.py imports
+# PARTS and format_table from here in the peers' environment, which has no mmtx or JAX.
 PARTS = (
     "matmuls",
     "attention_core",
@@ -244,5 +244,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    from mmtx import launch
+
     launch.restart_with_tuned_malloc()
     main()

@@ -21,24 +21,19 @@ import argparse
 import json
 import re
 import statistics
+import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import open_clip_step
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-PARTS = (
-    "matmuls",
-    "attention_core",
-    "layernorm",
-    "activation",
-    "embedding",
-    "heads_and_loss",
-    "optimizer",
-    "other",
-)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/profile_step.py
+from profile_step import PARTS, format_table  # standard library only at its top level
+
 _RULES = (
     (re.compile(r"Optimizer\.step|clip_grad_norm"), "optimizer"),
     (re.compile(r"scaled_dot_product|ScaledDotProduct"), "attention_core"),
@@ -105,10 +100,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     step_ms = statistics.median(times) * 1e3
     op_ms = sum(row["forward"] + row["backward"] for row in table.values())
     print(f"open_clip: step {step_ms:.1f} ms, aten ops {op_ms:.1f} ms per step")
-    print(f"{'part':<16} {'forward':>9} {'backward':>9} {'total':>9}")
-    for part, row in table.items():
-        total = row["forward"] + row["backward"]
-        print(f"{part:<16} {row['forward']:9.1f} {row['backward']:9.1f} {total:9.1f}")
+    print("\n".join(format_table(table)))
     result = {
         "library": "open_clip",
         "threads": torch.get_num_threads(),

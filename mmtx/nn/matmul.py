@@ -47,13 +47,14 @@ def _materialised_transpose(a: jax.Array) -> jax.Array:
     return jax.lax.optimization_barrier(jnp.transpose(a))
 
 
-def _matmul(a: jax.Array, b: jax.Array, precision: Any) -> jax.Array:
-    return jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())), precision=precision)
+def _contract_last(x: jax.Array, kernel: jax.Array, precision: Any) -> jax.Array:
+    """``x [..., K] @ kernel [K, N]``: x's last axis with the kernel's first."""
+    return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=precision)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _dense_dot_transposed(x: jax.Array, kernel: jax.Array, precision: Any) -> jax.Array:
-    return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=precision)
+    return _contract_last(x, kernel, precision)
 
 
 def _forward(
@@ -70,9 +71,9 @@ def _backward(
     x2, g2 = x.reshape(-1, k), grad.reshape(-1, n)
     dx = jax.lax.dot_general(g2, kernel, (((1,), (1,)), ((), ())), precision=precision)
     if k <= n:  # transpose x: [K, M] @ [M, N]
-        dkernel = _matmul(_materialised_transpose(x2), g2, precision)
+        dkernel = _contract_last(_materialised_transpose(x2), g2, precision)
     else:  # transpose dy: [N, M] @ [M, K] = [N, K], whose (small) transpose is the gradient
-        dkernel_t = _matmul(_materialised_transpose(g2), x2, precision)
+        dkernel_t = _contract_last(_materialised_transpose(g2), x2, precision)
         dkernel = jnp.transpose(jax.lax.optimization_barrier(dkernel_t))
     return dx.reshape(x.shape).astype(x.dtype), dkernel.astype(kernel.dtype)
 
@@ -92,9 +93,7 @@ def dense_dot(
     chex.assert_equal(x.shape[-1], kernel.shape[0])
     chex.assert_equal(x.dtype, kernel.dtype)
     if resolve_weight_grad(weight_grad) == "xla":
-        return jax.lax.dot_general(
-            x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=precision
-        )
+        return _contract_last(x, kernel, precision)
     return _dense_dot_transposed(x, kernel, precision)
 
 

@@ -1,6 +1,11 @@
 # Two entry points for a fresh machine: `make train` and `make test`.
 # Each creates .venv from pyproject.toml + requirements.lock when it is missing.
-PYTHON ?= python3.11
+# The venv's Python is 3.12: `python3.12` on the PATH (a distribution's package, python.org,
+# Homebrew, or pyenv, whose shim takes the version from .python-version), else `python3` when
+# that is 3.12. `make test PYTHON=/path/to/python3.12` names another.
+PYTHON ?= $(shell for p in python3.12 python3; do \
+	$$p -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' >/dev/null 2>&1 \
+	&& { echo $$p; break; }; done)
 VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= configs/base.py
@@ -9,6 +14,10 @@ WORKDIR ?= workdir
 .PHONY: venv train test lint docs clean
 
 $(BIN)/python: pyproject.toml requirements.lock
+	@test -x $(BIN)/python || test -n "$(PYTHON)" || { echo "mmtx needs Python 3.12 and found \
+	neither python3.12 nor a python3 that is 3.12. Install it (Ubuntu 24.04: apt install \
+	python3.12-venv; pyenv: pyenv install 3.12; uv: uv python install 3.12), or pass \
+	PYTHON=/path/to/python3.12." >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev,tfds]'

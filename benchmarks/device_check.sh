@@ -19,7 +19,7 @@
 # Output goes to $OUT if set, else ./device_check_out: device_check.log (everything printed),
 # one <stage>.log per stage, bench_*.json (the benchmark's result line) and summary.txt.
 #
-# Environment: PYTHON (python3.11, else python3), VENV (.venv-gpu; --cpu: .venv), BUDGET_S,
+# Environment: PYTHON (python3.12, else python3), VENV (.venv-gpu; --cpu: .venv), BUDGET_S,
 # BATCH_CLIP (4096), BATCH_BASE (256), BASE_CONFIG (configs/base.py:base), PEAK_TFLOPS (the
 # GPU's dense bf16 peak for the nominal MFU; known GPUs are looked up from nvidia-smi).
 set -uo pipefail
@@ -49,7 +49,7 @@ mkdir -p "$OUT_DIR"
 exec > >(tee -a "$OUT_DIR/device_check.log") 2>&1
 
 if [[ -z "${PYTHON:-}" ]]; then
-  if command -v python3.11 >/dev/null 2>&1; then PYTHON=python3.11; else PYTHON=python3; fi
+  if python3.12 -c "" >/dev/null 2>&1; then PYTHON=python3.12; else PYTHON=python3; fi
 fi
 if [[ $MODE == cpu ]]; then
   VENV=${VENV:-$ROOT/.venv}

@@ -301,7 +301,7 @@ def make_train_step(
         else:
             gradient = summed_gradient if plain_sum else accumulated_gradient
         loss, metrics, grads = gradient(trainable, frozen, batch, dropout_rng)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         grads = trainable_lib.combine(grads, jax.tree.map(jnp.zeros_like, frozen))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = clamp_logit_scale(optax.apply_updates(state.params, updates))

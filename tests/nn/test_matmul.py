@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -80,7 +81,7 @@ def _gradient_primitives(weight_grad: str, k: int, n: int) -> list[str]:
     def walk(j) -> None:
         for eqn in j.eqns:
             names.append(eqn.primitive.name)
-            for sub in jax.core.jaxprs_in_params(eqn.params):
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
                 walk(sub)
 
     walk(jaxpr.jaxpr)

@@ -211,7 +211,10 @@ def test_trainable_gradient_is_the_unfrozen_one_and_grad_norm_its_norm():
     for path, value in with_frozen.items():
         if path.startswith("image/"):
             continue
-        np.testing.assert_allclose(value, without[path], rtol=1e-5, atol=1e-7, err_msg=path)
+        # An element near zero is the difference of terms of the tensor's own magnitude, so its
+        # round-off is relative to that magnitude (the two runs compile different programs).
+        atol = max(1e-7, 1e-6 * float(np.abs(without[path]).max()))
+        np.testing.assert_allclose(value, without[path], rtol=1e-5, atol=atol, err_msg=path)
         squares += float(np.sum((before[path].astype(np.float64) - without[path]) ** 2))
     np.testing.assert_allclose(frozen_metrics[0]["grad_norm"], np.sqrt(squares), rtol=1e-4)
     assert frozen_metrics[0]["grad_norm"] < full_metrics[0]["grad_norm"]

@@ -75,7 +75,7 @@ SUITE = (
 )
 # XLA:CPU compile options used for every step unless --xla_options says otherwise. None yet
 # (see benchmarks/README.md: the options tried and why none is on by default).
-DEFAULT_XLA_OPTIONS: dict[str, str] = {}
+DEFAULT_XLA_OPTIONS: dict[str, str | bool] = {}
 RESULT_KEYS = (
     "examples_per_sec",
     "step_ms",
@@ -208,14 +208,14 @@ def build_step(config: ml_collections.ConfigDict) -> StepSetup:
     return StepSetup(config, run.module, run.mesh, run.train_step, state, batch, num_params)
 
 
-def compile_step(setup: StepSetup, xla_options: dict[str, str]) -> tuple[Any, float]:
+def compile_step(setup: StepSetup, xla_options: dict[str, Any]) -> tuple[Any, float]:
     """Lowers and compiles the step for the setup's state and batch; returns (compiled, s)."""
     start = time.perf_counter()
     compiled = setup.jitted.lower(setup.state, setup.batch).compile(dict(xla_options))
     return compiled, time.perf_counter() - start
 
 
-def unrolled_xla_flops(config: ml_collections.ConfigDict, xla_options: dict[str, str]) -> float:
+def unrolled_xla_flops(config: ml_collections.ConfigDict, xla_options: dict[str, Any]) -> float:
     """XLA's FLOP count of the step with ``scan_layers`` off (compiled from shapes, not run)."""
     config = copy.deepcopy(config)
     config.model.scan_layers = False
@@ -265,7 +265,7 @@ def measure(
     *,
     steps: int = 10,
     warmup: int = 3,
-    xla_options: dict[str, str] | None = None,
+    xla_options: dict[str, Any] | None = None,
     peak_gflops: float | None = None,
     peak_size: int = 2048,
     peak_repeats: int = 5,
@@ -334,11 +334,14 @@ def measure(
 # --- command line ---------------------------------------------------------------------------
 
 
-def _options(text: str) -> dict[str, str]:
+def _options(text: str) -> dict[str, str | bool]:
+    """``'name=value;...'`` as compile options; ``true``/``false`` (any case) become bools,
+    the only spelling of a boolean XLA option that ``compile`` accepts besides ``True``."""
     pairs = [part.split("=", 1) for part in text.split(";") if part.strip()]
     if any(len(pair) != 2 for pair in pairs):
         raise argparse.ArgumentTypeError(f"expected 'name=value;name=value', got {text!r}")
-    return {name.strip(): value.strip() for name, value in pairs}
+    bools = {"true": True, "false": False}
+    return {name.strip(): bools.get(value.strip().lower(), value.strip()) for name, value in pairs}
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, str]]:

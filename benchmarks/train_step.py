@@ -344,6 +344,19 @@ def _options(text: str) -> dict[str, str | bool]:
     return {name.strip(): bools.get(value.strip().lower(), value.strip()) for name, value in pairs}
 
 
+def split_config_overrides(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """``--config.a.b=v`` arguments as ``{"a.b": "v"}``, and the other arguments in order."""
+    overrides: dict[str, str] = {}
+    rest = []
+    for arg in argv:
+        if arg.startswith("--config.") and "=" in arg:
+            name, value = arg[len("--config.") :].split("=", 1)
+            overrides[name] = value
+        else:
+            rest.append(arg)
+    return overrides, rest
+
+
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     """Returns (args, config overrides); ``--config.a.b=v`` arguments are the overrides."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -358,14 +371,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, str]]
     add("--peak_size", type=int, default=2048, help="side of the peak-rate matmul")
     add("--peak_repeats", type=int, default=5)
     add("--no_unrolled_count", action="store_true", help="skip the unrolled FLOP count")
-    overrides: dict[str, str] = {}
-    rest = []
-    for arg in argv:
-        if arg.startswith("--config.") and "=" in arg:
-            name, value = arg[len("--config.") :].split("=", 1)
-            overrides[name] = value
-        else:
-            rest.append(arg)
+    overrides, rest = split_config_overrides(argv)
     args = parser.parse_args(rest)
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")

@@ -89,13 +89,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, str]]
     add("--rounds", type=int, default=5)
     add("--steps", type=int, default=3, help="timed steps per variant per round (median)")
     add("--warmup", type=int, default=2)
-    overrides, rest = {}, []
-    for arg in argv:
-        if arg.startswith("--config.") and "=" in arg:
-            name, value = arg[len("--config.") :].split("=", 1)
-            overrides[name] = value
-        else:
-            rest.append(arg)
+    overrides, rest = train_step.split_config_overrides(argv)
     args = parser.parse_args(rest)
     if args.rounds < 1 or args.steps < 1 or args.warmup < 0:
         parser.error("--rounds and --steps must be >= 1, --warmup >= 0")

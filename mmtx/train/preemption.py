@@ -20,7 +20,9 @@ class PreemptionWatcher:
 
     SIGTERM and the first SIGINT (Ctrl-C) ask the loop to finish the current step, save a
     checkpoint and return; a second Ctrl-C raises ``KeyboardInterrupt`` at once (the run then
-    exits without saving; its last committed checkpoint is intact).
+    exits without saving; its last committed checkpoint is intact). Python drops an exception
+    raised while a garbage-collector callback runs (jax registers one), so a second Ctrl-C
+    that lands there is raised again by :meth:`should_stop`, before any save.
 
     One process: signal handlers set a flag (the previous handlers come back on exit).
     Several processes: JAX's preemption sync manager (started by
@@ -31,6 +33,7 @@ class PreemptionWatcher:
 
     def __init__(self) -> None:
         self.signalled = False
+        self.aborted = False  # a second Ctrl-C: exit without saving
         self.reason = ""
         self._previous: dict[int, Any] = {}
 
@@ -41,8 +44,7 @@ class PreemptionWatcher:
 
     def _on_sigint(self, signum: int, frame: types.FrameType | None) -> None:
         del signum, frame
-        # The next Ctrl-C interrupts at once.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, self._on_second_sigint)
         print(
             "\ninterrupted (Ctrl-C): saving a checkpoint after this step, then exiting; "
             "press Ctrl-C again to exit now without saving",
@@ -54,6 +56,11 @@ class PreemptionWatcher:
             os.kill(os.getpid(), signal.SIGTERM)
         else:
             self.signalled = True
+
+    def _on_second_sigint(self, signum: int, frame: types.FrameType | None) -> None:
+        del signum, frame
+        self.aborted = True
+        raise KeyboardInterrupt
 
     def _synchronised(self) -> bool:
         return (
@@ -74,7 +81,12 @@ class PreemptionWatcher:
         self._previous = {}
 
     def should_stop(self, step: int) -> bool:
-        """Whether to save a checkpoint now and exit; call once after every step."""
+        """Whether to save a checkpoint now and exit; call once after every step.
+
+        Raises ``KeyboardInterrupt`` after a second Ctrl-C whose own exception was lost.
+        """
+        if self.aborted:
+            raise KeyboardInterrupt
         if self._synchronised():
             return multihost_utils.reached_preemption_sync_point(step)
         return self.signalled

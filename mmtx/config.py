@@ -23,6 +23,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from mmtx.data.sources import FILE_KINDS, source_kind
 from mmtx.modalities import get_modality, modality_names
 from mmtx.modalities.audio import audio_patch_grid, spectrogram_frames  # noqa: F401 (re-exported)
 
@@ -239,8 +240,27 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     # synthetic (built-in, no download) | tfds:<name> (a TFDS dataset prepared as array_record
-    # in data_dir, e.g. tfds:coco_captions/2017; see mmtx.data.tfds_source).
+    # in data_dir, e.g. tfds:coco_captions/2017; see mmtx.data.tfds_source) | your own files:
+    # csv:PATH | folder:DIR | arrayrecord:PATTERN | wds:PATTERN | parquet:PATTERN, local or a
+    # bucket URL (gs://, s3://), patterns with globs or braces (see mmtx.data.sources).
     c.data.source = "synthetic"
+    # Evaluation data of a file source, in the same syntax; "" = the last data.holdout examples
+    # of a random-access data.source (csv, folder, arrayrecord), or no evaluation.
+    c.data.eval_source = ""
+    c.data.holdout = 0  # Examples at the end of a random-access file source kept for eval.
+    c.data.csv_separator = "\t"  # csv: the field separator (open_clip's default, a tab).
+    # The CSV / Parquet column behind each role; "" = the format's default (csv: filepath,
+    # title for image, text; parquet: jpg, caption as img2dataset writes them; else none).
+    c.data.columns = ml_collections.ConfigDict({**dict.fromkeys(modality_names(), ""), "label": ""})
+    c.data.shuffle_buffer = 1000  # Streams: examples shuffled within a window of this many.
+    c.data.cycle_length = 4  # Streams: shards read at once (interleaved), per worker.
+    c.data.resampled = False  # Streams: draw shards with replacement (open_clip's resampled).
+    # Examples in one pass over the training data, for the epoch shown in the progress line
+    # (needed for a stream; 0 = the source's length where it has one, else not shown).
+    c.data.train_num_samples = 0
+    # A run stops once more than this fraction of the examples read is bad (undecodable,
+    # missing, empty; judged after 100 examples). Bad examples below it are skipped, counted.
+    c.data.max_bad_fraction = 0.05
     c.data.seed = 0  # Seeds the synthetic examples, the shuffle order and augmentation.
     c.data.train_size = 1_000_000  # Examples in the synthetic train split.
     c.data.eval_size = 1024  # Examples in the synthetic eval split.
@@ -528,6 +548,11 @@ RANGES: dict[str, str] = {
     "data.train_size": "> 0",
     "data.eval_size": "> 0",
     "data.audio_sample_rate": ">= 0",
+    "data.holdout": ">= 0",
+    "data.shuffle_buffer": ">= 0",
+    "data.cycle_length": "> 0",
+    "data.train_num_samples": ">= 0",
+    "data.max_bad_fraction": "[0, 1]",
     "data.num_threads": "> 0",
     "data.num_workers": ">= 0",
     "data.prefetch": ">= 0",
@@ -866,11 +891,31 @@ def _validate_eval(evaluation: ml_collections.ConfigDict) -> None:
 def _validate_data(config: ml_collections.ConfigDict) -> None:
     data = config.data
     source = data.source
+    kinds = ", ".join(f"{kind}:..." for kind in FILE_KINDS)
     _require(
-        source == "synthetic" or (source.startswith("tfds:") and len(source) > len("tfds:")),
+        source_kind(source) != "",
         "data.source",
-        "'synthetic' or 'tfds:<name>'",
+        f"'synthetic', 'tfds:<name>' or a file source ({kinds})",
     )
+    if data.eval_source:
+        _require(
+            source_kind(source) in FILE_KINDS and source_kind(data.eval_source) in FILE_KINDS,
+            "data.eval_source",
+            f"a file source ({kinds}), with a file source in data.source (the synthetic and TFDS "
+            "sources evaluate on their own eval split)",
+        )
+    if source_kind(source) in FILE_KINDS:
+        _require(
+            "video" not in config.model.modalities,
+            "model.modalities",
+            "video from files is not read yet (.mp4 members are recognised, not decoded); "
+            "train video on the synthetic or a TFDS source",
+        )
+        _require(
+            len(data.csv_separator) == 1,
+            "data.csv_separator",
+            f"one character (a tab is '\\t'); got {data.csv_separator!r}",
+        )
     if source.startswith("tfds:"):
         for modality in config.model.modalities:
             _require(

@@ -29,6 +29,7 @@ from ml_collections import config_flags
 
 from mmtx import config as config_lib
 from mmtx import launch
+from mmtx.data.bad_examples import BadDataError
 from mmtx.train import distributed
 from mmtx.train.checkpoint import CheckpointMismatchError
 from mmtx.train.loop import NonFiniteError, train_and_evaluate
@@ -148,7 +149,7 @@ def main(argv: list[str]) -> None:
         sys.exit(2)
     try:
         summary = train_and_evaluate(config, _WORKDIR.value, eval_only=_EVAL_ONLY.value)
-    except (NonFiniteError, WorkdirError, CheckpointMismatchError) as error:
+    except (NonFiniteError, WorkdirError, CheckpointMismatchError, BadDataError) as error:
         logging.error("%s", error)
         print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(1)

@@ -1,11 +1,12 @@
 """The grain input pipeline: source -> shuffle -> shard -> preprocess -> batch -> prefetch.
 
-Sources: the built-in synthetic data (``config.data.source = "synthetic"``) or a prepared
-TensorFlow Datasets split (``"tfds:<name>"``, :mod:`mmtx.data.tfds_source`). Both go through
-the same per-example preprocessing (:mod:`mmtx.data.preprocessing`: tokenise, image resize
-/ crop / flip, audio resample / crop / pad). The log-mel spectrogram is computed inside the
-model (:class:`mmtx.encoders.AudioEncoder`) where it runs on the accelerator, so the
-pipeline ships raw waveforms.
+Sources: the built-in synthetic data (``config.data.source = "synthetic"``), a prepared
+TensorFlow Datasets split (``"tfds:<name>"``, :mod:`mmtx.data.tfds_source`), or your own files
+(``csv:``, ``folder:``, ``arrayrecord:``, ``wds:``, ``parquet:``; :mod:`mmtx.data.sources`).
+All go through the same per-example preprocessing (:mod:`mmtx.data.preprocessing`: tokenise,
+image resize / crop / flip, audio resample / crop / pad). The log-mel spectrogram is computed
+inside the model (:class:`mmtx.encoders.AudioEncoder`) where it runs on the accelerator, so
+the pipeline ships raw waveforms.
 """
 
 from __future__ import annotations
@@ -17,7 +18,12 @@ import grain
 import ml_collections
 import numpy as np
 from absl import flags
+from PIL import Image
 
+from mmtx.data import bad_examples, records, sources
+from mmtx.data.bad_examples import DropBadIterDataset, is_bad
+from mmtx.data.preprocessing import decode_image
+from mmtx.data.streams import stream_dataset
 from mmtx.data.synthetic import CLASS_NAMES, SyntheticSource
 from mmtx.data.tfds_source import TfdsSource, tfds_name
 from mmtx.data.tokenizer import Tokenizer
@@ -25,6 +31,8 @@ from mmtx.modalities import get_modality, modality_names, ordered, present_key
 
 # Keys a pipeline batch carries besides the model inputs: attributes used by the metrics.
 ATTRIBUTE_KEYS = ("shape", "colour", "size", "position", "motion")
+# A source example's own audio sample rate (decoded files), overriding the source's.
+AUDIO_RATE_KEY = "_audio_rate"
 # grain's own absl flags that its main process reads when it starts worker processes.
 GRAIN_WORKER_FLAGS = ("grain_enable_multiprocess_worker_profiling",)
 
@@ -53,15 +61,21 @@ def split_name(config: ml_collections.ConfigDict, split: str) -> str:
     ``data.train_split`` / ``data.eval_split``, slicing included)."""
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval'; got {split!r}")
+    if sources.source_kind(config.data.source) in sources.FILE_KINDS:
+        return split
     if tfds_name(config.data.source) is None:
         return split
     return config.data.train_split if split == "train" else config.data.eval_split
 
 
 def create_source(config: ml_collections.ConfigDict, split: str) -> Any:
-    """The random-access source named by ``config.data.source`` for ``split`` ("train" or
-    "eval"): a :class:`SyntheticSource` or a :class:`TfdsSource`."""
+    """The source named by ``config.data.source`` for ``split`` ("train" or "eval"): a
+    :class:`SyntheticSource`, a :class:`TfdsSource`, or a file source of
+    :func:`mmtx.data.sources.create_file_source` (None for "eval" when there is no eval data:
+    see :func:`has_eval_data`)."""
     data = config.data
+    if sources.source_kind(data.source) in sources.FILE_KINDS:
+        return sources.create_file_source(config, split)
     if data.source == "synthetic":
         size = data.train_size if split == "train" else data.eval_size
         return SyntheticSource(
@@ -79,8 +93,17 @@ def create_source(config: ml_collections.ConfigDict, split: str) -> Any:
     if name:
         return TfdsSource(name, split_name(config, split), data.data_dir, dict(data.features))
     raise ValueError(
-        f"unknown config.data.source {data.source!r}; available: 'synthetic', 'tfds:<name>'"
+        f"unknown config.data.source {data.source!r}; available: 'synthetic', 'tfds:<name>', "
+        + ", ".join(f"'{kind}:...'" for kind in sources.FILE_KINDS)
     )
+
+
+def has_eval_data(config: ml_collections.ConfigDict) -> bool:
+    """Whether the config has data to evaluate on: always for the synthetic and TFDS sources;
+    for file sources, see :mod:`mmtx.data.sources` (``data.eval_source`` / ``data.holdout``)."""
+    if sources.source_kind(config.data.source) not in sources.FILE_KINDS:
+        return True
+    return bool(sources.eval_spec(config))
 
 
 def source_sample_rate(config: ml_collections.ConfigDict, source: Any) -> int:
@@ -163,7 +186,7 @@ def make_preprocess(
                     tokenizer=tokenizer,
                     rng=rng,
                     augment=augment,
-                    sample_rate=sample_rate,
+                    sample_rate=example.get(AUDIO_RATE_KEY, sample_rate),
                 )
             )
             if mark_presence:
@@ -176,6 +199,127 @@ def make_preprocess(
         return out
 
     return preprocess
+
+
+def make_file_preprocess(
+    config: ml_collections.ConfigDict, tokenizer: Tokenizer, *, augment: bool = False
+) -> Callable[..., dict[str, Any]]:
+    """:func:`make_preprocess` for examples read from files, where any one may be bad: returns
+    ``(example, rng=None) -> model inputs``, or a :func:`mmtx.data.bad_examples.bad` marker
+    (passed on unchanged when the example is one already) for
+
+    * an image that does not decode (``undecodable image``) or is past PIL's decompression-bomb
+      limit (``image too large``), an audio file that does not decode (``undecodable audio``);
+    * an empty or blank caption (``empty caption``);
+    * an example without a field the model needs (``missing input``).
+
+    Images are decoded at a reduced JPEG scale (:func:`mmtx.data.preprocessing.decode_image`);
+    audio by its format (:func:`mmtx.data.records.decode_audio`), at its own sample rate.
+    """
+    preprocess = make_preprocess(config, tokenizer, augment=augment)
+    modalities = ordered(config.model.modalities)
+    keys = {m: get_modality(m).example_key for m in modalities}
+    image_size = int(config.model.image.image_size)
+    channels = int(config.model.image.channels)
+
+    def guarded(example: dict[str, Any], rng: np.random.Generator | None = None) -> dict[str, Any]:
+        if is_bad(example):
+            return example
+        name = str(example.get(bad_examples.NAME_KEY, "?"))
+        example = dict(example)
+        for modality, key in keys.items():
+            value = example.get(key)
+            if modality == "text" and (value is None or not str(value).strip()):
+                return bad_examples.bad("empty caption", name)
+            if is_empty(value):
+                return bad_examples.bad("missing input", f"{name} (no {key})")
+        if isinstance(example.get("image"), bytes) and "image" in keys:
+            try:
+                example["image"] = decode_image(example["image"], image_size, channels)
+            except Image.DecompressionBombError:
+                return bad_examples.bad("image too large", name)
+            except Exception:  # PIL raises many types for damaged files
+                return bad_examples.bad("undecodable image", name)
+        if isinstance(example.get("audio"), bytes) and "audio" in keys:
+            try:
+                audio_format = example.get(records.AUDIO_FORMAT_KEY, "wav")
+                example["audio"], example[AUDIO_RATE_KEY] = records.decode_audio(
+                    example["audio"], audio_format
+                )
+            except ImportError:
+                raise
+            except Exception:  # scipy / soundfile errors on damaged files
+                return bad_examples.bad("undecodable audio", name)
+            if example["audio"].size == 0:
+                return bad_examples.bad("undecodable audio", f"{name} (no samples)")
+        return preprocess(example, rng)
+
+    return guarded
+
+
+def _create_file_dataset(
+    config: ml_collections.ConfigDict,
+    split: str,
+    tokenizer: Tokenizer,
+    *,
+    batch_size: int,
+    train: bool,
+    process_index: int,
+    process_count: int,
+    with_index: bool,
+) -> grain.IterDataset:
+    """:func:`create_dataset` for a file source (:mod:`mmtx.data.sources`)."""
+    data = config.data
+    source = create_source(config, split)
+    if source is None:
+        raise ValueError(f"no eval data: {sources.describe_eval(config)}")
+    preprocess = make_file_preprocess(config, tokenizer, augment=train and data.augment)
+    read_options = grain.ReadOptions(
+        num_threads=data.num_threads, prefetch_buffer_size=data.prefetch
+    )
+    if isinstance(source, sources.StreamSource):
+        dataset = stream_dataset(
+            source.urls,
+            source.reader,
+            seed=data.seed,
+            train=train,
+            resampled=data.resampled,
+            process_index=process_index,
+            process_count=process_count,
+            cycle_length=data.cycle_length,
+            shuffle_buffer=data.shuffle_buffer,
+        )
+        if train:
+            dataset = dataset.random_map(preprocess, seed=data.seed)
+        else:
+            dataset = dataset.map(preprocess)
+    else:
+        examples = grain.MapDataset.source(source)
+        if train:
+            examples = (
+                examples.shuffle(seed=data.seed).repeat().random_map(preprocess, seed=data.seed)
+            )
+        elif with_index:
+
+            def with_position(index: int, example: dict[str, Any]) -> dict[str, Any]:
+                out = preprocess(example)
+                return out if is_bad(out) else {**out, "index": np.int32(index)}
+
+            examples = examples.map_with_index(with_position)
+        else:
+            examples = examples.map(preprocess)
+        dataset = examples[process_index::process_count].to_iter_dataset(read_options)
+    dataset = DropBadIterDataset(dataset, data.max_bad_fraction)
+    dataset = dataset.batch(batch_size, drop_remainder=train)
+    if data.num_workers > 0:
+        _grain_worker_flags_readable()
+        return dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers))
+    if isinstance(source, sources.StreamSource) and data.prefetch > 0:
+        # Streams decode in the iterating thread: a thread ahead overlaps it with the step.
+        dataset = grain.experimental.ThreadPrefetchIterDataset(
+            dataset, prefetch_buffer_size=data.prefetch
+        )
+    return dataset
 
 
 def create_dataset(
@@ -204,7 +348,24 @@ def create_dataset(
     Deterministic: the same config gives the same batches. With ``with_index`` (eval data
     only) each example also carries ``index``, int32: its position in the split, which
     :func:`eval_captions` refers to.
+
+    File sources (:mod:`mmtx.data.sources`) are built the same way where they are random
+    access; streams are read as :func:`mmtx.data.streams.stream_dataset` says. Their bad
+    examples are skipped (:mod:`mmtx.data.bad_examples`): each batch then also carries
+    ``_skipped`` int32 ``[batch_size, len(REASONS)]``, which
+    :class:`mmtx.data.bad_examples.SkipTally` takes off and counts.
     """
+    if sources.source_kind(config.data.source) in sources.FILE_KINDS:
+        return _create_file_dataset(
+            config,
+            split,
+            tokenizer,
+            batch_size=batch_size,
+            train=train,
+            process_index=process_index,
+            process_count=process_count,
+            with_index=with_index,
+        )
     source = create_source(config, split)
     dataset = grain.MapDataset.source(source)
     preprocess = make_preprocess(

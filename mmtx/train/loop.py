@@ -22,7 +22,8 @@ from jax.experimental import multihost_utils
 
 from mmtx import config as config_lib
 from mmtx import losses
-from mmtx.data.pipeline import create_dataset
+from mmtx.data import bad_examples, sources
+from mmtx.data.pipeline import create_dataset, create_source, has_eval_data
 from mmtx.evaluate.evaluators import eval_tasks
 from mmtx.models import resolve_dtype
 from mmtx.train import flops as flops_lib
@@ -214,6 +215,17 @@ class StepProfiler:
             self.done = True
 
 
+def _epoch_size(config: ml_collections.ConfigDict) -> int:
+    """Examples in one pass over the training data: ``data.train_num_samples``, else a
+    random-access file source's length (this process's share times the processes); 0 for a
+    stream without ``train_num_samples`` and for the built-in sources."""
+    if config.data.train_num_samples:
+        return int(config.data.train_num_samples)
+    if sources.source_kind(config.data.source) in sources.RANDOM_ACCESS_KINDS:
+        return len(create_source(config, "train"))
+    return 0
+
+
 def _flops_and_peak(config: ml_collections.ConfigDict, device_kind: str) -> tuple[float, float]:
     """The step's analytic FLOPs (all devices) and the peak FLOP/s per device, logged once."""
     count = flops_lib.analytic_flops(config, config.train.batch_size)
@@ -245,8 +257,11 @@ def _train_and_evaluate(
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
+    file_source = sources.source_kind(config.data.source) in sources.FILE_KINDS
     with contextlib.ExitStack() as cleanup:
         train_iter = iter(train_data)
+        if file_source:  # skipped bad examples, counted and checkpointed with the position
+            train_iter = bad_examples.SkipTally(train_iter)
         cleanup.callback(close_iterator, train_iter)
         state = run.init_state()
         num_params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -298,6 +313,10 @@ def _train_and_evaluate(
             )
         # Only now, with the checkpoint known to fit: config.json describes the checkpoints.
         write_config(config, workdir)
+        if file_source:
+            _log(f"data: {create_source(config, 'train')!r}; {sources.describe_eval(config)}")
+        evaluates = has_eval_data(config)
+        epoch_size = _epoch_size(config)
 
         to_global, train_step, eval_step = run.to_global, run.train_step, run.eval_step
 
@@ -318,6 +337,8 @@ def _train_and_evaluate(
             if not eval_extras:
                 eval_extras.append(eval_tasks(config))
             eval_iter = iter(eval_data)
+            if file_source:
+                eval_iter = bad_examples.SkipTally(eval_iter)
             try:
                 return evaluate(
                     eval_step,
@@ -339,6 +360,8 @@ def _train_and_evaluate(
                 close_iterator(eval_iter)
 
         def run_eval(step: int) -> dict[str, float]:
+            if not evaluates:
+                return {}
             started = time.perf_counter()
             metrics = evaluate_params(state.params)
             _log(f"eval at step {step} ({time.perf_counter() - started:.1f}s): {_shown(metrics)}")
@@ -399,9 +422,13 @@ def _train_and_evaluate(
             last_loss = float(fetched[-1][1]["loss"])
             if log:
                 latest = {k: v for k, v in fetched[-1][1].items()}
-                _log(
-                    progress.line(step, {k: latest[k] for k in ("loss", "accuracy") if k in latest})
+                line = progress.line(
+                    step, {k: latest[k] for k in ("loss", "accuracy") if k in latest}
                 )
+                if epoch_size:
+                    line += f" | epoch {step * train_config.batch_size / epoch_size:.2f}"
+                skipped = bad_examples.describe(getattr(train_iter, "counts", {}))
+                _log(f"{line} | {skipped}" if skipped else line)
                 if progress.perf:
                     writer.write_scalars(step, {f"train/{k}": v for k, v in progress.perf.items()})
 
@@ -490,6 +517,8 @@ def _train_and_evaluate(
         "nonfinite_steps": nonfinite_steps,
         "preempted": preempted,
     }
+    if file_source:  # bad examples skipped, by reason, over the whole run (resumes included)
+        summary["skipped"] = dict(getattr(train_iter, "counts", {}))
     if step > first_step and flops_per_step:
         # Over this run's steps, the compile excluded (evals and checkpoints included).
         rate = (step - first_step) / max(elapsed - (compile_seconds or 0.0), 1e-9)

@@ -86,8 +86,9 @@ class _DropBadIterator(grain.DatasetIterator):
             reason = int(example[BAD_KEY])
             pending[reason] += 1
             self._bad[reason] += 1
-            if len(self._names) < MAX_NAMES:
-                self._names.append(f"{example[NAME_KEY]} ({REASONS[reason]})")
+            named = f"{example[NAME_KEY]} ({REASONS[reason]})"
+            if len(self._names) < MAX_NAMES and named not in self._names:
+                self._names.append(named)
             self._check()
 
     def _check(self) -> None:

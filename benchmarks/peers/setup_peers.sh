@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Creates benchmarks/peers/.venv-peers: PyTorch + open_clip + transformers + timm, for
-# make_import_fixtures.py only (the checkpoint-import reference fixtures of
-# tests/checkpoints/fixtures/).
+# make_import_fixtures.py (the checkpoint-import reference fixtures of
+# tests/checkpoints/fixtures/), and webdataset + pandas for open_clip_wds_pipeline.py (open_clip's
+# own WebDataset training pipeline, `open_clip_train.data.get_wds_dataset`, which imports pandas;
+# run by benchmarks/input_pipeline.py --own_data). webdataset is 0.2.86, the newest that
+# open_clip_torch[training] 3.3.0 allows (<=0.2.86): 1.x's tar iterator yields samples without
+# the "fname" key open_clip's tarfile_to_samples_nothrow reads.
 #
 # Not a dependency of mmtx (nothing in the project imports torch; the fixtures are committed so
 # the test suite never needs this environment). Run from anywhere:
@@ -29,8 +33,12 @@ fi
     typer==0.29.2 click==8.5.1 rich==15.0.0 shellingham==1.5.4 markdown-it-py==4.3.0 \
     mdurl==0.1.2 Pygments==2.21.0 annotated-doc==0.0.7 \
     pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
+"$venv/bin/pip" install --quiet \
+    webdataset==0.2.86 braceexpand==0.1.7 \
+    pandas==2.3.3 python-dateutil==4.0.0 pytz==2026.6 tzdata==2026.6
 "$venv/bin/python" -c "
-import open_clip, timm, torch, transformers
+import open_clip, open_clip_train.data, timm, torch, torchvision, transformers, webdataset
 from transformers import ASTModel, CLIPModel, SiglipModel
-print('torch', torch.__version__, 'open_clip', open_clip.__version__,
-      'transformers', transformers.__version__, 'timm', timm.__version__)"
+print('torch', torch.__version__, 'torchvision', torchvision.__version__,
+      'open_clip', open_clip.__version__, 'transformers', transformers.__version__,
+      'timm', timm.__version__, 'webdataset', webdataset.__version__)"

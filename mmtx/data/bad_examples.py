@@ -68,6 +68,11 @@ def describe(counts: Mapping[str, int]) -> str:
     return f"skipped {sum(shown.values())} ({parts})"
 
 
+def as_counts(totals: np.ndarray) -> dict[str, int]:
+    """int ``[len(REASONS)]`` -> ``{reason: count}`` of the reasons with a count."""
+    return {r: int(n) for r, n in zip(REASONS, totals, strict=True) if n}
+
+
 class _DropBadIterator(grain.DatasetIterator):
     def __init__(self, parent: grain.DatasetIterator, max_bad_fraction: float):
         super().__init__(parent)
@@ -153,9 +158,14 @@ class SkipTally(grain.DatasetIterator):
         return batch
 
     @property
+    def totals(self) -> np.ndarray:
+        """int64 ``[len(REASONS)]``: examples skipped by this process, per reason."""
+        return self._totals.copy()
+
+    @property
     def counts(self) -> dict[str, int]:
         """Reason -> examples skipped, the reasons with none left out."""
-        return {r: int(n) for r, n in zip(REASONS, self._totals, strict=True) if n}
+        return as_counts(self._totals)
 
     def get_state(self) -> dict[str, Any]:
         return {"pipeline": self._parent.get_state(), "skipped": self._totals.tolist()}

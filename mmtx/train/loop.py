@@ -392,6 +392,14 @@ def _train_and_evaluate(
         flops_per_step, peak_flops = 0.0, 0.0
         last_loss: float | None = None
 
+        def skipped_counts() -> dict[str, int]:
+            """Bad examples skipped by every process so far, by reason (a collective: every
+            process calls it at the same steps)."""
+            totals = train_iter.totals
+            if jax.process_count() > 1:
+                totals = np.asarray(multihost_utils.process_allgather(totals)).sum(0)
+            return bad_examples.as_counts(totals)
+
         def flush_metrics(log: bool) -> None:
             """Fetches the pending steps' metrics, writes them and applies the non-finite policy.
 
@@ -427,7 +435,7 @@ def _train_and_evaluate(
                 )
                 if epoch_size:
                     line += f" | epoch {step * train_config.batch_size / epoch_size:.2f}"
-                skipped = bad_examples.describe(getattr(train_iter, "counts", {}))
+                skipped = bad_examples.describe(skipped_counts()) if file_source else ""
                 _log(f"{line} | {skipped}" if skipped else line)
                 if progress.perf:
                     writer.write_scalars(step, {f"train/{k}": v for k, v in progress.perf.items()})
@@ -437,7 +445,7 @@ def _train_and_evaluate(
             recorded = workdir_lib.read_evals(workdir)
             if eval_only:
                 eval_metrics = run_eval(step)
-            elif step > 0 and (step % train_config.eval_every == 0 or step >= end):
+            elif evaluates and step > 0 and (step % train_config.eval_every == 0 or step >= end):
                 if step not in recorded:
                     _log(f"evaluating step {step}, which the interrupted run did not finish")
                     eval_metrics = run_eval(step)
@@ -518,7 +526,7 @@ def _train_and_evaluate(
         "preempted": preempted,
     }
     if file_source:  # bad examples skipped, by reason, over the whole run (resumes included)
-        summary["skipped"] = dict(getattr(train_iter, "counts", {}))
+        summary["skipped"] = skipped_counts()
     if step > first_step and flops_per_step:
         # Over this run's steps, the compile excluded (evals and checkpoints included).
         rate = (step - first_step) / max(elapsed - (compile_seconds or 0.0), 1e-9)

@@ -181,3 +181,26 @@ def test_too_much_bad_data_stops_with_one_error_and_keeps_checkpoints(tmp_path):
         checkpointer.close()
     assert step == max(steps)
     shutil.rmtree(tmp_path / "data")
+
+
+def test_csv_training_evaluates_zero_shot_on_a_class_folder(tmp_path):
+    from own_data import write_folder_dataset
+
+    from mmtx import config as config_lib
+    from mmtx.train.loop import train_and_evaluate
+
+    csv_path = write_csv_dataset(str(tmp_path / "data"), 64, image_size=32)
+    folder = write_folder_dataset(str(tmp_path / "pets"), per_class=3, classes=4)
+    config = config_lib.load_config("configs/csv_image_text.py:tiny")
+    config.model.image.image_size = 32
+    config.data.source = f"csv:{csv_path}"
+    config.data.eval_source = f"folder:{folder}"
+    config.eval.zero_shot = True
+    config.eval.batch_size = 8
+    config.train.batch_size = 8
+    config.train.steps = 2
+    config_lib.validate(config)
+    summary = train_and_evaluate(config, str(tmp_path / "run"))
+    assert summary["eval"]["num_examples"] == 12  # 4 classes x 3 images, each once
+    assert 0 <= summary["eval"]["image_zero_shot_top1"] <= 1
+    assert summary["eval"]["image_zero_shot_top5"] == 1.0  # 4 classes: all in the top 5

@@ -159,3 +159,26 @@ def test_holdout_and_streams_from_a_bucket(tmp_path, csv_path):
     assert create_source(stream, "eval") is None
     with pytest.raises(ValueError, match=r"no eval data.*set config\.data\.eval_source"):
         _batches(stream, 0, train=False, split="eval")
+
+
+@pytest.mark.parametrize("kind", ["csv", "wds"])
+def test_a_restored_iterator_gives_the_same_batches(tmp_path, csv_path, kind):
+    source = f"csv:{csv_path}"
+    if kind == "wds":
+        pack.pack(source, f"wds:{tmp_path}/shards", shard_size=5)
+        source = f"wds:{tmp_path}/shards"
+    config = _config(source, prefetch=2)
+    dataset = create_dataset(config, "train", ByteTokenizer(), batch_size=4, train=True)
+    first = SkipTally(iter(dataset))
+    for _ in range(4):
+        next(first)
+    state = first.get_state()
+    expected = [next(first) for _ in range(9)]  # past an epoch of 24
+    first.close()
+    resumed = SkipTally(iter(dataset))
+    resumed.set_state(state)
+    got = [next(resumed) for _ in range(9)]
+    resumed.close()
+    for want, have in zip(expected, got, strict=True):
+        for key in want:
+            np.testing.assert_array_equal(have[key], want[key], err_msg=key)

@@ -201,6 +201,15 @@ def make_preprocess(
     return preprocess
 
 
+def _has_text(value: Any) -> bool:
+    """Whether a caption (``str``/``bytes``, or a list of them) has a non-blank one."""
+    if isinstance(value, list | tuple | np.ndarray):
+        return any(_has_text(v) for v in value)
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    return value is not None and bool(str(value).strip())
+
+
 def make_file_preprocess(
     config: ml_collections.ConfigDict, tokenizer: Tokenizer, *, augment: bool = False
 ) -> Callable[..., dict[str, Any]]:
@@ -229,7 +238,7 @@ def make_file_preprocess(
         example = dict(example)
         for modality, key in keys.items():
             value = example.get(key)
-            if modality == "text" and (value is None or not str(value).strip()):
+            if modality == "text" and not _has_text(value):
                 return bad_examples.bad("empty caption", name)
             if is_empty(value):
                 return bad_examples.bad("missing input", f"{name} (no {key})")

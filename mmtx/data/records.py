@@ -131,3 +131,15 @@ def decode_record(record: bytes) -> dict[str, bytes]:
     ):
         raise ValueError("not an mmtx record (a MessagePack map of name -> bytes)")
     return fields
+
+
+def sniff_audio_format(data: bytes) -> str:
+    """The format of encoded audio from its first bytes: ``flac``, ``ogg``, ``mp3`` or
+    ``wav`` (the default)."""
+    if data.startswith(b"fLaC"):
+        return "flac"
+    if data.startswith(b"OggS"):
+        return "ogg"
+    if data.startswith(b"ID3") or data[:2] in (b"\xff\xfb", b"\xff\xf3", b"\xff\xf2"):
+        return "mp3"
+    return "wav"

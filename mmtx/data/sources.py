@@ -88,7 +88,11 @@ def _open(config: ml_collections.ConfigDict, spec: str, rows: slice) -> Any:
     if kind == "folder":
         return FolderSource(location, rows=rows)
     if kind == "arrayrecord":
-        return ArrayRecordSource(files.list_files(location, ARRAYRECORD_EXTENSIONS), rows=rows)
+        return ArrayRecordSource(
+            files.list_files(location, ARRAYRECORD_EXTENSIONS),
+            rows=rows,
+            columns=dict(data.columns),
+        )
     if kind == "wds":
         return StreamSource(tuple(files.list_files(location, (".tar",))), shard_readers.read_tar)
     if kind == "parquet":

@@ -182,3 +182,30 @@ def test_a_restored_iterator_gives_the_same_batches(tmp_path, csv_path, kind):
     for want, have in zip(expected, got, strict=True):
         for key in want:
             np.testing.assert_array_equal(have[key], want[key], err_msg=key)
+
+
+def test_audio_files_decode_at_their_own_rate_and_bad_ones_are_skipped(tmp_path):
+    import scipy.io.wavfile
+
+    from mmtx.data.preprocessing import preprocess_audio
+
+    rng = np.random.default_rng(0)
+    clips = {}
+    for i in range(6):
+        rate = (8000, 16000, 22050)[i % 3]
+        samples = (rng.normal(size=rate // 2) * 8000).astype(np.int16)
+        clips[i] = (samples, rate)
+        (tmp_path / "sounds" / f"class_{i % 2}").mkdir(parents=True, exist_ok=True)
+        scipy.io.wavfile.write(tmp_path / "sounds" / f"class_{i % 2}" / f"{i}.wav", rate, samples)
+    (tmp_path / "sounds" / "class_0" / "00_broken.wav").write_bytes(b"RIFF\x00\x00 no wav")
+    config = _config(f"folder:{tmp_path}/sounds")
+    config.model.modalities = ("text", "audio")
+    config.model.audio.num_samples = 4000
+    batches, counts = _batches(config, 0, batch_size=6, train=False)
+    assert counts == {"undecodable audio": 1}
+    (batch,) = batches
+    order = [0, 2, 4, 1, 3, 5]  # class_0's files by name, then class_1's
+    for row, i in enumerate(order):
+        samples, rate = clips[i]
+        expected = preprocess_audio(samples, 4000, sample_rate=rate, target_rate=16000)
+        np.testing.assert_array_equal(batch["audio"][row], expected)

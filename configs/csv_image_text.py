@@ -45,7 +45,8 @@ def get_config(arg: str | None = None):
 
     config.data.source = "csv:train.csv"
     config.data.holdout = 500  # the last 500 rows: image<->text retrieval
-    config.data.augment = True
+    config.data.augment = True  # a random-resized crop (open_clip's scale) + flip
+    config.data.crop_scale = (0.9, 1.0)
     config.eval.zero_shot = False  # captions, no class names
 
     config.train.steps = 5_000

@@ -274,6 +274,9 @@ def default_config() -> ml_collections.ConfigDict:
     )
     c.data.audio_sample_rate = 0  # Source audio's rate in Hz; 0 = from the TFDS feature.
     c.data.augment = False  # Training augmentation: random image crop + flip, audio crop.
+    # With augment: () = resize the shorter side, then a random square + flip; (lo, hi) = a
+    # random-resized crop of that area fraction (open_clip trains with (0.9, 1.0)) + flip.
+    c.data.crop_scale = ()
     c.data.num_threads = 2  # Threads reading and preprocessing examples (per process/worker).
     c.data.num_workers = 0  # grain worker processes making batches; 0 = none (threads only).
     c.data.prefetch = 4  # Batches buffered ahead of the train step.
@@ -904,6 +907,12 @@ def _validate_data(config: ml_collections.ConfigDict) -> None:
             f"a file source ({kinds}), with a file source in data.source (the synthetic and TFDS "
             "sources evaluate on their own eval split)",
         )
+    crop_scale = tuple(data.crop_scale)
+    _require(
+        crop_scale == () or (len(crop_scale) == 2 and 0 < crop_scale[0] <= crop_scale[1] <= 1),
+        "data.crop_scale",
+        f"() or (lo, hi) with 0 < lo <= hi <= 1 (open_clip: (0.9, 1.0)); got {crop_scale}",
+    )
     if source_kind(source) in FILE_KINDS:
         _require(
             "video" not in config.model.modalities,

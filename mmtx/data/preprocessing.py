@@ -5,7 +5,8 @@ They take and return numpy arrays (randomness only through an explicit
 (:mod:`mmtx.data.pipeline`) and in :class:`mmtx.Model`'s raw-input calls.
 
 Images: :func:`decode_image`, :func:`image_to_float`, :func:`resize_shorter_side`,
-:func:`center_crop`, :func:`random_crop`, :func:`random_flip`, and :func:`preprocess_image`
+:func:`center_crop`, :func:`random_crop`, :func:`random_resized_crop`, :func:`random_flip`,
+and :func:`preprocess_image`
 chaining them.
 Audio: :func:`audio_to_float`, :func:`resample`, :func:`crop_or_pad` and
 :func:`preprocess_audio`; the log-mel spectrogram (:func:`log_mel_spectrogram`, the same
@@ -40,6 +41,7 @@ __all__ = [
     "preprocess_image",
     "random_crop",
     "random_flip",
+    "random_resized_crop",
     "resample",
     "resize_shorter_side",
     "select_text",
@@ -187,6 +189,41 @@ def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.nd
     return image[top : top + size, left : left + size]
 
 
+def random_resized_crop(
+    image: np.ndarray,
+    size: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> np.ndarray:
+    """A random window of ``[H, W, C]`` covering a fraction in ``scale`` of its area with an
+    aspect ratio (width / height) in ``ratio`` (log-uniform), resized to ``[size, size, C]``
+    (bilinear): torchvision's ``RandomResizedCrop``, which open_clip trains with at
+    ``scale=(0.9, 1.0)``. After 10 draws that do not fit, the largest centred window of the
+    nearest allowed ratio. Dtype kept."""
+    height, width = image.shape[:2]
+    area = height * width
+    log_ratio = (np.log(ratio[0]), np.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = float(np.exp(rng.uniform(*log_ratio)))
+        crop_w = round(np.sqrt(target * aspect))
+        crop_h = round(np.sqrt(target / aspect))
+        if 0 < crop_w <= width and 0 < crop_h <= height:
+            top = int(rng.integers(height - crop_h + 1))
+            left = int(rng.integers(width - crop_w + 1))
+            return _resize(image[top : top + crop_h, left : left + crop_w], size, size)
+    aspect = width / height
+    if aspect < ratio[0]:
+        crop_w, crop_h = width, round(width / ratio[0])
+    elif aspect > ratio[1]:
+        crop_h, crop_w = height, round(height * ratio[1])
+    else:
+        crop_w, crop_h = width, height
+    top, left = (height - crop_h) // 2, (width - crop_w) // 2
+    return _resize(image[top : top + crop_h, left : left + crop_w], size, size)
+
+
 def random_flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Mirrors ``[H, W, C]`` left-right with probability 1/2."""
     return image[:, ::-1] if rng.random() < 0.5 else image
@@ -198,6 +235,7 @@ def preprocess_image(
     *,
     channels: int = 3,
     rng: np.random.Generator | None = None,
+    crop_scale: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """One raw image -> float32 ``[image_size, image_size, channels]`` in ``[0, 1]``.
 
@@ -208,7 +246,9 @@ def preprocess_image(
     4-channel (RGBA) or 2-channel (grey + alpha) array when the model takes another number of
     channels; PIL images and bytes are converted with ``convert``. The shorter side is resized
     to ``image_size`` and the square cut from the centre; with ``rng`` (training
-    augmentation) the square is placed at random and mirrored with probability 1/2.
+    augmentation) the square is placed at random and mirrored with probability 1/2; with
+    ``rng`` and ``crop_scale`` it is instead a :func:`random_resized_crop` of that area
+    fraction of the image (any aspect ratio in [3/4, 4/3]), mirrored with probability 1/2.
     Normalising with the model's mean/std happens in :class:`mmtx.encoders.ImageEncoder`.
     """
     if isinstance(image, bytes | np.bytes_):
@@ -230,6 +270,9 @@ def preprocess_image(
         raise ValueError(f"image must have {channels} channels; got shape {image.shape}")
     if image.dtype != np.uint8:
         image = image_to_float(image)  # validates the range before resizing
+    if rng is not None and crop_scale is not None:
+        image = random_resized_crop(image, image_size, rng, tuple(crop_scale))
+        return np.clip(image_to_float(random_flip(image, rng)), 0.0, 1.0)
     image = resize_shorter_side(image, image_size)
     if rng is None:
         image = center_crop(image, image_size)

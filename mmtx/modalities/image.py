@@ -125,7 +125,12 @@ class ImageSpec(ModalitySpec):
         sample_rate: int | None,
     ) -> dict[str, np.ndarray]:
         image = config.model.image
+        crop_scale = tuple(config.data.crop_scale) if config.data.crop_scale else None
         pixels = preprocessing.preprocess_image(
-            value, image.image_size, channels=image.channels, rng=rng if augment else None
+            value,
+            image.image_size,
+            channels=image.channels,
+            rng=rng if augment else None,
+            crop_scale=crop_scale,
         )
         return {"image": pixels}

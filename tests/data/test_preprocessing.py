@@ -416,3 +416,43 @@ def test_encoded_images_are_decoded_as_the_pipeline_does():
         to_image_batch([pngs[0], b"not an image"], 8, name="image_features")
     with pytest.raises(ValueError, match=re.escape("image_features: cannot identify image")):
         to_image_batch(b"not an image", 8, name="image_features")
+
+
+def _crops(monkeypatch, image, draws, **kwargs):
+    """The windows random_resized_crop cuts (before resizing), found by spying on the resize:
+    ``(top, left, height, width)`` read from a coordinate-valued image."""
+    from mmtx.data import preprocessing
+
+    seen = []
+    monkeypatch.setattr(preprocessing, "_resize", lambda crop, h, w: seen.append(crop) or crop)
+    rng = np.random.default_rng(0)
+    for _ in range(draws):
+        preprocessing.random_resized_crop(image, 8, rng, **kwargs)
+    return [(int(c[0, 0, 0]), int(c[0, 0, 1]), c.shape[0], c.shape[1]) for c in seen]
+
+
+def test_random_resized_crop_draws_windows_of_the_asked_area_and_ratio(monkeypatch):
+    height, width = 60, 90
+    rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    image = np.stack([rows, cols, rows * 0], axis=-1).astype(np.float32)
+    crops = _crops(monkeypatch, image, 300, scale=(0.3, 0.6), ratio=(0.5, 2.0))
+    areas = np.asarray([h * w / (height * width) for _, _, h, w in crops])
+    ratios = np.asarray([w / h for _, _, h, w in crops])
+    assert all(0 <= t and t + h <= height and 0 <= left and left + w <= width
+               for t, left, h, w in crops)  # fmt: skip
+    assert 0.28 < areas.min() and areas.max() < 0.62  # rounding to whole pixels
+    assert 0.45 < ratios.min() and ratios.max() < 2.1
+    assert areas.std() > 0.05 and len({(t, left) for t, left, _, _ in crops}) > 100
+    # Nothing fits (a 3:1 window of the whole area): the centred window of the nearest ratio.
+    assert set(_crops(monkeypatch, image, 5, scale=(1.0, 1.0), ratio=(3.0, 4.0))) == {
+        (15, 0, 30, 90)
+    }
+
+
+def test_preprocess_image_with_crop_scale_uses_the_resized_crop():
+    image = np.random.default_rng(1).random((40, 50, 3)).astype(np.float32)
+    out = preprocess_image(image, 16, rng=np.random.default_rng(2), crop_scale=(0.9, 1.0))
+    assert out.shape == (16, 16, 3) and out.dtype == np.float32
+    assert 0 <= out.min() and out.max() <= 1
+    plain = preprocess_image(image, 16, rng=np.random.default_rng(2))
+    assert not np.array_equal(out, plain)

@@ -10,9 +10,9 @@ Each record is one example, in either of two encodings, told apart per record:
   is ``config.data.columns.<role>``, else the first of
   :data:`mmtx.data.tf_example.DEFAULT_FEATURES` present (``image`` or ``image/encoded``,
   ``caption`` or ``text``, ``label``, ...).
- The files
-are read with ``grain.sources.ArrayRecordDataSource`` (local paths, and ``gs://`` where the
-array_record library reads it), random access, so grain shuffles them globally.
+
+The files are read with ``grain.sources.ArrayRecordDataSource`` (local paths, and ``gs://``
+where the array_record library reads it), random access, so grain shuffles them globally.
 """
 
 from __future__ import annotations

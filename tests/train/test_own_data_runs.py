@@ -55,15 +55,15 @@ def add_bad_rows(csv_path, directory, at=5):
 
 
 def test_csv_trains_retrieval_well_above_chance_skipping_bad_rows(tmp_path):
-    csv_path = write_csv_dataset(str(tmp_path / "data"), 800)
+    csv_path = write_csv_dataset(str(tmp_path / "data"), 800, image_size=32)
     add_bad_rows(csv_path, str(tmp_path / "data"))
     holdout = 200
     result = run(
         "configs/csv_image_text.py", tmp_path / "run",
         f"--config.data.source=csv:{csv_path}", f"--config.data.holdout={holdout}",
-        "--config.train.steps=150", "--config.train.eval_every=150",
-        "--config.train.log_every=50", "--config.train.batch_size=48",
-        "--config.eval.batch_size=100",
+        "--config.train.steps=120", "--config.train.eval_every=120",
+        "--config.train.log_every=40", "--config.train.batch_size=48",
+        "--config.eval.batch_size=100", "--config.model.image.image_size=32",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

@@ -29,7 +29,8 @@ class FolderSource:
     """A class-per-subdirectory folder as a random-access grain source; ``source[i]`` holds
     ``image`` or ``audio`` (the file's bytes), ``caption`` (the class name) and ``label``
     (int32). Files are listed once, in order (class, then path); reading one that has gone
-    gives a ``missing file`` :func:`mmtx.data.bad_examples.bad` marker. Picklable.
+    gives a ``missing file`` :func:`mmtx.data.bad_examples.bad` marker. ``entries`` lists
+    them as ``(url, label)``. Picklable.
 
     Args:
       directory: the folder, local or an fsspec URL.
@@ -56,15 +57,15 @@ class FolderSource:
                 f"({', '.join(extensions)})"
             )
         self.class_names = tuple(names)
-        self._items = items[rows]
+        self.entries = items[rows]
         self.may_lack_inputs = False
         self.multiple_captions = False
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self.entries)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        url, label = self._items[index]
+        url, label = self.entries[index]
         try:
             data = files.read_bytes(url)
         except (OSError, ValueError):

@@ -76,7 +76,7 @@ def folder_samples(directory: str) -> Iterator[dict[str, bytes] | dict[str, Any]
     """The samples of a class-per-folder directory (:mod:`mmtx.data.folder_source`) as fields:
     the file under its extension, ``txt`` the class name, ``cls`` the class index."""
     source = FolderSource(directory)
-    for url, label in source._items:
+    for url, label in source.entries:
         try:
             data = files.read_bytes(url)
         except (OSError, ValueError):

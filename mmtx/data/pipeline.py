@@ -266,6 +266,44 @@ def make_file_preprocess(
     return guarded
 
 
+def _random_access_examples(
+    source: Any,
+    preprocess: Callable[..., dict[str, Any]],
+    *,
+    seed: int,
+    train: bool,
+    with_index: bool,
+    process_index: int,
+    process_count: int,
+) -> grain.MapDataset:
+    """This process's preprocessed examples of a random-access source: for training shuffled
+    globally each epoch, repeated and augmented by global position; else in order (with
+    ``index`` when asked, on every example that is not a :func:`bad_examples.bad` marker);
+    then every ``process_count``-th from ``process_index``."""
+    dataset = grain.MapDataset.source(source)
+    if train:
+        dataset = dataset.shuffle(seed=seed).repeat().random_map(preprocess, seed=seed)
+    elif with_index:
+
+        def with_position(index: int, example: dict[str, Any]) -> dict[str, Any]:
+            out = preprocess(example)
+            return out if is_bad(out) else {**out, "index": np.int32(index)}
+
+        dataset = dataset.map_with_index(with_position)
+    else:
+        dataset = dataset.map(preprocess)
+    return dataset[process_index::process_count]
+
+
+def _in_workers(dataset: grain.IterDataset, data: ml_collections.ConfigDict) -> grain.IterDataset:
+    """``dataset`` made by ``data.num_workers`` grain worker processes (``mp_prefetch``); the
+    dataset itself with none."""
+    if data.num_workers <= 0:
+        return dataset
+    _grain_worker_flags_readable()
+    return dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers))
+
+
 def _create_file_dataset(
     config: ml_collections.ConfigDict,
     split: str,
@@ -276,10 +314,10 @@ def _create_file_dataset(
     process_index: int,
     process_count: int,
     with_index: bool,
+    source: Any,
 ) -> grain.IterDataset:
     """:func:`create_dataset` for a file source (:mod:`mmtx.data.sources`)."""
     data = config.data
-    source = create_source(config, split)
     if source is None:
         raise ValueError(f"no eval data: {sources.describe_eval(config)}")
     preprocess = make_file_preprocess(config, tokenizer, augment=train and data.augment)
@@ -303,26 +341,20 @@ def _create_file_dataset(
         else:
             dataset = dataset.map(preprocess)
     else:
-        examples = grain.MapDataset.source(source)
-        if train:
-            examples = (
-                examples.shuffle(seed=data.seed).repeat().random_map(preprocess, seed=data.seed)
-            )
-        elif with_index:
-
-            def with_position(index: int, example: dict[str, Any]) -> dict[str, Any]:
-                out = preprocess(example)
-                return out if is_bad(out) else {**out, "index": np.int32(index)}
-
-            examples = examples.map_with_index(with_position)
-        else:
-            examples = examples.map(preprocess)
-        dataset = examples[process_index::process_count].to_iter_dataset(read_options)
+        examples = _random_access_examples(
+            source,
+            preprocess,
+            seed=data.seed,
+            train=train,
+            with_index=with_index,
+            process_index=process_index,
+            process_count=process_count,
+        )
+        dataset = examples.to_iter_dataset(read_options)
     dataset = DropBadIterDataset(dataset, data.max_bad_fraction)
     dataset = dataset.batch(batch_size, drop_remainder=train)
     if data.num_workers > 0:
-        _grain_worker_flags_readable()
-        return dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers))
+        return _in_workers(dataset, data)
     if isinstance(source, sources.StreamSource) and data.prefetch > 0:
         # Streams decode in the iterating thread: a thread ahead overlaps it with the step.
         dataset = grain.experimental.ThreadPrefetchIterDataset(
@@ -341,6 +373,7 @@ def create_dataset(
     process_index: int = 0,
     process_count: int = 1,
     with_index: bool = False,
+    source: Any = None,
 ) -> grain.IterDataset:
     """Builds the pipeline for one process.
 
@@ -363,7 +396,12 @@ def create_dataset(
     examples are skipped (:mod:`mmtx.data.bad_examples`): each batch then also carries
     ``_skipped`` int32 ``[batch_size, len(REASONS)]``, which
     :class:`mmtx.data.bad_examples.SkipTally` takes off and counts.
+
+    ``source``: the split's source when the caller has it already (from
+    :func:`create_source`), so that it is not opened twice; default: opened here.
     """
+    if source is None:
+        source = create_source(config, split)
     if sources.source_kind(config.data.source) in sources.FILE_KINDS:
         return _create_file_dataset(
             config,
@@ -374,9 +412,8 @@ def create_dataset(
             process_index=process_index,
             process_count=process_count,
             with_index=with_index,
+            source=source,
         )
-    source = create_source(config, split)
-    dataset = grain.MapDataset.source(source)
     preprocess = make_preprocess(
         config,
         tokenizer,
@@ -384,27 +421,20 @@ def create_dataset(
         augment=train and config.data.augment,
         mark_presence=bool(getattr(source, "may_lack_inputs", False)),
     )
-    if train:
-        dataset = dataset.shuffle(seed=config.data.seed).repeat()
-        dataset = dataset.random_map(preprocess, seed=config.data.seed)
-    elif with_index:
-        dataset = dataset.map_with_index(
-            lambda index, example: {**preprocess(example), "index": np.int32(index)}
-        )
-    else:
-        dataset = dataset.map(preprocess)
-    dataset = dataset[process_index::process_count]
+    dataset = _random_access_examples(
+        source,
+        preprocess,
+        seed=config.data.seed,
+        train=train,
+        with_index=with_index,
+        process_index=process_index,
+        process_count=process_count,
+    )
     dataset = dataset.batch(batch_size, drop_remainder=train)
     read_options = grain.ReadOptions(
         num_threads=config.data.num_threads, prefetch_buffer_size=config.data.prefetch
     )
-    iter_dataset = dataset.to_iter_dataset(read_options)
-    if config.data.num_workers > 0:
-        _grain_worker_flags_readable()
-        iter_dataset = iter_dataset.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=config.data.num_workers)
-        )
-    return iter_dataset
+    return _in_workers(dataset.to_iter_dataset(read_options), config.data)
 
 
 def eval_class_names(config: ml_collections.ConfigDict, source: Any) -> tuple[str, ...]:

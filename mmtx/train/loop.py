@@ -215,14 +215,14 @@ class StepProfiler:
             self.done = True
 
 
-def _epoch_size(config: ml_collections.ConfigDict) -> int:
-    """Examples in one pass over the training data: ``data.train_num_samples``, else a
-    random-access file source's length (this process's share times the processes); 0 for a
-    stream without ``train_num_samples`` and for the built-in sources."""
+def _epoch_size(config: ml_collections.ConfigDict, train_source: Any) -> int:
+    """Examples in one pass over the training data: ``data.train_num_samples``, else the
+    length of a random-access file source (``train_source``, the whole split); 0 for a stream
+    without ``train_num_samples`` and for the built-in sources."""
     if config.data.train_num_samples:
         return int(config.data.train_num_samples)
     if sources.source_kind(config.data.source) in sources.RANDOM_ACCESS_KINDS:
-        return len(create_source(config, "train"))
+        return len(train_source)
     return 0
 
 
@@ -248,6 +248,7 @@ def _train_and_evaluate(
     local_batch = train_config.batch_size // jax.process_count()
     local_eval_batch = config.eval.batch_size // jax.process_count()
 
+    train_source = create_source(config, "train")  # opened once: the pipeline, log, epochs
     train_data = create_dataset(
         config,
         "train",
@@ -256,6 +257,7 @@ def _train_and_evaluate(
         train=True,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
+        source=train_source,
     )
     file_source = sources.source_kind(config.data.source) in sources.FILE_KINDS
     with contextlib.ExitStack() as cleanup:
@@ -314,9 +316,9 @@ def _train_and_evaluate(
         # Only now, with the checkpoint known to fit: config.json describes the checkpoints.
         write_config(config, workdir)
         if file_source:
-            _log(f"data: {create_source(config, 'train')!r}; {sources.describe_eval(config)}")
+            _log(f"data: {train_source!r}; {sources.describe_eval(config)}")
         evaluates = has_eval_data(config)
-        epoch_size = _epoch_size(config)
+        epoch_size = _epoch_size(config, train_source)
 
         to_global, train_step, eval_step = run.to_global, run.train_step, run.eval_step
 

@@ -78,6 +78,9 @@ from mmtx.data.pipeline import create_dataset
 from mmtx.data.tokenizer import create_tokenizer
 from mmtx.train.build import build
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # process_cpu.py, beside this
+from process_cpu import tree_cpu_seconds
+
 DEFAULT_CONFIG = "configs/base.py"
 TARGET_RATIO = 3.0
 DEMO_NAME = "coco_like_demo"
@@ -447,37 +450,6 @@ def format_own_table(report: dict[str, Any]) -> str:
 
 
 # --- measurements -------------------------------------------------------------------------
-
-
-def tree_cpu_seconds(root: int | None = None) -> float:
-    """User + system CPU seconds of process ``root`` (default: this one) and its live
-    descendants (grain's worker processes), from /proc (0.0 where /proc is missing)."""
-    root = os.getpid() if root is None else root
-    ticks = os.sysconf("SC_CLK_TCK")
-    parent, cpu = {}, {}
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return 0.0
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        parent[int(name)] = int(fields[1])
-        cpu[int(name)] = (int(fields[11]) + int(fields[12])) / ticks
-    total = 0.0
-    for pid in cpu:
-        node = pid
-        while node and node != root:
-            node = parent.get(node, 0)
-        if node == root:
-            total += cpu[pid]
-    return total
 
 
 def pipeline_rate(

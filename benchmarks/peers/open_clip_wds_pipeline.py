@@ -42,40 +42,13 @@ import webdataset
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from open_clip_train.data import get_wds_dataset
 
+# process_cpu.py (standard library only), in benchmarks/, shared with input_pipeline.py.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from process_cpu import tree_cpu_seconds
+
 
 def _int_list(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
-
-
-def tree_cpu_seconds(root: int | None = None) -> float:
-    """User + system CPU seconds of process ``root`` (default: this one) and its live
-    descendants, from /proc (0.0 where /proc is missing)."""
-    root = os.getpid() if root is None else root
-    ticks = os.sysconf("SC_CLK_TCK")
-    parent, cpu = {}, {}
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return 0.0
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        parent[int(name)] = int(fields[1])
-        cpu[int(name)] = (int(fields[11]) + int(fields[12])) / ticks
-    total = 0.0
-    for pid in cpu:
-        node = pid
-        while node and node != root:
-            node = parent.get(node, 0)
-        if node == root:
-            total += cpu[pid]
-    return total
 
 
 def loader_rate(

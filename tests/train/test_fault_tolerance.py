@@ -89,13 +89,13 @@ def wait_for(condition, process, timeout=300.0, poll=0.0005):
     return False
 
 
-def final_params(workdir):
+def final_params(workdir, steps=STEPS):
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
     try:
         state, step = checkpointer.restore_arrays()
     finally:
         checkpointer.close()
-    assert step == STEPS
+    assert step == steps
     return state["params"]
 
 

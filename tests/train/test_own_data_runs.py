@@ -14,7 +14,13 @@ import sys
 
 import pytest
 from own_data import bomb_png, write_csv_dataset
-from test_fault_tolerance import assert_params_equal, environment, saved_steps, wait_for
+from test_fault_tolerance import (
+    assert_params_equal,
+    environment,
+    final_params,
+    saved_steps,
+    wait_for,
+)
 
 from mmtx.data import pack
 from mmtx.train.checkpoint import Checkpointer
@@ -109,16 +115,6 @@ def damaged_shards(tmp_path_factory):
     return shards
 
 
-def final_params(workdir):
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
-    try:
-        state, step = checkpointer.restore_arrays()
-    finally:
-        checkpointer.close()
-    assert step == STEPS
-    return state["params"]
-
-
 def test_wds_kill_9_and_resume_equals_an_uninterrupted_run(tmp_path, damaged_shards):
     config = "configs/wds_image_text.py:tiny"
     whole = run(config, tmp_path / "whole", *wds_overrides(damaged_shards))
@@ -145,7 +141,7 @@ def test_wds_kill_9_and_resume_equals_an_uninterrupted_run(tmp_path, damaged_sha
     resumed = run(config, workdir, *wds_overrides(damaged_shards))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from checkpoint" in resumed.stdout
-    assert_params_equal(final_params(workdir), final_params(tmp_path / "whole"))
+    assert_params_equal(final_params(workdir, STEPS), final_params(tmp_path / "whole", STEPS))
     again = json.loads((workdir / "summary.json").read_text())
     assert again["skipped"] == summary["skipped"]  # the counts resume with the position
 

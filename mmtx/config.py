@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import importlib.machinery
 import importlib.util
 import json
 import math
@@ -934,31 +935,74 @@ def _validate_data(config: ml_collections.ConfigDict) -> None:
             )
 
 
+class ConfigFileError(ValueError):
+    """A config file that cannot be used (missing, not valid JSON, not Python); the message is
+    one line naming the file."""
+
+
+def is_python_config(spec: str | os.PathLike) -> bool:
+    """Whether ``spec`` (``path[:arg]``) names a Python config: its path, the part before the
+    first ``:``, ends in ``.py`` in any case. Only such files are ever executed."""
+    return os.fspath(spec).partition(":")[0].lower().endswith(".py")
+
+
+def read_json_config(spec: str | os.PathLike) -> dict[str, Any]:
+    """The overrides dict of the JSON config file ``spec`` (any name that is not ``.py``).
+
+    Raises ``FileNotFoundError`` when it is missing, and :class:`ConfigFileError` (one line
+    naming the file) when it is given a ``:arg`` (only Python configs take one), is a
+    directory, is not UTF-8, is not valid JSON (with the line and
+    column of the error) or does not hold an object at the top level.
+    """
+    path = os.fspath(spec)
+    if not os.path.exists(path):
+        before, colon, _ = path.partition(":")
+        if colon and os.path.isfile(before):
+            raise ConfigFileError(
+                f"{path}: only a Python (.py) config takes ':arg'; {before} is read as JSON"
+            )
+        raise FileNotFoundError(f"config file not found: {path}")
+    if os.path.isdir(path):
+        raise ConfigFileError(f"{path} is a directory, not a config file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            overrides = json.load(f)
+    except json.JSONDecodeError as error:
+        raise ConfigFileError(
+            f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}); "
+            "a config file is read as JSON unless its name ends in .py"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigFileError(f"{path}: not UTF-8 text, so not a JSON config") from None
+    if not isinstance(overrides, dict):
+        raise ConfigFileError(f"{path}: a JSON config must hold an object at the top level")
+    return overrides
+
+
 def load_config(spec: ml_collections.ConfigDict | str | os.PathLike) -> ml_collections.ConfigDict:
     """Loads a config from a ConfigDict, ``path/to/file.py[:arg]`` or a JSON file.
 
-    A ``.py`` file must define ``get_config(arg=None)``; a JSON file holds a nested dict of
-    overrides merged onto :func:`default_config` (unknown keys are an error). The result is
-    validated with :func:`validate` and returned as a new ConfigDict.
+    A file is executed only when its name ends in ``.py`` (any case; :func:`is_python_config`)
+    and must define ``get_config(arg=None)``. Any other file is read as JSON
+    (:func:`read_json_config`): a nested dict of overrides merged onto :func:`default_config`
+    (unknown keys are an error). The result is validated with :func:`validate` and returned as
+    a new ConfigDict.
     """
     if isinstance(spec, ml_collections.ConfigDict):
         config = copy.deepcopy(spec)
-    else:
-        spec = os.fspath(spec)
-        path, _, arg = spec.partition(":") if not os.path.exists(spec) else (spec, "", "")
-        if not os.path.exists(path):
+    elif is_python_config(spec):
+        path, _, arg = os.fspath(spec).partition(":")
+        if not os.path.isfile(path):
             raise FileNotFoundError(f"config file not found: {path}")
-        if path.endswith(".json"):
-            with open(path) as f:
-                overrides = json.load(f)
-            if not isinstance(overrides, dict):
-                raise TypeError(f"{path}: a JSON config must hold an object at the top level")
-            config = merge_overrides(default_config(), overrides)
-        elif path.endswith(".py"):
-            module_spec = importlib.util.spec_from_file_location("_mmtx_config_file", path)
-            module = importlib.util.module_from_spec(module_spec)
-            module_spec.loader.exec_module(module)
-            config = module.get_config(arg) if arg else module.get_config()
-        else:
-            raise ValueError(f"config must be a .py or .json file; got {path}")
+        module_spec = importlib.util.spec_from_file_location(
+            "_mmtx_config_file",
+            path,
+            loader=importlib.machinery.SourceFileLoader("_mmtx_config_file", path),
+        )
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        config = module.get_config(arg) if arg else module.get_config()
+    else:
+        overrides = read_json_config(spec)
+        config = merge_overrides(default_config(), overrides)
     return validate(config)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import sys
 
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -54,16 +55,29 @@ _EVAL_ONLY = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config"])
 
 
-def _json_configs_as_files(argv: list[str]) -> list[str]:
-    """``--config=run.json`` -> ``--config=<mmtx/_json_config_file.py>:run.json``."""
-    loader = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_json_config_file.py")
-    rewritten = []
-    for arg in argv:
-        name, equals, value = arg.partition("=")
-        if name in ("--config", "-config") and equals and value.endswith(".json"):
-            arg = f"{name}={loader}:{value}"
-        rewritten.append(arg)
-    return rewritten
+class _ConfigFileParser(flags.ArgumentParser):
+    """``--config``'s parser, whatever spelling gave the value (``--config=F``, ``--config F``,
+    a flagfile): a path ending in ``.py`` (any case, with or without ``:arg``) goes to
+    ml_collections' own parser, which executes it; any other file is read as JSON
+    (:func:`mmtx.config.load_config`) and is never executed."""
+
+    def __init__(self, python_parser: flags.ArgumentParser):
+        self.python_parser = python_parser
+
+    def parse(self, argument: str) -> ml_collections.ConfigDict:
+        if config_lib.is_python_config(argument):
+            return self.python_parser.parse(argument)
+        try:
+            return config_lib.load_config(argument)
+        except (OSError, TypeError, ValueError) as error:
+            # Marked as ours, so that parse_flags drops absl's "flag --config=PATH: " prefix.
+            raise config_lib.ConfigFileError(str(error)) from None
+
+    def flag_type(self) -> str:
+        return self.python_parser.flag_type()
+
+
+flags.FLAGS[_CONFIG.name].parser = _ConfigFileParser(flags.FLAGS[_CONFIG.name].parser)
 
 
 def _argv_config(argv: list[str]) -> str:
@@ -112,7 +126,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with a bad flag, config file or config field reported as one
     ``error:`` line naming it (exit 2) instead of a chained traceback."""
     try:
-        return flags.FLAGS(_json_configs_as_files(argv))
+        return flags.FLAGS(argv)
     except (AttributeError, KeyError) as error:
         inner = error.args[0] if error.args else error
         if isinstance(error, config_lib.UnknownKeyError):
@@ -124,6 +138,8 @@ def parse_flags(argv: list[str]) -> list[str]:
         else:
             message = _one_line(str(error))
     except (flags.Error, TypeError, ValueError, OSError) as error:
+        if isinstance(error.__context__, config_lib.ConfigFileError):
+            error = error.__context__  # without absl's "flag --config=PATH: " (it names PATH)
         message = _one_line(_innermost_message(str(error)))
     print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(2)

@@ -171,11 +171,34 @@ def test_load_config_file_errors(tmp_path):
         config_lib.load_config(str(tmp_path / "nope.py:tiny"))
     yaml = tmp_path / "c.yaml"
     yaml.write_text("model: {}\n")
-    with pytest.raises(ValueError, match=r"\.py or \.json"):
+    with pytest.raises(config_lib.ConfigFileError, match=r"not valid JSON \(line 1, column 1"):
         config_lib.load_config(str(yaml))
+
+
+def test_only_py_config_files_are_executed(tmp_path):
+    """Any other name is read as JSON, whatever its case or an :arg after it."""
+    marker = tmp_path / "MARKER"
+    payload = f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+    payload += "def get_config(arg=None):\n    return None\n"
+    for name in ("x.json", "X.JSON", "x.Json", "x"):
+        (tmp_path / name).write_text(payload)
+        with pytest.raises(config_lib.ConfigFileError, match="not valid JSON"):
+            config_lib.load_config(tmp_path / name)
+    with pytest.raises(config_lib.ConfigFileError, match=r"only a Python \(\.py\) config"):
+        config_lib.load_config(f"{tmp_path / 'x.json'}:arg")
+    with pytest.raises(config_lib.ConfigFileError, match="not UTF-8"):
+        (tmp_path / "b.json").write_bytes(b"\xff\xfe{}")
+        config_lib.load_config(tmp_path / "b.json")
+    assert not marker.exists()
+    # A Python config is one whose name ends in .py, in any case.
+    (tmp_path / "C.PY").write_text(
+        "from mmtx import config\ndef get_config(arg=None):\n    return config.default_config()\n"
+    )
+    assert config_lib.load_config(tmp_path / "C.PY").model.embed_dim > 0
+    assert config_lib.is_python_config("a/b.Py:tiny") and not config_lib.is_python_config("x.json")
     top_list = tmp_path / "list.json"
     top_list.write_text("[1, 2]")
-    with pytest.raises(TypeError, match="object"):
+    with pytest.raises(config_lib.ConfigFileError, match="object at the top level"):
         config_lib.load_config(str(top_list))
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"model": {"text": {"width": 30}}}))  # 4 heads

@@ -108,6 +108,65 @@ def test_json_configs_and_comma_lists_on_the_command_line(tmp_path):
     assert "config.model.modalities: unknown modality 'imag'" in result.stderr
 
 
+# A config file whose contents run Python: executing it leaves MARKER beside it.
+PAYLOAD = """
+import pathlib
+pathlib.Path(__file__).with_name("MARKER").write_text("executed")
+def get_config(arg=None):
+    raise SystemExit("executed")
+"""
+
+
+def test_only_py_config_files_are_executed_whatever_the_spelling(tmp_path):
+    """--config=F, --config F, upper case, :arg and a flagfile: a file that is not .py is read
+    as JSON and refused with the JSON error's line and column; nothing is executed."""
+    for name in ("x.json", "X.JSON", "x.txt", "x.json.bak"):
+        (tmp_path / name).write_text(PAYLOAD)
+    (tmp_path / "flags.txt").write_text(f"--config={tmp_path / 'x.json'}\n")
+    spellings = {
+        "equals": [f"--config={tmp_path / 'x.json'}"],
+        "space": ["--config", str(tmp_path / "x.json")],
+        "upper case": [f"--config={tmp_path / 'X.JSON'}"],
+        "arg": [f"--config={tmp_path / 'x.json'}:arg"],
+        "single dash": [f"-config={tmp_path / 'x.txt'}"],
+        "other suffix": ["--config", str(tmp_path / "x.json.bak")],
+        "flagfile": [f"--flagfile={tmp_path / 'flags.txt'}"],
+    }
+    processes = {
+        spelling: subprocess.Popen(
+            [sys.executable, "-m", "mmtx.main", *argv, f"--workdir={tmp_path / 'w'}"],
+            cwd=REPO,
+            env=dict(os.environ, MMTX_HOST_MALLOC="default"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for spelling, argv in spellings.items()
+    }
+    for spelling, process in processes.items():
+        out, err = process.communicate(timeout=300)
+        lines = err.strip().splitlines()
+        assert process.returncode == 2, (spelling, err[-2000:])
+        assert len(lines) == 1 and lines[0].startswith("error: "), (spelling, err[-2000:])
+        if spelling == "arg":
+            assert "only a Python (.py) config takes ':arg'" in lines[0]
+        else:
+            assert "not valid JSON (line 2, column 1: Expecting value)" in lines[0], lines
+    assert not (tmp_path / "MARKER").exists()
+    assert not (tmp_path / "w").exists()
+
+
+def test_malformed_json_config_is_one_line_with_its_position(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text('{"train": {\n  "steps": 3,\n}}\n')
+    result = run_main(tmp_path / "w", f"--config={path}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1:] == [
+        f"error: {path}: not valid JSON (line 3, column 1: Expecting property name enclosed "
+        "in double quotes); a config file is read as JSON unless its name ends in .py"
+    ]
+
+
 CUSTOM_FUSION_CONFIG = """
 import flax.linen as nn
 from mmtx import config as config_lib

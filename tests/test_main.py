@@ -144,7 +144,7 @@ def test_only_py_config_files_are_executed_whatever_the_spelling(tmp_path):
         for spelling, argv in spellings.items()
     }
     for spelling, process in processes.items():
-        out, err = process.communicate(timeout=300)
+        _, err = process.communicate(timeout=300)
         lines = err.strip().splitlines()
         assert process.returncode == 2, (spelling, err[-2000:])
         assert len(lines) == 1 and lines[0].startswith("error: "), (spelling, err[-2000:])

@@ -15,9 +15,14 @@ embedding, ``outputs["image"]`` etc., un-normalised unless ``--normalize``), ``n
 (a bool) and ``step`` (the checkpoint step loaded). Read it with
 ``np.load("FILE.npz")["embeddings"]``.
 
+``--out`` is never one of the inputs, a directory or a file inside a workdir, and an existing
+file is replaced only with ``--overwrite``; the file is written whole or not at all (a
+temporary file renamed over it), so a failed run leaves nothing behind.
+
 Exits 0 when done; 1, with one ``error: ...`` line on stderr, for a missing or empty input,
-a workdir without a loadable checkpoint, a model without an encoder for the modality, or an
-input file that cannot be read (the error names it).
+an ``--out`` it may not write, a workdir without a loadable checkpoint, a model without an
+encoder for the modality, or an input file that cannot be read or decoded (the error names it,
+a decompression bomb with its pixel count).
 
 The functions behind the command (:func:`find_inputs`, :func:`load_input`,
 :func:`embed_files`, :func:`write_embeddings`) work without it, in a notebook or a script.
@@ -36,6 +41,7 @@ import scipy.io.wavfile
 from absl import flags
 from PIL import Image
 
+from mmtx import output_paths
 from mmtx.data.preprocessing import audio_to_float
 from mmtx.models import Model
 
@@ -137,7 +143,7 @@ def load_input(modality: str, item: str) -> dict[str, Any]:
 
 class ProgressBar:
     """``\\r``-redrawn ``label [#####.....] 37/120`` on a text stream (stderr), ending in a
-    newline on :meth:`close`."""
+    newline on :meth:`close`, or blanked when the work failed."""
 
     def __init__(self, total: int, label: str, stream: TextIO, width: int = 30):
         self.total, self.label, self.stream, self.width = total, label, stream, width
@@ -152,8 +158,12 @@ class ProgressBar:
         self.stream.write(f"\r{self.label} [{bar}] {done}/{self.total}{rate}")
         self.stream.flush()
 
-    def close(self) -> None:
-        self.stream.write("\n")
+    def close(self, *, erase: bool = False) -> None:
+        """Ends the bar's line; with ``erase`` blanks it instead (an error line follows)."""
+        if erase:
+            self.stream.write("\r" + " " * (len(self.label) + self.width + 40) + "\r")
+        else:
+            self.stream.write("\n")
         self.stream.flush()
 
 
@@ -200,23 +210,26 @@ def embed_files(
     size = min(batch_size, len(items))
     bar = ProgressBar(len(items), f"embedding {modality}", progress) if progress else None
     rows = []
+    done = False
     try:
         for start in range(0, len(items), size):
             examples = []
             for item in items[start : start + size]:
                 try:
                     examples.append(model.preprocess(**load_input(modality, item)))
-                except (OSError, ValueError, TypeError) as error:
-                    # PIL's UnidentifiedImageError is an OSError; scipy raises ValueError.
+                except (OSError, ValueError, TypeError, Image.DecompressionBombError) as error:
+                    # PIL's UnidentifiedImageError is an OSError; scipy raises ValueError;
+                    # PIL's bomb error names the pixel count and the limit.
                     raise EmbedError(f"{item}: {error}") from error
             batch = {key: np.concatenate([e[key] for e in examples]) for key in examples[0]}
             outputs = model.run(_pad_batch(batch, size), normalize=normalize)
             rows.append(outputs[modality][: len(examples)])
             if bar:
                 bar.update(start + len(examples))
+        done = True
     finally:
         if bar:
-            bar.close()
+            bar.close(erase=not done)
     return np.concatenate(rows).astype(np.float32)
 
 
@@ -231,15 +244,15 @@ def write_embeddings(
 ) -> None:
     """Writes ``embeddings`` float32 ``[N, D]``, ``names`` str ``[N]`` (file names or
     captions), ``modality``, ``normalized`` and ``step`` (-1 for none) to the ``.npz`` file
-    ``path`` (exactly that name), replacing it at once when complete."""
-    path = os.fspath(path)
+    ``path`` (exactly that name) with :func:`mmtx.output_paths.atomic_output`: the file
+    appears complete, or not at all. Check ``path`` first with
+    :func:`mmtx.output_paths.check_output_path`."""
     embeddings = np.asarray(embeddings, np.float32)
     if embeddings.ndim != 2 or len(embeddings) != len(names):
         raise ValueError(
             f"embeddings {embeddings.shape} must be [N, D] with N = {len(names)} names"
         )
-    partial = f"{path}.partial"
-    with open(partial, "wb") as f:
+    with output_paths.atomic_output(path) as temporary, open(temporary, "wb") as f:
         np.savez(
             f,
             embeddings=embeddings,
@@ -248,7 +261,6 @@ def write_embeddings(
             normalized=np.asarray(normalized),
             step=np.asarray(-1 if step is None else step, np.int64),
         )
-    os.replace(partial, path)
 
 
 def load_model(workdir: str | os.PathLike) -> Model:
@@ -272,23 +284,34 @@ def embed(
     batch_size: int = 32,
     *,
     normalize: bool = False,
+    overwrite: bool = False,
     progress: TextIO | None = None,
 ) -> np.ndarray:
     """The command: finds the inputs, loads the model, embeds, writes ``out``; returns the
-    float32 ``[N, D]`` embeddings. Inputs and the output folder are checked before the model
-    is loaded, so that a mistake is reported at once."""
+    float32 ``[N, D]`` embeddings. Inputs and ``out`` are checked before the model is loaded,
+    so that a mistake is reported at once: ``out`` may not be an input, a directory or a file
+    in a workdir (``workdir`` included, marked or not), and replaces an existing file only
+    with ``overwrite`` (:func:`mmtx.output_paths.check_output_path`)."""
     if batch_size < 1:
         raise EmbedError(f"--batch_size must be >= 1; got {batch_size}")
     items = find_inputs(modality, source)
-    out_dir = os.path.dirname(os.path.abspath(os.fspath(out)))
-    if not os.path.isdir(out_dir):
-        raise EmbedError(f"--out: no such folder: {out_dir}")
+    inputs = [source] if modality == "text" else items
+    try:
+        output_paths.check_output_path(out, inputs=inputs, overwrite=overwrite)
+    except output_paths.OutputPathError as error:
+        raise EmbedError(str(error)) from None
+    workdir_path = os.path.realpath(os.fspath(workdir))
+    if os.path.realpath(os.fspath(out)).startswith(workdir_path + os.sep):
+        raise EmbedError(f"--out={out} is inside --workdir={workdir}; write it somewhere else")
     model = load_model(workdir)
     embeddings = embed_files(
         model, items, modality, batch_size, normalize=normalize, progress=progress
     )
     names = items if modality == "text" else [os.path.basename(item) for item in items]
-    write_embeddings(out, embeddings, names, modality, normalized=normalize, step=model.step)
+    try:
+        write_embeddings(out, embeddings, names, modality, normalized=normalize, step=model.step)
+    except OSError as error:  # a full disk, permissions: the temporary file is gone
+        raise EmbedError(f"cannot write --out={out}: {error.strerror or error}") from error
     return embeddings
 
 
@@ -312,6 +335,9 @@ def parse_flags(argv: Sequence[str]) -> tuple[flags.FlagValues, list[str]]:
     flags.DEFINE_string("out", None, "The .npz file to write.", flag_values=values)
     flags.DEFINE_integer("batch_size", 32, "Inputs per model call.", flag_values=values)
     flags.DEFINE_bool("normalize", False, "L2-normalise the embeddings.", flag_values=values)
+    flags.DEFINE_bool(
+        "overwrite", False, "Replace --out when it exists (never an input).", flag_values=values
+    )
     rest = values(list(argv))
     return values, rest[1:]
 
@@ -353,6 +379,7 @@ def main(argv: Sequence[str], stderr: TextIO | None = None) -> int:
             values.out,
             values.batch_size,
             normalize=values.normalize,
+            overwrite=values.overwrite,
             progress=stderr,
         )
     except EmbedError as error:

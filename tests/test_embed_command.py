@@ -2,7 +2,10 @@
 files -> embeddings .npz, in-process on a tiny model's workdir."""
 
 import io
+import os
 import re
+import struct
+import zlib
 
 import flax.linen as nn
 import numpy as np
@@ -131,7 +134,9 @@ def test_embed_texts_and_audio_with_normalize(workdir, model, tmp_path):
 def one_error_line(argv):
     stderr = io.StringIO()
     assert embed_lib.main(["embed", *argv], stderr) == 1
-    lines = stderr.getvalue().splitlines()
+    # As a terminal shows it: a progress bar that was blanked with \r shows nothing.
+    shown = [line.split("\r")[-1] for line in stderr.getvalue().split("\n")]
+    lines = [line for line in shown if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     return lines[0]
 
@@ -157,7 +162,7 @@ def test_command_errors_are_one_line_and_exit_1(workdir, tmp_path):
     assert "exactly one of" in one_error_line(
         [f"--workdir={workdir}", f"--texts={captions}", f"--images={empty}", out]
     )
-    assert "--out: no such folder" in one_error_line(
+    assert "no such folder" in one_error_line(
         [f"--workdir={workdir}", f"--texts={captions}", f"--out={missing / 'x.npz'}"]
     )
     assert "batch_size" in one_error_line(
@@ -181,3 +186,59 @@ def test_model_without_the_modality_and_unreadable_files(model, tmp_path):
     (folder / "bad.wav").write_bytes(b"RIFF\x04\x00\x00\x00WAVE")
     with pytest.raises(embed_lib.EmbedError, match=r"bad.wav: "):
         embed_lib.embed_files(model, embed_lib.find_inputs("audio", folder), "audio", 4)
+
+
+def png_bomb(width, height):
+    """A valid PNG header for a ``width`` x ``height`` 1-bit image with almost no data: PIL
+    refuses to open it when it holds more than twice ``Image.MAX_IMAGE_PIXELS`` pixels."""
+
+    def chunk(kind, data):
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+def test_out_never_clobbers_an_input_a_workdir_file_or_a_directory(workdir, tmp_path):
+    captions = tmp_path / "c.txt"
+    captions.write_text("a red circle\n")
+    base = [f"--workdir={workdir}", f"--texts={captions}"]
+    assert "is one of this command's inputs" in one_error_line([*base, f"--out={captions}"])
+    assert captions.read_text() == "a red circle\n"
+    assert "inputs" in one_error_line([*base, f"--out={captions}", "--overwrite"])
+
+    run = tmp_path / "run"  # another run's workdir, with the config.json it needs to resume
+    run.mkdir()
+    (run / "mmtx-workdir.json").write_text("{}")
+    (run / "config.json").write_text("{}")
+    message = one_error_line([*base, f"--out={run / 'config.json'}", "--overwrite"])
+    assert "inside the mmtx workdir" in message and (run / "config.json").read_text() == "{}"
+    message = one_error_line([*base, f"--out={workdir / 'embeddings.npz'}"])
+    assert "is inside --workdir" in message  # the model's own workdir, marked or not
+
+    assert "is a directory" in one_error_line([*base, f"--out={tmp_path}"])
+    out = tmp_path / "e.npz"
+    out.write_bytes(b"keep me")
+    message = one_error_line([*base, f"--out={out}"])
+    assert message == f"error: --out={out} exists; pass --overwrite to replace it"
+    assert out.read_bytes() == b"keep me"
+    assert embed_lib.main(["embed", *base, f"--out={out}", "--overwrite"], io.StringIO()) == 0
+    assert np.load(out)["embeddings"].shape[0] == 1
+    assert sorted(os.listdir(tmp_path)) == ["c.txt", "e.npz", "run"]  # no temporary left
+
+
+def test_a_decompression_bomb_is_one_line_naming_file_and_pixels(workdir, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "fine.png").write_bytes(encode(np.zeros((8, 8, 3), np.uint8)))
+    (folder / "bomb.png").write_bytes(png_bomb(20_000, 20_000))
+    message = one_error_line(
+        [f"--workdir={workdir}", f"--images={folder}", f"--out={tmp_path / 'x.npz'}"]
+    )
+    assert re.search(r"bomb\.png: .*400000000 pixels", message), message
+    assert sorted(os.listdir(tmp_path)) == ["images"]

@@ -23,7 +23,9 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
-MARKER = "mmtx-workdir.json"
+from mmtx import output_paths
+
+MARKER = output_paths.WORKDIR_MARKER  # "mmtx-workdir.json"
 LOCK = ".lock"
 EVALS = "evals.json"
 

@@ -64,7 +64,7 @@ import ml_collections
 import numpy as np
 
 from mmtx import config as config_lib
-from mmtx import launch
+from mmtx import launch, output_paths
 from mmtx.data.pipeline import create_dataset
 from mmtx.data.tokenizer import create_tokenizer
 from mmtx.train.build import Run, build
@@ -120,6 +120,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     add("--memory", choices=MEMORY_SOURCES, default="auto", help="also read the device peak")
     add("--isolate", action="store_true", help="measure each k in a fresh subprocess")
     add("--out_dir", type=Path, default=Path("docs/research"))
+    add("--overwrite", action="store_true", help="replace the report files if they exist")
     add("--child", type=int, default=None, help=argparse.SUPPRESS)  # k, internal
     args = parser.parse_args(list(argv))
     if args.repeats < 0:
@@ -541,7 +542,8 @@ def plot(results: Sequence[Measurement], args: argparse.Namespace, source: str, 
             ax.legend()
     fig.suptitle(f"{args.config}, batch {args.batch_size}, on {jax.devices()[0].device_kind}")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with output_paths.atomic_output(path) as temporary:
+        fig.savefig(temporary, dpi=120, format="png")
     plt.close(fig)
 
 
@@ -589,14 +591,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(json.dumps(dataclasses.asdict(result)))
         return {}
 
+    output_paths.check_report_paths(
+        [args.out_dir / MD_NAME, args.out_dir / PNG_NAME], overwrite=args.overwrite
+    )
     source = resolve_memory_source(args.memory)
     results = run_sweep(args, argv, source)
     model = model_summary(args)
     command = command_line(argv)
 
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     report = markdown_report(results, args, source, command, model)
-    (args.out_dir / MD_NAME).write_text(report)
+    output_paths.write_text(args.out_dir / MD_NAME, report)
     plot(results, args, source, args.out_dir / PNG_NAME)
 
     device = jax.devices()[0]

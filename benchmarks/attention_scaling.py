@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmtx import launch
+from mmtx import launch, output_paths
 from mmtx.attention import dot_product_attention, linear_attention, local_attention
 
 KERNELS = ("dense", "local", "linear_elu", "linear_favor")
@@ -120,6 +120,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     add("--isolate", action="store_true", help="measure each point in a fresh subprocess")
     add("--seed", type=int, default=0)
     add("--out_dir", type=Path, default=Path("docs/research"))
+    add("--overwrite", action="store_true", help="replace the report files if they exist")
     add("--child", default=None, help=argparse.SUPPRESS)  # "KERNEL:T", internal
     args = parser.parse_args(list(argv))
     if args.repeats < 1:
@@ -467,7 +468,8 @@ def plot(results: Sequence[Measurement], args: argparse.Namespace, source: str, 
         f"{jax.devices()[0].device_kind}"
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with output_paths.atomic_output(path) as temporary:
+        fig.savefig(temporary, dpi=120, format="png")
     plt.close(fig)
 
 
@@ -513,14 +515,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         _run_child(args)
         return {}
 
+    output_paths.check_report_paths(
+        [args.out_dir / MD_NAME, args.out_dir / PNG_NAME], overwrite=args.overwrite
+    )
     source = resolve_memory_source(args.memory)
     results = run_sweep(args, argv, source)
     summary = targets(results, args)
     command = command_line(argv)
 
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     report = markdown_report(results, args, source, command, summary)
-    (args.out_dir / MD_NAME).write_text(report)
+    output_paths.write_text(args.out_dir / MD_NAME, report)
     plot(results, args, source, args.out_dir / PNG_NAME)
 
     device = jax.devices()[0]

@@ -31,6 +31,7 @@ import common
 import ml_collections
 
 from mmtx import config as config_lib
+from mmtx import output_paths
 
 # Study kernel name -> (config attention name, config.attention.linear.feature_map or None).
 KERNELS: dict[str, tuple[str, str | None]] = {
@@ -140,7 +141,7 @@ def plot(rows: Sequence[dict[str, Any]], path: str, title: str) -> None:
     common.bar_chart(speed, path, "training speed", "steps / s", ax=right)
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=110)
+    common.save_png(fig, path)
     plt.close(fig)
 
 
@@ -150,6 +151,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=defaults.train.steps, help="per kernel")
     parser.add_argument("--workdir_root", default=None, help="default: a new temp directory")
     parser.add_argument("--out_dir", default=os.path.join(common.REPO_ROOT, "docs", "research"))
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the report files if they exist"
+    )
     parser.add_argument(
         "--kernels",
         default=",".join(DEFAULT_KERNELS),
@@ -188,6 +192,9 @@ def main(
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    md_path = os.path.join(args.out_dir, "attention_variants.md")
+    png_path = os.path.join(args.out_dir, "attention_variants.png")
+    output_paths.check_report_paths([md_path, png_path], overwrite=args.overwrite)
     workdir_root = args.workdir_root or tempfile.mkdtemp(prefix="attention_variants_")
     base = common.study_base_config(args, base_config)
     rows = []
@@ -238,8 +245,6 @@ def main(
         ]
     )
     columns = table_columns(rows)
-    md_path = os.path.join(args.out_dir, "attention_variants.md")
-    png_path = os.path.join(args.out_dir, "attention_variants.png")
     table = common.write_markdown_table(
         rows, columns, md_path, header=header, footer="![attention kernels](attention_variants.png)"
     )

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mmtx import Model
+from mmtx import Model, output_paths
 from mmtx import config as config_lib
 from mmtx.data.pipeline import create_dataset
 from mmtx.models import dummy_batch
@@ -440,8 +440,7 @@ def write_markdown_table(
     if directory:
         os.makedirs(directory, exist_ok=True)
     parts = [p.strip("\n") + "\n" for p in (header, table, footer) if p]
-    with open(path, "w") as f:
-        f.write("\n".join(parts))
+    output_paths.write_text(path, "\n".join(parts))
     return table
 
 
@@ -491,8 +490,14 @@ def bar_chart(
         directory = os.path.dirname(os.fspath(path))
         if directory:
             os.makedirs(directory, exist_ok=True)
-        fig.savefig(path, dpi=110)
+        save_png(fig, path)
         plt.close(fig)
+
+
+def save_png(fig: Any, path: str | os.PathLike, dpi: int = 110) -> None:
+    """Saves a matplotlib figure as a PNG, whole (:func:`mmtx.output_paths.atomic_output`)."""
+    with output_paths.atomic_output(path) as temporary:
+        fig.savefig(temporary, dpi=dpi, format="png")
 
 
 def machine_description() -> str:

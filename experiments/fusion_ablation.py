@@ -30,6 +30,8 @@ from typing import Any
 import common
 import ml_collections
 
+from mmtx import output_paths
+
 FUSIONS = ("concat", "gated", "cross_attention", "bottleneck", "perceiver")
 RECALL_DIRECTIONS = (("text", "image"), ("image", "text"), ("audio", "text"))
 PAPERS = {
@@ -127,7 +129,7 @@ def plot(rows: Sequence[dict[str, Any]], modalities: Sequence[str], path: str, t
         ax.tick_params(axis="x", labelrotation=20)
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=110)
+    common.save_png(fig, path)
     plt.close(fig)
 
 
@@ -137,6 +139,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=defaults.train.steps, help="per fusion")
     parser.add_argument("--workdir_root", default=None, help="default: a new temp directory")
     parser.add_argument("--out_dir", default=os.path.join(common.REPO_ROOT, "docs", "research"))
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the report files if they exist"
+    )
     parser.add_argument("--fusions", default=",".join(FUSIONS), help=f"from {','.join(FUSIONS)}")
     parser.add_argument("--depth", type=int, default=2, help="fusion layers (not gated)")
     parser.add_argument("--modality_dropout", type=float, default=0.25)
@@ -163,6 +168,9 @@ def main(
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    md_path = os.path.join(args.out_dir, "fusion_ablation.md")
+    png_path = os.path.join(args.out_dir, "fusion_ablation.png")
+    output_paths.check_report_paths([md_path, png_path], overwrite=args.overwrite)
     workdir_root = args.workdir_root or tempfile.mkdtemp(prefix="fusion_ablation_")
     base = common.study_base_config(args, base_config)
     rows = []
@@ -199,8 +207,6 @@ from layer 0; perceiver: {fusion_cfg.num_latents} latents.
   warm-up) on this shared machine, so they are noisy.
 """
     columns = table_columns(base.model.modalities)
-    md_path = os.path.join(args.out_dir, "fusion_ablation.md")
-    png_path = os.path.join(args.out_dir, "fusion_ablation.png")
     table = common.write_markdown_table(
         rows, columns, md_path, header=header, footer="![fusion modules](fusion_ablation.png)"
     )

@@ -1,6 +1,9 @@
 """Plots a run's loss curves and eval metrics from its TensorBoard event files.
 
-python experiments/plot_training.py --workdir=workdir --out=docs/assets/base_training.png
+python experiments/plot_training.py --workdir=workdir --out=training.png
+
+``--out`` (default ``training.png``) is never written inside a workdir, and an existing file
+(such as the docs' ``docs/assets/base_training.png``) is replaced only with ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from mmtx import output_paths
 from mmtx.train.metrics import read_scalars
 
 LOSS_TAGS = (
@@ -49,15 +53,21 @@ def plot(workdir: str, out: str) -> None:
     right.legend(fontsize=8, loc="lower right")
     right.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    with output_paths.atomic_output(out) as temporary:
+        fig.savefig(temporary, dpi=110, format="png")
     print(f"wrote {out}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="workdir")
-    parser.add_argument("--out", default="docs/assets/base_training.png")
+    parser.add_argument("--out", default="training.png", help="the PNG to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     args = parser.parse_args()
+    try:
+        output_paths.check_output_path(args.out, overwrite=args.overwrite)
+    except output_paths.OutputPathError as error:
+        raise SystemExit(f"error: {error}") from None
     plot(args.workdir, args.out)
 
 

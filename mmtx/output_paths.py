@@ -56,7 +56,7 @@ def check_output_path(
     *,
     inputs: Iterable[str | os.PathLike] = (),
     overwrite: bool = False,
-    flag: str = "--out",
+    flag: str | None = "--out",
 ) -> str:
     """Returns ``path`` as a str when a command may write a file there; raises
     :class:`OutputPathError` (one line, naming ``flag`` and the path) otherwise.
@@ -66,29 +66,49 @@ def check_output_path(
       inputs: files and directories the command reads. Writing over one of the files is
         refused, as is writing into one of the directories when it is an mmtx workdir.
       overwrite: whether an existing file (not an input, not in a workdir) may be replaced.
-      flag: the option that named ``path``, for the message.
+      flag: the option that named ``path`` (``--out=PATH`` in the message), or None when the
+        command chose the name (``PATH`` alone).
     """
     path = os.fspath(path)
+    named = f"{flag}={path}" if flag else path
     if not path:
-        raise OutputPathError(f"{flag} is empty; name the file to write")
+        raise OutputPathError(f"{flag or 'the output path'} is empty; name the file to write")
     if os.path.isdir(path):
-        raise OutputPathError(f"{flag}={path} is a directory; name a file to write in it")
+        raise OutputPathError(f"{named} is a directory; name a file to write in it")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
-        raise OutputPathError(f"{flag}={path}: no such folder: {directory}")
+        raise OutputPathError(f"{named}: no such folder: {directory}")
     for item in inputs:
         item = os.fspath(item)
         if os.path.exists(path) and os.path.isfile(item) and _same_file(path, item):
-            raise OutputPathError(f"{flag}={path} is one of this command's inputs ({item})")
+            raise OutputPathError(f"{named} is one of this command's inputs ({item})")
     workdir = enclosing_workdir(path)
     if workdir is not None:
         raise OutputPathError(
-            f"{flag}={path} is inside the mmtx workdir {workdir}, whose files a run needs; "
+            f"{named} is inside the mmtx workdir {workdir}, whose files a run needs; "
             "write it somewhere else"
         )
     if os.path.lexists(path) and not overwrite:
-        raise OutputPathError(f"{flag}={path} exists; pass --overwrite to replace it")
+        raise OutputPathError(f"{named} exists; pass --overwrite to replace it")
     return path
+
+
+def check_report_paths(paths: Iterable[str | os.PathLike], *, overwrite: bool) -> None:
+    """The check of a script that writes reports under names it chooses (``--out_dir``):
+    creates their folders, then :func:`check_output_path` on each; raises ``SystemExit``
+    with one ``error:`` line (exit status 1) on the first that may not be written."""
+    for path in paths:
+        os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
+        try:
+            check_output_path(path, overwrite=overwrite, flag=None)
+        except OutputPathError as error:
+            raise SystemExit(f"error: {error}") from None
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Writes ``text`` (UTF-8) to ``path`` whole, through :func:`atomic_output`."""
+    with atomic_output(path) as temporary, open(temporary, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 @contextlib.contextmanager

@@ -38,3 +38,18 @@ def test_fusion_ablation_writes_a_row_per_fusion(tmp_path):
     table = (out_dir / "fusion_ablation.md").read_text()
     assert "| gated |" in table and "| bottleneck |" in table
     assert (out_dir / "fusion_ablation.png").stat().st_size > 0
+
+
+def test_an_existing_report_is_replaced_only_with_overwrite(tmp_path):
+    """Checked before anything runs: the docs' committed report is not clobbered by default."""
+    (tmp_path / "fusion_ablation.md").write_text("committed report")
+    try:
+        fusion_ablation.main([f"--out_dir={tmp_path}", "--fusions=gated"])
+    except SystemExit as error:
+        message = str(error)
+    else:
+        raise AssertionError("an existing report was not refused")
+    assert message == (
+        f"error: {tmp_path / 'fusion_ablation.md'} exists; pass --overwrite to replace it"
+    )
+    assert (tmp_path / "fusion_ablation.md").read_text() == "committed report"

@@ -43,7 +43,7 @@ from PIL import Image
 
 from mmtx import output_paths
 from mmtx.data.preprocessing import audio_to_float
-from mmtx.models import Model
+from mmtx.models import Model, NonFiniteOutputError, check_batch
 
 MODALITIES = ("image", "text", "audio")
 
@@ -216,13 +216,20 @@ def embed_files(
             examples = []
             for item in items[start : start + size]:
                 try:
-                    examples.append(model.preprocess(**load_input(modality, item)))
+                    example = model.preprocess(**load_input(modality, item))
+                    # Finite and in range (a WAV of floats may hold anything), per file.
+                    check_batch(example, model.module.encoders)
+                    examples.append(example)
                 except (OSError, ValueError, TypeError, Image.DecompressionBombError) as error:
                     # PIL's UnidentifiedImageError is an OSError; scipy raises ValueError;
                     # PIL's bomb error names the pixel count and the limit.
                     raise EmbedError(f"{item}: {error}") from error
             batch = {key: np.concatenate([e[key] for e in examples]) for key in examples[0]}
-            outputs = model.run(_pad_batch(batch, size), normalize=normalize)
+            try:
+                outputs = model.run(_pad_batch(batch, size), normalize=normalize)
+            except NonFiniteOutputError as error:
+                names = ", ".join(items[start : start + size][:3])
+                raise EmbedError(f"embedding {names}...: {error}") from None
             rows.append(outputs[modality][: len(examples)])
             if bar:
                 bar.update(start + len(examples))

@@ -21,6 +21,7 @@ buffers (:mod:`mmtx.launch`; ``MMTX_HOST_MALLOC=default`` turns that off).
 
 from __future__ import annotations
 
+import logging as pylogging
 import os
 import sys
 
@@ -32,7 +33,7 @@ from mmtx import config as config_lib
 from mmtx import launch
 from mmtx.data.bad_examples import BadDataError
 from mmtx.train import distributed
-from mmtx.train.checkpoint import CheckpointMismatchError
+from mmtx.train.checkpoint import CheckpointMismatchError, CheckpointSaveError
 from mmtx.train.loop import NonFiniteError, train_and_evaluate
 from mmtx.train.workdir import WorkdirError
 
@@ -145,11 +146,18 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(2)
 
 
+def _from_orbax(record: pylogging.LogRecord) -> bool:
+    return f"{os.sep}orbax{os.sep}" in record.pathname
+
+
 def _quiet_library_logs() -> None:
     """Library INFO logs (orbax writes ~55 lines per save) only with an explicit
-    ``--verbosity``; progress lines are printed to stdout by the loop."""
+    ``--verbosity``; progress lines are printed to stdout by the loop. Without it orbax's own
+    error logs are dropped too: they are tracebacks from its writer threads, and every save
+    error reaches the loop, which reports it as one ``error:`` line."""
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+        logging.get_absl_logger().addFilter(lambda record: not _from_orbax(record))
 
 
 def main(argv: list[str]) -> None:
@@ -169,6 +177,11 @@ def main(argv: list[str]) -> None:
         logging.error("%s", error)
         print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(1)
+    except CheckpointSaveError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # At once: an abandoned save's writer threads would hold up interpreter exit.
+        os._exit(1)
     except ValueError as error:
         if not str(error).startswith("config."):
             raise

@@ -37,6 +37,39 @@ def embedding_keys() -> tuple[str, ...]:
     return (*modality_names(), "fused")
 
 
+class NonFiniteOutputError(ValueError):
+    """An embedding came out NaN or inf from finite inputs (:meth:`Model.run` checks the
+    inputs first): the params hold non-finite values, or the computation overflowed."""
+
+
+def check_finite_outputs(outputs: Mapping[str, Any], params: Any, dtype: str) -> None:
+    """Raises :class:`NonFiniteOutputError` when an embedding output (float ``[B, D]``,
+    :func:`embedding_keys`) of ``outputs`` holds NaN or inf, naming the output, the examples
+    and the cause: the first non-finite leaf of ``params``, or an overflow in ``dtype``."""
+    for key in embedding_keys():
+        if key not in outputs:
+            continue
+        values = np.asarray(outputs[key])
+        finite = np.isfinite(values.reshape(values.shape[0], -1)).all(axis=1)
+        if finite.all():
+            continue
+        examples = np.flatnonzero(~finite).tolist()
+        shown = f"{examples[:8]}{' ...' if len(examples) > 8 else ''}"
+        bad_params = [
+            jax.tree_util.keystr(path)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+            if not np.isfinite(np.asarray(leaf, np.float32)).all()
+        ]
+        cause = (
+            f"the params hold NaN or inf ({len(bad_params)} arrays, first {bad_params[0]})"
+            if bad_params
+            else f"the params and inputs are finite, so the {dtype} computation overflowed"
+        )
+        raise NonFiniteOutputError(
+            f"the {key} embedding of example(s) {shown} is NaN or inf: {cause}"
+        )
+
+
 def task_classes(config: ml_collections.ConfigDict, label: str) -> int:
     """Classes of a task head over batch key ``label``: ``model.num_classes`` for
     ``"label"``, else ``model.attribute_classes[label]``."""
@@ -605,12 +638,15 @@ class Model:
         ``[B, H, W, C]``, ``audio`` float32 ``[B, S]``) and returns the outputs as numpy
         arrays, as ``__call__`` does (``normalize`` as there). The batch is checked first.
         Each new batch shape compiles once; keep ``B`` fixed (pad the last batch) when
-        running many batches.
+        running many batches. Inputs must be finite and within each modality's range
+        (:meth:`mmtx.modalities.ModalitySpec.check_values`); an embedding that still comes
+        out NaN or inf raises :class:`NonFiniteOutputError` rather than being returned.
         """
         batch = dict(batch)
         # Under jit the module sees traced ids and cannot check them: check the batch here.
         check_batch(batch, self.module.encoders)
         outputs = jax.tree.map(np.asarray, _jitted_apply(self.module, self.params, batch))
+        check_finite_outputs(outputs, self.params, self.config.dtype)
         if normalize:
             for key in embedding_keys():
                 if key in outputs:

@@ -242,3 +242,15 @@ def test_a_decompression_bomb_is_one_line_naming_file_and_pixels(workdir, tmp_pa
     )
     assert re.search(r"bomb\.png: .*400000000 pixels", message), message
     assert sorted(os.listdir(tmp_path)) == ["images"]
+
+
+def test_a_wav_beyond_the_sample_range_is_one_line_naming_it(workdir, tmp_path):
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    scipy.io.wavfile.write(folder / "fine.wav", RATE, np.zeros(SAMPLES, np.float32))
+    scipy.io.wavfile.write(folder / "loud.wav", RATE, np.full(SAMPLES, 1e30, np.float32))
+    message = one_error_line(
+        [f"--workdir={workdir}", f"--audio={folder}", f"--out={tmp_path / 'x.npz'}"]
+    )
+    assert re.search(r"loud\.wav: audio\[0\] has values up to 1e\+30 in magnitude", message)
+    assert not (tmp_path / "x.npz").exists()

@@ -16,7 +16,7 @@ import pytest
 from mmtx import Model, MultiModalTransformer, create_model
 from mmtx import config as config_lib
 from mmtx.data.tokenizer import ByteTokenizer
-from mmtx.models import dummy_batch, init_params
+from mmtx.models import NonFiniteOutputError, dummy_batch, init_params
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MODALITIES = ("text", "image", "audio")
@@ -1050,3 +1050,39 @@ def test_param_trees_match_those_before_the_registry(fusion):
         flat = jax.tree_util.tree_flatten_with_path(nn.meta.unbox(shapes["params"]))[0]
         got = {jax.tree_util.keystr(path): list(leaf.shape) for path, leaf in flat}
         assert got == expected[f"{fusion}/{'+'.join(modalities)}"]
+
+
+def test_finite_in_finite_out():
+    """Inputs beyond ±max_abs_input are refused naming the example (they used to give NaN
+    embeddings); inputs at the bound embed finitely; an embedding that still comes out
+    non-finite is an error naming its cause, never a result."""
+    module, params = built("concat")
+    config = config_lib.load_config(small_config("concat"))
+    model = Model(module=module, params=params, config=config, tokenizer=ByteTokenizer())
+    with pytest.raises(ValueError, match=re.escape("audio[0] has values up to 1e+30")):
+        model(audio_inputs=np.full(SAMPLES, 1e30, np.float32))
+    loud = np.stack([np.zeros(SAMPLES), np.full(SAMPLES, -2e4)]).astype(np.float32)
+    with pytest.raises(ValueError, match=re.escape("audio[1] has values up to 2e+04")):
+        model(audio_inputs=loud)
+    with pytest.raises(ValueError, match=re.escape("image[0] has values up to 1e+05")):
+        model.run({"image": np.full((1, SIZE, SIZE, 3), 1e5, np.float32)})
+    at_bound = model(
+        audio_inputs=np.full(SAMPLES, 1e4, np.float32), image_features=np.ones((SIZE, SIZE, 3))
+    )
+    assert all(np.isfinite(at_bound[key]).all() for key in ("audio", "image", "fused"))
+    assert model.run({"image": np.full((1, SIZE, SIZE, 3), 1e4, np.float32)})["image"].all()
+
+    inputs = {"text_inputs": ["a red circle", "a blue square"]}
+    poisoned = jax.tree.map(np.array, params)
+    poisoned["text_head"]["kernel"][0, 0] = np.nan
+    model_nan = Model(module=module, params=poisoned, config=config, tokenizer=ByteTokenizer())
+    with pytest.raises(NonFiniteOutputError, match=r"the text embedding of example\(s\) \[0, 1\] "
+                       r"is NaN or inf: the params hold NaN or inf \(1 arrays, first "
+                       r"\['text_head'\]\['kernel'\]\)"):  # fmt: skip
+        model_nan(**inputs)
+    huge = jax.tree.map(np.array, params)
+    # Finite, but a layer norm's variance of such tokens overflows float32.
+    huge["text"]["token_embed"]["embedding"]["embedding"][:] = np.float32(3e38)
+    model_huge = Model(module=module, params=huge, config=config, tokenizer=ByteTokenizer())
+    with pytest.raises(NonFiniteOutputError, match="float32 computation overflowed"):
+        model_huge(**inputs)

@@ -56,6 +56,7 @@ class AudioSpec(ModalitySpec):
     # Position is not audible; motion is (a pitch glide) when the data has video.
     attributes = ("shape", "colour", "size", "motion")
     description = "waveforms"
+    value_range = "samples are in about [-1, 1]"
 
     def default_config(self) -> ml_collections.ConfigDict:
         g = ml_collections.ConfigDict()

@@ -31,6 +31,7 @@ class ImageSpec(ModalitySpec):
     }
     attributes = ("shape", "colour", "size", "position")
     description = "images"
+    value_range = "pixels are in [0, 1]"
 
     def default_config(self) -> ml_collections.ConfigDict:
         g = ml_collections.ConfigDict()

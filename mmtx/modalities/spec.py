@@ -60,6 +60,11 @@ class ModalitySpec:
     ranges: ClassVar[Mapping[str, str]] = {}
     attributes: tuple[str, ...] = ()
     description: str = ""
+    # The largest magnitude a float input may have (:meth:`check_values`): far outside the
+    # documented ranges (pixels in [0, 1], samples in about [-1, 1]), and far below where
+    # float32 arithmetic in the encoder would overflow to inf.
+    max_abs_input: float = 1e4
+    value_range: str = ""  # the documented range of the float inputs, for messages
 
     # --- config ---------------------------------------------------------------------------
     def default_config(self) -> ml_collections.ConfigDict:
@@ -122,15 +127,25 @@ class ModalitySpec:
         raise NotImplementedError
 
     def check_values(self, batch: Mapping[str, Any], fields: Mapping[str, Any]) -> None:
-        """Checks concrete (host) inputs before anything compiles; default: finite floats.
+        """Checks concrete (host) inputs before anything compiles; default: floats finite and
+        within ``±max_abs_input``. Raises ``ValueError`` naming the first bad example.
 
         ``batch`` holds numpy arrays; ``fields`` are the encoder's fields."""
         values = np.asarray(batch[self.name])
         if np.issubdtype(values.dtype, np.floating):
-            finite = np.isfinite(values.reshape(values.shape[0], -1)).all(axis=1)
+            flat = values.reshape(values.shape[0], -1)
+            finite = np.isfinite(flat).all(axis=1)
             if not finite.all():
                 raise ValueError(
                     f"{self.name}[{int(np.argmin(finite))}] has non-finite values (NaN or inf)"
+                )
+            largest = np.abs(flat).max(axis=1, initial=0.0)
+            if (largest > self.max_abs_input).any():
+                index = int(np.argmax(largest > self.max_abs_input))
+                raise ValueError(
+                    f"{self.name}[{index}] has values up to {float(largest[index]):.3g} in "
+                    f"magnitude, beyond the ±{self.max_abs_input:g} an input may have"
+                    + (f" ({self.value_range}); scale it first" if self.value_range else "")
                 )
 
     # --- data -----------------------------------------------------------------------------

@@ -35,6 +35,7 @@ class VideoSpec(ModalitySpec):
     # Position only nudges where a moving object's path lies (the synthetic clips).
     attributes = ("shape", "colour", "size", "motion")
     description = "video clips"
+    value_range = "pixels are in [0, 1]"
 
     def default_config(self) -> ml_collections.ConfigDict:
         g = ml_collections.ConfigDict()

@@ -24,11 +24,13 @@ Nothing is ever deleted except by the keep-N policy.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -51,6 +53,56 @@ class CheckpointMismatchError(ValueError):
 
 class CheckpointDamagedError(OSError):
     """A checkpoint's bytes are missing, unreadable or differ from its integrity record."""
+
+
+class CheckpointSaveError(OSError):
+    """A save failed (a full disk, a write error) or was abandoned after a stop request; the
+    message is one line: the step, the cause, the free space and the size needed for a full
+    disk, and the last good step (intact on disk)."""
+
+
+# How long a save in flight may still take once SIGTERM or Ctrl-C asked the run to stop.
+STOP_GRACE_SECONDS = 30.0
+_POLL_SECONDS = 0.05
+_TMP_SUFFIX = ".orbax-checkpoint-tmp"
+
+
+def _is_out_of_space(error: BaseException) -> bool:
+    """Whether ``error`` (or an error it was raised from) is ENOSPC: an ``OSError`` with that
+    errno, or tensorstore's ``RESOURCE_EXHAUSTED`` text carrying ``os_error_code='28'``."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        text = str(error)
+        if "No space left on device" in text or f"os_error_code='{errno.ENOSPC}'" in text:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _bytes_text(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def _tree_bytes(tree: Any) -> int:
+    return sum(
+        int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize for leaf in jax.tree.leaves(tree)
+    )
+
+
+def _directory_bytes(path: str) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.stat(os.path.join(root, name)).st_size
+    return total
 
 
 def _flat_arrays(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -164,6 +216,12 @@ class Checkpointer:
         self.save_every = save_every
         self.read_only = read_only
         self.config = dict(config) if config is not None else None
+        # Set by the training loop: True once SIGTERM or Ctrl-C asked the run to stop, so that
+        # a wait for a save in flight gives up after STOP_GRACE_SECONDS instead of hanging.
+        self.stop_requested: Callable[[], bool] = lambda: False
+        self._pending: int | None = None  # the step of the save in flight
+        self._broken = False  # a save failed or was abandoned: close() must not wait for it
+        self._state_bytes = 0
         # orbax warns that a read-only manager is read-only, three times.
         with _absl_warnings_off() if read_only else contextlib.nullcontext():
             options = ocp.CheckpointManagerOptions(
@@ -197,10 +255,15 @@ class Checkpointer:
 
         The state's fingerprints are computed first (a small jitted reduction, waiting for
         the state), then orbax writes the arrays in the background. Returns whether a save
-        started.
+        started. A save still in flight is waited for first (:meth:`wait`).
+
+        Raises:
+          CheckpointSaveError: this save, or the one before it, failed (its partial directory
+            is removed; the last good checkpoint is intact).
         """
         if step == self.latest_step() or not (force or step % self.save_every == 0):
             return False
+        self.wait()
         record: dict[str, Any] = {
             "format": INTEGRITY_FORMAT,
             "step": int(step),
@@ -214,7 +277,51 @@ class Checkpointer:
             )
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
         items["integrity"] = ocp.args.JsonSave(record)
-        return self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+        self._state_bytes = _tree_bytes(state)
+        try:
+            started = self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+        except Exception as error:  # orbax raises ValueError, OSError and others
+            raise self._failed(step, error) from None
+        self._pending = step if started else None
+        return started
+
+    def poll(self) -> None:
+        """Returns at once unless the save in flight has just failed, which raises
+        :class:`CheckpointSaveError`; the training loop calls it every step, so that a failed
+        save ends the run at the next step rather than at the next save."""
+        if self._pending is not None and not self.manager.is_saving_in_progress():
+            self.wait()
+
+    def _failed(self, step: int, error: BaseException) -> CheckpointSaveError:
+        """Cleans up after save ``step`` failed with ``error``: removes its temporary
+        directory (a full disk is as it was before the save) and returns the error to raise."""
+        self._pending, self._broken = None, True
+        for name in os.listdir(self.directory) if os.path.isdir(self.directory) else ():
+            if name.startswith(f"{step}{_TMP_SUFFIX}"):
+                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        with contextlib.suppress(Exception):
+            self.manager.reload()
+        last_good = self.latest_step()
+        kept = (
+            f"the last good checkpoint is step {last_good} (intact)"
+            if last_good is not None
+            else "there is no earlier checkpoint"
+        )
+        if _is_out_of_space(error):
+            previous = _directory_bytes(self._step_path(last_good)) if last_good is not None else 0
+            needed = previous or self._state_bytes
+            free = shutil.disk_usage(self.directory).free
+            out_of_space = CheckpointSaveError(
+                f"no space left on device for the checkpoint of step {step} in "
+                f"{self.directory}: {_bytes_text(free)} free, about {_bytes_text(needed)} "
+                f"needed; {kept}"
+            )
+            out_of_space.errno = errno.ENOSPC
+            return out_of_space
+        return CheckpointSaveError(
+            f"saving the checkpoint of step {step} in {self.directory} failed: "
+            f"{type(error).__name__}: {_first_line(error)}; {kept}"
+        )
 
     # Restoring.
 
@@ -463,11 +570,42 @@ class Checkpointer:
         return target
 
     def wait(self) -> None:
-        """Blocks until pending async saves are committed."""
-        self.manager.wait_until_finished()
+        """Blocks until the save in flight is committed (returns at once when none is).
+
+        Polls, so that signal handlers run meanwhile; once :attr:`stop_requested` says the
+        run should stop, the save gets :data:`STOP_GRACE_SECONDS` more.
+
+        Raises:
+          CheckpointSaveError: the save failed, or was still running that long after a stop
+            request (it is abandoned; the last good checkpoint is intact).
+        """
+        step = self._pending
+        if step is None:
+            return
+        stop_seen = None
+        while self.manager.is_saving_in_progress():
+            if stop_seen is None and self.stop_requested():
+                stop_seen = time.monotonic()
+            if stop_seen is not None and time.monotonic() - stop_seen > STOP_GRACE_SECONDS:
+                self._pending, self._broken = None, True
+                last_good = self.latest_step()
+                raise CheckpointSaveError(
+                    f"the checkpoint of step {step} was still being written "
+                    f"{STOP_GRACE_SECONDS:.0f} s after the stop request; exiting without it "
+                    f"(the last good checkpoint is step {last_good})"
+                )
+            time.sleep(_POLL_SECONDS)
+        try:
+            self.manager.wait_until_finished()
+        except Exception as error:
+            raise self._failed(step, error) from None
+        self._pending = None
 
     def close(self) -> None:
-        self.manager.close()
+        """Releases orbax's threads (call :meth:`wait` first). After a failed or abandoned save
+        it returns at once: orbax would raise that save's error again, or wait for it."""
+        if not self._broken:
+            self.manager.close()
 
 
 @contextlib.contextmanager

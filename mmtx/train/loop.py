@@ -456,6 +456,8 @@ def _train_and_evaluate(
                     shown = _shown(eval_metrics)
                     _log(f"eval at step {step} (recorded in {workdir_lib.EVALS}): {shown}")
             with PreemptionWatcher() as preemption:
+                # A wait for a save in flight gives up STOP_GRACE_SECONDS after a stop request.
+                checkpointer.stop_requested = lambda: preemption.signalled or preemption.aborted
                 first_batch = None
                 if step < end:
                     first_batch = to_global(next(train_iter))
@@ -490,6 +492,7 @@ def _train_and_evaluate(
                     if is_log or is_eval or checkpointer.would_save(step):
                         flush_metrics(log=is_log)
                     checkpointer.save(step, state, train_iter)
+                    checkpointer.poll()  # a failed background save ends the run now
                     if is_eval:
                         eval_metrics = run_eval(step)
                 flush_metrics(log=False)

@@ -7,6 +7,7 @@ params of a run that was never interrupted.
 
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -198,3 +199,65 @@ def test_nan_stop_exits_nonzero_naming_the_step(tmp_path):
     assert "non-finite loss, gradients or updated params at step 13" in result.stderr
     # No checkpoint after the bad step: the latest is from before it.
     assert max(saved_steps(tmp_path)) == 10
+
+
+NAMESPACED_DISK = r"""
+set -e
+disk=$1; copy=$2; shift 2
+mount -t tmpfs -o size=2600k tmpfs "$disk"
+set +e
+"$@"
+status=$?
+df -k --output=used "$disk" | tail -1 > "$copy.used_kib"
+cp -a "$disk/." "$copy"
+exit $status
+"""
+
+
+def test_a_full_disk_ends_the_run_in_seconds_with_the_last_good_step_intact(
+    tmp_path, uninterrupted
+):
+    """A real ENOSPC: the workdir is on a 2.6 MB tmpfs (in a private mount namespace), where
+    the first checkpoint (about 1.7 MB) fits and the second does not."""
+    disk, copy = tmp_path / "disk", tmp_path / "copy"
+    disk.mkdir()
+    if subprocess.run(["unshare", "-Urm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs unshare -Urm (a user and mount namespace) to mount a small tmpfs")
+    process = subprocess.Popen(
+        ["unshare", "-Urm", "sh", "-c", NAMESPACED_DISK, "sh", str(disk), str(copy),
+         *command(disk / "w", "--config.train.keep_checkpoints=1")],
+        cwd=REPO, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    last_line_at, lines = time.monotonic(), []
+    for line in process.stdout:
+        last_line_at = time.monotonic()
+        lines.append(line)
+    stderr = process.stderr.read()
+    assert process.wait(timeout=600) == 1, "".join(lines)[-2000:] + stderr[-3000:]
+    assert time.monotonic() - last_line_at < 30  # no hang after the failed save
+
+    # One line: the free space, the size needed, the last good step. No orbax tracebacks.
+    error = [line for line in stderr.splitlines() if not line.startswith("mmtx: restarting")]
+    assert len(error) == 1, stderr[-3000:]
+    assert re.fullmatch(
+        r"error: no space left on device for the checkpoint of step 10 in \S+: "
+        r"[\d.]+ [KM]iB free, about 1\.\d MiB needed; the last good checkpoint is step 5 "
+        r"\(intact\)",
+        error[0],
+    ), error[0]
+
+    # The failed save's temporary directory is gone: the disk holds what it held before.
+    assert saved_steps(copy / "w") == [5]
+    assert not saving_in_progress(copy / "w")
+    workdir_kib = int(subprocess.run(
+        ["du", "-sk", str(copy / "w")], capture_output=True, text=True, check=True
+    ).stdout.split()[0])  # fmt: skip
+    assert int((tmp_path / "copy.used_kib").read_text()) <= workdir_kib + 64
+
+    # The last good checkpoint loads, and a rerun on a roomy disk ends where a run that was
+    # never interrupted ends.
+    final_params(copy / "w", steps=5)
+    rerun = run(copy / "w")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resumed from checkpoint at step 5" in rerun.stdout
+    assert_params_equal(final_params(copy / "w"), uninterrupted)

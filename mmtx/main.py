@@ -24,6 +24,8 @@ from __future__ import annotations
 import logging as pylogging
 import os
 import sys
+import traceback
+from typing import Any
 
 import ml_collections
 from absl import app, flags, logging
@@ -158,6 +160,26 @@ def _quiet_library_logs() -> None:
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
         logging.get_absl_logger().addFilter(lambda record: not _from_orbax(record))
+        sys.excepthook = _without_closed_loop_noise(sys.excepthook)
+
+
+def _without_closed_loop_noise(hook: Any) -> Any:
+    """``sys.excepthook`` that drops ``RuntimeError: Event loop is closed`` raised inside
+    asyncio itself: tensorstore prints those (through the hook) when its writes complete after
+    orbax closed the event loop of a failed save, which mmtx reports as one line."""
+
+    def filtered(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        frames = traceback.extract_tb(tb)
+        if (
+            kind is RuntimeError
+            and str(value) == "Event loop is closed"
+            and frames
+            and all(f"{os.sep}asyncio{os.sep}" in frame.filename for frame in frames)
+        ):
+            return
+        hook(kind, value, tb)
+
+    return filtered
 
 
 def main(argv: list[str]) -> None:

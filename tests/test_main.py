@@ -208,3 +208,23 @@ def test_a_config_file_can_register_a_custom_fusion(tmp_path):
     )  # fmt: skip
     assert result.returncode == 1, result.stderr[-3000:]
     assert "was not made by mmtx" in result.stderr and "fusion.type" not in result.stderr
+
+
+def test_closed_event_loop_noise_is_dropped_and_other_errors_are_not():
+    """tensorstore reports a write that completes after orbax closed a failed save's event
+    loop through sys.excepthook, from C: a traceback of asyncio frames alone."""
+    import asyncio
+
+    from mmtx import main
+
+    printed = []
+    hook = main._without_closed_loop_noise(lambda *args: printed.append(args[1]))
+    loop = asyncio.new_event_loop()
+    loop.close()
+    try:
+        loop.call_soon_threadsafe(print)
+    except RuntimeError as error:
+        hook(RuntimeError, error, error.__traceback__.tb_next)  # as called from C
+        assert printed == []
+        hook(RuntimeError, error, error.__traceback__)  # raised from Python code: shown
+        assert printed == [error]

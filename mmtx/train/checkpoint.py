@@ -292,6 +292,12 @@ class Checkpointer:
         if self._pending is not None and not self.manager.is_saving_in_progress():
             self.wait()
 
+    def _last_committed_step(self) -> int | None:
+        """The newest step on disk, read again (orbax's own list counts a save in flight)."""
+        with contextlib.suppress(Exception):
+            self.manager.reload()
+        return self.latest_step()
+
     def _failed(self, step: int, error: BaseException) -> CheckpointSaveError:
         """Cleans up after save ``step`` failed with ``error``: removes its temporary
         directory (a full disk is as it was before the save) and returns the error to raise."""
@@ -299,9 +305,7 @@ class Checkpointer:
         for name in os.listdir(self.directory) if os.path.isdir(self.directory) else ():
             if name.startswith(f"{step}{_TMP_SUFFIX}"):
                 shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
-        with contextlib.suppress(Exception):
-            self.manager.reload()
-        last_good = self.latest_step()
+        last_good = self._last_committed_step()
         kept = (
             f"the last good checkpoint is step {last_good} (intact)"
             if last_good is not None
@@ -588,11 +592,10 @@ class Checkpointer:
                 stop_seen = time.monotonic()
             if stop_seen is not None and time.monotonic() - stop_seen > STOP_GRACE_SECONDS:
                 self._pending, self._broken = None, True
-                last_good = self.latest_step()
                 raise CheckpointSaveError(
                     f"the checkpoint of step {step} was still being written "
-                    f"{STOP_GRACE_SECONDS:.0f} s after the stop request; exiting without it "
-                    f"(the last good checkpoint is step {last_good})"
+                    f"{STOP_GRACE_SECONDS:g} s after the stop request; exiting without it "
+                    f"(the last good checkpoint is step {self._last_committed_step()})"
                 )
             time.sleep(_POLL_SECONDS)
         try:

@@ -7,8 +7,11 @@ tests/train/test_loop.py and test_fault_tolerance.py cover the same paths in rea
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import grain
 import jax
@@ -17,13 +20,16 @@ import numpy as np
 import optax
 import pytest
 
+from mmtx.train import checkpoint as checkpoint_lib
 from mmtx.train.checkpoint import (
     CORRUPT_DIRECTORY_SUFFIX,
     CheckpointDamagedError,
     Checkpointer,
     CheckpointMismatchError,
+    CheckpointSaveError,
     config_differences,
 )
+from mmtx.train.preemption import PreemptionWatcher
 from mmtx.train.state import TrainState
 
 CONFIG = {"train": {"grad_clip": 1.0, "steps": 10}, "model": {"width": 4}}
@@ -300,7 +306,33 @@ def test_a_save_that_cannot_be_written_fails_at_once(tmp_path):
     os.rename(directory, directory + "_moved")
     with open(directory, "w") as f:
         f.write("not a directory")
-    with pytest.raises(NotADirectoryError):
+    with pytest.raises(CheckpointSaveError, match=r"step 2 .* failed: NotADirectoryError.* "
+                       r"there is no earlier checkpoint"):  # fmt: skip
         checkpointer.save(2, make_state(2), iterator)
     checkpointer.wait()
     checkpointer.close()
+
+
+def test_a_stop_request_bounds_the_wait_for_a_save_that_never_ends(tmp_path, monkeypatch):
+    """SIGTERM or Ctrl-C while a save hangs (orbax waiting on a write that never completes):
+    the wait gives up after STOP_GRACE_SECONDS, naming the last good step."""
+    checkpointer = Checkpointer(str(tmp_path / "checkpoints"), keep=3)
+    iterator = make_iterator()
+    checkpointer.save(1, make_state(1), iterator)
+    checkpointer.wait()
+    # A save that starts and never ends (orbax's save and progress, replaced).
+    monkeypatch.setattr(checkpointer.manager, "save", lambda *args, **kwargs: True)
+    monkeypatch.setattr(checkpointer.manager, "is_saving_in_progress", lambda: True)
+    checkpointer.save(2, make_state(2), iterator)
+    monkeypatch.setattr(checkpoint_lib, "STOP_GRACE_SECONDS", 0.3)
+    with PreemptionWatcher() as watcher:
+        checkpointer.stop_requested = lambda: watcher.signalled
+        timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM))
+        timer.start()
+        started = time.monotonic()
+        message = r"step 2 was still being written 0.3 s after the stop request; .* step 1\)"
+        with pytest.raises(CheckpointSaveError, match=message):
+            checkpointer.wait()
+        assert 0.5 <= time.monotonic() - started < 5
+    monkeypatch.undo()
+    checkpointer.close()  # returns at once: the abandoned save is not waited for

@@ -196,7 +196,6 @@ def main(argv: list[str]) -> None:
     try:
         summary = train_and_evaluate(config, _WORKDIR.value, eval_only=_EVAL_ONLY.value)
     except (NonFiniteError, WorkdirError, CheckpointMismatchError, BadDataError) as error:
-        logging.error("%s", error)
         print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(1)
     except CheckpointSaveError as error:
@@ -209,8 +208,7 @@ def main(argv: list[str]) -> None:
             raise
         print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(2)
-    except OSError as error:  # a save or a read that failed: the cause, not orbax's logs
-        logging.error("%s", error)
+    except OSError as error:  # a read that failed: the cause, not orbax's logs
         print(f"error: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
         sys.exit(1)
     except KeyboardInterrupt:

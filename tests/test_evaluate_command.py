@@ -153,6 +153,8 @@ def test_a_workdir_without_a_checkpoint_is_one_line(tmp_path, imported):
         copy(os.path.join(imported, name), workdir / name)
     status, _, err = command(f"--workdir={workdir}", *EVAL_FLAGS)
     assert status == 1 and err.startswith("error: ") and "no checkpoint" in err, err
+    # Nothing was created or claimed: no checkpoints/, no lock.
+    assert sorted(os.listdir(workdir)) == ["config.json", "mmtx-workdir.json", "tokenizer"]
 
 
 def test_python_dash_m_runs_the_command():

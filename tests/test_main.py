@@ -78,6 +78,32 @@ def test_command_line_trains_with_overrides_and_resumes(tmp_path):
     assert "train.grad_clip: 1.0 -> 0.0" in changed.stderr and "Traceback" not in changed.stderr
     assert sorted(os.listdir(os.path.join(tmp_path, "checkpoints"))) == ["2", "3"]
 
+    # Errors after orbax has started are one line too: an init_from that does not fit, and
+    # --eval_only on a directory that does not exist (which is not created).
+    source = tmp_path
+    init = run_main(
+        tmp_path / "init",
+        f"--config.train.init_from={source}",
+        "--config.fusion.type=gated",
+        "--config.model.embed_dim=24",
+    )
+    assert init.returncode == 2, init.stderr[-3000:]
+    (line,) = error_lines(init.stderr)
+    assert line.startswith(f"error: config.train.init_from='{source}': ") and (
+        "in the source but" in line
+    ), init.stderr
+    evaluated = run_main(tmp_path / "typo", "--eval_only")
+    assert evaluated.returncode == 1
+    assert error_lines(evaluated.stderr) == [
+        f"error: no such workdir: {tmp_path / 'typo'} (nothing to evaluate)"
+    ]
+    assert not (tmp_path / "typo").exists()
+
+
+def error_lines(stderr):
+    """stderr without the host-malloc restart notice (mmtx.launch)."""
+    return [line for line in stderr.splitlines() if not line.startswith("mmtx: restarting")]
+
 
 def test_bad_override_is_a_clear_error(tmp_path):
     result = run_main(tmp_path, "--config.train.stpes=2")

@@ -149,7 +149,9 @@ def train_and_evaluate(
     """Trains and evaluates as ``config`` says, in ``workdir``; returns the final summary.
 
     With ``eval_only``, nothing is trained: the newest checkpoint is evaluated (again, when
-    it was already) and ``summary.json``'s ``eval`` is updated. A rerun of a finished run
+    it was already) and ``summary.json``'s ``eval`` is updated; a ``workdir`` that does not
+    exist or holds no checkpoint raises :class:`~mmtx.train.workdir.WorkdirError` and is
+    neither created nor claimed. A rerun of a finished run
     without it reports the final step's recorded evaluation instead of evaluating again.
 
     ``workdir`` must be new, empty or an mmtx workdir (:func:`mmtx.train.workdir.claim`), and
@@ -170,8 +172,21 @@ def train_and_evaluate(
     TensorBoard event files and ``workdir/summary.json``.
     """
     config = config_lib.validate(config)
+    if eval_only:
+        _require_checkpoint(workdir)
     with _claimed_workdir(workdir):
         return _train_and_evaluate(config, workdir, eval_only, loss_fn)
+
+
+def _require_checkpoint(workdir: str) -> None:
+    """Raises :class:`~mmtx.train.workdir.WorkdirError` unless ``workdir`` holds a saved
+    step (``checkpoints/<step>``): evaluating never creates or claims a directory."""
+    if not os.path.isdir(workdir):
+        raise workdir_lib.WorkdirError(f"no such workdir: {workdir} (nothing to evaluate)")
+    directory = os.path.join(workdir, "checkpoints")
+    steps = os.listdir(directory) if os.path.isdir(directory) else []
+    if not any(name.isdigit() for name in steps):
+        raise workdir_lib.WorkdirError(f"no checkpoint in {workdir} to evaluate")
 
 
 class StepProfiler:
@@ -295,8 +310,8 @@ def _train_and_evaluate(
             changed = checkpointer.config_changes(start)
             if changed:
                 _log(f"config changes since that checkpoint: {changed}")
-        elif eval_only:
-            raise FileNotFoundError(f"eval_only: no checkpoint in {workdir} to evaluate")
+        elif eval_only:  # every saved step was damaged and set aside
+            raise workdir_lib.WorkdirError(f"no intact checkpoint in {workdir} to evaluate")
         elif train_config.init_from:
             params, report = init_from_lib.load_params(train_config.init_from, state.params, config)
             opt_state = jax.jit(tx.init, out_shardings=state_shardings.opt_state)(params)

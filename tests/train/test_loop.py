@@ -15,6 +15,7 @@ from mmtx.data.synthetic import SyntheticSource
 from mmtx.train.checkpoint import Checkpointer
 from mmtx.train.loop import train_and_evaluate
 from mmtx.train.metrics import read_scalars
+from mmtx.train.workdir import WorkdirError
 
 
 def tiny_config(steps: int):
@@ -345,3 +346,15 @@ def test_ema_true_on_a_run_without_ema_is_an_error(trained):
     workdir, _ = trained
     with pytest.raises(ValueError, match="holds no EMA params"):
         Model.from_checkpoint(workdir, ema=True)
+
+
+def test_eval_only_never_creates_or_claims_a_workdir(tmp_path):
+    missing = tmp_path / "typo"
+    with pytest.raises(WorkdirError, match=re.escape(f"no such workdir: {missing}")):
+        train_and_evaluate(tiny_config(2), str(missing), eval_only=True)
+    assert not missing.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(WorkdirError, match="no checkpoint in .*empty to evaluate"):
+        train_and_evaluate(tiny_config(2), str(empty), eval_only=True)
+    assert os.listdir(empty) == []  # no marker, lock or checkpoints/ left behind

@@ -355,6 +355,6 @@ def test_eval_only_never_creates_or_claims_a_workdir(tmp_path):
     assert not missing.exists()
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(WorkdirError, match="no checkpoint in .*empty to evaluate"):
+    with pytest.raises(WorkdirError, match=r"no checkpoint in .*empty to evaluate"):
         train_and_evaluate(tiny_config(2), str(empty), eval_only=True)
     assert os.listdir(empty) == []  # no marker, lock or checkpoints/ left behind

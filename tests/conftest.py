@@ -14,3 +14,27 @@ _CACHE_DIR = os.environ.get(
 jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+# Files whose tests run for minutes (real training runs in subprocesses), longest first. They
+# are started first, so that `pytest -n 2` does not end on one of them while the other worker
+# idles (longest-first scheduling); the order of the other tests is kept.
+SLOW_FIRST = (
+    "tests/train/test_distributed.py",
+    "tests/train/test_fault_tolerance.py",
+    "tests/experiments/test_fusion_ablation.py",
+    "tests/data/test_tfds_source.py",
+    "tests/train/test_own_data_runs.py",
+    "tests/test_main.py",
+    "tests/train/test_bf16.py",
+    "tests/test_notebooks.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {path: index for index, path in enumerate(SLOW_FIRST)}
+
+    def key(item):
+        path = os.path.relpath(str(item.path), os.path.dirname(os.path.dirname(__file__)))
+        return rank.get(path, len(SLOW_FIRST))
+
+    items.sort(key=key)  # stable: the order within a file, and of the rest, is kept

@@ -13,6 +13,7 @@ fusion_ablation = importlib.import_module("fusion_ablation")
 
 
 def test_fusion_ablation_writes_a_row_per_fusion(tmp_path):
+    """One fusion (each costs six compiles): the study's plumbing, not a comparison."""
     base = common.base_study_config(
         2, variant="tiny", width=None, batch_size=8, eval_size=16, eval_batch_size=16
     )
@@ -22,21 +23,18 @@ def test_fusion_ablation_writes_a_row_per_fusion(tmp_path):
         [
             f"--out_dir={out_dir}",
             f"--workdir_root={tmp_path / 'runs'}",
-            "--fusions=gated,bottleneck",
+            "--fusions=bottleneck",
         ],
         base_config=base,
     )
-    assert [row["fusion"] for row in rows] == ["gated", "bottleneck"]
+    assert [row["fusion"] for row in rows] == ["bottleneck"]
     for row in rows:
         for key in ("accuracy", "accuracy_no_text", "accuracy_no_image", "accuracy_no_audio"):
             assert 0.0 <= row[key] <= 1.0, (row["fusion"], key)
         assert 0 < row["fusion_params"] < row["num_params"]
         assert row["gflops_forward"] > 0 and row["steps_per_second"] > 0
-    by_name = {row["fusion"]: row for row in rows}
-    # Gated fusion is a weighted sum of pooled embeddings: the fewest fusion params and FLOPs.
-    assert by_name["gated"]["fusion_params"] == min(r["fusion_params"] for r in rows)
     table = (out_dir / "fusion_ablation.md").read_text()
-    assert "| gated |" in table and "| bottleneck |" in table
+    assert "| bottleneck |" in table
     assert (out_dir / "fusion_ablation.png").stat().st_size > 0
 
 

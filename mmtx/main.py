@@ -161,23 +161,41 @@ def _quiet_library_logs() -> None:
         logging.set_verbosity(logging.WARNING)
         logging.get_absl_logger().addFilter(lambda record: not _from_orbax(record))
         sys.excepthook = _without_closed_loop_noise(sys.excepthook)
+        sys.unraisablehook = _unraisable_without_closed_loop_noise(sys.unraisablehook)
+
+
+def _is_closed_loop_noise(kind: Any, value: Any, tb: Any) -> bool:
+    """``RuntimeError: Event loop is closed`` raised inside asyncio alone: what tensorstore
+    reports when its writes complete after orbax closed the event loop of a failed save (which
+    mmtx reports as one line)."""
+    frames = traceback.extract_tb(tb)
+    return (
+        kind is RuntimeError
+        and str(value) == "Event loop is closed"
+        and bool(frames)
+        and all(f"{os.sep}asyncio{os.sep}" in frame.filename for frame in frames)
+    )
 
 
 def _without_closed_loop_noise(hook: Any) -> Any:
-    """``sys.excepthook`` that drops ``RuntimeError: Event loop is closed`` raised inside
-    asyncio itself: tensorstore prints those (through the hook) when its writes complete after
-    orbax closed the event loop of a failed save, which mmtx reports as one line."""
+    """``sys.excepthook`` without :func:`_is_closed_loop_noise`."""
 
     def filtered(kind: type[BaseException], value: BaseException, tb: Any) -> None:
-        frames = traceback.extract_tb(tb)
-        if (
-            kind is RuntimeError
-            and str(value) == "Event loop is closed"
-            and frames
-            and all(f"{os.sep}asyncio{os.sep}" in frame.filename for frame in frames)
+        if not _is_closed_loop_noise(kind, value, tb):
+            hook(kind, value, tb)
+
+    return filtered
+
+
+def _unraisable_without_closed_loop_noise(hook: Any) -> Any:
+    """``sys.unraisablehook`` without :func:`_is_closed_loop_noise` (tensorstore reports an
+    error in a callback it runs from C with ``PyErr_WriteUnraisable``)."""
+
+    def filtered(unraisable: Any) -> None:
+        if not _is_closed_loop_noise(
+            unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback
         ):
-            return
-        hook(kind, value, tb)
+            hook(unraisable)
 
     return filtered
 

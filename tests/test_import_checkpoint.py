@@ -49,6 +49,13 @@ def test_import_with_the_clip_tokenizer_then_embed_raw_inputs(tmp_path):
     )
     assert status == 0, err
     assert "text: 1 x 64 wide, 1 heads, 16 tokens, vocab 2514, pooling eot, quick_gelu" in out
+    # No open_clip_config.json beside the weights and no flags: each guess is said.
+    assumed = [line for line in out.splitlines() if line.startswith("assumed ")]
+    assert [line.split(":")[0] for line in assumed] == [
+        "assumed text heads",
+        "assumed image heads",
+        "assumed activation",
+    ]
     assert "tokenizer: clip_bpe" in out
     assert os.listdir(os.path.join(workdir, "tokenizer")) == [reference["file"]]
 
@@ -87,3 +94,24 @@ def test_errors_are_one_line_and_write_nothing(tmp_path):
     status, _, err = command("--famly=open_clip")
     assert status == 2 and err.startswith("error: ")
     assert sorted(os.listdir(tmp_path)) == ["clip.safetensors"]
+
+
+def test_num_heads_flag_replaces_the_assumption_and_a_bad_one_is_one_line(tmp_path):
+    weights = str(tmp_path / "clip.safetensors")
+    safetensors.numpy.save_file(open_clip_state_dict(), weights)
+    status, out, err = command(
+        "--family=open_clip",
+        f"--path={weights}",
+        f"--workdir={tmp_path / 'a'}",
+        "--num_heads=text:2,image:4",
+        "--activation=gelu",
+    )
+    assert status == 0, err
+    assert "assumed" not in out
+    assert ", 2 heads," in out and ", 4 heads," in out
+    status, _, err = command(
+        "--family=open_clip", f"--path={weights}", f"--workdir={tmp_path / 'b'}", "--num_heads=8"
+    )
+    assert status == 1
+    assert err == "error: --num_heads: '8' is not MODALITY:COUNT (e.g. text:8,image:12)\n"
+    assert not os.path.exists(tmp_path / "b")

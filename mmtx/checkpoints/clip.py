@@ -109,12 +109,16 @@ def convert_open_clip(
     """open_clip / OpenAI CLIP state dict (``visual.conv1.weight``,
     ``transformer.resblocks.0.attn.in_proj_weight``, ...) -> mmtx.
 
-    The state dict holds no head count or activation: heads are ``width // 64`` (open_clip's
-    own rule for these files) unless ``num_heads`` names them, and the activation is
-    QuickGELU (OpenAI's weights); LAION-trained open_clip models use exact GELU: pass
-    ``activation="gelu"``.
+    The state dict holds no head count or activation. They come from ``num_heads`` (the
+    caller's), else from ``hf_config``: open_clip's ``open_clip_config.json`` (``{"model_cfg":
+    ..., "preprocess_cfg": ...}``, as a model hub holds it beside the weights) or a bare model
+    config (``model_configs/ViT-B-32.json``): ``text_cfg.heads``, ``vision_cfg.width //
+    head_width``, ``quick_gelu`` (False: exact GELU), ``preprocess_cfg.mean/std``; its sizes
+    must agree with the tensors. Without either, heads are ``width // 64`` and the activation
+    QuickGELU (OpenAI's weights), and :attr:`Converted.notes` says so.
     """
-    del hf_config  # an OpenAI-style state dict comes without one
+    model_cfg = dict((hf_config or {}).get("model_cfg", hf_config or {}))
+    preprocess_cfg = dict((hf_config or {}).get("preprocess_cfg", {}))
     source.ignore(["attn_mask", "input_resolution", "context_length", "vocab_size"])
     vocab_size, text_width = source.shape("token_embedding.weight")
     context_length = source.shape("positional_embedding")[0]
@@ -124,8 +128,47 @@ def convert_open_clip(
     grid = _grid_side(positions, 1, "visual.positional_embedding")
     text_depth = layout.count_layers(source, "transformer.resblocks.{}.ln_1.weight")
     image_depth = layout.count_layers(source, "visual.transformer.resblocks.{}.ln_1.weight")
-    text_heads = num_heads.get("text", max(text_width // OPEN_CLIP_HEAD_WIDTH, 1))
-    image_heads = num_heads.get("image", max(image_width // OPEN_CLIP_HEAD_WIDTH, 1))
+    text_cfg, vision_cfg = model_cfg.get("text_cfg", {}), model_cfg.get("vision_cfg", {})
+    if model_cfg:
+        _check_open_clip_sizes(
+            {
+                "embed_dim": embed_dim,
+                "text_cfg.width": text_width,
+                "text_cfg.layers": text_depth,
+                "text_cfg.context_length": context_length,
+                "text_cfg.vocab_size": vocab_size,
+                "vision_cfg.width": image_width,
+                "vision_cfg.layers": image_depth,
+                "vision_cfg.patch_size": patch_size,
+                "vision_cfg.image_size": grid * patch_size,
+            },
+            model_cfg,
+        )
+        # open_clip's own defaults (TextCfg.heads = 8, VisionCfg.head_width = 64).
+        heads = {
+            "text": int(text_cfg.get("heads", 8)),
+            "image": image_width // int(vision_cfg.get("head_width", 64)),
+        }
+        activation = "quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu"
+        notes = []
+    else:
+        heads = {
+            "text": max(text_width // OPEN_CLIP_HEAD_WIDTH, 1),
+            "image": max(image_width // OPEN_CLIP_HEAD_WIDTH, 1),
+        }
+        activation = "quick_gelu"
+        notes = [
+            f"{modality} heads: {heads[modality]} (width // {OPEN_CLIP_HEAD_WIDTH}, assumed: no "
+            "open_clip_config.json beside the weights; give --num_heads or the config file)"
+            for modality in ("text", "image")
+            if modality not in num_heads
+        ] + [
+            "activation: quick_gelu (OpenAI's, assumed: no open_clip_config.json beside the "
+            "weights; LAION-trained models use exact GELU: give --activation=gelu or the "
+            "config file)"
+        ]
+    text_heads = num_heads.get("text", heads["text"])
+    image_heads = num_heads.get("image", heads["image"])
     overrides = _clip_towers(
         text_width=text_width,
         text_depth=text_depth,
@@ -140,9 +183,12 @@ def convert_open_clip(
         patch_size=patch_size,
         image_size=grid * patch_size,
         embed_dim=embed_dim,
-        activation="quick_gelu",
+        activation=activation,
         norm_eps=1e-5,
     )
+    for field in ("mean", "std"):
+        if field in preprocess_cfg:  # the checkpoint's own normalisation
+            overrides["model"]["image"][field] = tuple(float(v) for v in preprocess_cfg[field])
 
     params = {
         "text": {
@@ -181,7 +227,20 @@ def convert_open_clip(
         "image_head": {"kernel": source["visual.proj"]},
         "logit_scale": layout.reshaped(source["logit_scale"], ()),
     }
-    return Converted(overrides, params, grids={"image": (grid, grid)})
+    return Converted(overrides, params, grids={"image": (grid, grid)}, notes=notes)
+
+
+def _check_open_clip_sizes(from_tensors: Mapping[str, int], model_cfg: Mapping[str, Any]) -> None:
+    """Raises :class:`CheckpointImportError` when a size in open_clip's config (dotted name ->
+    value; a name it lacks is not checked) disagrees with the tensors."""
+    for name, actual in from_tensors.items():
+        group, _, field = name.rpartition(".")
+        holder = model_cfg.get(group, {}) if group else model_cfg
+        if field in holder and int(holder[field]) != int(actual):
+            raise CheckpointImportError(
+                f"open_clip_config.json says {name} = {holder[field]}, but the weights have "
+                f"{actual}: the config is not this checkpoint's"
+            )
 
 
 def convert_hf_clip(

@@ -15,11 +15,14 @@ class Converted:
       params: the mmtx param tree, numpy leaves (``Missing`` for absent tensors).
       grids: modality -> the ``(rows, cols)`` patch grid of its learned position table (for
         resampling to another input size).
+      notes: what the conversion assumed because neither the files nor the caller said it
+        (one line each, for the user); empty when every fact came from the checkpoint.
     """
 
     overrides: dict[str, Any]
     params: dict[str, Any]
     grids: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
 
 
 def two_tower_overrides(

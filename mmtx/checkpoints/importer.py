@@ -41,6 +41,7 @@ FAMILIES: dict[str, Converter] = {
     "hf_ast": convert_hf_ast,
 }
 # Which tokenizer.type a family's tokenizer file is, by the file's name.
+OPEN_CLIP_CONFIG = "open_clip_config.json"  # beside the weights on a model hub
 TOKENIZER_TYPES = {
     "open_clip": {".gz": "clip_bpe", ".txt": "clip_bpe", ".json": "tokenizer_json"},
     "hf_clip": {".gz": "clip_bpe", ".txt": "clip_bpe", ".json": "tokenizer_json"},
@@ -86,8 +87,9 @@ def import_checkpoint(
       family: one of :data:`FAMILIES` (``open_clip``, ``hf_clip``, ``hf_siglip``,
         ``big_vision_siglip``, ``hf_ast``).
       path: the weights: ``.safetensors`` (open_clip, HF) or ``.npz`` (big_vision).
-      hf_config: the HF families' ``config.json`` (a path or the loaded dict); default: the
-        ``config.json`` next to ``path``.
+      hf_config: the model's config (a path or the loaded dict): the HF families'
+        ``config.json``, open_clip's ``open_clip_config.json`` (heads, activation, the
+        normalisation); default: that file next to ``path``, when it is there.
       tokenizer: the family's tokenizer file (``bpe_simple_vocab_16e6.txt.gz`` or
         ``tokenizer.json`` for CLIP, ``spiece.model`` or ``tokenizer.json`` for SigLIP);
         without it the model keeps mmtx's byte tokenizer (ids, not text, are then the
@@ -97,8 +99,9 @@ def import_checkpoint(
       activation: override the tower activation (open_clip state dicts do not record it:
         QuickGELU is assumed, as in OpenAI's weights; LAION-trained ones use ``gelu``).
       num_heads: modality -> attention heads, for open_clip state dicts, which do not record
-        them (default ``width // 64``, open_clip's rule for OpenAI-style files); the other
-        families read them from their config or the tensors' shapes.
+        them (else from ``open_clip_config.json``, else ``width // 64``, open_clip's rule for
+        OpenAI-style files, noted in the record's ``assumed``); the other families read them
+        from their config or the tensors' shapes.
 
     Returns:
       An :class:`ImportedModel` whose config validates and whose params have exactly the
@@ -183,8 +186,14 @@ def convert_tensors(
         "path": os.path.abspath(path) if path else "",
         "tensors": len(tensors),
         "ignored": sorted(source.ignored),
+        # What no file and no argument said, so the conversion assumed it (one line each).
+        "assumed": [note for note in converted.notes if not _overridden(note, activation)],
     }
     return ImportedModel(config=config, params=params, source=record)
+
+
+def _overridden(note: str, activation: str | None) -> bool:
+    return activation is not None and note.startswith("activation:")
 
 
 def _hf_config(
@@ -193,9 +202,13 @@ def _hf_config(
     if isinstance(hf_config, Mapping):
         return dict(hf_config)
     if hf_config is None:
-        if not family.startswith("hf_"):
+        if family == "open_clip":
+            name = OPEN_CLIP_CONFIG
+        elif family.startswith("hf_"):
+            name = "config.json"
+        else:
             return None
-        hf_config = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
+        hf_config = os.path.join(os.path.dirname(os.path.abspath(path)), name)
         if not os.path.exists(hf_config):
             return None
     with open(hf_config) as f:

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
 
-from mmtx.checkpoints import import_checkpoint
+from mmtx.checkpoints import CheckpointImportError, import_checkpoint
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 # Max abs error allowed, relative to the largest reference value (float32 round-off through
@@ -55,6 +56,81 @@ def test_open_clip():
     assert_close(out["text"], ref["text_embeds"])
     assert_close(out["image"], ref["image_embeds"])
     assert float(out["logit_scale"]) == float(ref["logit_scale"])
+
+
+# The fixture model's open_clip config (fixtures/README.md): what a model hub stores beside
+# the weights as open_clip_config.json.
+OPEN_CLIP_MODEL_CFG = {
+    "embed_dim": 48,
+    "quick_gelu": True,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 500, "width": 32, "heads": 2, "layers": 2},
+}
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def open_clip_dir(tmp_path, config):
+    """The fixture's weights with ``config`` beside them as open_clip_config.json."""
+    os.symlink(fixture("open_clip", "model.safetensors"), tmp_path / "model.safetensors")
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(config))
+    return str(tmp_path / "model.safetensors")
+
+
+@pytest.mark.parametrize("wrapped", [True, False], ids=["hub_file", "bare_model_config"])
+def test_open_clip_reads_heads_and_activation_from_its_config(tmp_path, wrapped):
+    """No num_heads given: the heads (vision head_width 32, not 64) come from the file, and the
+    import equals open_clip; nothing is assumed."""
+    config = (
+        {
+            "model_cfg": OPEN_CLIP_MODEL_CFG,
+            "preprocess_cfg": {"mean": OPENAI_MEAN, "std": OPENAI_STD},
+        }
+        if wrapped
+        else OPEN_CLIP_MODEL_CFG
+    )
+    imported = import_checkpoint("open_clip", open_clip_dir(tmp_path, config))
+    assert imported.source["assumed"] == []
+    assert imported.config.model.image.num_heads == 2 and imported.config.model.text.num_heads == 2
+    ref = reference("open_clip")
+    out = run(imported.model(), text=ref["text"], image=ref["image"])
+    assert_close(out["text"], ref["text_embeds"])
+    assert_close(out["image"], ref["image_embeds"])
+
+
+def test_open_clip_config_gives_exact_gelu_and_the_normalisation(tmp_path):
+    config = {
+        "model_cfg": {**OPEN_CLIP_MODEL_CFG, "quick_gelu": False},
+        "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+    }
+    imported = import_checkpoint("open_clip", open_clip_dir(tmp_path, config))
+    assert imported.config.model.text.activation == "gelu"
+    assert imported.config.model.image.activation == "gelu"
+    assert tuple(imported.config.model.image.mean) == (0.5, 0.5, 0.5)
+    assert tuple(imported.config.model.image.std) == (0.25, 0.25, 0.25)
+    ref = reference("open_clip")  # made with QuickGELU: exact GELU must change the numbers
+    out = run(imported.model(), text=ref["text"])
+    assert np.abs(out["text"] - ref["text_embeds"]).max() > 1e-3
+
+
+def test_open_clip_config_that_disagrees_with_the_weights_is_an_error(tmp_path):
+    text_cfg = {**OPEN_CLIP_MODEL_CFG["text_cfg"], "context_length": 77}
+    config = {"model_cfg": {**OPEN_CLIP_MODEL_CFG, "text_cfg": text_cfg}}
+    with pytest.raises(CheckpointImportError, match=re.escape(
+        "open_clip_config.json says text_cfg.context_length = 77, but the weights have 16"
+    )):  # fmt: skip
+        import_checkpoint("open_clip", open_clip_dir(tmp_path, config))
+
+
+def test_open_clip_without_a_config_says_what_it_assumed():
+    path = fixture("open_clip", "model.safetensors")
+    assumed = import_checkpoint("open_clip", path).source["assumed"]
+    assert [note.split(":")[0] for note in assumed] == ["text heads", "image heads", "activation"]
+    assert "width // 64" in assumed[0] and "quick_gelu" in assumed[2]
+    given = import_checkpoint(
+        "open_clip", path, num_heads={"text": 2, "image": 2}, activation="quick_gelu"
+    )
+    assert given.source["assumed"] == []
 
 
 def test_open_clip_at_another_image_size_resamples_the_position_table():

@@ -148,6 +148,8 @@ def main(argv: Sequence[str], stderr: TextIO | None = None) -> int:
         return 1
     for note in imported.source["assumed"]:
         print(f"assumed {note}")
+    for note in imported.source["differences"]:
+        print(f"differs: {note}")
     print(
         f"imported {values.family} {values.path} ({imported.source['tensors']} tensors):\n"
         f"{describe(imported.config)}\nwrote {workdir} "

@@ -108,6 +108,7 @@ def test_num_heads_flag_replaces_the_assumption_and_a_bad_one_is_one_line(tmp_pa
     )
     assert status == 0, err
     assert "assumed" not in out
+    assert "differs: image resizing: open_clip's preprocessing for this model is bicubic" in out
     assert ", 2 heads," in out and ", 4 heads," in out
     status, _, err = command(
         "--family=open_clip", f"--path={weights}", f"--workdir={tmp_path / 'b'}", "--num_heads=8"

@@ -227,7 +227,18 @@ def convert_open_clip(
         "image_head": {"kernel": source["visual.proj"]},
         "logit_scale": layout.reshaped(source["logit_scale"], ()),
     }
-    return Converted(overrides, params, grids={"image": (grid, grid)}, notes=notes)
+    interpolation = str(preprocess_cfg.get("interpolation", "bicubic"))
+    resize_mode = str(preprocess_cfg.get("resize_mode", "shortest"))
+    differences = []
+    if (interpolation, resize_mode) != ("bilinear", "shortest"):
+        differences.append(
+            f"image resizing: open_clip's preprocessing for this model is {interpolation}, "
+            f"resize mode {resize_mode}; mmtx's is bilinear, shorter side then centre crop, "
+            f"so an image not already {grid * patch_size} px square embeds slightly differently"
+        )
+    return Converted(
+        overrides, params, grids={"image": (grid, grid)}, notes=notes, differences=differences
+    )
 
 
 def _check_open_clip_sizes(from_tensors: Mapping[str, int], model_cfg: Mapping[str, Any]) -> None:

@@ -17,12 +17,15 @@ class Converted:
         resampling to another input size).
       notes: what the conversion assumed because neither the files nor the caller said it
         (one line each, for the user); empty when every fact came from the checkpoint.
+      differences: what mmtx does differently from the original's own preprocessing (one
+        line each, for the user).
     """
 
     overrides: dict[str, Any]
     params: dict[str, Any]
     grids: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
+    differences: list[str] = dataclasses.field(default_factory=list)
 
 
 def two_tower_overrides(

@@ -188,6 +188,8 @@ def convert_tensors(
         "ignored": sorted(source.ignored),
         # What no file and no argument said, so the conversion assumed it (one line each).
         "assumed": [note for note in converted.notes if not _overridden(note, activation)],
+        # Where mmtx's preprocessing differs from the original's (one line each).
+        "differences": list(converted.differences),
     }
     return ImportedModel(config=config, params=params, source=record)
 

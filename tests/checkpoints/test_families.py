@@ -108,6 +108,16 @@ def test_open_clip_config_gives_exact_gelu_and_the_normalisation(tmp_path):
     assert imported.config.model.image.activation == "gelu"
     assert tuple(imported.config.model.image.mean) == (0.5, 0.5, 0.5)
     assert tuple(imported.config.model.image.std) == (0.25, 0.25, 0.25)
+    # The config's resizing (bicubic, open_clip's default) is not mmtx's: said, not hidden.
+    (difference,) = imported.source["differences"]
+    assert difference.startswith("image resizing: open_clip's preprocessing for this model is "
+                                 "bicubic, resize mode shortest; mmtx's is bilinear")  # fmt: skip
+    squash = {**config, "preprocess_cfg": {"interpolation": "bilinear", "resize_mode": "squash"}}
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(squash))
+    (difference,) = import_checkpoint("open_clip", str(tmp_path / "model.safetensors")).source[
+        "differences"
+    ]
+    assert "bilinear, resize mode squash" in difference
     ref = reference("open_clip")  # made with QuickGELU: exact GELU must change the numbers
     out = run(imported.model(), text=ref["text"])
     assert np.abs(out["text"] - ref["text_embeds"]).max() > 1e-3

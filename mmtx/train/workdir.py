@@ -40,20 +40,11 @@ def _now() -> str:
 
 def write_json_atomically(path: str, value: Any) -> None:
     """Writes ``value`` as JSON to ``path`` so that readers see the old or the new file,
-    never a partial one (a temporary file in the same directory, fsynced, then renamed)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-    try:
-        os.fchmod(handle, 0o644)  # as open() would make it, not mkstemp's 0o600
-        with os.fdopen(handle, "w") as f:
-            json.dump(value, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    never a partial one (:func:`mmtx.output_paths.atomic_output`, fsynced before the rename)."""
+    with output_paths.atomic_output(path) as temporary, open(temporary, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def claim(workdir: str) -> None:

@@ -116,3 +116,26 @@ def test_num_heads_flag_replaces_the_assumption_and_a_bad_one_is_one_line(tmp_pa
     assert status == 1
     assert err == "error: --num_heads: '8' is not MODALITY:COUNT (e.g. text:8,image:12)\n"
     assert not os.path.exists(tmp_path / "b")
+
+
+def test_a_cut_short_file_or_a_nan_weight_is_one_error_line(tmp_path):
+    state = open_clip_state_dict()
+    whole = tmp_path / "whole.safetensors"
+    safetensors.numpy.save_file(state, str(whole))
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(whole.read_bytes()[:-1000])
+    state["visual.proj"][0, :3] = np.nan
+    nan = tmp_path / "nan.safetensors"
+    safetensors.numpy.save_file(state, str(nan))
+    for weights, says in [
+        (cut, "ends at byte"),
+        (nan, "tensor visual.proj has 3 non-finite values (NaN or inf)"),
+    ]:
+        workdir = tmp_path / "out"
+        status, out, err = command(
+            "--family=open_clip", f"--path={weights}", f"--workdir={workdir}"
+        )
+        assert status == 1 and out == ""
+        assert err.startswith(f"error: {weights}: ") and err.count("\n") == 1, err
+        assert says in err, err
+        assert not workdir.exists()

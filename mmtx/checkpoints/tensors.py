@@ -8,8 +8,11 @@ numpy loader and ``.npz`` files (big_vision) with numpy. A torch pickle (``.bin`
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
+import zipfile
+import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -21,7 +24,8 @@ SHOWN_NAMES = 5  # How many missing / unexpected names an error lists.
 
 class CheckpointImportError(ValueError):
     """A checkpoint that does not fit the family it was imported as: missing or unexpected
-    tensors, a shape that disagrees, or a file mmtx cannot read."""
+    tensors, a shape that disagrees, a weight that is not a finite float, or a file mmtx
+    cannot read (cut short, malformed, pickled). The message is one line naming the file."""
 
 
 def convert_command(path: str) -> str:
@@ -46,7 +50,10 @@ def read_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     Raises:
       FileNotFoundError: no such file.
       CheckpointImportError: a torch pickle or another format (the message says how to
-        convert a pickle once).
+        convert a pickle once); a file cut short or malformed (a header that lies about its
+        size or a tensor's bytes, a pickled ``.npz`` array): one line naming the file and,
+        where there is one, the tensor. Nothing is allocated for a size the file does not
+        hold.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -55,8 +62,7 @@ def read_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if suffix == ".safetensors":
         return _read_safetensors(path)
     if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
-            return {name: np.asarray(data[name]) for name in data.files}
+        return _read_npz(path)
     if suffix in TORCH_PICKLE_SUFFIXES:
         raise CheckpointImportError(
             f"{path} is a torch pickle, which mmtx reads only as safetensors (torch is not a "
@@ -72,6 +78,8 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
 
     Read by hand rather than with ``safetensors.numpy.load_file`` because numpy has no
     bfloat16, in which many checkpoints are published; those are widened to float32 (exact).
+    Every size the header gives (its own, each tensor's byte range) is checked against the
+    file before anything is read or allocated.
     """
     import ml_dtypes
 
@@ -88,28 +96,185 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
         "BOOL": np.bool_,
     }
     with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < 8:
+            raise CheckpointImportError(
+                f"{path} is not a safetensors file ({size} bytes, fewer than the 8 that give "
+                "its header's size)"
+            )
         (header_size,) = struct.unpack("<Q", f.read(8))
+        if header_size > size - 8:
+            raise CheckpointImportError(
+                f"{path} is not a safetensors file or is cut short (its header is said to be "
+                f"{header_size} bytes; the file has {size - 8} after the size)"
+            )
         try:
             header = json.loads(f.read(header_size))
-        except ValueError as error:
+        except (ValueError, RecursionError) as error:
             raise CheckpointImportError(f"{path} is not a safetensors file ({error})") from error
-        data = f.read()
-    tensors = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        if entry["dtype"] not in dtypes:
+        if not isinstance(header, dict):
             raise CheckpointImportError(
-                f"{path}: tensor {name} has unsupported dtype {entry['dtype']}"
+                f"{path} is not a safetensors file (its header is a JSON "
+                f"{type(header).__name__}, not an object)"
             )
-        start, end = entry["data_offsets"]
-        dtype = np.dtype(dtypes[entry["dtype"]]).newbyteorder("<")
-        array = np.frombuffer(
-            data, dtype=dtype, count=(end - start) // dtype.itemsize, offset=start
-        )
-        array = array.reshape(entry["shape"])
-        tensors[name] = array.astype(np.float32) if entry["dtype"] == "BF16" else array.copy()
+        data_start = 8 + header_size
+        data_size = size - data_start
+        entries = {
+            name: _safetensors_entry(path, name, entry, dtypes, data_size)
+            for name, entry in header.items()
+            if name != "__metadata__"
+        }
+        tensors = {}
+        for name, (dtype, shape, start, end) in entries.items():
+            try:
+                array = np.empty(shape, dtype)
+            except ValueError as error:  # a dimension beyond numpy's, in an empty tensor
+                raise CheckpointImportError(
+                    f"{path}: tensor {name} has shape {shape}, which numpy cannot hold"
+                ) from error
+            f.seek(data_start + start)
+            if f.readinto(array.reshape(-1).view(np.uint8)) != end - start:
+                raise CheckpointImportError(f"{path}: tensor {name} was cut short while read")
+            tensors[name] = array.astype(np.float32) if dtype == ml_dtypes.bfloat16 else array
     return tensors
+
+
+def _safetensors_entry(
+    path: str, name: str, entry: Any, dtypes: Mapping[str, Any], data_size: int
+) -> tuple[np.dtype, tuple[int, ...], int, int]:
+    """One header entry as (little-endian dtype, shape, start, end), its byte range checked
+    against the shape and the data's size; :class:`CheckpointImportError` otherwise."""
+    if not isinstance(entry, dict):
+        raise CheckpointImportError(
+            f"{path}: tensor {name} has a header entry {_short(entry)}, not an object"
+        )
+    for key in ("dtype", "shape", "data_offsets"):
+        if key not in entry:
+            raise CheckpointImportError(f"{path}: tensor {name} has no {key} in the header")
+    kind, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(kind, str) or kind not in dtypes:
+        raise CheckpointImportError(f"{path}: tensor {name} has unsupported dtype {_short(kind)}")
+    if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
+        raise CheckpointImportError(f"{path}: tensor {name} has a malformed shape {_short(shape)}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_count, offsets))):
+        raise CheckpointImportError(
+            f"{path}: tensor {name} has malformed data_offsets {_short(offsets)}"
+        )
+    start, end = offsets
+    if end < start:
+        raise CheckpointImportError(
+            f"{path}: tensor {name} has data_offsets [{start}, {end}], which end before they start"
+        )
+    if end > data_size:
+        raise CheckpointImportError(
+            f"{path}: tensor {name} ends at byte {end} of the data, which has {data_size} "
+            "(the file is cut short)"
+        )
+    dtype = np.dtype(dtypes[kind]).newbyteorder("<")
+    needed = math.prod(shape) * dtype.itemsize
+    if end - start != needed:
+        raise CheckpointImportError(
+            f"{path}: tensor {name} has {end - start} bytes, but shape {tuple(shape)} of {kind} "
+            f"needs {needed}"
+        )
+    return dtype, tuple(shape), start, end
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """``repr(value)``, cut to ``limit`` characters, for a message of one line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# What reading an archive member can raise besides a clean "not an array": a corrupt or
+# cut-short zip, a compression method or encryption zipfile cannot read, a size beyond memory.
+_NPZ_READ_ERRORS = (
+    ValueError,
+    EOFError,
+    OSError,
+    RuntimeError,
+    NotImplementedError,
+    MemoryError,
+    zipfile.BadZipFile,
+    zlib.error,
+)
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+    """Reads an ``.npz`` archive (numpy's ``savez``) without pickles: each member's ``.npy``
+    header is read first, and a member whose bytes do not match its shape is refused before
+    its array is allocated. Names are numpy's: the member's, less ``.npy``."""
+    with open(path, "rb") as f:
+        magic = f.read(len(np.lib.format.MAGIC_PREFIX))
+    if magic == np.lib.format.MAGIC_PREFIX:
+        raise CheckpointImportError(
+            f"{path} is a single .npy array, not an .npz archive of named arrays"
+        )
+    if not zipfile.is_zipfile(path):
+        raise CheckpointImportError(f"{path} is not an .npz file (not a zip archive, or cut short)")
+    tensors = {}
+    try:
+        archive = zipfile.ZipFile(path)
+    except _NPZ_READ_ERRORS as error:
+        raise CheckpointImportError(f"{path} is not an .npz file ({error})") from error
+    with archive:
+        for info in archive.infolist():
+            if info.is_dir():
+                continue
+            name = info.filename.removesuffix(".npy")
+            try:
+                tensors[name] = _read_npz_member(path, name, archive, info)
+            except CheckpointImportError:
+                raise
+            except _NPZ_READ_ERRORS as error:
+                raise CheckpointImportError(
+                    f"{path}: tensor {name} could not be read ({type(error).__name__}: "
+                    f"{_one_line(error)})"
+                ) from error
+    return tensors
+
+
+def _read_npz_member(
+    path: str, name: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo
+) -> np.ndarray:
+    """One ``.npy`` member: its header, then (sizes checked) its array."""
+    fmt = np.lib.format
+    with archive.open(info) as member:
+        try:
+            version = fmt.read_magic(member)
+        except ValueError as error:
+            raise CheckpointImportError(
+                f"{path}: {info.filename} is not a .npy array ({_one_line(error)})"
+            ) from error
+        read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, _, dtype = read_header(member)
+        header_size = member.tell()
+    if dtype.hasobject:
+        raise CheckpointImportError(
+            f"{path}: tensor {name} is a pickled (object) array, which mmtx does not load"
+        )
+    needed = math.prod(shape) * dtype.itemsize
+    stored = info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size
+    if stored or info.header_offset + info.compress_size > os.path.getsize(path):
+        raise CheckpointImportError(
+            f"{path}: tensor {name} is said to take {info.compress_size} bytes in the archive "
+            f"({info.file_size} unpacked), which it does not hold (cut short?)"
+        )
+    if info.file_size - header_size != needed:
+        raise CheckpointImportError(
+            f"{path}: tensor {name} has {info.file_size - header_size} bytes, but shape "
+            f"{shape} of {dtype} needs {needed}"
+        )
+    with archive.open(info) as member:
+        return np.asarray(fmt.read_array(member, allow_pickle=False))
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
 
 
 class Missing:
@@ -129,9 +294,11 @@ Tensor = np.ndarray | Missing
 class TensorSource:
     """A checkpoint's tensors, handing them out by name and recording which were taken.
 
-    ``source[name]`` returns the tensor (as float32 unless ``keep_dtype``) or a
-    :class:`Missing` placeholder, remembering the name; :meth:`check` then raises one
-    :class:`CheckpointImportError` naming the first few missing and unexpected tensors.
+    ``source[name]`` returns the tensor as float32 or a :class:`Missing` placeholder,
+    remembering the name; :meth:`check` then raises one :class:`CheckpointImportError`
+    naming the first few missing and unexpected tensors. A tensor handed out is a weight: one
+    that is not floating point, or holds NaN or inf, is a :class:`CheckpointImportError`
+    naming it (:meth:`shape` reads shapes only, of any tensor).
     """
 
     def __init__(self, tensors: Mapping[str, np.ndarray], *, family: str, path: str = ""):
@@ -151,7 +318,32 @@ class TensorSource:
                 self.missing.append(name)
             return Missing(name)
         self.used.add(name)
-        return np.asarray(self.tensors[name], dtype=np.float32)
+        return self._weight(name)
+
+    def _weight(self, name: str) -> np.ndarray:
+        """``name`` as float32, checked: a weight is floating point and finite."""
+        tensor = np.asarray(self.tensors[name])
+        where = self.path or f"the {self.family} checkpoint"
+        if not _is_floating(tensor.dtype):
+            raise CheckpointImportError(
+                f"{where}: tensor {name} has dtype {tensor.dtype}, but a weight is floating point"
+            )
+        with np.errstate(over="ignore"):  # a float64 beyond float32's range: said below
+            weight = tensor.astype(np.float32, copy=False)
+        # min and max are NaN when any value is, +-inf when any is; and neither allocates
+        # (np.zeros' untouched pages stay so: a config derived from shapes costs no memory).
+        if weight.size and not (np.isfinite(weight.min()) and np.isfinite(weight.max())):
+            finite = np.isfinite(tensor)
+            if finite.all():  # finite in the file, but not in float32
+                bad = weight.size - int(np.count_nonzero(np.isfinite(weight)))
+                what = f"{_values(bad)} too large for float32"
+            else:
+                bad = weight.size - int(np.count_nonzero(finite))
+                what = f"{_values(bad, 'non-finite ')} (NaN or inf)"
+            raise CheckpointImportError(
+                f"{where}: tensor {name} has {what}; a model with them computes NaN"
+            )
+        return weight
 
     def shape(self, name: str) -> tuple[int, ...]:
         """The shape of ``name``; a missing tensor that a config is read from ends the
@@ -185,6 +377,25 @@ class TensorSource:
             f"checkpoint{where} does not match the {self.family!r} family ({'; '.join(parts)}). "
             f"Is it a {self.family} checkpoint, and the whole model (not one tower)?"
         )
+
+
+def _values(count: int, kind: str = "") -> str:
+    return f"{count} {kind}value" + ("" if count == 1 else "s")
+
+
+def _is_floating(dtype: np.dtype) -> bool:
+    """numpy's real floats and ml_dtypes' (bfloat16 and the float8s, which numpy calls ``V``)."""
+    if dtype.kind == "f":
+        return True
+    if dtype.kind != "V" or dtype.names is not None:
+        return False
+    import ml_dtypes
+
+    try:
+        ml_dtypes.finfo(dtype)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _some(names: list[str]) -> str:

@@ -552,10 +552,12 @@ class Model:
         A list of inputs may hold ``None`` for examples that lack that modality: the batch
         then carries ``present/<modality>`` bool ``[B]`` (False there) and a filler copy of
         another example, which the model ignores. Images go through
-        :func:`mmtx.data.preprocessing.preprocess_image` (decoded if bytes, shorter side
-        resized, centre crop), audio through :func:`mmtx.data.preprocessing.to_audio_batch`
-        (mixed to mono, resampled when ``audio_sample_rate`` differs from the model's,
-        cropped/padded to the model's clip length), video through
+        :func:`mmtx.data.preprocessing.preprocess_image` (decoded if bytes, then made
+        square as ``config.model.image.{resize, interpolation, resize_size}`` say; by
+        default the shorter side resized bilinearly, centre crop), audio through
+        :func:`mmtx.data.preprocessing.to_audio_batch` (mixed to mono, resampled when
+        ``audio_sample_rate`` differs from the model's, cropped/padded to the model's clip
+        length), video through
         :func:`mmtx.data.preprocessing.to_video_batch`: the evaluation path of the input
         pipeline.
         """

@@ -64,3 +64,42 @@ def load_script(path, name):
     sys.modules[name] = module  # dataclasses look their module up while the file executes
     spec.loader.exec_module(module)
     return module
+
+
+def torchvision_eval_reference(
+    image, size, *, resize="shorter_side", interpolation="bilinear", resize_size=0
+):
+    """What torchvision's eval transform (``Resize`` then ``CenterCrop``, as open_clip builds
+    it) makes of one ``[H, W, C]`` image, written out with PIL, for comparison with
+    :func:`mmtx.data.preprocessing.preprocess_image`.
+
+    ``resize="shorter_side"``: the shorter side to ``resize_size or size``, the longer to
+    ``int(side * long / short)`` (torchvision truncates), then the ``size`` square at
+    ``round((H - size) / 2)``, ``round((W - size) / 2)`` (Python's round, half to even);
+    ``"squash"``: both sides to ``size``. uint8 RGB is resized as one PIL image (uint8 out);
+    float32 channel by channel in PIL's mode "F" (float32 out, unclipped).
+    """
+    from PIL import Image
+
+    resample = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+    height, width = image.shape[:2]
+    if resize == "squash":
+        new_w, new_h = size, size
+    else:
+        side = resize_size or size
+        if width <= height:
+            new_w, new_h = side, int(side * height / width)
+        else:
+            new_w, new_h = int(side * width / height), side
+    top, left = round((new_h - size) / 2.0), round((new_w - size) / 2.0)
+    box = (left, top, left + size, top + size)
+
+    def one(pil):
+        if pil.size != (new_w, new_h):
+            pil = pil.resize((new_w, new_h), resample[interpolation])
+        return np.asarray(pil.crop(box))
+
+    if image.dtype == np.uint8:
+        return one(Image.fromarray(image))
+    planes = np.ascontiguousarray(np.moveaxis(image, -1, 0), np.float32)
+    return np.stack([one(Image.fromarray(plane)) for plane in planes], axis=-1)

@@ -228,7 +228,9 @@ def make_file_preprocess(
     preprocess = make_preprocess(config, tokenizer, augment=augment)
     modalities = ordered(config.model.modalities)
     keys = {m: get_modality(m).example_key for m in modalities}
-    image_size = int(config.model.image.image_size)
+    # The shorter side the resize makes (image_size, or resize_size before the centre crop):
+    # a JPEG is decoded at the smallest libjpeg scale that still has it.
+    decode_size = int(config.model.image.resize_size or config.model.image.image_size)
     channels = int(config.model.image.channels)
 
     def guarded(example: dict[str, Any], rng: np.random.Generator | None = None) -> dict[str, Any]:
@@ -244,7 +246,7 @@ def make_file_preprocess(
                 return bad_examples.bad("missing input", f"{name} (no {key})")
         if isinstance(example.get("image"), bytes) and "image" in keys:
             try:
-                example["image"] = decode_image(example["image"], image_size, channels)
+                example["image"] = decode_image(example["image"], decode_size, channels)
             except Image.DecompressionBombError:
                 return bad_examples.bad("image too large", name)
             except Exception:  # PIL raises many types for damaged files

@@ -5,9 +5,10 @@ They take and return numpy arrays (randomness only through an explicit
 (:mod:`mmtx.data.pipeline`) and in :class:`mmtx.Model`'s raw-input calls.
 
 Images: :func:`decode_image`, :func:`image_to_float`, :func:`resize_shorter_side`,
-:func:`center_crop`, :func:`random_crop`, :func:`random_resized_crop`, :func:`random_flip`,
-and :func:`preprocess_image`
-chaining them.
+:func:`squash`, :func:`center_crop`, :func:`random_crop`, :func:`random_resized_crop`,
+:func:`random_flip`, and :func:`preprocess_image` chaining them (how an image is made
+square, :data:`RESIZE_MODES`, and the resampling filter, :data:`INTERPOLATIONS`, are
+choices; sizes and crop offsets follow torchvision's ``Resize`` and ``CenterCrop``).
 Audio: :func:`audio_to_float`, :func:`resample`, :func:`crop_or_pad` and
 :func:`preprocess_audio`; the log-mel spectrogram (:func:`log_mel_spectrogram`, the same
 function the audio encoder calls) runs inside the model, on the accelerator, so batches
@@ -29,7 +30,9 @@ from PIL import Image
 from mmtx.nn.embed import log_mel_spectrogram
 
 __all__ = [
+    "INTERPOLATIONS",
     "MAX_AUDIO_CHANNELS",
+    "RESIZE_MODES",
     "all_texts",
     "audio_to_float",
     "center_crop",
@@ -45,6 +48,7 @@ __all__ = [
     "resample",
     "resize_shorter_side",
     "select_text",
+    "squash",
     "to_audio_batch",
     "to_image_batch",
 ]
@@ -138,44 +142,101 @@ def image_to_float(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32)
 
 
-def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of ``[H, W, C]`` (uint8 or float32) to ``[height, width, C]``, same dtype.
+# How preprocess_image makes an image image_size square: "shorter_side" resizes the shorter
+# side (to resize_size, default image_size) keeping the aspect ratio, then cuts the centre
+# square; "squash" resizes both sides to image_size (aspect ratio not kept, nothing cut).
+RESIZE_MODES = ("shorter_side", "squash")
+# The resampling filters, PIL's (antialiased when shrinking: the support widens with the scale).
+INTERPOLATIONS = ("bilinear", "bicubic")
+_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
-    PIL's bilinear filter widens its support when shrinking, so downscaling is antialiased.
+
+def _resize(
+    image: np.ndarray, height: int, width: int, interpolation: str = "bilinear"
+) -> np.ndarray:
+    """Resizes ``[H, W, C]`` (uint8 or float32) to ``[height, width, C]``, same dtype, with
+    PIL's ``interpolation`` filter (:data:`INTERPOLATIONS`).
+
+    PIL's filters widen their support when shrinking, so downscaling is antialiased. uint8
+    RGB or grey is resized as one PIL image (PIL rounds and clips); anything else channel by
+    channel in PIL's float mode ``"F"`` (uint8 then clipped to [0, 255] and truncated).
     """
     if image.shape[:2] == (height, width):
         return image
+    resample = _FILTERS[interpolation]
     if image.dtype == np.uint8 and image.shape[2] in (1, 3):
         mode_image = Image.fromarray(image[..., 0] if image.shape[2] == 1 else image)
-        out = np.asarray(mode_image.resize((width, height), Image.Resampling.BILINEAR))
+        out = np.asarray(mode_image.resize((width, height), resample))
         return out.reshape(height, width, image.shape[2])
     channels = [
         np.asarray(
             Image.fromarray(np.ascontiguousarray(image[..., c], np.float32), mode="F").resize(
-                (width, height), Image.Resampling.BILINEAR
+                (width, height), resample
             )
         )
         for c in range(image.shape[2])
     ]
-    return np.stack(channels, axis=-1).astype(image.dtype)
+    out = np.stack(channels, axis=-1)
+    if image.dtype == np.uint8:  # bicubic overshoots; a cast alone would wrap around
+        out = np.clip(out, 0, 255)
+    return out.astype(image.dtype)
 
 
-def resize_shorter_side(image: np.ndarray, size: int) -> np.ndarray:
-    """Resizes ``[H, W, C]`` so that its shorter side is ``size``, keeping the aspect ratio
-    (bilinear, antialiased); dtype kept (``uint8`` or float32)."""
+def _check_resize_options(
+    image_size: int, resize: str, interpolation: str, resize_size: int
+) -> None:
+    """Raises ``ValueError`` for a resize mode, filter or ``resize_size`` not allowed."""
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {RESIZE_MODES}; got {resize!r}")
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {INTERPOLATIONS}; got {interpolation!r}")
+    if resize_size and resize_size < image_size:
+        raise ValueError(
+            f"resize_size must be 0 (= image_size) or >= image_size {image_size}; got {resize_size}"
+        )
+    if resize_size and resize != "shorter_side":
+        raise ValueError(
+            f"resize_size applies to resize='shorter_side' only (squash resizes both sides to "
+            f"image_size); got resize_size={resize_size} with resize={resize!r}"
+        )
+
+
+def resize_shorter_side(
+    image: np.ndarray, size: int, *, interpolation: str = "bilinear"
+) -> np.ndarray:
+    """Resizes ``[H, W, C]`` so that its shorter side is ``size``, keeping the aspect ratio:
+    ``[size, L, C]`` or ``[L, size, C]`` with the longer side ``L = int(size * long /
+    short)`` (truncated, as torchvision's ``Resize(size)`` computes it). PIL's
+    ``interpolation`` filter (:data:`INTERPOLATIONS`, antialiased when shrinking); dtype kept
+    (``uint8`` or float32)."""
     height, width = image.shape[:2]
-    scale = size / min(height, width)
-    new_h = size if height <= width else max(size, round(height * scale))
-    new_w = size if width < height else max(size, round(width * scale))
-    return _resize(image, new_h, new_w)
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(size * long / short)
+    new_w, new_h = (size, new_long) if width <= height else (new_long, size)
+    return _resize(image, new_h, new_w, interpolation)
+
+
+def squash(image: np.ndarray, size: int, *, interpolation: str = "bilinear") -> np.ndarray:
+    """Resizes ``[H, W, C]`` to ``[size, size, C]``, both sides, aspect ratio not kept (the
+    ``Resize((size, size))`` of open_clip's ``resize_mode='squash'`` and of HF's SigLIP
+    processor). PIL's ``interpolation`` filter; dtype kept."""
+    return _resize(image, size, size, interpolation)
 
 
 def center_crop(image: np.ndarray, size: int) -> np.ndarray:
-    """The central ``[size, size, C]`` window of ``[H, W, C]`` (``H, W >= size``)."""
+    """The central ``[size, size, C]`` window of ``[H, W, C]`` (``H, W >= size``).
+
+    The window starts at row ``int(round((H - size) / 2))`` and column ``int(round((W -
+    size) / 2))``, Python's ``round`` (half to even), as torchvision's ``CenterCrop`` places
+    it: when ``H - size`` is odd the half offset rounds to the even neighbour, so the extra
+    row is cut at the top for ``H - size = 3`` (start row 2) and at the bottom for ``= 5``
+    (start row 2 too).
+    """
     height, width = image.shape[:2]
     if height < size or width < size:
         raise ValueError(f"cannot crop {size}x{size} from an image of {height}x{width}")
-    top, left = (height - size) // 2, (width - size) // 2
+    top = round((height - size) / 2.0)  # Python's round: half to even
+    left = round((width - size) / 2.0)
     return image[top : top + size, left : left + size]
 
 
@@ -195,12 +256,14 @@ def random_resized_crop(
     rng: np.random.Generator,
     scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    *,
+    interpolation: str = "bilinear",
 ) -> np.ndarray:
     """A random window of ``[H, W, C]`` covering a fraction in ``scale`` of its area with an
     aspect ratio (width / height) in ``ratio`` (log-uniform), resized to ``[size, size, C]``
-    (bilinear): torchvision's ``RandomResizedCrop``, which open_clip trains with at
-    ``scale=(0.9, 1.0)``. After 10 draws that do not fit, the largest centred window of the
-    nearest allowed ratio. Dtype kept."""
+    with PIL's ``interpolation`` filter (:data:`INTERPOLATIONS`): torchvision's
+    ``RandomResizedCrop``, which open_clip trains with at ``scale=(0.9, 1.0)``. After 10 draws
+    that do not fit, the largest centred window of the nearest allowed ratio. Dtype kept."""
     height, width = image.shape[:2]
     area = height * width
     log_ratio = (np.log(ratio[0]), np.log(ratio[1]))
@@ -212,7 +275,8 @@ def random_resized_crop(
         if 0 < crop_w <= width and 0 < crop_h <= height:
             top = int(rng.integers(height - crop_h + 1))
             left = int(rng.integers(width - crop_w + 1))
-            return _resize(image[top : top + crop_h, left : left + crop_w], size, size)
+            window = image[top : top + crop_h, left : left + crop_w]
+            return _resize(window, size, size, interpolation)
     aspect = width / height
     if aspect < ratio[0]:
         crop_w, crop_h = width, round(width / ratio[0])
@@ -221,7 +285,7 @@ def random_resized_crop(
     else:
         crop_w, crop_h = width, height
     top, left = (height - crop_h) // 2, (width - crop_w) // 2
-    return _resize(image[top : top + crop_h, left : left + crop_w], size, size)
+    return _resize(image[top : top + crop_h, left : left + crop_w], size, size, interpolation)
 
 
 def random_flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -236,6 +300,9 @@ def preprocess_image(
     channels: int = 3,
     rng: np.random.Generator | None = None,
     crop_scale: tuple[float, float] | None = None,
+    resize: str = "shorter_side",
+    interpolation: str = "bilinear",
+    resize_size: int = 0,
 ) -> np.ndarray:
     """One raw image -> float32 ``[image_size, image_size, channels]`` in ``[0, 1]``.
 
@@ -244,15 +311,32 @@ def preprocess_image(
     where JPEG allows). Grey is repeated to RGB. An alpha channel is dropped as PIL's
     ``convert("RGB")`` drops it (not composited onto a background): the last channel of a
     4-channel (RGBA) or 2-channel (grey + alpha) array when the model takes another number of
-    channels; PIL images and bytes are converted with ``convert``. The shorter side is resized
-    to ``image_size`` and the square cut from the centre; with ``rng`` (training
-    augmentation) the square is placed at random and mirrored with probability 1/2; with
-    ``rng`` and ``crop_scale`` it is instead a :func:`random_resized_crop` of that area
-    fraction of the image (any aspect ratio in [3/4, 4/3]), mirrored with probability 1/2.
-    Normalising with the model's mean/std happens in :class:`mmtx.encoders.ImageEncoder`.
+    channels; PIL images and bytes are converted with ``convert``.
+
+    Made square by ``resize`` (:data:`RESIZE_MODES`), resampled with PIL's ``interpolation``
+    filter (:data:`INTERPOLATIONS`; uint8 images in PIL's RGB or L mode, float ones per
+    channel in mode ``"F"``):
+
+    * ``"shorter_side"`` (default): the shorter side resized to ``resize_size`` (0, the
+      default: ``image_size``; else ``>= image_size``) keeping the aspect ratio
+      (:func:`resize_shorter_side`), then the centre ``image_size`` square
+      (:func:`center_crop`): open_clip's eval transform, and HF CLIP's with ``resize_size``
+      its ``shortest_edge`` and ``image_size`` its ``crop_size``. With ``rng`` (training
+      augmentation) the square is placed at random and mirrored with probability 1/2.
+    * ``"squash"``: both sides resized to ``image_size`` (:func:`squash`), nothing cut; with
+      ``rng``, mirrored with probability 1/2.
+
+    With ``rng`` and ``crop_scale``, either mode is replaced by a :func:`random_resized_crop`
+    of that area fraction of the image (any aspect ratio in [3/4, 4/3], resized with
+    ``interpolation``), mirrored with probability 1/2. Normalising with the model's
+    mean/std happens in :class:`mmtx.encoders.ImageEncoder`. Raises ``ValueError`` for a
+    ``resize``, ``interpolation`` or ``resize_size`` not allowed (``resize_size`` applies to
+    ``"shorter_side"`` only).
     """
+    _check_resize_options(image_size, resize, interpolation, resize_size)
+    shorter_side = resize_size or image_size
     if isinstance(image, bytes | np.bytes_):
-        image = decode_image(bytes(image), min_size=image_size, channels=channels)
+        image = decode_image(bytes(image), min_size=shorter_side, channels=channels)
     elif isinstance(image, Image.Image):
         image = _pil_to_array(image, channels)
     image = np.asarray(image)
@@ -271,18 +355,41 @@ def preprocess_image(
     if image.dtype != np.uint8:
         image = image_to_float(image)  # validates the range before resizing
     if rng is not None and crop_scale is not None:
-        image = random_resized_crop(image, image_size, rng, tuple(crop_scale))
-        return np.clip(image_to_float(random_flip(image, rng)), 0.0, 1.0)
-    image = resize_shorter_side(image, image_size)
+        image = random_resized_crop(
+            image, image_size, rng, tuple(crop_scale), interpolation=interpolation
+        )
+        return _unit_pixels(random_flip(image, rng))
+    if resize == "squash":
+        image = squash(image, image_size, interpolation=interpolation)
+        if rng is not None:
+            image = random_flip(image, rng)
+        return _unit_pixels(image)
+    image = resize_shorter_side(image, shorter_side, interpolation=interpolation)
     if rng is None:
         image = center_crop(image, image_size)
     else:
         image = random_flip(random_crop(image, image_size, rng), rng)
-    return np.clip(image_to_float(image), 0.0, 1.0)
+    return _unit_pixels(image)
+
+
+def _unit_pixels(image: np.ndarray) -> np.ndarray:
+    """A resized ``[H, W, C]`` image -> float32 in ``[0, 1]``: uint8 scaled by 1/255; float
+    (checked by :func:`image_to_float` before resizing) clipped, since bicubic resampling
+    overshoots beside sharp edges."""
+    if image.dtype == np.uint8:
+        return image_to_float(image)
+    return np.clip(image, 0.0, 1.0).astype(np.float32)
 
 
 def to_image_batch(
-    images: Any, image_size: int, channels: int = 3, *, name: str = "image"
+    images: Any,
+    image_size: int,
+    channels: int = 3,
+    *,
+    name: str = "image",
+    resize: str = "shorter_side",
+    interpolation: str = "bilinear",
+    resize_size: int = 0,
 ) -> np.ndarray:
     """Raw images -> float32 ``[B, image_size, image_size, channels]`` in ``[0, 1]``.
 
@@ -293,10 +400,13 @@ def to_image_batch(
     resized to the model's size. ``uint8`` pixels are scaled by 1/255; floats must be finite
     and already in ``[0, 1]``. An alpha channel (RGBA, grey + alpha) is dropped, as PIL's
     ``convert("RGB")`` drops it. Each image goes through :func:`preprocess_image` without
-    augmentation (shorter side resized to ``image_size``, centre crop), as evaluation batches
-    do in the input pipeline. Errors name ``name`` and, in a batch, the example
-    (``image_features[1]: ...``).
+    augmentation, with ``resize``, ``interpolation`` and ``resize_size`` (default: shorter
+    side resized bilinearly to ``image_size``, centre crop), as evaluation batches do in the
+    input pipeline. Errors name ``name`` and, in a batch, the example
+    (``image_features[1]: ...``); a ``resize`` option not allowed is a ``ValueError``.
     """
+    _check_resize_options(image_size, resize, interpolation, resize_size)
+    options = {"resize": resize, "interpolation": interpolation, "resize_size": resize_size}
     if isinstance(images, np.ndarray) and images.dtype.kind in "OS" and images.ndim <= 1:
         images = images.item() if images.ndim == 0 else list(images)  # encoded, as TFDS gives
     if isinstance(images, bytes | np.bytes_ | Image.Image):
@@ -322,7 +432,7 @@ def to_image_batch(
     out = []
     for index, image in enumerate(examples):
         try:
-            out.append(preprocess_image(image, image_size, channels=channels))
+            out.append(preprocess_image(image, image_size, channels=channels, **options))
         except (ValueError, TypeError, OSError) as error:
             where = f"{name}[{index}]" if batched else name
             # PIL's UnidentifiedImageError is an OSError: bytes that are no image.
@@ -353,7 +463,14 @@ def sample_frames(num_available: int, num_frames: int) -> np.ndarray:
 
 
 def preprocess_video(
-    video: Any, num_frames: int, image_size: int, *, channels: int = 3
+    video: Any,
+    num_frames: int,
+    image_size: int,
+    *,
+    channels: int = 3,
+    resize: str = "shorter_side",
+    interpolation: str = "bilinear",
+    resize_size: int = 0,
 ) -> np.ndarray:
     """One raw clip -> float32 ``[num_frames, image_size, image_size, channels]`` in [0, 1].
 
@@ -361,8 +478,11 @@ def preprocess_video(
     sequence of frames (arrays or encoded image bytes, as a TFDS ``Video`` feature stored as
     encoded frames gives). ``num_frames`` frames are kept, evenly spaced over the clip
     (:func:`sample_frames`), and each goes through :func:`preprocess_image` without
-    augmentation (shorter side resized, centre crop), so every frame gets the same crop.
+    augmentation, with ``resize``, ``interpolation`` and ``resize_size`` (default: shorter
+    side resized bilinearly, centre crop), so every frame gets the same crop.
     """
+    _check_resize_options(image_size, resize, interpolation, resize_size)
+    options = {"resize": resize, "interpolation": interpolation, "resize_size": resize_size}
     frames = list(video) if isinstance(video, list | tuple) else None
     if frames is None:
         array = np.asarray(video)
@@ -372,18 +492,32 @@ def preprocess_video(
             raise ValueError(f"video must be [T, H, W, C]; got shape {array.shape}")
         frames = list(array)
     keep = sample_frames(len(frames), num_frames)
-    return np.stack([preprocess_image(frames[i], image_size, channels=channels) for i in keep])
+    return np.stack(
+        [preprocess_image(frames[i], image_size, channels=channels, **options) for i in keep]
+    )
 
 
 def to_video_batch(
-    videos: Any, num_frames: int, image_size: int, channels: int = 3, *, name: str = "video"
+    videos: Any,
+    num_frames: int,
+    image_size: int,
+    channels: int = 3,
+    *,
+    name: str = "video",
+    resize: str = "shorter_side",
+    interpolation: str = "bilinear",
+    resize_size: int = 0,
 ) -> np.ndarray:
     """Raw clips -> float32 ``[B, num_frames, image_size, image_size, channels]`` in [0, 1].
 
     ``videos`` is one clip ``[T, H, W, C]``, a batch ``[B, T, H, W, C]``, or a list of clips
-    (each any length and frame size). Each goes through :func:`preprocess_video`. Errors
-    name ``name`` and, in a batch, the example (``video_inputs[1]: ...``).
+    (each any length and frame size). Each goes through :func:`preprocess_video` with
+    ``resize``, ``interpolation`` and ``resize_size``. Errors name ``name`` and, in a batch,
+    the example (``video_inputs[1]: ...``); a ``resize`` option not allowed is a
+    ``ValueError``.
     """
+    _check_resize_options(image_size, resize, interpolation, resize_size)
+    options = {"resize": resize, "interpolation": interpolation, "resize_size": resize_size}
     if isinstance(videos, list | tuple):
         examples, batched = list(videos), True
     else:
@@ -399,7 +533,7 @@ def to_video_batch(
     out = []
     for index, clip in enumerate(examples):
         try:
-            out.append(preprocess_video(clip, num_frames, image_size, channels=channels))
+            out.append(preprocess_video(clip, num_frames, image_size, channels=channels, **options))
         except (ValueError, TypeError, OSError) as error:
             where = f"{name}[{index}]" if batched else name
             kind = ValueError if isinstance(error, OSError) else type(error)

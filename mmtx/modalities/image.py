@@ -13,7 +13,7 @@ import numpy as np
 
 from mmtx.data import preprocessing
 from mmtx.encoders import ImageEncoder
-from mmtx.modalities.spec import ModalitySpec, Require
+from mmtx.modalities.spec import RESIZE_FIELDS, ModalitySpec, Require, resize_options
 
 
 class ImageSpec(ModalitySpec):
@@ -28,6 +28,7 @@ class ImageSpec(ModalitySpec):
         "patch_size": "> 0",
         "channels": "> 0",
         "std": "> 0",
+        "resize_size": ">= 0",
     }
     attributes = ("shape", "colour", "size", "position")
     description = "images"
@@ -38,6 +39,9 @@ class ImageSpec(ModalitySpec):
         g.image_size = 64  # Input height and width in pixels.
         g.patch_size = 8  # Square patch side; image_size must be divisible by it.
         g.channels = 3  # Input channels.
+        g.resize = "shorter_side"  # shorter_side (then the centre crop) | squash (no crop).
+        g.interpolation = "bilinear"  # Resize filter, PIL's (antialiased): bilinear | bicubic.
+        g.resize_size = 0  # shorter_side: the side's length before the crop; 0 = image_size.
         g.stem = "patch"  # patch (linear, ViT) | conv (3x3 stride-2 convs, ViTc).
         g.width = 128
         g.depth = 2
@@ -79,6 +83,7 @@ class ImageSpec(ModalitySpec):
             "False drops the bias of the patch projection, which only stem='patch' has",
         )
         self.require_per_channel(group, require, ("mean", "std"))
+        self.require_resize(group, require)
 
     def num_tokens(self, group: ml_collections.ConfigDict) -> int:
         return (group.image_size // group.patch_size) ** 2
@@ -100,6 +105,12 @@ class ImageSpec(ModalitySpec):
     def encoder_class(self) -> type[nn.Module]:
         return ImageEncoder
 
+    def encoder_fields(self, group: ml_collections.ConfigDict, vocab_size: int) -> dict[str, Any]:
+        fields = super().encoder_fields(group, vocab_size)
+        for name in RESIZE_FIELDS:  # the input's preprocessing, not the encoder's
+            fields.pop(name)
+        return fields
+
     def dummy_input(
         self, group: ml_collections.ConfigDict, batch_size: int
     ) -> dict[str, jax.Array]:
@@ -111,7 +122,11 @@ class ImageSpec(ModalitySpec):
     ) -> dict[str, np.ndarray]:
         image = config.model.image
         batch = preprocessing.to_image_batch(
-            inputs, image.image_size, image.channels, name="image_features"
+            inputs,
+            image.image_size,
+            image.channels,
+            name="image_features",
+            **resize_options(image),
         )
         return {"image": batch}
 
@@ -133,5 +148,6 @@ class ImageSpec(ModalitySpec):
             channels=image.channels,
             rng=rng if augment else None,
             crop_scale=crop_scale,
+            **resize_options(image),
         )
         return {"image": pixels}

@@ -24,7 +24,21 @@ import jax
 import ml_collections
 import numpy as np
 
+from mmtx.data.preprocessing import INTERPOLATIONS, RESIZE_MODES
+
 Require = Callable[[bool, str, str], None]
+
+# The fields of a pixel modality's group (image, video) that say how a picture is made
+# image_size square (:func:`mmtx.data.preprocessing.preprocess_image`'s keywords of the same
+# names): the input's preprocessing, not the encoder's, so :meth:`encoder_fields` drops them.
+RESIZE_FIELDS = ("resize", "interpolation", "resize_size")
+
+
+def resize_options(group: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The :data:`RESIZE_FIELDS` of a pixel modality's group, as the keywords of
+    :func:`mmtx.data.preprocessing.preprocess_image` (and ``to_image_batch``, ...)."""
+    return {name: group[name] for name in RESIZE_FIELDS}
+
 
 # The modalities whose rows the concat and gated fusions' per-modality tables had before the
 # registry: a model of a subset of these keeps that 3-row layout, so its checkpoints load.
@@ -86,6 +100,35 @@ class ModalitySpec:
                 f"needs one entry per channel (model.{self.name}.channels={group.channels}); "
                 f"got {len(group[name])}: {tuple(group[name])}",
             )
+
+    def require_resize(self, group: ml_collections.ConfigDict, require: Require) -> None:
+        """Checks the :data:`RESIZE_FIELDS` of a pixel modality's group (``resize`` one of
+        :data:`~mmtx.data.preprocessing.RESIZE_MODES`, ``interpolation`` one of
+        :data:`~mmtx.data.preprocessing.INTERPOLATIONS`, ``resize_size`` 0 or at least
+        ``image_size``, and only with ``resize='shorter_side'``); for :meth:`validate`."""
+        prefix = f"model.{self.name}"
+        require(
+            group.resize in RESIZE_MODES,
+            f"{prefix}.resize",
+            f"{group.resize!r} is not one of {RESIZE_MODES}",
+        )
+        require(
+            group.interpolation in INTERPOLATIONS,
+            f"{prefix}.interpolation",
+            f"{group.interpolation!r} is not one of {INTERPOLATIONS}",
+        )
+        require(
+            group.resize_size == 0 or group.resize_size >= group.image_size,
+            f"{prefix}.resize_size",
+            f"the shorter side before the centre crop to image_size must be 0 (= image_size) "
+            f"or >= image_size ({group.image_size}); got {group.resize_size}",
+        )
+        require(
+            group.resize_size == 0 or group.resize == "shorter_side",
+            f"{prefix}.resize_size",
+            f"applies to resize='shorter_side' only (squash resizes both sides to image_size "
+            f"and crops nothing): set it to 0; got {group.resize_size}",
+        )
 
     def num_tokens(self, group: ml_collections.ConfigDict) -> int:
         """Tokens the encoder makes of one example before class tokens are prepended."""

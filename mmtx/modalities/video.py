@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 
 from mmtx.data import preprocessing
-from mmtx.modalities.spec import ModalitySpec, Require
+from mmtx.modalities.spec import RESIZE_FIELDS, ModalitySpec, Require, resize_options
 
 
 class VideoSpec(ModalitySpec):
@@ -31,6 +31,7 @@ class VideoSpec(ModalitySpec):
         "temporal_depth": ">= 0",
         "channels": "> 0",
         "std": "> 0",
+        "resize_size": ">= 0",
     }
     # Position only nudges where a moving object's path lies (the synthetic clips).
     attributes = ("shape", "colour", "size", "motion")
@@ -44,6 +45,9 @@ class VideoSpec(ModalitySpec):
         g.patch_size = 8  # Square spatial patch side; image_size must be divisible by it.
         g.tubelet_size = 2  # Frames per tubelet; num_frames must be divisible by it.
         g.channels = 3
+        g.resize = "shorter_side"  # Per frame, as model.image's: shorter_side | squash.
+        g.interpolation = "bilinear"  # Resize filter, PIL's (antialiased): bilinear | bicubic.
+        g.resize_size = 0  # shorter_side: the side's length before the crop; 0 = image_size.
         g.width = 128
         g.depth = 2  # Blocks of the joint tower, or of the spatial tower when factorised.
         g.temporal_depth = 1  # Blocks of the temporal tower (layout factorised only).
@@ -88,6 +92,7 @@ class VideoSpec(ModalitySpec):
             "layout='factorised' needs a temporal tower (temporal_depth >= 1)",
         )
         self.require_per_channel(group, require, ("mean", "std"))
+        self.require_resize(group, require)
 
     def num_tokens(self, group: ml_collections.ConfigDict) -> int:
         slices = group.num_frames // group.tubelet_size
@@ -120,6 +125,12 @@ class VideoSpec(ModalitySpec):
 
         return VideoEncoder
 
+    def encoder_fields(self, group: ml_collections.ConfigDict, vocab_size: int) -> dict[str, Any]:
+        fields = super().encoder_fields(group, vocab_size)
+        for name in RESIZE_FIELDS:  # the input's preprocessing, not the encoder's
+            fields.pop(name)
+        return fields
+
     def dummy_input(
         self, group: ml_collections.ConfigDict, batch_size: int
     ) -> dict[str, jax.Array]:
@@ -131,7 +142,12 @@ class VideoSpec(ModalitySpec):
     ) -> dict[str, np.ndarray]:
         video = config.model.video
         batch = preprocessing.to_video_batch(
-            inputs, video.num_frames, video.image_size, video.channels, name="video_inputs"
+            inputs,
+            video.num_frames,
+            video.image_size,
+            video.channels,
+            name="video_inputs",
+            **resize_options(video),
         )
         return {"video": batch}
 
@@ -147,6 +163,10 @@ class VideoSpec(ModalitySpec):
     ) -> dict[str, np.ndarray]:
         video = config.model.video
         clip = preprocessing.preprocess_video(
-            value, video.num_frames, video.image_size, channels=video.channels
+            value,
+            video.num_frames,
+            video.image_size,
+            channels=video.channels,
+            **resize_options(video),
         )
         return {"video": clip}

@@ -212,3 +212,29 @@ def test_video_batches_carry_clips_and_motion(config):
     for index in range(4):
         phrases = synthetic.MOTION_SYNONYMS[batch["motion"][index]]
         assert any(phrase in source[index]["caption"] for phrase in phrases)
+
+
+def test_file_examples_decode_jpegs_at_the_resize_size(config):
+    import io
+
+    from PIL import Image
+
+    from mmtx.data.pipeline import make_file_preprocess
+    from mmtx.data.preprocessing import decode_image, preprocess_image
+
+    config.model.modalities = ("text", "image")
+    config.model.image.update(image_size=16, patch_size=8, resize_size=80)
+    config = config_lib.validate(config)
+    rows, cols = np.mgrid[:320, :320]
+    pixels = np.stack([rows % 37 * 7, cols % 23 * 11, (rows + cols) % 255], -1).astype(np.uint8)
+    jpeg = io.BytesIO()
+    Image.fromarray(pixels).save(jpeg, format="JPEG", quality=95)
+    data = jpeg.getvalue()
+    out = make_file_preprocess(config, ByteTokenizer())({"image": data, "caption": "a photo"})
+    # Decoded at libjpeg's 1/4 scale (80 x 80), which still has the 80-pixel shorter side the
+    # resize makes, not at the 1/8 scale (40 x 40) that image_size 16 alone would allow.
+    expected = preprocess_image(decode_image(data, 80), 16, resize_size=80)
+    np.testing.assert_array_equal(out["image"], expected)
+    too_small = preprocess_image(decode_image(data, 16), 16, resize_size=80)
+    assert not np.array_equal(out["image"], too_small)
+    np.testing.assert_array_equal(preprocess_image(data, 16, resize_size=80), expected)

@@ -4,6 +4,7 @@ import re
 
 import numpy as np
 import pytest
+from helpers import torchvision_eval_reference
 
 from mmtx.data.preprocessing import (
     audio_to_float,
@@ -14,6 +15,7 @@ from mmtx.data.preprocessing import (
     preprocess_image,
     random_crop,
     random_flip,
+    random_resized_crop,
     resample,
     resize_shorter_side,
     select_text,
@@ -424,7 +426,7 @@ def _crops(monkeypatch, image, draws, **kwargs):
     from mmtx.data import preprocessing
 
     seen = []
-    monkeypatch.setattr(preprocessing, "_resize", lambda crop, h, w: seen.append(crop) or crop)
+    monkeypatch.setattr(preprocessing, "_resize", lambda crop, *size: seen.append(crop) or crop)
     rng = np.random.default_rng(0)
     for _ in range(draws):
         preprocessing.random_resized_crop(image, 8, rng, **kwargs)
@@ -456,3 +458,120 @@ def test_preprocess_image_with_crop_scale_uses_the_resized_crop():
     assert 0 <= out.min() and out.max() <= 1
     plain = preprocess_image(image, 16, rng=np.random.default_rng(2))
     assert not np.array_equal(out, plain)
+
+
+# (H, W, image_size): odd sizes and both orientations. 33x47 -> 16x22 (torchvision truncates
+# 22.8; rounding gave 23); 32x38 -> 16x19, a crop offset of 1.5 columns (round: 2, floor: 1);
+# 38x32 the same in rows; 64x80 and 100x60 shrink by 4 and 6.25.
+RESIZE_SHAPES = [(64, 80, 16), (100, 60, 16), (33, 47, 16), (32, 38, 16), (38, 32, 16)]
+RESIZE_OPTIONS = [
+    {},  # the defaults: shorter side, bilinear
+    {"interpolation": "bicubic"},
+    {"resize_size": 19},  # a larger shorter side, then the centre 16 (HF CLIP's 256 -> 224)
+    {"resize_size": 21, "interpolation": "bicubic"},
+    {"resize": "squash"},
+    {"resize": "squash", "interpolation": "bicubic"},
+]
+
+
+def _pixels(shape, seed=0, dtype=np.uint8):
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, size=(*shape, 3)).astype(np.uint8)
+    return image if dtype == np.uint8 else image.astype(np.float32) / 255
+
+
+@pytest.mark.parametrize("options", RESIZE_OPTIONS, ids=lambda o: str(o) or "default")
+@pytest.mark.parametrize("height, width, size", RESIZE_SHAPES)
+def test_preprocess_image_matches_torchvision_eval_transform_on_uint8(height, width, size, options):
+    image = _pixels((height, width))
+    out = preprocess_image(image, size, **options)
+    assert out.shape == (size, size, 3) and out.dtype == np.float32
+    expected = torchvision_eval_reference(image, size, **options)
+    np.testing.assert_array_equal(np.rint(out * 255).astype(np.uint8), expected)
+    batch = to_image_batch([image, image[:, ::-1]], size, **options)
+    np.testing.assert_array_equal(batch[0], out)
+    flipped = torchvision_eval_reference(np.ascontiguousarray(image[:, ::-1]), size, **options)
+    np.testing.assert_array_equal(np.rint(batch[1] * 255).astype(np.uint8), flipped)
+
+
+@pytest.mark.parametrize("options", RESIZE_OPTIONS, ids=lambda o: str(o) or "default")
+def test_preprocess_image_matches_the_reference_on_float_images(options):
+    image = _pixels((33, 47), seed=1, dtype=np.float32)
+    out = preprocess_image(image, 16, **options)
+    expected = np.clip(torchvision_eval_reference(image, 16, **options), 0, 1)
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    # Within a grey level of the uint8 path (PIL rounds uint8 results; bicubic overshoots).
+    as_uint8 = preprocess_image(_pixels((33, 47), seed=1), 16, **options)
+    np.testing.assert_allclose(out, as_uint8, atol=1.01 / 255)
+
+
+def test_center_crop_rounds_the_offset_half_to_even_as_torchvision():
+    image = np.arange(23 * 21, dtype=np.float32).reshape(23, 21, 1)
+    # (23 - 16) / 2 = 3.5 -> row 4; (21 - 16) / 2 = 2.5 -> column 2.
+    np.testing.assert_array_equal(center_crop(image, 16), image[4:20, 2:18])
+    np.testing.assert_array_equal(center_crop(image[:19, :17], 16), image[2:18, 0:16])
+
+
+def test_resize_shorter_side_truncates_the_longer_side_as_torchvision():
+    assert resize_shorter_side(np.zeros((33, 47, 3), np.uint8), 16).shape == (16, 22, 3)
+    assert resize_shorter_side(np.zeros((47, 33, 1), np.float32), 16).shape == (22, 16, 1)
+    assert resize_shorter_side(np.zeros((480, 640, 3), np.uint8), 224).shape == (224, 298, 3)
+
+
+def test_bicubic_uint8_with_other_channel_counts_does_not_wrap_around():
+    image = np.zeros((20, 20, 4), np.uint8)
+    image[:, 10:] = 255  # a hard edge: bicubic rings below 0 and above 255 beside it
+    out = preprocess_image(image, 8, channels=4, interpolation="bicubic")
+    assert out.shape == (8, 8, 4)
+    # The float path clips the ringing to [0, 1]; uint8 must too (a cast alone wraps -3 to 253).
+    as_float = preprocess_image(image / 255, 8, channels=4, interpolation="bicubic")
+    np.testing.assert_allclose(out, as_float, atol=1.01 / 255)
+
+
+def test_training_augmentation_follows_the_resize_options():
+    image = _pixels((30, 44))
+    # squash: the squashed image, mirrored or not, never cropped.
+    squashed = preprocess_image(image, 16, resize="squash", interpolation="bicubic")
+    seen = set()
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        out = preprocess_image(image, 16, rng=rng, resize="squash", interpolation="bicubic")
+        flipped = np.array_equal(out, squashed[:, ::-1])
+        assert flipped or np.array_equal(out, squashed)
+        seen.add(flipped)
+    assert seen == {True, False}
+    # shorter_side with resize_size: a random 16 square of the 20 x 29 resize, maybe mirrored.
+    big = resize_shorter_side(image, 20)
+    rows, cols = big.shape[0] - 15, big.shape[1] - 15
+    windows = [big[t : t + 16, c : c + 16] for t in range(rows) for c in range(cols)]
+    for seed in range(8):
+        out = preprocess_image(image, 16, rng=np.random.default_rng(seed), resize_size=20)
+        levels = np.rint(out * 255).astype(np.uint8)
+        assert any(np.array_equal(levels, w) or np.array_equal(levels, w[:, ::-1]) for w in windows)
+    # crop_scale: the random resized crop, resampled with the configured filter.
+    rng = np.random.default_rng(3)
+    window = random_resized_crop(image, 16, rng, (0.5, 1.0), interpolation="bicubic")
+    expected = random_flip(window, rng).astype(np.float32) / 255
+    out = preprocess_image(
+        image, 16, rng=np.random.default_rng(3), crop_scale=(0.5, 1.0), interpolation="bicubic"
+    )
+    np.testing.assert_allclose(out, expected, atol=1e-7)
+    bilinear = preprocess_image(image, 16, rng=np.random.default_rng(3), crop_scale=(0.5, 1.0))
+    assert not np.array_equal(out, bilinear)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"resize": "crop"}, "resize must be one of ('shorter_side', 'squash'); got 'crop'"),
+        ({"interpolation": "nearest"}, "interpolation must be one of ('bilinear', 'bicubic')"),
+        ({"resize_size": 12}, "resize_size must be 0 (= image_size) or >= image_size 16; got 12"),
+        ({"resize": "squash", "resize_size": 20}, "resize_size applies to resize='shorter_side'"),
+    ],
+)
+def test_resize_options_not_allowed_are_refused(options, message):
+    image = _pixels((20, 20))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        preprocess_image(image, 16, **options)
+    with pytest.raises(ValueError, match="^" + re.escape(message)):  # not blamed on image[0]
+        to_image_batch([image], 16, **options)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 import tfds_builders
+from helpers import torchvision_eval_reference
 
 from mmtx import config as config_lib
 from mmtx.data import tfds_source
@@ -124,15 +125,9 @@ def test_eval_example_matches_reference_preprocessing(data_dir):
     row = 3
     raw = tfds_builders.example("test", int(captions[row].split()[-1]))
     # Reference: resample 8 kHz -> 16 kHz by interpolation would differ; compare what is
-    # exact. The image: shorter side to 32 by PIL bilinear, centre crop, / 255.
-    from PIL import Image
-
-    image = raw["image"]
-    h, w = image.shape[:2]
-    size = (32, round(w * 32 / h)) if h <= w else (round(h * 32 / w), 32)
-    resized = np.asarray(Image.fromarray(image).resize(size[::-1], Image.Resampling.BILINEAR))
-    top, left = (size[0] - 32) // 2, (size[1] - 32) // 2
-    expected = resized[top : top + 32, left : left + 32] / np.float32(255)
+    # exact. The image: shorter side to 32 by PIL bilinear, centre crop (torchvision's sizes
+    # and offsets), / 255.
+    expected = torchvision_eval_reference(raw["image"], 32) / np.float32(255)
     np.testing.assert_allclose(batch["image"][row], expected, atol=1e-6)
     # Audio: 8 kHz resampled to 16 kHz has twice the samples, then zero padding.
     length = 2 * len(raw["audio"])

@@ -1,13 +1,17 @@
 """Video through the registry (mmtx.modalities.video): config, model, raw inputs, FLOPs."""
 
+import re
+
 import jax
 import numpy as np
 import pytest
+from helpers import torchvision_eval_reference
 
 from mmtx import Model, MultiModalTransformer
 from mmtx import config as config_lib
 from mmtx.data import preprocessing
 from mmtx.data.tokenizer import ByteTokenizer
+from mmtx.modalities import get_modality
 from mmtx.models import init_params
 from mmtx.train import flops as flops_lib
 
@@ -70,3 +74,26 @@ def test_model_with_video_raw_inputs_and_absent_clips():
     alone = model(text_inputs=["a blue star"])
     np.testing.assert_allclose(out["fused"][1], alone["fused"][0], atol=1e-5)
     assert set(out["fusion_weights"]) == {"text", "video"}
+
+
+def test_video_frames_follow_the_resize_fields():
+    config = video_config()
+    config.model.video.update(resize="squash", interpolation="bicubic")
+    config = config_lib.validate(config)
+    spec = get_modality("video")
+    rng = np.random.default_rng(2)
+    clip = rng.integers(0, 256, size=(6, 20, 27, 3)).astype(np.uint8)
+    batch = spec.from_raw([clip], config=config, tokenizer=None)["video"]
+    example = spec.preprocess_example(
+        clip, config=config, tokenizer=None, rng=None, augment=False, sample_rate=None
+    )["video"]
+    np.testing.assert_array_equal(example, batch[0])
+    for t, index in enumerate(preprocessing.sample_frames(6, FRAMES)):
+        expected = torchvision_eval_reference(
+            clip[index], SIZE, resize="squash", interpolation="bicubic"
+        )
+        np.testing.assert_array_equal(np.rint(batch[0, t] * 255).astype(np.uint8), expected)
+    assert "resize" not in spec.encoder_fields(config.model.video, vocab_size=0)
+    config.model.video.resize = "crop"
+    with pytest.raises(ValueError, match=re.escape("config.model.video.resize: 'crop' is not")):
+        config_lib.validate(config)

@@ -949,10 +949,12 @@ def is_python_config(spec: str | os.PathLike) -> bool:
 def read_json_config(spec: str | os.PathLike) -> dict[str, Any]:
     """The overrides dict of the JSON config file ``spec`` (any name that is not ``.py``).
 
-    Raises ``FileNotFoundError`` when it is missing, and :class:`ConfigFileError` (one line
-    naming the file) when it is given a ``:arg`` (only Python configs take one), is a
-    directory, is not UTF-8, is not valid JSON (with the line and
-    column of the error) or does not hold an object at the top level.
+    Files it names (:data:`FILE_FIELDS`: the tokenizer file, ``train.init_from``) resolve
+    against the config file's own directory when they exist there, so that a workdir's
+    ``config.json`` works from anywhere. Raises ``FileNotFoundError`` when it is missing, and
+    :class:`ConfigFileError` (one line naming the file) when it is given a ``:arg`` (only
+    Python configs take one), is a directory, is not UTF-8, is not valid JSON (with the line
+    and column of the error) or does not hold an object at the top level.
     """
     path = os.fspath(spec)
     if not os.path.exists(path):
@@ -976,7 +978,25 @@ def read_json_config(spec: str | os.PathLike) -> dict[str, Any]:
         raise ConfigFileError(f"{path}: not UTF-8 text, so not a JSON config") from None
     if not isinstance(overrides, dict):
         raise ConfigFileError(f"{path}: a JSON config must hold an object at the top level")
+    _resolve_file_fields(overrides, os.path.dirname(os.path.abspath(path)))
     return overrides
+
+
+# Config fields that name a file or directory: a relative one in a JSON config file is looked
+# up beside that file first (an imported workdir's config.json names "tokenizer/<file>").
+FILE_FIELDS = (("tokenizer", "model_file"), ("train", "init_from"))
+
+
+def _resolve_file_fields(overrides: dict[str, Any], directory: str) -> None:
+    """Makes each relative :data:`FILE_FIELDS` path of ``overrides`` absolute when it exists
+    relative to ``directory`` (the config file's own); other paths are left as written."""
+    for group, name in FILE_FIELDS:
+        holder = overrides.get(group)
+        value = holder.get(name) if isinstance(holder, dict) else None
+        if isinstance(value, str) and value and not os.path.isabs(value):
+            candidate = os.path.join(directory, value)
+            if os.path.exists(candidate):
+                holder[name] = candidate
 
 
 def load_config(spec: ml_collections.ConfigDict | str | os.PathLike) -> ml_collections.ConfigDict:

@@ -1,25 +1,28 @@
 """Import a published checkpoint as an mmtx workdir:
-``python -m mmtx.import_checkpoint --family=FAMILY --path=FILE --workdir=DIR``.
+``python -m mmtx.import_checkpoint --path=DIR_OR_FILE --workdir=DIR [--family=FAMILY]``.
 
-Families: ``open_clip`` (an OpenAI-style CLIP state dict, ``.safetensors``), ``hf_clip``
-(HF ``CLIPModel``), ``hf_siglip`` (HF ``SiglipModel``), ``big_vision_siglip`` (a big_vision
-SigLIP ``.npz``), ``hf_ast`` (HF ``ASTModel``). The HF families read the ``config.json`` next
-to the weights (or ``--hf_config``). ``--tokenizer=FILE`` (``bpe_simple_vocab_16e6.txt.gz``,
-``spiece.model`` or ``tokenizer.json``) is copied into the workdir, so that
-``mmtx.Model.from_checkpoint(DIR)(text_inputs=[...])`` tokenizes as the original does.
-``--image_size`` runs the image tower at another size (the position table is resampled).
-An open_clip state dict records neither its heads nor its activation: they are read from the
-``open_clip_config.json`` next to the weights (as a model hub holds it; or ``--hf_config``),
-which also gives the image mean/std and must agree with the tensors' sizes; ``--num_heads=
-text:8,image:12`` and ``--activation=gelu`` override it. Without either, heads are
-``width // 64`` and the activation QuickGELU (OpenAI's), and the command prints an
-``assumed ...`` line for each.
+``--path`` is a weights file or a directory as a model hub holds it:
+``open_clip_model.safetensors`` + ``open_clip_config.json`` (open_clip), ``model.safetensors``
++ ``config.json`` + ``preprocessor_config.json`` (HF CLIP, SigLIP, AST), a big_vision
+``.npz``; the tokenizer file found there (``tokenizer.json``, ``spiece.model``,
+``bpe_simple_vocab_16e6.txt.gz``) or ``--tokenizer`` is tried once and copied into the
+workdir. Without ``--family`` the family is detected from the tensor names and printed.
+Families: ``open_clip`` (an OpenAI-style CLIP state dict), ``hf_clip``, ``hf_siglip``,
+``big_vision_siglip``, ``hf_ast``.
 
-The workdir gets ``config.json``, ``import.json`` (the source), the tokenizer and a step-0
-checkpoint. A torch pickle (``.bin``/``.pt``) is refused with the command that converts it
-to safetensors once. Exits 0 when done; 1 with one ``error: ...`` line (nothing written)
-for an unknown family, a checkpoint with missing, unexpected or mis-shaped tensors, or a
-workdir that exists and is not empty; 2 for a mistyped flag.
+Everything the model needs beyond the tensors is read from those files: heads, activation,
+LayerNorm epsilon, the image resize (interpolation, shorter side + centre crop or squash),
+mean/std, AST's sampling rate and statistics. What no file gives (an OpenAI-style state dict
+alone) comes from ``--num_heads=text:8,image:12`` / ``--activation=gelu``, else a documented
+default, printed on an ``assumed ...`` line. The summary lists every such value with its
+source. ``--image_size`` runs the image tower at another size (position table resampled).
+
+The workdir gets ``config.json``, ``import.json`` (the source and every value's origin), the
+tokenizer and a step-0 checkpoint. A torch pickle (``.bin``/``.pt``) is refused with the
+command that converts it to safetensors once; it is never unpickled. Exits 0 when done; 1
+with one ``error: ...`` line (nothing written) for a bad or unreadable file, a checkpoint
+with missing, unexpected or mis-shaped tensors, or a workdir that exists and is not empty;
+2 for a mistyped flag.
 """
 
 from __future__ import annotations
@@ -38,10 +41,15 @@ def parse_flags(argv: Sequence[str]) -> tuple[flags.FlagValues, list[str]]:
     flags.DEFINE_string(
         "family",
         None,
-        "open_clip | hf_clip | hf_siglip | big_vision_siglip | hf_ast.",
+        "open_clip | hf_clip | hf_siglip | big_vision_siglip | hf_ast (default: detected).",
         flag_values=values,
     )
-    flags.DEFINE_string("path", None, "The weights: .safetensors or .npz.", flag_values=values)
+    flags.DEFINE_string(
+        "path",
+        None,
+        "The weights (.safetensors, .npz) or a model hub directory holding them.",
+        flag_values=values,
+    )
     flags.DEFINE_string("workdir", None, "A new directory to write.", flag_values=values)
     flags.DEFINE_string(
         "tokenizer",
@@ -53,6 +61,12 @@ def parse_flags(argv: Sequence[str]) -> tuple[flags.FlagValues, list[str]]:
         "hf_config",
         None,
         "The model's config.json (HF) or open_clip_config.json (default: next to --path).",
+        flag_values=values,
+    )
+    flags.DEFINE_string(
+        "preprocessor_config",
+        None,
+        "HF preprocessor_config.json (default: next to the weights).",
         flag_values=values,
     )
     flags.DEFINE_string(
@@ -112,6 +126,17 @@ def describe(config: object) -> str:
     return "\n".join(lines)
 
 
+def describe_values(values: dict) -> str:
+    """The import record's ``values`` (field -> {value, from}), one line each: the values
+    not read off the tensors' shapes and where each came from."""
+    lines = ["values from files, flags and defaults:"]
+    width = min(max((len(f"{field} = {v['value']}") for field, v in values.items()), default=0), 44)
+    for field, entry in values.items():
+        shown = f"{field} = {entry['value']}"
+        lines.append(f"  {shown:<{width}}  <- {entry['from']}")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str], stderr: TextIO | None = None) -> int:
     """Runs the command on ``argv``; returns the exit status (see the module docstring)."""
     stderr = stderr or sys.stderr
@@ -123,7 +148,7 @@ def main(argv: Sequence[str], stderr: TextIO | None = None) -> int:
         values, extra = parse_flags(argv)
         if extra:
             raise flags.Error(f"unexpected arguments: {extra}")
-        for name in ("family", "path", "workdir"):
+        for name in ("path", "workdir"):
             if not values[name].value:
                 raise flags.Error(f"--{name} is required")
     except flags.Error as error:
@@ -137,6 +162,7 @@ def main(argv: Sequence[str], stderr: TextIO | None = None) -> int:
             values.family,
             values.path,
             hf_config=values.hf_config,
+            preprocessor_config=values.preprocessor_config,
             tokenizer=values.tokenizer,
             image_size=values.image_size,
             activation=values.activation,
@@ -146,14 +172,17 @@ def main(argv: Sequence[str], stderr: TextIO | None = None) -> int:
     except (CheckpointImportError, OSError, ValueError) as error:
         print(f"error: {error}", file=stderr, flush=True)
         return 1
+    if "detected" in imported.source:
+        print(f"detected {imported.source['detected']}")
     for note in imported.source["assumed"]:
         print(f"assumed {note}")
     for note in imported.source["differences"]:
         print(f"differs: {note}")
     print(
-        f"imported {values.family} {values.path} ({imported.source['tensors']} tensors):\n"
-        f"{describe(imported.config)}\nwrote {workdir} "
-        f"(load it with mmtx.Model.from_checkpoint({workdir!r}))"
+        f"imported {imported.source['family']} {imported.source['path']} "
+        f"({imported.source['tensors']} tensors; sizes from the tensors' shapes):\n"
+        f"{describe(imported.config)}\n{describe_values(imported.source['values'])}\n"
+        f"wrote {workdir} (load it with mmtx.Model.from_checkpoint({workdir!r}))"
     )
     return 0
 

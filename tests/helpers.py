@@ -67,7 +67,13 @@ def load_script(path, name):
 
 
 def torchvision_eval_reference(
-    image, size, *, resize="shorter_side", interpolation="bilinear", resize_size=0
+    image,
+    size,
+    *,
+    resize="shorter_side",
+    interpolation="bilinear",
+    resize_size=0,
+    crop_offset="round",
 ):
     """What torchvision's eval transform (``Resize`` then ``CenterCrop``, as open_clip builds
     it) makes of one ``[H, W, C]`` image, written out with PIL, for comparison with
@@ -75,9 +81,10 @@ def torchvision_eval_reference(
 
     ``resize="shorter_side"``: the shorter side to ``resize_size or size``, the longer to
     ``int(side * long / short)`` (torchvision truncates), then the ``size`` square at
-    ``round((H - size) / 2)``, ``round((W - size) / 2)`` (Python's round, half to even);
-    ``"squash"``: both sides to ``size``. uint8 RGB is resized as one PIL image (uint8 out);
-    float32 channel by channel in PIL's mode "F" (float32 out, unclipped).
+    ``round((H - size) / 2)``, ``round((W - size) / 2)`` (Python's round, half to even;
+    ``crop_offset="floor"``: ``(H - size) // 2``, as HF's image processors); ``"squash"``:
+    both sides to ``size``. uint8 RGB is resized as one PIL image (uint8 out); float32
+    channel by channel in PIL's mode "F" (float32 out, unclipped).
     """
     from PIL import Image
 
@@ -92,6 +99,8 @@ def torchvision_eval_reference(
         else:
             new_w, new_h = int(side * width / height), side
     top, left = round((new_h - size) / 2.0), round((new_w - size) / 2.0)
+    if crop_offset == "floor":
+        top, left = (new_h - size) // 2, (new_w - size) // 2
     box = (left, top, left + size, top + size)
 
     def one(pil):

@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import os
+import re
 
 import numpy as np
 import safetensors.numpy
@@ -107,9 +108,17 @@ def test_num_heads_flag_replaces_the_assumption_and_a_bad_one_is_one_line(tmp_pa
         "--activation=gelu",
     )
     assert status == 0, err
-    assert "assumed" not in out
-    assert "differs: image resizing: open_clip's preprocessing for this model is bicubic" in out
+    assert [line.split(":")[0] for line in out.splitlines() if "assumed" in line] == [
+        "assumed tokenizer"
+    ]
+    assert "differs" not in out
     assert ", 2 heads," in out and ", 4 heads," in out
+    # The summary says where each value came from.
+    assert re.search(r"^  model\.image\.num_heads = 4 +<- --num_heads$", out, re.M), out
+    assert re.search(r"^  model\.text\.activation = gelu +<- --activation$", out, re.M), out
+    assert re.search(
+        r"^  model\.image\.interpolation = bicubic +<- default: open_clip's", out, re.M
+    ), out
     status, _, err = command(
         "--family=open_clip", f"--path={weights}", f"--workdir={tmp_path / 'b'}", "--num_heads=8"
     )

@@ -31,7 +31,7 @@ fi
     fsspec==2026.9.0 hf-xet==1.8.0 typing_extensions==4.16.0 \
     httpx2==2.16.2 httpcore2==2.16.2 h11==0.16.0 anyio==4.16.0 idna==3.20 truststore==0.10.5 \
     typer==0.29.2 click==8.5.1 rich==15.0.0 shellingham==1.5.4 markdown-it-py==4.3.0 \
-    mdurl==0.1.2 Pygments==2.21.0 annotated-doc==0.0.7 \
+    mdurl==0.1.2 Pygments==2.21.0 annotated-doc==0.0.7 protobuf==7.36.2 \
     pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
 "$venv/bin/pip" install --quiet \
     webdataset==0.2.86 braceexpand==0.1.7 \

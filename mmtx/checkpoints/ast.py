@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from mmtx.checkpoints import layout
+from mmtx.checkpoints import layout, preprocess_config
 from mmtx.checkpoints.clip import _hf_activation
 from mmtx.checkpoints.family import Converted
 from mmtx.checkpoints.tensors import CheckpointImportError, Missing, TensorSource
@@ -32,11 +32,7 @@ AST_BLOCK = {
     "fc1": "intermediate.dense",
     "fc2": "output.dense",
 }
-# ASTFeatureExtractor's defaults (AudioSet statistics).
-AST_MEAN = -4.2677393
-AST_STD = 4.5689974
 PREFIX = "audio_spectrogram_transformer."
-SAMPLE_RATE, WINDOW, HOP = 16000, 400, 160  # Kaldi's 25 ms / 10 ms frames at 16 kHz
 
 
 def _grid(size: int, patch: int, stride: int) -> int:
@@ -44,12 +40,17 @@ def _grid(size: int, patch: int, stride: int) -> int:
 
 
 def convert_hf_ast(
-    source: TensorSource, hf_config: dict[str, Any] | None, num_heads: Mapping[str, int]
+    source: TensorSource,
+    hf_config: dict[str, Any] | None,
+    preprocessor: dict[str, Any] | None,
+    num_heads: Mapping[str, int],
 ) -> Converted:
     """HF ``ASTModel`` (``embeddings.cls_token``, ``encoder.layer.0.attention.attention.
     query.weight``, ...; also with the ``audio_spectrogram_transformer.`` prefix of a saved
     ``ASTForAudioClassification``, whose ``classifier.*`` head is left out) -> mmtx audio
-    tower. Strides, mel bins and frames come from its ``config.json``."""
+    tower. Strides, mel bins and frames come from its ``config.json``; the sampling rate and
+    the feature statistics from ``preprocessor``, its ``preprocessor_config.json``
+    (``ASTFeatureExtractor``; AudioSet's when absent, and said)."""
     del num_heads  # read from the config / the tensors' shapes
     if hf_config is None:
         raise CheckpointImportError(
@@ -82,15 +83,8 @@ def convert_hf_ast(
             "num_classes": 0,
             "audio": {
                 "frontend": "kaldi_fbank",
-                "sample_rate": SAMPLE_RATE,
-                "num_samples": WINDOW + (max_length - 1) * HOP,
-                "window_length": WINDOW,
-                "hop_length": HOP,
                 "num_mel_bins": num_mel_bins,
                 "min_frequency": 20.0,  # Kaldi's default low edge, AST's
-                "max_frequency": SAMPLE_RATE / 2,
-                "log_mel_mean": AST_MEAN,
-                "log_mel_std": 2 * AST_STD,
                 "patch_size": (patch_t, patch_f),
                 "patch_stride": (stride_t, stride_f),
                 "width": width,
@@ -141,4 +135,19 @@ def convert_hf_ast(
             },
         },
     }
-    return Converted(overrides, params, grids={"audio": (grid_t, grid_f)})
+    facts = preprocess_config.hf_audio(
+        preprocessor, num_mel_bins=num_mel_bins, max_length=max_length
+    )
+    for ours, theirs in (
+        ("num_heads", "num_attention_heads"),
+        ("activation", "hidden_act"),
+        ("norm_eps", "layer_norm_eps"),
+    ):
+        facts.sources[f"model.audio.{ours}"] = (
+            f"config.json {theirs}"
+            if theirs in hf_config
+            else f"default: transformers' (no {theirs} in config.json)"
+        )
+    converted = Converted(overrides, params, grids={"audio": (grid_t, grid_f)})
+    converted.take(facts)
+    return converted

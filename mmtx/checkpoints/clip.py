@@ -12,8 +12,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from mmtx.checkpoints import layout
+from mmtx.checkpoints import layout, preprocess_config
 from mmtx.checkpoints.family import Converted, two_tower_overrides
+from mmtx.checkpoints.preprocess_config import OPEN_CLIP_CONFIG, Facts
 from mmtx.checkpoints.tensors import CheckpointImportError, TensorSource
 
 # OpenAI CLIP's pixel statistics (open_clip's OPENAI_DATASET_MEAN / _STD).
@@ -104,21 +105,27 @@ def _clip_towers(
 
 
 def convert_open_clip(
-    source: TensorSource, hf_config: dict[str, Any] | None, num_heads: Mapping[str, int]
+    source: TensorSource,
+    hf_config: dict[str, Any] | None,
+    preprocessor: dict[str, Any] | None,
+    num_heads: Mapping[str, int],
 ) -> Converted:
     """open_clip / OpenAI CLIP state dict (``visual.conv1.weight``,
     ``transformer.resblocks.0.attn.in_proj_weight``, ...) -> mmtx.
 
-    The state dict holds no head count or activation. They come from ``num_heads`` (the
-    caller's), else from ``hf_config``: open_clip's ``open_clip_config.json`` (``{"model_cfg":
-    ..., "preprocess_cfg": ...}``, as a model hub holds it beside the weights) or a bare model
-    config (``model_configs/ViT-B-32.json``): ``text_cfg.heads``, ``vision_cfg.width //
-    head_width``, ``quick_gelu`` (False: exact GELU), ``preprocess_cfg.mean/std``; its sizes
-    must agree with the tensors. Without either, heads are ``width // 64`` and the activation
-    QuickGELU (OpenAI's weights), and :attr:`Converted.notes` says so.
+    The state dict holds no head count, activation or preprocessing. They come from
+    ``num_heads`` (the caller's), else from ``hf_config``: open_clip's ``open_clip_config.json``
+    (``{"model_cfg": ..., "preprocess_cfg": ...}``, as a model hub holds it beside the weights)
+    or a bare model config (``model_configs/ViT-B-32.json``): ``text_cfg.heads``,
+    ``vision_cfg.width // head_width``, ``quick_gelu`` (False: exact GELU),
+    ``preprocess_cfg.mean/std/interpolation/resize_mode``; its sizes must agree with the
+    tensors. Without either, heads are ``width // 64`` and the activation QuickGELU (OpenAI's
+    weights), and :attr:`Converted.notes` says so. ``preprocessor`` is unused (open_clip keeps
+    its preprocessing in ``preprocess_cfg``).
     """
+    del preprocessor
     model_cfg = dict((hf_config or {}).get("model_cfg", hf_config or {}))
-    preprocess_cfg = dict((hf_config or {}).get("preprocess_cfg", {}))
+    preprocess_cfg = (hf_config or {}).get("preprocess_cfg")
     source.ignore(["attn_mask", "input_resolution", "context_length", "vocab_size"])
     vocab_size, text_width = source.shape("token_embedding.weight")
     context_length = source.shape("positional_embedding")[0]
@@ -129,6 +136,8 @@ def convert_open_clip(
     text_depth = layout.count_layers(source, "transformer.resblocks.{}.ln_1.weight")
     image_depth = layout.count_layers(source, "visual.transformer.resblocks.{}.ln_1.weight")
     text_cfg, vision_cfg = model_cfg.get("text_cfg", {}), model_cfg.get("vision_cfg", {})
+    facts = Facts()
+    file = OPEN_CLIP_CONFIG
     if model_cfg:
         _check_open_clip_sizes(
             {
@@ -146,29 +155,56 @@ def convert_open_clip(
         )
         # open_clip's own defaults (TextCfg.heads = 8, VisionCfg.head_width = 64).
         heads = {
-            "text": int(text_cfg.get("heads", 8)),
-            "image": image_width // int(vision_cfg.get("head_width", 64)),
+            "text": (
+                int(text_cfg.get("heads", 8)),
+                f"{file} text_cfg.heads"
+                if "heads" in text_cfg
+                else f"default: open_clip's (no text_cfg.heads in {file})",
+            ),
+            "image": (
+                image_width // int(vision_cfg.get("head_width", 64)),
+                f"{file} vision_cfg.width / head_width"
+                if "head_width" in vision_cfg
+                else f"default: open_clip's width / 64 (no vision_cfg.head_width in {file})",
+            ),
         }
-        activation = "quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu"
-        notes = []
+        quick = bool(model_cfg.get("quick_gelu", False))
+        facts.set(
+            "model.text.activation",
+            "quick_gelu" if quick else "gelu",
+            f"{file} quick_gelu"
+            if "quick_gelu" in model_cfg
+            else f"default: open_clip's exact GELU (no quick_gelu in {file})",
+        )
     else:
         heads = {
-            "text": max(text_width // OPEN_CLIP_HEAD_WIDTH, 1),
-            "image": max(image_width // OPEN_CLIP_HEAD_WIDTH, 1),
+            modality: (
+                max(width // OPEN_CLIP_HEAD_WIDTH, 1),
+                f"default: width / {OPEN_CLIP_HEAD_WIDTH} (no {file})",
+            )
+            for modality, width in (("text", text_width), ("image", image_width))
         }
-        activation = "quick_gelu"
-        notes = [
-            f"{modality} heads: {heads[modality]} (width // {OPEN_CLIP_HEAD_WIDTH}, assumed: no "
-            "open_clip_config.json beside the weights; give --num_heads or the config file)"
+        facts.set("model.text.activation", "quick_gelu", f"default: OpenAI's (no {file})")
+        facts.assumed.extend(
+            f"{modality} heads: {heads[modality][0]} (width // {OPEN_CLIP_HEAD_WIDTH}, assumed: "
+            f"no {file} beside the weights; give --num_heads or the config file)"
             for modality in ("text", "image")
             if modality not in num_heads
-        ] + [
-            "activation: quick_gelu (OpenAI's, assumed: no open_clip_config.json beside the "
-            "weights; LAION-trained models use exact GELU: give --activation=gelu or the "
-            "config file)"
-        ]
-    text_heads = num_heads.get("text", heads["text"])
-    image_heads = num_heads.get("image", heads["image"])
+        )
+        facts.assumed.append(
+            f"activation: quick_gelu (OpenAI's, assumed: no {file} beside the weights; "
+            "LAION-trained models use exact GELU: give --activation=gelu or the config file)"
+        )
+    for modality in ("text", "image"):
+        if modality in num_heads:
+            heads[modality] = (num_heads[modality], "--num_heads")
+        facts.set(f"model.{modality}.num_heads", *heads[modality])
+    facts.set(
+        "model.image.activation",
+        facts.values["model.text.activation"],
+        facts.sources["model.text.activation"],
+    )
+    text_heads, image_heads = heads["text"][0], heads["image"][0]
     overrides = _clip_towers(
         text_width=text_width,
         text_depth=text_depth,
@@ -183,12 +219,23 @@ def convert_open_clip(
         patch_size=patch_size,
         image_size=grid * patch_size,
         embed_dim=embed_dim,
-        activation=activation,
+        activation=facts.values["model.text.activation"],
         norm_eps=1e-5,
     )
     for field in ("mean", "std"):
-        if field in preprocess_cfg:  # the checkpoint's own normalisation
-            overrides["model"]["image"][field] = tuple(float(v) for v in preprocess_cfg[field])
+        if field in (preprocess_cfg or {}):  # the checkpoint's own normalisation
+            facts.set(
+                f"model.image.{field}",
+                tuple(float(v) for v in preprocess_cfg[field]),
+                f"{file} preprocess_cfg.{field}",
+            )
+        else:
+            facts.set(
+                f"model.image.{field}",
+                CLIP_MEAN if field == "mean" else CLIP_STD,
+                f"default: OpenAI's (no preprocess_cfg.{field})",
+            )
+    facts.update(preprocess_config.open_clip_image(preprocess_cfg, image_size=grid * patch_size))
 
     params = {
         "text": {
@@ -227,18 +274,9 @@ def convert_open_clip(
         "image_head": {"kernel": source["visual.proj"]},
         "logit_scale": layout.reshaped(source["logit_scale"], ()),
     }
-    interpolation = str(preprocess_cfg.get("interpolation", "bicubic"))
-    resize_mode = str(preprocess_cfg.get("resize_mode", "shortest"))
-    differences = []
-    if (interpolation, resize_mode) != ("bilinear", "shortest"):
-        differences.append(
-            f"image resizing: open_clip's preprocessing for this model is {interpolation}, "
-            f"resize mode {resize_mode}; mmtx's is bilinear, shorter side then centre crop, "
-            f"so an image not already {grid * patch_size} px square embeds slightly differently"
-        )
-    return Converted(
-        overrides, params, grids={"image": (grid, grid)}, notes=notes, differences=differences
-    )
+    converted = Converted(overrides, params, grids={"image": (grid, grid)})
+    converted.take(facts)
+    return converted
 
 
 def _check_open_clip_sizes(from_tensors: Mapping[str, int], model_cfg: Mapping[str, Any]) -> None:
@@ -255,11 +293,16 @@ def _check_open_clip_sizes(from_tensors: Mapping[str, int], model_cfg: Mapping[s
 
 
 def convert_hf_clip(
-    source: TensorSource, hf_config: dict[str, Any] | None, num_heads: Mapping[str, int]
+    source: TensorSource,
+    hf_config: dict[str, Any] | None,
+    preprocessor: dict[str, Any] | None,
+    num_heads: Mapping[str, int],
 ) -> Converted:
     """HF transformers ``CLIPModel`` (``text_model.encoder.layers.0.self_attn.q_proj.weight``,
     ``vision_model.embeddings.class_embedding``, ...) -> mmtx. Heads, activation and
-    LayerNorm epsilon come from its ``config.json``."""
+    LayerNorm epsilon come from its ``config.json``; the image preprocessing (bicubic
+    shortest-edge resize, centre crop, mean/std) from ``preprocessor``, its
+    ``preprocessor_config.json``."""
     del num_heads  # read from the config / the tensors' shapes
     if hf_config is None:
         raise CheckpointImportError(
@@ -298,6 +341,12 @@ def convert_hf_clip(
         activation=activation,
         norm_eps=float(text_cfg.get("layer_norm_eps", 1e-5)),
     )
+    facts = hf_tower_facts(hf_config, ("text", "text_config"), ("image", "vision_config"))
+    facts.update(
+        preprocess_config.hf_image(
+            preprocessor, image_size=grid * patch_size, family="hf_clip", square=False
+        )
+    )
 
     vision = "vision_model."
     params = {
@@ -329,7 +378,30 @@ def convert_hf_clip(
         "image_head": {"kernel": layout.linear_kernel(source["visual_projection.weight"])},
         "logit_scale": layout.reshaped(source["logit_scale"], ()),
     }
-    return Converted(overrides, params, grids={"image": (grid, grid)})
+    converted = Converted(overrides, params, grids={"image": (grid, grid)})
+    converted.take(facts)
+    return converted
+
+
+def hf_tower_facts(hf_config: Mapping[str, Any], *towers: tuple[str, str]) -> Facts:
+    """Where an HF two-tower config's heads, activation and LayerNorm epsilon came from:
+    ``towers`` are ``(modality, its sub-config key)``; the values themselves are set by the
+    converter (they are the same numbers)."""
+    facts = Facts()
+    for modality, key in towers:
+        cfg = hf_config.get(key, {})
+        for ours, theirs in (
+            ("num_heads", "num_attention_heads"),
+            ("activation", "hidden_act"),
+            ("norm_eps", "layer_norm_eps"),
+        ):
+            where = (
+                f"config.json {key}.{theirs}"
+                if theirs in cfg
+                else f"default: transformers' (no {key}.{theirs} in config.json)"
+            )
+            facts.sources[f"model.{modality}.{ours}"] = where
+    return facts
 
 
 def hf_text_tower(

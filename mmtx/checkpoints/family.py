@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from mmtx.checkpoints.preprocess_config import Facts
+
 
 @dataclasses.dataclass
 class Converted:
@@ -19,6 +21,8 @@ class Converted:
         (one line each, for the user); empty when every fact came from the checkpoint.
       differences: what mmtx does differently from the original's own preprocessing (one
         line each, for the user).
+      sources: dotted config field (``model.text.num_heads``) -> where its value came from
+        (a file and key, a flag, a default), for every value not read off the tensors' shapes.
     """
 
     overrides: dict[str, Any]
@@ -26,6 +30,23 @@ class Converted:
     grids: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
     differences: list[str] = dataclasses.field(default_factory=list)
+    sources: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def take(self, facts: Facts) -> None:
+        """Merges ``facts`` (values read from the checkpoint's files, flags or defaults) into
+        the overrides, and its sources and lines into these."""
+        _merge(self.overrides, facts.overrides())
+        self.sources.update(facts.sources)
+        self.notes.extend(facts.assumed)
+        self.differences.extend(facts.differences)
+
+
+def _merge(into: dict[str, Any], overrides: dict[str, Any]) -> None:
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def two_tower_overrides(

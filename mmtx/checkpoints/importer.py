@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 
 from mmtx import config as config_lib
+from mmtx.checkpoints import hub
 from mmtx.checkpoints.ast import convert_hf_ast
 from mmtx.checkpoints.clip import convert_hf_clip, convert_open_clip
 from mmtx.checkpoints.family import Converted
@@ -29,8 +30,12 @@ from mmtx.checkpoints.tensors import (
     read_tensors,
 )
 
-# (tensors, the HF config.json or None, per-modality head counts given by the user) -> mmtx.
-Converter = Callable[[TensorSource, "dict[str, Any] | None", "Mapping[str, int]"], Converted]
+# (tensors, the config file (config.json / open_clip_config.json) or None, the HF
+# preprocessor_config.json or None, per-modality head counts given by the user) -> mmtx.
+Converter = Callable[
+    [TensorSource, "dict[str, Any] | None", "dict[str, Any] | None", "Mapping[str, int]"],
+    Converted,
+]
 
 # Family name -> converter. The names are part of mmtx's interface (scripts use them).
 FAMILIES: dict[str, Converter] = {
@@ -41,7 +46,6 @@ FAMILIES: dict[str, Converter] = {
     "hf_ast": convert_hf_ast,
 }
 # Which tokenizer.type a family's tokenizer file is, by the file's name.
-OPEN_CLIP_CONFIG = "open_clip_config.json"  # beside the weights on a model hub
 TOKENIZER_TYPES = {
     "open_clip": {".gz": "clip_bpe", ".txt": "clip_bpe", ".json": "tokenizer_json"},
     "hf_clip": {".gz": "clip_bpe", ".txt": "clip_bpe", ".json": "tokenizer_json"},
@@ -72,32 +76,41 @@ class ImportedModel:
 
 
 def import_checkpoint(
-    family: str,
+    family: str | None,
     path: str | os.PathLike,
     *,
     hf_config: str | os.PathLike | Mapping[str, Any] | None = None,
+    preprocessor_config: str | os.PathLike | Mapping[str, Any] | None = None,
     tokenizer: str | os.PathLike | None = None,
     image_size: int | None = None,
     activation: str | None = None,
     num_heads: Mapping[str, int] | None = None,
 ) -> ImportedModel:
-    """Reads a ``family`` checkpoint and converts it to mmtx, checked tensor by tensor.
+    """Reads a checkpoint and converts it to mmtx, checked tensor by tensor.
 
     Args:
       family: one of :data:`FAMILIES` (``open_clip``, ``hf_clip``, ``hf_siglip``,
-        ``big_vision_siglip``, ``hf_ast``).
-      path: the weights: ``.safetensors`` (open_clip, HF) or ``.npz`` (big_vision).
+        ``big_vision_siglip``, ``hf_ast``), or None to detect it from the tensor names
+        (:func:`mmtx.checkpoints.hub.detect_family`; the record's ``detected`` says how).
+      path: the weights (``.safetensors``, or ``.npz`` for big_vision), or a directory as a
+        model hub holds it (``open_clip_model.safetensors`` + ``open_clip_config.json``;
+        ``model.safetensors`` + ``config.json`` + ``preprocessor_config.json``; tokenizer
+        files). Torch pickles are refused with the command that converts them.
       hf_config: the model's config (a path or the loaded dict): the HF families'
         ``config.json``, open_clip's ``open_clip_config.json`` (heads, activation, the
-        normalisation); default: that file next to ``path``, when it is there.
+        preprocessing); default: that file next to the weights, when it is there.
+      preprocessor_config: the HF families' ``preprocessor_config.json`` (image resize,
+        crop, mean/std; AST's sampling rate and statistics); default: next to the weights.
       tokenizer: the family's tokenizer file (``bpe_simple_vocab_16e6.txt.gz`` or
         ``tokenizer.json`` for CLIP, ``spiece.model`` or ``tokenizer.json`` for SigLIP);
-        without it the model keeps mmtx's byte tokenizer (ids, not text, are then the
-        model's input).
+        default: the first of those next to the weights
+        (:data:`mmtx.checkpoints.hub.TOKENIZER_FILES`). It is loaded and tried once here.
+        Without one the model keeps mmtx's byte tokenizer (ids, not text, are its input),
+        and the record's ``assumed`` says so.
       image_size: run the image tower at this size; the learned position table is resampled
         bilinearly to the new patch grid (class tokens kept).
-      activation: override the tower activation (open_clip state dicts do not record it:
-        QuickGELU is assumed, as in OpenAI's weights; LAION-trained ones use ``gelu``).
+      activation: override the tower activation (open_clip state dicts without a config do
+        not record it: QuickGELU is then assumed, as in OpenAI's weights).
       num_heads: modality -> attention heads, for open_clip state dicts, which do not record
         them (else from ``open_clip_config.json``, else ``width // 64``, open_clip's rule for
         OpenAI-style files, noted in the record's ``assumed``); the other families read them
@@ -105,27 +118,86 @@ def import_checkpoint(
 
     Returns:
       An :class:`ImportedModel` whose config validates and whose params have exactly the
-      shapes ``mmtx.models.MultiModalTransformer`` expects.
+      shapes ``mmtx.models.MultiModalTransformer`` expects. Its ``source["values"]`` lists
+      every config value not read off the tensors' shapes with where it came from.
 
     Raises:
-      CheckpointImportError: unknown family; missing or unexpected tensors (the first few
-        named); a tensor whose shape disagrees (its name and both shapes).
+      CheckpointImportError: unknown or undetectable family; a bad weights, config or
+        tokenizer file; missing or unexpected tensors (the first few named); a tensor whose
+        shape disagrees (its name and both shapes).
       FileNotFoundError: no such weights / config / tokenizer file.
     """
-    if family not in FAMILIES:
+    if family is not None and family not in FAMILIES:
         raise CheckpointImportError(f"unknown family {family!r}; choose one of {sorted(FAMILIES)}")
-    path = os.fspath(path)
-    tensors = read_tensors(path)
-    return convert_tensors(
+    weights = hub.weights_file(os.fspath(path), family)
+    directory = os.path.dirname(os.path.abspath(weights))
+    tensors = read_tensors(weights)
+    detected = None
+    if family is None:
+        family, evidence = hub.detect_family(tensors, directory)
+        detected = f"{family} ({evidence})"
+    files: dict[str, str] = {}
+    config = _json_file(hf_config, directory, hub.CONFIG_FILES.get(family), files, "config")
+    preprocessor = None
+    if family.startswith("hf_"):
+        preprocessor = _json_file(
+            preprocessor_config, directory, hub.PREPROCESSOR_FILE, files, "preprocessor"
+        )
+    tokenizer_source = "--tokenizer"
+    if tokenizer is None and family in TOKENIZER_TYPES:
+        tokenizer = hub.find_tokenizer(directory, family)
+        tokenizer_source = f"found beside the weights ({os.path.basename(tokenizer or '')})"
+    imported = convert_tensors(
         family,
         tensors,
-        path=path,
-        hf_config=_hf_config(family, path, hf_config),
+        path=weights,
+        hf_config=config,
+        preprocessor_config=preprocessor,
         tokenizer=tokenizer,
         image_size=image_size,
         activation=activation,
         num_heads=num_heads,
     )
+    if tokenizer is not None:
+        imported.source["values"]["tokenizer.model_file"]["from"] = tokenizer_source
+    if detected is not None:
+        imported.source["detected"] = detected
+    imported.source["files"] = files
+    return imported
+
+
+def _json_file(
+    given: str | os.PathLike | Mapping[str, Any] | None,
+    directory: str,
+    name: str | None,
+    files: dict[str, str],
+    role: str,
+) -> dict[str, Any] | None:
+    """A JSON config: ``given`` (a dict, or a path), else ``directory/name`` when it exists,
+    else None. The path read is recorded in ``files[role]``. A file that is not a JSON object
+    is a one-line :class:`CheckpointImportError`."""
+    if isinstance(given, Mapping):
+        return dict(given)
+    if given is None:
+        if name is None or not os.path.isfile(os.path.join(directory, name)):
+            return None
+        given = os.path.join(directory, name)
+    path = os.fspath(given)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no {role} file {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            loaded = json.load(f)
+    except json.JSONDecodeError as error:
+        raise CheckpointImportError(
+            f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})"
+        ) from None
+    except UnicodeDecodeError:
+        raise CheckpointImportError(f"{path}: not UTF-8 text, so not a JSON config") from None
+    if not isinstance(loaded, dict):
+        raise CheckpointImportError(f"{path}: a config must hold a JSON object")
+    files[role] = os.path.abspath(path)
+    return loaded
 
 
 def convert_tensors(
@@ -134,22 +206,25 @@ def convert_tensors(
     *,
     path: str = "",
     hf_config: Mapping[str, Any] | None = None,
+    preprocessor_config: Mapping[str, Any] | None = None,
     tokenizer: str | os.PathLike | None = None,
     image_size: int | None = None,
     activation: str | None = None,
     num_heads: Mapping[str, int] | None = None,
 ) -> ImportedModel:
-    """:func:`import_checkpoint` on tensors already read (name -> array), e.g. to derive a
-    full-size config from names and shapes alone (``np.zeros`` of each shape costs no memory
-    until written). ``path`` only names the source in messages and the record."""
+    """:func:`import_checkpoint` on tensors already read (name -> array) and configs already
+    loaded, e.g. to derive a full-size config from names and shapes alone (``np.zeros`` of
+    each shape costs no memory until written). ``path`` only names the source in messages
+    and the record."""
     if family not in FAMILIES:
         raise CheckpointImportError(f"unknown family {family!r}; choose one of {sorted(FAMILIES)}")
     if not tensors:
         raise CheckpointImportError(f"{path or 'the checkpoint'} holds no tensors")
     config_dict = dict(hf_config) if hf_config is not None else None
+    preprocessor = dict(preprocessor_config) if preprocessor_config is not None else None
     source = TensorSource(tensors, family=family, path=path)
     try:
-        converted = FAMILIES[family](source, config_dict, dict(num_heads or {}))
+        converted = FAMILIES[family](source, config_dict, preprocessor, dict(num_heads or {}))
     except CheckpointImportError:
         raise
     except Exception as error:
@@ -163,15 +238,24 @@ def convert_tensors(
     params = converted.params
     config = config_lib.merge_overrides(config_lib.default_config(), converted.overrides)
     config.variant = f"imported {family}"
+    sources = dict(converted.sources)
     if activation is not None:
         if activation not in ACTIVATIONS:
             raise CheckpointImportError(f"activation {activation!r}: choose one of {ACTIVATIONS}")
         for modality in config.model.modalities:
             config.model[modality].activation = activation
+            sources[f"model.{modality}.activation"] = "--activation"
     if tokenizer is not None:
         _set_tokenizer(config, family, os.fspath(tokenizer))
+        sources["tokenizer.model_file"] = "--tokenizer"
+    elif family in TOKENIZER_TYPES:
+        converted.notes.append(
+            "tokenizer: none (no --tokenizer and no tokenizer file beside the weights); the "
+            "model takes token ids, not text"
+        )
     if image_size is not None:
         _resample_image(config, params, converted, int(image_size))
+        sources["model.image.image_size"] = "--image_size (position table resampled)"
     # The two scalars every mmtx model has, for families that lack them (CLIP has no bias).
     params.setdefault("logit_scale", np.float32(-np.log(config.model.temperature_init)))
     params.setdefault("logit_bias", np.float32(config.model.logit_bias_init))
@@ -180,6 +264,8 @@ def convert_tensors(
     except (TypeError, ValueError) as error:
         raise CheckpointImportError(f"{path}: the derived config is not valid: {error}") from error
     _check_against_model(config, params, path)
+    if tokenizer is not None:
+        _try_tokenizer(config)
     params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
     record = {
         "family": family,
@@ -190,31 +276,59 @@ def convert_tensors(
         "assumed": [note for note in converted.notes if not _overridden(note, activation)],
         # Where mmtx's preprocessing differs from the original's (one line each).
         "differences": list(converted.differences),
+        # Every config value not read off the tensors' shapes, with where it came from.
+        "values": {
+            field: {"value": _json_value(_lookup(config, field)), "from": origin}
+            for field, origin in sorted(sources.items())
+            if _has(config, field)
+        },
     }
     return ImportedModel(config=config, params=params, source=record)
 
 
+def _has(config: ml_collections.ConfigDict, field: str) -> bool:
+    *groups, name = field.split(".")
+    for group in groups:
+        if group not in config:
+            return False
+        config = config[group]
+    return name in config
+
+
+def _lookup(config: ml_collections.ConfigDict, field: str) -> Any:
+    for part in field.split("."):
+        config = config[part]
+    return config
+
+
+def _json_value(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _try_tokenizer(config: ml_collections.ConfigDict) -> None:
+    """Loads the configured tokenizer and encodes one sentence, so that a file that is no
+    tokenizer, or one whose ids do not fit the model's vocabulary, fails the import."""
+    from mmtx.data.tokenizer import create_tokenizer
+
+    path = config.tokenizer.model_file
+    try:
+        tokenizer = create_tokenizer(config.tokenizer.type, path)
+        ids = tokenizer.encode("a photo of a cat")
+    except Exception as error:  # each tokenizer library raises its own kinds
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointImportError(
+            f"{path}: not a usable {config.tokenizer.type} tokenizer ({message})"
+        ) from None
+    vocab = config.model.text.vocab_size
+    if tokenizer.vocab_size > vocab or (ids and max(ids) >= vocab):
+        raise CheckpointImportError(
+            f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model's "
+            f"vocabulary is {vocab}: it is not this checkpoint's tokenizer"
+        )
+
+
 def _overridden(note: str, activation: str | None) -> bool:
     return activation is not None and note.startswith("activation:")
-
-
-def _hf_config(
-    family: str, path: str, hf_config: str | os.PathLike | Mapping[str, Any] | None
-) -> dict[str, Any] | None:
-    if isinstance(hf_config, Mapping):
-        return dict(hf_config)
-    if hf_config is None:
-        if family == "open_clip":
-            name = OPEN_CLIP_CONFIG
-        elif family.startswith("hf_"):
-            name = "config.json"
-        else:
-            return None
-        hf_config = os.path.join(os.path.dirname(os.path.abspath(path)), name)
-        if not os.path.exists(hf_config):
-            return None
-    with open(hf_config) as f:
-        return json.load(f)
 
 
 def _set_tokenizer(config: ml_collections.ConfigDict, family: str, path: str) -> None:
@@ -248,6 +362,8 @@ def _resample_image(
     posemb["embedding"] = resample_position_embedding(
         posemb["embedding"], converted.grids["image"], (grid, grid), prefix
     )
+    if image.get("resize_size"):  # the checkpoint resizes beyond its crop: keep the ratio
+        image.resize_size = max(size, round(image.resize_size * size / image.image_size))
     image.image_size = size
 
 

@@ -14,9 +14,16 @@ from typing import Any
 
 import numpy as np
 
-from mmtx.checkpoints import layout
-from mmtx.checkpoints.clip import HF_CLIP_BLOCK, _grid_side, _hf_activation, hf_text_tower
+from mmtx.checkpoints import layout, preprocess_config
+from mmtx.checkpoints.clip import (
+    HF_CLIP_BLOCK,
+    _grid_side,
+    _hf_activation,
+    hf_text_tower,
+    hf_tower_facts,
+)
 from mmtx.checkpoints.family import Converted, two_tower_overrides
+from mmtx.checkpoints.preprocess_config import Facts
 from mmtx.checkpoints.tensors import CheckpointImportError, Missing, TensorSource
 
 
@@ -47,11 +54,16 @@ def _siglip_overrides(
 
 
 def convert_hf_siglip(
-    source: TensorSource, hf_config: dict[str, Any] | None, num_heads: Mapping[str, int]
+    source: TensorSource,
+    hf_config: dict[str, Any] | None,
+    preprocessor: dict[str, Any] | None,
+    num_heads: Mapping[str, int],
 ) -> Converted:
     """HF transformers ``SiglipModel`` (``vision_model.head.probe``,
     ``text_model.head.weight``, ``logit_bias``, ...) -> mmtx. Heads, activation and
-    LayerNorm epsilon come from its ``config.json``."""
+    LayerNorm epsilon come from its ``config.json``; the image preprocessing (bicubic
+    squash to the image size, mean/std) from ``preprocessor``, its
+    ``preprocessor_config.json``."""
     del num_heads  # read from the config / the tensors' shapes
     if hf_config is None:
         raise CheckpointImportError(
@@ -138,7 +150,15 @@ def convert_hf_siglip(
         "logit_scale": layout.reshaped(source["logit_scale"], ()),
         "logit_bias": layout.reshaped(source["logit_bias"], ()),
     }
-    return Converted(overrides, params, grids={"image": (grid, grid)})
+    facts = hf_tower_facts(hf_config, ("text", "text_config"), ("image", "vision_config"))
+    facts.update(
+        preprocess_config.hf_image(
+            preprocessor, image_size=grid * patch_size, family="hf_siglip", square=True
+        )
+    )
+    converted = Converted(overrides, params, grids={"image": (grid, grid)})
+    converted.take(facts)
+    return converted
 
 
 # ------------------------------------------------------------------------------ big_vision
@@ -192,13 +212,16 @@ def _scalar(x: Any) -> Any:
 
 
 def convert_big_vision_siglip(
-    source: TensorSource, hf_config: dict[str, Any] | None, num_heads: Mapping[str, int]
+    source: TensorSource,
+    hf_config: dict[str, Any] | None,
+    preprocessor: dict[str, Any] | None,
+    num_heads: Mapping[str, int],
 ) -> Converted:
     """A big_vision SigLIP ``.npz`` (``img/embedding/kernel``, ``img/MAPHead_0/probe``,
     ``txt/Encoder_0/encoderblock_0/...``, ``t``, ``b``) -> mmtx. Everything, heads included,
-    is read from the tensors' shapes: big_vision stores attention per head."""
-    del num_heads  # read from the config / the tensors' shapes
-    del hf_config
+    is read from the tensors' shapes: big_vision stores attention per head. Its eval
+    preprocessing (``resize(size)|value_range(-1, 1)``) squashes bilinearly."""
+    del num_heads, hf_config, preprocessor  # read from the tensors' shapes
     p = _strip_params_prefix(source)
     img, txt = f"{p}img", f"{p}txt"
     patch_size, _, _, image_width = source.shape(f"{img}/embedding/kernel")
@@ -290,7 +313,18 @@ def convert_big_vision_siglip(
     }
     if has_image_head:
         params["image_head"] = _flax_dense(source, f"{img}/head")
-    return Converted(overrides, params, grids={"image": (grid, grid)})
+    facts = Facts()
+    pp = "big_vision's eval preprocessing resize(size)"
+    facts.set("model.image.resize", "squash", pp)
+    facts.set("model.image.interpolation", "bilinear", pp)
+    facts.set("model.image.resize_size", 0, pp)
+    facts.differences.append(
+        "image resizing: big_vision resizes with tf.image.resize (bilinear, no antialiasing); "
+        "mmtx with PIL's bilinear filter, which antialiases when shrinking"
+    )
+    converted = Converted(overrides, params, grids={"image": (grid, grid)})
+    converted.take(facts)
+    return converted
 
 
 def _block_shape(source: TensorSource, encoder: str, name: str) -> tuple[int, ...]:

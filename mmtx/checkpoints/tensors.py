@@ -66,7 +66,8 @@ def read_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if suffix in TORCH_PICKLE_SUFFIXES:
         raise CheckpointImportError(
             f"{path} is a torch pickle, which mmtx reads only as safetensors (torch is not a "
-            f"dependency). Convert it once where torch is installed:\n  {convert_command(path)}"
+            f"dependency); it is never unpickled. Convert it once where torch is installed:  "
+            f"{convert_command(path)}"
         )
     raise CheckpointImportError(
         f"{path}: unknown checkpoint format {suffix!r}; use a .safetensors or .npz file"

@@ -148,6 +148,9 @@ def image_to_float(image: np.ndarray) -> np.ndarray:
 RESIZE_MODES = ("shorter_side", "squash")
 # The resampling filters, PIL's (antialiased when shrinking: the support widens with the scale).
 INTERPOLATIONS = ("bilinear", "bicubic")
+# Where center_crop starts an odd margin: "round" (torchvision's CenterCrop, which open_clip
+# uses: round((H - size) / 2), half to even) | "floor" (HF image processors: (H - size) // 2).
+CROP_OFFSETS = ("round", "floor")
 _FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
@@ -183,9 +186,12 @@ def _resize(
 
 
 def _check_resize_options(
-    image_size: int, resize: str, interpolation: str, resize_size: int
+    image_size: int, resize: str, interpolation: str, resize_size: int, crop_offset: str = "round"
 ) -> None:
-    """Raises ``ValueError`` for a resize mode, filter or ``resize_size`` not allowed."""
+    """Raises ``ValueError`` for a resize mode, filter, ``resize_size`` or crop offset not
+    allowed."""
+    if crop_offset not in CROP_OFFSETS:
+        raise ValueError(f"crop_offset must be one of {CROP_OFFSETS}; got {crop_offset!r}")
     if resize not in RESIZE_MODES:
         raise ValueError(f"resize must be one of {RESIZE_MODES}; got {resize!r}")
     if interpolation not in INTERPOLATIONS:
@@ -199,6 +205,19 @@ def _check_resize_options(
             f"resize_size applies to resize='shorter_side' only (squash resizes both sides to "
             f"image_size); got resize_size={resize_size} with resize={resize!r}"
         )
+
+
+def _resize_options(
+    image_size: int, resize: str, interpolation: str, resize_size: int, crop_offset: str
+) -> dict[str, Any]:
+    """The resize keywords of :func:`preprocess_image`, checked (:func:`_check_resize_options`)."""
+    _check_resize_options(image_size, resize, interpolation, resize_size, crop_offset)
+    return {
+        "resize": resize,
+        "interpolation": interpolation,
+        "resize_size": resize_size,
+        "crop_offset": crop_offset,
+    }
 
 
 def resize_shorter_side(
@@ -223,20 +242,24 @@ def squash(image: np.ndarray, size: int, *, interpolation: str = "bilinear") -> 
     return _resize(image, size, size, interpolation)
 
 
-def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+def center_crop(image: np.ndarray, size: int, offset: str = "round") -> np.ndarray:
     """The central ``[size, size, C]`` window of ``[H, W, C]`` (``H, W >= size``).
 
-    The window starts at row ``int(round((H - size) / 2))`` and column ``int(round((W -
-    size) / 2))``, Python's ``round`` (half to even), as torchvision's ``CenterCrop`` places
-    it: when ``H - size`` is odd the half offset rounds to the even neighbour, so the extra
-    row is cut at the top for ``H - size = 3`` (start row 2) and at the bottom for ``= 5``
-    (start row 2 too).
+    With ``offset="round"`` (default) the window starts at row ``int(round((H - size) / 2))``
+    and column ``int(round((W - size) / 2))``, Python's ``round`` (half to even), as
+    torchvision's ``CenterCrop`` places it: when ``H - size`` is odd the half offset rounds to
+    the even neighbour, so the extra row is cut at the top for ``H - size = 3`` (start row 2)
+    and at the bottom for ``= 5`` (start row 2 too). ``offset="floor"`` starts at ``(H -
+    size) // 2``, as HF image processors' ``center_crop`` does.
     """
     height, width = image.shape[:2]
     if height < size or width < size:
         raise ValueError(f"cannot crop {size}x{size} from an image of {height}x{width}")
-    top = round((height - size) / 2.0)  # Python's round: half to even
-    left = round((width - size) / 2.0)
+    if offset == "floor":
+        top, left = (height - size) // 2, (width - size) // 2
+    else:
+        top = round((height - size) / 2.0)  # Python's round: half to even
+        left = round((width - size) / 2.0)
     return image[top : top + size, left : left + size]
 
 
@@ -303,6 +326,7 @@ def preprocess_image(
     resize: str = "shorter_side",
     interpolation: str = "bilinear",
     resize_size: int = 0,
+    crop_offset: str = "round",
 ) -> np.ndarray:
     """One raw image -> float32 ``[image_size, image_size, channels]`` in ``[0, 1]``.
 
@@ -320,8 +344,9 @@ def preprocess_image(
     * ``"shorter_side"`` (default): the shorter side resized to ``resize_size`` (0, the
       default: ``image_size``; else ``>= image_size``) keeping the aspect ratio
       (:func:`resize_shorter_side`), then the centre ``image_size`` square
-      (:func:`center_crop`): open_clip's eval transform, and HF CLIP's with ``resize_size``
-      its ``shortest_edge`` and ``image_size`` its ``crop_size``. With ``rng`` (training
+      (:func:`center_crop`, its odd margin placed by ``crop_offset``, :data:`CROP_OFFSETS`):
+      open_clip's eval transform, and HF CLIP's with ``resize_size`` its ``shortest_edge``,
+      ``image_size`` its ``crop_size`` and ``crop_offset="floor"``. With ``rng`` (training
       augmentation) the square is placed at random and mirrored with probability 1/2.
     * ``"squash"``: both sides resized to ``image_size`` (:func:`squash`), nothing cut; with
       ``rng``, mirrored with probability 1/2.
@@ -333,7 +358,7 @@ def preprocess_image(
     ``resize``, ``interpolation`` or ``resize_size`` not allowed (``resize_size`` applies to
     ``"shorter_side"`` only).
     """
-    _check_resize_options(image_size, resize, interpolation, resize_size)
+    _check_resize_options(image_size, resize, interpolation, resize_size, crop_offset)
     shorter_side = resize_size or image_size
     if isinstance(image, bytes | np.bytes_):
         image = decode_image(bytes(image), min_size=shorter_side, channels=channels)
@@ -366,7 +391,7 @@ def preprocess_image(
         return _unit_pixels(image)
     image = resize_shorter_side(image, shorter_side, interpolation=interpolation)
     if rng is None:
-        image = center_crop(image, image_size)
+        image = center_crop(image, image_size, crop_offset)
     else:
         image = random_flip(random_crop(image, image_size, rng), rng)
     return _unit_pixels(image)
@@ -390,6 +415,7 @@ def to_image_batch(
     resize: str = "shorter_side",
     interpolation: str = "bilinear",
     resize_size: int = 0,
+    crop_offset: str = "round",
 ) -> np.ndarray:
     """Raw images -> float32 ``[B, image_size, image_size, channels]`` in ``[0, 1]``.
 
@@ -405,8 +431,7 @@ def to_image_batch(
     input pipeline. Errors name ``name`` and, in a batch, the example
     (``image_features[1]: ...``); a ``resize`` option not allowed is a ``ValueError``.
     """
-    _check_resize_options(image_size, resize, interpolation, resize_size)
-    options = {"resize": resize, "interpolation": interpolation, "resize_size": resize_size}
+    options = _resize_options(image_size, resize, interpolation, resize_size, crop_offset)
     if isinstance(images, np.ndarray) and images.dtype.kind in "OS" and images.ndim <= 1:
         images = images.item() if images.ndim == 0 else list(images)  # encoded, as TFDS gives
     if isinstance(images, bytes | np.bytes_ | Image.Image):
@@ -471,6 +496,7 @@ def preprocess_video(
     resize: str = "shorter_side",
     interpolation: str = "bilinear",
     resize_size: int = 0,
+    crop_offset: str = "round",
 ) -> np.ndarray:
     """One raw clip -> float32 ``[num_frames, image_size, image_size, channels]`` in [0, 1].
 
@@ -481,8 +507,7 @@ def preprocess_video(
     augmentation, with ``resize``, ``interpolation`` and ``resize_size`` (default: shorter
     side resized bilinearly, centre crop), so every frame gets the same crop.
     """
-    _check_resize_options(image_size, resize, interpolation, resize_size)
-    options = {"resize": resize, "interpolation": interpolation, "resize_size": resize_size}
+    options = _resize_options(image_size, resize, interpolation, resize_size, crop_offset)
     frames = list(video) if isinstance(video, list | tuple) else None
     if frames is None:
         array = np.asarray(video)
@@ -507,6 +532,7 @@ def to_video_batch(
     resize: str = "shorter_side",
     interpolation: str = "bilinear",
     resize_size: int = 0,
+    crop_offset: str = "round",
 ) -> np.ndarray:
     """Raw clips -> float32 ``[B, num_frames, image_size, image_size, channels]`` in [0, 1].
 
@@ -516,8 +542,7 @@ def to_video_batch(
     the example (``video_inputs[1]: ...``); a ``resize`` option not allowed is a
     ``ValueError``.
     """
-    _check_resize_options(image_size, resize, interpolation, resize_size)
-    options = {"resize": resize, "interpolation": interpolation, "resize_size": resize_size}
+    options = _resize_options(image_size, resize, interpolation, resize_size, crop_offset)
     if isinstance(videos, list | tuple):
         examples, batched = list(videos), True
     else:

@@ -42,6 +42,9 @@ class ImageSpec(ModalitySpec):
         g.resize = "shorter_side"  # shorter_side (then the centre crop) | squash (no crop).
         g.interpolation = "bilinear"  # Resize filter, PIL's (antialiased): bilinear | bicubic.
         g.resize_size = 0  # shorter_side: the side's length before the crop; 0 = image_size.
+        # Where the centre crop starts an odd margin: round (torchvision's CenterCrop, as
+        # open_clip) | floor (HF image processors).
+        g.crop_offset = "round"
         g.stem = "patch"  # patch (linear, ViT) | conv (3x3 stride-2 convs, ViTc).
         g.width = 128
         g.depth = 2

@@ -24,14 +24,14 @@ import jax
 import ml_collections
 import numpy as np
 
-from mmtx.data.preprocessing import INTERPOLATIONS, RESIZE_MODES
+from mmtx.data.preprocessing import CROP_OFFSETS, INTERPOLATIONS, RESIZE_MODES
 
 Require = Callable[[bool, str, str], None]
 
 # The fields of a pixel modality's group (image, video) that say how a picture is made
 # image_size square (:func:`mmtx.data.preprocessing.preprocess_image`'s keywords of the same
 # names): the input's preprocessing, not the encoder's, so :meth:`encoder_fields` drops them.
-RESIZE_FIELDS = ("resize", "interpolation", "resize_size")
+RESIZE_FIELDS = ("resize", "interpolation", "resize_size", "crop_offset")
 
 
 def resize_options(group: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -104,13 +104,19 @@ class ModalitySpec:
     def require_resize(self, group: ml_collections.ConfigDict, require: Require) -> None:
         """Checks the :data:`RESIZE_FIELDS` of a pixel modality's group (``resize`` one of
         :data:`~mmtx.data.preprocessing.RESIZE_MODES`, ``interpolation`` one of
-        :data:`~mmtx.data.preprocessing.INTERPOLATIONS`, ``resize_size`` 0 or at least
+        :data:`~mmtx.data.preprocessing.INTERPOLATIONS`, ``crop_offset`` one of
+        :data:`~mmtx.data.preprocessing.CROP_OFFSETS`, ``resize_size`` 0 or at least
         ``image_size``, and only with ``resize='shorter_side'``); for :meth:`validate`."""
         prefix = f"model.{self.name}"
         require(
             group.resize in RESIZE_MODES,
             f"{prefix}.resize",
             f"{group.resize!r} is not one of {RESIZE_MODES}",
+        )
+        require(
+            group.crop_offset in CROP_OFFSETS,
+            f"{prefix}.crop_offset",
+            f"{group.crop_offset!r} is not one of {CROP_OFFSETS}",
         )
         require(
             group.interpolation in INTERPOLATIONS,

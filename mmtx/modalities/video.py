@@ -48,6 +48,9 @@ class VideoSpec(ModalitySpec):
         g.resize = "shorter_side"  # Per frame, as model.image's: shorter_side | squash.
         g.interpolation = "bilinear"  # Resize filter, PIL's (antialiased): bilinear | bicubic.
         g.resize_size = 0  # shorter_side: the side's length before the crop; 0 = image_size.
+        # Where the centre crop starts an odd margin: round (torchvision's CenterCrop, as
+        # open_clip) | floor (HF image processors).
+        g.crop_offset = "round"
         g.width = 128
         g.depth = 2  # Blocks of the joint tower, or of the spatial tower when factorised.
         g.temporal_depth = 1  # Blocks of the temporal tower (layout factorised only).

@@ -90,7 +90,7 @@ def test_open_clip_reads_heads_and_activation_from_its_config(tmp_path, wrapped)
         else OPEN_CLIP_MODEL_CFG
     )
     imported = import_checkpoint("open_clip", open_clip_dir(tmp_path, config))
-    assert imported.source["assumed"] == []
+    assert [note.split(":")[0] for note in imported.source["assumed"]] == ["tokenizer"]
     assert imported.config.model.image.num_heads == 2 and imported.config.model.text.num_heads == 2
     ref = reference("open_clip")
     out = run(imported.model(), text=ref["text"], image=ref["image"])
@@ -108,16 +108,27 @@ def test_open_clip_config_gives_exact_gelu_and_the_normalisation(tmp_path):
     assert imported.config.model.image.activation == "gelu"
     assert tuple(imported.config.model.image.mean) == (0.5, 0.5, 0.5)
     assert tuple(imported.config.model.image.std) == (0.25, 0.25, 0.25)
-    # The config's resizing (bicubic, open_clip's default) is not mmtx's: said, not hidden.
-    (difference,) = imported.source["differences"]
-    assert difference.startswith("image resizing: open_clip's preprocessing for this model is "
-                                 "bicubic, resize mode shortest; mmtx's is bilinear")  # fmt: skip
+    # The config's resizing is taken: bicubic (open_clip's default), shorter side + crop.
+    image = imported.config.model.image
+    assert (image.interpolation, image.resize, image.resize_size) == ("bicubic", "shorter_side", 0)
+    assert imported.source["differences"] == []
+    values = imported.source["values"]
+    assert values["model.image.interpolation"]["from"].startswith("default: open_clip's")
+    assert values["model.text.activation"]["from"] == "open_clip_config.json quick_gelu"
     squash = {**config, "preprocess_cfg": {"interpolation": "bilinear", "resize_mode": "squash"}}
     (tmp_path / "open_clip_config.json").write_text(json.dumps(squash))
+    again = import_checkpoint("open_clip", str(tmp_path / "model.safetensors"))
+    image = again.config.model.image
+    assert (image.interpolation, image.resize) == ("bilinear", "squash")
+    assert again.source["values"]["model.image.resize"]["from"] == (
+        "open_clip_config.json preprocess_cfg.resize_mode"
+    )
+    longest = {**config, "preprocess_cfg": {"resize_mode": "longest"}}
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(longest))
     (difference,) = import_checkpoint("open_clip", str(tmp_path / "model.safetensors")).source[
         "differences"
     ]
-    assert "bilinear, resize mode squash" in difference
+    assert difference.startswith("image resizing: open_clip's resize_mode is 'longest'")
     ref = reference("open_clip")  # made with QuickGELU: exact GELU must change the numbers
     out = run(imported.model(), text=ref["text"])
     assert np.abs(out["text"] - ref["text_embeds"]).max() > 1e-3
@@ -135,12 +146,20 @@ def test_open_clip_config_that_disagrees_with_the_weights_is_an_error(tmp_path):
 def test_open_clip_without_a_config_says_what_it_assumed():
     path = fixture("open_clip", "model.safetensors")
     assumed = import_checkpoint("open_clip", path).source["assumed"]
-    assert [note.split(":")[0] for note in assumed] == ["text heads", "image heads", "activation"]
+    assert [note.split(":")[0] for note in assumed] == [
+        "text heads",
+        "image heads",
+        "activation",
+        "tokenizer",
+    ]
     assert "width // 64" in assumed[0] and "quick_gelu" in assumed[2]
     given = import_checkpoint(
         "open_clip", path, num_heads={"text": 2, "image": 2}, activation="quick_gelu"
     )
-    assert given.source["assumed"] == []
+    assert [note.split(":")[0] for note in given.source["assumed"]] == ["tokenizer"]
+    values = given.source["values"]
+    assert values["model.text.num_heads"] == {"value": 2, "from": "--num_heads"}
+    assert values["model.image.activation"] == {"value": "quick_gelu", "from": "--activation"}
 
 
 def test_open_clip_at_another_image_size_resamples_the_position_table():

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
+import jax
 import ml_dtypes
 import numpy as np
 import pytest
@@ -97,8 +100,9 @@ def test_bfloat16_checkpoints_are_widened_exactly(tmp_path):
 def test_a_torch_pickle_is_refused_with_the_conversion_command(tmp_path):
     path = tmp_path / "open_clip_model.bin"
     path.write_bytes(b"\x80\x02not really")
-    with pytest.raises(CheckpointImportError, match=r"(?s)torch pickle.*safetensors.*save_file"):
+    with pytest.raises(CheckpointImportError, match=r"torch pickle.*safetensors.*save_file") as e:
         import_checkpoint("open_clip", str(path))
+    assert "\n" not in str(e.value)  # one line, the command included
 
 
 def test_workdir_round_trip_equals_the_imported_model(tmp_path):
@@ -169,3 +173,35 @@ def test_training_starts_from_an_imported_workdir(tmp_path):
     assert 0 < moved < 0.1  # one small step away from the imported weights
     # CLIP's logit_scale sits at the cap; the step clamps it there, as open_clip does.
     assert float(trained["params"]["logit_scale"]) <= np.float32(np.log(100.0))
+
+
+def test_the_command_line_fine_tunes_from_an_import_in_another_workdir(tmp_path):
+    """``--config=<import>/config.json`` from another directory, with a new ``--workdir``:
+    the tokenizer named in it (``tokenizer/<file>``, relative) resolves against the config
+    file's own directory, and the run starts from the imported weights (init_from)."""
+    hub = os.path.join(os.path.dirname(__file__), "fixtures", "hub", "hf_siglip")
+    workdir = write_workdir(import_checkpoint(None, hub), tmp_path / "siglip")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = dict(
+        os.environ,
+        JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir or "",
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
+    command = [
+        sys.executable, "-m", "mmtx.main", f"--config={workdir}/config.json",
+        f"--config.train.init_from={workdir}", "--workdir=run", "--config.train.steps=1",
+        "--config.train.warmup_steps=0", "--config.train.batch_size=4",
+        "--config.eval.batch_size=4", "--config.data.eval_size=4",
+    ]  # fmt: skip
+    result = subprocess.run(
+        command, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not [line for line in result.stderr.splitlines() if line.startswith("E")]
+    with open(elsewhere / "run" / "config.json") as f:
+        assert json.load(f)["tokenizer"]["model_file"] == os.path.join(
+            workdir, "tokenizer", "spiece.model"
+        )
+    assert json.loads((elsewhere / "run" / "summary.json").read_text())["step"] == 1

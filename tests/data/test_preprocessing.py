@@ -469,6 +469,7 @@ RESIZE_OPTIONS = [
     {"interpolation": "bicubic"},
     {"resize_size": 19},  # a larger shorter side, then the centre 16 (HF CLIP's 256 -> 224)
     {"resize_size": 21, "interpolation": "bicubic"},
+    {"resize_size": 21, "interpolation": "bicubic", "crop_offset": "floor"},  # HF CLIP's
     {"resize": "squash"},
     {"resize": "squash", "interpolation": "bicubic"},
 ]
@@ -510,6 +511,8 @@ def test_center_crop_rounds_the_offset_half_to_even_as_torchvision():
     # (23 - 16) / 2 = 3.5 -> row 4; (21 - 16) / 2 = 2.5 -> column 2.
     np.testing.assert_array_equal(center_crop(image, 16), image[4:20, 2:18])
     np.testing.assert_array_equal(center_crop(image[:19, :17], 16), image[2:18, 0:16])
+    # HF's image processors floor it: row 3, column 2.
+    np.testing.assert_array_equal(center_crop(image, 16, "floor"), image[3:19, 2:18])
 
 
 def test_resize_shorter_side_truncates_the_longer_side_as_torchvision():
@@ -567,6 +570,7 @@ def test_training_augmentation_follows_the_resize_options():
         ({"interpolation": "nearest"}, "interpolation must be one of ('bilinear', 'bicubic')"),
         ({"resize_size": 12}, "resize_size must be 0 (= image_size) or >= image_size 16; got 12"),
         ({"resize": "squash", "resize_size": 20}, "resize_size applies to resize='shorter_side'"),
+        ({"crop_offset": "ceil"}, "crop_offset must be one of ('round', 'floor'); got 'ceil'"),
     ],
 )
 def test_resize_options_not_allowed_are_refused(options, message):

@@ -93,6 +93,7 @@ def test_resize_fields_are_not_the_encoders():
             "config.model.image.resize_size: applies to resize='shorter_side' only",
         ),
         ({"resize_size": -1}, "config.model.image.resize_size: must be >= 0; got -1"),
+        ({"crop_offset": "ceil"}, "config.model.image.crop_offset: 'ceil' is not one of"),
     ],
 )
 def test_validate_refuses_resize_options_not_allowed(options, message):

@@ -81,6 +81,7 @@ TEXTS = ["a photo of a cat", "Two dogs playing in the snow.", "a red car"]
 # (upsampled), and one whose centre-crop offset is x.5 after the resize (round != floor).
 IMAGE_SHAPES = [(32, 32), (37, 45), (60, 29), (24, 20), (32, 35)]
 SPEECH_COMMANDS_MEAN, SPEECH_COMMANDS_STD = -6.845978, 5.5654526
+SHORT_SAMPLES = (6000, 8555)  # clips shorter than AST_SAMPLES (10480): 36 and 52 frames
 
 
 def fresh_dir(name: str) -> Path:
@@ -300,14 +301,26 @@ def make_hf_ast() -> dict:
     waveform = waveforms(np.random.default_rng(1014))
     features = extractor(list(waveform), sampling_rate=SAMPLE_RATE, return_tensors="pt")
     out = model(input_values=features["input_values"]).pooler_output
+    # Clips shorter than the model's 64 frames: the extractor pads the *filterbank* with 0.0
+    # (before normalising), frame by frame, so the padding is not a silent waveform's log-mel.
+    short = [waveform[0, : SHORT_SAMPLES[0]], waveform[1, : SHORT_SAMPLES[1]]]
+    short_features = extractor(short, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+    short_out = model(input_values=short_features["input_values"]).pooler_output
     write_npz(
         OUT / "hf_ast.npz",
-        {"waveform": waveform, "audio_embeds": to_np(out / out.norm(dim=-1, keepdim=True))},
+        {
+            "waveform": waveform,
+            "audio_embeds": to_np(out / out.norm(dim=-1, keepdim=True)),
+            **{f"short_waveform_{i}": clip for i, clip in enumerate(short)},
+            "short_audio_embeds": to_np(short_out / short_out.norm(dim=-1, keepdim=True)),
+        },
     )
     return {
         "files": sorted(p.name for p in d.iterdir()),
         "preprocess": "ASTFeatureExtractor(num_mel_bins=32, max_length=64, mean=-6.845978, "
-        f"std=5.5654526) on waveforms of exactly {AST_SAMPLES} samples (64 frames)",
+        f"std=5.5654526) on waveforms of exactly {AST_SAMPLES} samples (64 frames); "
+        f"short_waveform_i: the first {SHORT_SAMPLES} samples of rows 0 and 1, whose "
+        "filterbanks the extractor pads with 0.0 to 64 frames (short_audio_embeds)",
         "embeds": "ASTModel pooler_output, L2-normalised",
     }
 

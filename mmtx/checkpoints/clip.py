@@ -186,14 +186,14 @@ def convert_open_clip(
         }
         facts.set("model.text.activation", "quick_gelu", f"default: OpenAI's (no {file})")
         facts.assumed.extend(
-            f"{modality} heads: {heads[modality][0]} (width // {OPEN_CLIP_HEAD_WIDTH}, assumed: "
-            f"no {file} beside the weights; give --num_heads or the config file)"
+            f"{modality} heads: {heads[modality][0]} = width // {OPEN_CLIP_HEAD_WIDTH} (no {file} "
+            "beside the weights; --num_heads or the config file sets it)"
             for modality in ("text", "image")
             if modality not in num_heads
         )
         facts.assumed.append(
-            f"activation: quick_gelu (OpenAI's, assumed: no {file} beside the weights; "
-            "LAION-trained models use exact GELU: give --activation=gelu or the config file)"
+            f"activation: quick_gelu, OpenAI's (no {file} beside the weights; LAION-trained "
+            "models use exact GELU: --activation=gelu or the config file sets it)"
         )
     for modality in ("text", "image"):
         if modality in num_heads:

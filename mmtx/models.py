@@ -99,15 +99,17 @@ def check_batch(batch: Mapping[str, Any], encoders: Mapping[str, Mapping[str, An
 
     ``batch`` is the dict of docs/design.md (per modality its input, e.g. ``text`` int
     ``[B, T]`` with ``text_mask`` bool ``[B, T]``, ``image`` float ``[B, H, W, C]``,
-    ``audio`` float ``[B, S]``, ``video`` float ``[B, T, H, W, C]``; optionally
+    ``audio`` float ``[B, S]`` with optionally ``audio_length`` int ``[B]`` in ``[0, S]``,
+    ``video`` float ``[B, T, H, W, C]``; optionally
     ``present/<modality>`` bool ``[B]``); ``encoders`` is
     :attr:`MultiModalTransformer.encoders`. Checked: every modality has an encoder, at
     least one is present, batch sizes agree and are nonzero, presence flags are ``[B]``; and
     on concrete values (not under jit, which traces them): each modality's own checks
     (:meth:`mmtx.modalities.ModalitySpec.check_values`: text ids in ``[0, vocab_size)``,
-    finite pixels and samples) on the examples that have it, and every example has at
-    least one modality. Raises ``ValueError`` (``TypeError`` for non-integer ids) before
-    anything is compiled. Returns the present modalities in registry order.
+    finite pixels and samples, audio lengths within the clip) on the examples that have
+    it, and every example has at least one modality. Raises ``ValueError`` (``TypeError``
+    for non-integer ids or lengths) before anything is compiled. Returns the present
+    modalities in registry order.
     """
     names = modality_names()
     present = [m for m in names if m in batch and batch[m] is not None]
@@ -147,6 +149,11 @@ def check_batch(batch: Mapping[str, Any], encoders: Mapping[str, Mapping[str, An
         if rows is not None:
             if not rows.any():
                 continue
+            for key, value in values.items():  # rows are picked by the flags' [B]
+                if value.shape[:1] != (size,):
+                    raise ValueError(
+                        f"{key} must have the batch size {size} first; got shape {value.shape}"
+                    )
             values = {k: v[rows.astype(bool)] for k, v in values.items()}
         spec.check_values(values, encoders[modality])
     if flags and all(f is not None for f in flags.values()):
@@ -171,7 +178,7 @@ class MultiModalTransformer(nn.Module):
 
     ``__call__(batch, train=...)`` takes a batch dict
     (any subset of the registered modalities' inputs, ``text``/``text_mask``/``image``/
-    ``audio``/``video``; see docs/design.md) and returns a
+    ``audio``/``audio_length``/``video``; see docs/design.md) and returns a
     dict with, for every present modality ``m``, ``out[m]`` float32 ``[B, embed_dim]``;
     ``"fused"`` float32 ``[B, embed_dim]`` (embeddings un-normalised: the losses L2-normalise
     them; absent with ``fusion_type="none"``, which has no fusion); ``"logits"`` float32
@@ -544,8 +551,10 @@ class Model:
     ) -> dict[str, np.ndarray]:
         """Raw inputs (see the class docstring) -> a model batch dict of numpy arrays:
         ``text`` int32 ``[B, T]`` and ``text_mask`` bool ``[B, T]``, ``image`` float32
-        ``[B, H, W, C]``, ``audio`` float32 ``[B, S]``, ``video`` float32
-        ``[B, T, H, W, C]``; shapes and types validated. A modality registered with
+        ``[B, H, W, C]``, ``audio`` float32 ``[B, S]`` (and, with
+        ``model.audio.frontend="kaldi_fbank"``, ``audio_length`` int32 ``[B]``: each clip's
+        real samples, whose filterbank the encoder pads as AST's extractor does), ``video``
+        float32 ``[B, T, H, W, C]``; shapes and types validated. A modality registered with
         :func:`mmtx.modalities.register_modality` takes its raw inputs by its
         ``raw_input`` keyword (in ``inputs``).
 
@@ -637,8 +646,9 @@ class Model:
     def run(self, batch: Mapping[str, Any], *, normalize: bool = False) -> dict[str, Any]:
         """Runs the model (jitted, in inference mode) on a batch from :meth:`preprocess`
         (``text`` int32 ``[B, T]``, ``text_mask`` bool ``[B, T]``, ``image`` float32
-        ``[B, H, W, C]``, ``audio`` float32 ``[B, S]``) and returns the outputs as numpy
-        arrays, as ``__call__`` does (``normalize`` as there). The batch is checked first.
+        ``[B, H, W, C]``, ``audio`` float32 ``[B, S]``, ``audio_length`` int32 ``[B]``) and
+        returns the outputs as numpy arrays, as ``__call__`` does (``normalize`` as there).
+        The batch is checked first.
         Each new batch shape compiles once; keep ``B`` fixed (pad the last batch) when
         running many batches. Inputs must be finite and within each modality's range
         (:meth:`mmtx.modalities.ModalitySpec.check_values`); an embedding that still comes

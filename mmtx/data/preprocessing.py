@@ -9,11 +9,13 @@ Images: :func:`decode_image`, :func:`image_to_float`, :func:`resize_shorter_side
 :func:`random_flip`, and :func:`preprocess_image` chaining them (how an image is made
 square, :data:`RESIZE_MODES`, and the resampling filter, :data:`INTERPOLATIONS`, are
 choices; sizes and crop offsets follow torchvision's ``Resize`` and ``CenterCrop``).
-Audio: :func:`audio_to_float`, :func:`resample`, :func:`crop_or_pad` and
-:func:`preprocess_audio`; the log-mel spectrogram (:func:`log_mel_spectrogram`, the same
-function the audio encoder calls) runs inside the model, on the accelerator, so batches
-carry raw waveforms. Text: :func:`select_text` picks one caption of several, :func:`all_texts`
-reads them all.
+Audio: :func:`audio_to_float`, :func:`resample`, :func:`crop_or_pad`,
+:func:`preprocess_audio` (the pipeline's) and :func:`to_audio_batch_with_lengths` (raw
+inputs of :class:`mmtx.Model`: the waveforms and each clip's real samples; the waveforms
+alone: :func:`to_audio_batch`); the log-mel spectrogram (:func:`log_mel_spectrogram`, the
+same function the audio encoder calls) runs inside the model, on the accelerator, so
+batches carry raw waveforms. Text: :func:`select_text` picks one caption of several,
+:func:`all_texts` reads them all.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ __all__ = [
     "select_text",
     "squash",
     "to_audio_batch",
+    "to_audio_batch_with_lengths",
     "to_image_batch",
 ]
 
@@ -653,6 +656,26 @@ def to_audio_batch(
 ) -> np.ndarray:
     """Raw waveforms -> float32 ``[B, num_samples]``: cropped (keep the start) or zero-padded.
 
+    The waveforms of :func:`to_audio_batch_with_lengths` (see there for the layouts taken).
+    """
+    batch, _ = to_audio_batch_with_lengths(
+        audio, num_samples, sample_rate=sample_rate, target_rate=target_rate, name=name
+    )
+    return batch
+
+
+def to_audio_batch_with_lengths(
+    audio: np.ndarray,
+    num_samples: int,
+    *,
+    sample_rate: int | None = None,
+    target_rate: int | None = None,
+    name: str = "audio",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Raw waveforms -> ``(batch, lengths)``: float32 ``[B, num_samples]`` clips, cropped
+    (keep the start) or zero-padded at the end, and int32 ``[B]``, each clip's real samples
+    in its row (``min(its length after resampling, num_samples)``; the rest is padding).
+
     ``audio`` holds float samples, finite, laid out as one mono clip ``[S]``, a batch of mono
     clips ``[B, S]``, one multi-channel clip ``[S, C]`` or a batch ``[B, S, C]``; channels
     are averaged to mono. A 2-D array is ``[S, C]`` when its last axis is at most
@@ -686,4 +709,7 @@ def to_audio_batch(
     mono = clips[..., 0] if clips.shape[2] == 1 else clips.mean(axis=2)
     if sample_rate is not None and target_rate is not None:
         mono = resample(mono, sample_rate, target_rate)
-    return np.stack([crop_or_pad(clip, num_samples) for clip in mono])
+    batch = np.stack([crop_or_pad(clip, num_samples) for clip in mono])
+    # The clips of one array share a length: every row has the same number of real samples.
+    lengths = np.full((batch.shape[0],), min(mono.shape[1], num_samples), np.int32)
+    return batch, lengths

@@ -42,6 +42,13 @@ class AudioEncoder(nn.Module):
     ``frontend="kaldi_fbank"`` computes Kaldi's log-mel filterbank instead of mmtx's
     (:class:`mmtx.nn.KaldiFbank`: what AST's feature extractor feeds AST), normalised as
     ``(x - log_mel_mean) / log_mel_std``.
+
+    ``lengths`` (optional int ``[B]``, the batch's ``audio_length``): each row's real
+    samples, the rest of the row being zero padding. With ``frontend="kaldi_fbank"`` the
+    filterbank frames that reach past a row's length are 0.0 before the normalisation, as
+    AST's extractor pads the filterbank (not the waveform) of a clip shorter than the model's;
+    the ``log_mel`` frontend ignores it (its frames are those of the zero-padded waveform,
+    as the input pipeline trains it). Without ``lengths`` every sample is taken as real.
     """
 
     width: int
@@ -80,9 +87,10 @@ class AudioEncoder(nn.Module):
 
     @nn.compact
     def __call__(
-        self, audio: jax.Array, *, train: bool = False
+        self, audio: jax.Array, lengths: jax.Array | None = None, *, train: bool = False
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Encodes a batch of waveforms (see the class docstring)."""
+        """Encodes a batch of waveforms, float ``[B, S]`` (``lengths``: None or int ``[B]``,
+        each row's real samples); see the class docstring."""
         if audio.ndim != 2:
             raise ValueError(f"audio must be [batch, samples] waveforms; got shape {audio.shape}")
         if self.frontend == "kaldi_fbank":
@@ -98,7 +106,7 @@ class AudioEncoder(nn.Module):
                 mean=self.log_mel_mean,
                 std=self.log_mel_std / 2,
                 max_frames=0,
-            )(audio)
+            )(audio, lengths)
         elif self.frontend == "log_mel":
             log_mel = LogMelSpectrogram(
                 sample_rate=self.sample_rate,

@@ -33,12 +33,27 @@ def audio_patch_grid(audio: ml_collections.ConfigDict) -> tuple[int, int]:
     return grid[0], grid[1]
 
 
+# The optional batch key of each row's real samples, int32 [B] (see AudioSpec).
+LENGTH_KEY = "audio_length"
+
+
 class AudioSpec(ModalitySpec):
-    """Sound: ``audio`` float32 ``[B, num_samples]`` mono waveforms at ``sample_rate``."""
+    """Sound: ``audio`` float32 ``[B, num_samples]`` mono waveforms at ``sample_rate``, and
+    optionally ``audio_length`` int32 ``[B]``: each row's real samples (``0 <= length <=
+    S``), the rest of the row being zero padding.
+
+    :class:`mmtx.Model`'s raw inputs carry ``audio_length`` when ``frontend="kaldi_fbank"``
+    (the clip's length after resampling, at most ``num_samples``), and the encoder then
+    pads the filterbank of a short clip, not its waveform, as AST's feature extractor does
+    (:class:`mmtx.encoders.AudioEncoder`). The input pipeline, synthetic data and dummy
+    inputs carry no ``audio_length``: their clips are zero-padded waveforms, every sample
+    taken as real, as with the ``log_mel`` frontend (whose raw inputs carry none either).
+    """
 
     name = "audio"
     raw_input = "audio_inputs"
     example_key = "audio"
+    extra_keys = (LENGTH_KEY,)
     # cls | mean | cls_distill (AST: class and distillation tokens, their outputs averaged).
     poolings = ("cls", "mean", "cls_distill")
     ranges: ClassVar[Mapping[str, str]] = {
@@ -148,6 +163,39 @@ class AudioSpec(ModalitySpec):
     def encoder_class(self) -> type[nn.Module]:
         return AudioEncoder
 
+    def encode(
+        self, encoder: nn.Module, batch: Mapping[str, jax.Array], *, train: bool
+    ) -> tuple[jax.Array, dict[str, Any]]:
+        # Without audio_length the encoder runs exactly as before it existed (same program).
+        return encoder(batch["audio"], batch.get(LENGTH_KEY), train=train)
+
+    def check_values(self, batch: Mapping[str, Any], fields: Mapping[str, Any]) -> None:
+        """The waveform's checks (:meth:`ModalitySpec.check_values`) and, when the batch has
+        ``audio_length``, that it is integer ``[B]`` within ``[0, S]`` (``TypeError`` for
+        another dtype, ``ValueError`` naming the first bad example otherwise)."""
+        super().check_values(batch, fields)
+        if LENGTH_KEY not in batch:
+            return
+        audio_shape = np.shape(batch["audio"])
+        lengths = np.asarray(batch[LENGTH_KEY])
+        if lengths.shape != audio_shape[:1]:
+            raise ValueError(
+                f"{LENGTH_KEY} must be [batch] = {audio_shape[:1]} (one length per clip of "
+                f"audio {audio_shape}); got shape {lengths.shape}"
+            )
+        if not np.issubdtype(lengths.dtype, np.integer):
+            raise TypeError(
+                f"{LENGTH_KEY} must hold integer sample counts; got dtype {lengths.dtype}"
+            )
+        samples = audio_shape[1] if len(audio_shape) > 1 else 0
+        bad = (lengths < 0) | (lengths > samples)
+        if bad.any():
+            index = int(np.argmax(bad))
+            raise ValueError(
+                f"{LENGTH_KEY}[{index}] = {int(lengths[index])} is not in [0, {samples}] (the "
+                f"real samples of a clip of {samples})"
+            )
+
     def dummy_input(
         self, group: ml_collections.ConfigDict, batch_size: int
     ) -> dict[str, jax.Array]:
@@ -156,28 +204,27 @@ class AudioSpec(ModalitySpec):
     def from_raw(
         self, inputs: Any, *, config: ml_collections.ConfigDict, tokenizer: Any, **options
     ) -> dict[str, np.ndarray]:
+        """Raw clips -> ``audio`` float32 ``[B, num_samples]`` (cropped or zero-padded) and,
+        with ``frontend="kaldi_fbank"``, ``audio_length`` int32 ``[B]`` (see the class
+        docstring)."""
         audio = config.model.audio
-        if isinstance(inputs, list | tuple):
-            # One clip per entry (they may differ in length): each cropped/padded alone.
-            clips = [
-                preprocessing.to_audio_batch(
-                    clip,
-                    audio.num_samples,
-                    sample_rate=options.get("audio_sample_rate"),
-                    target_rate=audio.sample_rate,
-                    name=f"audio_inputs[{i}]",
-                )
-                for i, clip in enumerate(inputs)
-            ]
-            return {"audio": np.concatenate(clips, axis=0)}
-        batch = preprocessing.to_audio_batch(
-            inputs,
-            audio.num_samples,
-            sample_rate=options.get("audio_sample_rate"),
-            target_rate=audio.sample_rate,
-            name="audio_inputs",
-        )
-        return {"audio": batch}
+        # One clip per entry of a list (they may differ in length), each cropped/padded alone;
+        # otherwise one array of clips.
+        per_clip = isinstance(inputs, list | tuple)
+        parts = [
+            preprocessing.to_audio_batch_with_lengths(
+                clip,
+                audio.num_samples,
+                sample_rate=options.get("audio_sample_rate"),
+                target_rate=audio.sample_rate,
+                name=f"audio_inputs[{i}]" if per_clip else "audio_inputs",
+            )
+            for i, clip in enumerate(inputs if per_clip else [inputs])
+        ]
+        batch = {"audio": np.concatenate([waves for waves, _ in parts], axis=0)}
+        if audio.frontend == "kaldi_fbank":  # the only frontend that reads it
+            batch[LENGTH_KEY] = np.concatenate([lengths for _, lengths in parts], axis=0)
+        return batch
 
     def as_list(self, inputs: Any) -> list[Any] | None:
         # Only a list that holds None is read per example; other lists stay as they are

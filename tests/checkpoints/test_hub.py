@@ -163,3 +163,22 @@ def test_a_garbage_or_foreign_tokenizer_fails_the_import(tmp_path):
     shutil.copyfile(os.path.join(HUB, "hf_clip", "tokenizer.json"), directory / "tokenizer.json")
     with pytest.raises(CheckpointImportError, match="has 2514 tokens but the model's vocab"):
         import_checkpoint(None, str(directory))
+
+
+def test_an_ast_model_pads_a_short_clip_s_filterbank_as_the_original(imported):
+    """Clips shorter than the model's 64 frames (6000 and 8555 samples of 10480): AST's
+    extractor pads their filterbank with 0.0, so the raw-input batch carries each clip's
+    length and the encoder does the same (not log(floor) frames of a zero-padded waveform)."""
+    ref = reference("hf_ast")
+    model = imported("hf_ast").model()
+    short = [ref["short_waveform_0"], ref["short_waveform_1"]]
+    batch = model.preprocess(audio_inputs=short)
+    np.testing.assert_array_equal(batch["audio_length"], [6000, 8555])
+    assert batch["audio_length"].dtype == np.int32
+    got = unit(model(audio_inputs=short)["audio"])
+    np.testing.assert_allclose(got, ref["short_audio_embeds"], atol=TOLERANCE, rtol=0)
+    # Full-length clips (one array [B, S]) are every sample real: still the original.
+    full = model.preprocess(audio_inputs=ref["waveform"])
+    np.testing.assert_array_equal(full["audio_length"], [ref["waveform"].shape[1]] * 3)
+    got = unit(model(audio_inputs=ref["waveform"])["audio"])
+    np.testing.assert_allclose(got, ref["audio_embeds"], atol=TOLERANCE, rtol=0)

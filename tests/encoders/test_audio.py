@@ -10,6 +10,7 @@ import pytest
 from helpers import SHIFT_INVARIANT, random_params
 
 from mmtx.encoders import AudioEncoder
+from mmtx.nn.kaldi_fbank import AST_MEL_FLOOR
 
 B, D = 2, 16
 SAMPLES, WINDOW, HOP, MELS, PATCH = 1600, 400, 160, 16, (4, 8)
@@ -192,3 +193,45 @@ def test_ast_options_gradients_reach_every_param():
         assert bool(jnp.all(jnp.isfinite(g))), f"non-finite gradient for {name}"
         if not any(s in name for s in SHIFT_INVARIANT):
             assert bool(jnp.any(g != 0)), f"zero gradient for {name}"
+
+
+# ------------------------------------------------------------------ clip lengths (audio_length)
+
+SHORT = 1000  # real samples of clip 0: frames 0..3 lie inside it, frame 4 reaches past it
+MEAN, STD = -4.0, 4.0
+
+
+def test_kaldi_fbank_lengths_pad_the_filterbank_past_each_clip():
+    """With lengths, a frame reaching past its clip's end is 0.0 before the normalisation
+    (AST's extractor pads the filterbank); without, the zero-padded waveform's frames."""
+    _, params, apply = built_ast(frontend="kaldi_fbank", log_mel_mean=MEAN, log_mel_std=STD)
+    audio = waveforms(AST_SAMPLES).at[0, SHORT:].set(0.0)
+    lengths = jnp.asarray([SHORT, AST_SAMPLES], jnp.int32)
+    _, plain = apply(params, audio)
+    _, padded = apply(params, audio, lengths)
+    inside = frames(SHORT)
+    assert inside == 4
+    got, want = np.asarray(padded["log_mel"]), np.asarray(plain["log_mel"])
+    np.testing.assert_array_equal(got[0, inside:], (0.0 - MEAN) / STD)
+    np.testing.assert_array_equal(got[0, :inside], want[0, :inside])
+    np.testing.assert_array_equal(got[1], want[1])  # a full-length clip is untouched
+    assert np.abs(np.asarray(padded["pooled"][0] - plain["pooled"][0])).max() > 1e-3
+    np.testing.assert_allclose(padded["pooled"][1], plain["pooled"][1], atol=1e-6)
+    # Without lengths the frames of silence past the clip read log(mel floor), normalised.
+    silent = (np.log(np.float32(AST_MEL_FLOOR)) - MEAN) / STD
+    first_silent = -(-SHORT // HOP)  # the first frame that starts past the clip
+    np.testing.assert_allclose(want[0, first_silent:], silent, rtol=1e-6)
+    # Lengths of whole clips change nothing.
+    _, whole = apply(params, audio, jnp.full((B,), AST_SAMPLES, jnp.int32))
+    np.testing.assert_array_equal(np.asarray(whole["log_mel"]), want)
+    np.testing.assert_allclose(whole["pooled"], plain["pooled"], atol=1e-6)
+
+
+def test_the_log_mel_frontend_ignores_lengths():
+    """Its frames are those of the zero-padded waveform, as the input pipeline trains it."""
+    _, params, apply = built_ast()
+    audio = waveforms(AST_SAMPLES).at[0, SHORT:].set(0.0)
+    _, plain = apply(params, audio)
+    _, given = apply(params, audio, jnp.asarray([SHORT, AST_SAMPLES], jnp.int32))
+    np.testing.assert_array_equal(np.asarray(given["log_mel"]), np.asarray(plain["log_mel"]))
+    np.testing.assert_allclose(given["pooled"], plain["pooled"], atol=1e-6)

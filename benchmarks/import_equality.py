@@ -5,17 +5,25 @@ benchmarks/peers/make_import_fixtures.py), relative to the largest reference val
     python benchmarks/import_equality.py
 
 Prints one line per family and tower; tests/checkpoints/test_families.py asserts <= 1e-5.
+Then, for each model-hub directory of tests/checkpoints/fixtures/hub (made by
+benchmarks/peers/make_hub_fixtures.py), imported with the path alone, the max abs difference
+of the unit-norm embeddings of *raw* inputs (strings, odd-sized uint8 and PIL images,
+waveforms, short clips) from the original's own preprocessing; tests/checkpoints/test_hub.py
+asserts <= 1e-5.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
+from PIL import Image
 
 from mmtx.checkpoints import import_checkpoint
 
 FIXTURES = os.path.join(os.path.dirname(__file__), os.pardir, "tests", "checkpoints", "fixtures")
+HUB = os.path.join(FIXTURES, "hub")
 
 
 def _reference(family: str) -> dict[str, np.ndarray]:
@@ -106,6 +114,45 @@ def main() -> None:
             error = _relative_error(outputs[output], references[family][key])
             size = f" at {kwargs['image_size']} px" if "image_size" in kwargs else ""
             print(f"{family:18s} {output:6s}{size:10s} max |mmtx - peer| / scale = {error:.1e}")
+    hub_raw_inputs()
+
+
+def _unit_error(got: np.ndarray, want: np.ndarray) -> float:
+    got = np.asarray(got) / np.linalg.norm(got, axis=-1, keepdims=True)
+    return float(np.max(np.abs(got - want)))
+
+
+def hub_raw_inputs() -> None:
+    """The hub directories on raw inputs (max abs error of unit-norm embeddings)."""
+    with open(os.path.join(HUB, "info.json")) as f:
+        info = json.load(f)
+    for family in ("open_clip", "hf_clip", "hf_siglip", "hf_ast"):
+        with np.load(os.path.join(HUB, f"{family}.npz")) as data:
+            ref = {name: data[name] for name in data.files}
+        model = import_checkpoint(None, os.path.join(HUB, family)).model()
+        errors = {}
+        if family == "hf_ast":
+            short = [ref["short_waveform_0"], ref["short_waveform_1"]]
+            errors["waveforms"] = _unit_error(
+                model(audio_inputs=list(ref["waveform"]))["audio"], ref["audio_embeds"]
+            )
+            errors["short clips"] = _unit_error(
+                model(audio_inputs=short)["audio"], ref["short_audio_embeds"]
+            )
+        else:
+            images = [ref[f"image_{i}"] for i in range(len(info["image_shapes"]))]
+            pil = [Image.fromarray(image) for image in images]
+            errors["strings"] = _unit_error(
+                model(text_inputs=info["texts"])["text"], ref["text_embeds"]
+            )
+            errors["uint8 images"] = _unit_error(
+                model(image_features=images)["image"], ref["image_embeds"]
+            )
+            errors["PIL images"] = _unit_error(
+                model(image_features=pil)["image"], ref["image_embeds"]
+            )
+        for what, error in errors.items():
+            print(f"hub/{family:14s} {what:13s} max |unit(mmtx) - unit(peer)| = {error:.1e}")
 
 
 if __name__ == "__main__":

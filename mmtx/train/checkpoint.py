@@ -38,6 +38,7 @@ import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 from etils import epath
 from jax.experimental import multihost_utils
 
@@ -123,6 +124,7 @@ def _flat_config(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 # Config fields that change nothing a checkpoint holds: a resumed run may change them.
+SHOWN_CONFIG_FIELDS = 5  # A mismatch error lists this many differing fields (-v: all).
 RESUMABLE_FIELDS = (
     "train.steps",
     "train.log_every",
@@ -146,11 +148,17 @@ RESUMABLE_FIELDS = (
 )
 
 
-def config_differences(saved: Mapping[str, Any] | None, current: Mapping[str, Any] | None) -> str:
+def config_differences(
+    saved: Mapping[str, Any] | None,
+    current: Mapping[str, Any] | None,
+    *,
+    limit: int | None = None,
+) -> str:
     """The fields that differ between a checkpoint's config and the current one, those that
     change what a checkpoint holds first: ``"train.grad_clip: 1.0 -> 0.0 (also, fine to
     change on resume: train.steps: 6 -> 8)"``, or ``"train.steps: 6 -> 8 (fine to change on
-    resume)"``; "" when they agree or either is unknown."""
+    resume)"``; "" when they agree or either is unknown. With ``limit``, only the first
+    ``limit`` fields are shown, followed by ``"; and N more"``."""
     if not saved or not current:
         return ""
     old, new = _flat_config(saved), _flat_config(current)
@@ -163,11 +171,17 @@ def config_differences(saved: Mapping[str, Any] | None, current: Mapping[str, An
                 for field in RESUMABLE_FIELDS
             )
             (fine if resumable else matter).append(text)
+    hidden = 0
+    if limit is not None and len(matter) + len(fine) > limit:
+        hidden = len(matter) + len(fine) - limit
+        fine = fine[: max(limit - len(matter), 0)]
+        matter = matter[:limit]
+    more = f"; and {hidden} more" if hidden else ""
     if not matter:
-        return f"{'; '.join(fine)} (fine to change on resume)" if fine else ""
+        return f"{'; '.join(fine)}{more} (fine to change on resume)" if fine else ""
     if fine:
-        return f"{'; '.join(matter)} (also, fine to change on resume: {'; '.join(fine)})"
-    return "; ".join(matter)
+        return f"{'; '.join(matter)} (also, fine to change on resume: {'; '.join(fine)}){more}"
+    return "; ".join(matter) + more
 
 
 def _iterator_state_text(iterator: Any) -> str:
@@ -396,18 +410,29 @@ class Checkpointer:
                 "workdir. Nothing was moved or deleted."
             )
 
-    def config_changes(self, step: int) -> str:
+    def config_changes(self, step: int, limit: int | None = None) -> str:
         """:func:`config_differences` between the config saved with ``step`` and this
-        checkpointer's ``config`` ("" when either is unknown or the record unreadable)."""
+        checkpointer's ``config`` ("" when either is unknown or the record unreadable), the
+        first ``limit`` fields of them (all with ``None``)."""
         try:
             record = self.read_record(step)
         except CheckpointDamagedError:
             record = None
-        return config_differences(record and record.get("config"), self.config)
+        return config_differences(record and record.get("config"), self.config, limit=limit)
 
     def _config_hint(self, step: int) -> str:
-        changed = self.config_changes(step)
-        return f" Config fields that differ from the checkpoint's: {changed}." if changed else ""
+        # absl's verbosity (--verbosity=1, or -v) lists every field; by default the first few.
+        limit = None if absl_logging.get_verbosity() >= 1 else SHOWN_CONFIG_FIELDS
+        changed = self.config_changes(step, limit)
+        if not changed:
+            return ""
+        if changed != self.config_changes(step):
+            workdir = os.path.dirname(os.path.abspath(self.directory))
+            changed += (
+                f" (--verbosity=1 lists them all; the checkpoint's config is "
+                f"{os.path.join(workdir, 'config.json')})"
+            )
+        return f" Config fields that differ from the checkpoint's: {changed}."
 
     def _verify_data_file(self, step: int, record: Mapping[str, Any] | None) -> None:
         digests = (record or {}).get("data_sha256")

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from absl import logging as absl_logging
 
 from mmtx.train import checkpoint as checkpoint_lib
 from mmtx.train.checkpoint import (
@@ -212,6 +213,21 @@ def test_a_changed_model_names_the_array_and_both_shapes(tmp_path):
     assert "different model config" in message and "params/dense/kernel" in message
     assert "(4, 3)" in message and "(8, 3)" in message and "model.width: 4 -> 8" in message
     assert sorted(os.listdir(directory)) == ["1", "2", "3"]
+    # Many changed fields: the first five, a count of the rest, and where to see them all.
+    many = {**CONFIG, "model": {"width": 8, **{f"extra{i}": i for i in range(9)}}}
+    with pytest.raises(CheckpointMismatchError) as error:
+        restore(directory, state=make_state(0, width=8), config=many)
+    message = str(error.value)
+    assert message.count(" -> ") == 5 and "; and 5 more (--verbosity=1 lists them all" in message
+    assert os.path.join(str(tmp_path), "config.json") in message
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(1)
+    try:
+        with pytest.raises(CheckpointMismatchError) as error:
+            restore(directory, state=make_state(0, width=8), config=many)
+    finally:
+        absl_logging.set_verbosity(verbosity)
+    assert str(error.value).count(" -> ") == 10 and "more" not in str(error.value)
 
 
 def test_a_different_data_pipeline_is_a_mismatch(tmp_path):
@@ -251,6 +267,20 @@ def test_config_differences_lists_what_matters_first():
     )
     assert config_differences(saved, saved) == ""
     assert config_differences(None, current) == ""
+
+
+def test_config_differences_shows_the_first_few_and_counts_the_rest():
+    saved = {"model": {f"f{i}": i for i in range(8)}, "train": {"steps": 5}}
+    current = {"model": {f"f{i}": i + 1 for i in range(8)}, "train": {"steps": 9}}
+    assert config_differences(saved, current, limit=3) == (
+        "model.f0: 0 -> 1; model.f1: 1 -> 2; model.f2: 2 -> 3; and 6 more"
+    )
+    everything = config_differences(saved, current)
+    assert everything.count(" -> ") == 9 and "more" not in everything
+    fine_only = {"train": {"steps": 5, "log_every": 1}}
+    assert config_differences(fine_only, {"train": {"steps": 6, "log_every": 2}}, limit=1) == (
+        "train.log_every: 1 -> 2; and 1 more (fine to change on resume)"
+    )
 
 
 SAVE_ON_EIGHT_DEVICES = """

@@ -10,7 +10,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -93,15 +93,31 @@ def _as_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return json.loads(config.to_json_best_effort())
 
 
+def _remove_on_error(workdir: str) -> Callable[..., bool]:
+    """An ``__exit__`` that removes a just-created ``workdir`` when the run fails before
+    writing anything worth keeping; the error goes on."""
+
+    def exit_(kind: type[BaseException] | None, *_: object) -> bool:
+        if kind is not None:
+            workdir_lib.remove_if_nothing_kept(workdir)
+        return False
+
+    return exit_
+
+
 @contextlib.contextmanager
 def _claimed_workdir(workdir: str) -> Iterator[None]:
     """Claims ``workdir`` and holds its run lock (:mod:`mmtx.train.workdir`) on the first
-    process; the other processes wait for it and fail too when it fails."""
+    process; the other processes wait for it and fail too when it fails. A workdir this run
+    created is removed again when the run fails before writing anything worth keeping
+    (:func:`mmtx.train.workdir.remove_if_nothing_kept`: no checkpoint, no evaluation)."""
     with contextlib.ExitStack() as stack:
         error: Exception | None = None
         if jax.process_index() == 0:
             try:
-                workdir_lib.claim(workdir)
+                if workdir_lib.claim(workdir):
+                    # Pushed before the lock: on the way out the lock is released first.
+                    stack.push(_remove_on_error(workdir))
                 stack.enter_context(workdir_lib.lock(workdir))
             except workdir_lib.WorkdirError as caught:
                 error = caught

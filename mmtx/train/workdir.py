@@ -47,13 +47,14 @@ def write_json_atomically(path: str, value: Any) -> None:
         os.fsync(f.fileno())
 
 
-def claim(workdir: str) -> None:
+def claim(workdir: str) -> bool:
     """Makes ``workdir`` an mmtx workdir, or checks that it is one.
 
     Creates it (and the marker) when it does not exist or is empty; accepts it when it has
-    the marker. Raises :class:`WorkdirError` for a non-empty directory without the marker (it
-    belongs to something else) and for one that cannot be written (checked by writing a file,
-    so a read-only mount fails here rather than at the first checkpoint save).
+    the marker. Returns True when this call made it a workdir (it was new or empty), False
+    when it already was one. Raises :class:`WorkdirError` for a non-empty directory without
+    the marker (it belongs to something else) and for one that cannot be written (checked by
+    writing a file, so a read-only mount fails here rather than at the first checkpoint save).
     """
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise WorkdirError(f"--workdir {workdir} exists and is not a directory")
@@ -72,15 +73,45 @@ def claim(workdir: str) -> None:
             f"with `touch {marker}`."
         )
     check_writable(workdir)
-    if MARKER not in entries:
-        write_json_atomically(
-            marker,
-            {
-                "created": _now(),
-                "host": socket.gethostname(),
-                "format": 1,
-            },
-        )
+    if MARKER in entries:
+        return False
+    write_json_atomically(
+        marker,
+        {
+            "created": _now(),
+            "host": socket.gethostname(),
+            "format": 1,
+        },
+    )
+    return True
+
+
+# What a run writes before its first checkpoint: a workdir holding only these (and an empty
+# checkpoints/) has nothing worth keeping.
+_BEFORE_FIRST_CHECKPOINT = (MARKER, LOCK, "config.json")
+
+
+def remove_if_nothing_kept(workdir: str) -> bool:
+    """Removes ``workdir`` when it holds nothing but what a run writes before its first
+    checkpoint (the marker, the lock, ``config.json``, an empty ``checkpoints/``): for a run
+    that created the workdir and failed before saving anything. Anything else there (a
+    checkpoint, an evaluation, TensorBoard events, a file of the user's) keeps it. Returns
+    whether it was removed."""
+    try:
+        entries = os.listdir(workdir)
+    except OSError:
+        return False
+    for name in entries:
+        path = os.path.join(workdir, name)
+        if name == "checkpoints" and os.path.isdir(path) and not os.listdir(path):
+            continue
+        if name not in _BEFORE_FIRST_CHECKPOINT or not os.path.isfile(path):
+            return False
+    for name in entries:
+        path = os.path.join(workdir, name)
+        (os.rmdir if os.path.isdir(path) else os.remove)(path)
+    os.rmdir(workdir)
+    return True
 
 
 def check_writable(directory: str) -> None:

@@ -358,3 +358,19 @@ def test_eval_only_never_creates_or_claims_a_workdir(tmp_path):
     with pytest.raises(WorkdirError, match=r"no checkpoint in .*empty to evaluate"):
         train_and_evaluate(tiny_config(2), str(empty), eval_only=True)
     assert os.listdir(empty) == []  # no marker, lock or checkpoints/ left behind
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_removes_the_workdir_it_made(tmp_path):
+    config = tiny_config(steps=2)
+    config.data.source = f"csv:{tmp_path / 'missing.csv'}"
+    new = tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match=r"missing\.csv"):
+        train_and_evaluate(config_lib.validate(config), str(new))
+    assert not new.exists()
+    # A workdir it did not make (here: one already claimed) is left as it was.
+    from mmtx.train.workdir import MARKER, claim
+
+    claim(str(new))
+    with pytest.raises(FileNotFoundError, match=r"missing\.csv"):
+        train_and_evaluate(config_lib.validate(config), str(new))
+    assert MARKER in os.listdir(new)

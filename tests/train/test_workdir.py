@@ -98,3 +98,26 @@ def test_evals_are_recorded_by_step(tmp_path):
     workdir_lib.record_eval(path, 10, {"accuracy": 0.25})
     assert workdir_lib.read_evals(path) == {10: {"accuracy": 0.25}, 20: {"accuracy": 0.75}}
     assert not [name for name in os.listdir(path) if name.startswith(".tmp")]
+
+
+def test_claim_says_whether_it_made_the_workdir(tmp_path):
+    new = str(tmp_path / "run")
+    assert workdir_lib.claim(new) is True
+    assert workdir_lib.claim(new) is False
+
+
+def test_a_workdir_with_nothing_worth_keeping_is_removed(tmp_path):
+    early = tmp_path / "early"
+    workdir_lib.claim(str(early))
+    (early / workdir_lib.LOCK).write_text("{}")
+    (early / "config.json").write_text("{}")
+    (early / "checkpoints").mkdir()
+    assert workdir_lib.remove_if_nothing_kept(str(early))
+    assert not early.exists()
+    for kept in ("checkpoints/1/x", "evals.json", "events.out.tfevents.1", "notes.txt"):
+        workdir = tmp_path / kept.replace("/", "_")
+        workdir_lib.claim(str(workdir))
+        (workdir / kept).parent.mkdir(parents=True, exist_ok=True)
+        (workdir / kept).write_text("worth keeping")
+        assert not workdir_lib.remove_if_nothing_kept(str(workdir))
+        assert (workdir / kept).exists() and (workdir / workdir_lib.MARKER).exists()

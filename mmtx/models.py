@@ -643,6 +643,50 @@ class Model:
         )
         return self.run(batch, normalize=normalize)
 
+    def encode(
+        self,
+        modality: str,
+        inputs: Any,
+        *,
+        normalize: bool = False,
+        audio_sample_rate: int | None = None,
+    ) -> np.ndarray:
+        """Embeds raw inputs of one ``modality`` alone: float32 ``[B, embed_dim]``, ``B`` the
+        number of inputs, whatever the other modalities' batch sizes (open_clip's
+        ``encode_text`` / ``encode_image``). ``inputs`` are what the modality's keyword of
+        :meth:`__call__` takes (``text_inputs``, ``image_features``, ``audio_inputs``,
+        ``video_inputs``); ``normalize=True`` divides by the L2 norm."""
+        if modality not in self.config.model.modalities:
+            raise ValueError(
+                f"this model has no {modality!r} encoder (its modalities are "
+                f"{tuple(self.config.model.modalities)})"
+            )
+        batch = self.preprocess(
+            audio_sample_rate=audio_sample_rate, **{get_modality(modality).raw_input: inputs}
+        )
+        return self.run(batch, normalize=normalize)[modality]
+
+    def encode_text(self, texts: str | Sequence[str], *, normalize: bool = False) -> np.ndarray:
+        """Texts -> float32 ``[B, embed_dim]`` (:meth:`encode` of ``"text"``)."""
+        return self.encode("text", texts, normalize=normalize)
+
+    def encode_image(self, images: Any, *, normalize: bool = False) -> np.ndarray:
+        """Images (arrays of any size, PIL images, encoded bytes) -> float32
+        ``[B, embed_dim]`` (:meth:`encode` of ``"image"``)."""
+        return self.encode("image", images, normalize=normalize)
+
+    def encode_audio(
+        self, clips: Any, *, sample_rate: int | None = None, normalize: bool = False
+    ) -> np.ndarray:
+        """Waveforms (at ``sample_rate``, default the model's) -> float32 ``[B, embed_dim]``
+        (:meth:`encode` of ``"audio"``)."""
+        return self.encode("audio", clips, normalize=normalize, audio_sample_rate=sample_rate)
+
+    def encode_video(self, videos: Any, *, normalize: bool = False) -> np.ndarray:
+        """Videos (``[T, H, W, C]`` frames each) -> float32 ``[B, embed_dim]``
+        (:meth:`encode` of ``"video"``)."""
+        return self.encode("video", videos, normalize=normalize)
+
     def run(self, batch: Mapping[str, Any], *, normalize: bool = False) -> dict[str, Any]:
         """Runs the model (jitted, in inference mode) on a batch from :meth:`preprocess`
         (``text`` int32 ``[B, T]``, ``text_mask`` bool ``[B, T]``, ``image`` float32

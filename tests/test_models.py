@@ -16,7 +16,7 @@ import pytest
 from mmtx import Model, MultiModalTransformer, create_model
 from mmtx import config as config_lib
 from mmtx.data.tokenizer import ByteTokenizer
-from mmtx.models import NonFiniteOutputError, dummy_batch, init_params
+from mmtx.models import NonFiniteOutputError, dummy_batch, init_params, l2_normalize
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MODALITIES = ("text", "image", "audio")
@@ -1086,3 +1086,26 @@ def test_finite_in_finite_out():
     model_huge = Model(module=module, params=huge, config=config, tokenizer=ByteTokenizer())
     with pytest.raises(NonFiniteOutputError, match="float32 computation overflowed"):
         model_huge(**inputs)
+
+
+def test_encode_one_modality_at_a_time_with_any_batch_size():
+    """CLIP-style calls: texts and images embedded separately, two texts and one image; each
+    equals the joint call's embedding of the same example."""
+    model = create_model(small_config("concat"), params=built("concat")[1])
+    rng = np.random.default_rng(1)
+    texts = ["a red circle", "cats"]
+    images = rng.integers(0, 256, (B, SIZE, SIZE, 3), dtype=np.uint8)
+    clips = rng.uniform(-1, 1, (B, SAMPLES)).astype(np.float32)
+    joint = model(text_inputs=texts, image_features=images, audio_inputs=clips)
+    text = model.encode_text(texts)
+    assert text.shape == (2, EMBED) and text.dtype == np.float32
+    np.testing.assert_allclose(text, joint["text"], rtol=1e-5, atol=1e-6)
+    one_image = model.encode_image(images[:1], normalize=True)
+    assert one_image.shape == (1, EMBED)
+    np.testing.assert_allclose(one_image, l2_normalize(joint["image"][:1]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.encode_audio(clips), joint["audio"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(model.encode("text", texts), text)
+    with pytest.raises(ValueError, match="inputs disagree on batch size"):
+        model(text_inputs=texts, image_features=images[:1])
+    with pytest.raises(ValueError, match="this model has no 'video' encoder"):
+        model.encode_video(np.zeros((1, 2, SIZE, SIZE, 3), np.uint8))

@@ -69,6 +69,11 @@ def test_evaluates_an_imported_model_zero_shot_and_writes_the_metrics(imported):
     assert status == 0, err
     assert "evaluating step 0 only (eval_only)" in out
     assert "evaluated step 0: " in out
+    # One result block: the metrics are printed once, and nothing speaks of training.
+    assert [line for line in out.splitlines() if "image_zero_shot_top1" in line] == [
+        line for line in out.splitlines() if line.startswith("evaluated step 0: ")
+    ]
+    assert "final:" not in out and "trained 0 steps" not in out
     with open(os.path.join(imported, "summary.json")) as f:
         summary = json.load(f)
     metrics = summary["eval"]

@@ -397,13 +397,16 @@ def _train_and_evaluate(
                 return {}
             started = time.perf_counter()
             metrics = evaluate_params(state.params)
-            _log(f"eval at step {step} ({time.perf_counter() - started:.1f}s): {_shown(metrics)}")
+            # eval_only: the command prints the metrics once, as its result.
+            shown = "" if eval_only else f": {_shown(metrics)}"
+            _log(f"eval at step {step} ({time.perf_counter() - started:.1f}s){shown}")
             if state.ema_params is not None:  # the moving average, beside the params
                 started = time.perf_counter()
                 ema_metrics = evaluate_params(state.ema_params)
+                shown = "" if eval_only else f": {_shown(ema_metrics)}"
                 _log(
                     f"eval of the EMA params at step {step} "
-                    f"({time.perf_counter() - started:.1f}s): {_shown(ema_metrics)}"
+                    f"({time.perf_counter() - started:.1f}s){shown}"
                 )
                 metrics.update({f"ema/{k}": v for k, v in ema_metrics.items()})
             writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
@@ -587,6 +590,9 @@ def _train_and_evaluate(
                 summary[key] = previous[key]
     if jax.process_index() == 0:
         workdir_lib.write_json_atomically(summary_path, summary)
+    if eval_only:  # the evaluate command prints the metrics, once
+        _log(f"summary in {os.path.join(workdir, 'summary.json')}")
+        return summary
     _log("final: " + json.dumps({k: summary["eval"].get(k) for k in _shown(summary["eval"])}))
     _log(
         f"trained {summary['steps_this_run']} steps in {format_seconds(elapsed)}; "

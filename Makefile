@@ -20,7 +20,7 @@ $(BIN)/python: pyproject.toml requirements.lock
 	PYTHON=/path/to/python3.12." >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev,tfds]'
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev,tfds,aot]'
 	touch $(BIN)/python
 
 venv: $(BIN)/python

@@ -619,8 +619,14 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
 # ------------------------------------------------------------------------- validation
 
 
-def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def validate(
+    config: ml_collections.ConfigDict, *, platform: str | None = None
+) -> ml_collections.ConfigDict:
     """Checks every field against the schema (:func:`default_config`) and its range.
+
+    ``platform`` (``cpu`` | ``gpu`` | ``tpu``): the platform the run will be compiled for,
+    against which an explicit ``attention.implementation`` (``cudnn``, ``pallas``) is
+    checked; default jax's backend.
 
     In order: unknown or missing keys and types (a bool is not an int, a float is not an
     int, floats must be finite; ``TypeError`` for a wrong type), the ranges of
@@ -697,7 +703,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         "attention.linear.feature_map",
         "elu | favor",
     )
-    _validate_attention_implementation(config)
+    _validate_attention_implementation(config, platform)
     _validate_training(config)
     _validate_eval(config.eval)
     _require(
@@ -777,10 +783,12 @@ def _validate_fusion(fusion: ml_collections.ConfigDict) -> None:
         _require(fusion.depth > 0, "fusion.depth", f"{fusion.type} fusion needs depth >= 1")
 
 
-def _validate_attention_implementation(config: ml_collections.ConfigDict) -> None:
-    """An explicit ``cudnn`` or ``pallas`` must be able to run here: checked against jax's
-    backend, the compute dtype, every tower's (and MAP head's) and the fusion's kernels and
-    head dims (before compile)."""
+def _validate_attention_implementation(
+    config: ml_collections.ConfigDict, platform: str | None = None
+) -> None:
+    """An explicit ``cudnn`` or ``pallas`` must be able to run here: checked against
+    ``platform`` (default jax's backend), the compute dtype, every tower's (and MAP head's)
+    and the fusion's kernels and head dims (before compile)."""
     from mmtx.nn.attention import (
         IMPLEMENTATIONS,
         cudnn_unsupported_reason,
@@ -795,9 +803,9 @@ def _validate_attention_implementation(config: ml_collections.ConfigDict) -> Non
     )
     if implementation not in ("cudnn", "pallas"):
         return
-    import jax
+    from mmtx.nn.platform import canonical_platform, target_platform
 
-    backend = jax.default_backend()
+    backend = target_platform() if platform is None else canonical_platform(platform)
     dtype = config.dtype
     if dtype == "auto":
         dtype = "float32" if backend == "cpu" else "bfloat16"
@@ -999,14 +1007,16 @@ def _resolve_file_fields(overrides: dict[str, Any], directory: str) -> None:
                 holder[name] = candidate
 
 
-def load_config(spec: ml_collections.ConfigDict | str | os.PathLike) -> ml_collections.ConfigDict:
+def load_config(
+    spec: ml_collections.ConfigDict | str | os.PathLike, *, platform: str | None = None
+) -> ml_collections.ConfigDict:
     """Loads a config from a ConfigDict, ``path/to/file.py[:arg]`` or a JSON file.
 
     A file is executed only when its name ends in ``.py`` (any case; :func:`is_python_config`)
     and must define ``get_config(arg=None)``. Any other file is read as JSON
     (:func:`read_json_config`): a nested dict of overrides merged onto :func:`default_config`
-    (unknown keys are an error). The result is validated with :func:`validate` and returned as
-    a new ConfigDict.
+    (unknown keys are an error). The result is validated with :func:`validate` (for
+    ``platform``, as there) and returned as a new ConfigDict.
     """
     if isinstance(spec, ml_collections.ConfigDict):
         config = copy.deepcopy(spec)
@@ -1025,4 +1035,4 @@ def load_config(spec: ml_collections.ConfigDict | str | os.PathLike) -> ml_colle
     else:
         overrides = read_json_config(spec)
         config = merge_overrides(default_config(), overrides)
-    return validate(config)
+    return validate(config, platform=platform)

@@ -26,6 +26,7 @@ it off; ``MMTX_HOST_MALLOC=tuned`` turns it on also where an accelerator plugin 
 
 from __future__ import annotations
 
+import glob
 import importlib.metadata
 import os
 import platform
@@ -56,10 +57,19 @@ def _parse_tunables(text: str) -> dict[str, str]:
     return {name: value for name, _, value in pairs}
 
 
+def _tpu_device_files() -> bool:
+    """Whether the host shows TPU chips: ``/dev/accel*`` (TPU v2 to v5e) or ``/dev/vfio/*``
+    (v5p, v6e). libtpu alone (the ``aot`` extra, for ``python -m mmtx.compile``) does not
+    make a CPU host a TPU host."""
+    return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/*"))
+
+
 def _accelerator_plugin_installed() -> bool:
     for dist in importlib.metadata.distributions():
         name = (dist.metadata["Name"] or "").lower()
         if name.startswith(_ACCELERATOR_PLUGINS):
+            if name.startswith("libtpu") and not _tpu_device_files():
+                continue
             return True
     return False
 

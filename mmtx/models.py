@@ -27,6 +27,7 @@ from mmtx.modalities import (
     present_key,
 )
 from mmtx.nn.attention import default_kernel_init
+from mmtx.nn.platform import canonical_platform, target_platform
 
 Dtype = Any
 
@@ -78,10 +79,16 @@ def task_classes(config: ml_collections.ConfigDict, label: str) -> int:
     return int(config.model.attribute_classes[label])
 
 
-def resolve_dtype(name: str) -> jnp.dtype:
-    """``"auto"`` is bfloat16 on TPU/GPU and float32 on CPU; other names map to jnp dtypes."""
+def resolve_dtype(name: str, platform: str | None = None) -> jnp.dtype:
+    """``"auto"`` is bfloat16 on TPU/GPU and float32 on CPU; other names map to jnp dtypes.
+
+    ``platform``: the platform the model is compiled for (``cpu`` | ``gpu`` | ``tpu``;
+    default :func:`mmtx.nn.platform.target_platform`, jax's backend outside a compile for
+    other devices).
+    """
     if name == "auto":
-        return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+        platform = target_platform() if platform is None else canonical_platform(platform)
+        return jnp.float32 if platform == "cpu" else jnp.bfloat16
     return jnp.dtype(name)
 
 
@@ -224,9 +231,18 @@ class MultiModalTransformer(nn.Module):
 
     @classmethod
     def from_config(
-        cls, config: ml_collections.ConfigDict, vocab_size: int, **overrides: Any
+        cls,
+        config: ml_collections.ConfigDict,
+        vocab_size: int,
+        *,
+        platform: str | None = None,
+        **overrides: Any,
     ) -> MultiModalTransformer:
         """Builds the module from a validated config; ``vocab_size`` comes from the tokenizer.
+
+        ``platform`` (``cpu`` | ``gpu`` | ``tpu``): the platform the module will be compiled
+        for, which resolves ``config.dtype = "auto"`` (:func:`resolve_dtype`; default jax's
+        backend). :func:`mmtx.train.build.build` passes its mesh's.
 
         A nonzero ``config.model.text.vocab_size`` must hold every tokenizer id: a smaller
         table would make XLA read clipped rows for the ids past it (``ValueError``).
@@ -296,7 +312,7 @@ class MultiModalTransformer(nn.Module):
             fusion_order=fusion_order(model.modalities),
             temperature_init=model.temperature_init,
             logit_bias_init=model.logit_bias_init,
-            dtype=resolve_dtype(config.dtype),
+            dtype=resolve_dtype(config.dtype, platform),
             param_dtype=jnp.dtype(config.param_dtype),
             **overrides,
         )

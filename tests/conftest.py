@@ -6,6 +6,12 @@ Many tests compile the same tiny models; the cache turns repeated compiles into 
 import os
 import tempfile
 
+# The suite runs on the CPU. With libtpu installed (the aot extra, for mmtx.compile's
+# compile-only TPU devices) jax would also try to start a TPU backend in every process,
+# printing libtpu's complaints about this host to stderr and taking libtpu's lock file; set
+# before jax is imported, and inherited by the commands the tests run.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 import jax
 
 _CACHE_DIR = os.environ.get(

@@ -9,6 +9,7 @@ import platform
 import subprocess
 import sys
 import textwrap
+import types
 
 import pytest
 
@@ -65,6 +66,23 @@ def test_auto_leaves_accelerator_hosts_alone(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(host_malloc, "_accelerator_plugin_installed", lambda: True)
     assert host_malloc.tuned_environment({}) is None
     assert host_malloc.tuned_environment({"JAX_PLATFORMS": "cpu"}) is not None
+
+
+def test_libtpu_alone_does_not_make_a_tpu_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """libtpu (the aot extra, for mmtx.compile) counts as an accelerator only where the host
+    shows TPU chips; a CUDA plugin counts wherever it is installed."""
+    installed: list[str] = []
+    fake = lambda: [types.SimpleNamespace(metadata={"Name": n}) for n in installed]
+    monkeypatch.setattr(host_malloc.importlib.metadata, "distributions", fake)
+    monkeypatch.setattr(host_malloc, "_tpu_device_files", lambda: False)
+    assert not host_malloc._accelerator_plugin_installed()
+    installed.append("libtpu")
+    assert not host_malloc._accelerator_plugin_installed()
+    monkeypatch.setattr(host_malloc, "_tpu_device_files", lambda: True)
+    assert host_malloc._accelerator_plugin_installed()
+    monkeypatch.setattr(host_malloc, "_tpu_device_files", lambda: False)
+    installed.append("jax-cuda12-plugin")
+    assert host_malloc._accelerator_plugin_installed()
 
 
 def test_current_setting() -> None:

@@ -20,6 +20,7 @@ from flax.core import FrozenDict
 from mmtx.attention import dot_product_attention, linear_attention, local_attention
 from mmtx.attention.splash_local import pallas_interpret_requested, splash_local_attention
 from mmtx.nn.matmul import dense_dot
+from mmtx.nn.platform import target_platform
 
 Dtype = Any
 
@@ -127,12 +128,13 @@ def cudnn_unsupported_reason(
 ) -> str | None:
     """Why cuDNN flash attention cannot run here, or ``None`` when it can.
 
-    Checks the backend (GPU only), the kernel (dense only), the compute dtype (bf16/fp16) and
-    the head dim (jax's flash-attention rule) and, with a mask (which jax hands cuDNN as a
-    bias), that the query and key ``lengths`` are even (cuDNN's backward pass needs that), in
-    that order; arguments left ``None`` are not checked.
+    Checks the backend (GPU only; ``None``: the platform compiled for,
+    :func:`mmtx.nn.platform.target_platform`), the kernel (dense only), the compute dtype
+    (bf16/fp16) and the head dim (jax's flash-attention rule) and, with a mask (which jax
+    hands cuDNN as a bias), that the query and key ``lengths`` are even (cuDNN's backward
+    pass needs that), in that order; arguments left ``None`` are not checked.
     """
-    backend = backend or jax.default_backend()
+    backend = backend or target_platform()
     if backend != "gpu":
         return f"cuDNN flash attention needs a GPU backend; jax's backend is {backend!r}"
     if kernel != "dense":
@@ -159,11 +161,12 @@ def pallas_unsupported_reason(*, kernel: str = "local", backend: str | None = No
     """Why the Pallas splash kernel cannot run here, or ``None`` when it can.
 
     It runs only the local kernel (:func:`mmtx.attention.splash_local_attention`), on a TPU
-    backend, or on any backend in interpret mode when ``MMTX_PALLAS_INTERPRET=1`` is set.
+    backend (``None``: the platform compiled for, :func:`mmtx.nn.platform.target_platform`),
+    or on any backend in interpret mode when ``MMTX_PALLAS_INTERPRET=1`` is set.
     """
     if kernel != "local":
         return f"the Pallas splash kernel runs only the local kernel; got {kernel!r}"
-    backend = backend or jax.default_backend()
+    backend = backend or target_platform()
     if backend != "tpu" and not pallas_interpret_requested():
         return (
             f"the Pallas splash kernel needs a TPU backend; jax's backend is {backend!r} "
@@ -199,7 +202,9 @@ def resolve_implementation(
     ``ValueError`` with the reason when cuDNN cannot run (at trace time, before compile).
     For the local kernel ``"auto"`` is ``"pallas"`` on a TPU, else ``None`` with one logged
     (INFO) line; ``"pallas"`` raises ``ValueError`` with the reason when the splash kernel
-    cannot run (:func:`pallas_unsupported_reason`).
+    cannot run (:func:`pallas_unsupported_reason`). "On a GPU/TPU" means compiling for one
+    (:func:`mmtx.nn.platform.target_platform`: the mesh's platform inside the steps of
+    :func:`mmtx.train.build.build`, else jax's backend).
     """
     if implementation is None or implementation == "xla":
         return implementation
@@ -209,15 +214,15 @@ def resolve_implementation(
         )
     if implementation == "pallas" or (implementation == "auto" and kernel == "local"):
         reason = pallas_unsupported_reason(kernel=kernel)
-        if implementation == "auto" and jax.default_backend() != "tpu":
-            reason = reason or f"jax's backend is {jax.default_backend()!r}, not 'tpu'"
+        if implementation == "auto" and target_platform() != "tpu":
+            reason = reason or f"jax's backend is {target_platform()!r}, not 'tpu'"
         if reason is None:
             return "pallas"
         if implementation == "pallas":
             raise ValueError(f"attention implementation 'pallas' cannot run: {reason}")
         _log_local_fallback(reason)
         return None
-    if implementation == "auto" and (jax.default_backend() != "gpu" or kernel != "dense"):
+    if implementation == "auto" and (target_platform() != "gpu" or kernel != "dense"):
         return None  # Off GPU, or a kernel that does not call jax's dense attention.
     reason = cudnn_unsupported_reason(
         kernel=kernel, dtype=dtype, head_dim=head_dim, lengths=lengths, masked=masked

@@ -10,10 +10,11 @@ is an ordinary row-major ``[K, M] @ [M, N]`` (or ``[N, M] @ [M, K]``, then a ``[
 transpose) that the library runs at full speed. The forward pass and ``dx`` are unchanged.
 
 Accelerators take transposed operands natively, where the explicit transpose would only add
-a copy: ``weight_grad="auto"`` (the default) uses the transposed form on the CPU backend and
-autodiff's everywhere else. The transformer MLP (:class:`mmtx.nn.transformer.MLP`) and the
-attention head projections (:class:`mmtx.nn.attention.HeadProjection`, ``HeadMerge``)
-contract with it.
+a copy: ``weight_grad="auto"`` (the default) uses the transposed form when compiling for the
+CPU (:func:`mmtx.nn.platform.target_platform`: the platform of the devices a step is compiled
+for, else jax's backend) and autodiff's everywhere else. The transformer MLP
+(:class:`mmtx.nn.transformer.MLP`) and the attention head projections
+(:class:`mmtx.nn.attention.HeadProjection`, ``HeadMerge``) contract with it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from mmtx.nn.platform import target_platform
+
 #: The kernel-gradient forms :func:`dense_dot` takes (``weight_grad``).
 WEIGHT_GRAD_MODES = ("auto", "xla", "transposed")
 
@@ -33,11 +36,12 @@ _DimensionNumbers = tuple[tuple[tuple[int, ...], tuple[int, ...]], tuple[tuple[i
 
 def resolve_weight_grad(mode: str) -> str:
     """``"xla"`` or ``"transposed"`` for a mode of :data:`WEIGHT_GRAD_MODES`; ``"auto"`` is
-    ``"transposed"`` on the CPU backend (at trace time) and ``"xla"`` otherwise."""
+    ``"transposed"`` when compiling for the CPU (:func:`mmtx.nn.platform.target_platform`, at
+    trace time) and ``"xla"`` otherwise."""
     if mode not in WEIGHT_GRAD_MODES:
         raise ValueError(f"unknown weight_grad {mode!r}; choose one of {WEIGHT_GRAD_MODES}")
     if mode == "auto":
-        return "transposed" if jax.default_backend() == "cpu" else "xla"
+        return "transposed" if target_platform() == "cpu" else "xla"
     return mode
 
 

@@ -10,6 +10,7 @@ steps compile on their first call (or ``.lower(...).compile()``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,7 @@ from mmtx import config as config_lib
 from mmtx import losses
 from mmtx.data.tokenizer import Tokenizer, create_tokenizer
 from mmtx.models import MultiModalTransformer, dummy_batch
+from mmtx.nn.platform import compiling_for, mesh_platform
 from mmtx.train import lora as lora_lib
 from mmtx.train import mesh as mesh_lib
 from mmtx.train.optimizer import create_optimizer
@@ -140,7 +142,10 @@ def build(
     if workdir is not None:
         model_file = config_lib.workdir_file(model_file, workdir)
     tokenizer = create_tokenizer(config.tokenizer.type, model_file)
-    module = MultiModalTransformer.from_config(config, vocab_size=tokenizer.vocab_size)
+    platform = mesh_platform(mesh)
+    module = MultiModalTransformer.from_config(
+        config, vocab_size=tokenizer.vocab_size, platform=platform
+    )
     tx = create_optimizer(config.train) if tx is None else tx
     abstract_state, state_shardings = abstract_train_state(module, tx, config, mesh)
     data_sharding = mesh_lib.batch_sharding(mesh)
@@ -158,8 +163,22 @@ def build(
             mesh_lib.with_sharding_rules(make_eval_step(module, config), mesh),
             in_shardings=(state_shardings.params, data_sharding),
         ),
-        init=jax.jit(_state_init(module, tx, config), out_shardings=state_shardings),
+        init=jax.jit(
+            _for_platform(_state_init(module, tx, config), platform),
+            out_shardings=state_shardings,
+        ),
     )
+
+
+def _for_platform(fn: Callable[..., Any], platform: str) -> Callable[..., Any]:
+    """``fn`` traced for ``platform`` (:func:`mmtx.nn.platform.compiling_for`)."""
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with compiling_for(platform):
+            return fn(*args, **kwargs)
+
+    return wrapped
 
 
 def _state_init(module: MultiModalTransformer, tx: Any, config: ml_collections.ConfigDict) -> Any:
@@ -194,9 +213,10 @@ def abstract_train_state(
     """
     batch = dummy_batch(config, batch_size=1)
     rng = jax.random.PRNGKey(config.train.seed)
-    abstract_boxed = jax.eval_shape(lambda r: module.init(r, batch, train=False)["params"], rng)
+    with compiling_for(mesh_platform(mesh)):
+        abstract_boxed = jax.eval_shape(lambda r: module.init(r, batch, train=False)["params"], rng)
+        abstract_state = jax.eval_shape(_state_init(module, tx, config), rng)
     param_shardings = mesh_lib.logical_shardings(mesh, abstract_boxed)
-    abstract_state = jax.eval_shape(_state_init(module, tx, config), rng)
     replicated = NamedSharding(mesh, PartitionSpec())
     if lora_lib.LORA_KEY in abstract_state.params:
         adapters = abstract_state.params[lora_lib.LORA_KEY]
@@ -262,9 +282,11 @@ def jit_train_step(
     """The jitted ``(state, batch) -> (state, metrics)`` step exactly as training runs it:
     under the mesh's logical-axis rules, state sharded as ``state_shardings``, batch split
     over the data axes, and the input state donated (its buffers reused for the new one).
-    ``loss_fn``: as :func:`mmtx.train.step.make_train_step` takes it."""
+    ``loss_fn``: as :func:`mmtx.train.step.make_train_step` takes it. Code paths chosen by
+    platform follow ``mesh``'s devices (:func:`mmtx.nn.platform.mesh_platform`)."""
+    step = make_train_step(module, tx, config, loss_fn, platform=mesh_platform(mesh))
     return jax.jit(
-        mesh_lib.with_sharding_rules(make_train_step(module, tx, config, loss_fn), mesh),
+        mesh_lib.with_sharding_rules(step, mesh),
         in_shardings=(state_shardings, mesh_lib.batch_sharding(mesh)),
         out_shardings=(state_shardings, None),
         donate_argnums=0,

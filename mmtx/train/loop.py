@@ -26,6 +26,7 @@ from mmtx.data import bad_examples, sources
 from mmtx.data.pipeline import create_dataset, create_source, has_eval_data
 from mmtx.evaluate.evaluators import eval_tasks
 from mmtx.models import resolve_dtype
+from mmtx.nn.platform import mesh_platform
 from mmtx.train import flops as flops_lib
 from mmtx.train import init_from as init_from_lib
 from mmtx.train import mesh as mesh_lib
@@ -301,7 +302,7 @@ def _train_and_evaluate(
         trainable_mask = trainable_lib.trainable_mask(state.params, train_config)
         num_trainable = trainable_lib.count(state.params, trainable_mask)
         device_kind = jax.devices()[0].device_kind
-        compute_dtype = jnp.dtype(resolve_dtype(config.dtype)).name
+        compute_dtype = jnp.dtype(resolve_dtype(config.dtype, mesh_platform(mesh))).name
         _log(
             f"model: {num_params:,} params ({config.param_dtype}), computing in "
             f"{compute_dtype}; {jax.device_count()} x {device_kind} "

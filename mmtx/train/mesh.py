@@ -13,6 +13,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from mmtx.nn.platform import compiling_for, mesh_platform
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # Logical axis name -> mesh axis. Params and activations name their axes (mmtx.nn); changing
@@ -89,13 +91,17 @@ def logical_shardings(mesh: Mesh, boxed_tree: Any) -> Any:
 def with_sharding_rules(fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
     """``fn`` traced with ``mesh`` and :data:`LOGICAL_AXIS_RULES` in context, so that the
     activations' ``nn.with_logical_constraint`` annotations become sharding constraints
-    (outside such a context they are no-ops)."""
+    (outside such a context they are no-ops), and for the platform of ``mesh``'s devices
+    (:func:`mmtx.nn.platform.compiling_for`), so that the code paths chosen by platform
+    follow the devices the program is compiled for, not the host's backend."""
+    platform = mesh_platform(mesh)
 
     @functools.wraps(fn)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         with (
             jax.sharding.use_abstract_mesh(mesh.abstract_mesh),
             nn.logical_axis_rules(LOGICAL_AXIS_RULES),
+            compiling_for(platform),
         ):
             return fn(*args, **kwargs)
 

@@ -12,6 +12,7 @@ import optax
 
 from mmtx import losses
 from mmtx.models import MultiModalTransformer
+from mmtx.nn.platform import canonical_platform, target_platform
 from mmtx.train import lora as lora_lib
 from mmtx.train import trainable as trainable_lib
 from mmtx.train.optimizer import learning_rate_schedule
@@ -118,14 +119,17 @@ def after(previous: Any, following: Any) -> Any:
 CPU_UNROLL = 8  # train.accumulation_unroll = -1 (auto): this on CPU, 0 elsewhere
 
 
-def unroll_limit(config: ml_collections.ConfigDict) -> int:
+def unroll_limit(config: ml_collections.ConfigDict, platform: str | None = None) -> int:
     """The most microbatches whose gradient loop is unrolled: ``train.accumulation_unroll``,
-    or for ``-1`` (auto) :data:`CPU_UNROLL` on the CPU backend and 0 (always a loop) on
-    accelerators, where the loop's memory matters most and no slowdown was measured."""
+    or for ``-1`` (auto) :data:`CPU_UNROLL` when compiling for the CPU and 0 (always a loop)
+    for accelerators, where the loop's memory matters most and no slowdown was measured.
+    ``platform``: the platform the step is compiled for (``cpu`` | ``gpu`` | ``tpu``; default
+    :func:`mmtx.nn.platform.target_platform`)."""
     limit = config.train.accumulation_unroll
     if limit >= 0:
         return limit
-    return CPU_UNROLL if jax.default_backend() == "cpu" else 0
+    platform = target_platform() if platform is None else canonical_platform(platform)
+    return CPU_UNROLL if platform == "cpu" else 0
 
 
 def make_train_step(
@@ -133,8 +137,13 @@ def make_train_step(
     tx: optax.GradientTransformation,
     config: ml_collections.ConfigDict,
     loss_fn: LossFn = losses.total_loss,
+    platform: str | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """Returns ``train_step(state, batch) -> (state, metrics)``.
+
+    ``platform``: the platform the step will be compiled for (``cpu`` | ``gpu`` | ``tpu``;
+    default :func:`mmtx.nn.platform.target_platform`); it picks the microbatch loop's form
+    (:func:`unroll_limit`). :func:`mmtx.train.build.build` passes its mesh's.
 
     ``loss_fn(outputs, batch, config.loss) -> (loss, metrics)`` is the training loss of a
     batch: a float32 scalar and a dict of float32 scalars that includes ``"loss"``
@@ -184,7 +193,7 @@ def make_train_step(
     """
     schedule = learning_rate_schedule(config.train)
     k = config.train.microbatches
-    unroll = k <= unroll_limit(config)
+    unroll = k <= unroll_limit(config, platform)
     plain_sum = loss_fn is losses.total_loss and not loss_couples_batch(config)
     lora_scale = lora_lib.scale(config.train.lora)
 

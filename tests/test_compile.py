@@ -1,0 +1,271 @@
+"""Tests for mmtx/compile.py: the real train and eval steps compiled ahead of time for a TPU
+topology on this CPU host (libtpu, the ``aot`` extra), the figures it reports checked against
+references computed here, the HLO parsing on hand-written HLO, the batch search, and that a
+TPU program built here follows the TPU's code paths (:mod:`mmtx.nn.platform`)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmtx import compile as compile_lib
+from mmtx import config as config_lib
+from mmtx.train import mesh as mesh_lib
+from mmtx.train.build import build
+from mmtx.train.flops import analytic_flops
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY = "configs/base.py:tiny"
+TOPOLOGY = "v5e:2x2"
+needs_libtpu = pytest.mark.skipif(
+    importlib.util.find_spec("libtpu") is None, reason="needs libtpu (pip install 'mmtx[aot]')"
+)
+
+
+def run_compile(*flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mmtx.compile", f"--config={TINY}", *flags],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def exact_bytes(text: str, label: str) -> int:
+    """The exact byte count printed after ``label``: ``label 1.50 MiB (1,572,864 B)``."""
+    match = re.search(rf"{label} [^(]*\(([\d,]+) B\)", text)
+    assert match, f"no {label!r} in {text}"
+    return int(match[1].replace(",", ""))
+
+
+def step_section(text: str, name: str) -> str:
+    start = text.index(f"{name} step (")
+    end = text.find(" step (", start + len(name) + 1)
+    return text[start : end if end > 0 else len(text)]
+
+
+# --- the HLO parser, on hand-written HLO ------------------------------------------------------
+
+# One of each collective kind: a tuple all-reduce (two f32 arrays), an async all-gather whose
+# start repeats under the same channel_id in a fusion (one collective), a reduce-scatter
+# (its input is the larger side), an all-to-all, a collective-permute start/done pair, and
+# custom calls (a Pallas kernel twice, a cuDNN one, another).
+HLO = """\
+HloModule jit_step, is_scheduled=true
+
+%fused (p0: bf16[16,32]) -> bf16[64,32] {
+  %p0 = bf16[16,32]{1,0} parameter(0)
+  ROOT %ag.clone = bf16[64,32]{1,0:T(8,128)(2,1)} all-gather(%p0), channel_id=7, dimensions={0}
+}
+
+ENTRY %main (a: f32[128,8], b: f32[8], c: bf16[16,32], d: f32[64,4], e: s32[10]) -> f32[] {
+  %a = f32[128,8]{1,0} parameter(0)
+  %b = f32[8]{0} parameter(1)
+  %c = bf16[16,32]{1,0} parameter(2)
+  %d = f32[64,4]{1,0} parameter(3)
+  %e = s32[10]{0} parameter(4)
+  %ar = (f32[128,8]{1,0}, f32[8]{0}) all-reduce(%a, %b), channel_id=1, to_apply=%add
+  %ags = (bf16[16,32]{1,0}, bf16[64,32]{1,0}) all-gather-start(%c), channel_id=7, dimensions={0}
+  %agd = bf16[64,32]{1,0} all-gather-done(%ags)
+  %rs = f32[16,4]{1,0} reduce-scatter(%d), channel_id=3, dimensions={0}, to_apply=%add
+  %a2a = s32[10]{0} all-to-all(%e), channel_id=4, dimensions={0}
+  %cps = (f32[8]{0}, f32[8]{0}, u32[], u32[]) collective-permute-start(%b), channel_id=5
+  %cpd = f32[8]{0} collective-permute-done(%cps)
+  %k1 = f32[8]{0} custom-call(%b), custom_call_target="tpu_custom_call"
+  %k2 = f32[8]{0} custom-call(%k1), custom_call_target="tpu_custom_call"
+  %k3 = f32[8]{0} custom-call(%k2), custom_call_target="__cudnn$fmhaSoftmax"
+  %k4 = f32[8]{0} custom-call(%k3), custom_call_target="AllocateBuffer"
+  ROOT %r = f32[] constant(0)
+}
+"""
+
+
+def test_collectives_of_hand_written_hlo() -> None:
+    found = compile_lib.collectives(HLO)
+    assert list(found) == list(compile_lib.COLLECTIVES)
+    assert found["all-reduce"] == (1, 128 * 8 * 4 + 8 * 4)  # both arrays of the tuple
+    assert found["all-gather"] == (1, 64 * 32 * 2)  # the gathered result, counted once
+    assert found["reduce-scatter"] == (1, 64 * 4 * 4)  # the unreduced input
+    assert found["all-to-all"] == (1, 10 * 4)
+    # The start's result holds its operand, its output and two u32 contexts.
+    assert found["collective-permute"] == (1, 8 * 4 + 2 * 4)
+
+
+def test_custom_calls_of_hand_written_hlo() -> None:
+    assert compile_lib.custom_calls(HLO) == {
+        "tpu_custom_call": 2,
+        "__cudnn$fmhaSoftmax": 1,
+        "AllocateBuffer": 1,
+    }
+
+
+# --- the batch search ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("largest", [1, 2, 3, 37, 64, 100])
+def test_largest_fitting_doubles_then_bisects(largest: int) -> None:
+    tried = []
+
+    def fits(n: int) -> bool:
+        tried.append(n)
+        return n <= largest
+
+    assert compile_lib.largest_fitting(fits) == largest
+    doublings = [n for n in tried if n & (n - 1) == 0]
+    assert doublings[: int(math.log2(largest)) + 2] == [
+        2**i for i in range(int(math.log2(largest)) + 2)
+    ]
+    assert len(tried) <= 2 * math.ceil(math.log2(largest + 1)) + 2
+
+
+def test_largest_fitting_edges() -> None:
+    assert compile_lib.largest_fitting(lambda n: False) == 0
+    assert compile_lib.largest_fitting(lambda n: True, limit=40) == 32
+
+
+def test_chip_table_matches_device_kinds() -> None:
+    assert compile_lib.chip_of("TPU v5 lite").name == "v5e"
+    assert compile_lib.chip_of("TPU v5").name == "v5p"
+    assert compile_lib.chip_of("TPU v6 lite").name == "v6e"
+    assert compile_lib.chip_of("TPU v4").name == "v4"
+    assert compile_lib.chip_of("cpu") is None
+    assert all(chip.source.startswith("cloud.google.com/tpu/docs/") for chip in compile_lib.CHIPS)
+
+
+# --- the command, compiling for v5e:2x2 ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def planned() -> subprocess.CompletedProcess:
+    return run_compile(f"--topology={TOPOLOGY}")
+
+
+@needs_libtpu
+def test_the_command_reports_the_compiled_steps(planned) -> None:
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    assert planned.stderr == ""  # libtpu's warnings about this host are not shown
+    text = planned.stdout
+    assert text.startswith(f"{TOPOLOGY}: 4 x TPU v5 lite (tpu); mesh {{'data': 4, 'fsdp': 1, ")
+    assert "compute bfloat16, params float32" in text  # dtype auto: the TPU's, not the host's
+
+    # The state, against shapes computed here (the params do not depend on the platform).
+    config = config_lib.load_config(TINY)
+    run = build(config, mesh_lib.create_mesh(config.mesh, jax.devices()[:1]))
+    params = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(run.abstract_state.params))
+    optimizer = sum(
+        x.size * x.dtype.itemsize for x in jax.tree.leaves(run.abstract_state.opt_state)
+    )
+    # The tiny mesh is data-parallel (fsdp 1): every device holds all of it.
+    assert exact_bytes(text, "state: params") == params
+    assert exact_bytes(text, "optimizer") == optimizer
+    assert exact_bytes(text, "ema") == 0
+    assert exact_bytes(text, "x the fully sharded") == (params + optimizer) // 4
+    assert "= 4.00 x the fully sharded" in text
+    assert exact_bytes(text, "HBM per device:") == 16 * 2**30
+
+    train = step_section(text, "train")
+    assert "(global batch 64, 16 per device;" in train
+    argument = exact_bytes(train, "argument")
+    # The arguments hold the state and a device's quarter of the batch (TPU tiles pad them).
+    batch = sum(
+        np.prod((64, *v.shape[1:])) * v.dtype.itemsize
+        for v in compile_lib.example_spec(run).values()
+    )
+    assert params + optimizer + batch // 4 <= argument <= 2 * (params + optimizer + batch)
+    # The state is donated: its buffers are reused by the output.
+    assert exact_bytes(train, "alias") >= params + optimizer
+    temp, code = exact_bytes(train, "temp"), exact_bytes(train, "code")
+    total = argument + exact_bytes(train, "output") - exact_bytes(train, "alias") + temp + code
+    assert exact_bytes(train, "total") == total
+    assert f"of 16.00 GiB HBM ({100 * total / 2**34:.1f}%): fits" in train
+
+    # XLA's FLOPs per device: the analytic count's quarter, plus what it leaves out
+    # (elementwise work, the optimizer, remat's recomputed forward).
+    flops = float(re.search(r"flops: ([\d.e+]+) per step", train)[1])
+    analytic = analytic_flops(config, 64)["train"] / 4
+    assert analytic <= flops <= 2.5 * analytic
+    milliseconds = float(re.search(r"; ([\d.e+-]+) ms at the 197 TFLOP/s", train)[1])
+    assert milliseconds == pytest.approx(flops / 197e12 * 1e3, rel=1e-3)
+
+    # Data parallelism: the gradients are all-reduced (bf16 or f32), nothing is resharded.
+    reduced = re.search(r"all-reduce (\d+) \(([\d.]+) (KiB|MiB)\)", train)
+    size = float(reduced[2]) * {"KiB": 2**10, "MiB": 2**20}[reduced[3]]
+    assert int(reduced[1]) >= 1 and params / 2 * 0.9 <= size <= 1.1 * params
+    assert "reduce-scatter 0 (0 B)" in train and "collective-permute 0 (0 B)" in train
+    assert "kernels: Pallas (tpu_custom_call) 0, cuDNN 0" in train
+
+    evaluation = step_section(text, "eval")
+    assert "(global batch 256, 64 per device;" in evaluation
+    assert exact_bytes(evaluation, "alias") == 0  # nothing donated
+    assert "all-reduce 0 (0 B)" in evaluation  # a forward pass reduces no gradients
+    assert ": fits" in evaluation
+
+
+@needs_libtpu
+def test_a_batch_that_does_not_fit_exits_1_with_xla_message() -> None:
+    failed = run_compile(f"--topology={TOPOLOGY}", "--config.train.batch_size=65536")
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    lines = failed.stderr.strip().splitlines()
+    assert len(lines) == 1, failed.stderr
+    assert lines[0].startswith("error: train step: RESOURCE_EXHAUSTED")
+    assert "exceeds available HBM" in lines[0]
+    assert "eval step" not in failed.stdout  # stopped at the first step that does not fit
+
+
+@needs_libtpu
+def test_a_bad_topology_or_mesh_exits_2() -> None:
+    code = compile_lib.main(["mmtx.compile", f"--config={TINY}", "--topology=v9z:2x2"])
+    assert code == 2
+    code = compile_lib.main(
+        ["mmtx.compile", f"--config={TINY}", f"--topology={TOPOLOGY}", "--config.mesh.fsdp=3"]
+    )
+    assert code == 2
+
+
+# --- a TPU program built on this host takes the TPU's code paths -------------------------------
+
+
+@needs_libtpu
+def test_tpu_lowering_has_the_scanned_accumulation_and_pallas_kernels() -> None:
+    """Lowered (not compiled) for v5e:2x2 from this CPU host: microbatches in a loop (auto
+    unrolls them on CPU only), the local kernel as Pallas splash kernels
+    (``implementation = pallas``, refused on a CPU backend), bf16 compute for ``auto`` and
+    autodiff's kernel gradients (the CPU's transposed form has optimization barriers)."""
+    devices = compile_lib.topology_devices(TOPOLOGY)
+    config = config_lib.load_config(TINY)
+    for modality in config.model.modalities:
+        config.model[modality].attention = "local"
+    config.fusion.attention = "local"
+    config.attention.implementation = "pallas"
+    config.train.microbatches = 2
+    config = config_lib.validate(config, platform="tpu")
+    with pytest.raises(ValueError, match="needs a TPU backend"):
+        config_lib.validate(config)  # this host is a CPU
+
+    def lowered(config) -> str:
+        run = build(config, mesh_lib.create_mesh(config.mesh, devices))
+        assert jnp.dtype(run.module.dtype) == jnp.bfloat16
+        batch = compile_lib._rows(compile_lib.example_spec(run), config.train.batch_size)
+        return run.train_step.lower(run.abstract_state, batch).as_text()
+
+    scanned = lowered(config)
+    assert scanned.count("tpu_custom_call") > 0
+    assert "optimization_barrier" not in scanned
+    config.train.accumulation_unroll = 8  # the CPU's choice, made explicit
+    unrolled = lowered(config)
+    # The microbatches' backward passes: one loop body, or a copy per microbatch (each with
+    # its own scans over the layers).
+    assert scanned.count("stablehlo.while") < unrolled.count("stablehlo.while")

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import types
@@ -32,6 +33,13 @@ def run_main(workdir, *overrides):
     )
 
 
+def readme_eval_metrics() -> set[str]:
+    """The metric names of the README's shown ``eval at step 560`` line (make train's)."""
+    readme = (REPO / "README.md").read_text()
+    (line,) = [row for row in readme.splitlines() if row.startswith("eval at step 560 (")]
+    return set(re.findall(r"'([\w@]+)': ", line))
+
+
 def test_command_line_trains_with_overrides_and_resumes(tmp_path):
     result = run_main(tmp_path, "--config.train.steps=2", "--config.fusion.type=gated")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -46,7 +54,16 @@ def test_command_line_trains_with_overrides_and_resumes(tmp_path):
         saved = json.load(f)
     assert saved["train"]["steps"] == 2 and saved["fusion"]["type"] == "gated"
     with open(os.path.join(tmp_path, "summary.json")) as f:
-        assert json.load(f)["step"] == 2
+        summary = json.load(f)
+    assert summary["step"] == 2
+    # The README shows this config's eval line (configs/base.py, full size): the same metrics,
+    # and it names them as the run does.
+    from mmtx.train.loop import _shown
+
+    assert set(_shown(summary["eval"])) == readme_eval_metrics()
+    assert set(re.findall(r"'([\w@]+)': ", result.stdout.split("eval at step 2 (")[1])) == (
+        readme_eval_metrics()
+    )
 
     again = run_main(tmp_path, "--config.train.steps=3", "--config.fusion.type=gated")
     assert again.returncode == 0, again.stderr[-3000:]

@@ -21,6 +21,13 @@ buffers (:mod:`mmtx.launch`; ``MMTX_HOST_MALLOC=default`` turns that off).
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # Restart before the heavy imports below (jax, flax, the model): the restarted process
+    # does them once, so a mistyped flag is reported after one import, not two.
+    from mmtx import launch as _launch
+
+    _launch.restart_with_tuned_malloc()
+
 import logging as pylogging
 import os
 import sys
@@ -32,7 +39,6 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mmtx import config as config_lib
-from mmtx import launch
 from mmtx.data.bad_examples import BadDataError
 from mmtx.train import distributed
 from mmtx.train.checkpoint import CheckpointMismatchError, CheckpointSaveError
@@ -238,5 +244,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    launch.restart_with_tuned_malloc()
     app.run(main, flags_parser=parse_flags)

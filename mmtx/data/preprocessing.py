@@ -26,7 +26,6 @@ from math import gcd
 from typing import Any
 
 import numpy as np
-import scipy.signal
 from PIL import Image
 
 from mmtx.nn.embed import log_mel_spectrogram
@@ -606,6 +605,8 @@ def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
         return audio
     common = gcd(int(from_rate), int(to_rate))
     up, down = int(to_rate) // common, int(from_rate) // common
+    import scipy.signal  # imported here: 0.8 s that only resampling needs
+
     return scipy.signal.resample_poly(audio, up, down, axis=-1).astype(np.float32)
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "TUNABLES",
     "current_setting",
     "restart_with_tuned_malloc",
+    "skip_absent_tpu",
     "tuned_environment",
 ]
 
@@ -72,6 +73,32 @@ def _accelerator_plugin_installed() -> bool:
                 continue
             return True
     return False
+
+
+def only_an_absent_tpu(environ: Mapping[str, str]) -> bool:
+    """Whether JAX would try a TPU that is not there: ``JAX_PLATFORMS`` unset, libtpu
+    installed (the ``aot`` extra) but no TPU device files, and no other accelerator plugin.
+    JAX would then start libtpu's runtime in every process, which fails (falling back to the
+    CPU) after printing several lines of errors."""
+    if environ.get("JAX_PLATFORMS", "").strip():
+        return False
+    names = [(d.metadata["Name"] or "").lower() for d in importlib.metadata.distributions()]
+    plugins = [n for n in names if n.startswith(_ACCELERATOR_PLUGINS)]
+    return (
+        bool(plugins) and all(n.startswith("libtpu") for n in plugins) and not (_tpu_device_files())
+    )
+
+
+def skip_absent_tpu(environ: dict[str, str] | None = None) -> bool:
+    """Sets ``JAX_PLATFORMS=cpu`` in ``environ`` (default ``os.environ``) when
+    :func:`only_an_absent_tpu`, before jax is imported, so that a CPU host with libtpu
+    installed for ahead-of-time compiles runs quietly on its CPU (``python -m mmtx.compile``
+    still compiles for TPU topologies). Returns whether it did."""
+    environ = os.environ if environ is None else environ
+    if not only_an_absent_tpu(environ):
+        return False
+    environ["JAX_PLATFORMS"] = "cpu"
+    return True
 
 
 def _runs_on_cpu(environ: Mapping[str, str]) -> bool:

@@ -26,6 +26,7 @@ if __name__ == "__main__":
     # does them once, so a mistyped flag is reported after one import, not two.
     from mmtx import launch as _launch
 
+    _launch.skip_absent_tpu()  # libtpu for mmtx.compile, on a host without TPU chips
     _launch.restart_with_tuned_malloc()
 
 import logging as pylogging

@@ -85,6 +85,26 @@ def test_libtpu_alone_does_not_make_a_tpu_host(monkeypatch: pytest.MonkeyPatch) 
     assert host_malloc._accelerator_plugin_installed()
 
 
+def test_an_absent_tpu_is_skipped_before_jax_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """libtpu installed for compiles on a host without TPU chips: JAX_PLATFORMS=cpu, so no
+    process prints libtpu's failed start; a TPU host, a CUDA plugin or the user's own
+    JAX_PLATFORMS are left alone."""
+    installed = ["libtpu"]
+    fake = lambda: [types.SimpleNamespace(metadata={"Name": n}) for n in installed]
+    monkeypatch.setattr(host_malloc.importlib.metadata, "distributions", fake)
+    monkeypatch.setattr(host_malloc, "_tpu_device_files", lambda: False)
+    environ: dict[str, str] = {}
+    assert host_malloc.skip_absent_tpu(environ) and environ == {"JAX_PLATFORMS": "cpu"}
+    assert not host_malloc.skip_absent_tpu({"JAX_PLATFORMS": "tpu"})
+    monkeypatch.setattr(host_malloc, "_tpu_device_files", lambda: True)
+    assert not host_malloc.skip_absent_tpu({})
+    monkeypatch.setattr(host_malloc, "_tpu_device_files", lambda: False)
+    installed.append("jax-cuda12-plugin")
+    assert not host_malloc.skip_absent_tpu({})
+    installed[:] = []
+    assert not host_malloc.skip_absent_tpu({})  # nothing to skip
+
+
 def test_current_setting() -> None:
     assert host_malloc.current_setting({}) == "default"
     assert host_malloc.current_setting({"GLIBC_TUNABLES": "glibc.pthread.rseq=0"}) == "default"

@@ -398,4 +398,7 @@ def main(argv: Sequence[str], stderr: TextIO | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from mmtx import launch
+
+    launch.skip_absent_tpu()  # libtpu for mmtx.compile, on a host without TPU chips
     sys.exit(main(sys.argv))

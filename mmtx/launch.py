@@ -90,14 +90,18 @@ def only_an_absent_tpu(environ: Mapping[str, str]) -> bool:
 
 
 def skip_absent_tpu(environ: dict[str, str] | None = None) -> bool:
-    """Sets ``JAX_PLATFORMS=cpu`` in ``environ`` (default ``os.environ``) when
-    :func:`only_an_absent_tpu`, before jax is imported, so that a CPU host with libtpu
+    """Sets ``JAX_PLATFORMS=cpu`` in ``environ`` (default ``os.environ``, and jax's
+    ``jax_platforms`` when it is imported already: call it before any device is used) when
+    :func:`only_an_absent_tpu`, so that a CPU host with libtpu
     installed for ahead-of-time compiles runs quietly on its CPU (``python -m mmtx.compile``
     still compiles for TPU topologies). Returns whether it did."""
     environ = os.environ if environ is None else environ
     if not only_an_absent_tpu(environ):
         return False
     environ["JAX_PLATFORMS"] = "cpu"
+    jax = sys.modules.get("jax") if environ is os.environ else None
+    if jax is not None:  # imported already: its flag read the environment then
+        jax.config.update("jax_platforms", "cpu")
     return True
 
 

@@ -18,6 +18,14 @@ bf16 peak (:data:`mmtx.train.flops.PEAK_FLOPS`); the collectives of the compiled
 kind with their bytes (:func:`collectives`); and the Pallas (``tpu_custom_call``) and cuDNN
 kernels in it. Every number comes from the compiler; nothing is run.
 
+GPU topologies (``h100:8``: 8 GPUs on one host; ``h100:2x8``: two hosts of 8) compile for
+the GPU described by a target config in ``mmtx/gpu_specs/`` (:data:`GPU_SPECS`, each file
+stating its sources) through JAX's CUDA plugin (``pip install 'mmtx[aot-gpu]'``; no CUDA
+libraries needed), without autotuning (:data:`GPU_COMPILER_OPTIONS`). XLA:GPU reports no
+FLOPs without a GPU: the analytic count (:func:`mmtx.train.flops.analytic_flops`) is shown
+instead. Without cuDNN on this host, ``attention.implementation = auto`` is compiled as
+``xla`` (jax asks cuDNN for its version when it traces cuDNN attention), and a note says so.
+
 ``--find_batch`` searches the largest per-chip train batch that fits (doubling, then
 bisection; one train-step compile per try): the global batch is the per-chip batch x the
 devices.
@@ -47,6 +55,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from absl import flags, logging
+from jax._src import xla_bridge  # backends_are_initialized: no public equivalent
 from ml_collections import config_flags
 
 from mmtx import config as config_lib
@@ -98,7 +107,16 @@ CHIPS: tuple[Chip, ...] = (
          "cloud.google.com/tpu/docs/v5p: HBM2e capacity 95 GB per chip, 2 TensorCores"),
     Chip("v4", ("tpu v4",), 32 * GIB, 2,
          "cloud.google.com/tpu/docs/v4: HBM2 capacity 32 GiB per chip, 2 TensorCores"),
+    Chip("h100", ("h100",), 80 * 10**9, 1,
+         "NVIDIA H100 Tensor Core GPU datasheet: H100 SXM 80 GB HBM3"),
 )  # fmt: skip
+
+# GPU topologies: name -> XLA target config (a text GpuTargetConfigProto in mmtx/gpu_specs/,
+# each stating its sources), for compiling without the GPU.
+GPU_SPECS = {"h100": "h100_sxm.txtpb"}
+# Autotuning (Triton GEMM tiles, cuBLAS algorithms) runs candidates on a GPU; without one the
+# compiler takes its defaults.
+GPU_COMPILER_OPTIONS = {"xla_gpu_enable_triton_gemm": False, "xla_gpu_autotune_level": 0}
 
 #: The collective kinds :func:`collectives` counts, in its order.
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
@@ -163,9 +181,41 @@ def _stderr_to(path: str) -> Iterator[None]:
         os.close(saved)
 
 
+def gpu_topology_devices(name: str) -> list[Any]:
+    """Compile-only devices (platform ``gpu``) of ``GPU:N`` (N GPUs on one host) or
+    ``GPU:HxN`` (H hosts of N), GPU a key of :data:`GPU_SPECS` (``h100:8``): the CUDA
+    plugin's (``pip install 'mmtx[aot-gpu]'``) topology for the spec file's GPU."""
+    from jax.experimental import topologies
+
+    kind, _, shape = name.partition(":")
+    sizes = shape.split("x")
+    if len(sizes) > 2 or not all(size.isdigit() and int(size) > 0 for size in sizes):
+        raise UsageError(f"--topology={name}: expected {kind}:GPUS or {kind}:HOSTSxGPUS")
+    hosts, gpus = (1, int(sizes[0])) if len(sizes) == 1 else (int(sizes[0]), int(sizes[1]))
+    spec = os.path.join(os.path.dirname(__file__), "gpu_specs", GPU_SPECS[kind])
+    with open(spec) as f:
+        target_config = f.read()
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            with _stderr_to(os.path.join(scratch, "cuda.log")):
+                topology = topologies.get_topology_desc(
+                    platform="cuda",
+                    topology_name=kind,
+                    target_config=target_config,
+                    topology=f"1x{hosts}x{gpus}",
+                )
+        except (RuntimeError, NotImplementedError) as error:
+            message = _one_line(str(error))
+            if "not implemented" in message:
+                message = "the CUDA plugin is not installed (pip install 'mmtx[aot-gpu]')"
+            raise UsageError(f"--topology={name}: {message}") from error
+    return list(topology.devices)
+
+
 def topology_devices(name: str) -> list[Any]:
     """Compile-only devices (``jax.Device``, platform ``tpu``) of TPU topology ``name``
-    (``v5e:2x2``: libtpu's spelling).
+    (``v5e:2x2``: libtpu's spelling), or of a GPU topology (:func:`gpu_topology_devices`)
+    when ``name`` starts with a key of :data:`GPU_SPECS`.
 
     libtpu's start-up warnings about the host (it finds no TPU here, which is expected) are
     dropped; its error becomes a :class:`UsageError` naming the topology. Several processes
@@ -173,6 +223,8 @@ def topology_devices(name: str) -> list[Any]:
     """
     from jax.experimental import topologies
 
+    if name.partition(":")[0] in GPU_SPECS:
+        return gpu_topology_devices(name)
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     with tempfile.TemporaryDirectory() as scratch:
         log = os.path.join(scratch, "libtpu.log")
@@ -285,14 +337,15 @@ class StepReport:
     ``memory``: ``compiled.memory_analysis()``'s ``argument``, ``output``, ``alias``
     (output bytes that reuse argument buffers: the donated state), ``temp`` and ``code``
     bytes; ``total`` = argument + output - alias + temp + code. ``flops``:
-    ``cost_analysis()["flops"]``. ``collectives``: :func:`collectives`; ``kernels``:
-    :func:`custom_calls` of the Pallas and cuDNN kernels.
+    ``cost_analysis()["flops"]`` (None where XLA gives none: a GPU compile without the
+    GPU). ``collectives``: :func:`collectives`; ``kernels``: :func:`custom_calls` of the
+    Pallas and cuDNN kernels.
     """
 
     name: str
     batch_size: int
     memory: dict[str, int]
-    flops: float
+    flops: float | None
     collectives: dict[str, tuple[int, int]]
     kernels: dict[str, int]
     seconds: float
@@ -313,12 +366,16 @@ def _memory(compiled: Any) -> dict[str, int]:
     return memory
 
 
-def _compile(name: str, jitted: Any, args: Sequence[Any], batch_size: int) -> StepReport:
-    """Lowers and compiles ``jitted`` for ``args`` (abstract); XLA's refusal to fit the
-    program into memory is :class:`DoesNotFit`, any other refusal :class:`CompileError`."""
+def _compile(
+    name: str, jitted: Any, args: Sequence[Any], batch_size: int, platform: str
+) -> StepReport:
+    """Lowers and compiles ``jitted`` for ``args`` (abstract; on GPU with
+    :data:`GPU_COMPILER_OPTIONS`); XLA's refusal to fit the program into memory is
+    :class:`DoesNotFit`, any other refusal :class:`CompileError`."""
+    options = GPU_COMPILER_OPTIONS if platform == "gpu" else None
     start = time.perf_counter()
     try:
-        compiled = jitted.lower(*args).compile()
+        compiled = jitted.lower(*args).compile(options)
     except jax.errors.JaxRuntimeError as error:
         message = _one_line(str(error))
         if "RESOURCE_EXHAUSTED" in message or "exceeds" in message or "HBM" in message:
@@ -326,7 +383,7 @@ def _compile(name: str, jitted: Any, args: Sequence[Any], batch_size: int) -> St
         raise CompileError(f"{name} step: {message}") from error
     seconds = time.perf_counter() - start
     text = compiled.as_text()
-    costs = compiled.cost_analysis()
+    costs = compiled.cost_analysis() or {}  # None from XLA:GPU without a GPU
     costs = costs[0] if isinstance(costs, (list, tuple)) else costs
     kernels = {
         target: count
@@ -337,7 +394,7 @@ def _compile(name: str, jitted: Any, args: Sequence[Any], batch_size: int) -> St
         name=name,
         batch_size=batch_size,
         memory=_memory(compiled),
-        flops=float(costs.get("flops", 0.0)),
+        flops=float(costs["flops"]) if "flops" in costs else None,
         collectives=collectives(text),
         kernels=kernels,
         seconds=seconds,
@@ -368,6 +425,7 @@ def compile_run(
     step (``config.eval.batch_size``); returns ``(run, reports)``. Raises
     :class:`UsageError` for a mesh or batch that does not divide over the devices,
     :class:`DoesNotFit` / :class:`CompileError` as XLA refuses a step."""
+    from mmtx.nn.platform import mesh_platform
     from mmtx.train import mesh as mesh_lib
     from mmtx.train.build import build
 
@@ -384,6 +442,7 @@ def compile_run(
             run.train_step,
             (run.abstract_state, train_batch),
             config.train.batch_size,
+            mesh_platform(mesh),
         )
     ]
     if eval_step:
@@ -394,6 +453,7 @@ def compile_run(
                 run.eval_step,
                 (run.abstract_state.params, eval_batch),
                 config.eval.batch_size,
+                mesh_platform(mesh),
             )
         )
     return run, reports
@@ -445,7 +505,7 @@ def report_lines(
 ) -> list[str]:
     """The command's output: the target, then per step its memory, FLOPs, collectives and
     kernels, per device."""
-    from mmtx.train.flops import table_peak_flops
+    from mmtx.train.flops import analytic_flops, table_peak_flops
 
     device = devices[0]
     kind = device.device_kind
@@ -495,13 +555,21 @@ def report_lines(
             )
         else:
             lines.append(f"  total {_bytes(memory['total'])}")
-        flops = f"  flops: {report.flops:.4g} per step"
-        if peak:
-            flops += (
-                f"; {report.flops / peak * 1e3:.4g} ms at the {peak / 1e12:g} TFLOP/s bf16 "
-                "peak (100% MFU)"
+        if report.flops is None:
+            counted = analytic_flops(run.config, report.batch_size)
+            which = "train" if report.name == "train" else "forward_total"
+            analytic = counted[which] / len(devices)
+            estimate = f"{analytic:.4g} per step by mmtx.train.flops.analytic_flops"
+            if peak and report.name == "train":
+                estimate += f"; {analytic / peak * 1e3:.4g} ms at the {peak / 1e12:g} TFLOP/s peak"
+            lines.append(f"  flops: none from XLA:GPU without a GPU; {estimate}")
+        elif peak:
+            lines.append(
+                f"  flops: {report.flops:.4g} per step; {report.flops / peak * 1e3:.4g} ms at "
+                f"the {peak / 1e12:g} TFLOP/s bf16 peak (100% MFU)"
             )
-        lines.append(flops)
+        else:
+            lines.append(f"  flops: {report.flops:.4g} per step")
         lines.append(
             "  collectives: "
             + ", ".join(
@@ -532,6 +600,18 @@ def _over_hbm(reports: Sequence[StepReport], devices: Sequence[Any]) -> str | No
 
 
 # --- the command ------------------------------------------------------------------------------
+
+
+def _has_cudnn() -> bool:
+    """Whether this host can load cuDNN (jax asks it for its version when it traces cuDNN
+    attention, even for a compile-only GPU)."""
+    from jax._src.cudnn.fused_attention_stablehlo import check_cudnn_version
+
+    try:
+        check_cudnn_version()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _flag_value(argv: Sequence[str], name: str) -> str | None:
@@ -583,11 +663,15 @@ def _find_batch(
         trial = copy.deepcopy(config)
         trial.train.batch_size = multiple * unit * len(devices)
         try:
-            compile_run(trial, devices, eval_step=False)
+            _, reports = compile_run(trial, devices, eval_step=False)
+            over = _over_hbm(reports, devices)  # compiled, but over the chip's memory
+            if over:
+                raise DoesNotFit(over)
         except DoesNotFit as error:
             print(f"  {multiple * unit} per chip: does not fit ({error})", file=out, flush=True)
             return False
-        print(f"  {multiple * unit} per chip: fits", file=out, flush=True)
+        total = _size(reports[0].memory["total"])
+        print(f"  {multiple * unit} per chip: fits ({total} per device)", file=out, flush=True)
         return True
 
     return largest_fitting(fits) * unit, unit
@@ -605,14 +689,15 @@ def main(argv: Sequence[str], stdout: TextIO | None = None, stderr: TextIO | Non
         spec, topology = _flag_value(argv[1:], "config"), _flag_value(argv[1:], "topology")
         if not spec or not topology:
             raise UsageError("--config=FILE[:ARG] and --topology=NAME (e.g. v5e:2x2) are needed")
+        platform = "gpu" if topology.partition(":")[0] in GPU_SPECS else "tpu"
         try:
-            config = config_lib.load_config(spec, platform="tpu")
+            config = config_lib.load_config(spec, platform=platform)
         except (OSError, KeyError, TypeError, ValueError) as error:
             raise UsageError(f"--config={spec}: {_one_line(str(error))}") from error
         values = _parse(argv, config)
         try:
             config = config_lib.validate(
-                config_lib.split_comma_lists(values["config"].value), platform="tpu"
+                config_lib.split_comma_lists(values["config"].value), platform=platform
             )
         except (TypeError, ValueError) as error:
             raise UsageError(_one_line(str(error))) from error
@@ -620,7 +705,19 @@ def main(argv: Sequence[str], stdout: TextIO | None = None, stderr: TextIO | Non
             flags.FLAGS.mark_as_parsed()  # absl logging and grain read absl's global flags
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)
+        if not xla_bridge.backends_are_initialized():
+            # The host runs nothing but the CPU backend: no TPU or CUDA runtime is started
+            # (their compile-only devices come from the topology, not from a backend).
+            jax.config.update("jax_platforms", "cpu")
         devices = topology_devices(topology)
+        if platform == "gpu" and config.attention.implementation == "auto" and not _has_cudnn():
+            config.attention.implementation = "xla"
+            print(
+                "note: attention.implementation auto -> xla: jax checks cuDNN's version when it "
+                "traces cuDNN attention, and this host has no cuDNN (on the GPU, auto takes "
+                "cuDNN flash attention where it can)",
+                file=stdout,
+            )
         if values["find_batch"].value:
             print(f"{topology}: searching the largest per-chip train batch", file=stdout)
             best, unit = _find_batch(config, devices, stdout)

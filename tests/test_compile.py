@@ -6,6 +6,7 @@ TPU program built here follows the TPU's code paths (:mod:`mmtx.nn.platform`).""
 from __future__ import annotations
 
 import importlib.util
+import io
 import math
 import os
 import pathlib
@@ -27,6 +28,10 @@ from mmtx.train.flops import analytic_flops
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = "configs/base.py:tiny"
 TOPOLOGY = "v5e:2x2"
+needs_cuda_plugin = pytest.mark.skipif(
+    importlib.util.find_spec("jax_cuda12_plugin") is None,
+    reason="needs JAX's CUDA plugin (pip install 'mmtx[aot-gpu]')",
+)
 needs_libtpu = pytest.mark.skipif(
     importlib.util.find_spec("libtpu") is None, reason="needs libtpu (pip install 'mmtx[aot]')"
 )
@@ -36,7 +41,10 @@ def run_compile(*flags: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "mmtx.compile", f"--config={TINY}", *flags],
         cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        },
         capture_output=True,
         text=True,
         timeout=600,
@@ -136,13 +144,39 @@ def test_largest_fitting_edges() -> None:
     assert compile_lib.largest_fitting(lambda n: True, limit=40) == 32
 
 
+def test_find_batch_stops_at_the_chip_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-chip batch search over a stand-in compile whose memory is 4e8 bytes per
+    example (4 chips, microbatches 2: batches in steps of 2 per chip) finds the largest
+    batch under a v5e's 16 GiB, also when the compile succeeds but the total is over."""
+    config = config_lib.load_config(TINY)
+    config.train.microbatches = 2
+    devices = [type("Device", (), {"device_kind": "TPU v5 lite", "num_cores": 1})()] * 4
+    per_example = 4 * 10**8
+
+    def fake_compile_run(trial, devices_, *, eval_step):
+        assert not eval_step and devices_ is devices
+        batch = trial.train.batch_size
+        memory = {"total": batch // len(devices) * per_example}
+        return None, [compile_lib.StepReport("train", batch, memory, 1.0, {}, {}, 0.0)]
+
+    monkeypatch.setattr(compile_lib, "compile_run", fake_compile_run)
+    out = io.StringIO()
+    best, unit = compile_lib._find_batch(config, devices, out)
+    assert unit == 2
+    assert best == (16 * 2**30 // per_example) // unit * unit == 42
+    assert "  42 per chip: fits" in out.getvalue()
+    assert "  44 per chip: does not fit (train step: " in out.getvalue()
+
+
 def test_chip_table_matches_device_kinds() -> None:
     assert compile_lib.chip_of("TPU v5 lite").name == "v5e"
     assert compile_lib.chip_of("TPU v5").name == "v5p"
     assert compile_lib.chip_of("TPU v6 lite").name == "v6e"
     assert compile_lib.chip_of("TPU v4").name == "v4"
+    assert compile_lib.chip_of("NVIDIA H100 80GB HBM3").name == "h100"
     assert compile_lib.chip_of("cpu") is None
-    assert all(chip.source.startswith("cloud.google.com/tpu/docs/") for chip in compile_lib.CHIPS)
+    for chip in compile_lib.CHIPS:
+        assert chip.source.startswith(("cloud.google.com/tpu/docs/", "NVIDIA H100"))
 
 
 # --- the command, compiling for v5e:2x2 ---------------------------------------------------------
@@ -269,3 +303,24 @@ def test_tpu_lowering_has_the_scanned_accumulation_and_pallas_kernels() -> None:
     # The microbatches' backward passes: one loop body, or a copy per microbatch (each with
     # its own scans over the layers).
     assert scanned.count("stablehlo.while") < unrolled.count("stablehlo.while")
+
+
+# --- a GPU topology: JAX's CUDA plugin and the H100 spec file ------------------------------------
+
+
+@needs_cuda_plugin
+def test_the_command_compiles_for_two_h100s() -> None:
+    done = run_compile("--topology=h100:2", "--config.eval.batch_size=64")
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = done.stdout
+    assert "h100:2: 2 x NVIDIA H100 80GB HBM3 (gpu); mesh {'data': 2, 'fsdp': 1, " in text
+    assert exact_bytes(text, "HBM per device:") == 80 * 10**9
+    assert "= 2.00 x the fully sharded" in text
+    train = step_section(text, "train")
+    config = config_lib.load_config(TINY)
+    analytic = analytic_flops(config, 64)["train"] / 2
+    assert f"flops: none from XLA:GPU without a GPU; {analytic:.4g} per step" in train
+    assert exact_bytes(train, "total") < 80 * 10**9 and ": fits" in train
+    # The image stem's convolutions are cuDNN's on a GPU.
+    assert int(re.search(r"cuDNN (\d+)", train)[1]) > 0
+    assert "all-reduce 0 " not in train

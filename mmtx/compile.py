@@ -459,7 +459,11 @@ def compile_run(
     return run, reports
 
 
-def largest_fitting(fits: Callable[[int], bool], *, limit: int = 2**16) -> int:
+#: :func:`largest_fitting`'s default bound: the search tries at most this many steps.
+SEARCH_LIMIT = 2**16
+
+
+def largest_fitting(fits: Callable[[int], bool], *, limit: int = SEARCH_LIMIT) -> int:
     """The largest ``n`` in ``[1, limit]`` with ``fits(n)``, assuming ``fits`` holds up to
     some size and fails beyond it: ``n`` doubles from 1 until ``fits`` fails (or ``limit``),
     then the gap is bisected. 0 when ``fits(1)`` fails."""
@@ -723,8 +727,11 @@ def main(argv: Sequence[str], stdout: TextIO | None = None, stderr: TextIO | Non
             best, unit = _find_batch(config, devices, stdout)
             if best == 0:
                 raise DoesNotFit(f"not even {unit} example(s) per chip fit")
+            bound = (
+                " (the search's bound: a larger one may fit)" if best >= SEARCH_LIMIT * unit else ""
+            )
             print(
-                f"largest per-chip train batch that fits: {best} (global "
+                f"largest per-chip train batch that fits: {best}{bound} (global "
                 f"{best * len(devices)}; searched in steps of {unit})",
                 file=stdout,
             )

@@ -974,20 +974,30 @@ def read_json_config(spec: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"config file not found: {path}")
     if os.path.isdir(path):
         raise ConfigFileError(f"{path} is a directory, not a config file")
+    overrides = read_json_object(
+        path, hint="; a config file is read as JSON unless its name ends in .py"
+    )
+    _resolve_file_fields(overrides, os.path.dirname(os.path.abspath(path)))
+    return overrides
+
+
+def read_json_object(path: str, *, hint: str = "") -> dict[str, Any]:
+    """The JSON object in the file ``path`` (a config: mmtx's, or a checkpoint's
+    ``config.json``). Raises :class:`ConfigFileError`, one line naming the file, when it is not
+    UTF-8, not valid JSON (with the line and column of the error, then ``hint``) or does not
+    hold an object at the top level."""
     try:
         with open(path, encoding="utf-8") as f:
-            overrides = json.load(f)
+            loaded = json.load(f)
     except json.JSONDecodeError as error:
         raise ConfigFileError(
-            f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}); "
-            "a config file is read as JSON unless its name ends in .py"
+            f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}){hint}"
         ) from None
     except UnicodeDecodeError:
         raise ConfigFileError(f"{path}: not UTF-8 text, so not a JSON config") from None
-    if not isinstance(overrides, dict):
+    if not isinstance(loaded, dict):
         raise ConfigFileError(f"{path}: a JSON config must hold an object at the top level")
-    _resolve_file_fields(overrides, os.path.dirname(os.path.abspath(path)))
-    return overrides
+    return loaded
 
 
 # Config fields that name a file or directory: a relative one in a JSON config file is looked

@@ -43,6 +43,7 @@ from make_import_fixtures import (
     SAMPLE_RATE,
     TEXT,
     check_saved,
+    fresh_dir,
     hf_ast_config,
     hf_clip_config,
     hf_siglip_config,
@@ -84,14 +85,6 @@ SPEECH_COMMANDS_MEAN, SPEECH_COMMANDS_STD = -6.845978, 5.5654526
 SHORT_SAMPLES = (6000, 8555)  # clips shorter than AST_SAMPLES (10480): 36 and 52 frames
 
 
-def fresh_dir(name: str) -> Path:
-    d = OUT / name
-    if d.exists():
-        shutil.rmtree(d)
-    d.mkdir(parents=True)
-    return d
-
-
 def raw_images(seed: int) -> list[np.ndarray]:
     """uint8 [H, W, 3] images of IMAGE_SHAPES: smooth gradients plus noise."""
     rng = np.random.default_rng(seed)
@@ -117,7 +110,7 @@ def image_arrays(images: list[np.ndarray]) -> dict[str, np.ndarray]:
 
 @torch.no_grad()
 def make_open_clip() -> dict:
-    d = fresh_dir("open_clip")
+    d = fresh_dir("open_clip", OUT)
     torch.manual_seed(11)
     vision_cfg, text_cfg = open_clip_cfgs(IMAGE_SIZE)
     text_cfg["vocab_size"] = CLIP_VOCAB
@@ -179,7 +172,7 @@ def make_open_clip() -> dict:
 
 @torch.no_grad()
 def make_hf_clip() -> dict:
-    d = fresh_dir("hf_clip")
+    d = fresh_dir("hf_clip", OUT)
     torch.manual_seed(12)
     config = hf_clip_config()
     config.text_config.vocab_size = CLIP_VOCAB
@@ -232,7 +225,7 @@ def make_hf_clip() -> dict:
 
 @torch.no_grad()
 def make_hf_siglip() -> dict:
-    d = fresh_dir("hf_siglip")
+    d = fresh_dir("hf_siglip", OUT)
     torch.manual_seed(13)
     config = hf_siglip_config()
     config.text_config.vocab_size = SIGLIP_VOCAB
@@ -285,7 +278,7 @@ def make_hf_siglip() -> dict:
 
 @torch.no_grad()
 def make_hf_ast() -> dict:
-    d = fresh_dir("hf_ast")
+    d = fresh_dir("hf_ast", OUT)
     torch.manual_seed(14)
     model = ASTModel(hf_ast_config()).eval()
     perturb(model, seed=114)

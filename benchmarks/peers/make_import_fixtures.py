@@ -94,8 +94,9 @@ def write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=1) + "\n")
 
 
-def fresh_dir(name: str) -> Path:
-    d = OUT / name
+def fresh_dir(name: str, root: Path = OUT) -> Path:
+    """An empty ``root/name`` (removed first when it exists)."""
+    d = root / name
     if d.exists():
         shutil.rmtree(d)
     d.mkdir(parents=True)

@@ -148,6 +148,4 @@ def convert_hf_ast(
             if theirs in hf_config
             else f"default: transformers' (no {theirs} in config.json)"
         )
-    converted = Converted(overrides, params, grids={"audio": (grid_t, grid_f)})
-    converted.take(facts)
-    return converted
+    return Converted(overrides, params, grids={"audio": (grid_t, grid_f)}, facts=facts)

@@ -274,9 +274,7 @@ def convert_open_clip(
         "image_head": {"kernel": source["visual.proj"]},
         "logit_scale": layout.reshaped(source["logit_scale"], ()),
     }
-    converted = Converted(overrides, params, grids={"image": (grid, grid)})
-    converted.take(facts)
-    return converted
+    return Converted(overrides, params, grids={"image": (grid, grid)}, facts=facts)
 
 
 def _check_open_clip_sizes(from_tensors: Mapping[str, int], model_cfg: Mapping[str, Any]) -> None:
@@ -378,9 +376,7 @@ def convert_hf_clip(
         "image_head": {"kernel": layout.linear_kernel(source["visual_projection.weight"])},
         "logit_scale": layout.reshaped(source["logit_scale"], ()),
     }
-    converted = Converted(overrides, params, grids={"image": (grid, grid)})
-    converted.take(facts)
-    return converted
+    return Converted(overrides, params, grids={"image": (grid, grid)}, facts=facts)
 
 
 def hf_tower_facts(hf_config: Mapping[str, Any], *towers: tuple[str, str]) -> Facts:

@@ -186,16 +186,9 @@ def _json_file(
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no {role} file {path}")
     try:
-        with open(path, encoding="utf-8") as f:
-            loaded = json.load(f)
-    except json.JSONDecodeError as error:
-        raise CheckpointImportError(
-            f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})"
-        ) from None
-    except UnicodeDecodeError:
-        raise CheckpointImportError(f"{path}: not UTF-8 text, so not a JSON config") from None
-    if not isinstance(loaded, dict):
-        raise CheckpointImportError(f"{path}: a config must hold a JSON object")
+        loaded = config_lib.read_json_object(path)
+    except config_lib.ConfigFileError as error:
+        raise CheckpointImportError(str(error)) from None
     files[role] = os.path.abspath(path)
     return loaded
 
@@ -237,8 +230,9 @@ def convert_tensors(
     source.check()
     params = converted.params
     config = config_lib.merge_overrides(config_lib.default_config(), converted.overrides)
+    config = config_lib.merge_overrides(config, converted.facts.overrides())
     config.variant = f"imported {family}"
-    sources = dict(converted.sources)
+    sources = dict(converted.facts.sources)
     if activation is not None:
         if activation not in ACTIVATIONS:
             raise CheckpointImportError(f"activation {activation!r}: choose one of {ACTIVATIONS}")
@@ -249,7 +243,7 @@ def convert_tensors(
         _set_tokenizer(config, family, os.fspath(tokenizer))
         sources["tokenizer.model_file"] = "--tokenizer"
     elif family in TOKENIZER_TYPES:
-        converted.notes.append(
+        converted.facts.assumed.append(
             "tokenizer: none (no --tokenizer and no tokenizer file beside the weights); the "
             "model takes token ids, not text"
         )
@@ -273,26 +267,16 @@ def convert_tensors(
         "tensors": len(tensors),
         "ignored": sorted(source.ignored),
         # What no file and no argument said, so the conversion assumed it (one line each).
-        "assumed": [note for note in converted.notes if not _overridden(note, activation)],
+        "assumed": [note for note in converted.facts.assumed if not _overridden(note, activation)],
         # Where mmtx's preprocessing differs from the original's (one line each).
-        "differences": list(converted.differences),
+        "differences": list(converted.facts.differences),
         # Every config value not read off the tensors' shapes, with where it came from.
         "values": {
             field: {"value": _json_value(_lookup(config, field)), "from": origin}
             for field, origin in sorted(sources.items())
-            if _has(config, field)
         },
     }
     return ImportedModel(config=config, params=params, source=record)
-
-
-def _has(config: ml_collections.ConfigDict, field: str) -> bool:
-    *groups, name = field.split(".")
-    for group in groups:
-        if group not in config:
-            return False
-        config = config[group]
-    return name in config
 
 
 def _lookup(config: ml_collections.ConfigDict, field: str) -> Any:

@@ -156,9 +156,7 @@ def convert_hf_siglip(
             preprocessor, image_size=grid * patch_size, family="hf_siglip", square=True
         )
     )
-    converted = Converted(overrides, params, grids={"image": (grid, grid)})
-    converted.take(facts)
-    return converted
+    return Converted(overrides, params, grids={"image": (grid, grid)}, facts=facts)
 
 
 # ------------------------------------------------------------------------------ big_vision
@@ -322,9 +320,7 @@ def convert_big_vision_siglip(
         "image resizing: big_vision resizes with tf.image.resize (bilinear, no antialiasing); "
         "mmtx with PIL's bilinear filter, which antialiases when shrinking"
     )
-    converted = Converted(overrides, params, grids={"image": (grid, grid)})
-    converted.take(facts)
-    return converted
+    return Converted(overrides, params, grids={"image": (grid, grid)}, facts=facts)
 
 
 def _block_shape(source: TensorSource, encoder: str, name: str) -> tuple[int, ...]:

@@ -63,29 +63,65 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
 
 
-def logical_shardings(mesh: Mesh, boxed_tree: Any) -> Any:
-    """NamedShardings for a tree of (abstract) ``nn.Partitioned`` leaves via the rules table.
+def _dividing_prefix(axes: tuple[str, ...], size: int, mesh: Any) -> tuple[str, ...]:
+    """The longest prefix of mesh ``axes`` whose devices divide ``size``."""
+    kept: tuple[str, ...] = ()
+    for axis in axes:
+        if size % math.prod(mesh.shape[name] for name in (*kept, axis)):
+            break
+        kept = (*kept, axis)
+    return kept
 
-    A dimension whose size does not divide by its mesh axes (a 259-token vocabulary over
-    ``tensor=2``) stays replicated along them rather than failing.
+
+def param_partition_spec(
+    names: tuple[str | None, ...], shape: tuple[int, ...], mesh: Any
+) -> PartitionSpec:
+    """The mesh placement of one param: ``names`` (its logical axes, one per dimension) mapped
+    through :data:`LOGICAL_AXIS_RULES`, then two rules that keep every device's share near
+    the ideal (the param / the devices):
+
+    - a dimension keeps the longest prefix of its mesh axes whose devices divide it (a
+      259-token vocabulary stays whole over ``tensor=2``) rather than failing;
+    - a param that the rules leave unsplit over ``fsdp`` (a bias of ``mlp`` or ``heads``, a
+      kernel annotated with no ``embed`` axis) is split over ``fsdp`` along its largest
+      dimension that divides, other than the ``layers`` axis that ``nn.scan`` slices one
+      layer at a time; as fully sharded data parallelism does, no param is replicated over
+      ``fsdp`` where one of its dimensions divides.
     """
+    mapped = nn.logical_to_mesh_axes(names, LOGICAL_AXIS_RULES) or PartitionSpec()
+    entries: list[tuple[str, ...]] = []
+    for size, axes in zip(shape, (*mapped, *[None] * len(shape)), strict=False):
+        named = axes if isinstance(axes, tuple) else (axes,) if axes else ()
+        entries.append(_dividing_prefix(named, size, mesh))
+    fsdp = mesh.shape["fsdp"]
+    if fsdp > 1 and not any("fsdp" in axes for axes in entries):
+        candidates = [
+            (size // math.prod(mesh.shape[a] for a in entries[dim]), dim)
+            for dim, size in enumerate(shape)
+            if (names[dim] if dim < len(names) else None) != "layers"
+            and size % (math.prod(mesh.shape[a] for a in entries[dim]) * fsdp) == 0
+        ]
+        if candidates:
+            _, dim = max(candidates)
+            entries[dim] = (*entries[dim], "fsdp")
+    return PartitionSpec(
+        *(axes[0] if len(axes) == 1 else axes if axes else None for axes in entries)
+    )
+
+
+def logical_shardings(mesh: Mesh, boxed_tree: Any) -> Any:
+    """NamedShardings for a tree of (abstract) ``nn.Partitioned`` leaves (plain leaves: no
+    logical axes), each placed by :func:`param_partition_spec`."""
     specs = nn.get_partition_spec(boxed_tree)
-    shardings = nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_AXIS_RULES)
     shapes = jax.tree.map(
         lambda x: x.shape, nn.meta.unbox(boxed_tree), is_leaf=lambda x: hasattr(x, "shape")
     )
 
-    def divisible(sharding: NamedSharding, shape: tuple[int, ...]) -> NamedSharding:
-        entries = []
-        for size, axes in zip(shape, (*sharding.spec, *[None] * len(shape)), strict=False):
-            names = axes if isinstance(axes, tuple) else (axes,) if axes else ()
-            ways = math.prod(mesh.shape[name] for name in names)
-            entries.append(axes if size % ways == 0 else None)
-        return NamedSharding(mesh, PartitionSpec(*entries))
+    def place(spec: PartitionSpec, shape: tuple[int, ...]) -> NamedSharding:
+        names = tuple(spec) + (None,) * (len(shape) - len(spec))
+        return NamedSharding(mesh, param_partition_spec(names, shape, mesh))
 
-    return jax.tree.map(
-        divisible, shardings, shapes, is_leaf=lambda x: isinstance(x, NamedSharding)
-    )
+    return jax.tree.map(place, specs, shapes, is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
 def with_sharding_rules(fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:

@@ -1,27 +1,38 @@
 #!/usr/bin/env bash
-# One-shot check of mmtx on a machine with one NVIDIA GPU (issue 20), in under 8 minutes.
+# One-shot check of mmtx on a machine with one NVIDIA GPU (issue 20), in under 11 minutes (8
+# without the ahead-of-time predictions, PREDICT=0).
 #
 #   benchmarks/device_check.sh            # GPU: venv + CUDA install, device, tests, bf16 runs
 #   DRY_RUN=1 benchmarks/device_check.sh  # print the stages' commands, run nothing
 #   benchmarks/device_check.sh --cpu      # CPU smoke: existing .venv, tiny benchmark (< 1 min)
 #
-# Stages, each with its own timeout, all within a total budget (BUDGET_S, default 450 s):
+# Stages, each with its own timeout, all within a total budget (BUDGET_S, default 450 s, and
+# 2 x PREDICT_S more with the predictions):
 #   venv, install   python -m venv $VENV; pip install -r requirements-gpu.txt pytest pytest-xdist
 #   nvidia-smi      the GPU, driver and CUDA version
 #   devices         jax.devices(), the backend (must be gpu), a bf16 matmul
 #   tests           pytest tests/attention tests/nn tests/train/test_step.py
 #   train_bf16      python -m mmtx.main, configs/base.py:tiny in bfloat16, 30 steps
+#   bench_clip_aot  python -m mmtx.compile: bench_clip's config and batch, compiled ahead of
+#                   time for the GPUs found (h100|h200|a100 from nvidia-smi's name : the count)
 #   bench_clip      benchmarks/train_step.py, configs/bench_clip.py, bf16, batch $BATCH_CLIP
+#   bench_base_aot  python -m mmtx.compile, as bench_clip_aot for bench_base
 #   bench_base      benchmarks/train_step.py, $BASE_CONFIG, bf16, batch $BATCH_BASE
 # A benchmark that runs out of device memory is retried once at half the batch. Where the
 # config has `attention.implementation`, the benchmarks also run with it set to cudnn.
+# The *_aot stages predict what the benchmark after them measures: the memory per device and
+# the step time the FLOPs take at the GPU's bf16 peak (mmtx.compile's report); the summary
+# prints prediction and measurement side by side. A prediction that fails (no spec for the
+# GPU, a compile error, its timeout) says why and does not fail the check.
 #
 # Output goes to $OUT if set, else ./device_check_out: device_check.log (everything printed),
 # one <stage>.log per stage, bench_*.json (the benchmark's result line) and summary.txt.
 #
 # Environment: PYTHON (python3.12, else python3), VENV (.venv-gpu; --cpu: .venv), BUDGET_S,
 # BATCH_CLIP (4096), BATCH_BASE (256), BASE_CONFIG (configs/base.py:base), PEAK_TFLOPS (the
-# GPU's dense bf16 peak for the nominal MFU; known GPUs are looked up from nvidia-smi).
+# GPU's dense bf16 peak for the nominal MFU; known GPUs are looked up from nvidia-smi),
+# PREDICT (1; 0: no *_aot stages), PREDICT_S (90: each *_aot stage's timeout, added twice to
+# the default BUDGET_S), AOT_TOPOLOGY (default: from nvidia-smi, e.g. h100:1).
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -34,7 +45,7 @@ for arg in "$@"; do
     --cpu) MODE=cpu ;;
     --dry-run | --dry_run) DRY_RUN=1 ;;
     -h | --help)
-      sed -n '2,25p' "${BASH_SOURCE[0]}"
+      sed -n '2,35p' "${BASH_SOURCE[0]}"
       exit 0
       ;;
     *)
@@ -58,7 +69,13 @@ else
   VENV=${VENV:-$ROOT/.venv-gpu}
 fi
 PY=$VENV/bin/python
-BUDGET_S=${BUDGET_S:-450}
+PREDICT=${PREDICT:-1}
+PREDICT_S=${PREDICT_S:-90}
+if [[ $MODE == gpu && $PREDICT == 1 ]]; then
+  BUDGET_S=${BUDGET_S:-$((450 + 2 * PREDICT_S))} # the two *_aot stages on top of 450 s
+else
+  BUDGET_S=${BUDGET_S:-450}
+fi
 BATCH_CLIP=${BATCH_CLIP:-4096}
 BATCH_BASE=${BATCH_BASE:-256}
 BASE_CONFIG=${BASE_CONFIG:-configs/base.py:base}
@@ -69,9 +86,14 @@ SUMMARY=$OUT_DIR/summary.txt
 # stage NAME TIMEOUT_S CMD...: runs CMD with a timeout (capped by what is left of BUDGET_S),
 # its output to the screen and to $OUT_DIR/NAME.log; records "NAME rc=.. seconds=.." in
 # summary.txt. Returns CMD's status (124/137: timed out; 125: skipped, no time left).
+# With SOFT_STAGE=1 it records "NAME exit=.." or "NAME not run", which do not fail the check.
 stage() {
-  local name=$1 limit=$2
+  local name=$1 limit=$2 key=rc skipped=skipped
   shift 2
+  if [[ ${SOFT_STAGE:-0} == 1 ]]; then
+    key=exit
+    skipped="not run"
+  fi
   local left=$((BUDGET_S - (SECONDS - START)))
   ((limit > left)) && limit=$left
   echo
@@ -84,16 +106,47 @@ stage() {
     return 0
   fi
   if ((limit < 5)); then
-    echo "$name skipped: the ${BUDGET_S}s budget is spent"
-    echo "$name skipped" >>"$SUMMARY"
+    echo "$name $skipped: the ${BUDGET_S}s budget is spent"
+    echo "$name $skipped" >>"$SUMMARY"
     return 125
   fi
   local begin=$SECONDS rc
   timeout --kill-after=5 "$limit" "$@" 2>&1 | tee "$OUT_DIR/$name.log"
   rc=${PIPESTATUS[0]}
   ((rc == 124 || rc == 137)) && echo "$name TIMED OUT after ${limit}s"
-  echo "$name rc=$rc seconds=$((SECONDS - begin))" >>"$SUMMARY"
+  echo "$name $key=$rc seconds=$((SECONDS - begin))" >>"$SUMMARY"
   return "$rc"
+}
+
+# predict NAME BATCH ARGS...: before benchmark NAME, python -m mmtx.compile of the same config
+# and overrides (the --config* ones of ARGS) at train batch BATCH for $AOT_TOPOLOGY, logged as
+# NAME_aot. A failure is reported (mmtx.compile's error line, or the timeout) and ignored.
+predict() {
+  local name=$1 batch=$2
+  shift 2
+  [[ $MODE == gpu && $PREDICT == 1 ]] || return 0
+  if [[ -z $AOT_TOPOLOGY ]]; then
+    echo
+    echo "=== ${name}_aot: not run ($AOT_WHY)"
+    echo "${name}_aot not run: $AOT_WHY" >>"$SUMMARY"
+    return 0
+  fi
+  local args=() arg
+  for arg in "$@"; do
+    [[ $arg == --config=* || $arg == --config.* ]] && args+=("$arg")
+  done
+  SOFT_STAGE=1 stage "${name}_aot" "$PREDICT_S" "$PY" -m mmtx.compile "${args[@]}" \
+    --config.train.batch_size="$batch" --topology="$AOT_TOPOLOGY"
+  local rc=$? why
+  if [[ $DRY_RUN != 1 && $rc != 0 ]]; then
+    why=$(grep -m 1 '^error:' "$OUT_DIR/${name}_aot.log" 2>/dev/null)
+    ((rc == 124 || rc == 137)) && why="timed out after ${PREDICT_S}s"
+    ((rc == 125)) && why="no time left in the budget"
+    [[ -n $why ]] || why=$(tail -n 1 "$OUT_DIR/${name}_aot.log" 2>/dev/null)
+    echo "${name}_aot: the ahead-of-time prediction failed (exit $rc: ${why:-no output});" \
+      "the measurement runs anyway"
+  fi
+  return 0
 }
 
 # bench NAME BATCH ARGS...: benchmarks/train_step.py; on out-of-memory, once more at BATCH/2.
@@ -130,6 +183,34 @@ if [[ $MODE == gpu ]]; then
 elif [[ ! -x $PY && $DRY_RUN != 1 ]]; then
   echo "--cpu needs an installed $VENV (make venv)" >&2
   exit 1
+fi
+
+# The ahead-of-time predictions' topology: mmtx.compile's spec (mmtx/gpu_specs/) of the GPU
+# nvidia-smi names, and as many GPUs as the benchmarks see.
+AOT_TOPOLOGY=${AOT_TOPOLOGY:-}
+AOT_WHY=""
+if [[ $MODE == gpu && $PREDICT == 1 && -z $AOT_TOPOLOGY ]]; then
+  GPU_NAMES=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null)
+  GPU_COUNT=$(printf '%s\n' "$GPU_NAMES" | grep -c .)
+  if [[ -n ${CUDA_VISIBLE_DEVICES:-} ]]; then
+    GPU_COUNT=$(tr ',' '\n' <<<"$CUDA_VISIBLE_DEVICES" | grep -c .)
+  fi
+  case "$(printf '%s\n' "$GPU_NAMES" | head -n 1)" in
+    *H200*) AOT_KIND=h200 ;;
+    *H100*) AOT_KIND=h100 ;; # the spec is the SXM part's (a PCIe or NVL H100 differs)
+    *A100*80GB*) AOT_KIND=a100 ;;
+    *) AOT_KIND="" ;;
+  esac
+  if [[ -n $AOT_KIND ]] && ((GPU_COUNT > 0)); then
+    AOT_TOPOLOGY=$AOT_KIND:$GPU_COUNT
+  elif [[ $DRY_RUN == 1 ]]; then
+    AOT_TOPOLOGY="KIND:GPUS" # shown only: nvidia-smi names no known GPU here
+  else
+    AOT_WHY="no mmtx/gpu_specs file for the GPU '$(printf '%s\n' "$GPU_NAMES" | head -n 1)'"
+  fi
+fi
+if [[ $MODE == gpu && $PREDICT == 1 ]]; then
+  echo "ahead-of-time predictions: ${AOT_TOPOLOGY:-none ($AOT_WHY)}"
 fi
 
 export XLA_PYTHON_CLIENT_PREALLOCATE=false # several processes may share the GPU (tests -n)
@@ -172,10 +253,13 @@ fi
 # --- benchmarks: steps/s and MFU ------------------------------------------------------------
 unset XLA_PYTHON_CLIENT_PREALLOCATE
 if [[ $MODE == gpu ]]; then
-  bench bench_clip "$BATCH_CLIP" 80 --config=configs/bench_clip.py --config.dtype=bfloat16 \
-    --steps=20 --warmup=3 --peak_size=8192 "${CUDNN_ARGS[@]}"
-  bench bench_base "$BATCH_BASE" 100 --config="$BASE_CONFIG" --config.dtype=bfloat16 \
-    --steps=10 --warmup=2 --peak_size=8192 --no_unrolled_count "${CUDNN_ARGS[@]}"
+  CLIP_ARGS=(--config=configs/bench_clip.py --config.dtype=bfloat16 "${CUDNN_ARGS[@]}")
+  BASE_ARGS=(--config="$BASE_CONFIG" --config.dtype=bfloat16 "${CUDNN_ARGS[@]}")
+  predict bench_clip "$BATCH_CLIP" "${CLIP_ARGS[@]}"
+  bench bench_clip "$BATCH_CLIP" 80 "${CLIP_ARGS[@]}" --steps=20 --warmup=3 --peak_size=8192
+  predict bench_base "$BATCH_BASE" "${BASE_ARGS[@]}"
+  bench bench_base "$BATCH_BASE" 100 "${BASE_ARGS[@]}" --steps=10 --warmup=2 --peak_size=8192 \
+    --no_unrolled_count
 else
   TINY='{"dtype": "bfloat16", "model": {"modalities": ["text", "image"], "embed_dim": 32,
     "num_classes": 0, "scan_layers": false,
@@ -213,6 +297,57 @@ for path in sys.argv[1:]:
           f"{r['achieved_gflops'] / 1e3:8.2f} {r['mfu']:22.1%} {nominal:>19}")
 print(f"GPU: {name or 'none'}; nominal bf16 peak: {peak or 'unknown'} TFLOP/s")
 EOF
+  if [[ $MODE == gpu && $PREDICT == 1 ]]; then
+    echo
+    echo "=== predicted (mmtx.compile ${AOT_TOPOLOGY:-not run}) vs measured (train_step.py)"
+    "$PY" - "$OUT_DIR" bench_clip bench_base <<'EOF'
+import json, os, re, sys
+# mmtx.compile's train-step lines: "train step (global batch B, ...", "  total X (N B) of H
+# HBM (P%): fits", "  flops: ...; T ms at the P TFLOP/s ..." (T: the step at 100% of the peak).
+TOTAL = re.compile(
+    r"  total ([^(]+) \([\d,]+ B\)(?: of ([^(]+) HBM \(([\d.]+)%\): ([A-Za-z ]+))?"
+)
+AT_PEAK = re.compile(r"([\d.e+-]+) ms at the ([\d.]+) TFLOP/s")
+out = sys.argv[1]
+for name in sys.argv[2:]:
+    predicted_batch = predicted_ms = None
+    try:
+        text = open(os.path.join(out, f"{name}_aot.log")).read()
+    except OSError:
+        text = None
+        print(f"{name}: predicted: not run")
+    if text is not None and "train step (" not in text:
+        error = re.search(r"^error: (.*)$", text, re.M)
+        print(f"{name}: predicted: failed ({error[1] if error else f'see {name}_aot.log'})")
+    elif text is not None:
+        train = text.split("train step (", 1)[1].split("eval step (", 1)[0]
+        batch = re.match(r"global batch (\d+)", train)
+        total, at_peak = TOTAL.search(train), AT_PEAK.search(train)
+        memory = "memory unknown"
+        if total:
+            memory = f"{total[1].strip()} per device"
+            if total[2]:
+                memory += f" of {total[2].strip()} HBM ({total[3]}%: {total[4].strip()})"
+        step = "no FLOPs-implied step time"
+        if at_peak:
+            predicted_ms = float(at_peak[1])
+            step = f"{predicted_ms:.4g} ms/step at the {at_peak[2]} TFLOP/s bf16 peak"
+        predicted_batch = int(batch[1]) if batch else None
+        print(f"{name}: predicted, batch {predicted_batch}: {memory}; {step}")
+    try:
+        result = json.loads(open(os.path.join(out, f"{name}.json")).read())
+    except (OSError, ValueError):
+        print(f"{name}: measured: no result")
+        continue
+    batch = result.get("batch_size")
+    line = f"{name}: measured,  batch {batch}: {result['step_ms']:.4g} ms/step"
+    if predicted_ms and batch == predicted_batch:
+        line += f"; the predicted 100%-peak step is {predicted_ms / result['step_ms']:.1%} of it"
+    elif predicted_batch and batch != predicted_batch:
+        line += " (not the predicted batch: the first ran out of memory)"
+    print(line)
+EOF
+  fi
 fi
 if grep -q "rc=[1-9]\|skipped" "$SUMMARY"; then
   echo "device check: some stages failed (see $OUT_DIR)"

@@ -66,15 +66,18 @@ __all__ = [
     "Chip",
     "CompileError",
     "DoesNotFit",
+    "StateShare",
     "StepReport",
     "UsageError",
     "chip_of",
     "collectives",
     "compile_run",
     "custom_calls",
+    "largest_excess",
     "largest_fitting",
     "main",
     "state_bytes",
+    "tiled_bytes",
     "topology_devices",
 ]
 
@@ -107,13 +110,19 @@ CHIPS: tuple[Chip, ...] = (
          "cloud.google.com/tpu/docs/v5p: HBM2e capacity 95 GB per chip, 2 TensorCores"),
     Chip("v4", ("tpu v4",), 32 * GIB, 2,
          "cloud.google.com/tpu/docs/v4: HBM2 capacity 32 GiB per chip, 2 TensorCores"),
+    # Not "h200" alone (a GH200's device kind holds it; its HBM is not the H200's), nor "a100"
+    # alone (an "NVIDIA A100-SXM4-40GB" has 40 GB).
+    Chip("h200", ("nvidia h200",), 141 * 10**9, 1,
+         "NVIDIA H200 Tensor Core GPU datasheet: H200 SXM 141 GB HBM3e"),
     Chip("h100", ("h100",), 80 * 10**9, 1,
          "NVIDIA H100 Tensor Core GPU datasheet: H100 SXM 80 GB HBM3"),
+    Chip("a100", ("a100-sxm4-80gb", "a100 80gb"), 80 * 10**9, 1,
+         "NVIDIA A100 Tensor Core GPU datasheet: A100 80GB SXM 80 GB HBM2e"),
 )  # fmt: skip
 
 # GPU topologies: name -> XLA target config (a text GpuTargetConfigProto in mmtx/gpu_specs/,
 # each stating its sources), for compiling without the GPU.
-GPU_SPECS = {"h100": "h100_sxm.txtpb"}
+GPU_SPECS = {"h100": "h100_sxm.txtpb", "h200": "h200_sxm.txtpb", "a100": "a100_sxm_80gb.txtpb"}
 # Autotuning (Triton GEMM tiles, cuBLAS algorithms) runs candidates on a GPU; without one the
 # compiler takes its defaults.
 GPU_COMPILER_OPTIONS = {"xla_gpu_enable_triton_gemm": False, "xla_gpu_autotune_level": 0}
@@ -133,6 +142,7 @@ _INSTRUCTION = re.compile(
     r"^\s*(?:ROOT\s+)?%?(?P<name>[\w.\-]+)\s*=\s*(?P<type>.+?)\s+(?P<op>[a-z][a-z0-9\-]*)\("
     r"(?P<rest>.*)$"
 )
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%(?P<name>[\w.\-]+)\s*\(.*\{\s*$")
 _OPERAND = re.compile(r"%([\w.\-]+)")
 _CHANNEL = re.compile(r"\bchannel_id=(\d+)")
 _TARGET = re.compile(r'custom_call_target="([^"]+)"')
@@ -252,12 +262,18 @@ def _array_bytes(type_text: str) -> int:
     return total
 
 
-def _instructions(hlo_text: str) -> Iterator[tuple[str, str, str, str]]:
-    """``(name, type, opcode, rest of the line)`` for every instruction of an HLO module."""
+def _instructions(hlo_text: str) -> Iterator[tuple[str, str, str, str, str]]:
+    """``(name, type, opcode, rest of the line, computation)`` for every instruction of an
+    HLO module, ``computation`` the name of the computation that holds it."""
+    computation = ""
     for line in hlo_text.splitlines():
+        header = _COMPUTATION.match(line)
+        if header:
+            computation = header["name"]
+            continue
         match = _INSTRUCTION.match(line)
         if match:
-            yield match["name"], match["type"], match["op"], match["rest"]
+            yield match["name"], match["type"], match["op"], match["rest"], computation
 
 
 def collectives(hlo_text: str) -> dict[str, tuple[int, int]]:
@@ -269,17 +285,23 @@ def collectives(hlo_text: str) -> dict[str, tuple[int, int]]:
     ``bytes`` is per device: the sum over the collectives of the larger of their input and
     output (an all-gather's gathered result, a reduce-scatter's unreduced input, an
     all-reduce's buffer).
+
+    XLA:TPU writes a reduce-scatter as an all-reduce and the slices of it, fused into one
+    computation named ``all-reduce-scatter...`` (each numbering its channels from 1): such an
+    all-reduce counts as a reduce-scatter, once per computation.
     """
     instructions = list(_instructions(hlo_text))
-    types = {name: type_text for name, type_text, _, _ in instructions}
-    seen: set[tuple[str, str]] = set()
+    types = {name: type_text for name, type_text, _, _, _ in instructions}
+    seen: set[tuple[str, ...]] = set()
     found = {kind: [0, 0] for kind in COLLECTIVES}
-    for name, type_text, op, rest in instructions:
+    for name, type_text, op, rest, computation in instructions:
         kind = op.removesuffix("-start")
         if kind not in found:
             continue
         channel = _CHANNEL.search(rest)
-        key = (kind, channel[1] if channel else name)
+        key: tuple[str, ...] = (kind, channel[1] if channel else name)
+        if kind == "all-reduce" and computation.startswith("all-reduce-scatter"):
+            kind, key = "reduce-scatter", ("reduce-scatter", computation, *key[1:])
         if key in seen:
             continue
         seen.add(key)
@@ -297,7 +319,7 @@ def custom_calls(hlo_text: str) -> dict[str, int]:
     """``{custom-call target: count}`` in compiled HLO text, each instruction once: Pallas
     kernels are ``tpu_custom_call`` on TPU, cuDNN's start with ``__cudnn``."""
     counts: dict[str, int] = {}
-    for _, _, op, rest in _instructions(hlo_text):
+    for _, _, op, rest, _ in _instructions(hlo_text):
         if op == "custom-call":
             target = _TARGET.search(rest)
             if target:
@@ -305,26 +327,79 @@ def custom_calls(hlo_text: str) -> dict[str, int]:
     return counts
 
 
-def state_bytes(abstract_state: Any, shardings: Any) -> dict[str, tuple[int, int]]:
-    """``{"params" | "optimizer" | "ema": (bytes per device, bytes in all)}`` of a train
-    state (``ShapeDtypeStruct`` leaves) placed as ``shardings`` (``NamedSharding`` leaves):
-    a device holds one shard of every leaf (``sharding.shard_shape``)."""
+def tiled_bytes(shape: Sequence[int], itemsize: int, layout: Any = None) -> int:
+    """Bytes of an array of ``shape`` in a compiled ``layout`` (``jax``'s ``Layout``: the
+    dimensions in ``major_to_minor`` order, the minor-most ones rounded up to the first of
+    its ``tiling``'s tiles, as TPUs store them: ``f32[16, 64]`` in ``(8, 128)`` tiles is
+    ``f32[16, 128]``); untiled (``layout`` None, or no tiling: CPU, GPU) it is the plain
+    ``prod(shape) * itemsize``."""
+    tiling = getattr(layout, "tiling", None)
+    if not tiling or not shape:
+        return math.prod(shape) * itemsize
+    dims = [shape[axis] for axis in layout.major_to_minor]
+    tile = tiling[0]
+    for offset, size in enumerate(reversed(tile[-len(dims) :]), start=1):
+        dims[-offset] = -(-dims[-offset] // size) * size
+    return math.prod(dims) * itemsize
 
-    def measure(tree: Any, tree_shardings: Any) -> tuple[int, int]:
-        leaves = jax.tree.leaves(tree)
-        placed = jax.tree.leaves(tree_shardings)
-        per_device = total = 0
-        for leaf, sharding in zip(leaves, placed, strict=True):
+
+@dataclasses.dataclass(frozen=True)
+class StateShare:
+    """One part of the train state on one device: ``per_device`` bytes of its shards,
+    ``tiled`` bytes of those shards in the compiled program's layouts (TPU tiles pad the
+    minor dimensions; equal to ``per_device`` untiled), ``total`` bytes of the whole part."""
+
+    per_device: int
+    tiled: int
+    total: int
+
+
+def state_bytes(abstract_state: Any, shardings: Any, layouts: Any = None) -> dict[str, StateShare]:
+    """``{"params" | "optimizer" | "ema": StateShare}`` of a train state (``ShapeDtypeStruct``
+    leaves) placed as ``shardings`` (``NamedSharding`` leaves): a device holds one shard of
+    every leaf (``sharding.shard_shape``), in the layout of the matching leaf of ``layouts``
+    (the train step's ``compiled.input_formats`` for the state; None: untiled)."""
+
+    def measure(name: str) -> StateShare:
+        leaves = jax.tree.leaves(getattr(abstract_state, name))
+        placed = jax.tree.leaves(getattr(shardings, name))
+        formats = (
+            jax.tree.leaves(getattr(layouts, name)) if layouts is not None else [None] * len(leaves)
+        )
+        per_device = tiled = total = 0
+        for leaf, sharding, form in zip(leaves, placed, formats, strict=True):
             itemsize = leaf.dtype.itemsize
-            per_device += math.prod(sharding.shard_shape(leaf.shape)) * itemsize
+            shard = sharding.shard_shape(leaf.shape)
+            per_device += math.prod(shard) * itemsize
+            tiled += tiled_bytes(shard, itemsize, getattr(form, "layout", None))
             total += math.prod(leaf.shape) * itemsize
-        return per_device, total
+        return StateShare(per_device, tiled, total)
 
-    return {
-        "params": measure(abstract_state.params, shardings.params),
-        "optimizer": measure(abstract_state.opt_state, shardings.opt_state),
-        "ema": measure(abstract_state.ema_params, shardings.ema_params),
-    }
+    parts = {"params": "params", "optimizer": "opt_state", "ema": "ema_params"}
+    return {label: measure(name) for label, name in parts.items()}
+
+
+def largest_excess(
+    params: Any, shardings: Any, layouts: Any = None, *, count: int = 3
+) -> list[tuple[str, tuple[int, ...], str, int]]:
+    """The ``count`` params a device holds most bytes of beyond their ideal share (the whole
+    param / the devices), in the compiled ``layouts`` where given: ``(path, shape, partition
+    spec, bytes held per device)``, largest excess first; none with no excess."""
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    placed = jax.tree.leaves(shardings)
+    formats = jax.tree.leaves(layouts) if layouts is not None else [None] * len(leaves)
+    rows = []
+    for (path, leaf), sharding, form in zip(leaves, placed, formats, strict=True):
+        itemsize = leaf.dtype.itemsize
+        held = tiled_bytes(
+            sharding.shard_shape(leaf.shape), itemsize, getattr(form, "layout", None)
+        )
+        ideal = math.prod(leaf.shape) * itemsize / sharding.num_devices
+        if held > ideal:
+            name = "/".join(str(getattr(key, "key", key)) for key in path)
+            rows.append((held - ideal, name, tuple(leaf.shape), str(sharding.spec), held))
+    rows.sort(key=lambda row: row[0], reverse=True)
+    return [(name, shape, spec, held) for _, name, shape, spec, held in rows[:count]]
 
 
 # --- compiling --------------------------------------------------------------------------------
@@ -339,7 +414,9 @@ class StepReport:
     bytes; ``total`` = argument + output - alias + temp + code. ``flops``:
     ``cost_analysis()["flops"]`` (None where XLA gives none: a GPU compile without the
     GPU). ``collectives``: :func:`collectives`; ``kernels``: :func:`custom_calls` of the
-    Pallas and cuDNN kernels.
+    Pallas and cuDNN kernels. ``layouts``: ``compiled.input_formats``' positional part, one
+    tree of ``Format`` per argument (the train step's first is the state's; for
+    :func:`state_bytes`).
     """
 
     name: str
@@ -349,6 +426,7 @@ class StepReport:
     collectives: dict[str, tuple[int, int]]
     kernels: dict[str, int]
     seconds: float
+    layouts: tuple[Any, ...] | None = None
 
 
 def _memory(compiled: Any) -> dict[str, int]:
@@ -398,6 +476,7 @@ def _compile(
         collectives=collectives(text),
         kernels=kernels,
         seconds=seconds,
+        layouts=tuple(compiled.input_formats[0]),
     )
 
 
@@ -529,14 +608,31 @@ def report_lines(
         lines.append(f"HBM per device: {_bytes(hbm)} ({chip.name}; {chip.source})")
     else:
         lines.append(f"HBM per device: unknown for {kind!r} (not in mmtx.compile.CHIPS)")
-    state = state_bytes(run.abstract_state, run.state_shardings)
-    held = sum(per_device for per_device, _ in state.values())
-    ideal = sum(total for _, total in state.values()) / len(devices)
-    parts = ", ".join(f"{name} {_bytes(per_device)}" for name, (per_device, _) in state.items())
+    train = next((report for report in reports if report.name == "train"), None)
+    state_layouts = train.layouts[0] if train is not None and train.layouts else None
+    state = state_bytes(run.abstract_state, run.state_shardings, state_layouts)
+    held = sum(share.per_device for share in state.values())
+    tiled = sum(share.tiled for share in state.values())
+    ideal = sum(share.total for share in state.values()) / len(devices)
+    parts = ", ".join(f"{name} {_bytes(share.per_device)}" for name, share in state.items())
     lines.append(
         f"state: {parts}; total {_bytes(held)} = {held / ideal:.2f} x the fully sharded "
         f"{_bytes(int(ideal))}"
     )
+    if tiled != held:
+        lines.append(
+            f"  in the compiled layouts (tiles pad the minor dimensions): {_bytes(tiled)} = "
+            f"{tiled / ideal:.2f} x the fully sharded"
+        )
+    params_layouts = getattr(state_layouts, "params", None)
+    excess = largest_excess(run.abstract_state.params, run.state_shardings.params, params_layouts)
+    if excess and (held > 1.05 * ideal or tiled > 1.05 * ideal):
+        lines.append(
+            "  params furthest over their ideal share: "
+            + "; ".join(
+                f"{path} {shape} as {spec}: {_size(size)}" for path, shape, spec, size in excess
+            )
+        )
     for report in reports:
         memory = report.memory
         lines.append(

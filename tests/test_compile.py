@@ -13,6 +13,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -70,9 +71,26 @@ def step_section(text: str, name: str) -> str:
 # One of each collective kind: a tuple all-reduce (two f32 arrays), an async all-gather whose
 # start repeats under the same channel_id in a fusion (one collective), a reduce-scatter
 # (its input is the larger side), an all-to-all, a collective-permute start/done pair, and
-# custom calls (a Pallas kernel twice, a cuDNN one, another).
+# custom calls (a Pallas kernel twice, a cuDNN one, another); and two reduce-scatters as
+# XLA:TPU writes them, an all-reduce and its slice fused into an all-reduce-scatter
+# computation (each numbering its channels from 1, as the tuple all-reduce's is numbered).
 HLO = """\
 HloModule jit_step, is_scheduled=true
+
+%all-reduce-scatter.1 (input_0: f32[64,8]) -> f32[16,8] {
+  %input_0 = f32[64,8]{1,0:T(8,128)S(1)} parameter(0)
+  %all-reduce.7 = f32[64,8]{1,0:T(8,128)} all-reduce(%input_0), channel_id=1, to_apply=%add
+  %id = u32[] partition-id()
+  %zero = u32[] constant(0)
+  ROOT %slice = f32[16,8]{1,0} dynamic-slice(%all-reduce.7, %id, %zero), dynamic_slice_sizes={16,8}
+}
+
+%all-reduce-scatter.2.clone (input_0.1: bf16[32,8], input_1.1: bf16[32]) -> (bf16[8,8], bf16[8]) {
+  %input_0.1 = bf16[32,8]{1,0} parameter(0)
+  %input_1.1 = bf16[32]{0} parameter(1)
+  %all-reduce.8 = (bf16[32,8]{1,0}, bf16[32]{0}) all-reduce(%input_0.1, %input_1.1), channel_id=1
+  ROOT %t = (bf16[8,8]{1,0}, bf16[8]{0}) tuple(%all-reduce.8)
+}
 
 %fused (p0: bf16[16,32]) -> bf16[64,32] {
   %p0 = bf16[16,32]{1,0} parameter(0)
@@ -106,7 +124,8 @@ def test_collectives_of_hand_written_hlo() -> None:
     assert list(found) == list(compile_lib.COLLECTIVES)
     assert found["all-reduce"] == (1, 128 * 8 * 4 + 8 * 4)  # both arrays of the tuple
     assert found["all-gather"] == (1, 64 * 32 * 2)  # the gathered result, counted once
-    assert found["reduce-scatter"] == (1, 64 * 4 * 4)  # the unreduced input
+    # The unreduced inputs: the plain one's, and the all-reduce-scatter computations'.
+    assert found["reduce-scatter"] == (3, 64 * 4 * 4 + 64 * 8 * 4 + (32 * 8 + 32) * 2)
     assert found["all-to-all"] == (1, 10 * 4)
     # The start's result holds its operand, its output and two u32 contexts.
     assert found["collective-permute"] == (1, 8 * 4 + 2 * 4)
@@ -176,10 +195,57 @@ def test_chip_table_matches_device_kinds() -> None:
     assert compile_lib.chip_of("NVIDIA H100 80GB HBM3").name == "h100"
     assert compile_lib.chip_of("cpu") is None
     for chip in compile_lib.CHIPS:
-        assert chip.source.startswith(("cloud.google.com/tpu/docs/", "NVIDIA H100"))
+        assert chip.source.startswith(("cloud.google.com/tpu/docs/", "NVIDIA "))
 
 
 # --- the command, compiling for v5e:2x2 ---------------------------------------------------------
+
+
+def padded_reference(shape, itemsize, major_to_minor, tile):
+    """An array of ``shape`` transposed into ``major_to_minor`` order and zero-padded up to
+    whole ``tile``s on its minor dimensions (numpy), in bytes."""
+    array = np.zeros(shape, np.uint8).transpose(major_to_minor)
+    pads = [(0, 0)] * array.ndim
+    for offset, size in enumerate(reversed(tile), start=1):
+        if offset <= array.ndim:
+            pads[-offset] = (0, -array.shape[-offset] % size)
+    return np.pad(array, pads).size * itemsize
+
+
+@pytest.mark.parametrize(
+    "shape,itemsize,major_to_minor,tile",
+    [
+        ((24, 4, 16, 64), 4, (0, 1, 2, 3), (8, 128)),  # Dh = 64 in 128 lanes: 2x
+        ((24, 4096, 4), 4, (0, 2, 1), (4, 128)),  # a 4-wide shard laid out minor-first
+        ((3, 3, 2, 1024), 2, (0, 1, 2, 3), (2, 128)),
+        ((9,), 4, (0,), (8, 128)),  # fewer dimensions than the tile
+        ((5, 7), 4, (1, 0), (8, 128)),
+    ],
+)
+def test_tiled_bytes_pads_the_minor_dimensions_to_whole_tiles(
+    shape, itemsize, major_to_minor, tile
+) -> None:
+    layout = types.SimpleNamespace(major_to_minor=major_to_minor, tiling=(tile,))
+    expected = padded_reference(shape, itemsize, major_to_minor, tile)
+    assert compile_lib.tiled_bytes(shape, itemsize, layout) == expected
+    untiled = types.SimpleNamespace(major_to_minor=major_to_minor, tiling=())
+    assert compile_lib.tiled_bytes(shape, itemsize, untiled) == math.prod(shape) * itemsize
+    assert compile_lib.tiled_bytes(shape, itemsize, None) == math.prod(shape) * itemsize
+
+
+def test_largest_excess_names_the_params_held_beyond_their_share() -> None:
+    mesh = jax.sharding.AbstractMesh((4,), ("fsdp",))
+    shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("fsdp"))
+    whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    params = {
+        "split": jax.ShapeDtypeStruct((64, 128), jnp.float32),
+        "replicated": jax.ShapeDtypeStruct((64, 128), jnp.float32),
+        "small": jax.ShapeDtypeStruct((8,), jnp.float32),
+    }
+    shardings = {"split": shard, "replicated": whole, "small": whole}
+    excess = compile_lib.largest_excess(params, shardings, count=2)
+    assert [row[0] for row in excess] == ["replicated", "small"]
+    assert excess[0][1:] == ((64, 128), "P()", 64 * 128 * 4)
 
 
 @pytest.fixture(scope="module")
@@ -208,6 +274,9 @@ def test_the_command_reports_the_compiled_steps(planned) -> None:
     assert exact_bytes(text, "ema") == 0
     assert exact_bytes(text, "x the fully sharded") == (params + optimizer) // 4
     assert "= 4.00 x the fully sharded" in text
+    # In the TPU's (8, 128) tiles the 32-wide tiny params take more, never less.
+    tiled = exact_bytes(text, "in the compiled layouts [^:]*:")
+    assert params + optimizer < tiled < 16 * (params + optimizer)
     assert exact_bytes(text, "HBM per device:") == 16 * 2**30
 
     train = step_section(text, "train")
@@ -324,3 +393,51 @@ def test_the_command_compiles_for_two_h100s() -> None:
     # The image stem's convolutions are cuDNN's on a GPU.
     assert int(re.search(r"cuDNN (\d+)", train)[1]) > 0
     assert "all-reduce 0 " not in train
+
+
+# --- the GPU spec files (mmtx/gpu_specs/) against the CHIPS and PEAK_FLOPS tables ----------------
+
+
+def gpu_spec_fields(key: str) -> dict[str, str]:
+    """``{field: value}`` of the scalar fields of ``GPU_SPECS[key]``'s text proto, nested ones
+    included (``core_count``, ``device_memory_size``, ``device_description_str`` unquoted ...);
+    comments are dropped."""
+    path = REPO / "mmtx" / "gpu_specs" / compile_lib.GPU_SPECS[key]
+    fields = {}
+    for line in path.read_text().splitlines():
+        match = re.fullmatch(r"\s*(\w+):\s*(\S.*?)\s*", line.split("#", 1)[0])
+        if match:
+            fields[match[1]] = match[2].strip('"')
+    return fields
+
+
+def test_gpu_spec_files_match_the_chip_and_peak_tables() -> None:
+    from mmtx.train.flops import table_peak_flops
+
+    chips = {chip.name: chip for chip in compile_lib.CHIPS}
+    assert {"h100", "h200", "a100"} <= set(compile_lib.GPU_SPECS)
+    for key in compile_lib.GPU_SPECS:
+        fields = gpu_spec_fields(key)
+        kind = fields["device_description_str"]
+        assert key in chips, key
+        assert compile_lib.chip_of(kind) is chips[key], (key, kind)
+        assert int(fields["device_memory_size"]) == chips[key].hbm_bytes, key
+        assert table_peak_flops(kind) is not None, (key, kind)
+        assert fields["platform_name"] == "CUDA"
+    # The narrower device kinds: a GH200 is not an H200, a 40 GB A100 not an 80 GB one.
+    assert compile_lib.chip_of("NVIDIA H200 NVL").name == "h200"
+    assert compile_lib.chip_of("NVIDIA GH200 480GB") is None
+    assert compile_lib.chip_of("NVIDIA A100 80GB PCIe").name == "a100"
+    assert compile_lib.chip_of("NVIDIA A100-SXM4-40GB") is None
+
+
+@needs_cuda_plugin
+def test_gpu_spec_files_parse_to_devices_of_their_chip() -> None:
+    # XLA parses each file (a GpuTargetConfigProto) into the plugin's compile-only devices, whose
+    # device_kind is the file's device_description_str.
+    for key in compile_lib.GPU_SPECS:
+        devices = compile_lib.gpu_topology_devices(f"{key}:2")
+        assert len(devices) == 2 and devices[0].platform == "gpu"
+        kind = devices[0].device_kind
+        assert kind == gpu_spec_fields(key)["device_description_str"]
+        assert compile_lib.chip_of(kind).name == key, (key, kind)

@@ -85,19 +85,53 @@ def _backward(
 _dense_dot_transposed.defvjp(_forward, _backward)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _dense_dot_f32_grad(x: jax.Array, kernel: jax.Array, precision: Any) -> jax.Array:
+    return _contract_last(x, kernel, precision)
+
+
+def _f32_grad_forward(
+    x: jax.Array, kernel: jax.Array, precision: Any
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return _contract_last(x, kernel, precision), (x, kernel)
+
+
+def _f32_grad_backward(
+    precision: Any, residuals: tuple[jax.Array, jax.Array], grad: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    x, kernel = residuals
+    dx = jax.lax.dot_general(
+        grad, kernel, (((grad.ndim - 1,), (1,)), ((), ())), precision=precision
+    )
+    leading = tuple(range(x.ndim - 1))
+    dkernel = jax.lax.dot_general(
+        x, grad, ((leading, leading), ((), ())), precision=precision,
+        preferred_element_type=jnp.float32,
+    )  # fmt: skip
+    return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
+
+
+_dense_dot_f32_grad.defvjp(_f32_grad_forward, _f32_grad_backward)
+
+
 def dense_dot(
     x: jax.Array, kernel: jax.Array, *, weight_grad: str = "auto", precision: Any = None
 ) -> jax.Array:
     """``x [..., K] @ kernel [K, N] -> [..., N]`` (dtype of ``x`` and ``kernel``, which must
     agree), with the kernel gradient :data:`weight_grad <WEIGHT_GRAD_MODES>` selects: ``"xla"``
-    autodiff's, ``"transposed"`` the explicit-transpose form of the module docstring,
-    ``"auto"`` the latter on CPU only. Values and gradients are the same up to float
-    summation order; ``precision`` is ``jax.lax.dot_general``'s."""
+    one dot in the operands' own layouts, ``"transposed"`` the explicit-transpose form of the
+    module docstring, ``"auto"`` the latter on CPU only. Values and gradients are the same up
+    to float summation order; ``precision`` is ``jax.lax.dot_general``'s.
+
+    With ``"xla"`` the kernel gradient ``x^T @ dy`` is a float32 dot (also for bf16 ``x``
+    and ``kernel``), cast to the kernel's dtype after it: on a mesh whose batch is split, XLA
+    sums the devices' partial gradients where the dot makes them, so they are summed in
+    float32 (autodiff's bf16 dot summed them in bf16, at half the bytes)."""
     chex.assert_rank(kernel, 2)
     chex.assert_equal(x.shape[-1], kernel.shape[0])
     chex.assert_equal(x.dtype, kernel.dtype)
     if resolve_weight_grad(weight_grad) == "xla":
-        return _contract_last(x, kernel, precision)
+        return _dense_dot_f32_grad(x, kernel, precision)
     return _dense_dot_transposed(x, kernel, precision)
 
 

@@ -127,3 +127,25 @@ def test_dense_dot_general_passes_other_contractions_to_xla() -> None:
     np.testing.assert_array_equal(
         dense_dot_general(lhs, rhs, numbers), jax.lax.dot_general(lhs, rhs, numbers)
     )
+
+
+def test_xla_mode_sums_a_bf16_kernel_gradient_in_float32() -> None:
+    """The kernel gradient of bf16 operands is one float32 dot (where a split batch's
+    partial sums are added across devices), rounded to bf16 once at the end."""
+    x = _normal((4, 64, 32), 11).astype(jnp.bfloat16)
+    kernel = _normal((32, 16), 12).astype(jnp.bfloat16)
+    dy = _normal((4, 64, 16), 13).astype(jnp.bfloat16)
+
+    def kernel_grad(a, b, g):
+        return jax.vjp(lambda u, v: dense_dot(u, v, weight_grad="xla"), a, b)[1](g)
+
+    dx, dkernel = kernel_grad(x, kernel, dy)
+    assert dx.dtype == dkernel.dtype == jnp.bfloat16
+    reference = np.einsum("btk,btn->kn", np.float64(x), np.float64(dy))
+    np.testing.assert_allclose(np.float64(dkernel), reference, rtol=2**-8, atol=1e-6)
+    dots = [
+        eqn.params["preferred_element_type"]
+        for eqn in jax.make_jaxpr(kernel_grad)(x, kernel, dy).jaxpr.eqns
+        if eqn.primitive.name == "dot_general"
+    ]
+    assert jnp.float32 in dots

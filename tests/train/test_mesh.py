@@ -177,8 +177,7 @@ def test_large_on_256_chips_holds_near_its_ideal_share():
     mesh = abstract_mesh(1, 256, 1)
     shardings = mesh_lib.logical_shardings(mesh, boxed)
     leaves = jax.tree.leaves(nn.meta.unbox(boxed))
-    held = sum(
-        math.prod(s.shard_shape(x.shape)) for x, s in zip(leaves, jax.tree.leaves(shardings))
-    )
+    placed = jax.tree.leaves(shardings)
+    held = sum(math.prod(s.shard_shape(x.shape)) for x, s in zip(leaves, placed, strict=True))
     total = sum(math.prod(x.shape) for x in leaves)
     assert held < 1.1 * total / 256

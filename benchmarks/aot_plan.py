@@ -6,7 +6,8 @@ batches, and reports per chip: the state, the compiled total at each batch, the 
 that fits the chip's HBM by a straight line through the two totals (XLA's temporaries grow
 linearly with the batch; the estimate is rounded down to a multiple of the smaller batch and
 labelled as an estimate), and the step time that batch's FLOPs imply at the chip's bf16 peak
-(100% MFU: a lower bound).
+(100% MFU: a lower bound; the FLOPs are the larger of XLA's count and the analytic one, as in
+:func:`mmtx.compile.flops_text`).
 
     .venv/bin/python benchmarks/aot_plan.py                       # the docs table (TPU rows)
     .venv/bin/python benchmarks/aot_plan.py --topologies h100:8   # with 'mmtx[aot-gpu]'
@@ -83,10 +84,9 @@ def plan_row(
         seconds += time.perf_counter() - start
         report = reports[0]
         totals[per_chip] = report.memory["total"]
-        counted = report.flops or analytic_flops(config, config.train.batch_size)["train"] / len(
-            devices
-        )
-        flops[per_chip] = counted
+        # XLA's cost analysis counts the scanned layers' loop body once: the larger count.
+        analytic = analytic_flops(config, config.train.batch_size)["train"] / len(devices)
+        flops[per_chip] = max(report.flops or 0.0, analytic)
         if state is None:
             layouts = report.layouts[0] if report.layouts else None
             shares = compile_lib.state_bytes(run.abstract_state, run.state_shardings, layouts)

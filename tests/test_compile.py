@@ -261,6 +261,25 @@ def test_largest_excess_names_the_params_held_beyond_their_share() -> None:
     assert excess[0][1:] == ((64, 128), "P()", 64 * 128 * 4)
 
 
+@pytest.mark.parametrize(
+    "xla,shown,note",
+    [
+        (None, "analytic", "(none from XLA:GPU without a GPU)"),
+        (0.1, "analytic", "each loop's body counted once"),  # a scanned model
+        (1.5, "xla", "by XLA's cost analysis"),  # unrolled: elementwise work and the optimizer
+    ],
+)
+def test_flops_line_takes_the_larger_count(xla, shown, note) -> None:
+    config = two_tower_config()
+    analytic = analytic_flops(config, 64)["train"] / 4
+    flops = None if xla is None else xla * analytic
+    report = compile_lib.StepReport("train", 64, {}, flops, {}, {}, 0.0)
+    text = compile_lib.flops_text(report, config, 4, 197e12)
+    expected = analytic if shown == "analytic" else flops
+    assert text.startswith(f"{expected:.4g} per step") and note in text
+    assert f"; {expected / 197e12 * 1e3:.4g} ms at the 197 TFLOP/s bf16 peak" in text
+
+
 @pytest.fixture(scope="module")
 def planned() -> subprocess.CompletedProcess:
     return run_compile(f"--topology={TOPOLOGY}")
@@ -401,7 +420,7 @@ def test_the_command_compiles_for_two_h100s() -> None:
     assert "= 2.00 x the fully sharded" in text
     train = step_section(text, "train")
     analytic = analytic_flops(two_tower_config(), 64)["train"] / 2
-    assert f"flops: none from XLA:GPU without a GPU; {analytic:.4g} per step" in train
+    assert f"flops: {analytic:.4g} per step by mmtx.train.flops.analytic_flops (none" in train
     assert exact_bytes(train, "total") < 80 * 10**9 and ": fits" in train
     # The image stem's convolutions are cuDNN's on a GPU.
     assert int(re.search(r"cuDNN (\d+)", train)[1]) > 0

@@ -24,9 +24,9 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from mmtx.data.sources import FILE_KINDS, source_kind
-from mmtx.modalities import get_modality, modality_names
-from mmtx.modalities.audio import audio_patch_grid, spectrogram_frames  # noqa: F401 (re-exported)
+from mmtx.data.source_kinds import FILE_KINDS, source_kind
+from mmtx.schemas import get_modality, modality_names
+from mmtx.schemas.audio import audio_patch_grid, spectrogram_frames  # noqa: F401 (re-exported)
 
 # The built-in fusion types; mmtx.fusion.register_fusion adds more. "none" is no fusion
 # (two-tower contrastive models, CLIP/SigLIP): no fusion params and no "fused" output.
@@ -635,6 +635,13 @@ def validate(
     patches that fit the image and the spectrogram, ...). Raises ``ValueError`` (or
     ``TypeError``) whose message starts ``config.<field>:`` and names the allowed values;
     returns ``config``.
+
+    This module imports no jax, flax or grain (the modalities' schemas come from
+    :mod:`mmtx.schemas`), so the key, type, range and modality checks run without them. Two
+    checks need JAX-side registries and import them when reached: ``fusion.type`` against
+    the registered fusions (:mod:`mmtx.fusion`, where custom fusions register, flax) and
+    ``attention.implementation`` against what the target platform can run
+    (:mod:`mmtx.nn.attention`, :mod:`mmtx.nn.platform`, jax's backend).
     """
     _check_schema(config, default_config())
     modalities = tuple(config.model.modalities)

@@ -3,6 +3,8 @@
 import json
 import pathlib
 import re
+import subprocess
+import sys
 
 import jax
 import ml_collections
@@ -25,6 +27,34 @@ def set_dotted(config, dotted, value):
     for group in groups:
         config = config[group]
     config[leaf] = value
+
+
+# What a config layer must not import: it is data (issue 30).
+HEAVY_MODULES = ("jax", "jaxlib", "flax", "grain", "tensorflow")
+
+
+def test_import_and_field_errors_need_no_jax():
+    # A fresh interpreter: this test process has long imported jax.
+    code = f"""
+import sys
+import mmtx.config as config_lib
+heavy = lambda: [m for m in {HEAVY_MODULES!r} if m in sys.modules]
+print(heavy())
+config = config_lib.default_config()
+config.model.text.width = 0
+try:
+    config_lib.validate(config)
+except ValueError as error:
+    print(error)
+print(heavy())
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    imported, error, after_validate = result.stdout.splitlines()
+    assert imported == "[]", f"import mmtx.config imported {imported}"
+    assert error == "config.model.text.width: must be > 0; got 0"
+    assert after_validate == "[]", f"a range error imported {after_validate}"
 
 
 def test_default_config_validates():

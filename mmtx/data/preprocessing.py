@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+# The choices of preprocess_image's keywords (re-exported; the config layer reads them there).
+from mmtx.data.image_options import CROP_OFFSETS, INTERPOLATIONS, RESIZE_MODES
 from mmtx.nn.embed import log_mel_spectrogram
 
 __all__ = [
@@ -144,15 +146,6 @@ def image_to_float(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32)
 
 
-# How preprocess_image makes an image image_size square: "shorter_side" resizes the shorter
-# side (to resize_size, default image_size) keeping the aspect ratio, then cuts the centre
-# square; "squash" resizes both sides to image_size (aspect ratio not kept, nothing cut).
-RESIZE_MODES = ("shorter_side", "squash")
-# The resampling filters, PIL's (antialiased when shrinking: the support widens with the scale).
-INTERPOLATIONS = ("bilinear", "bicubic")
-# Where center_crop starts an odd margin: "round" (torchvision's CenterCrop, which open_clip
-# uses: round((H - size) / 2), half to even) | "floor" (HF image processors: (H - size) // 2).
-CROP_OFFSETS = ("round", "floor")
 _FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 

@@ -14,6 +14,9 @@ local or any fsspec URL (:mod:`mmtx.data.files`).
 What is evaluated: ``config.data.eval_source`` when set. Otherwise, for a random-access
 training source with ``config.data.holdout = N > 0``, its last ``N`` examples, which training
 then never sees; else nothing (a stream has no held-out part), and the run says so.
+
+The kinds (:data:`FILE_KINDS`, ...) and :func:`source_kind` live in
+:mod:`mmtx.data.source_kinds`, without grain, for the config layer; they are re-exported here.
 """
 
 from __future__ import annotations
@@ -27,23 +30,10 @@ from mmtx.data import files, shard_readers
 from mmtx.data.arrayrecord_source import ARRAYRECORD_EXTENSIONS, ArrayRecordSource
 from mmtx.data.csv_source import CsvSource
 from mmtx.data.folder_source import FolderSource
+from mmtx.data.source_kinds import FILE_KINDS, RANDOM_ACCESS_KINDS, STREAM_KINDS, source_kind
 
-RANDOM_ACCESS_KINDS = ("csv", "folder", "arrayrecord")
-STREAM_KINDS = ("wds", "parquet")
-FILE_KINDS = RANDOM_ACCESS_KINDS + STREAM_KINDS
 # The columns img2dataset's Parquet output holds the image and caption in.
 PARQUET_COLUMNS = {"image": "jpg", "text": "caption"}
-
-
-def source_kind(spec: str) -> str:
-    """``"wds:/data/{0..9}.tar"`` -> ``"wds"``; ``"synthetic"`` -> ``"synthetic"``,
-    ``"tfds:coco"`` -> ``"tfds"``; anything else -> ``""``."""
-    if spec == "synthetic":
-        return "synthetic"
-    kind, sep, location = spec.partition(":")
-    if sep and location and kind in (*FILE_KINDS, "tfds"):
-        return kind
-    return ""
 
 
 def location_of(spec: str) -> str:

@@ -1,7 +1,8 @@
 """The modality registry: one :class:`ModalitySpec` per modality (text, image, audio, video).
 
 ``register_modality(spec)`` adds one; see :mod:`mmtx.modalities.spec` and
-docs/contributing.md.
+docs/contributing.md. Each spec subclasses its modality's schema (:mod:`mmtx.schemas`: the
+config group, checks and token count, without JAX), which the config layer reads.
 """
 
 from mmtx.modalities.audio import AudioSpec
@@ -21,10 +22,12 @@ from mmtx.modalities.text import TextSpec
 from mmtx.modalities.video import VideoSpec
 
 # Registration order is the fusion order (and the order of contrastive pairs, metrics...).
-TEXT = register_modality(TextSpec())
-IMAGE = register_modality(ImageSpec())
-AUDIO = register_modality(AudioSpec())
-VIDEO = register_modality(VideoSpec())
+# mmtx.schemas registered each built-in's schema (for the config layer, without JAX); its
+# full spec takes that schema's place here, in the same order.
+TEXT = register_modality(TextSpec(), replace=True)
+IMAGE = register_modality(ImageSpec(), replace=True)
+AUDIO = register_modality(AudioSpec(), replace=True)
+VIDEO = register_modality(VideoSpec(), replace=True)
 
 __all__ = [
     "AUDIO",

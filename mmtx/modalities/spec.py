@@ -1,7 +1,8 @@
 """What a modality is to mmtx: one :class:`ModalitySpec` per modality, in one registry.
 
 Everything that differs between text, images, audio and video lives in that modality's spec:
-its config group (``config.model.<name>``), its encoder and how the batch feeds it, a dummy
+its config group (``config.model.<name>``, from its schema in :mod:`mmtx.schemas`, which the
+config layer reads without JAX), its encoder and how the batch feeds it, a dummy
 input for initialisation, the checks on concrete inputs, the raw-input preprocessing of
 :class:`mmtx.Model`, the input pipeline's per-example preprocessing, its token count and
 stem FLOPs, and the scene attributes it expresses (for evaluation). The config schema, the
@@ -16,141 +17,39 @@ model ignores (see :class:`mmtx.models.MultiModalTransformer`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
 
-from mmtx.data.preprocessing import CROP_OFFSETS, INTERPOLATIONS, RESIZE_MODES
-
-Require = Callable[[bool, str, str], None]
-
-# The fields of a pixel modality's group (image, video) that say how a picture is made
-# image_size square (:func:`mmtx.data.preprocessing.preprocess_image`'s keywords of the same
-# names): the input's preprocessing, not the encoder's, so :meth:`encoder_fields` drops them.
-RESIZE_FIELDS = ("resize", "interpolation", "resize_size", "crop_offset")
-
-
-def resize_options(group: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The :data:`RESIZE_FIELDS` of a pixel modality's group, as the keywords of
-    :func:`mmtx.data.preprocessing.preprocess_image` (and ``to_image_batch``, ...)."""
-    return {name: group[name] for name in RESIZE_FIELDS}
-
-
-# The modalities whose rows the concat and gated fusions' per-modality tables had before the
-# registry: a model of a subset of these keeps that 3-row layout, so its checkpoints load.
-LEGACY_FUSION_ORDER = ("text", "image", "audio")
+# The schema's side (config group, checks, token count) and the registry live in
+# mmtx.schemas, without JAX, for the config layer; re-exported here.
+from mmtx.schemas.schema import (  # noqa: F401
+    LEGACY_FUSION_ORDER,
+    RESIZE_FIELDS,
+    ModalitySchema,
+    Require,
+    fusion_order,
+    get_modality,
+    modality_names,
+    ordered,
+    present_key,
+    register_modality,
+    resize_options,
+    unregister_modality,
+)
 
 
-def present_key(modality: str) -> str:
-    """The batch key of ``modality``'s per-example presence flags, bool ``[B]``."""
-    return f"present/{modality}"
-
-
-class ModalitySpec:
-    """One modality's record. Subclass it, set the class attributes, override the methods.
-
-    Attributes:
-      name: the modality's name: its ``config.model`` group, its batch key (the encoder's
-        input) and its output embedding's key.
-      raw_input: the keyword of :class:`mmtx.Model` that takes its raw inputs.
-      example_key: the key of a source example (synthetic or TFDS) that holds it.
-      extra_keys: batch keys besides ``name`` that belong to it (``text_mask``).
-      poolings: the poolings its tower allows (:class:`mmtx.encoders.Tower`).
-      ranges: numeric ranges of its own config fields (see ``mmtx.config.RANGES``).
-      attributes: the synthetic scene attributes it expresses; retrieval between two
-        modalities counts a hit when the retrieved item agrees on those both express.
-      description: a few words for error messages and docs.
+class ModalitySpec(ModalitySchema):
+    """One modality's record: its schema (:class:`mmtx.schemas.ModalitySchema`: the class
+    attributes, the config group and its checks, the token count) and its JAX side (the
+    encoder, dummy inputs, the checks on concrete inputs, the raw-input and pipeline
+    preprocessing). Subclass the modality's schema and this, in that order, and override the
+    methods; the attributes are :class:`~mmtx.schemas.ModalitySchema`'s.
     """
-
-    name: str = ""
-    raw_input: str = ""
-    example_key: str = ""
-    extra_keys: tuple[str, ...] = ()
-    poolings: tuple[str, ...] = ("cls", "mean")
-    ranges: ClassVar[Mapping[str, str]] = {}
-    attributes: tuple[str, ...] = ()
-    description: str = ""
-    # The largest magnitude a float input may have (:meth:`check_values`): far outside the
-    # documented ranges (pixels in [0, 1], samples in about [-1, 1]), and far below where
-    # float32 arithmetic in the encoder would overflow to inf.
-    max_abs_input: float = 1e4
-    value_range: str = ""  # the documented range of the float inputs, for messages
-
-    # --- config ---------------------------------------------------------------------------
-    def default_config(self) -> ml_collections.ConfigDict:
-        """The default ``config.model.<name>`` group (its tower sizes are set by variants)."""
-        raise NotImplementedError
-
-    def validate(self, group: ml_collections.ConfigDict, require: Require) -> None:
-        """Checks that span the group's fields; ``require(ok, "model.<name>.<field>", why)``."""
-
-    def require_per_channel(
-        self, group: ml_collections.ConfigDict, require: Require, names: tuple[str, ...]
-    ) -> None:
-        """Checks that each field of ``names`` (``mean``, ``std``) has one entry per
-        ``group.channels``; for :meth:`validate` of pixel modalities."""
-        for name in names:
-            require(
-                len(group[name]) == group.channels,
-                f"model.{self.name}.{name}",
-                f"needs one entry per channel (model.{self.name}.channels={group.channels}); "
-                f"got {len(group[name])}: {tuple(group[name])}",
-            )
-
-    def require_resize(self, group: ml_collections.ConfigDict, require: Require) -> None:
-        """Checks the :data:`RESIZE_FIELDS` of a pixel modality's group (``resize`` one of
-        :data:`~mmtx.data.preprocessing.RESIZE_MODES`, ``interpolation`` one of
-        :data:`~mmtx.data.preprocessing.INTERPOLATIONS`, ``crop_offset`` one of
-        :data:`~mmtx.data.preprocessing.CROP_OFFSETS`, ``resize_size`` 0 or at least
-        ``image_size``, and only with ``resize='shorter_side'``); for :meth:`validate`."""
-        prefix = f"model.{self.name}"
-        require(
-            group.resize in RESIZE_MODES,
-            f"{prefix}.resize",
-            f"{group.resize!r} is not one of {RESIZE_MODES}",
-        )
-        require(
-            group.crop_offset in CROP_OFFSETS,
-            f"{prefix}.crop_offset",
-            f"{group.crop_offset!r} is not one of {CROP_OFFSETS}",
-        )
-        require(
-            group.interpolation in INTERPOLATIONS,
-            f"{prefix}.interpolation",
-            f"{group.interpolation!r} is not one of {INTERPOLATIONS}",
-        )
-        require(
-            group.resize_size == 0 or group.resize_size >= group.image_size,
-            f"{prefix}.resize_size",
-            f"the shorter side before the centre crop to image_size must be 0 (= image_size) "
-            f"or >= image_size ({group.image_size}); got {group.resize_size}",
-        )
-        require(
-            group.resize_size == 0 or group.resize == "shorter_side",
-            f"{prefix}.resize_size",
-            f"applies to resize='shorter_side' only (squash resizes both sides to image_size "
-            f"and crops nothing): set it to 0; got {group.resize_size}",
-        )
-
-    def num_tokens(self, group: ml_collections.ConfigDict) -> int:
-        """Tokens the encoder makes of one example before class tokens are prepended."""
-        raise NotImplementedError
-
-    def transformer_passes(
-        self, group: ml_collections.ConfigDict, class_tokens: int
-    ) -> list[tuple[int, int, int]]:
-        """The encoder's transformer runs per example, for FLOP counts: ``(depth, tokens,
-        times)`` each; default one run of ``group.depth`` blocks over its tokens plus the
-        ``class_tokens``."""
-        return [(group.depth, self.num_tokens(group) + class_tokens, 1)]
-
-    def stem_flops(self, group: ml_collections.ConfigDict) -> float:
-        """Forward FLOPs of one example's stem (embedding before the transformer)."""
-        return 0.0
 
     # --- model ----------------------------------------------------------------------------
     def encoder_class(self) -> type[nn.Module]:
@@ -224,58 +123,3 @@ class ModalitySpec:
         ``rng`` is the example's generator (training; None at evaluation); ``augment`` says
         whether random crops/flips apply."""
         raise NotImplementedError
-
-
-_REGISTRY: dict[str, ModalitySpec] = {}
-
-
-def register_modality(spec: ModalitySpec, *, replace: bool = False) -> ModalitySpec:
-    """Registers ``spec`` under ``spec.name``; returns it. Registration order is the fusion
-    order. A config made (``mmtx.config.default_config``) after this has its group."""
-    if not spec.name or not spec.name.isidentifier():
-        raise ValueError(f"a modality needs a name that is an identifier; got {spec.name!r}")
-    if spec.name in _REGISTRY and not replace:
-        raise ValueError(f"modality {spec.name!r} is already registered (pass replace=True)")
-    reserved = {"fused", "logits", "label", "logit_scale", "logit_bias", "index"}
-    if spec.name in reserved:
-        raise ValueError(f"{spec.name!r} is reserved for another batch or output key")
-    _REGISTRY[spec.name] = spec
-    return spec
-
-
-def unregister_modality(name: str) -> None:
-    """Removes a registered modality (tests that register a toy one clean up with this)."""
-    _REGISTRY.pop(name, None)
-
-
-def modality_names() -> tuple[str, ...]:
-    """The registered modalities, in registration (fusion) order."""
-    return tuple(_REGISTRY)
-
-
-def get_modality(name: str) -> ModalitySpec:
-    """The spec registered as ``name`` (``ValueError`` naming the registered ones if none)."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown modality {name!r}; registered: {modality_names()} "
-            "(mmtx.modalities.register_modality adds one)"
-        ) from None
-
-
-def ordered(modalities: Any) -> list[str]:
-    """The given modality names in registry order (unregistered names last, as given)."""
-    names = list(modalities)
-    known = [m for m in modality_names() if m in names]
-    return known + [m for m in names if m not in known]
-
-
-def fusion_order(modalities: Any) -> tuple[str, ...]:
-    """The rows of a fusion's per-modality tables (concat's modality embeddings, gated's
-    gate logits) for a model of ``modalities``: the legacy ``(text, image, audio)`` when
-    every one is among those (so older checkpoints keep their shapes), else the model's
-    modalities in registry order."""
-    if set(modalities) <= set(LEGACY_FUSION_ORDER):
-        return LEGACY_FUSION_ORDER
-    return tuple(ordered(modalities))

@@ -40,11 +40,6 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mmtx import config as config_lib
-from mmtx.data.bad_examples import BadDataError
-from mmtx.train import distributed
-from mmtx.train.checkpoint import CheckpointMismatchError, CheckpointSaveError
-from mmtx.train.loop import NonFiniteError, train_and_evaluate
-from mmtx.train.workdir import WorkdirError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).")
 _WORKDIR = flags.DEFINE_string("workdir", "./workdir", "Directory for checkpoints and logs.")
@@ -210,6 +205,15 @@ def _unraisable_without_closed_loop_noise(hook: Any) -> Any:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # The training side (jax, flax, the model) is imported once the flags and the config's
+    # fields have parsed (mmtx.config imports no jax), so a mistyped flag or field is
+    # reported without it.
+    from mmtx.data.bad_examples import BadDataError
+    from mmtx.train import distributed
+    from mmtx.train.checkpoint import CheckpointMismatchError, CheckpointSaveError
+    from mmtx.train.loop import NonFiniteError, train_and_evaluate
+    from mmtx.train.workdir import WorkdirError
+
     _quiet_library_logs()
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     try:

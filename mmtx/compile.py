@@ -627,7 +627,8 @@ def report_lines(
         )
     params_layouts = getattr(state_layouts, "params", None)
     excess = largest_excess(run.abstract_state.params, run.state_shardings.params, params_layouts)
-    if excess and (held > 1.05 * ideal or tiled > 1.05 * ideal):
+    sharded = run.mesh.shape["fsdp"] * run.mesh.shape["tensor"] > 1  # else all replicated
+    if excess and sharded and (held > 1.05 * ideal or tiled > 1.05 * ideal):
         lines.append(
             "  params furthest over their ideal share: "
             + "; ".join(

@@ -26,6 +26,7 @@ FLOPs without a GPU: the analytic count (:func:`mmtx.train.flops.analytic_flops`
 instead. Without cuDNN on this host, ``attention.implementation = auto`` is compiled as
 ``xla`` (jax asks cuDNN for its version when it traces cuDNN attention), and a note says so.
 
+``--per_chip_batch=N`` sets the train and eval batches to N x the topology's chips.
 ``--find_batch`` searches the largest per-chip train batch that fits (doubling, then
 bisection; one train-step compile per try): the global batch is the per-chip batch x the
 devices.
@@ -757,6 +758,12 @@ def _parse(argv: Sequence[str], config: ml_collections.ConfigDict) -> flags.Flag
     flags.DEFINE_boolean(
         "find_batch", False, "Search the largest per-chip batch that fits.", flag_values=values
     )
+    flags.DEFINE_integer(
+        "per_chip_batch",
+        None,
+        "Examples per chip: train.batch_size and eval.batch_size become it x the topology's chips.",
+        flag_values=values,
+    )
     argv = [argv[0], *(a for a in argv[1:] if not a.startswith("--config="))]
     try:
         config_flags.DEFINE_config_dict(
@@ -821,6 +828,7 @@ def main(argv: Sequence[str], stdout: TextIO | None = None, stderr: TextIO | Non
         except (OSError, KeyError, TypeError, ValueError) as error:
             raise UsageError(f"--config={spec}: {_one_line(str(error))}") from error
         values = _parse(argv, config)
+        argv_text = " ".join(argv[1:])
         try:
             config = config_lib.validate(
                 config_lib.split_comma_lists(values["config"].value), platform=platform
@@ -836,6 +844,16 @@ def main(argv: Sequence[str], stdout: TextIO | None = None, stderr: TextIO | Non
             # (their compile-only devices come from the topology, not from a backend).
             jax.config.update("jax_platforms", "cpu")
         devices = topology_devices(topology)
+        per_chip = values["per_chip_batch"].value
+        if per_chip is not None:
+            given = [
+                f for f in ("train.batch_size", "eval.batch_size") if f"--config.{f}" in argv_text
+            ]
+            if given:
+                raise UsageError(f"--per_chip_batch sets {given[0]}; give one or the other")
+            if per_chip < 1:
+                raise UsageError(f"--per_chip_batch={per_chip}: must be a positive integer")
+            config.train.batch_size = config.eval.batch_size = per_chip * len(devices)
         if platform == "gpu" and config.attention.implementation == "auto" and not _has_cudnn():
             config.attention.implementation = "xla"
             print(

@@ -370,6 +370,26 @@ def test_a_bad_topology_or_mesh_exits_2() -> None:
     assert code == 2
 
 
+@needs_libtpu
+def test_per_chip_batch_sets_both_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--per_chip_batch=16`` on 4 chips compiles global batches of 64 (a stand-in compile
+    records them); with ``--config.train.batch_size`` or under 1 it is a usage error."""
+    seen = {}
+
+    def stand_in(config, devices, *, eval_step=True):
+        seen.update(train=config.train.batch_size, eval=config.eval.batch_size)
+        raise compile_lib.CompileError("stand-in: nothing compiled")
+
+    monkeypatch.setattr(compile_lib, "compile_run", stand_in)
+    base = ["mmtx.compile", f"--config={TINY}", f"--topology={TOPOLOGY}"]
+    assert compile_lib.main([*base, "--per_chip_batch=16"], io.StringIO(), io.StringIO()) == 1
+    assert seen == {"train": 64, "eval": 64}
+    for bad in (["--per_chip_batch=0"], ["--per_chip_batch=4", "--config.train.batch_size=8"]):
+        err = io.StringIO()
+        assert compile_lib.main([*base, *bad], io.StringIO(), err) == 2
+        assert err.getvalue().startswith("error: --per_chip_batch")
+
+
 # --- a TPU program built on this host takes the TPU's code paths -------------------------------
 
 

@@ -42,8 +42,10 @@ from absl import flags
 from PIL import Image
 
 from mmtx import output_paths
+from mmtx.batch_checks import check_batch
 from mmtx.data.preprocessing import audio_to_float
-from mmtx.models import Model, NonFiniteOutputError, check_batch
+from mmtx.inference import Model
+from mmtx.models import NonFiniteOutputError
 
 MODALITIES = ("image", "text", "audio")
 

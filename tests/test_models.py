@@ -16,7 +16,8 @@ import pytest
 from mmtx import Model, MultiModalTransformer, create_model
 from mmtx import config as config_lib
 from mmtx.data.tokenizer import ByteTokenizer
-from mmtx.models import NonFiniteOutputError, dummy_batch, init_params, l2_normalize
+from mmtx.inference import l2_normalize
+from mmtx.models import NonFiniteOutputError, dummy_batch, init_params
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MODALITIES = ("text", "image", "audio")
@@ -171,7 +172,7 @@ class ByteTokenizerPastTheTable(ByteTokenizer):
 
 def test_model_call_checks_token_ids_before_jit(monkeypatch):
     """Model.__call__ jits the module, whose own check skips traced ids: it checks first."""
-    import mmtx.models
+    import mmtx.inference
 
     model = create_model(small_config("concat"), params=built("concat")[1])
     model = dataclasses.replace(model, tokenizer=ByteTokenizerPastTheTable())
@@ -179,7 +180,7 @@ def test_model_call_checks_token_ids_before_jit(monkeypatch):
     def not_reached(*args):
         raise AssertionError("the jitted apply ran on out-of-vocabulary ids")
 
-    monkeypatch.setattr(mmtx.models, "_jitted_apply", not_reached)
+    monkeypatch.setattr(mmtx.inference, "_jitted_apply", not_reached)
     with pytest.raises(ValueError, match=re.escape("text token ids must be in [0, 259)")):
         model(text_inputs="a red circle")
 

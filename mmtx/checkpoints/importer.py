@@ -70,7 +70,7 @@ class ImportedModel:
     def model(self) -> Any:
         """The imported model as an :class:`mmtx.Model` (tokenizer and preprocessing from
         the config)."""
-        from mmtx.models import create_model
+        from mmtx.inference import create_model
 
         return create_model(self.config, params=jax.tree.map(jnp.asarray, self.params))
 

@@ -37,7 +37,7 @@ def prompts(classnames: Sequence[str], templates: Sequence[str]) -> list[str]:
 def text_embedder(model_or_embed_text: Any, batch_size: int = 256) -> TextEmbedder:
     """``embed_text(texts) -> float32 [N, D]``: an :class:`mmtx.Model`'s text embeddings,
     ``batch_size`` texts per call; a callable is returned as it is."""
-    from mmtx.models import Model
+    from mmtx.inference import Model
 
     if not isinstance(model_or_embed_text, Model):
         if not callable(model_or_embed_text):

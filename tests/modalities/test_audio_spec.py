@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from mmtx import config as config_lib
+from mmtx.batch_checks import check_batch
 from mmtx.data import preprocessing
 from mmtx.modalities import get_modality
-from mmtx.models import check_batch
 
 SAMPLES = 1600
 SPEC = get_modality("audio")

@@ -19,7 +19,6 @@ for, else jax's backend) and autodiff's everywhere else. The transformer MLP
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import chex
@@ -56,15 +55,14 @@ def _contract_last(x: jax.Array, kernel: jax.Array, precision: Any) -> jax.Array
     return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=precision)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _dense_dot_transposed(x: jax.Array, kernel: jax.Array, precision: Any) -> jax.Array:
-    return _contract_last(x, kernel, precision)
-
-
 def _forward(
     x: jax.Array, kernel: jax.Array, precision: Any
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    return _dense_dot_transposed(x, kernel, precision), (x, kernel)
+    """The forward pass of both custom-gradient forms: the dot, with its operands saved."""
+    return _contract_last(x, kernel, precision), (x, kernel)
+
+
+_dense_dot_transposed = jax.custom_vjp(_contract_last, nondiff_argnums=(2,))
 
 
 def _backward(
@@ -85,17 +83,6 @@ def _backward(
 _dense_dot_transposed.defvjp(_forward, _backward)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _dense_dot_f32_grad(x: jax.Array, kernel: jax.Array, precision: Any) -> jax.Array:
-    return _contract_last(x, kernel, precision)
-
-
-def _f32_grad_forward(
-    x: jax.Array, kernel: jax.Array, precision: Any
-) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    return _contract_last(x, kernel, precision), (x, kernel)
-
-
 def _f32_grad_backward(
     precision: Any, residuals: tuple[jax.Array, jax.Array], grad: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
@@ -111,7 +98,8 @@ def _f32_grad_backward(
     return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
 
 
-_dense_dot_f32_grad.defvjp(_f32_grad_forward, _f32_grad_backward)
+_dense_dot_f32_grad = jax.custom_vjp(_contract_last, nondiff_argnums=(2,))
+_dense_dot_f32_grad.defvjp(_forward, _f32_grad_backward)
 
 
 def dense_dot(

@@ -68,11 +68,14 @@ def main() -> None:
 
     nan_at_step = flags.DEFINE_integer("nan_at_step", None, "Step whose loss is NaN (from 1).")
 
+    original = loop.train_and_evaluate
+
     def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, **kwargs: Any):
         loss_fn = loss_nan_at_step(config, nan_at_step.value)
-        return loop.train_and_evaluate(config, workdir, loss_fn=loss_fn, **kwargs)
+        return original(config, workdir, loss_fn=loss_fn, **kwargs)
 
-    mmtx_main.train_and_evaluate = train_and_evaluate
+    # mmtx.main imports train_and_evaluate from the loop module when main() runs.
+    loop.train_and_evaluate = train_and_evaluate
     app.run(mmtx_main.main, flags_parser=mmtx_main.parse_flags)
 
 

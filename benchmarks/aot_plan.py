@@ -6,8 +6,8 @@ batches, and reports per chip: the state, the compiled total at each batch, the 
 that fits the chip's HBM by a straight line through the two totals (XLA's temporaries grow
 linearly with the batch; the estimate is rounded down to a multiple of the smaller batch and
 labelled as an estimate), and the step time that batch's FLOPs imply at the chip's bf16 peak
-(100% MFU: a lower bound; the FLOPs are the larger of XLA's count and the analytic one, as in
-:func:`mmtx.compile.flops_text`).
+(100% MFU: a lower bound; the FLOPs are :func:`mmtx.compile.step_flops`: the larger of XLA's
+count and the analytic one).
 
     .venv/bin/python benchmarks/aot_plan.py                       # the docs table (TPU rows)
     .venv/bin/python benchmarks/aot_plan.py --topologies h100:8   # with 'mmtx[aot-gpu]'
@@ -32,7 +32,6 @@ sys.path.insert(0, REPO)
 
 from mmtx import compile as compile_lib  # noqa: E402
 from mmtx import config as config_lib  # noqa: E402
-from mmtx.train.flops import analytic_flops, table_peak_flops  # noqa: E402
 
 CONFIGS = ("configs/base.py:base", "configs/base.py:large")
 TOPOLOGIES = ("v5e:2x4", "v5e:16x16", "v5p:4x4x4", "h100:8")
@@ -68,10 +67,8 @@ def plan_row(
     """One table row: ``spec`` on ``topology``, compiled at the per-chip ``batches``."""
     compile_run = compile_run or compile_lib.compile_run
     devices = compile_lib.topology_devices(topology)
-    chip = compile_lib.chip_of(devices[0].device_kind)
-    cores = getattr(devices[0], "num_cores", 1) or 1
-    hbm = int(chip.hbm_bytes * cores / chip.cores)
-    peak = table_peak_flops(devices[0].device_kind) * cores / chip.cores
+    hbm = compile_lib.hbm_per_device(devices[0])
+    peak = compile_lib.peak_per_device(devices[0])
     totals, flops, seconds, state = {}, {}, 0.0, None
     for per_chip in batches:
         config = plan_config(spec, devices, per_chip)
@@ -84,16 +81,15 @@ def plan_row(
         seconds += time.perf_counter() - start
         report = reports[0]
         totals[per_chip] = report.memory["total"]
-        # XLA's cost analysis counts the scanned layers' loop body once: the larger count.
-        analytic = analytic_flops(config, config.train.batch_size)["train"] / len(devices)
-        flops[per_chip] = max(report.flops or 0.0, analytic)
+        flops[per_chip], _ = compile_lib.step_flops(report, config, len(devices))
         if state is None:
             layouts = report.layouts[0] if report.layouts else None
             shares = compile_lib.state_bytes(run.abstract_state, run.state_shardings, layouts)
+            whole = compile_lib.state_total(shares)
             state = {
-                "per_device": sum(s.per_device for s in shares.values()),
-                "tiled": sum(s.tiled for s in shares.values()),
-                "ideal": sum(s.total for s in shares.values()) / len(devices),
+                "per_device": whole.per_device,
+                "tiled": whole.tiled,
+                "ideal": whole.total / len(devices),
             }
     fitted = {b: t for b, t in totals.items() if t is not None}
     best = fitting_batch(fitted, hbm) if len(fitted) == 2 else None

@@ -75,10 +75,14 @@ __all__ = [
     "compile_run",
     "custom_calls",
     "flops_text",
+    "hbm_per_device",
     "largest_excess",
     "largest_fitting",
     "main",
+    "peak_per_device",
     "state_bytes",
+    "state_total",
+    "step_flops",
     "tiled_bytes",
     "topology_devices",
 ]
@@ -173,6 +177,31 @@ def chip_of(device_kind: str) -> Chip | None:
         if any(name in kind for name in chip.device_kinds):
             return chip
     return None
+
+
+def _chip_share(device: Any) -> tuple[Chip | None, float]:
+    """``device``'s chip and the part of it one jax device is (``num_cores`` of its cores;
+    1 for a chip not in :data:`CHIPS`)."""
+    chip = chip_of(device.device_kind)
+    cores = getattr(device, "num_cores", 1) or 1
+    return chip, (cores / chip.cores if chip is not None else 1.0)
+
+
+def hbm_per_device(device: Any) -> int | None:
+    """Bytes of HBM one jax ``device`` holds (its share of its chip's), or None for a chip
+    not in :data:`CHIPS`."""
+    chip, share = _chip_share(device)
+    return int(chip.hbm_bytes * share) if chip is not None else None
+
+
+def peak_per_device(device: Any) -> float | None:
+    """The bf16 peak FLOP/s of one jax ``device`` (its share of its chip's
+    :data:`mmtx.train.flops.PEAK_FLOPS`), or None when not listed."""
+    from mmtx.train.flops import table_peak_flops
+
+    _, share = _chip_share(device)
+    chip_peak = table_peak_flops(device.device_kind)
+    return chip_peak * share if chip_peak is not None else None
 
 
 # --- devices ----------------------------------------------------------------------------------
@@ -356,6 +385,17 @@ class StateShare:
     total: int
 
 
+def _held_shards(tree: Any, shardings: Any, layouts: Any = None) -> Iterator[tuple[Any, ...]]:
+    """``(key path, leaf, sharding, layout)`` of every leaf of ``tree`` (``ShapeDtypeStruct``
+    leaves) placed as ``shardings``, with the layout of the matching leaf of ``layouts``
+    (``Format`` leaves; None: untiled)."""
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    placed = jax.tree.leaves(shardings)
+    formats = jax.tree.leaves(layouts) if layouts is not None else [None] * len(leaves)
+    for (path, leaf), sharding, form in zip(leaves, placed, formats, strict=True):
+        yield path, leaf, sharding, getattr(form, "layout", None)
+
+
 def state_bytes(abstract_state: Any, shardings: Any, layouts: Any = None) -> dict[str, StateShare]:
     """``{"params" | "optimizer" | "ema": StateShare}`` of a train state (``ShapeDtypeStruct``
     leaves) placed as ``shardings`` (``NamedSharding`` leaves): a device holds one shard of
@@ -363,22 +403,30 @@ def state_bytes(abstract_state: Any, shardings: Any, layouts: Any = None) -> dic
     (the train step's ``compiled.input_formats`` for the state; None: untiled)."""
 
     def measure(name: str) -> StateShare:
-        leaves = jax.tree.leaves(getattr(abstract_state, name))
-        placed = jax.tree.leaves(getattr(shardings, name))
-        formats = (
-            jax.tree.leaves(getattr(layouts, name)) if layouts is not None else [None] * len(leaves)
-        )
         per_device = tiled = total = 0
-        for leaf, sharding, form in zip(leaves, placed, formats, strict=True):
+        for _, leaf, sharding, layout in _held_shards(
+            getattr(abstract_state, name),
+            getattr(shardings, name),
+            getattr(layouts, name) if layouts is not None else None,
+        ):
             itemsize = leaf.dtype.itemsize
             shard = sharding.shard_shape(leaf.shape)
             per_device += math.prod(shard) * itemsize
-            tiled += tiled_bytes(shard, itemsize, getattr(form, "layout", None))
+            tiled += tiled_bytes(shard, itemsize, layout)
             total += math.prod(leaf.shape) * itemsize
         return StateShare(per_device, tiled, total)
 
     parts = {"params": "params", "optimizer": "opt_state", "ema": "ema_params"}
     return {label: measure(name) for label, name in parts.items()}
+
+
+def state_total(state: Mapping[str, StateShare]) -> StateShare:
+    """The parts of :func:`state_bytes` added up."""
+    return StateShare(
+        per_device=sum(share.per_device for share in state.values()),
+        tiled=sum(share.tiled for share in state.values()),
+        total=sum(share.total for share in state.values()),
+    )
 
 
 def largest_excess(
@@ -387,15 +435,10 @@ def largest_excess(
     """The ``count`` params a device holds most bytes of beyond their ideal share (the whole
     param / the devices), in the compiled ``layouts`` where given: ``(path, shape, partition
     spec, bytes held per device)``, largest excess first; none with no excess."""
-    leaves = jax.tree_util.tree_leaves_with_path(params)
-    placed = jax.tree.leaves(shardings)
-    formats = jax.tree.leaves(layouts) if layouts is not None else [None] * len(leaves)
     rows = []
-    for (path, leaf), sharding, form in zip(leaves, placed, formats, strict=True):
+    for path, leaf, sharding, layout in _held_shards(params, shardings, layouts):
         itemsize = leaf.dtype.itemsize
-        held = tiled_bytes(
-            sharding.shard_shape(leaf.shape), itemsize, getattr(form, "layout", None)
-        )
+        held = tiled_bytes(sharding.shard_shape(leaf.shape), itemsize, layout)
         ideal = math.prod(leaf.shape) * itemsize / sharding.num_devices
         if held > ideal:
             name = "/".join(str(getattr(key, "key", key)) for key in path)
@@ -590,16 +633,9 @@ def report_lines(
 ) -> list[str]:
     """The command's output: the target, then per step its memory, FLOPs, collectives and
     kernels, per device."""
-    from mmtx.train.flops import table_peak_flops
-
     device = devices[0]
     kind = device.device_kind
-    chip = chip_of(kind)
-    cores = getattr(device, "num_cores", 1) or 1
-    share = cores / chip.cores if chip is not None else 1.0
-    hbm = int(chip.hbm_bytes * share) if chip is not None else None
-    chip_peak = table_peak_flops(kind)
-    peak = chip_peak * share if chip_peak is not None else None
+    chip, hbm, peak = chip_of(kind), hbm_per_device(device), peak_per_device(device)
     mesh = dict(run.mesh.shape)
     lines = [
         f"{topology}: {len(devices)} x {kind} ({device.platform}); mesh {mesh}; compute "
@@ -613,9 +649,8 @@ def report_lines(
     train = next((report for report in reports if report.name == "train"), None)
     state_layouts = train.layouts[0] if train is not None and train.layouts else None
     state = state_bytes(run.abstract_state, run.state_shardings, state_layouts)
-    held = sum(share.per_device for share in state.values())
-    tiled = sum(share.tiled for share in state.values())
-    ideal = sum(share.total for share in state.values()) / len(devices)
+    whole = state_total(state)
+    held, tiled, ideal = whole.per_device, whole.tiled, whole.total / len(devices)
     parts = ", ".join(f"{name} {_bytes(share.per_device)}" for name, share in state.items())
     lines.append(
         f"state: {parts}; total {_bytes(held)} = {held / ideal:.2f} x the fully sharded "
@@ -626,10 +661,14 @@ def report_lines(
             f"  in the compiled layouts (tiles pad the minor dimensions): {_bytes(tiled)} = "
             f"{tiled / ideal:.2f} x the fully sharded"
         )
-    params_layouts = getattr(state_layouts, "params", None)
-    excess = largest_excess(run.abstract_state.params, run.state_shardings.params, params_layouts)
     sharded = run.mesh.shape["fsdp"] * run.mesh.shape["tensor"] > 1  # else all replicated
-    if excess and sharded and (held > 1.05 * ideal or tiled > 1.05 * ideal):
+    excess = []
+    if sharded and (held > 1.05 * ideal or tiled > 1.05 * ideal):
+        params_layouts = getattr(state_layouts, "params", None)
+        excess = largest_excess(
+            run.abstract_state.params, run.state_shardings.params, params_layouts
+        )
+    if excess:
         lines.append(
             "  params furthest over their ideal share: "
             + "; ".join(
@@ -672,12 +711,12 @@ def report_lines(
     return lines
 
 
-def flops_text(
-    report: StepReport, config: ml_collections.ConfigDict, num_devices: int, peak: float | None
-) -> str:
-    """The report's FLOPs line for one device's step: the larger of XLA's cost analysis and
-    :func:`mmtx.train.flops.analytic_flops` (the train step's ``train``, the eval step's
-    ``forward_total``), with the other beside it, and the time it takes at ``peak`` FLOP/s.
+def step_flops(
+    report: StepReport, config: ml_collections.ConfigDict, num_devices: int
+) -> tuple[float, float]:
+    """``(FLOPs, analytic FLOPs)`` of one device's step: the first is the larger of XLA's
+    cost analysis and :func:`mmtx.train.flops.analytic_flops` (the train step's ``train``,
+    the eval step's ``forward_total``).
 
     XLA's count is the larger for an unrolled model (it also counts elementwise work and the
     optimizer). XLA's cost analysis counts a loop's body once, not once per trip, so for
@@ -688,19 +727,21 @@ def flops_text(
 
     counted = analytic_flops(config, report.batch_size)
     analytic = counted["train" if report.name == "train" else "forward_total"] / num_devices
+    return max(report.flops or 0.0, analytic), analytic
+
+
+def flops_text(
+    report: StepReport, config: ml_collections.ConfigDict, num_devices: int, peak: float | None
+) -> str:
+    """The report's FLOPs line for one device's step: :func:`step_flops`, naming the count
+    it shows and giving the other beside it, and the time it takes at ``peak`` FLOP/s."""
+    flops, analytic = step_flops(report, config, num_devices)
     by_analytic = "by mmtx.train.flops.analytic_flops"
     if report.flops is None:
-        flops, text = (
-            analytic,
-            f"{analytic:.4g} per step {by_analytic} (none from XLA:GPU without a GPU)",
-        )
+        text = f"{analytic:.4g} per step {by_analytic} (none from XLA:GPU without a GPU)"
     elif report.flops >= analytic:
-        flops, text = (
-            report.flops,
-            f"{report.flops:.4g} per step by XLA's cost analysis ({analytic:.4g} {by_analytic})",
-        )
+        text = f"{report.flops:.4g} per step by XLA's cost analysis ({analytic:.4g} {by_analytic})"
     else:
-        flops = analytic
         text = (
             f"{analytic:.4g} per step {by_analytic} (XLA's cost analysis: {report.flops:.4g}, "
             "each loop's body counted once)"
@@ -712,11 +753,9 @@ def flops_text(
 
 def _over_hbm(reports: Sequence[StepReport], devices: Sequence[Any]) -> str | None:
     """A one-line message for the first step whose total exceeds the device's HBM."""
-    device = devices[0]
-    chip = chip_of(device.device_kind)
-    if chip is None:
+    hbm = hbm_per_device(devices[0])
+    if hbm is None:
         return None
-    hbm = int(chip.hbm_bytes * (getattr(device, "num_cores", 1) or 1) / chip.cores)
     for report in reports:
         if report.memory["total"] > hbm:
             return (

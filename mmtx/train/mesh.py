@@ -95,11 +95,15 @@ def param_partition_spec(
         entries.append(_dividing_prefix(named, size, mesh))
     fsdp = mesh.shape["fsdp"]
     if fsdp > 1 and not any("fsdp" in axes for axes in entries):
+        # Each dimension's size on one device, as placed so far.
+        held = [
+            size // math.prod(mesh.shape[a] for a in axes)
+            for size, axes in zip(shape, entries, strict=True)
+        ]
         candidates = [
-            (size // math.prod(mesh.shape[a] for a in entries[dim]), dim)
-            for dim, size in enumerate(shape)
-            if (names[dim] if dim < len(names) else None) != "layers"
-            and size % (math.prod(mesh.shape[a] for a in entries[dim]) * fsdp) == 0
+            (size, dim)
+            for dim, size in enumerate(held)
+            if (names[dim] if dim < len(names) else None) != "layers" and size % fsdp == 0
         ]
         if candidates:
             _, dim = max(candidates)

@@ -86,207 +86,261 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """The full schema with defaults (the "small" variant). Every field is documented here."""
+    """The full schema with defaults (the "small" variant): the top-level fields and one group
+    per part, each made and documented, field by field, by its own function below (the
+    modalities' groups by their schemas, :mod:`mmtx.schemas`)."""
     c = ml_collections.ConfigDict()
     c.variant = "small"  # Name of the size variant last applied (see VARIANTS); informational.
     c.dtype = "auto"  # Compute dtype: float32 | bfloat16 | float16 | auto (bf16 on TPU/GPU).
     c.param_dtype = "float32"  # Dtype of params and optimizer state.
 
-    c.tokenizer = ml_collections.ConfigDict()
+    c.tokenizer = _tokenizer_defaults()
+    c.model = _model_defaults()
+    c.fusion = _fusion_defaults()
+    c.attention = _attention_defaults()
+    c.loss = _loss_defaults()
+    c.train = _train_defaults()
+    c.eval = _eval_defaults()
+    c.data = _data_defaults()
+    c.mesh = _mesh_defaults()
+    return c
+
+
+def _tokenizer_defaults() -> ml_collections.ConfigDict:
+    """The tokenizer's type and file."""
+    g = ml_collections.ConfigDict()
     # bytes (UTF-8 bytes, no download) | sentencepiece (mmtx's own, pad id 0) | the published
     # families' own: clip_bpe (OpenAI CLIP's BPE, ids as open_clip) | siglip (SigLIP's
     # SentencePiece, ids as transformers' SiglipTokenizer) | tokenizer_json (any Hugging Face
     # tokenizer.json).
-    c.tokenizer.type = "bytes"
+    g.type = "bytes"
     # The tokenizer's file, for every type but bytes: the SentencePiece .model (sentencepiece),
     # bpe_simple_vocab_16e6.txt.gz (clip_bpe), spiece.model (siglip), tokenizer.json.
-    c.tokenizer.model_file = ""
+    g.model_file = ""
+    return g
 
-    c.model = ml_collections.ConfigDict()
-    c.model.modalities = ("text", "image", "audio")  # Encoders the model has (any subset).
-    c.model.embed_dim = 128  # Width of the per-modality and fused output embeddings.
-    c.model.num_classes = 64  # Classification head size on the fused embedding; 0 = none.
+
+def _model_defaults() -> ml_collections.ConfigDict:
+    """The model: its modalities, output embedding, heads and one group per modality."""
+    g = ml_collections.ConfigDict()
+    g.modalities = ("text", "image", "audio")  # Encoders the model has (any subset).
+    g.embed_dim = 128  # Width of the per-modality and fused output embeddings.
+    g.num_classes = 64  # Classification head size on the fused embedding; 0 = none.
     # Auxiliary attribute heads on each modality's embedding (empty = none): attribute name ->
     # number of classes, and modality -> the attributes it can express. The loss term is
     # config.loss.attribute_weight; the batch must carry an int label per attribute.
-    c.model.attribute_classes = ml_collections.ConfigDict()
-    c.model.attribute_modalities = ml_collections.ConfigDict()
+    g.attribute_classes = ml_collections.ConfigDict()
+    g.attribute_modalities = ml_collections.ConfigDict()
     # Downstream tasks, each with its own learned fusion weights over the modality embeddings
     # (a gated fusion per task) and a classification head: task name -> the batch key it
     # predicts ("label", classes model.num_classes, or an attribute of attribute_classes).
     # Trained together with weight config.loss.task_weight; the weights are reported per task.
-    c.model.tasks = ml_collections.ConfigDict()
-    c.model.temperature_init = 0.07  # Initial contrastive temperature (learned). CLIP: 0.07.
-    c.model.logit_bias_init = -10.0  # Initial bias of the sigmoid (SigLIP) loss, learned.
-    c.model.dropout_rate = 0.0  # Dropout after attention and MLP in every block (train only).
-    c.model.modality_dropout = 0.0  # P(drop a modality from the fusion), per example, train only.
-    c.model.remat = (
-        "none"  # Rematerialisation policy per block: none | full | dots | dots_no_batch.
-    )
-    c.model.scan_layers = True  # nn.scan over layers (fast compile); False unrolls them.
+    g.tasks = ml_collections.ConfigDict()
+    g.temperature_init = 0.07  # Initial contrastive temperature (learned). CLIP: 0.07.
+    g.logit_bias_init = -10.0  # Initial bias of the sigmoid (SigLIP) loss, learned.
+    g.dropout_rate = 0.0  # Dropout after attention and MLP in every block (train only).
+    g.modality_dropout = 0.0  # P(drop a modality from the fusion), per example, train only.
+    g.remat = "none"  # Rematerialisation policy per block: none | full | dots | dots_no_batch.
+    g.scan_layers = True  # nn.scan over layers (fast compile); False unrolls them.
 
     # One group per registered modality (mmtx.modalities): its encoder's fields and the
     # projection of its pooled output. Their defaults and comments live with the modality.
     for modality in modality_names():
-        c.model[modality] = get_modality(modality).default_config()
+        g[modality] = get_modality(modality).default_config()
+    return g
 
-    c.fusion = ml_collections.ConfigDict()
+
+def _fusion_defaults() -> ml_collections.ConfigDict:
+    """How the modalities' tokens or embeddings are fused."""
+    g = ml_collections.ConfigDict()
     # concat: one joint transformer over all tokens (early fusion). gated: learned weights
     # over the pooled embeddings (late fusion). cross_attention: per-modality streams that
     # cross-attend to each other (ViLBERT). bottleneck: per-modality streams that exchange
     # information only through shared bottleneck tokens (MBT). perceiver: a latent array
     # cross-attends to all tokens (cost linear in the token count). none: no fusion (a
     # contrastive two-tower model such as CLIP; needs model.num_classes = 0).
-    c.fusion.type = "concat"
-    c.fusion.width = 128  # Width of the fusion layers (gated: of the projections).
-    c.fusion.depth = 1  # Fusion layers (not used by gated).
-    c.fusion.num_heads = 4
-    c.fusion.mlp_dim = 256
-    c.fusion.attention = "dense"  # Kernel of the fusion's self-attention.
-    c.fusion.cross_attention = "dense"  # Kernel of cross_attention/perceiver: dense | linear.
-    c.fusion.num_bottlenecks = 4  # bottleneck: shared bottleneck tokens.
-    c.fusion.fusion_layer = 0  # bottleneck: layers run per modality before fusion starts.
-    c.fusion.num_latents = 16  # perceiver: size of the latent array.
-    c.fusion.latent_layers = 1  # perceiver: latent self-attention blocks per cross-attention.
+    g.type = "concat"
+    g.width = 128  # Width of the fusion layers (gated: of the projections).
+    g.depth = 1  # Fusion layers (not used by gated).
+    g.num_heads = 4
+    g.mlp_dim = 256
+    g.attention = "dense"  # Kernel of the fusion's self-attention.
+    g.cross_attention = "dense"  # Kernel of cross_attention/perceiver: dense | linear.
+    g.num_bottlenecks = 4  # bottleneck: shared bottleneck tokens.
+    g.fusion_layer = 0  # bottleneck: layers run per modality before fusion starts.
+    g.num_latents = 16  # perceiver: size of the latent array.
+    g.latent_layers = 1  # perceiver: latent self-attention blocks per cross-attention.
+    return g
 
-    # Options of the attention kernels, shared by every tower whose `attention` names them.
-    c.attention = ml_collections.ConfigDict()
+
+def _attention_defaults() -> ml_collections.ConfigDict:
+    """Options of the attention kernels, shared by every tower whose `attention` names them."""
+    g = ml_collections.ConfigDict()
     # Attention implementation: auto (cuDNN flash for the dense kernel on a GPU when the dtype
     # and head dim allow, the Pallas splash kernel for the local kernel on a TPU, else XLA) | xla
     # | cudnn (dense kernel, GPU, bf16/fp16 only) | pallas (local kernel, TPU; interpret mode
     # anywhere with MMTX_PALLAS_INTERPRET=1); an explicit one that cannot run fails validation.
-    c.attention.implementation = "auto"
-    c.attention.local = ml_collections.ConfigDict()
-    c.attention.local.radius = 64  # Query i sees keys j with |i - j| <= radius.
-    c.attention.local.num_global = 1  # The first tokens (e.g. CLS) see and are seen by all.
-    c.attention.linear = ml_collections.ConfigDict()
-    c.attention.linear.feature_map = "elu"  # elu (elu + 1, exact) | favor (FAVOR+ features).
-    c.attention.linear.num_features = 0  # FAVOR+ random features; 0 = 4 * head_dim.
-    c.attention.linear.seed = 0  # Seed of the fixed FAVOR+ random projection.
+    g.implementation = "auto"
+    g.local = ml_collections.ConfigDict()
+    g.local.radius = 64  # Query i sees keys j with |i - j| <= radius.
+    g.local.num_global = 1  # The first tokens (e.g. CLS) see and are seen by all.
+    g.linear = ml_collections.ConfigDict()
+    g.linear.feature_map = "elu"  # elu (elu + 1, exact) | favor (FAVOR+ features).
+    g.linear.num_features = 0  # FAVOR+ random features; 0 = 4 * head_dim.
+    g.linear.seed = 0  # Seed of the fixed FAVOR+ random projection.
+    return g
 
-    c.loss = ml_collections.ConfigDict()
-    c.loss.contrastive = "softmax"  # softmax (CLIP) | sigmoid (SigLIP) | none; every modality pair.
-    c.loss.contrastive_weight = 1.0  # Weight of each pairwise contrastive term.
-    c.loss.classification_weight = 1.0  # Weight of the cross-entropy on the fused embedding.
-    c.loss.attribute_weight = 0.0  # Weight of each auxiliary attribute cross-entropy term.
-    c.loss.task_weight = 1.0  # Weight of each model.tasks head's cross-entropy term.
 
-    c.train = ml_collections.ConfigDict()
-    c.train.steps = 2000  # Optimizer steps.
-    c.train.batch_size = 64  # Global batch (all processes together).
-    c.train.microbatches = 1  # Gradient accumulation pieces per step (1 = none).
+def _loss_defaults() -> ml_collections.ConfigDict:
+    """The loss terms and their weights."""
+    g = ml_collections.ConfigDict()
+    g.contrastive = "softmax"  # softmax (CLIP) | sigmoid (SigLIP) | none; every modality pair.
+    g.contrastive_weight = 1.0  # Weight of each pairwise contrastive term.
+    g.classification_weight = 1.0  # Weight of the cross-entropy on the fused embedding.
+    g.attribute_weight = 0.0  # Weight of each auxiliary attribute cross-entropy term.
+    g.task_weight = 1.0  # Weight of each model.tasks head's cross-entropy term.
+    return g
+
+
+def _train_defaults() -> ml_collections.ConfigDict:
+    """The optimizer, its schedule, logging, checkpointing and fine-tuning."""
+    g = ml_collections.ConfigDict()
+    g.steps = 2000  # Optimizer steps.
+    g.batch_size = 64  # Global batch (all processes together).
+    g.microbatches = 1  # Gradient accumulation pieces per step (1 = none).
     # Unroll the microbatch gradient loop when microbatches <= this, else lax.scan (0: always
     # scan; -1: auto, 8 on CPU where it is faster, 0 on accelerators).
-    c.train.accumulation_unroll = -1
-    c.train.learning_rate = 1e-3  # Peak learning rate of the warmup + cosine schedule.
-    c.train.warmup_steps = 100  # Linear warmup from 0 to the peak.
-    c.train.end_learning_rate_factor = 0.01  # Cosine decays to peak * this at the last step.
-    c.train.weight_decay = 0.05  # AdamW decoupled decay, applied to weight matrices only.
-    c.train.b1 = 0.9  # Adam first-moment decay.
-    c.train.b2 = 0.98  # Adam second-moment decay (0.98 as in CLIP, stabler than 0.999).
-    c.train.grad_clip = 1.0  # Clip the global gradient norm; 0 = no clipping.
-    c.train.seed = 0  # Seeds param init and dropout.
-    c.train.log_every = 50  # Steps between progress lines / train metric writes.
-    c.train.eval_every = 500  # Steps between evaluations (and one at the end).
-    c.train.checkpoint_every = 500  # Steps between checkpoints (and one at the end).
-    c.train.keep_checkpoints = 3  # Checkpoints kept on disk.
+    g.accumulation_unroll = -1
+    g.learning_rate = 1e-3  # Peak learning rate of the warmup + cosine schedule.
+    g.warmup_steps = 100  # Linear warmup from 0 to the peak.
+    g.end_learning_rate_factor = 0.01  # Cosine decays to peak * this at the last step.
+    g.weight_decay = 0.05  # AdamW decoupled decay, applied to weight matrices only.
+    g.b1 = 0.9  # Adam first-moment decay.
+    g.b2 = 0.98  # Adam second-moment decay (0.98 as in CLIP, stabler than 0.999).
+    g.grad_clip = 1.0  # Clip the global gradient norm; 0 = no clipping.
+    g.seed = 0  # Seeds param init and dropout.
+    g.log_every = 50  # Steps between progress lines / train metric writes.
+    g.eval_every = 500  # Steps between evaluations (and one at the end).
+    g.checkpoint_every = 500  # Steps between checkpoints (and one at the end).
+    g.keep_checkpoints = 3  # Checkpoints kept on disk.
     # Peak FLOP/s per device that the logged MFU divides by; 0 = the table for TPU v4/v5e/v5p/
     # v6e and A100/H100/H200 (bf16 dense), else measured once at start (a large matmul; CPU).
-    c.train.peak_flops = 0.0
+    g.peak_flops = 0.0
     # Steps START,END (1-based, inclusive) traced with jax.profiler to workdir/profile for
     # TensorBoard's profile plugin; (0, 0) = off.
-    c.train.profile_steps = (0, 0)
+    g.profile_steps = (0, 0)
     # On a non-finite loss or gradient: "stop" (exit non-zero naming the step, saving no new
     # checkpoint) or "skip" (leave the state unchanged and count the step in train/nonfinite).
-    c.train.nonfinite = "stop"
+    g.nonfinite = "stop"
+    _add_fine_tuning_defaults(g)
+    return g
+
+
+def _add_fine_tuning_defaults(g: ml_collections.ConfigDict) -> None:
+    """The fine-tuning fields of the ``train`` group ``g``: where the params start, which
+    train, layer-wise decay, EMA and LoRA (added after the optimizer's, in place)."""
     # Fine-tuning (docs/usage.md, "Fine-tuning"). A fresh run's params start from another
     # run's: a workdir (its newest intact checkpoint) or a step directory DIR/checkpoints/STEP.
     # Params are matched by path; new ones stay initialised, learned 2-D position tables are
     # resampled to this config's patch grid; the optimizer starts fresh. "" = from scratch.
-    c.train.init_from = ""
+    g.init_from = ""
     # Regexes over "/"-joined param paths ("^image/", "_head/"): a param trains when it matches
     # one of `trainable` (or `trainable` is empty) and none of `frozen`. Frozen params get no
     # optimizer state and no weight decay, and stay bit-identical.
-    c.train.trainable = ()
-    c.train.frozen = ()
+    g.trainable = ()
+    g.frozen = ()
     # Layer-wise learning-rate decay: block i of a tower of depth L trains at lr * d^(L - i),
     # its embeddings at lr * d^(L + 1), everything else at lr. 1 = off.
-    c.train.layer_decay = 1.0
+    g.layer_decay = 1.0
     # Exponential moving average of the params, updated every step (ema = d * ema + (1 - d) *
     # params, starting at the initial / init_from params), evaluated and checkpointed beside
     # them (eval metrics ema/...; mmtx.Model.from_checkpoint(dir, ema=True)). 0 = none.
-    c.train.ema_decay = 0.0
-    # LoRA adapters (Hu et al. 2021) on the towers' block kernels: W + alpha / rank * A @ B,
-    # B zero at the start. With rank > 0 only the adapters (and `trainable` matches) train.
-    c.train.lora = ml_collections.ConfigDict()
-    c.train.lora.rank = 0  # Adapter rank; 0 = no adapters.
-    c.train.lora.alpha = 1.0  # Adapter scale numerator: the update is alpha / rank * A @ B.
+    g.ema_decay = 0.0
+    g.lora = _lora_defaults()
+
+
+def _lora_defaults() -> ml_collections.ConfigDict:
+    """LoRA adapters (Hu et al. 2021) on the towers' block kernels: W + alpha / rank * A @ B,
+    B zero at the start. With rank > 0 only the adapters (and `trainable` matches) train."""
+    g = ml_collections.ConfigDict()
+    g.rank = 0  # Adapter rank; 0 = no adapters.
+    g.alpha = 1.0  # Adapter scale numerator: the update is alpha / rank * A @ B.
     # Kernels that get adapters: attention (query, key, value, out), mlp (fc1, fc2), one of
     # those six names, or a regex over param paths ending in a kernel (mmtx.train.lora).
-    c.train.lora.targets = ("attention", "mlp")
+    g.targets = ("attention", "mlp")
+    return g
 
-    c.eval = ml_collections.ConfigDict()
-    c.eval.batch_size = 256  # Eval batch (global); the last partial batch is padded.
+
+def _eval_defaults() -> ml_collections.ConfigDict:
+    """Evaluation: batch size, zero-shot classification and retrieval."""
+    g = ml_collections.ConfigDict()
+    g.batch_size = 256  # Eval batch (global); the last partial batch is padded.
     # Zero-shot classification of the eval images/audio by prompted class names (CLIP):
     # needs a text tower and labels with names (see classnames).
-    c.eval.zero_shot = True
+    g.zero_shot = True
     # Prompt templates, "{}" = the class name; each class's prompt embeddings are averaged.
-    c.eval.zero_shot_templates = ("a photo of a {}.", "a {}.", "a picture of a {}.")
+    g.zero_shot_templates = ("a photo of a {}.", "a {}.", "a picture of a {}.")
     # Zero-shot class names in label order; () = the data's own (synthetic: "red circle", ...,
     # "white ring" = shape x colour; TFDS: a ClassLabel's names).
-    c.eval.classnames = ()
+    g.classnames = ()
     # Retrieval with every caption of an example when the data has several (COCO protocol:
     # image->text hits when any caption is in the top k; each caption a text->image query).
-    c.eval.all_captions = True
+    g.all_captions = True
+    return g
 
-    c.data = ml_collections.ConfigDict()
+
+def _data_defaults() -> ml_collections.ConfigDict:
+    """The data source, its columns or features, the input pipeline and augmentation."""
+    g = ml_collections.ConfigDict()
     # synthetic (built-in, no download) | tfds:<name> (a TFDS dataset prepared as array_record
     # in data_dir, e.g. tfds:coco_captions/2017; see mmtx.data.tfds_source) | your own files:
     # csv:PATH | folder:DIR | arrayrecord:PATTERN | wds:PATTERN | parquet:PATTERN, local or a
     # bucket URL (gs://, s3://), patterns with globs or braces (see mmtx.data.sources).
-    c.data.source = "synthetic"
+    g.source = "synthetic"
     # Evaluation data of a file source, in the same syntax; "" = the last data.holdout examples
     # of a random-access data.source (csv, folder, arrayrecord), or no evaluation.
-    c.data.eval_source = ""
-    c.data.holdout = 0  # Examples at the end of a random-access file source kept for eval.
-    c.data.csv_separator = "\t"  # csv: the field separator (open_clip's default, a tab).
+    g.eval_source = ""
+    g.holdout = 0  # Examples at the end of a random-access file source kept for eval.
+    g.csv_separator = "\t"  # csv: the field separator (open_clip's default, a tab).
     # The CSV / Parquet column behind each role; "" = the format's default (csv: filepath,
     # title for image, text; parquet: jpg, caption as img2dataset writes them; else none).
-    c.data.columns = ml_collections.ConfigDict({**dict.fromkeys(modality_names(), ""), "label": ""})
-    c.data.shuffle_buffer = 1000  # Streams: examples shuffled within a window of this many.
-    c.data.cycle_length = 4  # Streams: shards read at once (interleaved), per worker.
-    c.data.resampled = False  # Streams: draw shards with replacement (open_clip's resampled).
+    g.columns = ml_collections.ConfigDict({**dict.fromkeys(modality_names(), ""), "label": ""})
+    g.shuffle_buffer = 1000  # Streams: examples shuffled within a window of this many.
+    g.cycle_length = 4  # Streams: shards read at once (interleaved), per worker.
+    g.resampled = False  # Streams: draw shards with replacement (open_clip's resampled).
     # Examples in one pass over the training data, for the epoch shown in the progress line
     # (needed for a stream; 0 = the source's length where it has one, else not shown).
-    c.data.train_num_samples = 0
+    g.train_num_samples = 0
     # A run stops once more than this fraction of the examples read is bad (undecodable,
     # missing, empty; judged after 100 examples). Bad examples below it are skipped, counted.
-    c.data.max_bad_fraction = 0.05
-    c.data.seed = 0  # Seeds the synthetic examples, the shuffle order and augmentation.
-    c.data.train_size = 1_000_000  # Examples in the synthetic train split.
-    c.data.eval_size = 1024  # Examples in the synthetic eval split.
-    c.data.data_dir = ""  # TFDS data_dir; "" = TFDS's default ($TFDS_DATA_DIR or ~/).
-    c.data.train_split = "train"  # TFDS split trained on; slicing allowed ("train[:90%]").
-    c.data.eval_split = "validation"  # TFDS split evaluated on ("train[90%:]", "test", ...).
+    g.max_bad_fraction = 0.05
+    g.seed = 0  # Seeds the synthetic examples, the shuffle order and augmentation.
+    g.train_size = 1_000_000  # Examples in the synthetic train split.
+    g.eval_size = 1024  # Examples in the synthetic eval split.
+    g.data_dir = ""  # TFDS data_dir; "" = TFDS's default ($TFDS_DATA_DIR or ~/).
+    g.train_split = "train"  # TFDS split trained on; slicing allowed ("train[:90%]").
+    g.eval_split = "validation"  # TFDS split evaluated on ("train[90%:]", "test", ...).
     # TFDS feature behind each role; nested features joined with "/" ("captions/text");
     # "" = the dataset has none. Every modality in model.modalities needs one.
-    c.data.features = ml_collections.ConfigDict(
-        {**dict.fromkeys(modality_names(), ""), "label": ""}
-    )
-    c.data.audio_sample_rate = 0  # Source audio's rate in Hz; 0 = from the TFDS feature.
-    c.data.augment = False  # Training augmentation: random image crop + flip, audio crop.
+    g.features = ml_collections.ConfigDict({**dict.fromkeys(modality_names(), ""), "label": ""})
+    g.audio_sample_rate = 0  # Source audio's rate in Hz; 0 = from the TFDS feature.
+    g.augment = False  # Training augmentation: random image crop + flip, audio crop.
     # With augment: () = resize the shorter side, then a random square + flip; (lo, hi) = a
     # random-resized crop of that area fraction (open_clip trains with (0.9, 1.0)) + flip.
-    c.data.crop_scale = ()
-    c.data.num_threads = 2  # Threads reading and preprocessing examples (per process/worker).
-    c.data.num_workers = 0  # grain worker processes making batches; 0 = none (threads only).
-    c.data.prefetch = 4  # Batches buffered ahead of the train step.
+    g.crop_scale = ()
+    g.num_threads = 2  # Threads reading and preprocessing examples (per process/worker).
+    g.num_workers = 0  # grain worker processes making batches; 0 = none (threads only).
+    g.prefetch = 4  # Batches buffered ahead of the train step.
+    return g
 
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1  # Data-parallel mesh axis size; -1 = the remaining devices.
-    c.mesh.fsdp = 1  # Param-sharding (ZeRO-3 style) axis size.
-    c.mesh.tensor = 1  # Tensor-parallel axis size.
-    return c
+
+def _mesh_defaults() -> ml_collections.ConfigDict:
+    """The device mesh's axis sizes."""
+    g = ml_collections.ConfigDict()
+    g.data = -1  # Data-parallel mesh axis size; -1 = the remaining devices.
+    g.fsdp = 1  # Param-sharding (ZeRO-3 style) axis size.
+    g.tensor = 1  # Tensor-parallel axis size.
+    return g
 
 
 class UnknownKeyError(KeyError):
@@ -644,7 +698,20 @@ def validate(
     (:mod:`mmtx.nn.attention`, :mod:`mmtx.nn.platform`, jax's backend).
     """
     _check_schema(config, default_config())
-    modalities = tuple(config.model.modalities)
+    _validate_modality_names(tuple(config.model.modalities))
+    _check_ranges(config)
+    _validate_dtypes(config)
+    _validate_heads(config.model)
+    _validate_towers(config)
+    _validate_fusion(config)
+    _validate_attention(config, platform)
+    _validate_training(config)
+    _validate_eval(config.eval)
+    _validate_tokenizer(config.tokenizer)
+    return config
+
+
+def _validate_modality_names(modalities: tuple[str, ...]) -> None:
     _require(len(modalities) > 0, "model.modalities", "needs at least one modality")
     for modality in modalities:
         _require(
@@ -652,31 +719,42 @@ def validate(
             "model.modalities",
             f"unknown modality {modality!r}; registered: {modality_names()}",
         )
-    _check_ranges(config)
+
+
+def _validate_dtypes(config: ml_collections.ConfigDict) -> None:
     _require(config.dtype in DTYPES, "dtype", f"{config.dtype!r} is not one of {DTYPES}")
     _require(
         config.param_dtype in PARAM_DTYPES,
         "param_dtype",
         f"{config.param_dtype!r} is not one of {PARAM_DTYPES}",
     )
-    for modality, names in config.model.attribute_modalities.items():
+
+
+def _validate_heads(model: ml_collections.ConfigDict) -> None:
+    """The attribute heads and the tasks name what they predict."""
+    for modality, names in model.attribute_modalities.items():
         field = f"model.attribute_modalities.{modality}"
         _require(modality in modality_names(), field, f"unknown modality {modality!r}")
         for name in names:
             _require(
-                name in config.model.attribute_classes,
+                name in model.attribute_classes,
                 field,
                 f"attribute {name!r} has no entry in model.attribute_classes",
             )
-    for name, label in config.model.tasks.items():
+    for name, label in model.tasks.items():
         _require(
-            (label == "label" and config.model.num_classes > 0)
-            or label in config.model.attribute_classes,
+            (label == "label" and model.num_classes > 0) or label in model.attribute_classes,
             f"model.tasks.{name}",
             f"predicts {label!r}, which needs an entry in model.attribute_classes (or 'label' "
             "with model.num_classes > 0)",
         )
+
+
+def _validate_towers(config: ml_collections.ConfigDict) -> None:
+    """The configured modalities' towers and the fusion's transformer: remat, heads and
+    kernels, then each tower's choices and its modality's own checks."""
     _require(config.model.remat in REMAT_POLICIES, "model.remat", f"one of {REMAT_POLICIES}")
+    modalities = tuple(config.model.modalities)
     towers = [(f"model.{m}", config.model[m]) for m in modalities]
     for name, tower in [*towers, ("fusion", config.fusion)]:
         _require(
@@ -692,39 +770,6 @@ def validate(
     for modality in modalities:
         _validate_tower(modality, config.model[modality], config.model.embed_dim)
         get_modality(modality).validate(config.model[modality], _require)
-    _validate_fusion(config.fusion)
-    _require(
-        config.fusion.type != NO_FUSION or config.model.num_classes == 0,
-        "model.num_classes",
-        "fusion.type='none' has no fused embedding to classify: set model.num_classes to 0; "
-        f"got {config.model.num_classes}",
-    )
-    _require(
-        config.fusion.type != NO_FUSION or config.model.modality_dropout == 0,
-        "model.modality_dropout",
-        "drops modalities from the fusion, which fusion.type='none' does not have: set it "
-        f"to 0; got {config.model.modality_dropout}",
-    )
-    _require(
-        config.attention.linear.feature_map in ("elu", "favor"),
-        "attention.linear.feature_map",
-        "elu | favor",
-    )
-    _validate_attention_implementation(config, platform)
-    _validate_training(config)
-    _validate_eval(config.eval)
-    _require(
-        config.tokenizer.type in ("bytes", "sentencepiece", "clip_bpe", "siglip", "tokenizer_json"),
-        "tokenizer.type",
-        "bytes | sentencepiece | clip_bpe | siglip | tokenizer_json",
-    )
-    _require(
-        config.tokenizer.type == "bytes" or bool(config.tokenizer.model_file),
-        "tokenizer.model_file",
-        f"tokenizer.type={config.tokenizer.type!r} needs the path of its file (a SentencePiece "
-        ".model, bpe_simple_vocab_16e6.txt.gz, spiece.model or tokenizer.json)",
-    )
-    return config
 
 
 def _validate_tower(modality: str, tower: ml_collections.ConfigDict, embed_dim: int) -> None:
@@ -761,9 +806,12 @@ def _validate_tower(modality: str, tower: ml_collections.ConfigDict, embed_dim: 
         )
 
 
-def _validate_fusion(fusion: ml_collections.ConfigDict) -> None:
+def _validate_fusion(config: ml_collections.ConfigDict) -> None:
+    """The fusion's type and kernels, and what a model without fusion cannot have."""
     # Imported here: the fusion package imports flax; custom fusions register there.
     from mmtx.fusion import FUSION_MODULES
+
+    fusion = config.fusion
 
     _require(
         fusion.type in FUSION_MODULES or fusion.type == NO_FUSION,
@@ -788,6 +836,27 @@ def _validate_fusion(fusion: ml_collections.ConfigDict) -> None:
         )
     if fusion.type in ("cross_attention", "bottleneck", "perceiver"):
         _require(fusion.depth > 0, "fusion.depth", f"{fusion.type} fusion needs depth >= 1")
+    _require(
+        fusion.type != NO_FUSION or config.model.num_classes == 0,
+        "model.num_classes",
+        "fusion.type='none' has no fused embedding to classify: set model.num_classes to 0; "
+        f"got {config.model.num_classes}",
+    )
+    _require(
+        fusion.type != NO_FUSION or config.model.modality_dropout == 0,
+        "model.modality_dropout",
+        "drops modalities from the fusion, which fusion.type='none' does not have: set it "
+        f"to 0; got {config.model.modality_dropout}",
+    )
+
+
+def _validate_attention(config: ml_collections.ConfigDict, platform: str | None) -> None:
+    _require(
+        config.attention.linear.feature_map in ("elu", "favor"),
+        "attention.linear.feature_map",
+        "elu | favor",
+    )
+    _validate_attention_implementation(config, platform)
 
 
 def _validate_attention_implementation(
@@ -816,6 +885,29 @@ def _validate_attention_implementation(
     dtype = config.dtype
     if dtype == "auto":
         dtype = "float32" if backend == "cpu" else "bfloat16"
+    for name, tower, kernels in _attention_kernel_uses(config):
+        for kernel in kernels:
+            if implementation == "pallas":
+                reason = pallas_unsupported_reason(kernel=kernel, backend=backend)
+            else:
+                reason = cudnn_unsupported_reason(
+                    kernel=kernel,
+                    dtype=dtype,
+                    head_dim=tower.width // tower.num_heads,
+                    backend=backend,
+                )
+            _require(
+                reason is None,
+                "attention.implementation",
+                f"{implementation!r} in {name}: {reason}",
+            )
+
+
+def _attention_kernel_uses(
+    config: ml_collections.ConfigDict,
+) -> list[tuple[str, ml_collections.ConfigDict, tuple[str, ...]]]:
+    """``(field, group, kernels)`` for every configured tower (its kernel, and the dense MAP
+    head's) and the fusion (the kernels its type runs)."""
     uses = [
         (
             f"model.{m}",
@@ -833,22 +925,7 @@ def _validate_attention_implementation(
         "perceiver": (fusion.attention, fusion.cross_attention),
     }.get(fusion.type, ())
     uses.append(("fusion", fusion, fusion_kernels))
-    for name, tower, kernels in uses:
-        for kernel in kernels:
-            if implementation == "pallas":
-                reason = pallas_unsupported_reason(kernel=kernel, backend=backend)
-            else:
-                reason = cudnn_unsupported_reason(
-                    kernel=kernel,
-                    dtype=dtype,
-                    head_dim=tower.width // tower.num_heads,
-                    backend=backend,
-                )
-            _require(
-                reason is None,
-                "attention.implementation",
-                f"{implementation!r} in {name}: {reason}",
-            )
+    return uses
 
 
 def _validate_training(config: ml_collections.ConfigDict) -> None:
@@ -905,6 +982,20 @@ def _validate_eval(evaluation: ml_collections.ConfigDict) -> None:
             "eval.zero_shot_templates",
             f"each template needs exactly one '{{}}' for the class name; got {template!r}",
         )
+
+
+def _validate_tokenizer(tokenizer: ml_collections.ConfigDict) -> None:
+    _require(
+        tokenizer.type in ("bytes", "sentencepiece", "clip_bpe", "siglip", "tokenizer_json"),
+        "tokenizer.type",
+        "bytes | sentencepiece | clip_bpe | siglip | tokenizer_json",
+    )
+    _require(
+        tokenizer.type == "bytes" or bool(tokenizer.model_file),
+        "tokenizer.model_file",
+        f"tokenizer.type={tokenizer.type!r} needs the path of its file (a SentencePiece "
+        ".model, bpe_simple_vocab_16e6.txt.gz, spiece.model or tokenizer.json)",
+    )
 
 
 def _validate_data(config: ml_collections.ConfigDict) -> None:

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from mmtx.data.source_kinds import FILE_KINDS, source_kind
-from mmtx.schemas import get_modality, modality_names
+from mmtx.schemas import get_modality, modality_names, tower_options
 from mmtx.schemas.audio import audio_patch_grid, spectrogram_frames  # noqa: F401 (re-exported)
 
 # The built-in fusion types; mmtx.fusion.register_fusion adds more. "none" is no fusion
@@ -33,7 +33,7 @@ from mmtx.schemas.audio import audio_patch_grid, spectrogram_frames  # noqa: F40
 FUSION_TYPES = ("concat", "gated", "cross_attention", "bottleneck", "perceiver")
 NO_FUSION = "none"
 CROSS_ATTENTION_KERNELS = ("dense", "linear")
-ATTENTION_KERNELS = ("dense", "local", "linear")
+ATTENTION_KERNELS = tower_options.ATTENTION.choices
 
 
 def __getattr__(name: str) -> Any:
@@ -48,9 +48,10 @@ def __getattr__(name: str) -> Any:
 
 # Class tokens each pooling prepends to the tower's tokens (others: none).
 CLASS_TOKENS = {"cls": 1, "cls_distill": 2}
-ACTIVATIONS = ("gelu_tanh", "gelu", "quick_gelu")
-PROJECTIONS = ("dense", "no_bias", "none")
-POSITION_EMBEDDINGS = ("learned", "sincos")
+# The choices of the towers' shared options (declared with them, in mmtx.schemas.tower_options).
+ACTIVATIONS = tower_options.ACTIVATION.choices
+PROJECTIONS = tower_options.PROJECTION.choices
+POSITION_EMBEDDINGS = tower_options.POSITION_EMBEDDING.choices
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 # Groups whose keys are names the user chooses (attribute names), not fixed fields.
 OPEN_GROUPS = ("model.attribute_classes", "model.attribute_modalities", "model.tasks")
@@ -618,9 +619,10 @@ RANGES: dict[str, str] = {
     "mesh.fsdp": "-1 or > 0",
     "mesh.tensor": "-1 or > 0",
 }
-TOWER_RANGES = {"width": "> 0", "depth": ">= 0", "num_heads": "> 0", "mlp_dim": "> 0"}
+# The transformer sizes' ranges, every tower's and the fusion's (mmtx.schemas.tower_options.SIZES).
+TOWER_RANGES = {field.name: field.range for field in tower_options.SIZES}
 # Fields of the modality towers only (the fusion has none of them).
-MODALITY_TOWER_RANGES = {"norm_eps": "> 0"}
+MODALITY_TOWER_RANGES = {tower_options.NORM_EPS.name: tower_options.NORM_EPS.range}
 
 
 def _in_range(value: float, spec: str) -> bool:

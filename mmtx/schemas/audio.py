@@ -4,11 +4,10 @@ token count (the encoder: :mod:`mmtx.modalities.audio`). Pure arithmetic on the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import ClassVar
-
 import ml_collections
 
+from mmtx.schemas import tower_options
+from mmtx.schemas.field import Field
 from mmtx.schemas.schema import ModalitySchema, Require
 
 
@@ -30,6 +29,8 @@ def audio_patch_grid(audio: ml_collections.ConfigDict) -> tuple[int, int]:
 
 # The optional batch key of each row's real samples, int32 [B] (see AudioSpec).
 LENGTH_KEY = "audio_length"
+# The spectrogram frontends (model.audio.frontend).
+FRONTENDS = ("log_mel", "kaldi_fbank")
 
 
 class AudioSchema(ModalitySchema):
@@ -42,64 +43,48 @@ class AudioSchema(ModalitySchema):
     extra_keys = (LENGTH_KEY,)
     # cls | mean | cls_distill (AST: class and distillation tokens, their outputs averaged).
     poolings = ("cls", "mean", "cls_distill")
-    ranges: ClassVar[Mapping[str, str]] = {
-        "sample_rate": "> 0",
-        "num_samples": "> 0",
-        "window_length": "> 0",
-        "hop_length": "> 0",
-        "num_mel_bins": "> 0",
-        "min_frequency": ">= 0",
-        "max_frequency": "> 0",
-        "log_mel_std": "> 0",
-        "patch_size": "> 0",
-        "patch_stride": ">= 0",
-    }
+    fields = (
+        Field("sample_rate", 16000, "Hz of the input waveform.", range="> 0"),
+        Field("num_samples", 16000, "Clip length fed to the model (cropped/padded).", range="> 0"),
+        Field("window_length", 400, "STFT window in samples (25 ms at 16 kHz).", range="> 0"),
+        Field("hop_length", 160, "STFT hop in samples (10 ms at 16 kHz).", range="> 0"),
+        Field("num_mel_bins", 64, "Mel filterbank size.", range="> 0"),
+        Field("min_frequency", 50.0, "Lowest mel filter edge in Hz.", range=">= 0"),
+        Field("max_frequency", 8000.0, "Highest mel edge in Hz (<= sample_rate / 2).", range="> 0"),
+        Field(
+            "frontend",
+            "log_mel",
+            "log_mel (mmtx's log-mel) | kaldi_fbank (Kaldi's filterbank as AST's feature "
+            "extractor computes it: DC removal, pre-emphasis, Hann window, Kaldi mel scale).",
+            choices=FRONTENDS,
+        ),
+        Field("log_mel_mean", -4.0, "Normalisation of log-mel values: (x - mean) / std."),
+        Field("log_mel_std", 4.0, "The std of that normalisation.", range="> 0"),
+        Field("patch_size", (16, 16), "(time frames, mel bins) per patch, AST-style.", range="> 0"),
+        *tower_options.SIZES,
+        tower_options.ATTENTION,
+        tower_options.POOLING,
+        tower_options.POSITION_EMBEDDING.with_default("sincos"),  # sincos works for any clip length
+        Field(
+            "patch_stride",
+            (0, 0),
+            "(time, mel) stride of the patches; 0 = the patch size (no overlap). AST: (10, 10).",
+            range=">= 0",
+        ),
+        tower_options.PATCH_BIAS,
+        tower_options.CLASS_TOKEN_POSEMB,
+        *tower_options.NORMS_AND_HEAD,
+    )
     # Position is not audible; motion is (a pitch glide) when the data has video.
     attributes = ("shape", "colour", "size", "motion")
     description = "waveforms"
     value_range = "samples are in about [-1, 1]"
 
-    def default_config(self) -> ml_collections.ConfigDict:
-        g = ml_collections.ConfigDict()
-        g.sample_rate = 16000  # Hz of the input waveform.
-        g.num_samples = 16000  # Clip length fed to the model (raw inputs are cropped/padded).
-        g.window_length = 400  # STFT window in samples (25 ms at 16 kHz).
-        g.hop_length = 160  # STFT hop in samples (10 ms at 16 kHz).
-        g.num_mel_bins = 64  # Mel filterbank size.
-        g.min_frequency = 50.0  # Lowest mel filter edge in Hz.
-        g.max_frequency = 8000.0  # Highest mel filter edge in Hz (<= sample_rate / 2).
-        # log_mel (mmtx's log-mel) | kaldi_fbank (Kaldi's filterbank as AST's feature extractor
-        # computes it: DC removal, pre-emphasis, Hann window, Kaldi mel scale).
-        g.frontend = "log_mel"
-        g.log_mel_mean = -4.0  # Normalisation of log-mel values: (x - mean) / std.
-        g.log_mel_std = 4.0
-        g.patch_size = (16, 16)  # (time frames, mel bins) per patch, AST-style.
-        g.width = 128
-        g.depth = 2
-        g.num_heads = 4
-        g.mlp_dim = 256
-        g.attention = "dense"
-        # cls | mean | cls_distill (AST: class and distillation tokens, their outputs averaged).
-        g.pooling = "cls"
-        g.position_embedding = "sincos"  # sincos works for any clip length.
-        # (time, mel) stride of the patches; 0 = the patch size (no overlap). AST: (10, 10).
-        g.patch_stride = (0, 0)
-        g.patch_bias = True  # Bias of the patch projection.
-        g.class_token_posemb = False  # As model.image.class_token_posemb.
-        g.activation = "gelu_tanh"  # MLP's: gelu_tanh | gelu (exact erf) | quick_gelu.
-        g.norm_eps = 1e-6  # Epsilon of every LayerNorm in the tower (CLIP 1e-5).
-        g.pre_norm = False  # A LayerNorm before the first block (CLIP's ln_pre).
-        g.final_norm = True  # The LayerNorm after the last block, on every token.
-        # Projection of the pooled output to model.embed_dim: dense | no_bias (kernel only) |
-        # none (the pooled output itself; needs width == model.embed_dim).
-        g.projection = "dense"
-        return g
-
     def validate(self, group: ml_collections.ConfigDict, require: Require) -> None:
         require(
-            group.frontend in ("log_mel", "kaldi_fbank"),
+            group.frontend in FRONTENDS,
             "model.audio.frontend",
-            f"{group.frontend!r} is not one of ('log_mel', 'kaldi_fbank')",
+            f"{group.frontend!r} is not one of {FRONTENDS}",
         )
         require(
             group.num_samples >= group.window_length,

@@ -3,12 +3,14 @@ encoder: :mod:`mmtx.modalities.image`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import ClassVar
-
 import ml_collections
 
+from mmtx.schemas import tower_options
+from mmtx.schemas.field import Field
 from mmtx.schemas.schema import ModalitySchema, Require
+
+# The patch embeddings (model.image.stem).
+STEMS = ("patch", "conv")
 
 
 class ImageSchema(ModalitySchema):
@@ -17,54 +19,36 @@ class ImageSchema(ModalitySchema):
     name = "image"
     raw_input = "image_features"
     example_key = "image"
-    poolings = ("cls", "mean", "map")
-    ranges: ClassVar[Mapping[str, str]] = {
-        "image_size": "> 0",
-        "patch_size": "> 0",
-        "channels": "> 0",
-        "std": "> 0",
-        "resize_size": ">= 0",
-    }
+    poolings = ("cls", "mean", "map")  # map: attention pooling with a probe (SigLIP)
+    fields = (
+        Field("image_size", 64, "Input height and width in pixels.", range="> 0"),
+        Field(
+            "patch_size", 8, "Square patch side; image_size must be divisible by it.", range="> 0"
+        ),
+        tower_options.CHANNELS,
+        *tower_options.RESIZE_OPTIONS,
+        Field(
+            "stem",
+            "patch",
+            "patch (linear, ViT) | conv (3x3 stride-2 convs, ViTc).",
+            choices=STEMS,
+        ),
+        *tower_options.SIZES,
+        tower_options.ATTENTION,
+        tower_options.POOLING,
+        tower_options.POSITION_EMBEDDING,
+        tower_options.MEAN,
+        tower_options.STD,
+        tower_options.PATCH_BIAS,
+        tower_options.CLASS_TOKEN_POSEMB,
+        *tower_options.NORMS_AND_HEAD,
+    )
     attributes = ("shape", "colour", "size", "position")
     description = "images"
     value_range = "pixels are in [0, 1]"
 
-    def default_config(self) -> ml_collections.ConfigDict:
-        g = ml_collections.ConfigDict()
-        g.image_size = 64  # Input height and width in pixels.
-        g.patch_size = 8  # Square patch side; image_size must be divisible by it.
-        g.channels = 3  # Input channels.
-        g.resize = "shorter_side"  # shorter_side (then the centre crop) | squash (no crop).
-        g.interpolation = "bilinear"  # Resize filter, PIL's (antialiased): bilinear | bicubic.
-        g.resize_size = 0  # shorter_side: the side's length before the crop; 0 = image_size.
-        # Where the centre crop starts an odd margin: round (torchvision's CenterCrop, as
-        # open_clip) | floor (HF image processors).
-        g.crop_offset = "round"
-        g.stem = "patch"  # patch (linear, ViT) | conv (3x3 stride-2 convs, ViTc).
-        g.width = 128
-        g.depth = 2
-        g.num_heads = 4
-        g.mlp_dim = 256
-        g.attention = "dense"
-        g.pooling = "cls"  # cls | mean | map (attention pooling with a probe, SigLIP).
-        g.position_embedding = "learned"
-        g.mean = (0.5, 0.5, 0.5)  # Per-channel normalisation of [0, 1] pixels.
-        g.std = (0.5, 0.5, 0.5)
-        g.patch_bias = True  # Bias of the patch projection (stem patch).
-        # Learned position table with rows for the class tokens too, added after they are
-        # prepended (CLIP); False: rows for the patches only, added before.
-        g.class_token_posemb = False
-        g.activation = "gelu_tanh"  # MLP's: gelu_tanh | gelu (exact erf) | quick_gelu.
-        g.norm_eps = 1e-6  # Epsilon of every LayerNorm in the tower (CLIP 1e-5).
-        g.pre_norm = False  # A LayerNorm before the first block (CLIP's ln_pre).
-        g.final_norm = True  # The LayerNorm after the last block, on every token.
-        # Projection of the pooled output to model.embed_dim: dense | no_bias (kernel only) |
-        # none (the pooled output itself; needs width == model.embed_dim).
-        g.projection = "dense"
-        return g
-
     def validate(self, group: ml_collections.ConfigDict, require: Require) -> None:
-        require(group.stem in ("patch", "conv"), "model.image.stem", "patch | conv")
+        require(group.stem in STEMS, "model.image.stem", " | ".join(STEMS))
         require(
             group.stem == "patch" or group.patch_size & (group.patch_size - 1) == 0,
             "model.image.patch_size",

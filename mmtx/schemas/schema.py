@@ -20,13 +20,15 @@ from typing import Any, ClassVar
 import ml_collections
 
 from mmtx.data.image_options import CROP_OFFSETS, INTERPOLATIONS, RESIZE_MODES
+from mmtx.schemas import tower_options
+from mmtx.schemas.field import Field, config_group
 
 Require = Callable[[bool, str, str], None]
 
 # The fields of a pixel modality's group (image, video) that say how a picture is made
 # image_size square (:func:`mmtx.data.preprocessing.preprocess_image`'s keywords of the same
-# names): the input's preprocessing, not the encoder's, so :meth:`encoder_fields` drops them.
-RESIZE_FIELDS = ("resize", "interpolation", "resize_size", "crop_offset")
+# names): the input's preprocessing, not the encoder's (:attr:`Field.encoder` is False).
+RESIZE_FIELDS = tuple(field.name for field in tower_options.RESIZE_OPTIONS)
 
 
 def resize_options(group: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -56,7 +58,9 @@ class ModalitySchema:
       example_key: the key of a source example (synthetic or TFDS) that holds it.
       extra_keys: batch keys besides ``name`` that belong to it (``text_mask``).
       poolings: the poolings its tower allows (:class:`mmtx.encoders.Tower`).
-      ranges: numeric ranges of its own config fields (see ``mmtx.config.RANGES``).
+      fields: its config group's fields in order (:class:`~mmtx.schemas.Field`: default,
+        doc, range), its own and the shared ones of :mod:`mmtx.schemas.tower_options`;
+        :meth:`default_config` and :attr:`ranges` are made from them.
       attributes: the synthetic scene attributes it expresses; retrieval between two
         modalities counts a hit when the retrieved item agrees on those both express.
       description: a few words for error messages and docs.
@@ -67,7 +71,7 @@ class ModalitySchema:
     example_key: str = ""
     extra_keys: tuple[str, ...] = ()
     poolings: tuple[str, ...] = ("cls", "mean")
-    ranges: ClassVar[Mapping[str, str]] = {}
+    fields: ClassVar[tuple[Field, ...]] = ()
     attributes: tuple[str, ...] = ()
     description: str = ""
     # The largest magnitude a float input may have (:meth:`check_values`): far outside the
@@ -78,8 +82,23 @@ class ModalitySchema:
 
     # --- config ---------------------------------------------------------------------------
     def default_config(self) -> ml_collections.ConfigDict:
-        """The default ``config.model.<name>`` group (its tower sizes are set by variants)."""
-        raise NotImplementedError
+        """The default ``config.model.<name>`` group (its tower sizes are set by variants):
+        the defaults of :attr:`fields`. A modality without ``fields`` overrides this."""
+        if not self.fields:
+            raise NotImplementedError(f"modality {self.name!r} declares no fields")
+        return config_group(self.fields)
+
+    @property
+    def ranges(self) -> Mapping[str, str]:
+        """The numeric ranges of its fields (field -> a spec as in ``mmtx.config.RANGES``),
+        in the order validation checks them: its own fields', then the shared options' in
+        :data:`mmtx.schemas.tower_options.SHARED`'s order. A modality without :attr:`fields` sets
+        this (its own fields' ranges) instead."""
+        by_name = {field.name: field for field in self.fields}
+        shared = [
+            by_name.pop(field.name) for field in tower_options.SHARED if field.name in by_name
+        ]
+        return {field.name: field.range for field in [*by_name.values(), *shared] if field.range}
 
     def validate(self, group: ml_collections.ConfigDict, require: Require) -> None:
         """Checks that span the group's fields; ``require(ok, "model.<name>.<field>", why)``."""

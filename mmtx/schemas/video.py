@@ -3,12 +3,14 @@ encoder: :mod:`mmtx.modalities.video`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import ClassVar
-
 import ml_collections
 
+from mmtx.schemas import tower_options
+from mmtx.schemas.field import Field
 from mmtx.schemas.schema import ModalitySchema, Require
+
+# The tower layouts (model.video.layout).
+LAYOUTS = ("joint", "factorised")
 
 
 class VideoSchema(ModalitySchema):
@@ -18,61 +20,63 @@ class VideoSchema(ModalitySchema):
     raw_input = "video_inputs"
     example_key = "video"
     poolings = ("cls", "mean", "map")
-    ranges: ClassVar[Mapping[str, str]] = {
-        "num_frames": "> 0",
-        "image_size": "> 0",
-        "patch_size": "> 0",
-        "tubelet_size": "> 0",
-        "temporal_depth": ">= 0",
-        "channels": "> 0",
-        "std": "> 0",
-        "resize_size": ">= 0",
-    }
+    fields = (
+        Field(
+            "num_frames",
+            8,
+            "Frames per clip fed to the model (sampled evenly from the clip).",
+            range="> 0",
+        ),
+        Field("image_size", 32, "Frame height and width in pixels.", range="> 0"),
+        Field(
+            "patch_size",
+            8,
+            "Square spatial patch side; image_size must be divisible by it.",
+            range="> 0",
+        ),
+        Field(
+            "tubelet_size",
+            2,
+            "Frames per tubelet; num_frames must be divisible by it.",
+            range="> 0",
+        ),
+        tower_options.CHANNELS,
+        *tower_options.RESIZE_OPTIONS,
+        tower_options.WIDTH,
+        tower_options.DEPTH,
+        Field(
+            "temporal_depth",
+            1,
+            "Blocks of the temporal tower (layout factorised only; depth is then the spatial "
+            "tower's).",
+            range=">= 0",
+        ),
+        tower_options.NUM_HEADS,
+        tower_options.MLP_DIM,
+        Field(
+            "layout",
+            "joint",
+            "joint (one tower over all space-time tokens) | factorised (ViViT's factorised "
+            "encoder: a spatial tower per time slice, then a temporal tower over the slices).",
+            choices=LAYOUTS,
+        ),
+        tower_options.ATTENTION,
+        tower_options.POOLING,
+        tower_options.POSITION_EMBEDDING,
+        tower_options.MEAN,
+        tower_options.STD,
+        *tower_options.NORMS_AND_HEAD,
+    )
     # Position only nudges where a moving object's path lies (the synthetic clips).
     attributes = ("shape", "colour", "size", "motion")
     description = "video clips"
     value_range = "pixels are in [0, 1]"
 
-    def default_config(self) -> ml_collections.ConfigDict:
-        g = ml_collections.ConfigDict()
-        g.num_frames = 8  # Frames per clip fed to the model (sampled evenly from the clip).
-        g.image_size = 32  # Frame height and width in pixels.
-        g.patch_size = 8  # Square spatial patch side; image_size must be divisible by it.
-        g.tubelet_size = 2  # Frames per tubelet; num_frames must be divisible by it.
-        g.channels = 3
-        g.resize = "shorter_side"  # Per frame, as model.image's: shorter_side | squash.
-        g.interpolation = "bilinear"  # Resize filter, PIL's (antialiased): bilinear | bicubic.
-        g.resize_size = 0  # shorter_side: the side's length before the crop; 0 = image_size.
-        # Where the centre crop starts an odd margin: round (torchvision's CenterCrop, as
-        # open_clip) | floor (HF image processors).
-        g.crop_offset = "round"
-        g.width = 128
-        g.depth = 2  # Blocks of the joint tower, or of the spatial tower when factorised.
-        g.temporal_depth = 1  # Blocks of the temporal tower (layout factorised only).
-        g.num_heads = 4
-        g.mlp_dim = 256
-        # joint (one tower over all space-time tokens) | factorised (ViViT's factorised
-        # encoder: a spatial tower per time slice, then a temporal tower over the slices).
-        g.layout = "joint"
-        g.attention = "dense"
-        g.pooling = "cls"  # cls | mean | map.
-        # learned (separable: a spatial table plus a temporal table) | sincos (fixed).
-        g.position_embedding = "learned"
-        g.mean = (0.5, 0.5, 0.5)  # Per-channel normalisation of [0, 1] pixels.
-        g.std = (0.5, 0.5, 0.5)
-        g.activation = "gelu_tanh"  # MLP's: gelu_tanh | gelu (exact erf) | quick_gelu.
-        g.norm_eps = 1e-6  # Epsilon of every LayerNorm in the towers.
-        g.pre_norm = False  # A LayerNorm before the first block.
-        g.final_norm = True  # The LayerNorm after the last block, on every token.
-        # Projection of the pooled output to model.embed_dim: dense | no_bias | none.
-        g.projection = "dense"
-        return g
-
     def validate(self, group: ml_collections.ConfigDict, require: Require) -> None:
         require(
-            group.layout in ("joint", "factorised"),
+            group.layout in LAYOUTS,
             "model.video.layout",
-            f"{group.layout!r} is not one of ('joint', 'factorised')",
+            f"{group.layout!r} is not one of {LAYOUTS}",
         )
         require(
             group.image_size % group.patch_size == 0,

@@ -73,11 +73,30 @@ def _dividing_prefix(axes: tuple[str, ...], size: int, mesh: Any) -> tuple[str, 
     return kept
 
 
+# TPUs store an array's minor-most dimension in 128 lanes, and their compiler lays out, as
+# that dimension, one that pads least (a sublane tile also shrinks to fit: (4, 128), (2, 128)).
+TPU_LANES = 128
+
+
+def lane_padding(held: tuple[int, ...], lanes: int | None) -> float:
+    """How many times its elements a shard of dimensions ``held`` takes in memory when its
+    minor-most dimension is padded to a multiple of ``lanes`` and laid out as the dimension
+    that pads least: ``f32[4, 16, 64]`` in 128 lanes is 2.0, ``f32[1024, 1, 64]`` 1.0.
+    ``lanes`` None (CPU, GPU: untiled) is 1.0."""
+    if lanes is None or not held or 0 in held:
+        return 1.0
+    return min(-(-size // lanes) * lanes / size for size in held)
+
+
 def param_partition_spec(
-    names: tuple[str | None, ...], shape: tuple[int, ...], mesh: Any
+    names: tuple[str | None, ...],
+    shape: tuple[int, ...],
+    mesh: Any,
+    *,
+    lanes: int | None = None,
 ) -> PartitionSpec:
     """The mesh placement of one param: ``names`` (its logical axes, one per dimension) mapped
-    through :data:`LOGICAL_AXIS_RULES`, then two rules that keep every device's share near
+    through :data:`LOGICAL_AXIS_RULES`, then rules that keep every device's share near
     the ideal (the param / the devices):
 
     - a dimension keeps the longest prefix of its mesh axes whose devices divide it (a
@@ -86,36 +105,72 @@ def param_partition_spec(
       kernel annotated with no ``embed`` axis) is split over ``fsdp`` along its largest
       dimension that divides, other than the ``layers`` axis that ``nn.scan`` slices one
       layer at a time; as fully sharded data parallelism does, no param is replicated over
-      ``fsdp`` where one of its dimensions divides.
+      ``fsdp`` where one of its dimensions divides;
+    - with ``lanes`` (a TPU's 128: see :func:`lane_padding`), ``fsdp`` goes to the dimension
+      whose split leaves the shard padded least, the rules' choice where it is as good: an
+      attention kernel ``[layers, embed, heads, 64]`` of embed 1024 over 16 devices is split
+      on its head dimension (``[24, 1024, 16, 4]``, no padding) rather than on ``embed``
+      (``[24, 64, 16, 64]``, every lane half empty); among equals, the largest dimension.
+      Which dimension fsdp splits changes no value: a param is gathered whole before use.
     """
     mapped = nn.logical_to_mesh_axes(names, LOGICAL_AXIS_RULES) or PartitionSpec()
     entries: list[tuple[str, ...]] = []
     for size, axes in zip(shape, (*mapped, *[None] * len(shape)), strict=False):
         named = axes if isinstance(axes, tuple) else (axes,) if axes else ()
         entries.append(_dividing_prefix(named, size, mesh))
-    fsdp = mesh.shape["fsdp"]
-    if fsdp > 1 and not any("fsdp" in axes for axes in entries):
-        # Each dimension's size on one device, as placed so far.
-        held = [
-            size // math.prod(mesh.shape[a] for a in axes)
-            for size, axes in zip(shape, entries, strict=True)
-        ]
-        candidates = [
-            (size, dim)
-            for dim, size in enumerate(held)
-            if (names[dim] if dim < len(names) else None) != "layers" and size % fsdp == 0
-        ]
-        if candidates:
-            _, dim = max(candidates)
+    if mesh.shape["fsdp"] > 1:
+        names = (*names, *[None] * (len(shape) - len(names)))
+        dim = _fsdp_dimension(names, shape, entries, mesh, lanes)
+        if dim is not None:
+            entries = [tuple(a for a in axes if a != "fsdp") for axes in entries]
             entries[dim] = (*entries[dim], "fsdp")
     return PartitionSpec(
         *(axes[0] if len(axes) == 1 else axes if axes else None for axes in entries)
     )
 
 
-def logical_shardings(mesh: Mesh, boxed_tree: Any) -> Any:
+def _fsdp_dimension(
+    names: tuple[str | None, ...],
+    shape: tuple[int, ...],
+    entries: list[tuple[str, ...]],
+    mesh: Any,
+    lanes: int | None,
+) -> int | None:
+    """The dimension to split over ``fsdp`` (see :func:`param_partition_spec`), None where no
+    dimension but ``layers`` divides; ``entries`` are the dimensions' mesh axes so far."""
+    fsdp = mesh.shape["fsdp"]
+    ruled = next((dim for dim, axes in enumerate(entries) if "fsdp" in axes), None)
+    if ruled is not None and lanes is None:
+        return ruled
+    # Each dimension's size on one device, as placed by every axis but fsdp.
+    held = [
+        size // math.prod(mesh.shape[a] for a in axes if a != "fsdp")
+        for size, axes in zip(shape, entries, strict=True)
+    ]
+    candidates = [
+        dim for dim, size in enumerate(held) if names[dim] != "layers" and size % fsdp == 0
+    ]
+    if not candidates:
+        return None
+
+    def split(dim: int) -> tuple[int, ...]:
+        return tuple(size // fsdp if d == dim else size for d, size in enumerate(held))
+
+    # Least padding, then the rules' choice, then the largest dimension (the last of equals).
+    return min(
+        candidates,
+        key=lambda dim: (lane_padding(split(dim), lanes), dim != ruled, -held[dim], -dim),
+    )
+
+
+def logical_shardings(mesh: Any, boxed_tree: Any, platform: str | None = None) -> Any:
     """NamedShardings for a tree of (abstract) ``nn.Partitioned`` leaves (plain leaves: no
-    logical axes), each placed by :func:`param_partition_spec`."""
+    logical axes), each placed by :func:`param_partition_spec` for ``platform`` (default:
+    the platform of ``mesh``'s devices; an ``AbstractMesh`` has none: untiled), in
+    :data:`TPU_LANES` on ``tpu``."""
+    if platform is None and isinstance(mesh, Mesh):
+        platform = mesh_platform(mesh)
+    lanes = TPU_LANES if platform == "tpu" else None
     specs = nn.get_partition_spec(boxed_tree)
     shapes = jax.tree.map(
         lambda x: x.shape, nn.meta.unbox(boxed_tree), is_leaf=lambda x: hasattr(x, "shape")
@@ -123,7 +178,7 @@ def logical_shardings(mesh: Mesh, boxed_tree: Any) -> Any:
 
     def place(spec: PartitionSpec, shape: tuple[int, ...]) -> NamedSharding:
         names = tuple(spec) + (None,) * (len(shape) - len(spec))
-        return NamedSharding(mesh, param_partition_spec(names, shape, mesh))
+        return NamedSharding(mesh, param_partition_spec(names, shape, mesh, lanes=lanes))
 
     return jax.tree.map(place, specs, shapes, is_leaf=lambda x: isinstance(x, PartitionSpec))
 

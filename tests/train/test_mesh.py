@@ -4,6 +4,7 @@ The multi-device part runs tests/train/mesh_worker.py in a subprocess, because t
 count (XLA_FLAGS) must be set before JAX starts.
 """
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -154,6 +155,138 @@ def test_every_param_is_split_over_fsdp_where_a_dimension_divides(names, shape, 
     spec = mesh_lib.param_partition_spec(names, shape, mesh)
     assert as_tuples(spec, len(shape)) == expected
     assert as_tuples(spec, len(shape)) == reference_spec(names, shape, mesh)
+
+
+def padded_elements(shard, lanes=128):
+    """The fewest elements ``shard`` takes in memory with any of its dimensions minor-most,
+    that dimension rounded up to a multiple of ``lanes``."""
+    import math
+
+    best = None
+    for minor, size in enumerate(shard):
+        rest = math.prod(s for d, s in enumerate(shard) if d != minor)
+        padded = rest * (-(-size // lanes) * lanes)
+        best = padded if best is None else min(best, padded)
+    return best
+
+
+def test_lane_padding_is_the_least_padded_layout():
+    import math
+
+    for shard in [(4, 16, 64), (24, 1024, 1, 64), (24, 64, 16, 64), (3,), (24, 1024, 16, 2)]:
+        expected = padded_elements(shard) / math.prod(shard)
+        assert mesh_lib.lane_padding(shard, 128) == pytest.approx(expected)
+    assert mesh_lib.lane_padding((4, 16, 64), 128) == 2.0
+    assert mesh_lib.lane_padding((4, 16, 64), None) == 1.0
+
+
+ATTENTION_IN = ("layers", "embed", "heads", "kv")
+ATTENTION_OUT = ("layers", "heads", "kv", "embed")
+
+
+@pytest.mark.parametrize(
+    "names,shape,mesh,lanes,expected",
+    [
+        # large's q/k/v kernel over 16: embed would leave [24, 64, 16, 64] (2x in lanes);
+        # heads ([24, 1024, 1, 64]) and the head dimension ([24, 1024, 16, 4]) pad nothing,
+        # and the larger of equals is taken.
+        (ATTENTION_IN, (24, 1024, 16, 64), (1, 16, 1), 128, ((), (), ("tensor",), ("fsdp",))),
+        (ATTENTION_IN, (24, 1024, 16, 64), (1, 16, 1), None, ((), ("fsdp",), ("tensor",), ())),
+        (ATTENTION_OUT, (24, 16, 64, 1024), (1, 16, 1), 128, ((), ("tensor",), ("fsdp",), ())),
+        # Heads where the head dimension does not divide.
+        (ATTENTION_IN, (24, 1024, 16, 8), (1, 16, 1), 128, ((), (), ("tensor", "fsdp"), ())),
+        # Over 32 heads do not divide; the head dimension does ([24, 1024, 16, 2]).
+        (ATTENTION_IN, (24, 1024, 16, 64), (1, 32, 1), 128, ((), (), ("tensor",), ("fsdp",))),
+        # Over 256 no split avoids padding: the rules' choice stays.
+        (ATTENTION_IN, (24, 1024, 16, 64), (1, 256, 1), 128, ((), ("fsdp",), ("tensor",), ())),
+        # An MLP kernel pads with neither: the rules' choice stays.
+        (("layers", "embed", "mlp"), (24, 1024, 4096), (1, 16, 2), 128,
+         ((), ("fsdp",), ("tensor",))),
+        # Over 8 embed keeps 128 lanes ([24, 128, 8, 64]): the rules' choice stays.
+        (ATTENTION_IN, (24, 1024, 16, 64), (1, 8, 2), 128, ((), ("fsdp",), ("tensor",), ())),
+    ],
+)  # fmt: skip
+def test_on_tpu_fsdp_splits_the_dimension_that_leaves_the_least_lane_padding(
+    names, shape, mesh, lanes, expected
+):
+    import math
+
+    mesh = abstract_mesh(*mesh)
+    spec = mesh_lib.param_partition_spec(names, shape, mesh, lanes=lanes)
+    placed = as_tuples(spec, len(shape))
+    assert placed == expected
+    shard = tuple(
+        size // math.prod(mesh.shape[a] for a in axes)
+        for size, axes in zip(shape, placed, strict=True)
+    )
+    ruled = reference_spec(names, shape, mesh)
+    ruled_shard = tuple(
+        size // math.prod(mesh.shape[a] for a in axes)
+        for size, axes in zip(shape, ruled, strict=True)
+    )
+    # Never more padded than the rules' own placement, and as fully sharded.
+    assert padded_elements(shard) <= padded_elements(ruled_shard)
+    assert math.prod(shard) == math.prod(ruled_shard)
+
+
+def test_logical_shardings_place_for_the_platform_they_are_given():
+    import flax.linen as nn
+
+    boxed = {
+        "query": nn.Partitioned(
+            jax.ShapeDtypeStruct((24, 1024, 16, 64), jax.numpy.float32), ATTENTION_IN
+        )
+    }
+    mesh = abstract_mesh(1, 16, 1)
+    on_tpu = mesh_lib.logical_shardings(mesh, boxed, platform="tpu")["query"]
+    elsewhere = mesh_lib.logical_shardings(mesh, boxed)["query"]
+    assert as_tuples(on_tpu.spec, 4) == ((), (), ("tensor",), ("fsdp",))
+    assert as_tuples(elsewhere.spec, 4) == ((), ("fsdp",), ("tensor",), ())
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="needs libtpu")
+# A compile-only client cannot load what the persistent cache (conftest's) holds: it compiles.
+@pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache entry")
+def test_the_tpu_compiler_lays_out_params_as_lane_padding_predicts():
+    """The layouts XLA:TPU gives a train-step-like program's params (compiled for v5e:2x2
+    from this host) take the bytes :func:`lane_padding` predicts, for shards that pad and
+    shards that do not."""
+    import math
+
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    from mmtx.compile import tiled_bytes, topology_devices
+
+    devices = topology_devices("v5e:2x2")
+    mesh = Mesh(np.asarray(devices).reshape(1, 4, 1), mesh_lib.MESH_AXES)
+    shape = (4, 256, 16, 64)
+    for spec in [
+        PartitionSpec(None, "fsdp"),  # [4, 64, 16, 64]: 2x
+        PartitionSpec(None, None, "fsdp"),  # [4, 256, 4, 64]: 1x
+        PartitionSpec(None, None, None, "fsdp"),  # [4, 256, 16, 16]: 1x
+    ]:
+        sharding = NamedSharding(mesh, spec)
+
+        def step(kernel, x):
+            def layer(h, k):
+                out = jax.numpy.einsum("bd,dhk->bhk", h, k).reshape(h.shape[0], -1)
+                return out[:, : h.shape[1]], None
+
+            h, _ = jax.lax.scan(layer, x, kernel)
+            return h.sum(), kernel * 0.5
+
+        compiled = (
+            jax.jit(step, in_shardings=(sharding, None), out_shardings=(None, sharding))
+            .lower(
+                jax.ShapeDtypeStruct(shape, jax.numpy.float32),
+                jax.ShapeDtypeStruct((8, 256), jax.numpy.float32),
+            )
+            .compile()
+        )
+        shard = sharding.shard_shape(shape)
+        held = tiled_bytes(shard, 4, compiled.input_formats[0][0].layout)
+        assert held / (4 * math.prod(shard)) == mesh_lib.lane_padding(shard, mesh_lib.TPU_LANES)
 
 
 def test_large_on_256_chips_holds_near_its_ideal_share():

@@ -12,15 +12,15 @@ another order, which self-attention does not see (every token attends to all).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from mmtx.checkpoints import layout, preprocess_config
-from mmtx.checkpoints.clip import _hf_activation
+from mmtx.checkpoints import hf, layout, preprocess_config
 from mmtx.checkpoints.family import Converted
-from mmtx.checkpoints.tensors import CheckpointImportError, Missing, TensorSource
+from mmtx.checkpoints.tensors import CheckpointImportError, Missing, Tensor, TensorSource
 
 AST_BLOCK = {
     "norm1": "layernorm_before",
@@ -33,10 +33,45 @@ AST_BLOCK = {
     "fc2": "output.dense",
 }
 PREFIX = "audio_spectrogram_transformer."
+TOKENS = 2  # the class and distillation tokens' rows, before the patches'
 
 
 def _grid(size: int, patch: int, stride: int) -> int:
     return (size - patch) // stride + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class _Patches:
+    """How AST cuts its spectrogram into patches: along frequency (mel bins) and time
+    (frames), the patch size, the stride and how many patches fit."""
+
+    num_mel_bins: int
+    max_length: int
+    patch_f: int
+    patch_t: int
+    stride_f: int
+    stride_t: int
+    grid_f: int
+    grid_t: int
+
+    @classmethod
+    def from_config(cls, hf_config: Mapping[str, Any], patch_f: int, patch_t: int) -> _Patches:
+        """The patches of an AST whose patch convolution is ``patch_f x patch_t``, the rest
+        from its ``config.json`` (transformers' defaults where it lacks them)."""
+        num_mel_bins = int(hf_config.get("num_mel_bins", 128))
+        max_length = int(hf_config.get("max_length", 1024))
+        stride_f = int(hf_config.get("frequency_stride", 10))
+        stride_t = int(hf_config.get("time_stride", 10))
+        return cls(
+            num_mel_bins=num_mel_bins,
+            max_length=max_length,
+            patch_f=patch_f,
+            patch_t=patch_t,
+            stride_f=stride_f,
+            stride_t=stride_t,
+            grid_f=_grid(num_mel_bins, patch_f, stride_f),
+            grid_t=_grid(max_length, patch_t, stride_t),
+        )
 
 
 def convert_hf_ast(
@@ -52,50 +87,75 @@ def convert_hf_ast(
     the feature statistics from ``preprocessor``, its ``preprocessor_config.json``
     (``ASTFeatureExtractor``; AudioSet's when absent, and said)."""
     del num_heads  # read from the config / the tensors' shapes
-    if hf_config is None:
-        raise CheckpointImportError(
-            "hf_ast needs the model's config.json (strides, mel bins, frames); put it next to "
-            "the weights file or pass --hf_config"
-        )
+    hf_config = hf.require_config(hf_config, "hf_ast", "strides, mel bins, frames")
     prefix = PREFIX if f"{PREFIX}embeddings.cls_token" in source else ""
     source.ignore([n for n in source.tensors if n.startswith("classifier.")])
-    e = f"{prefix}embeddings."
-    width, _, patch_f, patch_t = source.shape(f"{e}patch_embeddings.projection.weight")
-    num_mel_bins = int(hf_config.get("num_mel_bins", 128))
-    max_length = int(hf_config.get("max_length", 1024))
-    stride_f = int(hf_config.get("frequency_stride", 10))
-    stride_t = int(hf_config.get("time_stride", 10))
-    grid_f = _grid(num_mel_bins, patch_f, stride_f)
-    grid_t = _grid(max_length, patch_t, stride_t)
-    positions = source.shape(f"{e}position_embeddings")[1]
-    if positions != 2 + grid_f * grid_t:
-        raise CheckpointImportError(
-            f"hf_ast: {e}position_embeddings has {positions} rows but config.json's "
-            f"{num_mel_bins} mel bins x {max_length} frames with patch ({patch_f}, {patch_t}) "
-            f"and strides ({stride_f}, {stride_t}) make 2 + {grid_f} x {grid_t}"
-        )
+    width, _, patch_f, patch_t = source.shape(
+        f"{prefix}embeddings.patch_embeddings.projection.weight"
+    )
+    patches = _Patches.from_config(hf_config, patch_f, patch_t)
+    _check_positions(source, f"{prefix}embeddings.position_embeddings", patches)
     heads = int(hf_config.get("num_attention_heads", 12))
     depth = layout.count_layers(source, f"{prefix}encoder.layer.{{}}.layernorm_before.weight")
-    overrides = {
+    overrides = _ast_overrides(
+        hf_config,
+        patches,
+        width=width,
+        depth=depth,
+        num_heads=heads,
+        mlp_dim=source.shape(f"{prefix}encoder.layer.0.intermediate.dense.weight")[0],
+    )
+    params = {"audio": _ast_params(source, prefix, patches, width, depth, heads)}
+    facts = preprocess_config.hf_audio(
+        preprocessor, num_mel_bins=patches.num_mel_bins, max_length=patches.max_length
+    )
+    hf.tower_sources(facts, hf_config, "audio")
+    grids = {"audio": (patches.grid_t, patches.grid_f)}
+    return Converted(overrides, params, grids=grids, facts=facts)
+
+
+def _check_positions(source: TensorSource, name: str, patches: _Patches) -> None:
+    """Raises unless the position table ``name`` has a row per token and patch."""
+    positions = source.shape(name)[1]
+    if positions != TOKENS + patches.grid_f * patches.grid_t:
+        raise CheckpointImportError(
+            f"hf_ast: {name} has {positions} rows but config.json's "
+            f"{patches.num_mel_bins} mel bins x {patches.max_length} frames with patch "
+            f"({patches.patch_f}, {patches.patch_t}) and strides ({patches.stride_f}, "
+            f"{patches.stride_t}) make 2 + {patches.grid_f} x {patches.grid_t}"
+        )
+
+
+def _ast_overrides(
+    hf_config: Mapping[str, Any],
+    patches: _Patches,
+    *,
+    width: int,
+    depth: int,
+    num_heads: int,
+    mlp_dim: int,
+) -> dict[str, Any]:
+    """The config of an AST audio tower of these sizes (nothing else: no fusion, no loss)."""
+    return {
         "model": {
             "modalities": ("audio",),
             "embed_dim": width,
             "num_classes": 0,
             "audio": {
                 "frontend": "kaldi_fbank",
-                "num_mel_bins": num_mel_bins,
+                "num_mel_bins": patches.num_mel_bins,
                 "min_frequency": 20.0,  # Kaldi's default low edge, AST's
-                "patch_size": (patch_t, patch_f),
-                "patch_stride": (stride_t, stride_f),
+                "patch_size": (patches.patch_t, patches.patch_f),
+                "patch_stride": (patches.stride_t, patches.stride_f),
                 "width": width,
                 "depth": depth,
-                "num_heads": heads,
-                "mlp_dim": source.shape(f"{prefix}encoder.layer.0.intermediate.dense.weight")[0],
+                "num_heads": num_heads,
+                "mlp_dim": mlp_dim,
                 "pooling": "cls_distill",
                 "position_embedding": "learned",
                 "class_token_posemb": True,
                 "patch_bias": True,
-                "activation": _hf_activation(hf_config.get("hidden_act", "gelu")),
+                "activation": hf.activation(hf_config.get("hidden_act", "gelu")),
                 "norm_eps": float(hf_config.get("layer_norm_eps", 1e-12)),
                 "projection": "none",
             },
@@ -104,48 +164,41 @@ def convert_hf_ast(
         "loss": {"contrastive": "none", "classification_weight": 0.0},
     }
 
-    def time_major(table: Any) -> Any:
-        if isinstance(table, Missing):
-            return table
-        table = table.reshape(positions, width)
-        patches = table[2:].reshape(grid_f, grid_t, width).transpose(1, 0, 2)
-        return np.concatenate([table[:2], patches.reshape(-1, width)])
 
-    kernel = source[f"{e}patch_embeddings.projection.weight"]
-    if not isinstance(kernel, Missing):  # [D, 1, mel, time] -> [time, mel, 1, D]
-        kernel = np.ascontiguousarray(kernel.transpose(3, 2, 1, 0))
-    params = {
-        "audio": {
-            "patches": {
-                "projection": {
-                    "kernel": kernel,
-                    "bias": source[f"{e}patch_embeddings.projection.bias"],
-                }
-            },
-            "posemb": {"embedding": time_major(source[f"{e}position_embeddings"])},
-            "tower": {
-                "cls": source[f"{e}cls_token"],
-                "distill": source[f"{e}distillation_token"],
-                "encoder": {
-                    "blocks": layout.torch_blocks(
-                        source, f"{prefix}encoder.layer.", depth, AST_BLOCK, heads
-                    ),
-                    "norm": layout.layer_norm(source, f"{prefix}layernorm"),
-                },
-            },
+def _ast_params(
+    source: TensorSource, prefix: str, patches: _Patches, width: int, depth: int, heads: int
+) -> dict[str, Any]:
+    """An AST's tensors -> mmtx's ``audio`` params, its patches reordered time-major."""
+    e = f"{prefix}embeddings."
+    return layout.patch_tower_params(
+        {
+            "kernel": _time_major_kernel(source[f"{e}patch_embeddings.projection.weight"]),
+            "bias": source[f"{e}patch_embeddings.projection.bias"],
         },
-    }
-    facts = preprocess_config.hf_audio(
-        preprocessor, num_mel_bins=num_mel_bins, max_length=max_length
+        _time_major_positions(source[f"{e}position_embeddings"], patches, width),
+        {
+            "cls": source[f"{e}cls_token"],
+            "distill": source[f"{e}distillation_token"],
+            "encoder": layout.encoder_params(
+                layout.torch_blocks(source, f"{prefix}encoder.layer.", depth, AST_BLOCK, heads),
+                layout.layer_norm(source, f"{prefix}layernorm"),
+            ),
+        },
     )
-    for ours, theirs in (
-        ("num_heads", "num_attention_heads"),
-        ("activation", "hidden_act"),
-        ("norm_eps", "layer_norm_eps"),
-    ):
-        facts.sources[f"model.audio.{ours}"] = (
-            f"config.json {theirs}"
-            if theirs in hf_config
-            else f"default: transformers' (no {theirs} in config.json)"
-        )
-    return Converted(overrides, params, grids={"audio": (grid_t, grid_f)}, facts=facts)
+
+
+def _time_major_kernel(kernel: Tensor) -> Tensor:
+    """HF's patch convolution ``[D, 1, mel, time]`` -> mmtx's ``[time, mel, 1, D]``."""
+    if isinstance(kernel, Missing):
+        return kernel
+    return np.ascontiguousarray(kernel.transpose(3, 2, 1, 0))
+
+
+def _time_major_positions(table: Tensor, patches: _Patches, width: int) -> Tensor:
+    """HF's position table ``[1, 2 + grid_f * grid_t, D]`` (patches mel-major) -> mmtx's
+    ``[2 + grid_t * grid_f, D]`` (time-major), the two token rows first as they were."""
+    if isinstance(table, Missing):
+        return table
+    table = table.reshape(TOKENS + patches.grid_f * patches.grid_t, width)
+    grid = table[TOKENS:].reshape(patches.grid_f, patches.grid_t, width).transpose(1, 0, 2)
+    return np.concatenate([table[:TOKENS], grid.reshape(-1, width)])

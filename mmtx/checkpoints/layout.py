@@ -129,15 +129,13 @@ def torch_block(
         qkv = {"packed": prefix + names["packed"]}
     else:
         qkv = {part: prefix + names[part] for part in ("query", "key", "value")}
-    return {
-        "norm1": layer_norm(source, prefix + names["norm1"]),
-        "attention": attention(source, num_heads=num_heads, out=prefix + names["out"], **qkv),
-        "norm2": layer_norm(source, prefix + names["norm2"]),
-        "mlp": {
-            "fc1": dense(source, prefix + names["fc1"]),
-            "fc2": dense(source, prefix + names["fc2"]),
-        },
-    }
+    return block_params(
+        norm1=layer_norm(source, prefix + names["norm1"]),
+        attention=attention(source, num_heads=num_heads, out=prefix + names["out"], **qkv),
+        norm2=layer_norm(source, prefix + names["norm2"]),
+        fc1=dense(source, prefix + names["fc1"]),
+        fc2=dense(source, prefix + names["fc2"]),
+    )
 
 
 def torch_blocks(
@@ -174,3 +172,46 @@ def count_layers(source: TensorSource, template: str) -> int:
     while template.format(depth) in source:
         depth += 1
     return depth
+
+
+# ---------------------------------------------------------------------- mmtx's param trees
+# Each takes its parts already converted (a family's helpers above, or big_vision's flax
+# tensors as they are) and nests them as mmtx's modules name them.
+
+
+def block_params(*, norm1: Any, attention: Any, norm2: Any, fc1: Any, fc2: Any) -> dict[str, Any]:
+    """An mmtx ``TransformerBlock``'s params: pre-LN attention, then a two-layer MLP."""
+    return {
+        "norm1": norm1,
+        "attention": attention,
+        "norm2": norm2,
+        "mlp": {"fc1": fc1, "fc2": fc2},
+    }
+
+
+def encoder_params(blocks: Any, norm: Any) -> dict[str, Any]:
+    """An mmtx encoder: ``blocks`` stacked on a leading ``[depth]`` axis, the final norm."""
+    return {"blocks": blocks, "norm": norm}
+
+
+def text_params(token_table: Tensor, position_table: Tensor, encoder: Any) -> dict[str, Any]:
+    """An mmtx text tower: token table ``[vocab, D]``, learned positions ``[length, D]``
+    and its encoder (:func:`encoder_params`)."""
+    return {
+        "token_embed": {"embedding": {"embedding": token_table}},
+        "posemb": {"embedding": position_table},
+        "tower": {"encoder": encoder},
+    }
+
+
+def patch_tower_params(
+    projection: dict[str, Tensor], position_table: Tensor, tower: dict[str, Any]
+) -> dict[str, Any]:
+    """An mmtx patch tower (image, audio): the patch projection (``kernel [kh, kw, C, D]``
+    and its ``bias``, if any), learned positions ``[rows, D]`` and ``tower`` (its class
+    tokens and norms, ``encoder``, pooling head)."""
+    return {
+        "patches": {"projection": projection},
+        "posemb": {"embedding": position_table},
+        "tower": tower,
+    }

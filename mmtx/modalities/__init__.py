@@ -7,19 +7,12 @@ config group, checks and token count, without JAX), which the config layer reads
 
 from mmtx.modalities.audio import AudioSpec
 from mmtx.modalities.image import ImageSpec
-from mmtx.modalities.spec import (
-    LEGACY_FUSION_ORDER,
-    ModalitySpec,
-    fusion_order,
-    get_modality,
-    modality_names,
-    ordered,
-    present_key,
-    register_modality,
-    unregister_modality,
-)
+from mmtx.modalities.spec import ModalitySpec
 from mmtx.modalities.text import TextSpec
 from mmtx.modalities.video import VideoSpec
+from mmtx.schemas import registry
+from mmtx.schemas.registry import *  # noqa: F403 (the registry's names, re-exported)
+from mmtx.schemas.registry import register_modality
 
 # Registration order is the fusion order (and the order of contrastive pairs, metrics...).
 # mmtx.schemas registered each built-in's schema (for the config layer, without JAX); its
@@ -32,7 +25,6 @@ VIDEO = register_modality(VideoSpec(), replace=True)
 __all__ = [
     "AUDIO",
     "IMAGE",
-    "LEGACY_FUSION_ORDER",
     "TEXT",
     "VIDEO",
     "AudioSpec",
@@ -40,11 +32,5 @@ __all__ = [
     "ModalitySpec",
     "TextSpec",
     "VideoSpec",
-    "fusion_order",
-    "get_modality",
-    "modality_names",
-    "ordered",
-    "present_key",
-    "register_modality",
-    "unregister_modality",
+    *registry.__all__,
 ]

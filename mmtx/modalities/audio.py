@@ -4,7 +4,7 @@ frontend runs inside the model)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Unpack
 
 import flax.linen as nn
 import jax
@@ -14,7 +14,7 @@ import numpy as np
 
 from mmtx.data import preprocessing
 from mmtx.encoders import AudioEncoder
-from mmtx.modalities.spec import ModalitySpec
+from mmtx.modalities.spec import ExampleContext, ModalitySpec
 from mmtx.schemas.audio import (  # noqa: F401 (the patch grid's functions: re-exported)
     LENGTH_KEY,
     AudioSchema,
@@ -110,21 +110,14 @@ class AudioSpec(AudioSchema, ModalitySpec):
         return None
 
     def preprocess_example(
-        self,
-        value: Any,
-        *,
-        config: ml_collections.ConfigDict,
-        tokenizer: Any,
-        rng: np.random.Generator | None,
-        augment: bool,
-        sample_rate: int | None,
+        self, value: Any, **context: Unpack[ExampleContext]
     ) -> dict[str, np.ndarray]:
-        audio = config.model.audio
+        audio = context["config"].model.audio
         waveform = preprocessing.preprocess_audio(
             value,
             audio.num_samples,
-            sample_rate=sample_rate or audio.sample_rate,
+            sample_rate=context["sample_rate"] or audio.sample_rate,
             target_rate=audio.sample_rate,
-            rng=rng if augment else None,
+            rng=context["rng"] if context["augment"] else None,
         )
         return {"audio": waveform}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Unpack
 
 import flax.linen as nn
 import jax
@@ -12,7 +12,7 @@ import numpy as np
 
 from mmtx.data import preprocessing
 from mmtx.encoders import ImageEncoder
-from mmtx.modalities.spec import RESIZE_FIELDS, ModalitySpec, resize_options
+from mmtx.modalities.spec import ExampleContext, ModalitySpec, resize_options
 from mmtx.schemas.image import ImageSchema
 
 
@@ -21,12 +21,6 @@ class ImageSpec(ImageSchema, ModalitySpec):
 
     def encoder_class(self) -> type[nn.Module]:
         return ImageEncoder
-
-    def encoder_fields(self, group: ml_collections.ConfigDict, vocab_size: int) -> dict[str, Any]:
-        fields = super().encoder_fields(group, vocab_size)
-        for name in RESIZE_FIELDS:  # the input's preprocessing, not the encoder's
-            fields.pop(name)
-        return fields
 
     def dummy_input(
         self, group: ml_collections.ConfigDict, batch_size: int
@@ -48,22 +42,16 @@ class ImageSpec(ImageSchema, ModalitySpec):
         return {"image": batch}
 
     def preprocess_example(
-        self,
-        value: Any,
-        *,
-        config: ml_collections.ConfigDict,
-        tokenizer: Any,
-        rng: np.random.Generator | None,
-        augment: bool,
-        sample_rate: int | None,
+        self, value: Any, **context: Unpack[ExampleContext]
     ) -> dict[str, np.ndarray]:
+        config = context["config"]
         image = config.model.image
         crop_scale = tuple(config.data.crop_scale) if config.data.crop_scale else None
         pixels = preprocessing.preprocess_image(
             value,
             image.image_size,
             channels=image.channels,
-            rng=rng if augment else None,
+            rng=context["rng"] if context["augment"] else None,
             crop_scale=crop_scale,
             **resize_options(image),
         )

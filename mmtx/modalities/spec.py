@@ -18,7 +18,7 @@ model ignores (see :class:`mmtx.models.MultiModalTransformer`).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import flax.linen as nn
 import jax
@@ -27,20 +27,19 @@ import numpy as np
 
 # The schema's side (config group, checks, token count) and the registry live in
 # mmtx.schemas, without JAX, for the config layer; re-exported here.
-from mmtx.schemas.schema import (  # noqa: F401
-    LEGACY_FUSION_ORDER,
-    RESIZE_FIELDS,
-    ModalitySchema,
-    Require,
-    fusion_order,
-    get_modality,
-    modality_names,
-    ordered,
-    present_key,
-    register_modality,
-    resize_options,
-    unregister_modality,
-)
+from mmtx.schemas.registry import *  # noqa: F403
+from mmtx.schemas.schema import RESIZE_FIELDS, ModalitySchema, Require, resize_options  # noqa: F401
+
+
+class ExampleContext(TypedDict):
+    """What the input pipeline passes, by keyword, with each source example's value to
+    :meth:`ModalitySpec.preprocess_example`."""
+
+    config: ml_collections.ConfigDict
+    tokenizer: Any
+    rng: np.random.Generator | None  # the example's generator (training; None at evaluation)
+    augment: bool  # whether random crops and flips apply
+    sample_rate: int | None  # the source audio's rate in Hz, where the source has one
 
 
 class ModalitySpec(ModalitySchema):
@@ -57,10 +56,11 @@ class ModalitySpec(ModalitySchema):
         raise NotImplementedError
 
     def encoder_fields(self, group: ml_collections.ConfigDict, vocab_size: int) -> dict[str, Any]:
-        """The encoder's fields from the config group (the group minus ``projection``)."""
-        fields = group.to_dict()
-        fields.pop("projection", None)
-        return fields
+        """The encoder's fields from the config group: the group minus ``projection`` and the
+        :attr:`fields` the encoder does not take (:attr:`Field.encoder <mmtx.schemas.Field>`
+        False: a pixel modality's resize options, which the input's preprocessing reads)."""
+        skipped = {"projection"} | {field.name for field in self.fields if not field.encoder}
+        return {name: value for name, value in group.to_dict().items() if name not in skipped}
 
     def encode(
         self, encoder: nn.Module, batch: Mapping[str, jax.Array], *, train: bool
@@ -109,17 +109,9 @@ class ModalitySpec(ModalitySchema):
         return list(inputs) if isinstance(inputs, list | tuple) else None
 
     def preprocess_example(
-        self,
-        value: Any,
-        *,
-        config: ml_collections.ConfigDict,
-        tokenizer: Any,
-        rng: np.random.Generator | None,
-        augment: bool,
-        sample_rate: int | None,
+        self, value: Any, **context: Unpack[ExampleContext]
     ) -> dict[str, np.ndarray]:
-        """One source example's raw value -> this modality's model inputs (no batch axis).
-
-        ``rng`` is the example's generator (training; None at evaluation); ``augment`` says
-        whether random crops/flips apply."""
+        """One source example's raw value -> this modality's model inputs (no batch axis);
+        ``context`` is :class:`ExampleContext` (the config, tokenizer, the example's
+        ``rng``, whether to ``augment``, the source's audio ``sample_rate``)."""
         raise NotImplementedError

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Unpack
 
 import flax.linen as nn
 import jax
@@ -13,7 +13,7 @@ import numpy as np
 
 from mmtx.data import preprocessing
 from mmtx.encoders import TextEncoder
-from mmtx.modalities.spec import ModalitySpec
+from mmtx.modalities.spec import ExampleContext, ModalitySpec
 from mmtx.schemas.text import TextSchema
 
 
@@ -80,17 +80,10 @@ class TextSpec(TextSchema, ModalitySpec):
         return {"text": ids, "text_mask": mask}
 
     def preprocess_example(
-        self,
-        value: Any,
-        *,
-        config: ml_collections.ConfigDict,
-        tokenizer: Any,
-        rng: np.random.Generator | None,
-        augment: bool,
-        sample_rate: int | None,
+        self, value: Any, **context: Unpack[ExampleContext]
     ) -> dict[str, np.ndarray]:
-        caption = preprocessing.select_text(value, rng)
-        ids, mask = tokenizer(caption, config.model.text.max_length)
+        caption = preprocessing.select_text(value, context["rng"])
+        ids, mask = context["tokenizer"](caption, context["config"].model.text.max_length)
         return {"text": ids[0], "text_mask": mask[0]}
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Unpack
 
 import flax.linen as nn
 import jax
@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 
 from mmtx.data import preprocessing
-from mmtx.modalities.spec import RESIZE_FIELDS, ModalitySpec, resize_options
+from mmtx.modalities.spec import ExampleContext, ModalitySpec, resize_options
 from mmtx.schemas.video import VideoSchema
 
 
@@ -23,12 +23,6 @@ class VideoSpec(VideoSchema, ModalitySpec):
         from mmtx.encoders import VideoEncoder
 
         return VideoEncoder
-
-    def encoder_fields(self, group: ml_collections.ConfigDict, vocab_size: int) -> dict[str, Any]:
-        fields = super().encoder_fields(group, vocab_size)
-        for name in RESIZE_FIELDS:  # the input's preprocessing, not the encoder's
-            fields.pop(name)
-        return fields
 
     def dummy_input(
         self, group: ml_collections.ConfigDict, batch_size: int
@@ -51,16 +45,9 @@ class VideoSpec(VideoSchema, ModalitySpec):
         return {"video": batch}
 
     def preprocess_example(
-        self,
-        value: Any,
-        *,
-        config: ml_collections.ConfigDict,
-        tokenizer: Any,
-        rng: np.random.Generator | None,
-        augment: bool,
-        sample_rate: int | None,
+        self, value: Any, **context: Unpack[ExampleContext]
     ) -> dict[str, np.ndarray]:
-        video = config.model.video
+        video = context["config"].model.video
         clip = preprocessing.preprocess_video(
             value,
             video.num_frames,

@@ -1,25 +1,21 @@
 """The modalities' config schemas, without JAX: one :class:`ModalitySchema` per modality
 (its ``config.model.<name>`` group, checks, ranges and token count) and the modality
-registry (:func:`register_modality`, :func:`get_modality`, :func:`modality_names`).
+registry (:mod:`mmtx.schemas.registry`: :func:`register_modality`, :func:`get_modality`,
+:func:`modality_names`); each field declared once (:class:`Field`; the options the towers
+share, :mod:`mmtx.schemas.tower_options`).
 
 The config layer (:mod:`mmtx.config`) imports this package and nothing of jax, flax or the
 encoders; :mod:`mmtx.modalities` subclasses each schema with its JAX side
 (:class:`mmtx.modalities.ModalitySpec`) and registers that spec in the schema's place.
 """
 
+from mmtx.schemas import registry
 from mmtx.schemas.audio import AudioSchema, audio_patch_grid, spectrogram_frames
+from mmtx.schemas.field import Field
 from mmtx.schemas.image import ImageSchema
-from mmtx.schemas.schema import (
-    LEGACY_FUSION_ORDER,
-    ModalitySchema,
-    fusion_order,
-    get_modality,
-    modality_names,
-    ordered,
-    present_key,
-    register_modality,
-    unregister_modality,
-)
+from mmtx.schemas.registry import *  # noqa: F403 (the registry's names, re-exported)
+from mmtx.schemas.registry import register_modality
+from mmtx.schemas.schema import ModalitySchema
 from mmtx.schemas.text import TextSchema
 from mmtx.schemas.video import VideoSchema
 
@@ -30,19 +26,13 @@ register_modality(AudioSchema())
 register_modality(VideoSchema())
 
 __all__ = [
-    "LEGACY_FUSION_ORDER",
     "AudioSchema",
+    "Field",
     "ImageSchema",
     "ModalitySchema",
     "TextSchema",
     "VideoSchema",
     "audio_patch_grid",
-    "fusion_order",
-    "get_modality",
-    "modality_names",
-    "ordered",
-    "present_key",
-    "register_modality",
     "spectrogram_frames",
-    "unregister_modality",
+    *registry.__all__,
 ]

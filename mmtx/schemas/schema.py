@@ -1,15 +1,11 @@
-"""What a modality is to the config: one :class:`ModalitySchema` per modality, in one registry.
+"""What a modality is to the config: :class:`ModalitySchema`, one per modality.
 
 A modality's schema is its record without JAX: its name and batch keys, its config group
-(``config.model.<name>``: defaults and a comment per field), the ranges and cross-field checks
-of that group, its token count and stem FLOPs. :class:`mmtx.modalities.ModalitySpec`
-subclasses it with the JAX side (the encoder, the inputs). The registry holds one entry per
-modality; the config layer (:mod:`mmtx.config`) reads it through this module, so that it
-imports neither jax nor flax.
-
-The built-in four are registered as their schemas by :mod:`mmtx.schemas`; importing
-:mod:`mmtx.modalities` registers their full specs in their place (same order), so
-:func:`get_modality` returns the spec to every caller that imports :mod:`mmtx.modalities`.
+(``config.model.<name>``: its :attr:`~ModalitySchema.fields`, with defaults, docs and ranges),
+the cross-field checks of that group, its token count and stem FLOPs.
+:class:`mmtx.modalities.ModalitySpec` subclasses it with the JAX side (the encoder, the
+inputs). The registry (:mod:`mmtx.schemas.registry`) holds one entry per modality; the config
+layer (:mod:`mmtx.config`) reads both, so that it imports neither jax nor flax.
 """
 
 from __future__ import annotations
@@ -35,16 +31,6 @@ def resize_options(group: ml_collections.ConfigDict) -> dict[str, Any]:
     """The :data:`RESIZE_FIELDS` of a pixel modality's group, as the keywords of
     :func:`mmtx.data.preprocessing.preprocess_image` (and ``to_image_batch``, ...)."""
     return {name: group[name] for name in RESIZE_FIELDS}
-
-
-# The modalities whose rows the concat and gated fusions' per-modality tables had before the
-# registry: a model of a subset of these keeps that 3-row layout, so its checkpoints load.
-LEGACY_FUSION_ORDER = ("text", "image", "audio")
-
-
-def present_key(modality: str) -> str:
-    """The batch key of ``modality``'s per-example presence flags, bool ``[B]``."""
-    return f"present/{modality}"
 
 
 class ModalitySchema:
@@ -166,62 +152,3 @@ class ModalitySchema:
     def stem_flops(self, group: ml_collections.ConfigDict) -> float:
         """Forward FLOPs of one example's stem (embedding before the transformer)."""
         return 0.0
-
-
-_REGISTRY: dict[str, ModalitySchema] = {}
-
-
-def register_modality(spec: ModalitySchema, *, replace: bool = False) -> ModalitySchema:
-    """Registers ``spec`` (a :class:`mmtx.modalities.ModalitySpec`, or a schema alone for the
-    config layer) under ``spec.name``; returns it. Registration order is the fusion order;
-    a replaced entry keeps its place. A config made (``mmtx.config.default_config``) after
-    this has its group."""
-    if not spec.name or not spec.name.isidentifier():
-        raise ValueError(f"a modality needs a name that is an identifier; got {spec.name!r}")
-    if spec.name in _REGISTRY and not replace:
-        raise ValueError(f"modality {spec.name!r} is already registered (pass replace=True)")
-    reserved = {"fused", "logits", "label", "logit_scale", "logit_bias", "index"}
-    if spec.name in reserved:
-        raise ValueError(f"{spec.name!r} is reserved for another batch or output key")
-    _REGISTRY[spec.name] = spec
-    return spec
-
-
-def unregister_modality(name: str) -> None:
-    """Removes a registered modality (tests that register a toy one clean up with this)."""
-    _REGISTRY.pop(name, None)
-
-
-def modality_names() -> tuple[str, ...]:
-    """The registered modalities, in registration (fusion) order."""
-    return tuple(_REGISTRY)
-
-
-def get_modality(name: str) -> Any:
-    """The spec registered as ``name`` (``ValueError`` naming the registered ones if none):
-    a :class:`mmtx.modalities.ModalitySpec` once :mod:`mmtx.modalities` is imported (as
-    every caller of its JAX side does), else possibly the modality's schema alone."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown modality {name!r}; registered: {modality_names()} "
-            "(mmtx.modalities.register_modality adds one)"
-        ) from None
-
-
-def ordered(modalities: Any) -> list[str]:
-    """The given modality names in registry order (unregistered names last, as given)."""
-    names = list(modalities)
-    known = [m for m in modality_names() if m in names]
-    return known + [m for m in names if m not in known]
-
-
-def fusion_order(modalities: Any) -> tuple[str, ...]:
-    """The rows of a fusion's per-modality tables (concat's modality embeddings, gated's
-    gate logits) for a model of ``modalities``: the legacy ``(text, image, audio)`` when
-    every one is among those (so older checkpoints keep their shapes), else the model's
-    modalities in registry order."""
-    if set(modalities) <= set(LEGACY_FUSION_ORDER):
-        return LEGACY_FUSION_ORDER
-    return tuple(ordered(modalities))

@@ -1,4 +1,4 @@
-"""Tests for mmtx/evaluate/evaluators.py and its use by mmtx/train/evaluate.py: the tasks the
+"""Tests for mmtx/evaluate/evaluators.py and its use by mmtx/evaluate/split.py: the tasks the
 eval data offers (synthetic class names, every TFDS caption) and the all-caption evaluation
 of a real TFDS eval pipeline, against plain-loop references."""
 
@@ -14,7 +14,7 @@ from mmtx.data.pipeline import create_dataset, create_source
 from mmtx.data.synthetic import CLASS_NAMES, COLOURS, SHAPES, SyntheticSource
 from mmtx.data.tokenizer import ByteTokenizer
 from mmtx.evaluate.evaluators import EvalTasks, eval_tasks, evaluate_tasks
-from mmtx.train.evaluate import evaluate, text_embedder
+from mmtx.evaluate.split import evaluate, text_embedder
 
 NUM_TEST = tfds_builders.SPLIT_SIZES["test"]
 

@@ -1,4 +1,4 @@
-"""Tests for mmtx/train/evaluate.py: padding, attribute keys and evaluate() with a fake step."""
+"""Tests for mmtx/evaluate/split.py: padding, attribute keys and evaluate() with a fake step."""
 
 import itertools
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from mmtx.train.evaluate import attribute_keys, evaluate, pad_batch
+from mmtx.evaluate.split import attribute_keys, evaluate, pad_batch
 
 NUM_CLASSES = 5
 BATCH = 4

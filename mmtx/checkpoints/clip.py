@@ -8,14 +8,16 @@ end-of-text token (the highest id in the row), LayerNorm epsilon 1e-5.
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from mmtx.checkpoints import layout, preprocess_config
+from mmtx.checkpoints import hf, layout, preprocess_config
 from mmtx.checkpoints.family import Converted, two_tower_overrides
+from mmtx.checkpoints.hf import hf_tower_facts
 from mmtx.checkpoints.preprocess_config import OPEN_CLIP_CONFIG, Facts
 from mmtx.checkpoints.tensors import CheckpointImportError, TensorSource
+from mmtx.checkpoints.two_tower import TorchNames, TowerSizes
 
 # OpenAI CLIP's pixel statistics (open_clip's OPENAI_DATASET_MEAN / _STD).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -40,59 +42,61 @@ HF_CLIP_BLOCK = {
     "fc1": "mlp.fc1",
     "fc2": "mlp.fc2",
 }
+OPEN_CLIP_NAMES = TorchNames(
+    token_embedding="token_embedding.weight",
+    text_positions="positional_embedding",
+    text_blocks="transformer.resblocks.",
+    text_norm="ln_final",
+    text_projection="text_projection",  # [D, E]
+    projection_axis=1,
+    patch_embedding="visual.conv1.weight",
+    image_positions="visual.positional_embedding",
+    class_tokens=1,
+    image_blocks="visual.transformer.resblocks.",
+    image_norm="visual.ln_post",
+    block=OPEN_CLIP_BLOCK,
+)
+HF_CLIP_NAMES = TorchNames(
+    token_embedding="text_model.embeddings.token_embedding.weight",
+    text_positions="text_model.embeddings.position_embedding.weight",
+    text_blocks="text_model.encoder.layers.",
+    text_norm="text_model.final_layer_norm",
+    text_projection="text_projection.weight",  # a torch Linear: [E, D]
+    projection_axis=0,
+    patch_embedding="vision_model.embeddings.patch_embedding.weight",
+    image_positions="vision_model.embeddings.position_embedding.weight",
+    class_tokens=1,
+    image_blocks="vision_model.encoder.layers.",
+    image_norm="vision_model.post_layernorm",
+    block=HF_CLIP_BLOCK,
+)
 
 
-def _grid_side(positions: int, prefix: int, what: str) -> int:
-    side = math.isqrt(positions - prefix)
-    if side * side != positions - prefix:
-        raise CheckpointImportError(
-            f"{what} has {positions} rows, not {prefix} + a square grid of patches"
-        )
-    return side
-
-
-def _clip_towers(
+def _clip_overrides(
+    sizes: TowerSizes,
     *,
-    text_width: int,
-    text_depth: int,
-    text_heads: int,
-    text_mlp: int,
-    vocab_size: int,
-    context_length: int,
-    image_width: int,
-    image_depth: int,
-    image_heads: int,
-    image_mlp: int,
-    patch_size: int,
-    image_size: int,
-    embed_dim: int,
+    num_heads: Mapping[str, int],
+    mlp_dims: tuple[int, int],
     activation: str,
     norm_eps: float,
 ) -> dict[str, Any]:
+    """The config of a CLIP model of these sizes (``num_heads``: modality -> heads;
+    ``mlp_dims``: the text and image MLP widths)."""
     tower = {"activation": activation, "norm_eps": norm_eps, "projection": "no_bias"}
+    text_mlp, image_mlp = mlp_dims
     return two_tower_overrides(
-        embed_dim=embed_dim,
+        embed_dim=sizes.embed_dim,
         contrastive="softmax",
         text={
             **tower,
-            "vocab_size": vocab_size,
-            "max_length": context_length,
-            "width": text_width,
-            "depth": text_depth,
-            "num_heads": text_heads,
-            "mlp_dim": text_mlp,
+            **sizes.text_config(num_heads["text"], text_mlp),
             "causal": True,
             "pooling": "eot",
             "position_embedding": "learned",
         },
         image={
             **tower,
-            "image_size": image_size,
-            "patch_size": patch_size,
-            "width": image_width,
-            "depth": image_depth,
-            "num_heads": image_heads,
-            "mlp_dim": image_mlp,
+            **sizes.image_config(num_heads["image"], image_mlp),
             "pooling": "cls",
             "position_embedding": "learned",
             "class_token_posemb": True,
@@ -102,6 +106,31 @@ def _clip_towers(
             "std": CLIP_STD,
         },
     )
+
+
+def _clip_image_params(
+    source: TensorSource,
+    names: TorchNames,
+    sizes: TowerSizes,
+    num_heads: int,
+    *,
+    class_embedding: str,
+    pre_norm: str,
+) -> dict[str, Any]:
+    """A CLIP image tower's params: bias-free patch convolution, position table, class
+    token ``[1, 1, D]``, pre-encoder LayerNorm, encoder."""
+    return layout.patch_tower_params(
+        {"kernel": layout.conv_kernel(source[names.patch_embedding])},
+        source[names.image_positions],
+        {
+            "cls": layout.reshaped(source[class_embedding], (1, 1, sizes.image_width)),
+            "pre_norm": layout.layer_norm(source, pre_norm),
+            "encoder": names.image_encoder(source, sizes.image_depth, num_heads),
+        },
+    )
+
+
+# ------------------------------------------------------------------------------ open_clip
 
 
 def convert_open_clip(
@@ -127,74 +156,45 @@ def convert_open_clip(
     model_cfg = dict((hf_config or {}).get("model_cfg", hf_config or {}))
     preprocess_cfg = (hf_config or {}).get("preprocess_cfg")
     source.ignore(["attn_mask", "input_resolution", "context_length", "vocab_size"])
-    vocab_size, text_width = source.shape("token_embedding.weight")
-    context_length = source.shape("positional_embedding")[0]
-    embed_dim = source.shape("text_projection")[1]
-    image_width, _, patch_size, _ = source.shape("visual.conv1.weight")
-    positions = source.shape("visual.positional_embedding")[0]
-    grid = _grid_side(positions, 1, "visual.positional_embedding")
-    text_depth = layout.count_layers(source, "transformer.resblocks.{}.ln_1.weight")
-    image_depth = layout.count_layers(source, "visual.transformer.resblocks.{}.ln_1.weight")
-    text_cfg, vision_cfg = model_cfg.get("text_cfg", {}), model_cfg.get("vision_cfg", {})
-    facts = Facts()
-    file = OPEN_CLIP_CONFIG
+    sizes = OPEN_CLIP_NAMES.sizes(source)
+    heads, facts = _open_clip_heads_and_activation(sizes, model_cfg, num_heads)
+    overrides = _clip_overrides(
+        sizes,
+        num_heads=heads,
+        mlp_dims=OPEN_CLIP_NAMES.mlp_dims(source),
+        activation=facts.values["model.text.activation"],
+        norm_eps=1e-5,
+    )
+    facts.update(_open_clip_normalisation(preprocess_cfg))
+    facts.update(preprocess_config.open_clip_image(preprocess_cfg, image_size=sizes.image_size))
+    params = {
+        "text": OPEN_CLIP_NAMES.text_params(source, sizes.text_depth, heads["text"]),
+        "image": _clip_image_params(
+            source,
+            OPEN_CLIP_NAMES,
+            sizes,
+            heads["image"],
+            class_embedding="visual.class_embedding",
+            pre_norm="visual.ln_pre",
+        ),
+        "text_head": {"kernel": source["text_projection"]},
+        "image_head": {"kernel": source["visual.proj"]},
+        "logit_scale": layout.reshaped(source["logit_scale"], ()),
+    }
+    return Converted(overrides, params, grids={"image": (sizes.grid, sizes.grid)}, facts=facts)
+
+
+def _open_clip_heads_and_activation(
+    sizes: TowerSizes, model_cfg: Mapping[str, Any], num_heads: Mapping[str, int]
+) -> tuple[dict[str, int], Facts]:
+    """Each tower's heads (modality -> count) and the facts saying where they and the
+    activation came from: ``num_heads``, else open_clip's ``model_cfg`` (checked against
+    ``sizes``), else OpenAI's rules (and an ``assumed`` line each)."""
     if model_cfg:
-        _check_open_clip_sizes(
-            {
-                "embed_dim": embed_dim,
-                "text_cfg.width": text_width,
-                "text_cfg.layers": text_depth,
-                "text_cfg.context_length": context_length,
-                "text_cfg.vocab_size": vocab_size,
-                "vision_cfg.width": image_width,
-                "vision_cfg.layers": image_depth,
-                "vision_cfg.patch_size": patch_size,
-                "vision_cfg.image_size": grid * patch_size,
-            },
-            model_cfg,
-        )
-        # open_clip's own defaults (TextCfg.heads = 8, VisionCfg.head_width = 64).
-        heads = {
-            "text": (
-                int(text_cfg.get("heads", 8)),
-                f"{file} text_cfg.heads"
-                if "heads" in text_cfg
-                else f"default: open_clip's (no text_cfg.heads in {file})",
-            ),
-            "image": (
-                image_width // int(vision_cfg.get("head_width", 64)),
-                f"{file} vision_cfg.width / head_width"
-                if "head_width" in vision_cfg
-                else f"default: open_clip's width / 64 (no vision_cfg.head_width in {file})",
-            ),
-        }
-        quick = bool(model_cfg.get("quick_gelu", False))
-        facts.set(
-            "model.text.activation",
-            "quick_gelu" if quick else "gelu",
-            f"{file} quick_gelu"
-            if "quick_gelu" in model_cfg
-            else f"default: open_clip's exact GELU (no quick_gelu in {file})",
-        )
+        _check_open_clip_sizes(_open_clip_config_sizes(sizes), model_cfg)
+        heads, facts = _configured_heads_and_activation(model_cfg, sizes.image_width)
     else:
-        heads = {
-            modality: (
-                max(width // OPEN_CLIP_HEAD_WIDTH, 1),
-                f"default: width / {OPEN_CLIP_HEAD_WIDTH} (no {file})",
-            )
-            for modality, width in (("text", text_width), ("image", image_width))
-        }
-        facts.set("model.text.activation", "quick_gelu", f"default: OpenAI's (no {file})")
-        facts.assumed.extend(
-            f"{modality} heads: {heads[modality][0]} = width // {OPEN_CLIP_HEAD_WIDTH} (no {file} "
-            "beside the weights; --num_heads or the config file sets it)"
-            for modality in ("text", "image")
-            if modality not in num_heads
-        )
-        facts.assumed.append(
-            f"activation: quick_gelu, OpenAI's (no {file} beside the weights; LAION-trained "
-            "models use exact GELU: --activation=gelu or the config file sets it)"
-        )
+        heads, facts = _default_heads_and_activation(sizes, num_heads)
     for modality in ("text", "image"):
         if modality in num_heads:
             heads[modality] = (num_heads[modality], "--num_heads")
@@ -204,77 +204,22 @@ def convert_open_clip(
         facts.values["model.text.activation"],
         facts.sources["model.text.activation"],
     )
-    text_heads, image_heads = heads["text"][0], heads["image"][0]
-    overrides = _clip_towers(
-        text_width=text_width,
-        text_depth=text_depth,
-        text_heads=text_heads,
-        text_mlp=source.shape("transformer.resblocks.0.mlp.c_fc.weight")[0],
-        vocab_size=vocab_size,
-        context_length=context_length,
-        image_width=image_width,
-        image_depth=image_depth,
-        image_heads=image_heads,
-        image_mlp=source.shape("visual.transformer.resblocks.0.mlp.c_fc.weight")[0],
-        patch_size=patch_size,
-        image_size=grid * patch_size,
-        embed_dim=embed_dim,
-        activation=facts.values["model.text.activation"],
-        norm_eps=1e-5,
-    )
-    for field in ("mean", "std"):
-        if field in (preprocess_cfg or {}):  # the checkpoint's own normalisation
-            facts.set(
-                f"model.image.{field}",
-                tuple(float(v) for v in preprocess_cfg[field]),
-                f"{file} preprocess_cfg.{field}",
-            )
-        else:
-            facts.set(
-                f"model.image.{field}",
-                CLIP_MEAN if field == "mean" else CLIP_STD,
-                f"default: OpenAI's (no preprocess_cfg.{field})",
-            )
-    facts.update(preprocess_config.open_clip_image(preprocess_cfg, image_size=grid * patch_size))
+    return {modality: count for modality, (count, _) in heads.items()}, facts
 
-    params = {
-        "text": {
-            "token_embed": {"embedding": {"embedding": source["token_embedding.weight"]}},
-            "posemb": {"embedding": source["positional_embedding"]},
-            "tower": {
-                "encoder": {
-                    "blocks": layout.torch_blocks(
-                        source, "transformer.resblocks.", text_depth, OPEN_CLIP_BLOCK, text_heads
-                    ),
-                    "norm": layout.layer_norm(source, "ln_final"),
-                },
-            },
-        },
-        "image": {
-            "patches": {
-                "projection": {"kernel": layout.conv_kernel(source["visual.conv1.weight"])}
-            },
-            "posemb": {"embedding": source["visual.positional_embedding"]},
-            "tower": {
-                "cls": layout.reshaped(source["visual.class_embedding"], (1, 1, image_width)),
-                "pre_norm": layout.layer_norm(source, "visual.ln_pre"),
-                "encoder": {
-                    "blocks": layout.torch_blocks(
-                        source,
-                        "visual.transformer.resblocks.",
-                        image_depth,
-                        OPEN_CLIP_BLOCK,
-                        image_heads,
-                    ),
-                    "norm": layout.layer_norm(source, "visual.ln_post"),
-                },
-            },
-        },
-        "text_head": {"kernel": source["text_projection"]},
-        "image_head": {"kernel": source["visual.proj"]},
-        "logit_scale": layout.reshaped(source["logit_scale"], ()),
+
+def _open_clip_config_sizes(sizes: TowerSizes) -> dict[str, int]:
+    """The sizes open_clip's config states (dotted name -> value), as the tensors have them."""
+    return {
+        "embed_dim": sizes.embed_dim,
+        "text_cfg.width": sizes.text_width,
+        "text_cfg.layers": sizes.text_depth,
+        "text_cfg.context_length": sizes.context_length,
+        "text_cfg.vocab_size": sizes.vocab_size,
+        "vision_cfg.width": sizes.image_width,
+        "vision_cfg.layers": sizes.image_depth,
+        "vision_cfg.patch_size": sizes.patch_size,
+        "vision_cfg.image_size": sizes.image_size,
     }
-    return Converted(overrides, params, grids={"image": (grid, grid)}, facts=facts)
 
 
 def _check_open_clip_sizes(from_tensors: Mapping[str, int], model_cfg: Mapping[str, Any]) -> None:
@@ -290,6 +235,89 @@ def _check_open_clip_sizes(from_tensors: Mapping[str, int], model_cfg: Mapping[s
             )
 
 
+def _configured_heads_and_activation(
+    model_cfg: Mapping[str, Any], image_width: int
+) -> tuple[dict[str, tuple[int, str]], Facts]:
+    """Heads (modality -> (count, where from)) and activation from open_clip's model config,
+    open_clip's own defaults where it lacks them (TextCfg.heads = 8, VisionCfg.head_width =
+    64, exact GELU)."""
+    file = OPEN_CLIP_CONFIG
+    text_cfg, vision_cfg = model_cfg.get("text_cfg", {}), model_cfg.get("vision_cfg", {})
+    heads = {
+        "text": (
+            int(text_cfg.get("heads", 8)),
+            f"{file} text_cfg.heads"
+            if "heads" in text_cfg
+            else f"default: open_clip's (no text_cfg.heads in {file})",
+        ),
+        "image": (
+            image_width // int(vision_cfg.get("head_width", 64)),
+            f"{file} vision_cfg.width / head_width"
+            if "head_width" in vision_cfg
+            else f"default: open_clip's width / 64 (no vision_cfg.head_width in {file})",
+        ),
+    }
+    facts = Facts()
+    quick = bool(model_cfg.get("quick_gelu", False))
+    facts.set(
+        "model.text.activation",
+        "quick_gelu" if quick else "gelu",
+        f"{file} quick_gelu"
+        if "quick_gelu" in model_cfg
+        else f"default: open_clip's exact GELU (no quick_gelu in {file})",
+    )
+    return heads, facts
+
+
+def _default_heads_and_activation(
+    sizes: TowerSizes, num_heads: Mapping[str, int]
+) -> tuple[dict[str, tuple[int, str]], Facts]:
+    """Heads (modality -> (count, where from)) and activation by OpenAI's rules, for a state
+    dict without open_clip's config: ``width // 64`` heads, QuickGELU; an ``assumed`` line
+    for each (but the heads ``num_heads`` gives)."""
+    file = OPEN_CLIP_CONFIG
+    heads = {
+        modality: (
+            max(width // OPEN_CLIP_HEAD_WIDTH, 1),
+            f"default: width / {OPEN_CLIP_HEAD_WIDTH} (no {file})",
+        )
+        for modality, width in (("text", sizes.text_width), ("image", sizes.image_width))
+    }
+    facts = Facts()
+    facts.set("model.text.activation", "quick_gelu", f"default: OpenAI's (no {file})")
+    facts.assumed.extend(
+        f"{modality} heads: {heads[modality][0]} = width // {OPEN_CLIP_HEAD_WIDTH} (no {file} "
+        "beside the weights; --num_heads or the config file sets it)"
+        for modality in ("text", "image")
+        if modality not in num_heads
+    )
+    facts.assumed.append(
+        f"activation: quick_gelu, OpenAI's (no {file} beside the weights; LAION-trained "
+        "models use exact GELU: --activation=gelu or the config file sets it)"
+    )
+    return heads, facts
+
+
+def _open_clip_normalisation(preprocess_cfg: Mapping[str, Any] | None) -> Facts:
+    """The image mean and std: the checkpoint's own (``preprocess_cfg``), else OpenAI's."""
+    facts = Facts()
+    for field, default in (("mean", CLIP_MEAN), ("std", CLIP_STD)):
+        if field in (preprocess_cfg or {}):
+            facts.set(
+                f"model.image.{field}",
+                tuple(float(v) for v in preprocess_cfg[field]),
+                f"{OPEN_CLIP_CONFIG} preprocess_cfg.{field}",
+            )
+        else:
+            facts.set(
+                f"model.image.{field}", default, f"default: OpenAI's (no preprocess_cfg.{field})"
+            )
+    return facts
+
+
+# ------------------------------------------------------------------------------ HF CLIP
+
+
 def convert_hf_clip(
     source: TensorSource,
     hf_config: dict[str, Any] | None,
@@ -302,102 +330,45 @@ def convert_hf_clip(
     shortest-edge resize, centre crop, mean/std) from ``preprocessor``, its
     ``preprocessor_config.json``."""
     del num_heads  # read from the config / the tensors' shapes
-    if hf_config is None:
-        raise CheckpointImportError(
-            "hf_clip needs the model's config.json (heads, activation); put it next to the "
-            "weights file or pass --hf_config"
-        )
+    hf_config = hf.require_config(hf_config, "hf_clip", "heads, activation")
     text_cfg, vision_cfg = hf_config.get("text_config", {}), hf_config.get("vision_config", {})
-    source.ignore(["text_model.embeddings.position_ids", "vision_model.embeddings.position_ids"])
-    vocab_size, text_width = source.shape("text_model.embeddings.token_embedding.weight")
-    context_length = source.shape("text_model.embeddings.position_embedding.weight")[0]
-    embed_dim = source.shape("text_projection.weight")[0]
-    image_width, _, patch_size, _ = source.shape("vision_model.embeddings.patch_embedding.weight")
-    positions = source.shape("vision_model.embeddings.position_embedding.weight")[0]
-    grid = _grid_side(positions, 1, "vision_model.embeddings.position_embedding.weight")
-    text_depth = layout.count_layers(source, "text_model.encoder.layers.{}.layer_norm1.weight")
-    image_depth = layout.count_layers(source, "vision_model.encoder.layers.{}.layer_norm1.weight")
-    text_heads = int(text_cfg.get("num_attention_heads", 8))
-    image_heads = int(vision_cfg.get("num_attention_heads", 12))
-    activation = _hf_activation(text_cfg.get("hidden_act", "quick_gelu"))
-    if _hf_activation(vision_cfg.get("hidden_act", "quick_gelu")) != activation:
+    source.ignore(hf.POSITION_IDS)
+    sizes = HF_CLIP_NAMES.sizes(source)
+    heads = {
+        "text": int(text_cfg.get("num_attention_heads", 8)),
+        "image": int(vision_cfg.get("num_attention_heads", 12)),
+    }
+    activation = hf.activation(text_cfg.get("hidden_act", "quick_gelu"))
+    if hf.activation(vision_cfg.get("hidden_act", "quick_gelu")) != activation:
         raise CheckpointImportError("hf_clip: text and vision towers use different activations")
-    overrides = _clip_towers(
-        text_width=text_width,
-        text_depth=text_depth,
-        text_heads=text_heads,
-        text_mlp=source.shape("text_model.encoder.layers.0.mlp.fc1.weight")[0],
-        vocab_size=vocab_size,
-        context_length=context_length,
-        image_width=image_width,
-        image_depth=image_depth,
-        image_heads=image_heads,
-        image_mlp=source.shape("vision_model.encoder.layers.0.mlp.fc1.weight")[0],
-        patch_size=patch_size,
-        image_size=grid * patch_size,
-        embed_dim=embed_dim,
+    overrides = _clip_overrides(
+        sizes,
+        num_heads=heads,
+        mlp_dims=HF_CLIP_NAMES.mlp_dims(source),
         activation=activation,
         norm_eps=float(text_cfg.get("layer_norm_eps", 1e-5)),
     )
     facts = hf_tower_facts(hf_config, ("text", "text_config"), ("image", "vision_config"))
     facts.update(
         preprocess_config.hf_image(
-            preprocessor, image_size=grid * patch_size, family="hf_clip", square=False
+            preprocessor, image_size=sizes.image_size, family="hf_clip", square=False
         )
     )
-
-    vision = "vision_model."
     params = {
-        "text": hf_text_tower(source, text_depth, text_heads, final_norm="final_layer_norm"),
-        "image": {
-            "patches": {
-                "projection": {
-                    "kernel": layout.conv_kernel(
-                        source[f"{vision}embeddings.patch_embedding.weight"]
-                    )
-                }
-            },
-            "posemb": {"embedding": source[f"{vision}embeddings.position_embedding.weight"]},
-            "tower": {
-                "cls": layout.reshaped(
-                    source[f"{vision}embeddings.class_embedding"], (1, 1, image_width)
-                ),
-                # (sic: HF's CLIP spells it "pre_layrnorm")
-                "pre_norm": layout.layer_norm(source, f"{vision}pre_layrnorm"),
-                "encoder": {
-                    "blocks": layout.torch_blocks(
-                        source, f"{vision}encoder.layers.", image_depth, HF_CLIP_BLOCK, image_heads
-                    ),
-                    "norm": layout.layer_norm(source, f"{vision}post_layernorm"),
-                },
-            },
-        },
+        "text": HF_CLIP_NAMES.text_params(source, sizes.text_depth, heads["text"]),
+        "image": _clip_image_params(
+            source,
+            HF_CLIP_NAMES,
+            sizes,
+            heads["image"],
+            class_embedding="vision_model.embeddings.class_embedding",
+            pre_norm="vision_model.pre_layrnorm",  # (sic: HF's CLIP spells it "pre_layrnorm")
+        ),
         "text_head": {"kernel": layout.linear_kernel(source["text_projection.weight"])},
         "image_head": {"kernel": layout.linear_kernel(source["visual_projection.weight"])},
         "logit_scale": layout.reshaped(source["logit_scale"], ()),
     }
-    return Converted(overrides, params, grids={"image": (grid, grid)}, facts=facts)
-
-
-def hf_tower_facts(hf_config: Mapping[str, Any], *towers: tuple[str, str]) -> Facts:
-    """Where an HF two-tower config's heads, activation and LayerNorm epsilon came from:
-    ``towers`` are ``(modality, its sub-config key)``; the values themselves are set by the
-    converter (they are the same numbers)."""
-    facts = Facts()
-    for modality, key in towers:
-        cfg = hf_config.get(key, {})
-        for ours, theirs in (
-            ("num_heads", "num_attention_heads"),
-            ("activation", "hidden_act"),
-            ("norm_eps", "layer_norm_eps"),
-        ):
-            where = (
-                f"config.json {key}.{theirs}"
-                if theirs in cfg
-                else f"default: transformers' (no {key}.{theirs} in config.json)"
-            )
-            facts.sources[f"model.{modality}.{ours}"] = where
-    return facts
+    return Converted(overrides, params, grids={"image": (sizes.grid, sizes.grid)}, facts=facts)
 
 
 def hf_text_tower(
@@ -405,34 +376,5 @@ def hf_text_tower(
 ) -> dict[str, Any]:
     """An HF CLIP / SigLIP text tower (``text_model.embeddings``, ``text_model.encoder``,
     ``text_model.<final_norm>``) -> mmtx's ``text`` params."""
-    text = "text_model."
-    return {
-        "token_embed": {
-            "embedding": {"embedding": source[f"{text}embeddings.token_embedding.weight"]}
-        },
-        "posemb": {"embedding": source[f"{text}embeddings.position_embedding.weight"]},
-        "tower": {
-            "encoder": {
-                "blocks": layout.torch_blocks(
-                    source, f"{text}encoder.layers.", depth, HF_CLIP_BLOCK, num_heads
-                ),
-                "norm": layout.layer_norm(source, f"{text}{final_norm}"),
-            },
-        },
-    }
-
-
-def _hf_activation(name: str) -> str:
-    """An HF ``hidden_act`` name -> mmtx's activation name."""
-    names = {
-        "quick_gelu": "quick_gelu",
-        "gelu": "gelu",
-        "gelu_pytorch_tanh": "gelu_tanh",
-        "gelu_new": "gelu_tanh",
-        "gelu_fast": "gelu_tanh",
-    }
-    if name not in names:
-        raise CheckpointImportError(
-            f"activation {name!r} has no mmtx counterpart (mmtx has {sorted(set(names.values()))})"
-        )
-    return names[name]
+    names = dataclasses.replace(HF_CLIP_NAMES, text_norm=f"text_model.{final_norm}")
+    return names.text_params(source, depth, num_heads)

@@ -127,8 +127,65 @@ def import_checkpoint(
         shape disagrees (its name and both shapes).
       FileNotFoundError: no such weights / config / tokenizer file.
     """
-    if family is not None and family not in FAMILIES:
+    found = _find_files(family, path, hf_config, preprocessor_config, tokenizer)
+    imported = convert_tensors(
+        found.family,
+        found.tensors,
+        path=found.weights,
+        hf_config=found.config,
+        preprocessor_config=found.preprocessor,
+        tokenizer=found.tokenizer,
+        image_size=image_size,
+        activation=activation,
+        num_heads=num_heads,
+    )
+    if found.tokenizer is not None:
+        imported.source["values"]["tokenizer.model_file"]["from"] = found.tokenizer_source
+    if found.detected is not None:
+        imported.source["detected"] = found.detected
+    imported.source["files"] = found.files
+    return imported
+
+
+def _check_family(family: str) -> None:
+    if family not in FAMILIES:
         raise CheckpointImportError(f"unknown family {family!r}; choose one of {sorted(FAMILIES)}")
+
+
+@dataclasses.dataclass
+class _Found:
+    """A checkpoint's files as :func:`import_checkpoint` finds and reads them.
+
+    Attributes:
+      family: the family given, or detected (``detected`` then says how).
+      weights, tensors: the weights file and its tensors (name -> array).
+      config, preprocessor: the loaded model and preprocessor configs, or None.
+      tokenizer, tokenizer_source: the tokenizer file (or None) and where it came from.
+      files: role (``config``, ``preprocessor``) -> the path of each JSON file read.
+    """
+
+    family: str
+    detected: str | None
+    weights: str
+    tensors: dict[str, np.ndarray]
+    config: dict[str, Any] | None
+    preprocessor: dict[str, Any] | None
+    tokenizer: str | os.PathLike | None
+    tokenizer_source: str
+    files: dict[str, str]
+
+
+def _find_files(
+    family: str | None,
+    path: str | os.PathLike,
+    hf_config: str | os.PathLike | Mapping[str, Any] | None,
+    preprocessor_config: str | os.PathLike | Mapping[str, Any] | None,
+    tokenizer: str | os.PathLike | None,
+) -> _Found:
+    """:func:`import_checkpoint`'s files: the weights (``path`` or the family's file in it),
+    the family (detected when None), and the configs and tokenizer given or beside them."""
+    if family is not None:
+        _check_family(family)
     weights = hub.weights_file(os.fspath(path), family)
     directory = os.path.dirname(os.path.abspath(weights))
     tensors = read_tensors(weights)
@@ -137,33 +194,49 @@ def import_checkpoint(
         family, evidence = hub.detect_family(tensors, directory)
         detected = f"{family} ({evidence})"
     files: dict[str, str] = {}
+    config, preprocessor = _config_files(family, directory, hf_config, preprocessor_config, files)
+    tokenizer, tokenizer_source = _tokenizer_file(family, directory, tokenizer)
+    return _Found(
+        family=family,
+        detected=detected,
+        weights=weights,
+        tensors=tensors,
+        config=config,
+        preprocessor=preprocessor,
+        tokenizer=tokenizer,
+        tokenizer_source=tokenizer_source,
+        files=files,
+    )
+
+
+def _config_files(
+    family: str,
+    directory: str,
+    hf_config: str | os.PathLike | Mapping[str, Any] | None,
+    preprocessor_config: str | os.PathLike | Mapping[str, Any] | None,
+    files: dict[str, str],
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The family's model config and (HF families only) preprocessor config: the ones given,
+    else those beside the weights in ``directory``, else None; the paths read go in
+    ``files`` (:func:`_json_file`)."""
     config = _json_file(hf_config, directory, hub.CONFIG_FILES.get(family), files, "config")
     preprocessor = None
     if family.startswith("hf_"):
         preprocessor = _json_file(
             preprocessor_config, directory, hub.PREPROCESSOR_FILE, files, "preprocessor"
         )
-    tokenizer_source = "--tokenizer"
+    return config, preprocessor
+
+
+def _tokenizer_file(
+    family: str, directory: str, tokenizer: str | os.PathLike | None
+) -> tuple[str | os.PathLike | None, str]:
+    """The tokenizer file, ``tokenizer`` or else the family's beside the weights (None if
+    neither), and where it came from (for the import record)."""
     if tokenizer is None and family in TOKENIZER_TYPES:
-        tokenizer = hub.find_tokenizer(directory, family)
-        tokenizer_source = f"found beside the weights ({os.path.basename(tokenizer or '')})"
-    imported = convert_tensors(
-        family,
-        tensors,
-        path=weights,
-        hf_config=config,
-        preprocessor_config=preprocessor,
-        tokenizer=tokenizer,
-        image_size=image_size,
-        activation=activation,
-        num_heads=num_heads,
-    )
-    if tokenizer is not None:
-        imported.source["values"]["tokenizer.model_file"]["from"] = tokenizer_source
-    if detected is not None:
-        imported.source["detected"] = detected
-    imported.source["files"] = files
-    return imported
+        found = hub.find_tokenizer(directory, family)
+        return found, f"found beside the weights ({os.path.basename(found or '')})"
+    return tokenizer, "--tokenizer"
 
 
 def _json_file(
@@ -209,44 +282,21 @@ def convert_tensors(
     loaded, e.g. to derive a full-size config from names and shapes alone (``np.zeros`` of
     each shape costs no memory until written). ``path`` only names the source in messages
     and the record."""
-    if family not in FAMILIES:
-        raise CheckpointImportError(f"unknown family {family!r}; choose one of {sorted(FAMILIES)}")
+    _check_family(family)
     if not tensors:
         raise CheckpointImportError(f"{path or 'the checkpoint'} holds no tensors")
     config_dict = dict(hf_config) if hf_config is not None else None
     preprocessor = dict(preprocessor_config) if preprocessor_config is not None else None
     source = TensorSource(tensors, family=family, path=path)
-    try:
-        converted = FAMILIES[family](source, config_dict, preprocessor, dict(num_heads or {}))
-    except CheckpointImportError:
-        raise
-    except Exception as error:
-        if source.missing:  # a missing tensor broke the conversion: name it
-            source.check()
-        raise CheckpointImportError(
-            f"{path} could not be read as {family} ({type(error).__name__}: {error}); its first "
-            f"tensors: {first_names(tensors)}"
-        ) from error
+    converted = _convert(source, config_dict, preprocessor, dict(num_heads or {}))
     source.check()
     params = converted.params
     config = config_lib.merge_overrides(config_lib.default_config(), converted.overrides)
     config = config_lib.merge_overrides(config, converted.facts.overrides())
     config.variant = f"imported {family}"
     sources = dict(converted.facts.sources)
-    if activation is not None:
-        if activation not in ACTIVATIONS:
-            raise CheckpointImportError(f"activation {activation!r}: choose one of {ACTIVATIONS}")
-        for modality in config.model.modalities:
-            config.model[modality].activation = activation
-            sources[f"model.{modality}.activation"] = "--activation"
-    if tokenizer is not None:
-        _set_tokenizer(config, family, os.fspath(tokenizer))
-        sources["tokenizer.model_file"] = "--tokenizer"
-    elif family in TOKENIZER_TYPES:
-        converted.facts.assumed.append(
-            "tokenizer: none (no --tokenizer and no tokenizer file beside the weights); the "
-            "model takes token ids, not text"
-        )
+    _apply_activation(config, sources, activation)
+    _apply_tokenizer(config, sources, converted, family, tokenizer)
     if image_size is not None:
         _resample_image(config, params, converted, int(image_size))
         sources["model.image.image_size"] = "--image_size (position table resampled)"
@@ -261,10 +311,77 @@ def convert_tensors(
     if tokenizer is not None:
         _try_tokenizer(config)
     params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
-    record = {
-        "family": family,
-        "path": os.path.abspath(path) if path else "",
-        "tensors": len(tensors),
+    record = _record(source, converted, config, sources, activation)
+    return ImportedModel(config=config, params=params, source=record)
+
+
+def _convert(
+    source: TensorSource,
+    hf_config: dict[str, Any] | None,
+    preprocessor: dict[str, Any] | None,
+    num_heads: dict[str, int],
+) -> Converted:
+    """Runs ``source.family``'s converter; an error it did not expect becomes one
+    :class:`CheckpointImportError` naming the file (or the missing tensors behind it)."""
+    family, path = source.family, source.path
+    try:
+        return FAMILIES[family](source, hf_config, preprocessor, num_heads)
+    except CheckpointImportError:
+        raise
+    except Exception as error:
+        if source.missing:  # a missing tensor broke the conversion: name it
+            source.check()
+        raise CheckpointImportError(
+            f"{path} could not be read as {family} ({type(error).__name__}: {error}); its first "
+            f"tensors: {first_names(source.tensors)}"
+        ) from error
+
+
+def _apply_activation(
+    config: ml_collections.ConfigDict, sources: dict[str, str], activation: str | None
+) -> None:
+    """``--activation``: every tower's activation (checked against :data:`ACTIVATIONS`)."""
+    if activation is None:
+        return
+    if activation not in ACTIVATIONS:
+        raise CheckpointImportError(f"activation {activation!r}: choose one of {ACTIVATIONS}")
+    for modality in config.model.modalities:
+        config.model[modality].activation = activation
+        sources[f"model.{modality}.activation"] = "--activation"
+
+
+def _apply_tokenizer(
+    config: ml_collections.ConfigDict,
+    sources: dict[str, str],
+    converted: Converted,
+    family: str,
+    tokenizer: str | os.PathLike | None,
+) -> None:
+    """Sets the tokenizer file; without one a family with a text tower gets an ``assumed``
+    line (the model takes ids)."""
+    if tokenizer is not None:
+        _set_tokenizer(config, family, os.fspath(tokenizer))
+        sources["tokenizer.model_file"] = "--tokenizer"
+    elif family in TOKENIZER_TYPES:
+        converted.facts.assumed.append(
+            "tokenizer: none (no --tokenizer and no tokenizer file beside the weights); the "
+            "model takes token ids, not text"
+        )
+
+
+def _record(
+    source: TensorSource,
+    converted: Converted,
+    config: ml_collections.ConfigDict,
+    sources: Mapping[str, str],
+    activation: str | None,
+) -> dict[str, Any]:
+    """The import record (``ImportedModel.source``, ``import.json``): where the checkpoint
+    came from, what was ignored, assumed and differs, and every value's source."""
+    return {
+        "family": source.family,
+        "path": os.path.abspath(source.path) if source.path else "",
+        "tensors": len(source.tensors),
         "ignored": sorted(source.ignored),
         # What no file and no argument said, so the conversion assumed it (one line each).
         "assumed": [note for note in converted.facts.assumed if not _overridden(note, activation)],
@@ -276,7 +393,6 @@ def convert_tensors(
             for field, origin in sorted(sources.items())
         },
     }
-    return ImportedModel(config=config, params=params, source=record)
 
 
 def _lookup(config: ml_collections.ConfigDict, field: str) -> Any:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
 import math
 import os
 import pathlib
@@ -30,9 +31,20 @@ from mmtx.train.flops import analytic_flops
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = "configs/base.py:tiny"
 TOPOLOGY = "v5e:2x2"
+# JAX's CUDA plugin: `make test` installs it into .aot-gpu/, which only the GPU compiles'
+# subprocesses see (a jax process that finds it on a host without CUDA prints its failed version
+# check); a venv with the `aot-gpu` extra has it already.
+AOT_GPU = REPO / ".aot-gpu"
+CUDA_PLUGIN_PATH = (
+    ""
+    if importlib.util.find_spec("jax_cuda12_plugin") is not None
+    else str(AOT_GPU)
+    if (AOT_GPU / "jax_cuda12_plugin").is_dir()
+    else None
+)
 needs_cuda_plugin = pytest.mark.skipif(
-    importlib.util.find_spec("jax_cuda12_plugin") is None,
-    reason="needs JAX's CUDA plugin (pip install 'mmtx[aot-gpu]')",
+    CUDA_PLUGIN_PATH is None,
+    reason="needs JAX's CUDA plugin (`make test` installs it; or pip install 'mmtx[aot-gpu]')",
 )
 needs_libtpu = pytest.mark.skipif(
     importlib.util.find_spec("libtpu") is None, reason="needs libtpu (pip install 'mmtx[aot]')"
@@ -51,14 +63,17 @@ def two_tower_config() -> ml_collections.ConfigDict:
     return config_lib.validate(config)
 
 
-def run_compile(*flags: str) -> subprocess.CompletedProcess:
+def python_path(*, gpu: bool = False) -> str:
+    """The subprocesses' PYTHONPATH: the repo, and with ``gpu`` the CUDA plugin's folder."""
+    paths = [str(REPO), *([CUDA_PLUGIN_PATH] if gpu and CUDA_PLUGIN_PATH else [])]
+    return os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")])
+
+
+def run_compile(*flags: str, gpu: bool = False) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "mmtx.compile", f"--config={TINY}", TWO_TOWERS, *flags],
         cwd=REPO,
-        env={
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-        },
+        env={**os.environ, "PYTHONPATH": python_path(gpu=gpu)},
         capture_output=True,
         text=True,
         timeout=600,
@@ -432,7 +447,7 @@ def test_tpu_lowering_has_the_scanned_accumulation_and_pallas_kernels() -> None:
 
 @needs_cuda_plugin
 def test_the_command_compiles_for_two_h100s() -> None:
-    done = run_compile("--topology=h100:2", "--config.eval.batch_size=64")
+    done = run_compile("--topology=h100:2", "--config.eval.batch_size=64", gpu=True)
     assert done.returncode == 0, done.stderr[-3000:]
     text = done.stdout
     assert "h100:2: 2 x NVIDIA H100 80GB HBM3 (gpu); mesh {'data': 2, 'fsdp': 1, " in text
@@ -486,10 +501,30 @@ def test_gpu_spec_files_match_the_chip_and_peak_tables() -> None:
 @needs_cuda_plugin
 def test_gpu_spec_files_parse_to_devices_of_their_chip() -> None:
     # XLA parses each file (a GpuTargetConfigProto) into the plugin's compile-only devices, whose
-    # device_kind is the file's device_description_str.
-    for key in compile_lib.GPU_SPECS:
-        devices = compile_lib.gpu_topology_devices(f"{key}:2")
-        assert len(devices) == 2 and devices[0].platform == "gpu"
-        kind = devices[0].device_kind
+    # device_kind is the file's device_description_str. In a subprocess that sees the plugin.
+    listing = (
+        "import json\n"
+        "from mmtx import compile as c\n"
+        "found = {}\n"
+        "for key in c.GPU_SPECS:\n"
+        "    devices = c.gpu_topology_devices(f'{key}:2')\n"
+        "    kind = devices[0].device_kind\n"
+        "    found[key] = [len(devices), devices[0].platform, kind, c.chip_of(kind).name]\n"
+        "print(json.dumps(found))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", listing],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": python_path(gpu=True)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(found) == set(compile_lib.GPU_SPECS)
+    for key, (count, platform, kind, chip) in found.items():
+        assert (count, platform) == (2, "gpu")
         assert kind == gpu_spec_fields(key)["device_description_str"]
-        assert compile_lib.chip_of(kind).name == key, (key, kind)
+        assert chip == key, (key, kind)

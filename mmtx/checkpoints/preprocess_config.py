@@ -126,35 +126,58 @@ def hf_image(
     ``do_normalize`` is false). ``square``: how a bare-number ``size`` reads (SigLIP: a square).
     Without the file, the family's defaults are used and said in :attr:`Facts.assumed`.
     """
-    facts = Facts()
     if preprocessor is None:
-        facts.assumed.append(
-            f"image preprocessing: {family}'s defaults (bicubic, "
-            + ("squash to the image size" if square else "shorter side, then the centre crop")
-            + f"; no {PREPROCESSOR_CONFIG} beside the weights)"
-        )
-        facts.set("model.image.interpolation", "bicubic", f"default (no {PREPROCESSOR_CONFIG})")
-        facts.set(
-            "model.image.resize",
-            "squash" if square else "shorter_side",
-            f"default (no {PREPROCESSOR_CONFIG})",
-        )
-        facts.set("model.image.resize_size", 0, f"default (no {PREPROCESSOR_CONFIG})")
-        if not square:
-            facts.set("model.image.crop_offset", "floor", "HF's center_crop: (H - crop) // 2")
-        return facts
-    file = PREPROCESSOR_CONFIG
+        return _hf_image_defaults(family, square=square)
+    facts = Facts()
+    _hf_interpolation(facts, preprocessor)
+    _hf_resize(facts, preprocessor, image_size=image_size, square=square)
+    _hf_normalisation(facts, preprocessor)
+    return facts
+
+
+def _hf_image_defaults(family: str, *, square: bool) -> Facts:
+    """An HF image family's preprocessing without its ``preprocessor_config.json``: bicubic,
+    squashed (``square``) or shorter side then the centre crop; said in ``assumed``."""
+    facts = Facts()
+    facts.assumed.append(
+        f"image preprocessing: {family}'s defaults (bicubic, "
+        + ("squash to the image size" if square else "shorter side, then the centre crop")
+        + f"; no {PREPROCESSOR_CONFIG} beside the weights)"
+    )
+    facts.set("model.image.interpolation", "bicubic", f"default (no {PREPROCESSOR_CONFIG})")
+    facts.set(
+        "model.image.resize",
+        "squash" if square else "shorter_side",
+        f"default (no {PREPROCESSOR_CONFIG})",
+    )
+    facts.set("model.image.resize_size", 0, f"default (no {PREPROCESSOR_CONFIG})")
+    if not square:
+        facts.set("model.image.crop_offset", "floor", "HF's center_crop: (H - crop) // 2")
+    return facts
+
+
+def _hf_interpolation(facts: Facts, preprocessor: Mapping[str, Any]) -> None:
+    """``resample`` (a PIL filter code) -> ``model.image.interpolation``; one mmtx lacks is
+    bicubic, and a difference."""
     code = preprocessor.get("resample", 3)
     name = PIL_FILTERS.get(int(code), f"code {code}") if isinstance(code, int) else str(code)
     facts.set(
         "model.image.interpolation",
         name if name in INTERPOLATIONS else "bicubic",
-        f"{file} resample={code}",
+        f"{PREPROCESSOR_CONFIG} resample={code}",
     )
     if name not in INTERPOLATIONS:
         facts.differences.append(
             f"image interpolation: the checkpoint resizes with PIL's {name}; mmtx uses bicubic"
         )
+
+
+def _hf_resize(
+    facts: Facts, preprocessor: Mapping[str, Any], *, image_size: int, square: bool
+) -> None:
+    """``size`` and ``crop_size`` -> ``model.image.resize`` (shorter side, or squash),
+    ``resize_size`` and ``crop_offset``; what mmtx does otherwise is a difference."""
+    file = PREPROCESSOR_CONFIG
     size = _size_dict(preprocessor.get("size"), square=square)
     crop = _size_dict(preprocessor.get("crop_size"), square=True)
     do_crop = bool(preprocessor.get("do_center_crop", False)) and bool(crop)
@@ -191,6 +214,12 @@ def hf_image(
                 f"image size: {file} resizes to {size['height']} x {size.get('width')}; the "
                 f"model takes {image_size} x {image_size}, which mmtx resizes to"
             )
+
+
+def _hf_normalisation(facts: Facts, preprocessor: Mapping[str, Any]) -> None:
+    """``image_mean``/``image_std`` (identity when ``do_normalize`` is false) -> ``model.image``;
+    a pixel scale other than 1/255 is a difference."""
+    file = PREPROCESSOR_CONFIG
     if preprocessor.get("do_normalize", True):
         for ours, theirs in (("mean", "image_mean"), ("std", "image_std")):
             if theirs in preprocessor:
@@ -205,7 +234,6 @@ def hf_image(
         facts.differences.append(
             f"pixel scale: {file} scales pixels by {rescale}; mmtx takes uint8 pixels / 255"
         )
-    return facts
 
 
 # ASTFeatureExtractor's defaults: AudioSet's statistics at 16 kHz.

@@ -130,6 +130,172 @@ def _masked_softmax_attention(
     return out, weights, jnp.any(visible, axis=-1)
 
 
+class _Pattern(NamedTuple):
+    """Who sees whom, besides key padding: keys within ``radius`` of the query, the
+    ``num_global`` global tokens, and with ``causal`` only keys at or before the query."""
+
+    radius: int
+    num_global: int
+    causal: bool
+
+
+class _Operands(NamedTuple):
+    """:func:`local_attention`'s inputs, prepared once for its band and global-query parts."""
+
+    q: jax.Array  # [B, T, H, Dh]
+    k: jax.Array  # [B, T, H, Dh]
+    v32: jax.Array  # [B, T, H, Dh] float32
+    key_ok: jax.Array  # bool [B, T]: True for a real key
+    mean_v: jax.Array  # float32 [B, H, Dh]: the output of a row with no visible key
+    scale: float  # 1 / sqrt(Dh)
+
+
+def _empty_result(
+    q: jax.Array, num_global: int, return_weights: bool
+) -> jax.Array | tuple[jax.Array, LocalWeights]:
+    """:func:`local_attention`'s result for ``T = 0``: zeros ``[B, 0, H, Dh]`` (and empty
+    weights)."""
+    batch, _, heads, _ = q.shape
+    empty = LocalWeights(
+        jnp.zeros((batch, heads, 0, 3 + num_global), jnp.float32),
+        jnp.zeros((batch, heads, num_global, 0), jnp.float32),
+    )
+    return (jnp.zeros_like(q), empty) if return_weights else jnp.zeros_like(q)
+
+
+def _to_blocks(x: jax.Array, block: int, nb: int) -> jax.Array:
+    """``[B, T, ...]`` -> ``[B, nb, block, ...]``, zero-padded at the end to ``nb * block``."""
+    pad = nb * block - x.shape[1]
+    x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+    return x.reshape((x.shape[0], nb, block, *x.shape[2:]))
+
+
+def _neighbours(xb: jax.Array) -> jax.Array:
+    """``[B, nb, block, ...]`` -> ``[B, nb, 3 * block, ...]``: blocks ``n - 1, n, n + 1``
+    (zero-padded)."""
+    xp = jnp.pad(xb, [(0, 0), (1, 1)] + [(0, 0)] * (xb.ndim - 2))
+    return jnp.concatenate([xp[:, :-2], xp[:, 1:-1], xp[:, 2:]], axis=2)
+
+
+def _window_logits(
+    qb: jax.Array, kw: jax.Array, okw: jax.Array, t: int, pattern: _Pattern, scale: float
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Each query block against its window of keys (blocks ``n - 1, n, n + 1``).
+
+    ``qb``: ``[B, nb, block, H, Dh]`` queries; ``kw``: ``[B, nb, 3 * block, H, Dh]`` keys;
+    ``okw``: bool ``[B, nb, 3 * block]`` real keys. Returns float32 logits and bool
+    visibility, both ``[B, nb, H, block, 3 * block]``, and the query positions
+    ``[nb, block, 1]``.
+    """
+    nb, block = qb.shape[1], qb.shape[2]
+    qpos = (jnp.arange(nb)[:, None] * block + jnp.arange(block)[None, :])[:, :, None]
+    kpos = ((jnp.arange(nb)[:, None] - 1) * block + jnp.arange(3 * block)[None, :])[:, None, :]
+    band = jnp.abs(qpos - kpos) <= pattern.radius  # [nb, block, 3*block]
+    band = band & (kpos >= 0) & (kpos < t)
+    if pattern.causal:
+        band = band & (kpos <= qpos)
+    visible = band[None, :, None] & okw[:, :, None, None, :]  # [B, nb, 1, block, 3*block]
+    logits = jnp.einsum("bnqhd,bnkhd->bnhqk", qb, kw, preferred_element_type=jnp.float32) * scale
+    logits = logits.astype(jnp.float32)
+    return logits, jnp.broadcast_to(visible, logits.shape), qpos
+
+
+def _with_global_keys(
+    window: tuple[jax.Array, jax.Array, jax.Array],
+    qb: jax.Array,
+    qpos: jax.Array,
+    x: _Operands,
+    pattern: _Pattern,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``window`` (logits ``[B, nb, H, block, K]``, visibility, values ``[B, nb, K, H, Dh]``)
+    with the ``G`` global keys appended to every block's keys (``K -> K + G``); a global key
+    already inside a query's band is hidden here, so it is counted once."""
+    logits, visible, values = window
+    g = pattern.num_global
+    kg, vg, okg = x.k[:, :g], x.v32[:, :g], x.key_ok[:, :g]
+    gpos = jnp.arange(g)[None, None, :]
+    vis_g = jnp.abs(qpos - gpos) > pattern.radius  # [nb, block, G]
+    if pattern.causal:
+        vis_g = vis_g & (gpos <= qpos)
+    vis_g = vis_g[None, :, None] & okg[:, None, None, None, :]  # [B, nb, 1, block, G]
+    logits_g = (
+        jnp.einsum("bnqhd,bghd->bnhqg", qb, kg, preferred_element_type=jnp.float32) * x.scale
+    ).astype(jnp.float32)
+    vis_g = jnp.broadcast_to(vis_g, logits_g.shape)
+    logits = jnp.concatenate([logits, logits_g], axis=-1)
+    visible = jnp.concatenate([visible, vis_g], axis=-1)
+    vg_b = jnp.broadcast_to(vg[:, None], (vg.shape[0], qb.shape[1], *vg.shape[1:]))
+    return logits, visible, jnp.concatenate([values, vg_b], axis=2)
+
+
+def _band_attention(
+    x: _Operands, pattern: _Pattern
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    """Every query's attention over its block's window and the global keys.
+
+    Returns the float32 output ``[B, T, H, Dh]`` (``mean_v`` for a row with no visible key)
+    and, as computed, the probabilities ``[B, nb, H, block, 3 * block + G]``
+    with whether each row had a visible key, bool ``[B, nb, H, block]``.
+    """
+    batch, t, heads, dh = x.q.shape
+    block = local_block_size(t, pattern.radius)
+    nb = -(-t // block)
+    qb = _to_blocks(x.q, block, nb)  # [B, nb, block, H, Dh]
+    kw = _neighbours(_to_blocks(x.k, block, nb))  # [B, nb, 3*block, H, Dh]
+    vw = _neighbours(_to_blocks(x.v32, block, nb))
+    okw = _neighbours(_to_blocks(x.key_ok, block, nb))  # [B, nb, 3*block]; padding -> False
+    logits, visible, qpos = _window_logits(qb, kw, okw, t, pattern, x.scale)
+    window = (logits, visible, vw)
+    if pattern.num_global > 0:
+        window = _with_global_keys(window, qb, qpos, x, pattern)
+    out_b, weights_b, any_b = _masked_softmax_attention(*window, "bnhqk,bnkhd->bnqhd")
+    out_b = jnp.where(jnp.moveaxis(any_b, 2, 3)[..., None], out_b, x.mean_v[:, None, None])
+    return out_b.reshape(batch, nb * block, heads, dh)[:, :t], (weights_b, any_b)
+
+
+def _global_query_attention(
+    x: _Operands, pattern: _Pattern
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    """The ``G`` global queries' dense attention over all ``T`` keys.
+
+    Returns the float32 output ``[B, G, H, Dh]`` (``mean_v`` for a row with no visible key)
+    and the probabilities ``[B, H, G, T]`` with whether each row had a visible key, bool
+    ``[B, H, G]``.
+    """
+    t, g = x.q.shape[1], pattern.num_global
+    logits = (
+        jnp.einsum("bghd,bshd->bhgs", x.q[:, :g], x.k, preferred_element_type=jnp.float32) * x.scale
+    ).astype(jnp.float32)
+    visible = jnp.broadcast_to(x.key_ok[:, None, None, :], logits.shape)
+    if pattern.causal:
+        visible = visible & (jnp.arange(t)[None, :] <= jnp.arange(g)[:, None])
+    out, weights, any_visible = _masked_softmax_attention(logits, visible, x.v32, "bhgs,bshd->bghd")
+    out = jnp.where(jnp.moveaxis(any_visible, 1, 2)[..., None], out, x.mean_v[:, None])
+    return out, (weights, any_visible)
+
+
+def _local_weights(
+    band: tuple[jax.Array, jax.Array],
+    global_rows: tuple[jax.Array, jax.Array] | None,
+    t: int,
+    num_global: int,
+) -> LocalWeights:
+    """The :class:`LocalWeights` of the probabilities as computed: ``band`` is
+    :func:`_band_attention`'s (probabilities, any visible key), ``global_rows``
+    :func:`_global_query_attention`'s (None without global tokens). Rows with no visible
+    key, and the global queries' rows of the band, are zeroed."""
+    weights_b, any_b = band
+    batch, nb, heads, block, width = weights_b.shape
+    # [B, nb, H, block, K] -> [B, H, T, K]
+    weights = jnp.where(any_b[..., None], weights_b, 0.0)
+    weights = jnp.moveaxis(weights, 1, 2).reshape(batch, heads, nb * block, width)[:, :, :t]
+    weights = jnp.where((jnp.arange(t) >= num_global)[:, None], weights, 0.0)
+    if global_rows is None:
+        return LocalWeights(weights, jnp.zeros((batch, heads, 0, t), jnp.float32))
+    weights_g, any_g = global_rows
+    return LocalWeights(weights, jnp.where(any_g[..., None], weights_g, 0.0))
+
+
 def local_attention(
     q: jax.Array,
     k: jax.Array,
@@ -169,102 +335,19 @@ def local_attention(
     """
     _check_args(q, k, v, radius, num_global, mask)
     batch, t, heads, dh = q.shape
-    radius, num_global = int(radius), int(num_global)
-    out_dtype = q.dtype
-    scale = 1.0 / math.sqrt(dh)
-
+    pattern = _Pattern(int(radius), int(num_global), causal)
     if t == 0:
-        empty = LocalWeights(
-            jnp.zeros((batch, heads, 0, 3 + num_global), jnp.float32),
-            jnp.zeros((batch, heads, num_global, 0), jnp.float32),
-        )
-        return (jnp.zeros_like(q), empty) if return_weights else jnp.zeros_like(q)
-
+        return _empty_result(q, pattern.num_global, return_weights)
     key_ok = jnp.ones((batch, t), jnp.bool_) if mask is None else jnp.asarray(mask, jnp.bool_)
     v32 = v.astype(jnp.float32)
-    mean_v = jnp.mean(v32, axis=1)  # [B, H, Dh]: output of a row with no visible key
-
-    # --- blockwise band attention -------------------------------------------------------
-    block = local_block_size(t, radius)
-    nb = -(-t // block)
-    tp = nb * block
-    pad = tp - t
-
-    def to_blocks(x: jax.Array) -> jax.Array:
-        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-        return x.reshape((batch, nb, block, *x.shape[2:]))
-
-    def neighbours(xb: jax.Array) -> jax.Array:
-        """[B, nb, block, ...] -> [B, nb, 3 * block, ...]: blocks n-1, n, n+1 (zero-padded)."""
-        xp = jnp.pad(xb, [(0, 0), (1, 1)] + [(0, 0)] * (xb.ndim - 2))
-        return jnp.concatenate([xp[:, :-2], xp[:, 1:-1], xp[:, 2:]], axis=2)
-
-    qb = to_blocks(q)  # [B, nb, block, H, Dh]
-    kw = neighbours(to_blocks(k))  # [B, nb, 3*block, H, Dh]
-    vw = neighbours(to_blocks(v32))
-    okw = neighbours(to_blocks(key_ok))  # [B, nb, 3*block]; padding -> False
-
-    qpos = (jnp.arange(nb)[:, None] * block + jnp.arange(block)[None, :])[:, :, None]
-    kpos = ((jnp.arange(nb)[:, None] - 1) * block + jnp.arange(3 * block)[None, :])[:, None, :]
-    band = jnp.abs(qpos - kpos) <= radius  # [nb, block, 3*block]
-    band = band & (kpos >= 0) & (kpos < t)
-    if causal:
-        band = band & (kpos <= qpos)
-    vis_local = band[None, :, None] & okw[:, :, None, None, :]  # [B, nb, 1, block, 3*block]
-
-    logits_local = (
-        jnp.einsum("bnqhd,bnkhd->bnhqk", qb, kw, preferred_element_type=jnp.float32) * scale
-    )
-    logits_local = logits_local.astype(jnp.float32)
-    vis_local = jnp.broadcast_to(vis_local, logits_local.shape)
-    logits, visible, values = logits_local, vis_local, vw
-
-    if num_global > 0:
-        # Global keys, concatenated to every block's keys; those already in the band are dropped.
-        kg, vg, okg = k[:, :num_global], v32[:, :num_global], key_ok[:, :num_global]
-        gpos = jnp.arange(num_global)[None, None, :]
-        vis_g = jnp.abs(qpos - gpos) > radius  # [nb, block, G]
-        if causal:
-            vis_g = vis_g & (gpos <= qpos)
-        vis_g = vis_g[None, :, None] & okg[:, None, None, None, :]  # [B, nb, 1, block, G]
-        logits_g = (
-            jnp.einsum("bnqhd,bghd->bnhqg", qb, kg, preferred_element_type=jnp.float32) * scale
-        ).astype(jnp.float32)
-        vis_g = jnp.broadcast_to(vis_g, logits_g.shape)
-        logits = jnp.concatenate([logits_local, logits_g], axis=-1)
-        visible = jnp.concatenate([vis_local, vis_g], axis=-1)
-        vg_b = jnp.broadcast_to(vg[:, None], (batch, nb, *vg.shape[1:]))
-        values = jnp.concatenate([vw, vg_b], axis=2)
-
-    out_b, weights_b, any_b = _masked_softmax_attention(
-        logits, visible, values, "bnhqk,bnkhd->bnqhd"
-    )
-    out_b = jnp.where(jnp.moveaxis(any_b, 2, 3)[..., None], out_b, mean_v[:, None, None])
-    out = out_b.reshape(batch, tp, heads, dh)[:, :t]
-
-    # --- global queries: dense [num_global, T] attention, overwriting their rows ---------
-    if num_global > 0:
-        qg = q[:, :num_global]
-        logits_q = (
-            jnp.einsum("bghd,bshd->bhgs", qg, k, preferred_element_type=jnp.float32) * scale
-        ).astype(jnp.float32)
-        vis_q = jnp.broadcast_to(key_ok[:, None, None, :], logits_q.shape)
-        if causal:
-            vis_q = vis_q & (jnp.arange(t)[None, :] <= jnp.arange(num_global)[:, None])
-        out_g, weights_g, any_g = _masked_softmax_attention(logits_q, vis_q, v32, "bhgs,bshd->bghd")
-        out_g = jnp.where(jnp.moveaxis(any_g, 1, 2)[..., None], out_g, mean_v[:, None])
-        out = jnp.concatenate([out_g, out[:, num_global:]], axis=1)
-
+    x = _Operands(q, k, v32, key_ok, jnp.mean(v32, axis=1), 1.0 / math.sqrt(dh))
+    out, band = _band_attention(x, pattern)
+    global_rows = None
+    if pattern.num_global > 0:  # the global queries' dense rows overwrite their band rows
+        out_g, global_rows = _global_query_attention(x, pattern)
+        out = jnp.concatenate([out_g, out[:, pattern.num_global :]], axis=1)
     chex.assert_shape(out, (batch, t, heads, dh))
-    out = out.astype(out_dtype)
+    out = out.astype(q.dtype)
     if not return_weights:
         return out
-    # [B, nb, H, block, K] -> [B, H, T, K]; rows with no visible key and global rows zeroed.
-    band = jnp.where(any_b[..., None], weights_b, 0.0)
-    band = jnp.moveaxis(band, 1, 2).reshape(batch, heads, tp, band.shape[-1])[:, :, :t]
-    band = jnp.where((jnp.arange(t) >= num_global)[:, None], band, 0.0)
-    if num_global > 0:
-        global_rows = jnp.where(any_g[..., None], weights_g, 0.0)
-    else:
-        global_rows = jnp.zeros((batch, heads, 0, t), jnp.float32)
-    return out, LocalWeights(band, global_rows)
+    return out, _local_weights(band, global_rows, t, pattern.num_global)

@@ -288,7 +288,12 @@ def convert_tensors(
     config_dict = dict(hf_config) if hf_config is not None else None
     preprocessor = dict(preprocessor_config) if preprocessor_config is not None else None
     source = TensorSource(tensors, family=family, path=path)
-    converted = _convert(source, config_dict, preprocessor, dict(num_heads or {}))
+    try:
+        converted = FAMILIES[family](source, config_dict, preprocessor, dict(num_heads or {}))
+    except CheckpointImportError:
+        raise
+    except Exception as error:
+        raise _conversion_error(source, error) from error
     source.check()
     params = converted.params
     config = config_lib.merge_overrides(config_lib.default_config(), converted.overrides)
@@ -315,26 +320,15 @@ def convert_tensors(
     return ImportedModel(config=config, params=params, source=record)
 
 
-def _convert(
-    source: TensorSource,
-    hf_config: dict[str, Any] | None,
-    preprocessor: dict[str, Any] | None,
-    num_heads: dict[str, int],
-) -> Converted:
-    """Runs ``source.family``'s converter; an error it did not expect becomes one
-    :class:`CheckpointImportError` naming the file (or the missing tensors behind it)."""
-    family, path = source.family, source.path
-    try:
-        return FAMILIES[family](source, hf_config, preprocessor, num_heads)
-    except CheckpointImportError:
-        raise
-    except Exception as error:
-        if source.missing:  # a missing tensor broke the conversion: name it
-            source.check()
-        raise CheckpointImportError(
-            f"{path} could not be read as {family} ({type(error).__name__}: {error}); its first "
-            f"tensors: {first_names(source.tensors)}"
-        ) from error
+def _conversion_error(source: TensorSource, error: Exception) -> CheckpointImportError:
+    """A converter's unexpected ``error`` as one :class:`CheckpointImportError` naming the
+    file; when tensors were missing, :meth:`TensorSource.check` raises its error instead."""
+    if source.missing:  # a missing tensor broke the conversion: name it
+        source.check()
+    return CheckpointImportError(
+        f"{source.path} could not be read as {source.family} ({type(error).__name__}: "
+        f"{error}); its first tensors: {first_names(source.tensors)}"
+    )
 
 
 def _apply_activation(

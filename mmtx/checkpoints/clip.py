@@ -14,7 +14,7 @@ from typing import Any
 
 from mmtx.checkpoints import hf, layout, preprocess_config
 from mmtx.checkpoints.family import Converted, two_tower_overrides
-from mmtx.checkpoints.hf import hf_tower_facts
+from mmtx.checkpoints.hf import hf_tower_facts as hf_tower_facts  # re-export: its old path
 from mmtx.checkpoints.preprocess_config import OPEN_CLIP_CONFIG, Facts
 from mmtx.checkpoints.tensors import CheckpointImportError, TensorSource
 from mmtx.checkpoints.two_tower import TorchNames, TowerSizes
@@ -330,10 +330,7 @@ def convert_hf_clip(
     shortest-edge resize, centre crop, mean/std) from ``preprocessor``, its
     ``preprocessor_config.json``."""
     del num_heads  # read from the config / the tensors' shapes
-    hf_config = hf.require_config(hf_config, "hf_clip", "heads, activation")
-    text_cfg, vision_cfg = hf_config.get("text_config", {}), hf_config.get("vision_config", {})
-    source.ignore(hf.POSITION_IDS)
-    sizes = HF_CLIP_NAMES.sizes(source)
+    text_cfg, vision_cfg, sizes = hf.read_two_tower(source, hf_config, "hf_clip", HF_CLIP_NAMES)
     heads = {
         "text": int(text_cfg.get("num_attention_heads", 8)),
         "image": int(vision_cfg.get("num_attention_heads", 12)),
@@ -348,11 +345,8 @@ def convert_hf_clip(
         activation=activation,
         norm_eps=float(text_cfg.get("layer_norm_eps", 1e-5)),
     )
-    facts = hf_tower_facts(hf_config, ("text", "text_config"), ("image", "vision_config"))
-    facts.update(
-        preprocess_config.hf_image(
-            preprocessor, image_size=sizes.image_size, family="hf_clip", square=False
-        )
+    facts = hf.two_tower_facts(
+        hf_config, preprocessor, image_size=sizes.image_size, family="hf_clip", square=False
     )
     params = {
         "text": HF_CLIP_NAMES.text_params(source, sizes.text_depth, heads["text"]),

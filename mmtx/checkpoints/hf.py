@@ -6,8 +6,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from mmtx.checkpoints import preprocess_config
 from mmtx.checkpoints.preprocess_config import Facts
-from mmtx.checkpoints.tensors import CheckpointImportError
+from mmtx.checkpoints.tensors import CheckpointImportError, TensorSource
+from mmtx.checkpoints.two_tower import TorchNames, TowerSizes
 
 # HF buffers with no mmtx counterpart (the position ids every embedding layer registers).
 POSITION_IDS = ("text_model.embeddings.position_ids", "vision_model.embeddings.position_ids")
@@ -67,4 +69,35 @@ def hf_tower_facts(hf_config: Mapping[str, Any], *towers: tuple[str, str]) -> Fa
     facts = Facts()
     for modality, key in towers:
         tower_sources(facts, hf_config.get(key, {}), modality, key)
+    return facts
+
+
+def read_two_tower(
+    source: TensorSource, hf_config: dict[str, Any] | None, family: str, names: TorchNames
+) -> tuple[dict[str, Any], dict[str, Any], TowerSizes]:
+    """The first reading of an HF two-tower checkpoint (CLIP, SigLIP): its ``config.json``
+    (required) as the text and vision sub-configs, the position-id buffers ignored, and the
+    sizes read off the tensors' shapes (:meth:`TorchNames.sizes`)."""
+    config = require_config(hf_config, family, "heads, activation")
+    text_cfg, vision_cfg = config.get("text_config", {}), config.get("vision_config", {})
+    source.ignore(POSITION_IDS)
+    return text_cfg, vision_cfg, names.sizes(source)
+
+
+def two_tower_facts(
+    hf_config: Mapping[str, Any],
+    preprocessor: Mapping[str, Any] | None,
+    *,
+    image_size: int,
+    family: str,
+    square: bool,
+) -> Facts:
+    """Where an HF two-tower model's tower values came from (:func:`hf_tower_facts`) and
+    its image preprocessing (:func:`preprocess_config.hf_image`)."""
+    facts = hf_tower_facts(hf_config, ("text", "text_config"), ("image", "vision_config"))
+    facts.update(
+        preprocess_config.hf_image(
+            preprocessor, image_size=image_size, family=family, square=square
+        )
+    )
     return facts

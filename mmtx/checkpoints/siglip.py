@@ -15,10 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from mmtx.checkpoints import hf, layout, preprocess_config
+from mmtx.checkpoints import hf, layout
 from mmtx.checkpoints.clip import HF_CLIP_NAMES
 from mmtx.checkpoints.family import Converted, two_tower_overrides
-from mmtx.checkpoints.hf import hf_tower_facts
 from mmtx.checkpoints.preprocess_config import Facts
 from mmtx.checkpoints.tensors import CheckpointImportError, Missing, Tensor, TensorSource
 from mmtx.checkpoints.two_tower import TowerSizes, grid_side
@@ -77,10 +76,7 @@ def convert_hf_siglip(
     squash to the image size, mean/std) from ``preprocessor``, its
     ``preprocessor_config.json``."""
     del num_heads  # read from the config / the tensors' shapes
-    hf_config = hf.require_config(hf_config, "hf_siglip", "heads, activation")
-    text_cfg, vision_cfg = hf_config.get("text_config", {}), hf_config.get("vision_config", {})
-    source.ignore(hf.POSITION_IDS)
-    sizes = HF_SIGLIP_NAMES.sizes(source)
+    text_cfg, vision_cfg, sizes = hf.read_two_tower(source, hf_config, "hf_siglip", HF_SIGLIP_NAMES)
     if sizes.embed_dim != sizes.image_width:
         raise CheckpointImportError(
             f"hf_siglip: the text head projects to {sizes.embed_dim} but the image embedding "
@@ -101,11 +97,8 @@ def convert_hf_siglip(
         image=sizes.image_config(heads["image"], image_mlp),
     )
     params = _hf_siglip_params(source, sizes, heads)
-    facts = hf_tower_facts(hf_config, ("text", "text_config"), ("image", "vision_config"))
-    facts.update(
-        preprocess_config.hf_image(
-            preprocessor, image_size=sizes.image_size, family="hf_siglip", square=True
-        )
+    facts = hf.two_tower_facts(
+        hf_config, preprocessor, image_size=sizes.image_size, family="hf_siglip", square=True
     )
     return Converted(overrides, params, grids={"image": (sizes.grid, sizes.grid)}, facts=facts)
 

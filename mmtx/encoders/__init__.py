@@ -7,7 +7,7 @@ Every encoder returns ``(tokens, out)`` where ``out`` holds named intermediates
 from mmtx.encoders.audio import AudioEncoder
 from mmtx.encoders.image import ImageEncoder
 from mmtx.encoders.text import TextEncoder
-from mmtx.encoders.tower import Tower
+from mmtx.encoders.tower import Tower, TowerOptions
 from mmtx.encoders.video import VideoEncoder, video_num_tokens
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "ImageEncoder",
     "TextEncoder",
     "Tower",
+    "TowerOptions",
     "VideoEncoder",
     "video_num_tokens",
 ]

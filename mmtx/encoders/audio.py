@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
-from flax.core import FrozenDict
 
-from mmtx.encoders.tower import Tower, num_class_tokens
+from mmtx.encoders.tower import Tower, TowerOptions, num_class_tokens
 from mmtx.nn import (
     KaldiFbank,
     LearnedPositionEmbedding,
@@ -17,11 +13,10 @@ from mmtx.nn import (
     PatchEmbed,
     sincos_2d,
 )
+from mmtx.nn.transformer import options
 
-Dtype = Any
 
-
-class AudioEncoder(nn.Module):
+class AudioEncoder(TowerOptions):
     """Audio Spectrogram Transformer over time x frequency patches.
 
     ``audio`` float ``[B, S]`` waveform at ``sample_rate`` -> log-mel ``[B, F, M]`` (computed
@@ -49,12 +44,12 @@ class AudioEncoder(nn.Module):
     AST's extractor pads the filterbank (not the waveform) of a clip shorter than the model's;
     the ``log_mel`` frontend ignores it (its frames are those of the zero-padded waveform,
     as the input pipeline trains it). Without ``lengths`` every sample is taken as real.
+
+    The transformer options (:class:`mmtx.encoders.TowerOptions`, keyword-only) go whole to
+    the :class:`mmtx.encoders.Tower` (``tower``).
     """
 
     width: int
-    depth: int
-    num_heads: int
-    mlp_dim: int
     sample_rate: int = 16000
     num_samples: int = 16000
     window_length: int = 400
@@ -66,24 +61,10 @@ class AudioEncoder(nn.Module):
     log_mel_std: float = 1.0
     patch_size: tuple[int, int] = (16, 16)
     frontend: str = "log_mel"
-    attention: str = "dense"
-    attention_options: FrozenDict[str, Any] = FrozenDict()
-    attention_implementation: str | None = None
-    pooling: str = "cls"
     position_embedding: str = "sincos"
     patch_stride: tuple[int, int] = (0, 0)
     patch_bias: bool = True
     class_token_posemb: bool = False
-    activation: str = "gelu_tanh"
-    norm_eps: float = 1e-6
-    pre_norm: bool = False
-    final_norm: bool = True
-    dropout_rate: float = 0.0
-    remat: str = "none"
-    scan: bool = True
-    capture_weights: bool = False
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(
@@ -146,6 +127,7 @@ class AudioEncoder(nn.Module):
         if posemb is not None and not self.class_token_posemb:
             x, posemb = posemb(x), None
         stem = x
-        x, out = Tower.of(self)(x, None, train=train, posemb=posemb)
+        tower = Tower(**options(self, TowerOptions), name="tower")
+        x, out = tower(x, None, train=train, posemb=posemb)
         out.update(stem=stem, log_mel=log_mel)
         return x, out

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax.core import FrozenDict
 
-from mmtx.encoders.tower import Tower, num_class_tokens
+from mmtx.encoders.tower import Tower, TowerOptions, num_class_tokens
 from mmtx.nn import ConvStem, LearnedPositionEmbedding, PatchEmbed, sincos_2d
+from mmtx.nn.transformer import options
 
-Dtype = Any
 
-
-class ImageEncoder(nn.Module):
+class ImageEncoder(TowerOptions):
     """ViT (Dosovitskiy et al. 2021) over ``patch_size`` patches.
 
     ``stem="patch"`` embeds each patch linearly; ``stem="conv"`` uses a
@@ -33,36 +29,20 @@ class ImageEncoder(nn.Module):
     (``stem="patch"``). With ``class_token_posemb`` (learned position embedding only) the
     table ``posemb/embedding`` has ``K + N`` rows, the class tokens' first, and is added after
     the class tokens are prepended (CLIP); otherwise it has ``N`` rows and is added to the
-    patches.
+    patches. The transformer options (:class:`mmtx.encoders.TowerOptions`, keyword-only) go
+    whole to the :class:`mmtx.encoders.Tower` (``tower``).
     """
 
     image_size: int
     patch_size: int
     width: int
-    depth: int
-    num_heads: int
-    mlp_dim: int
     channels: int = 3
     stem: str = "patch"
-    attention: str = "dense"
-    attention_options: FrozenDict[str, Any] = FrozenDict()
-    attention_implementation: str | None = None
-    pooling: str = "cls"
     position_embedding: str = "learned"
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
     patch_bias: bool = True
     class_token_posemb: bool = False
-    activation: str = "gelu_tanh"
-    norm_eps: float = 1e-6
-    pre_norm: bool = False
-    final_norm: bool = True
-    dropout_rate: float = 0.0
-    remat: str = "none"
-    scan: bool = True
-    capture_weights: bool = False
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(
@@ -110,6 +90,7 @@ class ImageEncoder(nn.Module):
             x, posemb = posemb(x), None
         chex.assert_shape(x, (images.shape[0], grid_h * grid_w, self.width))
         stem = x
-        x, out = Tower.of(self)(x, None, train=train, posemb=posemb)
+        tower = Tower(**options(self, TowerOptions), name="tower")
+        x, out = tower(x, None, train=train, posemb=posemb)
         out.update(stem=stem, grid=jnp.asarray((grid_h, grid_w)))
         return x, out

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax.core import FrozenDict
 
-from mmtx.encoders.tower import Tower
+from mmtx.encoders.tower import Tower, TowerOptions
 from mmtx.nn import LearnedPositionEmbedding, TokenEmbed, sincos_1d
+from mmtx.nn.transformer import options
 
-Dtype = Any
 
-
-class TextEncoder(nn.Module):
+class TextEncoder(TowerOptions):
     """A transformer over token ids, bidirectional (or ``causal``, as CLIP's text tower).
 
     ``tokens`` int32 ``[B, T]`` (``T <= max_length``) and ``mask`` bool ``[B, T]`` ->
@@ -26,30 +22,14 @@ class TextEncoder(nn.Module):
     Pooling (see :class:`mmtx.encoders.Tower`): ``cls``, ``mean``, ``eot`` (the output at
     each row's highest token id, its first occurrence: the end-of-text token of OpenAI
     CLIP's vocabulary) or ``last`` (the output at the last position whose mask is True).
+    The transformer options (:class:`mmtx.encoders.TowerOptions`, keyword-only) go whole to
+    the :class:`mmtx.encoders.Tower` (``tower``).
     """
 
     vocab_size: int
     max_length: int
     width: int
-    depth: int
-    num_heads: int
-    mlp_dim: int
-    attention: str = "dense"
-    attention_options: FrozenDict[str, Any] = FrozenDict()
-    attention_implementation: str | None = None
-    pooling: str = "cls"
     position_embedding: str = "learned"
-    activation: str = "gelu_tanh"
-    norm_eps: float = 1e-6
-    pre_norm: bool = False
-    final_norm: bool = True
-    causal: bool = False
-    dropout_rate: float = 0.0
-    remat: str = "none"
-    scan: bool = True
-    capture_weights: bool = False
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(
@@ -74,6 +54,7 @@ class TextEncoder(nn.Module):
             x = x + sincos_1d(tokens.shape[1], self.width)[None].astype(x.dtype)
         stem = x
         pool_index = jnp.argmax(tokens, axis=1) if self.pooling == "eot" else None
-        x, out = Tower.of(self)(x, mask, train=train, pool_index=pool_index)
+        tower = Tower(**options(self, TowerOptions), name="tower")
+        x, out = tower(x, mask, train=train, pool_index=pool_index)
         out["stem"] = stem
         return x, out

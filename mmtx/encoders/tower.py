@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax.core import FrozenDict
 
 from mmtx.nn import Encoder, MAPHead
-from mmtx.nn.transformer import layer_norm
-
-Dtype = Any
+from mmtx.nn.transformer import EncoderOptions, layer_norm, options
 
 # Every pooling the tower knows (each modality's config allows a subset: mmtx.config.POOLINGS).
 TOWER_POOLINGS = ("cls", "mean", "cls_distill", "map", "eot", "last")
@@ -46,7 +41,23 @@ def last_true_index(mask: jax.Array) -> jax.Array:
     return (length - 1 - jnp.argmax(mask[:, ::-1], axis=1)).astype(jnp.int32)
 
 
-class Tower(nn.Module):
+class TowerOptions(EncoderOptions, kw_only=True):
+    """The options of a :class:`Tower`, declared once (keyword-only): the transformer's
+    (:class:`mmtx.nn.transformer.EncoderOptions`: ``depth``, ``num_heads``, ``mlp_dim``,
+    ``dropout_rate``, ``attention``, ``attention_options``, ``attention_implementation``,
+    ``activation``, ``norm_eps``, ``causal``, ``remat``, ``scan``, ``final_norm``,
+    ``capture_weights``, ``dtype``, ``param_dtype``), plus ``pooling`` (one of
+    :data:`TOWER_POOLINGS`) and ``pre_norm`` (a LayerNorm ``pre_norm`` before the blocks).
+
+    Every encoder inherits them and builds its tower with them whole:
+    ``Tower(**options(self, TowerOptions), name="tower")`` (:func:`mmtx.nn.transformer.options`).
+    """
+
+    pooling: str = "cls"
+    pre_norm: bool = False
+
+
+class Tower(TowerOptions):
     """Class tokens + optional ``pre_norm`` + :class:`mmtx.nn.Encoder` + pooling.
 
     ``[B, T, D]`` embedded tokens and a bool ``[B, T]`` mask in; ``(tokens [B, K + T, D],
@@ -68,41 +79,11 @@ class Tower(nn.Module):
     The order inside: class tokens are prepended, then ``posemb`` (a callable
     ``[B, K + T, D] -> [B, K + T, D]``, for position tables with rows for the class tokens)
     is applied if given, then dropout, the ``pre_norm`` LayerNorm (param ``pre_norm``), the
-    blocks, the final LayerNorm (with ``final_norm``) and the pooling. ``activation``,
-    ``norm_eps`` (every LayerNorm of the tower) and ``causal`` are the blocks' options.
+    blocks, the final LayerNorm (with ``final_norm``) and the pooling. Its options are
+    :class:`TowerOptions`; the :class:`mmtx.nn.Encoder` (``encoder``) gets them all but
+    ``pooling`` and ``pre_norm`` (``norm_eps`` is every LayerNorm's epsilon, ``pre_norm``'s
+    too).
     """
-
-    depth: int
-    num_heads: int
-    mlp_dim: int
-    pooling: str = "cls"
-    dropout_rate: float = 0.0
-    attention: str = "dense"
-    attention_options: FrozenDict[str, Any] = FrozenDict()
-    attention_implementation: str | None = None
-    activation: str = "gelu_tanh"
-    norm_eps: float = 1e-6
-    pre_norm: bool = False
-    final_norm: bool = True
-    causal: bool = False
-    remat: str = "none"
-    scan: bool = True
-    capture_weights: bool = False
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @classmethod
-    def of(cls, encoder: nn.Module) -> Tower:
-        """The tower named ``"tower"`` configured by ``encoder``'s fields of the same names.
-
-        Encoders declare the tower's fields (depth, heads, attention, ...); a field an
-        encoder does not declare (``causal`` outside the text encoder) keeps the tower's
-        default. Call this in the encoder's ``nn.compact`` method so the tower becomes its
-        child.
-        """
-        names = [f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name")]
-        kwargs = {name: getattr(encoder, name) for name in names if hasattr(encoder, name)}
-        return cls(**kwargs, name="tower")
 
     @nn.compact
     def __call__(
@@ -141,25 +122,7 @@ class Tower(nn.Module):
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
         if self.pre_norm:
             x = layer_norm(self.dtype, self.param_dtype, "pre_norm", self.norm_eps)(x)
-        x, out = Encoder(
-            depth=self.depth,
-            num_heads=self.num_heads,
-            mlp_dim=self.mlp_dim,
-            dropout_rate=self.dropout_rate,
-            attention=self.attention,
-            attention_options=self.attention_options,
-            attention_implementation=self.attention_implementation,
-            activation=self.activation,
-            norm_eps=self.norm_eps,
-            causal=self.causal,
-            final_norm=self.final_norm,
-            remat=self.remat,
-            scan=self.scan,
-            capture_weights=self.capture_weights,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="encoder",
-        )(x, mask, train=train)
+        x, out = Encoder(**options(self, EncoderOptions), name="encoder")(x, mask, train=train)
         if self.pooling == "cls":
             pooled = x[:, 0]
         elif self.pooling == "cls_distill":

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
 import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax.core import FrozenDict
 
-from mmtx.encoders.tower import Tower, num_class_tokens
+from mmtx.encoders.tower import Tower, TowerOptions, num_class_tokens
 from mmtx.nn import LearnedPositionEmbedding, TubeletEmbed, sincos_1d, sincos_2d
-
-Dtype = Any
+from mmtx.nn.transformer import options
 
 VIDEO_LAYOUTS = ("joint", "factorised")
 VIDEO_POOLINGS = ("cls", "mean", "map")
@@ -62,7 +57,7 @@ def video_num_tokens(
     return tokens + num_class_tokens(pooling)
 
 
-class VideoEncoder(nn.Module):
+class VideoEncoder(TowerOptions):
     """ViViT (Arnab et al. 2021) over ``tubelet_size x patch_size x patch_size`` tubelets.
 
     ``video`` float ``[B, num_frames, image_size, image_size, channels]`` in ``[0, 1]`` is
@@ -89,7 +84,8 @@ class VideoEncoder(nn.Module):
         temporal table is added to the ``[B, T', width]`` slice embeddings
         (``out["spatial_pooled"]``, before that addition) and a temporal tower (``temporal``,
         ``temporal_depth`` blocks, 4 by default as in ViViT-B's factorised encoder; its own
-        params and class tokens; the other tower options shared) encodes them ->
+        params and class tokens; the other tower options, :class:`TowerOptions`, shared)
+        encodes them ->
         ``x`` ``[B, T' + K, width]``. The joint layout ignores ``temporal_depth``.
 
     ``K`` is the number of class tokens of ``pooling`` (``cls``: 1; ``mean``, ``map``: 0), so
@@ -99,7 +95,8 @@ class VideoEncoder(nn.Module):
     ``x`` and the pooled output are in ``dtype``, params in ``param_dtype``. With
     ``capture_weights`` the towers sow their attention probabilities into ``intermediates``
     (``tower/...``; factorised: the spatial ones batched over ``B * T'`` slices, and
-    ``temporal/...``).
+    ``temporal/...``). The transformer options (:class:`mmtx.encoders.TowerOptions`,
+    keyword-only) go whole to the towers.
     """
 
     num_frames: int
@@ -107,29 +104,12 @@ class VideoEncoder(nn.Module):
     patch_size: int
     tubelet_size: int
     width: int
-    depth: int
-    num_heads: int
-    mlp_dim: int
     temporal_depth: int = 4
     channels: int = 3
     layout: str = "joint"
-    attention: str = "dense"
-    attention_options: FrozenDict[str, Any] = FrozenDict()
-    attention_implementation: str | None = None
-    pooling: str = "cls"
     position_embedding: str = "learned"
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
-    activation: str = "gelu_tanh"
-    norm_eps: float = 1e-6
-    pre_norm: bool = False
-    final_norm: bool = True
-    dropout_rate: float = 0.0
-    remat: str = "none"
-    scan: bool = True
-    capture_weights: bool = False
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
     def num_tokens(self) -> int:
         """Tokens per example of ``x`` for this encoder (:func:`video_num_tokens`)."""
@@ -173,13 +153,6 @@ class VideoEncoder(nn.Module):
             )[0]
         return spatial.astype(self.dtype), temporal.astype(self.dtype)
 
-    def _tower(self, name: str, depth: int) -> Tower:
-        """A :class:`Tower` configured by this encoder's fields of the same names (as
-        :meth:`Tower.of`), named ``name`` with ``depth`` blocks."""
-        names = [f.name for f in dataclasses.fields(Tower) if f.name not in ("parent", "name")]
-        kwargs = {n: getattr(self, n) for n in names if hasattr(self, n)}
-        return Tower(**{**kwargs, "depth": depth}, name=name)
-
     @nn.compact
     def __call__(
         self, video: jax.Array, *, train: bool = False
@@ -203,19 +176,19 @@ class VideoEncoder(nn.Module):
         patches = grid_h * grid_w
         spatial_table, temporal_table = self._position_tables(grid)
         x = x.reshape(batch, grid_t, patches, self.width) + spatial_table[None, None]
+        tower = options(self, TowerOptions)
         if self.layout == "joint":
             x = x + temporal_table[None, :, None]
             stem = x.reshape(batch, grid_t * patches, self.width)
-            x, out = Tower.of(self)(stem, None, train=train)
+            x, out = Tower(**tower, name="tower")(stem, None, train=train)
         else:
             stem = x.reshape(batch, grid_t * patches, self.width)
-            _, spatial = Tower.of(self)(
+            _, spatial = Tower(**tower, name="tower")(
                 x.reshape(batch * grid_t, patches, self.width), None, train=train
             )
             slices = spatial["pooled"].reshape(batch, grid_t, self.width)
-            x, out = self._tower("temporal", self.temporal_depth)(
-                slices + temporal_table[None], None, train=train
-            )
+            temporal = Tower(**dict(tower, depth=self.temporal_depth), name="temporal")
+            x, out = temporal(slices + temporal_table[None], None, train=train)
             out["spatial_pooled"] = slices
         chex.assert_shape(stem, (batch, grid_t * patches, self.width))
         chex.assert_shape(x, (batch, self.num_tokens(), self.width))

@@ -8,24 +8,20 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax.core import FrozenDict
 
 from mmtx.fusion.common import (
     ModalityFeatures,
-    block_class,
-    block_kwargs,
     check_features,
     kept,
     mean_over_kept,
     present_modalities,
     project_tokens,
+    self_attention_block,
 )
-from mmtx.nn.transformer import TransformerBlock, layer_norm
-
-Dtype = Any
+from mmtx.nn.transformer import StackOptions, layer_norm
 
 
-class BottleneckFusion(nn.Module):
+class BottleneckFusion(StackOptions):
     """Per-modality transformer layers that exchange information only through a few shared
     bottleneck tokens.
 
@@ -35,7 +31,10 @@ class BottleneckFusion(nn.Module):
     shared tokens ``b``: ``[x_m; b_m'] = Block_m([x_m; b])``, and the next ``b`` is the
     per-example mean of ``b_m'`` over the modalities the example keeps. So modality A reaches
     modality B only through ``b``, one layer later. The fused output is the per-example mean
-    of the kept modalities' CLS tokens after a final LayerNorm, ``[B, width]``.
+    of the kept modalities' CLS tokens after a final LayerNorm, ``[B, width]``. The
+    transformer options are :class:`mmtx.nn.transformer.StackOptions` (``depth`` layers,
+    each block :class:`mmtx.nn.TransformerBlock` with this module's block options;
+    ``norm_eps`` is the final LayerNorm's too).
 
     ``out["cls"]`` maps each present modality to its CLS output ``[B, width]`` and
     ``out["bottleneck"]`` is the final bottleneck ``[B, num_bottlenecks, width]``. With
@@ -46,19 +45,8 @@ class BottleneckFusion(nn.Module):
     """
 
     width: int
-    depth: int
-    num_heads: int
-    mlp_dim: int
     num_bottlenecks: int = 4
     fusion_layer: int = 0
-    attention: str = "dense"
-    attention_options: FrozenDict[str, Any] = FrozenDict()
-    attention_implementation: str | None = None
-    dropout_rate: float = 0.0
-    remat: str = "none"
-    capture_weights: bool = False
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(
@@ -72,13 +60,7 @@ class BottleneckFusion(nn.Module):
                 "at least one layer fuses"
             )
         present = present_modalities(features)
-        block = block_class(TransformerBlock, self.remat)
-        common = dict(
-            block_kwargs(self, train=train),
-            attention=self.attention,
-            attention_options=self.attention_options,
-            attention_implementation=self.attention_implementation,
-        )
+        block = self_attention_block(self, train=train)
         projected = project_tokens(self, features, present)
         streams, masks = {}, {}
         for m in present:
@@ -109,14 +91,14 @@ class BottleneckFusion(nn.Module):
             if layer < self.fusion_layer:
                 for m in present:
                     name = f"{m}_{layer}"
-                    streams[m], block_out = block(**common, name=name)(streams[m], masks[m])
+                    streams[m], block_out = block(name=name)(streams[m], masks[m])
                     if self.capture_weights:
                         weights[name] = block_out["attention_weights"]
                 continue
             updates = []
             for m in present:
                 length = streams[m].shape[1]
-                joint, block_out = block(**common, name=f"{m}_{layer}")(
+                joint, block_out = block(name=f"{m}_{layer}")(
                     jnp.concatenate([streams[m], bottleneck], axis=1),
                     jnp.concatenate([masks[m], bottleneck_mask], axis=1),
                 )
@@ -125,7 +107,7 @@ class BottleneckFusion(nn.Module):
                 streams[m] = joint[:, :length]
                 updates.append(joint[:, length:])
             bottleneck = mean_over_kept(updates, keeps)
-        norm = layer_norm(self.dtype, self.param_dtype, "norm")
+        norm = layer_norm(self.dtype, self.param_dtype, "norm", self.norm_eps)
         cls_out = {m: norm(streams[m][:, 0]) for m in present}
         fused = mean_over_kept([cls_out[m] for m in present], keeps)
         out = {"cls": cls_out, "bottleneck": bottleneck}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -10,7 +12,14 @@ import jax.numpy as jnp
 
 from mmtx.modalities import modality_names, ordered
 from mmtx.nn.attention import default_kernel_init
-from mmtx.nn.transformer import REMAT_POLICIES
+from mmtx.nn.transformer import (
+    BlockOptions,
+    CrossAttentionBlock,
+    StackOptions,
+    TransformerBlock,
+    options,
+    remat_block,
+)
 
 Dtype = Any
 
@@ -113,20 +122,6 @@ class TokenProjection(nn.Module):
         return x + embedding.astype(self.dtype)
 
 
-def block_kwargs(module: nn.Module, *, train: bool) -> dict[str, Any]:
-    """The keyword arguments a fusion module passes to each of its transformer blocks
-    (heads, MLP width, dropout, weight capture, dtypes), read from its own fields."""
-    return dict(
-        num_heads=module.num_heads,
-        mlp_dim=module.mlp_dim,
-        dropout_rate=module.dropout_rate,
-        deterministic=not train,
-        capture_weights=module.capture_weights,
-        dtype=module.dtype,
-        param_dtype=module.param_dtype,
-    )
-
-
 def project_tokens(
     module: nn.Module, features: dict[str, ModalityFeatures], present: list[str]
 ) -> dict[str, jax.Array]:
@@ -141,10 +136,21 @@ def project_tokens(
     }
 
 
-def block_class(block: type[nn.Module], remat: str) -> type[nn.Module]:
-    """``block`` wrapped in the named rematerialisation policy (``"none"``: unchanged)."""
-    if remat == "none":
-        return block
-    if remat not in REMAT_POLICIES:
-        raise ValueError(f"unknown remat policy {remat!r}; choose none or {sorted(REMAT_POLICIES)}")
-    return nn.remat(block, policy=REMAT_POLICIES[remat])
+def self_attention_block(module: StackOptions, *, train: bool) -> Callable[..., nn.Module]:
+    """The :class:`mmtx.nn.TransformerBlock` of a fusion ``module``, rematerialised with its
+    ``remat``, with its block options (dropout with ``train``): call it with ``name=``."""
+    block = remat_block(TransformerBlock, module.remat)
+    return functools.partial(block, **options(module, BlockOptions), deterministic=not train)
+
+
+def cross_attention_block(module: StackOptions, *, train: bool) -> Callable[..., nn.Module]:
+    """As :func:`self_attention_block`, a :class:`mmtx.nn.CrossAttentionBlock` whose kernel is
+    the module's ``cross_attention`` (options ``cross_attention_options``), never causal."""
+    block = remat_block(CrossAttentionBlock, module.remat)
+    cross = {
+        **options(module, BlockOptions),
+        "attention": module.cross_attention,
+        "attention_options": module.cross_attention_options,
+        "causal": False,
+    }
+    return functools.partial(block, **cross, deterministic=not train)

@@ -7,7 +7,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax.core import FrozenDict
 
 from mmtx.fusion.common import (
     ModalityFeatures,
@@ -18,11 +17,10 @@ from mmtx.fusion.common import (
 from mmtx.modalities import modality_names
 from mmtx.nn import Encoder
 from mmtx.nn.attention import default_kernel_init
+from mmtx.nn.transformer import EncoderOptions, options
 
-Dtype = Any
 
-
-class ConcatFusion(nn.Module):
+class ConcatFusion(EncoderOptions):
     """Projects each modality's tokens to ``width``, adds a learned modality embedding,
     prepends a fusion CLS token, and runs a joint :class:`mmtx.nn.Encoder` over the concatenation.
 
@@ -33,23 +31,12 @@ class ConcatFusion(nn.Module):
     ``modalities`` (:func:`mmtx.modalities.fusion_order` of the model's modalities; empty:
     every registered modality). With ``capture_weights``, ``out["attention_weights"]`` is
     the joint attention of every layer, stacked: ``[depth, B, H, N, N]`` (``N = 1 + sum
-    T_m``) for the dense kernel (see :class:`mmtx.nn.Encoder`).
+    T_m``) for the dense kernel (see :class:`mmtx.nn.Encoder`). The joint encoder (``encoder``)
+    gets this module's options, :class:`mmtx.nn.transformer.EncoderOptions`, whole.
     """
 
     width: int
-    depth: int
-    num_heads: int
-    mlp_dim: int
     modalities: tuple[str, ...] = ()
-    attention: str = "dense"
-    attention_options: FrozenDict[str, Any] = FrozenDict()
-    attention_implementation: str | None = None
-    dropout_rate: float = 0.0
-    remat: str = "none"
-    scan: bool = True
-    capture_weights: bool = False
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(
@@ -87,20 +74,6 @@ class ConcatFusion(nn.Module):
             masks.append(mask)
         x = jnp.concatenate(streams, axis=1)
         mask = jnp.concatenate(masks, axis=1)
-        x, out = Encoder(
-            depth=self.depth,
-            num_heads=self.num_heads,
-            mlp_dim=self.mlp_dim,
-            dropout_rate=self.dropout_rate,
-            attention=self.attention,
-            attention_options=self.attention_options,
-            attention_implementation=self.attention_implementation,
-            remat=self.remat,
-            scan=self.scan,
-            capture_weights=self.capture_weights,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="encoder",
-        )(x, mask, train=train)
+        x, out = Encoder(**options(self, EncoderOptions), name="encoder")(x, mask, train=train)
         out.update(tokens=x, mask=mask)
         return x[:, 0], out

@@ -12,21 +12,19 @@ from flax.core import FrozenDict
 from mmtx.encoders.tower import masked_mean
 from mmtx.fusion.common import (
     ModalityFeatures,
-    block_class,
-    block_kwargs,
     check_features,
+    cross_attention_block,
     kept,
     mean_over_kept,
     present_modalities,
     project_tokens,
+    self_attention_block,
     visible_mask,
 )
-from mmtx.nn.transformer import CrossAttentionBlock, TransformerBlock, layer_norm
-
-Dtype = Any
+from mmtx.nn.transformer import StackOptions, layer_norm
 
 
-class CrossAttentionFusion(nn.Module):
+class CrossAttentionFusion(StackOptions):
     """One stream per modality; in every layer each stream's tokens cross-attend to the other
     present modalities' tokens, then self-attend.
 
@@ -38,6 +36,11 @@ class CrossAttentionFusion(nn.Module):
     mean token after a final LayerNorm: ``[B, width]``. With one modality present the
     cross-attention is skipped and the module is a per-modality transformer.
 
+    The transformer options are :class:`mmtx.nn.transformer.StackOptions`: every block gets
+    this module's block options, the cross-attention blocks with ``cross_attention`` and
+    ``cross_attention_options`` as their kernel (``causal`` is the self-attention blocks'
+    only); ``norm_eps`` is the final LayerNorms' too.
+
     ``out["tokens"]`` maps each present modality to its final stream ``[B, T_m, width]``.
     With ``capture_weights``, ``out["attention_weights"]`` maps each block's name to its
     attention probabilities: ``"<m>_cross_<layer>"`` modality ``m``'s tokens -> the other
@@ -46,19 +49,8 @@ class CrossAttentionFusion(nn.Module):
     """
 
     width: int
-    depth: int
-    num_heads: int
-    mlp_dim: int
-    attention: str = "dense"
-    attention_options: FrozenDict[str, Any] = FrozenDict()
-    attention_implementation: str | None = None
     cross_attention: str = "dense"
     cross_attention_options: FrozenDict[str, Any] = FrozenDict()
-    dropout_rate: float = 0.0
-    remat: str = "none"
-    capture_weights: bool = False
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(
@@ -67,9 +59,8 @@ class CrossAttentionFusion(nn.Module):
         """features: present modality -> ModalityFeatures. Returns (``[B, width]``, out)."""
         check_features(features)
         present = present_modalities(features)
-        common = block_kwargs(self, train=train)
-        cross_block = block_class(CrossAttentionBlock, self.remat)
-        self_block = block_class(TransformerBlock, self.remat)
+        cross_block = cross_attention_block(self, train=train)
+        self_block = self_attention_block(self, train=train)
         streams = project_tokens(self, features, present)
         masks = {m: features[m].mask.astype(jnp.bool_) for m in present}
         visible = {m: visible_mask(features[m]) for m in present}
@@ -81,32 +72,21 @@ class CrossAttentionFusion(nn.Module):
                 others = [n for n in present if n != m]
                 if others:
                     name = f"{m}_cross_{layer}"
-                    x, block_out = cross_block(
-                        attention=self.cross_attention,
-                        attention_options=self.cross_attention_options,
-                        attention_implementation=self.attention_implementation,
-                        **common,
-                        name=name,
-                    )(
+                    x, block_out = cross_block(name=name)(
                         x,
                         jnp.concatenate([streams[n] for n in others], axis=1),
                         jnp.concatenate([visible[n] for n in others], axis=1),
                     )
                     if self.capture_weights:
                         weights[name] = block_out["attention_weights"]
-                x, block_out = self_block(
-                    attention=self.attention,
-                    attention_options=self.attention_options,
-                    attention_implementation=self.attention_implementation,
-                    **common,
-                    name=f"{m}_self_{layer}",
-                )(x, masks[m])
+                x, block_out = self_block(name=f"{m}_self_{layer}")(x, masks[m])
                 if self.capture_weights:
                     weights[f"{m}_self_{layer}"] = block_out["attention_weights"]
                 updated[m] = x
             streams = updated
         streams = {
-            m: layer_norm(self.dtype, self.param_dtype, f"{m}_norm")(x) for m, x in streams.items()
+            m: layer_norm(self.dtype, self.param_dtype, f"{m}_norm", self.norm_eps)(x)
+            for m, x in streams.items()
         }
         pooled = [masked_mean(streams[m], masks[m]) for m in present]
         fused = mean_over_kept(pooled, [kept(features[m]) for m in present])

@@ -11,19 +11,17 @@ from flax.core import FrozenDict
 
 from mmtx.fusion.common import (
     ModalityFeatures,
-    block_class,
-    block_kwargs,
     check_features,
+    cross_attention_block,
     present_modalities,
     project_tokens,
+    self_attention_block,
     visible_mask,
 )
-from mmtx.nn.transformer import CrossAttentionBlock, TransformerBlock, layer_norm
-
-Dtype = Any
+from mmtx.nn.transformer import StackOptions, layer_norm
 
 
-class PerceiverFusion(nn.Module):
+class PerceiverFusion(StackOptions):
     """A learned latent array ``[num_latents, width]`` reads all modality tokens by
     cross-attention, then self-attends; repeated ``depth`` times.
 
@@ -34,7 +32,11 @@ class PerceiverFusion(nn.Module):
     ``latent_layers`` self-attention blocks over the latents, so the cost grows linearly with
     the total token count (only the projections and the cross-attention see the tokens) and
     quadratically only in ``num_latents``. The fused output is the mean latent after a final
-    LayerNorm, ``[B, width]``; ``out["latents"]`` is ``[B, num_latents, width]``. With
+    LayerNorm, ``[B, width]``; ``out["latents"]`` is ``[B, num_latents, width]``. The
+    transformer options are :class:`mmtx.nn.transformer.StackOptions`: every block gets this
+    module's block options, the cross-attention blocks with ``cross_attention`` and
+    ``cross_attention_options`` as their kernel (``causal`` is the self-attention blocks'
+    only); ``norm_eps`` is the final LayerNorm's too. With
     ``capture_weights``, ``out["attention_weights"]`` maps each block's name to its attention
     probabilities: ``"cross_<layer>"`` latents -> tokens ``[B, H, num_latents, sum T_m]``,
     ``"latent_<layer>_<sub>"`` latents -> latents ``[B, H, num_latents, num_latents]``
@@ -42,21 +44,10 @@ class PerceiverFusion(nn.Module):
     """
 
     width: int
-    depth: int
-    num_heads: int
-    mlp_dim: int
     num_latents: int = 16
     latent_layers: int = 1
-    attention: str = "dense"
-    attention_options: FrozenDict[str, Any] = FrozenDict()
-    attention_implementation: str | None = None
     cross_attention: str = "dense"
     cross_attention_options: FrozenDict[str, Any] = FrozenDict()
-    dropout_rate: float = 0.0
-    remat: str = "none"
-    capture_weights: bool = False
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(
@@ -75,31 +66,18 @@ class PerceiverFusion(nn.Module):
             self.param_dtype,
         )
         x = jnp.broadcast_to(latents.astype(self.dtype), (batch, self.num_latents, self.width))
-        common = block_kwargs(self, train=train)
-        cross_block = block_class(CrossAttentionBlock, self.remat)
-        self_block = block_class(TransformerBlock, self.remat)
+        cross_block = cross_attention_block(self, train=train)
+        self_block = self_attention_block(self, train=train)
         weights = {}
         for layer in range(self.depth):
-            x, block_out = cross_block(
-                attention=self.cross_attention,
-                attention_options=self.cross_attention_options,
-                attention_implementation=self.attention_implementation,
-                **common,
-                name=f"cross_{layer}",
-            )(x, tokens, mask)
+            x, block_out = cross_block(name=f"cross_{layer}")(x, tokens, mask)
             if self.capture_weights:
                 weights[f"cross_{layer}"] = block_out["attention_weights"]
             for sub in range(self.latent_layers):
-                x, block_out = self_block(
-                    attention=self.attention,
-                    attention_options=self.attention_options,
-                    attention_implementation=self.attention_implementation,
-                    **common,
-                    name=f"latent_{layer}_{sub}",
-                )(x, None)
+                x, block_out = self_block(name=f"latent_{layer}_{sub}")(x, None)
                 if self.capture_weights:
                     weights[f"latent_{layer}_{sub}"] = block_out["attention_weights"]
-        x = layer_norm(self.dtype, self.param_dtype, "norm")(x)
+        x = layer_norm(self.dtype, self.param_dtype, "norm", self.norm_eps)(x)
         out = {"latents": x}
         if self.capture_weights:
             out["attention_weights"] = weights

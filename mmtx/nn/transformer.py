@@ -1,8 +1,10 @@
 """Pre-LN transformer: MLP, TransformerBlock, CrossAttentionBlock, and an Encoder that scans
-its layers."""
+its layers; the options they are built from, each declared once (:class:`BlockOptions`,
+:class:`StackOptions`, :class:`EncoderOptions`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -61,6 +63,82 @@ def layer_norm(
     )
 
 
+class BlockOptions(nn.Module, kw_only=True):
+    """The options of one transformer block, declared here once (keyword-only).
+
+    :class:`TransformerBlock` and :class:`CrossAttentionBlock` are these options; every module
+    that builds blocks inherits them (through :class:`StackOptions`: :class:`Encoder`,
+    :class:`mmtx.encoders.Tower`, the encoders, the fusions), so it takes them as keywords and
+    hands them on whole with :func:`options`, never one by one.
+
+    Attributes:
+      num_heads: attention heads (the width must divide by it).
+      mlp_dim: hidden width of the MLP.
+      dropout_rate: dropout after the attention and in and after the MLP (``train`` only).
+      attention: the self-attention kernel (:data:`mmtx.nn.ATTENTION_KERNELS`; a cross-attention
+        block's: :data:`mmtx.nn.CROSS_ATTENTION_KERNELS`).
+      attention_options: the kernel's options (``config.attention.<kernel>``; dense: none).
+      attention_implementation: ``auto`` | ``xla`` | ``cudnn`` | ``pallas`` or None, resolved per
+        layer (:func:`mmtx.nn.resolve_implementation`).
+      activation: the MLP's activation, a name in :data:`ACTIVATIONS`.
+      norm_eps: every LayerNorm's epsilon.
+      causal: each token attends only to itself and earlier ones (self-attention only).
+      capture_weights: also return the attention probabilities (see each module).
+      dtype: the computation dtype (outputs are in it).
+      param_dtype: the params' dtype.
+    """
+
+    num_heads: int
+    mlp_dim: int
+    dropout_rate: float = 0.0
+    attention: str = "dense"
+    attention_options: FrozenDict[str, Any] = FrozenDict()
+    attention_implementation: str | None = None
+    activation: str = "gelu_tanh"
+    norm_eps: float = 1e-6
+    causal: bool = False
+    capture_weights: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+
+class StackOptions(BlockOptions, kw_only=True):
+    """:class:`BlockOptions` plus ``depth``, the number of blocks, and ``remat``, the
+    rematerialisation policy of each (a name in :data:`REMAT_POLICIES` or ``"none"``)."""
+
+    depth: int
+    remat: str = "none"
+
+
+class EncoderOptions(StackOptions, kw_only=True):
+    """:class:`StackOptions` plus ``scan`` (the blocks are one ``nn.scan``, params stacked on a
+    leading ``layers`` axis) and ``final_norm`` (a LayerNorm ``norm`` after the last block):
+    the options of :class:`Encoder`."""
+
+    scan: bool = True
+    final_norm: bool = True
+
+
+def options(module: BlockOptions, kind: type[BlockOptions]) -> dict[str, Any]:
+    """``module``'s value of every option ``kind`` declares, by name: what builds a ``kind``
+    from ``module`` (``Encoder(**options(self, EncoderOptions))``). ``module`` must be a
+    ``kind``, so it has each of them (``TypeError`` otherwise)."""
+    if not isinstance(module, kind):
+        raise TypeError(f"{type(module).__name__} does not inherit {kind.__name__}")
+    names = [f.name for f in dataclasses.fields(kind) if f.name not in ("parent", "name")]
+    return {name: getattr(module, name) for name in names}
+
+
+def remat_block(block: type[nn.Module], remat: str, *, prevent_cse: bool = True) -> type[nn.Module]:
+    """``block`` wrapped in the rematerialisation policy :data:`REMAT_POLICIES` names
+    ``remat`` (``"none"``: unchanged; ``ValueError`` for an unknown name)."""
+    if remat == "none":
+        return block
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {remat!r}; choose none or {sorted(REMAT_POLICIES)}")
+    return nn.remat(block, policy=REMAT_POLICIES[remat], prevent_cse=prevent_cse)
+
+
 class MLP(nn.Module):
     """Two-layer MLP: ``[B, T, D] -> [B, T, hidden_dim] -> [B, T, D]``, ``activation`` (a name
     in :data:`ACTIVATIONS`; default the tanh GELU) between the layers. Both layers contract
@@ -100,30 +178,18 @@ class MLP(nn.Module):
         )(x)
 
 
-class TransformerBlock(nn.Module):
+class TransformerBlock(BlockOptions):
     """Pre-LN block: ``x + Attn(LN(x))``, then ``x + MLP(LN(x))``.
 
-    ``activation`` names the MLP's activation (:data:`ACTIVATIONS`), ``norm_eps`` is both
-    LayerNorms' epsilon, and ``causal`` makes each token attend only to itself and earlier
-    ones. The call signature ``(x, mask) -> (x, out)`` is the carry form ``nn.scan`` expects:
-    ``out`` is the block's intermediates, ``{}``, or with ``capture_weights``
-    ``{"attention_weights": ...}`` in the kernel's layout (see
+    Its options are :class:`BlockOptions` (``activation`` the MLP's, ``norm_eps`` both
+    LayerNorms' epsilon, ``causal`` each token attending only to itself and earlier ones);
+    ``deterministic`` turns dropout off. The call signature ``(x, mask) -> (x, out)`` is the
+    carry form ``nn.scan`` expects: ``out`` is the block's intermediates, ``{}``, or with
+    ``capture_weights`` ``{"attention_weights": ...}`` in the kernel's layout (see
     :class:`mmtx.nn.MultiHeadAttention`), which ``nn.scan`` stacks over layers.
     """
 
-    num_heads: int
-    mlp_dim: int
-    dropout_rate: float = 0.0
-    attention: str = "dense"
-    attention_options: FrozenDict[str, Any] = FrozenDict()
-    attention_implementation: str | None = None
-    activation: str = "gelu_tanh"
-    norm_eps: float = 1e-6
-    causal: bool = False
     deterministic: bool = True
-    capture_weights: bool = False
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, dict[str, Any]]:
@@ -158,27 +224,20 @@ class TransformerBlock(nn.Module):
         return nn.with_logical_constraint(x, ACTIVATION_AXES), out
 
 
-class CrossAttentionBlock(nn.Module):
+class CrossAttentionBlock(BlockOptions):
     """Pre-LN cross-attention block: ``x + CrossAttn(LN(x), LN(context))``, then
     ``x + MLP(LN(x))`` (the co-attention layer of ViLBERT / LXMERT, the cross-attend
     layer of Perceiver).
 
-    Examples whose context is fully masked get no attention update (see
+    Its options are :class:`BlockOptions` (``attention``: a cross-attention kernel;
+    ``causal`` does not apply to cross-attention: ``ValueError``); ``deterministic`` turns
+    dropout off. Examples whose context is fully masked get no attention update (see
     :class:`mmtx.nn.CrossModalAttention`). Returns ``(x, out)`` like
     :class:`TransformerBlock`; with ``capture_weights`` ``out["attention_weights"]`` is the
     cross-attention's ``[B, H, T, S]``.
     """
 
-    num_heads: int
-    mlp_dim: int
-    dropout_rate: float = 0.0
-    attention: str = "dense"
-    attention_options: FrozenDict[str, Any] = FrozenDict()
-    attention_implementation: str | None = None
     deterministic: bool = True
-    capture_weights: bool = False
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(
@@ -188,6 +247,8 @@ class CrossAttentionBlock(nn.Module):
 
         Returns ``(x [B, T, D] in dtype, out)``.
         """
+        if self.causal:
+            raise ValueError("causal does not apply to cross-attention (x and context are apart)")
         x = nn.with_logical_constraint(x, ACTIVATION_AXES)
         y, out = CrossModalAttention(
             num_heads=self.num_heads,
@@ -199,15 +260,16 @@ class CrossAttentionBlock(nn.Module):
             param_dtype=self.param_dtype,
             name="cross_attention",
         )(
-            layer_norm(self.dtype, self.param_dtype, "norm1")(x),
-            layer_norm(self.dtype, self.param_dtype, "context_norm")(context),
+            layer_norm(self.dtype, self.param_dtype, "norm1", self.norm_eps)(x),
+            layer_norm(self.dtype, self.param_dtype, "context_norm", self.norm_eps)(context),
             context_mask,
         )
         x = x + nn.Dropout(self.dropout_rate)(y, deterministic=self.deterministic)
-        y = layer_norm(self.dtype, self.param_dtype, "norm2")(x)
+        y = layer_norm(self.dtype, self.param_dtype, "norm2", self.norm_eps)(x)
         y = MLP(
             self.mlp_dim,
             dropout_rate=self.dropout_rate,
+            activation=self.activation,
             deterministic=self.deterministic,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
@@ -217,34 +279,17 @@ class CrossAttentionBlock(nn.Module):
         return nn.with_logical_constraint(x, ACTIVATION_AXES), out
 
 
-class Encoder(nn.Module):
+class Encoder(EncoderOptions):
     """A stack of ``depth`` TransformerBlocks followed by a final LayerNorm ``norm`` (none
     with ``final_norm=False``).
 
-    With ``scan=True`` the blocks are one ``nn.scan`` (params stacked on a leading ``layers``
-    axis), so compile time does not grow with depth. ``remat`` names a rematerialisation
-    policy from :data:`REMAT_POLICIES` (or ``"none"``) applied to each block. ``activation``,
-    ``norm_eps`` (every LayerNorm's epsilon) and ``causal`` are the blocks' (see
-    :class:`TransformerBlock`). With ``capture_weights`` the blocks' intermediates come back
-    stacked over layers, the same structure scanned or not.
+    Its options are :class:`EncoderOptions`; the blocks get its :class:`BlockOptions`
+    (``norm_eps`` is every LayerNorm's epsilon, the final one's too). With ``scan=True`` the
+    blocks are one ``nn.scan`` (params stacked on a leading ``layers`` axis), so compile time
+    does not grow with depth. ``remat`` names a rematerialisation policy from
+    :data:`REMAT_POLICIES` (or ``"none"``) applied to each block. With ``capture_weights`` the
+    blocks' intermediates come back stacked over layers, the same structure scanned or not.
     """
-
-    depth: int
-    num_heads: int
-    mlp_dim: int
-    dropout_rate: float = 0.0
-    attention: str = "dense"
-    attention_options: FrozenDict[str, Any] = FrozenDict()
-    attention_implementation: str | None = None
-    activation: str = "gelu_tanh"
-    norm_eps: float = 1e-6
-    causal: bool = False
-    final_norm: bool = True
-    remat: str = "none"
-    scan: bool = True
-    capture_weights: bool = False
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(
@@ -265,26 +310,8 @@ class Encoder(nn.Module):
           float32 ``[depth, B, H, T, T]``, local a :class:`mmtx.attention.LocalWeights` whose
           arrays lead with ``depth``).
         """
-        block = TransformerBlock
-        if self.remat != "none":
-            if self.remat not in REMAT_POLICIES:
-                raise ValueError(f"unknown remat policy {self.remat!r}")
-            block = nn.remat(block, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan)
-        kwargs = dict(
-            num_heads=self.num_heads,
-            mlp_dim=self.mlp_dim,
-            dropout_rate=self.dropout_rate,
-            attention=self.attention,
-            attention_options=self.attention_options,
-            attention_implementation=self.attention_implementation,
-            activation=self.activation,
-            norm_eps=self.norm_eps,
-            causal=self.causal,
-            deterministic=not train,
-            capture_weights=self.capture_weights,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )
+        block = remat_block(TransformerBlock, self.remat, prevent_cse=not self.scan)
+        kwargs = dict(options(self, BlockOptions), deterministic=not train)
         x = x.astype(self.dtype)
         if self.scan and self.depth > 0:
             stack = nn.scan(

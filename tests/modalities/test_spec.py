@@ -1,8 +1,6 @@
 """The modality registry (mmtx.modalities): a toy fifth modality, registered here alone,
 goes through the config, the model, the losses and two train steps."""
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -13,7 +11,7 @@ import pytest
 
 from mmtx import config as config_lib
 from mmtx.data.tokenizer import ByteTokenizer
-from mmtx.encoders import Tower
+from mmtx.encoders import Tower, TowerOptions
 from mmtx.modalities import (
     ModalitySpec,
     fusion_order,
@@ -23,6 +21,7 @@ from mmtx.modalities import (
     unregister_modality,
 )
 from mmtx.models import MultiModalTransformer, dummy_batch
+from mmtx.nn.transformer import options
 from mmtx.train import mesh as mesh_lib
 from mmtx.train.loop import create_train_state
 from mmtx.train.step import make_train_step
@@ -30,27 +29,12 @@ from mmtx.train.step import make_train_step
 B, FEATURES = 4, 6
 
 
-class SensorEncoder(nn.Module):
+class SensorEncoder(TowerOptions):
     """A reading of ``num_features`` floats ``[B, F]``: each value a token (a learned
     embedding scaled by it, plus a learned position), then a :class:`Tower`."""
 
     num_features: int
     width: int
-    depth: int
-    num_heads: int
-    mlp_dim: int
-    attention: str = "dense"
-    attention_options: Any = None
-    attention_implementation: str | None = None
-    pooling: str = "mean"
-    activation: str = "gelu_tanh"
-    norm_eps: float = 1e-6
-    dropout_rate: float = 0.0
-    remat: str = "none"
-    scan: bool = True
-    capture_weights: bool = False
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False):
@@ -59,7 +43,7 @@ class SensorEncoder(nn.Module):
             "position", nn.initializers.normal(0.02), (self.num_features, self.width)
         )
         tokens = (x[..., None] * value + position).astype(self.dtype)
-        return Tower.of(self)(tokens, None, train=train)
+        return Tower(**options(self, TowerOptions), name="tower")(tokens, None, train=train)
 
 
 class SensorSpec(ModalitySpec):

@@ -211,6 +211,7 @@ def main(argv: list[str]) -> None:
     from mmtx.data.bad_examples import BadDataError
     from mmtx.train import distributed
     from mmtx.train.checkpoint import CheckpointMismatchError, CheckpointSaveError
+    from mmtx.train.evaluate_checkpoint import evaluate_checkpoint
     from mmtx.train.loop import NonFiniteError, train_and_evaluate
     from mmtx.train.workdir import WorkdirError
 
@@ -223,7 +224,10 @@ def main(argv: list[str]) -> None:
         print(f"error: cannot load --config: {_last_line(str(cause))}", file=sys.stderr)
         sys.exit(2)
     try:
-        summary = train_and_evaluate(config, _WORKDIR.value, eval_only=_EVAL_ONLY.value)
+        if _EVAL_ONLY.value:
+            summary = evaluate_checkpoint(config, _WORKDIR.value)
+        else:
+            summary = train_and_evaluate(config, _WORKDIR.value)
     except (NonFiniteError, WorkdirError, CheckpointMismatchError, BadDataError) as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(1)

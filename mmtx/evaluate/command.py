@@ -5,13 +5,14 @@
 (its ``config.json`` and a step-0 checkpoint; its data config is whatever the import wrote,
 by default the built-in synthetic data). The command reads ``DIR/config.json``, applies the
 ``--config.*`` overrides (``eval.*``, ``data.eval_size``, ``data.eval_split``,
-``data.source`` ...) and evaluates the newest checkpoint exactly as training evaluates:
-it is :func:`mmtx.train.loop.train_and_evaluate` with ``eval_only=True``, so the metrics
-are the loop's (``accuracy``, ``<a>_to_<b>_recall@k``, ``<m>_zero_shot_top<k>`` with
-``config.eval.zero_shot``, retrieval over every caption with ``config.eval.all_captions``)
-and land where the loop writes them: ``DIR/summary.json`` (``eval``), ``DIR/evals.json``
-(by step) and TensorBoard (``eval/*`` at the checkpoint's step). ``config.json`` is
-rewritten with the overrides, as a rerun of training with them would.
+``data.source`` ...), restores the newest checkpoint and evaluates it with the evaluator
+the training loop runs (:func:`mmtx.train.evaluate_checkpoint.evaluate_checkpoint`; the
+training loop is not entered), so the metrics are the loop's (``accuracy``,
+``<a>_to_<b>_recall@k``, ``<m>_zero_shot_top<k>`` with ``config.eval.zero_shot``, retrieval
+over every caption with ``config.eval.all_captions``) and land where the loop writes them:
+``DIR/summary.json`` (``eval``), ``DIR/evals.json`` (by step) and TensorBoard (``eval/*``
+at the checkpoint's step). ``config.json`` is rewritten with the overrides, as a rerun of
+training with them would.
 
 Exits 0 when done; 1, with one ``error: ...`` line on stderr, for a missing workdir, one
 without ``config.json`` or a checkpoint, one in use by another run, or a checkpoint that does
@@ -118,12 +119,12 @@ def parse_flags(
 
 def evaluate_workdir(workdir: str, config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Evaluates ``workdir``'s newest checkpoint with ``config`` (validated here) and writes
-    the metrics (:func:`mmtx.train.loop.train_and_evaluate` with ``eval_only``); returns the
+    the metrics (:func:`mmtx.train.evaluate_checkpoint.evaluate_checkpoint`); returns the
     summary. Raises :class:`UsageError` for a config that does not validate and
     :class:`EvaluateError` for a workdir that cannot be evaluated."""
     # The training layer is imported here: this entry point runs it (as mmtx.main does).
     from mmtx.train.checkpoint import CheckpointMismatchError
-    from mmtx.train.loop import train_and_evaluate
+    from mmtx.train.evaluate_checkpoint import evaluate_checkpoint
     from mmtx.train.workdir import WorkdirError
 
     try:
@@ -131,7 +132,7 @@ def evaluate_workdir(workdir: str, config: ml_collections.ConfigDict) -> dict[st
     except (TypeError, ValueError) as error:
         raise UsageError(_one_line(str(error))) from error
     try:
-        return train_and_evaluate(config, workdir, eval_only=True)
+        return evaluate_checkpoint(config, workdir)
     except (WorkdirError, CheckpointMismatchError) as error:
         raise EvaluateError(_one_line(str(error))) from error
     except FileNotFoundError as error:

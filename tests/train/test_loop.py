@@ -13,6 +13,7 @@ from mmtx import Model, create_model
 from mmtx import config as config_lib
 from mmtx.data.synthetic import SyntheticSource
 from mmtx.train.checkpoint import Checkpointer
+from mmtx.train.evaluate_checkpoint import evaluate_checkpoint
 from mmtx.train.loop import train_and_evaluate
 from mmtx.train.metrics import read_scalars
 from mmtx.train.workdir import WorkdirError
@@ -233,7 +234,7 @@ def test_eval_only_evaluates_the_newest_checkpoint_without_training(trained, tmp
     shutil.copytree(trained[0], workdir)
     config = tiny_config(steps=40)  # not trained on: eval_only ignores train.steps
     config.data.eval_size = 16
-    summary = train_and_evaluate(config, workdir, eval_only=True)
+    summary = evaluate_checkpoint(config, workdir)
     assert summary["step"] == 16 and summary["steps_this_run"] == 0
     assert summary["eval"]["num_examples"] == 16 and read_evals(workdir)[16]["num_examples"] == 16
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["12", "16", "8"]
@@ -269,7 +270,7 @@ def test_a_foreign_or_busy_workdir_is_refused_before_anything_is_written(tmp_pat
 def test_an_eval_cut_short_is_run_on_resume(tmp_path, capsys, monkeypatch):
     """The step's checkpoint precedes its eval, so a run killed during the eval used to skip
     that eval for good when resumed."""
-    from mmtx.train import loop
+    from mmtx.evaluate import evaluator as evaluator_lib
     from mmtx.train.workdir import read_evals
 
     config = tiny_config(steps=8)
@@ -280,7 +281,7 @@ def test_an_eval_cut_short_is_run_on_resume(tmp_path, capsys, monkeypatch):
         raise Preempted
 
     with monkeypatch.context() as patch:
-        patch.setattr(loop, "evaluate", killed)
+        patch.setattr(evaluator_lib, "evaluate", killed)
         with pytest.raises(Preempted):
             train_and_evaluate(config, workdir)
     assert read_evals(workdir) == {}
@@ -351,12 +352,12 @@ def test_ema_true_on_a_run_without_ema_is_an_error(trained):
 def test_eval_only_never_creates_or_claims_a_workdir(tmp_path):
     missing = tmp_path / "typo"
     with pytest.raises(WorkdirError, match=re.escape(f"no such workdir: {missing}")):
-        train_and_evaluate(tiny_config(2), str(missing), eval_only=True)
+        evaluate_checkpoint(tiny_config(2), str(missing))
     assert not missing.exists()
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(WorkdirError, match=r"no checkpoint in .*empty to evaluate"):
-        train_and_evaluate(tiny_config(2), str(empty), eval_only=True)
+        evaluate_checkpoint(tiny_config(2), str(empty))
     assert os.listdir(empty) == []  # no marker, lock or checkpoints/ left behind
 
 

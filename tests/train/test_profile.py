@@ -12,8 +12,9 @@ import jax
 import pytest
 
 from mmtx import config as config_lib
-from mmtx.train import loop as loop_lib
-from mmtx.train.loop import StepProfiler, train_and_evaluate
+from mmtx.train import profiler as profiler_lib
+from mmtx.train.loop import train_and_evaluate
+from mmtx.train.profiler import StepProfiler
 
 
 def tiny_config(steps: int):
@@ -49,7 +50,7 @@ def test_the_trace_is_started_and_stopped_around_exactly_those_steps(monkeypatch
     monkeypatch.setattr(jax.profiler, "start_trace", lambda logdir: events.append("start"))
     monkeypatch.setattr(jax.profiler, "stop_trace", lambda: events.append("stop"))
     monkeypatch.setattr(jax, "block_until_ready", lambda x: events.append(f"block {x}") or x)
-    monkeypatch.setattr(loop_lib, "_log", lambda message: None)
+    monkeypatch.setattr(profiler_lib, "log", lambda message: None)
     profiler = StepProfiler((3, 4), "unused")
     for step in range(1, 7):
         profiler.before(step, f"state{step - 1}")
@@ -83,7 +84,7 @@ def test_a_resumed_run_past_start_traces_to_end_and_an_early_exit_stops(monkeypa
     events = []
     monkeypatch.setattr(jax.profiler, "start_trace", lambda logdir: events.append("start"))
     monkeypatch.setattr(jax.profiler, "stop_trace", lambda: events.append("stop"))
-    monkeypatch.setattr(loop_lib, "_log", lambda message: None)
+    monkeypatch.setattr(profiler_lib, "log", lambda message: None)
     profiler = StepProfiler((2, 10), "unused")
     profiler.before(5, None)  # resumed at step 4
     profiler.close()  # e.g. preempted at step 5

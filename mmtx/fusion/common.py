@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.core import FrozenDict
 
 from mmtx.modalities import modality_names, ordered
 from mmtx.nn.attention import default_kernel_init
@@ -143,7 +144,16 @@ def self_attention_block(module: StackOptions, *, train: bool) -> Callable[..., 
     return functools.partial(block, **options(module, BlockOptions), deterministic=not train)
 
 
-def cross_attention_block(module: StackOptions, *, train: bool) -> Callable[..., nn.Module]:
+class CrossStackOptions(StackOptions, kw_only=True):
+    """:class:`mmtx.nn.transformer.StackOptions` plus the kernel of a fusion's
+    cross-attention blocks, ``cross_attention`` (:data:`mmtx.nn.CROSS_ATTENTION_KERNELS`), and
+    its options ``cross_attention_options`` (``config.attention.<kernel>``; dense: none)."""
+
+    cross_attention: str = "dense"
+    cross_attention_options: FrozenDict[str, Any] = FrozenDict()
+
+
+def cross_attention_block(module: CrossStackOptions, *, train: bool) -> Callable[..., nn.Module]:
     """As :func:`self_attention_block`, a :class:`mmtx.nn.CrossAttentionBlock` whose kernel is
     the module's ``cross_attention`` (options ``cross_attention_options``), never causal."""
     block = remat_block(CrossAttentionBlock, module.remat)

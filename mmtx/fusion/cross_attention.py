@@ -7,10 +7,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax.core import FrozenDict
 
 from mmtx.encoders.tower import masked_mean
 from mmtx.fusion.common import (
+    CrossStackOptions,
     ModalityFeatures,
     check_features,
     cross_attention_block,
@@ -21,10 +21,10 @@ from mmtx.fusion.common import (
     self_attention_block,
     visible_mask,
 )
-from mmtx.nn.transformer import StackOptions, layer_norm
+from mmtx.nn.transformer import layer_norm
 
 
-class CrossAttentionFusion(StackOptions):
+class CrossAttentionFusion(CrossStackOptions):
     """One stream per modality; in every layer each stream's tokens cross-attend to the other
     present modalities' tokens, then self-attend.
 
@@ -36,7 +36,7 @@ class CrossAttentionFusion(StackOptions):
     mean token after a final LayerNorm: ``[B, width]``. With one modality present the
     cross-attention is skipped and the module is a per-modality transformer.
 
-    The transformer options are :class:`mmtx.nn.transformer.StackOptions`: every block gets
+    The transformer options are :class:`mmtx.fusion.common.CrossStackOptions`: every block gets
     this module's block options, the cross-attention blocks with ``cross_attention`` and
     ``cross_attention_options`` as their kernel (``causal`` is the self-attention blocks'
     only); ``norm_eps`` is the final LayerNorms' too.
@@ -49,8 +49,6 @@ class CrossAttentionFusion(StackOptions):
     """
 
     width: int
-    cross_attention: str = "dense"
-    cross_attention_options: FrozenDict[str, Any] = FrozenDict()
 
     @nn.compact
     def __call__(

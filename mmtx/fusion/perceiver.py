@@ -7,9 +7,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax.core import FrozenDict
 
 from mmtx.fusion.common import (
+    CrossStackOptions,
     ModalityFeatures,
     check_features,
     cross_attention_block,
@@ -18,10 +18,10 @@ from mmtx.fusion.common import (
     self_attention_block,
     visible_mask,
 )
-from mmtx.nn.transformer import StackOptions, layer_norm
+from mmtx.nn.transformer import layer_norm
 
 
-class PerceiverFusion(StackOptions):
+class PerceiverFusion(CrossStackOptions):
     """A learned latent array ``[num_latents, width]`` reads all modality tokens by
     cross-attention, then self-attends; repeated ``depth`` times.
 
@@ -33,7 +33,7 @@ class PerceiverFusion(StackOptions):
     the total token count (only the projections and the cross-attention see the tokens) and
     quadratically only in ``num_latents``. The fused output is the mean latent after a final
     LayerNorm, ``[B, width]``; ``out["latents"]`` is ``[B, num_latents, width]``. The
-    transformer options are :class:`mmtx.nn.transformer.StackOptions`: every block gets this
+    transformer options are :class:`mmtx.fusion.common.CrossStackOptions`: every block gets this
     module's block options, the cross-attention blocks with ``cross_attention`` and
     ``cross_attention_options`` as their kernel (``causal`` is the self-attention blocks'
     only); ``norm_eps`` is the final LayerNorm's too. With
@@ -46,8 +46,6 @@ class PerceiverFusion(StackOptions):
     width: int
     num_latents: int = 16
     latent_layers: int = 1
-    cross_attention: str = "dense"
-    cross_attention_options: FrozenDict[str, Any] = FrozenDict()
 
     @nn.compact
     def __call__(

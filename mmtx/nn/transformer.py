@@ -178,37 +178,27 @@ class MLP(nn.Module):
         )(x)
 
 
-class TransformerBlock(BlockOptions):
-    """Pre-LN block: ``x + Attn(LN(x))``, then ``x + MLP(LN(x))``.
-
-    Its options are :class:`BlockOptions` (``activation`` the MLP's, ``norm_eps`` both
-    LayerNorms' epsilon, ``causal`` each token attending only to itself and earlier ones);
-    ``deterministic`` turns dropout off. The call signature ``(x, mask) -> (x, out)`` is the
-    carry form ``nn.scan`` expects: ``out`` is the block's intermediates, ``{}``, or with
-    ``capture_weights`` ``{"attention_weights": ...}`` in the kernel's layout (see
-    :class:`mmtx.nn.MultiHeadAttention`), which ``nn.scan`` stacks over layers.
-    """
+class _PreLNBlock(BlockOptions):
+    """What the two pre-LN blocks share: :class:`BlockOptions`, ``deterministic`` (dropout
+    off), the attention's keywords and the second half, ``x + MLP(LN(x))``."""
 
     deterministic: bool = True
 
-    @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, dict[str, Any]]:
-        """x: ``[B, T, D]``; mask: bool ``[B, T]`` key-padding (True = real token) or None.
-
-        Returns ``(x [B, T, D] in dtype, out)`` (see the class docstring)."""
-        x = nn.with_logical_constraint(x, ACTIVATION_AXES)
-        y = layer_norm(self.dtype, self.param_dtype, "norm1", self.norm_eps)(x)
-        y, out = MultiHeadAttention(
+    def _attention_kwargs(self) -> dict[str, Any]:
+        """The keywords of the block's attention module (its kernel, heads and dtypes)."""
+        return dict(
             num_heads=self.num_heads,
             kernel=self.attention,
             kernel_options=self.attention_options,
             implementation=self.attention_implementation,
-            causal=self.causal,
             capture_weights=self.capture_weights,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
-            name="attention",
-        )(y, mask=mask)
+        )
+
+    def _mlp_half(self, x: jax.Array, y: jax.Array) -> jax.Array:
+        """``x + dropout(y)`` (``y`` the attention's update), then ``+ dropout(MLP(norm2(.)))``:
+        ``[B, T, D]`` in ``dtype``. Called from the block's compact ``__call__``."""
         x = x + nn.Dropout(self.dropout_rate)(y, deterministic=self.deterministic)
         y = layer_norm(self.dtype, self.param_dtype, "norm2", self.norm_eps)(x)
         y = MLP(
@@ -221,10 +211,35 @@ class TransformerBlock(BlockOptions):
             name="mlp",
         )(y)
         x = x + nn.Dropout(self.dropout_rate)(y, deterministic=self.deterministic)
-        return nn.with_logical_constraint(x, ACTIVATION_AXES), out
+        return nn.with_logical_constraint(x, ACTIVATION_AXES)
 
 
-class CrossAttentionBlock(BlockOptions):
+class TransformerBlock(_PreLNBlock):
+    """Pre-LN block: ``x + Attn(LN(x))``, then ``x + MLP(LN(x))``.
+
+    Its options are :class:`BlockOptions` (``activation`` the MLP's, ``norm_eps`` both
+    LayerNorms' epsilon, ``causal`` each token attending only to itself and earlier ones);
+    ``deterministic`` turns dropout off. The call signature ``(x, mask) -> (x, out)`` is the
+    carry form ``nn.scan`` expects: ``out`` is the block's intermediates, ``{}``, or with
+    ``capture_weights`` ``{"attention_weights": ...}`` in the kernel's layout (see
+    :class:`mmtx.nn.MultiHeadAttention`), which ``nn.scan`` stacks over layers.
+    """
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, dict[str, Any]]:
+        """x: ``[B, T, D]``; mask: bool ``[B, T]`` key-padding (True = real token) or None.
+
+        Returns ``(x [B, T, D] in dtype, out)`` (see the class docstring)."""
+        x = nn.with_logical_constraint(x, ACTIVATION_AXES)
+        y = layer_norm(self.dtype, self.param_dtype, "norm1", self.norm_eps)(x)
+        attention = MultiHeadAttention(
+            **self._attention_kwargs(), causal=self.causal, name="attention"
+        )
+        y, out = attention(y, mask=mask)
+        return self._mlp_half(x, y), out
+
+
+class CrossAttentionBlock(_PreLNBlock):
     """Pre-LN cross-attention block: ``x + CrossAttn(LN(x), LN(context))``, then
     ``x + MLP(LN(x))`` (the co-attention layer of ViLBERT / LXMERT, the cross-attend
     layer of Perceiver).
@@ -237,8 +252,6 @@ class CrossAttentionBlock(BlockOptions):
     cross-attention's ``[B, H, T, S]``.
     """
 
-    deterministic: bool = True
-
     @nn.compact
     def __call__(
         self, x: jax.Array, context: jax.Array, context_mask: jax.Array | None = None
@@ -250,33 +263,12 @@ class CrossAttentionBlock(BlockOptions):
         if self.causal:
             raise ValueError("causal does not apply to cross-attention (x and context are apart)")
         x = nn.with_logical_constraint(x, ACTIVATION_AXES)
-        y, out = CrossModalAttention(
-            num_heads=self.num_heads,
-            kernel=self.attention,
-            kernel_options=self.attention_options,
-            implementation=self.attention_implementation,
-            capture_weights=self.capture_weights,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="cross_attention",
-        )(
+        y, out = CrossModalAttention(**self._attention_kwargs(), name="cross_attention")(
             layer_norm(self.dtype, self.param_dtype, "norm1", self.norm_eps)(x),
             layer_norm(self.dtype, self.param_dtype, "context_norm", self.norm_eps)(context),
             context_mask,
         )
-        x = x + nn.Dropout(self.dropout_rate)(y, deterministic=self.deterministic)
-        y = layer_norm(self.dtype, self.param_dtype, "norm2", self.norm_eps)(x)
-        y = MLP(
-            self.mlp_dim,
-            dropout_rate=self.dropout_rate,
-            activation=self.activation,
-            deterministic=self.deterministic,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="mlp",
-        )(y)
-        x = x + nn.Dropout(self.dropout_rate)(y, deterministic=self.deterministic)
-        return nn.with_logical_constraint(x, ACTIVATION_AXES), out
+        return self._mlp_half(x, y), out
 
 
 class Encoder(EncoderOptions):

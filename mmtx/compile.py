@@ -60,6 +60,7 @@ from jax._src import xla_bridge  # backends_are_initialized: no public equivalen
 from ml_collections import config_flags
 
 from mmtx import config as config_lib
+from mmtx.launch import answer_help
 
 __all__ = [
     "CHIPS",
@@ -854,8 +855,7 @@ def main(argv: Sequence[str], stdout: TextIO | None = None, stderr: TextIO | Non
     the module docstring). The report goes to ``stdout``, an ``error: ...`` line to
     ``stderr``."""
     stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
-    if any(arg in ("--help", "-h", "--helpfull", "--helpshort") for arg in argv[1:]):
-        print(__doc__.strip(), file=stdout)
+    if answer_help(argv, __doc__, file=stdout):
         return 0
     try:
         spec, topology = _flag_value(argv[1:], "config"), _flag_value(argv[1:], "topology")

@@ -45,6 +45,7 @@ from mmtx import output_paths
 from mmtx.batch_checks import check_batch
 from mmtx.data.preprocessing import audio_to_float
 from mmtx.inference import Model
+from mmtx.launch import answer_help
 from mmtx.models import NonFiniteOutputError
 
 MODALITIES = ("image", "text", "audio")
@@ -356,9 +357,7 @@ def main(argv: Sequence[str], stderr: TextIO | None = None) -> int:
     after printing one ``error: ...`` line to ``stderr`` (default ``sys.stderr``), where the
     progress bar goes too."""
     stderr = stderr or sys.stderr
-    if any(arg in ("--help", "-h", "--helpfull", "--helpshort") for arg in argv[1:]):
-        values, _ = parse_flags(argv[:1])
-        print(f"{__doc__.strip()}\n\nflags:\n{values.get_help()}")
+    if answer_help(argv, __doc__, lambda: parse_flags(argv[:1])[0].get_help()):
         return 0
     try:
         try:

@@ -33,6 +33,8 @@ from typing import TextIO
 
 from absl import flags
 
+from mmtx.launch import answer_help
+
 
 def parse_flags(argv: Sequence[str]) -> tuple[flags.FlagValues, list[str]]:
     """Parses ``argv`` (``argv[0]`` is the program) into a fresh ``FlagValues``; returns it and
@@ -140,9 +142,7 @@ def describe_values(values: dict) -> str:
 def main(argv: Sequence[str], stderr: TextIO | None = None) -> int:
     """Runs the command on ``argv``; returns the exit status (see the module docstring)."""
     stderr = stderr or sys.stderr
-    if any(arg in ("--help", "-h", "--helpfull", "--helpshort") for arg in argv[1:]):
-        values, _ = parse_flags(argv[:1])
-        print(f"{__doc__.strip()}\n\nflags:\n{values.get_help()}")
+    if answer_help(argv, __doc__, lambda: parse_flags(argv[:1])[0].get_help()):
         return 0
     try:
         values, extra = parse_flags(argv)

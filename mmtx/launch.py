@@ -1,4 +1,5 @@
-"""Launch concerns of mmtx's entry points, kept out of the library: the host-malloc restart.
+"""Launch concerns of mmtx's entry points, kept out of the library: the host-malloc restart,
+and the commands' answer to ``--help`` (:func:`answer_help`).
 
 Nothing here runs on import; only programs call it (``python -m mmtx.main`` and the benchmark
 scripts, first thing under ``if __name__ == "__main__":``). Library modules never import it.
@@ -31,11 +32,14 @@ import importlib.metadata
 import os
 import platform
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import TextIO
 
 __all__ = [
+    "HELP_FLAGS",
     "SWITCH",
     "TUNABLES",
+    "answer_help",
     "current_setting",
     "restart_with_tuned_malloc",
     "skip_absent_tpu",
@@ -51,6 +55,27 @@ TUNABLES = {
 }
 # Distributions that mean this host runs JAX on an accelerator; "auto" leaves those hosts alone.
 _ACCELERATOR_PLUGINS = ("libtpu", "jax-cuda", "jax-rocm", "jax_cuda", "jax_rocm")
+
+
+# absl's help flags; the commands answer them before importing jax.
+HELP_FLAGS = ("--help", "-h", "--helpfull", "--helpshort")
+
+
+def answer_help(
+    argv: Sequence[str],
+    doc: str,
+    flag_help: Callable[[], str] | None = None,
+    file: TextIO | None = None,
+) -> bool:
+    """Prints a command's help if ``argv`` (``sys.argv``: the program, then its arguments)
+    holds one of :data:`HELP_FLAGS`: ``doc`` (the module docstring), then ``flags:`` and
+    ``flag_help()`` where given, to ``file`` (default stdout). Returns whether it did (the
+    command then exits 0)."""
+    if not any(arg in HELP_FLAGS for arg in argv[1:]):
+        return False
+    text = doc.strip() if flag_help is None else f"{doc.strip()}\n\nflags:\n{flag_help()}"
+    print(text, file=file)
+    return True
 
 
 def _parse_tunables(text: str) -> dict[str, str]:

@@ -193,3 +193,39 @@ def test_importing_the_library_neither_launches_nor_parses_flags() -> None:
         env={**os.environ, "PYTHONPATH": PYTHONPATH, "JAX_PLATFORMS": "cpu"},
     )  # fmt: skip
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"launch": False, "parsed": False}
+
+
+def test_answer_help_prints_the_doc_and_the_flags_only_when_asked(capsys) -> None:
+    assert not host_malloc.answer_help(["prog", "--x=1"], "Doc.")
+    assert not host_malloc.answer_help(["--help"], "Doc.")  # argv[0] is the program
+    assert capsys.readouterr().out == ""
+    for flag in host_malloc.HELP_FLAGS:
+        assert host_malloc.answer_help(["prog", "--x=1", flag], "  Doc.\n", lambda: "--x: an x")
+        assert capsys.readouterr().out == "Doc.\n\nflags:\n--x: an x\n"
+    assert host_malloc.answer_help(["prog", "-h"], "Doc.\n")
+    assert capsys.readouterr().out == "Doc.\n"
+
+
+@pytest.mark.parametrize(
+    "module,with_flags",
+    [
+        ("mmtx.import_checkpoint", True),
+        ("mmtx.embed", True),
+        ("mmtx.evaluate", False),
+        ("mmtx.compile", False),
+    ],
+)
+def test_every_command_answers_help_with_its_docstring(module: str, with_flags: bool) -> None:
+    import importlib
+
+    command = importlib.import_module(
+        "mmtx.evaluate.command" if module == "mmtx.evaluate" else module
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--help"],
+        capture_output=True, text=True, check=False, timeout=300,
+        env={**os.environ, "PYTHONPATH": PYTHONPATH, "JAX_PLATFORMS": "cpu"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith(command.__doc__.strip())
+    assert ("\n\nflags:\n" in done.stdout) == with_flags

@@ -32,6 +32,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from mmtx import config as config_lib
+from mmtx.launch import answer_help
 
 
 class UsageError(Exception):
@@ -146,8 +147,7 @@ def main(argv: Sequence[str], stderr: TextIO | None = None) -> int:
     2 after printing one ``error: ...`` line to ``stderr`` (default ``sys.stderr``). Progress
     and the metrics go to stdout."""
     stderr = stderr or sys.stderr
-    if any(arg in ("--help", "-h", "--helpfull", "--helpshort") for arg in argv[1:]):
-        print(__doc__.strip())
+    if answer_help(argv, __doc__):
         return 0
     try:
         workdir = find_workdir(argv[1:])

@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import importlib.util
 import itertools
 import json
 import pathlib
@@ -1051,6 +1052,37 @@ def test_param_trees_match_those_before_the_registry(fusion):
         flat = jax.tree_util.tree_flatten_with_path(nn.meta.unbox(shapes["params"]))[0]
         got = {jax.tree_util.keystr(path): list(leaf.shape) for path, leaf in flat}
         assert got == expected[f"{fusion}/{'+'.join(modalities)}"]
+
+
+TINY_OUTPUTS = REPO / "tests" / "fixtures" / "tiny_outputs.npz"
+
+
+def _tiny_outputs_module():
+    spec = importlib.util.spec_from_file_location(
+        "tiny_outputs", REPO / "tests" / "fixtures" / "tiny_outputs.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "fusion", ["concat", "gated", "cross_attention", "bottleneck", "perceiver"]
+)
+def test_tiny_outputs_and_gradients_are_bit_identical_to_those_before_the_redesign(fusion):
+    """configs/base.py:tiny's eval outputs with each fusion, their sum of squares and the
+    sha256 of its gradient with respect to the params equal, byte for byte, what commit
+    dc664e8 (before issue 30's redesign: one declaration per tower option, the split
+    converters and loop) computed: tests/fixtures/tiny_outputs.npz, written by
+    tests/fixtures/tiny_outputs.py there."""
+    expected = np.load(TINY_OUTPUTS)
+    got = _tiny_outputs_module().tiny_outputs(fusion)
+    keys = sorted(key for key in expected.files if key.startswith(f"{fusion}/"))
+    assert sorted(got) == keys
+    for key in keys:
+        assert got[key].dtype == expected[key].dtype, key
+        assert got[key].shape == expected[key].shape, key
+        assert got[key].tobytes() == expected[key].tobytes(), key
 
 
 def test_finite_in_finite_out():

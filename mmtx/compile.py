@@ -915,7 +915,14 @@ def main(argv: Sequence[str], stdout: TextIO | None = None, stderr: TextIO | Non
                 file=stdout,
             )
             return 0
-        run, reports = compile_run(config, devices)
+        try:
+            run, reports = compile_run(config, devices)
+        except UsageError as error:
+            if per_chip is None and "batch_size" in str(error):
+                raise UsageError(
+                    f"{error}; --per_chip_batch=N sets both batches to N x the {len(devices)} chips"
+                ) from error
+            raise
         for line in report_lines(topology, devices, run, reports):
             print(line, file=stdout)
         over = _over_hbm(reports, devices)

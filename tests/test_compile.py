@@ -386,6 +386,19 @@ def test_a_bad_topology_or_mesh_exits_2() -> None:
 
 
 @needs_libtpu
+def test_a_batch_that_does_not_divide_over_the_chips_points_at_per_chip_batch() -> None:
+    base = ["mmtx.compile", f"--config={TINY}", f"--topology={TOPOLOGY}"]
+    err = io.StringIO()
+    code = compile_lib.main([*base, "--config.train.batch_size=6"], io.StringIO(), err)
+    assert code == 2
+    assert err.getvalue() == (
+        "error: config.train.batch_size=6 must be divisible by the 4 data-parallel devices "
+        "(mesh data x fsdp) x train.microbatches=1; --per_chip_batch=N sets both batches to "
+        "N x the 4 chips\n"
+    )
+
+
+@needs_libtpu
 def test_per_chip_batch_sets_both_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     """``--per_chip_batch=16`` on 4 chips compiles global batches of 64 (a stand-in compile
     records them); with ``--config.train.batch_size`` or under 1 it is a usage error."""

@@ -4,7 +4,7 @@ Every ``import`` and ``from ... import`` in every module of ``mmtx/`` counts, at
 and inside functions (lazy imports) alike: the modules are parsed with ``ast``, none is
 imported. Each module belongs to the unit of LAYERS that is the longest prefix of its name; a
 module may import from its own layer and the layers below it, never from one above, and the
-units may form no cycle. ALLOWED_UPWARD lists the wrong-way imports there are today, each with
+units may form no cycle. ALLOWED_UPWARD lists the wrong-way imports allowed (none), each with
 its reason; any other one fails here, named by file, line and import. docs/design.md shows
 LAYERS as ``render_layers()`` writes it (test_design_md_shows_the_layers).
 """
@@ -59,18 +59,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
 )
 
-# Wrong-way imports there are today: (importing file, imported module) -> why it stays for now.
-# Fix one and remove its entry (test_allowed_upward_imports_still_exist fails on a stale one).
-ALLOWED_UPWARD: dict[tuple[str, str], str] = {
-    ("mmtx/train/init_from.py", "mmtx.checkpoints.posemb"): (
-        "init_from resamples position tables with the importers' function; it belongs below "
-        "train (beside mmtx.nn.embed), a move of its own (closes train -> checkpoints -> train)"
-    ),
-    ("mmtx/evaluate/zero_shot.py", "mmtx.inference"): (
-        "text_embedder accepts an mmtx.Model (isinstance, lazily); taking only a callable is "
-        "an API change (closes evaluate -> inference -> train -> evaluate)"
-    ),
-}
+# Wrong-way imports allowed: (importing file, imported module) -> why it stays for now. None
+# since issue 30 removed the last two; an entry is a debt, and a stale one fails
+# test_allowed_upward_imports_still_exist.
+ALLOWED_UPWARD: dict[tuple[str, str], str] = {}
 
 
 @dataclasses.dataclass(frozen=True)

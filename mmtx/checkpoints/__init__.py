@@ -16,8 +16,8 @@ from mmtx.checkpoints.importer import (
     import_checkpoint,
     write_workdir,
 )
-from mmtx.checkpoints.posemb import resample_position_embedding
 from mmtx.checkpoints.tensors import CheckpointImportError, read_tensors
+from mmtx.nn.posemb import resample_position_embedding
 
 __all__ = [
     "FAMILIES",

@@ -20,7 +20,6 @@ from mmtx.checkpoints import hub
 from mmtx.checkpoints.ast import convert_hf_ast
 from mmtx.checkpoints.clip import convert_hf_clip, convert_open_clip
 from mmtx.checkpoints.family import Converted
-from mmtx.checkpoints.posemb import resample_position_embedding
 from mmtx.checkpoints.siglip import convert_big_vision_siglip, convert_hf_siglip
 from mmtx.checkpoints.tensors import (
     CheckpointImportError,
@@ -29,6 +28,7 @@ from mmtx.checkpoints.tensors import (
     first_names,
     read_tensors,
 )
+from mmtx.nn.posemb import resample_position_embedding
 
 # (tensors, the config file (config.json / open_clip_config.json) or None, the HF
 # preprocessor_config.json or None, per-modality head counts given by the user) -> mmtx.

@@ -35,19 +35,19 @@ def prompts(classnames: Sequence[str], templates: Sequence[str]) -> list[str]:
 
 
 def text_embedder(model_or_embed_text: Any, batch_size: int = 256) -> TextEmbedder:
-    """``embed_text(texts) -> float32 [N, D]``: an :class:`mmtx.Model`'s text embeddings,
-    ``batch_size`` texts per call; a callable is returned as it is."""
-    from mmtx.inference import Model
-
-    if not isinstance(model_or_embed_text, Model):
+    """``embed_text(texts) -> float32 [N, D]``: the text embeddings of a model with an
+    ``encode_text(texts) -> [N, D]`` method (an :class:`mmtx.Model`), ``batch_size`` texts
+    per call; any other callable is returned as it is. (The model is recognised by its
+    method, so that this layer does not import the one that defines it.)"""
+    encode_text = getattr(model_or_embed_text, "encode_text", None)
+    if encode_text is None:
         if not callable(model_or_embed_text):
             raise TypeError("give an mmtx.Model or a function texts -> [N, D] embeddings")
         return model_or_embed_text
-    model = model_or_embed_text
 
     def embed_text(texts: Sequence[str]) -> np.ndarray:
         rows = [
-            model(text_inputs=list(texts[start : start + batch_size]))["text"]
+            encode_text(list(texts[start : start + batch_size]))
             for start in range(0, len(texts), batch_size)
         ]
         return np.concatenate(rows).astype(np.float32)

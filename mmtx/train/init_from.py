@@ -10,7 +10,7 @@ put by path into a freshly initialised model of the current config:
   fresh init; a source param this config lacks is dropped; both are listed;
 - a learned 2-D position table (``image/posemb/embedding``, ``audio/posemb/embedding``) made
   for another patch grid is resampled bilinearly to this config's
-  (:func:`mmtx.checkpoints.posemb.resample_position_embedding`, class-token rows kept);
+  (:func:`mmtx.nn.posemb.resample_position_embedding`, class-token rows kept);
 - any other shape difference is an error naming the param and both shapes.
 
 A source trained with LoRA adapters into a config without them has the adapters merged into
@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 
 from mmtx import config as config_lib
-from mmtx.checkpoints.posemb import resample_position_embedding
+from mmtx.nn.posemb import resample_position_embedding
 from mmtx.train import lora as lora_lib
 from mmtx.train.checkpoint import Checkpointer
 from mmtx.train.trainable import LORA_KEY, path_string

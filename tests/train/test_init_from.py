@@ -12,9 +12,9 @@ import pytest
 
 from mmtx import config as config_lib
 from mmtx.checkpoints import ImportedModel, write_workdir
-from mmtx.checkpoints.posemb import resample_position_embedding
 from mmtx.import_checkpoint import main as import_main
 from mmtx.models import MultiModalTransformer, dummy_batch
+from mmtx.nn.posemb import resample_position_embedding
 from mmtx.train import lora as lora_lib
 from mmtx.train.checkpoint import Checkpointer
 from mmtx.train.init_from import InitFromError, load_params, resolve_source

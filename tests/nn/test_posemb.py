@@ -1,4 +1,4 @@
-"""Tests for mmtx/checkpoints/posemb.py against a plain numpy bilinear resampler."""
+"""Tests for mmtx/nn/posemb.py against a plain numpy bilinear resampler."""
 
 from __future__ import annotations
 

@@ -121,7 +121,7 @@ def param_partition_spec(
     if mesh.shape["fsdp"] > 1:
         names = (*names, *[None] * (len(shape) - len(names)))
         dim = _fsdp_dimension(names, shape, entries, mesh, lanes)
-        if dim is not None:
+        if dim is not None and "fsdp" not in entries[dim]:  # not where the rules put it
             entries = [tuple(a for a in axes if a != "fsdp") for axes in entries]
             entries[dim] = (*entries[dim], "fsdp")
     return PartitionSpec(

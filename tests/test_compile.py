@@ -69,9 +69,10 @@ def python_path(*, gpu: bool = False) -> str:
     return os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")])
 
 
-def run_compile(*flags: str, gpu: bool = False) -> subprocess.CompletedProcess:
+def run_python(*args: str, gpu: bool = False) -> subprocess.CompletedProcess:
+    """``python *args`` in the repo, with :func:`python_path`; its output captured."""
     return subprocess.run(
-        [sys.executable, "-m", "mmtx.compile", f"--config={TINY}", TWO_TOWERS, *flags],
+        [sys.executable, *args],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": python_path(gpu=gpu)},
         capture_output=True,
@@ -79,6 +80,10 @@ def run_compile(*flags: str, gpu: bool = False) -> subprocess.CompletedProcess:
         timeout=600,
         check=False,
     )
+
+
+def run_compile(*flags: str, gpu: bool = False) -> subprocess.CompletedProcess:
+    return run_python("-m", "mmtx.compile", f"--config={TINY}", TWO_TOWERS, *flags, gpu=gpu)
 
 
 def exact_bytes(text: str, label: str) -> int:
@@ -525,15 +530,7 @@ def test_gpu_spec_files_parse_to_devices_of_their_chip() -> None:
         "    found[key] = [len(devices), devices[0].platform, kind, c.chip_of(kind).name]\n"
         "print(json.dumps(found))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", listing],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": python_path(gpu=True)},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    done = run_python("-c", listing, gpu=True)
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert set(found) == set(compile_lib.GPU_SPECS)

@@ -58,9 +58,9 @@ def test_command_line_trains_with_overrides_and_resumes(tmp_path):
     assert summary["step"] == 2
     # The README shows this config's eval line (configs/base.py, full size): the same metrics,
     # and it names them as the run does.
-    from mmtx.train.loop import _shown
+    from mmtx.evaluate.headline import headline
 
-    assert set(_shown(summary["eval"])) == readme_eval_metrics()
+    assert set(headline(summary["eval"])) == readme_eval_metrics()
     assert set(re.findall(r"'([\w@]+)': ", result.stdout.split("eval at step 2 (")[1])) == (
         readme_eval_metrics()
     )

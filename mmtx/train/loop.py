@@ -21,7 +21,6 @@ import ml_collections
 from mmtx import config as config_lib
 from mmtx import losses
 from mmtx.evaluate.evaluator import Evaluator
-from mmtx.evaluate.headline import headline as _headline
 from mmtx.evaluate.headline import headline_keys
 from mmtx.train import flops as flops_lib
 from mmtx.train import startup
@@ -45,12 +44,6 @@ from mmtx.train.summary import CompileFigures, TrainFigures, summarize, write_su
 from mmtx.train.workdir_claim import claimed_workdir, write_config
 
 __all__ = ["NonFiniteError", "train_and_evaluate"]
-
-
-def _shown(metrics: dict[str, float]) -> dict[str, float]:
-    """The headline metrics of every registered modality (:func:`mmtx.evaluate.headline.
-    headline`), rounded; tests/test_main.py compares them with the README's eval line."""
-    return _headline(metrics)
 
 
 def train_and_evaluate(

@@ -7,7 +7,7 @@ config group, checks and token count, without JAX), which the config layer reads
 
 from mmtx.modalities.audio import AudioSpec
 from mmtx.modalities.image import ImageSpec
-from mmtx.modalities.spec import ModalitySpec
+from mmtx.modalities.spec import Headline, ModalitySpec
 from mmtx.modalities.text import TextSpec
 from mmtx.modalities.video import VideoSpec
 from mmtx.schemas import registry
@@ -28,6 +28,7 @@ __all__ = [
     "TEXT",
     "VIDEO",
     "AudioSpec",
+    "Headline",
     "ImageSpec",
     "ModalitySpec",
     "TextSpec",

@@ -14,7 +14,7 @@ import numpy as np
 
 from mmtx.data import preprocessing
 from mmtx.encoders import AudioEncoder
-from mmtx.modalities.spec import ExampleContext, ModalitySpec
+from mmtx.modalities.spec import ExampleContext, Headline, ModalitySpec
 from mmtx.schemas.audio import (  # noqa: F401 (the patch grid's functions: re-exported)
     LENGTH_KEY,
     AudioSchema,
@@ -35,6 +35,13 @@ class AudioSpec(AudioSchema, ModalitySpec):
     inputs carry no ``audio_length``: their clips are zero-padded waveforms, every sample
     taken as real, as with the ``log_mel`` frontend (whose raw inputs carry none either).
     """
+
+    # The log has shown audio's retrieval one way, audio to text (configs/base.py's eval lines).
+    headline = Headline(
+        retrieval=("audio_to_text_recall@1", "audio_to_text_recall@5"),
+        zero_shot=("audio_zero_shot_top1",),
+        hidden=("text_to_audio_recall@1",),
+    )
 
     def encoder_class(self) -> type[nn.Module]:
         return AudioEncoder

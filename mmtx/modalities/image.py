@@ -12,12 +12,23 @@ import numpy as np
 
 from mmtx.data import preprocessing
 from mmtx.encoders import ImageEncoder
-from mmtx.modalities.spec import ExampleContext, ModalitySpec, resize_options
+from mmtx.modalities.spec import ExampleContext, Headline, ModalitySpec, resize_options
 from mmtx.schemas.image import ImageSchema
 
 
 class ImageSpec(ImageSchema, ModalitySpec):
     """Images: ``image`` float32 ``[B, image_size, image_size, channels]`` in ``[0, 1]``."""
+
+    # The selection the README and docs/usage.md show for configs/base.py (its eval lines).
+    headline = Headline(
+        retrieval=(
+            "text_to_image_recall@1",
+            "text_to_image_recall@5",
+            "image_to_text_recall@1",
+            "image_to_text_recall@5",
+        ),
+        zero_shot=("image_zero_shot_top1", "image_zero_shot_top5"),
+    )
 
     def encoder_class(self) -> type[nn.Module]:
         return ImageEncoder

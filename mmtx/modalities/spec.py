@@ -17,6 +17,7 @@ model ignores (see :class:`mmtx.models.MultiModalTransformer`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any, TypedDict, Unpack
 
@@ -42,13 +43,33 @@ class ExampleContext(TypedDict):
     sample_rate: int | None  # the source audio's rate in Hz, where the source has one
 
 
+@dataclasses.dataclass(frozen=True)
+class Headline:
+    """The metrics of one modality that the training log's headline shows
+    (:mod:`mmtx.evaluate.headline`), by name, in order.
+
+    Attributes:
+      retrieval: its recalls against text (``text_to_image_recall@1``, ...).
+      zero_shot: its zero-shot accuracies (``image_zero_shot_top1``, ...).
+      hidden: its metrics left out of the headline (a direction too noisy to show).
+    """
+
+    retrieval: tuple[str, ...] = ()
+    zero_shot: tuple[str, ...] = ()
+    hidden: tuple[str, ...] = ()
+
+
 class ModalitySpec(ModalitySchema):
     """One modality's record: its schema (:class:`mmtx.schemas.ModalitySchema`: the class
     attributes, the config group and its checks, the token count) and its JAX side (the
     encoder, dummy inputs, the checks on concrete inputs, the raw-input and pipeline
     preprocessing). Subclass the modality's schema and this, in that order, and override the
-    methods; the attributes are :class:`~mmtx.schemas.ModalitySchema`'s.
+    methods; the attributes are :class:`~mmtx.schemas.ModalitySchema`'s, and ``headline``,
+    the metrics its evaluation shows in the training log (:class:`Headline`; none: its
+    recall@1 both ways and its zero-shot top-1, after the modalities that name theirs).
     """
+
+    headline: Headline = Headline()
 
     # --- model ----------------------------------------------------------------------------
     def encoder_class(self) -> type[nn.Module]:

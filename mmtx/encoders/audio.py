@@ -11,12 +11,13 @@ from mmtx.nn import (
     LearnedPositionEmbedding,
     LogMelSpectrogram,
     PatchEmbed,
+    SpectrogramOptions,
     sincos_2d,
 )
 from mmtx.nn.transformer import options
 
 
-class AudioEncoder(TowerOptions):
+class AudioEncoder(TowerOptions, SpectrogramOptions):
     """Audio Spectrogram Transformer over time x frequency patches.
 
     ``audio`` float ``[B, S]`` waveform at ``sample_rate`` -> log-mel ``[B, F, M]`` (computed
@@ -46,17 +47,13 @@ class AudioEncoder(TowerOptions):
     as the input pipeline trains it). Without ``lengths`` every sample is taken as real.
 
     The transformer options (:class:`mmtx.encoders.TowerOptions`, keyword-only) go whole to
-    the :class:`mmtx.encoders.Tower` (``tower``).
+    the :class:`mmtx.encoders.Tower` (``tower``); the spectrogram's
+    (:class:`mmtx.nn.SpectrogramOptions`: ``sample_rate``, ``window_length``, ``hop_length``,
+    ``num_mel_bins``, ``min_frequency``, ``max_frequency``, keyword-only) to the frontend.
     """
 
     width: int
-    sample_rate: int = 16000
     num_samples: int = 16000
-    window_length: int = 400
-    hop_length: int = 160
-    num_mel_bins: int = 64
-    min_frequency: float = 50.0
-    max_frequency: float = 8000.0
     log_mel_mean: float = 0.0
     log_mel_std: float = 1.0
     patch_size: tuple[int, int] = (16, 16)
@@ -90,12 +87,7 @@ class AudioEncoder(TowerOptions):
             )(audio, lengths)
         elif self.frontend == "log_mel":
             log_mel = LogMelSpectrogram(
-                sample_rate=self.sample_rate,
-                window_length=self.window_length,
-                hop_length=self.hop_length,
-                num_mel_bins=self.num_mel_bins,
-                min_frequency=self.min_frequency,
-                max_frequency=self.max_frequency,
+                **options(self, SpectrogramOptions),
                 mean=self.log_mel_mean,
                 std=self.log_mel_std,
             )(audio)

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmtx.nn.transformer import options
+
 Dtype = Any
 
 
@@ -292,11 +294,20 @@ def log_mel_spectrogram(
     return jnp.log(jnp.maximum(mel, floor))
 
 
-class LogMelSpectrogram(nn.Module):
-    """Parameter-free module form of :func:`log_mel_spectrogram`, normalised.
+class SpectrogramOptions(nn.Module, kw_only=True):
+    """The options of :func:`log_mel_spectrogram`, declared here once (keyword-only).
 
-    ``[B, S]`` float waveform -> float32 ``[B, frames, num_mel_bins]`` equal to
-    ``(log_mel - mean) / std``.
+    :class:`LogMelSpectrogram` and :class:`mmtx.encoders.AudioEncoder` are these options (the
+    encoder's ``config.model.audio`` fields of the same names) and hand them on whole with
+    :func:`mmtx.nn.transformer.options`.
+
+    Attributes:
+      sample_rate: the waveform's rate in Hz.
+      window_length: samples in one STFT frame.
+      hop_length: samples between the starts of two frames.
+      num_mel_bins: mel filters, the spectrogram's last axis.
+      min_frequency: the lowest mel filter edge in Hz.
+      max_frequency: the highest mel filter edge in Hz.
     """
 
     sample_rate: int = 16000
@@ -305,18 +316,20 @@ class LogMelSpectrogram(nn.Module):
     num_mel_bins: int = 64
     min_frequency: float = 50.0
     max_frequency: float = 8000.0
+
+
+class LogMelSpectrogram(SpectrogramOptions):
+    """Parameter-free module form of :func:`log_mel_spectrogram`, normalised.
+
+    ``[B, S]`` float waveform -> float32 ``[B, frames, num_mel_bins]`` equal to
+    ``(log_mel - mean) / std``. The spectrogram's options (:class:`SpectrogramOptions`) are
+    keyword-only.
+    """
+
     mean: float = 0.0
     std: float = 1.0
 
     def __call__(self, audio: jax.Array) -> jax.Array:
         """audio: ``[B, S]`` float -> float32 ``[B, frames, num_mel_bins]``."""
-        log_mel = log_mel_spectrogram(
-            audio,
-            sample_rate=self.sample_rate,
-            window_length=self.window_length,
-            hop_length=self.hop_length,
-            num_mel_bins=self.num_mel_bins,
-            min_frequency=self.min_frequency,
-            max_frequency=self.max_frequency,
-        )
+        log_mel = log_mel_spectrogram(audio, **options(self, SpectrogramOptions))
         return (log_mel - self.mean) / self.std

@@ -119,10 +119,11 @@ class EncoderOptions(StackOptions, kw_only=True):
     final_norm: bool = True
 
 
-def options(module: BlockOptions, kind: type[BlockOptions]) -> dict[str, Any]:
+def options(module: nn.Module, kind: type[nn.Module]) -> dict[str, Any]:
     """``module``'s value of every option ``kind`` declares, by name: what builds a ``kind``
     from ``module`` (``Encoder(**options(self, EncoderOptions))``). ``module`` must be a
-    ``kind``, so it has each of them (``TypeError`` otherwise)."""
+    ``kind``, so it has each of them (``TypeError`` otherwise). ``kind`` is any flax options
+    base (:class:`BlockOptions` and its subclasses, :class:`mmtx.nn.embed.SpectrogramOptions`)."""
     if not isinstance(module, kind):
         raise TypeError(f"{type(module).__name__} does not inherit {kind.__name__}")
     names = [f.name for f in dataclasses.fields(kind) if f.name not in ("parent", "name")]

@@ -10,6 +10,7 @@ import pytest
 from helpers import SHIFT_INVARIANT, random_params
 
 from mmtx.encoders import AudioEncoder
+from mmtx.nn import log_mel_spectrogram
 from mmtx.nn.kaldi_fbank import AST_MEL_FLOOR
 
 B, D = 2, 16
@@ -235,3 +236,20 @@ def test_the_log_mel_frontend_ignores_lengths():
     _, given = apply(params, audio, jnp.asarray([SHORT, AST_SAMPLES], jnp.int32))
     np.testing.assert_array_equal(np.asarray(given["log_mel"]), np.asarray(plain["log_mel"]))
     np.testing.assert_allclose(given["pooled"], plain["pooled"], atol=1e-6)
+
+
+def test_every_spectrogram_option_reaches_the_log_mel_frontend():
+    """The encoder's SpectrogramOptions go whole to the frontend: its log-mel is the plain
+    function's with each option set off its default, normalised by log_mel_mean/std."""
+    spectrogram = dict(
+        sample_rate=8000, window_length=200, hop_length=100, num_mel_bins=MELS,
+        min_frequency=80.0, max_frequency=3500.0,
+    )  # fmt: skip
+    encoder = AudioEncoder(
+        width=D, depth=1, num_heads=2, mlp_dim=32, num_samples=SAMPLES, patch_size=PATCH,
+        log_mel_mean=-3.0, log_mel_std=2.5, **spectrogram,
+    )  # fmt: skip
+    audio = waveforms()
+    _, out = encoder.apply(random_params(encoder, audio), audio)
+    want = (np.asarray(log_mel_spectrogram(audio, **spectrogram)) + 3.0) / 2.5
+    np.testing.assert_allclose(np.asarray(out["log_mel"]), want, rtol=1e-6, atol=1e-6)

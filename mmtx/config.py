@@ -27,6 +27,7 @@ import numpy as np
 from mmtx.data.source_kinds import FILE_KINDS, source_kind
 from mmtx.schemas import get_modality, modality_names, tower_options
 from mmtx.schemas.audio import audio_patch_grid, spectrogram_frames  # noqa: F401 (re-exported)
+from mmtx.schemas.ranges import Above, AtLeast, Either, Interval, Range
 
 # The built-in fusion types; mmtx.fusion.register_fusion adds more. "none" is no fusion
 # (two-tower contrastive models, CLIP/SigLIP): no fusion params and no "fused" output.
@@ -560,64 +561,64 @@ def _check_open_group(path: str, group: ml_collections.ConfigDict) -> None:
 
 # ---------------------------------------------------------------------------- ranges
 
-# The allowed values of every numeric field: "> x", ">= x", an interval "[a, b)" (either
-# bracket) or a number, joined by " or ". Tuple entries are checked one by one. Floats are
-# also finite (_check_type). Tower fields are checked for the configured modalities only.
-RANGES: dict[str, str] = {
-    "model.embed_dim": "> 0",
-    "model.num_classes": ">= 0",
-    "model.temperature_init": "> 0",
-    "model.dropout_rate": "[0, 1)",
-    "model.modality_dropout": "[0, 1)",
-    "fusion.num_bottlenecks": "> 0",
-    "fusion.num_latents": "> 0",
-    "fusion.latent_layers": "> 0",
-    "attention.local.radius": ">= 0",
-    "attention.local.num_global": ">= 0",
-    "attention.linear.num_features": ">= 0",
-    "attention.linear.seed": ">= 0",
-    "loss.contrastive_weight": ">= 0",
-    "loss.classification_weight": ">= 0",
-    "loss.attribute_weight": ">= 0",
-    "loss.task_weight": ">= 0",
-    "train.steps": "> 0",
-    "train.batch_size": "> 0",
-    "train.microbatches": "> 0",
-    "train.accumulation_unroll": "-1 or >= 0",
-    "train.learning_rate": "> 0",
-    "train.warmup_steps": ">= 0",
-    "train.end_learning_rate_factor": "[0, 1]",
-    "train.weight_decay": ">= 0",
-    "train.b1": "[0, 1)",
-    "train.b2": "[0, 1)",
-    "train.grad_clip": ">= 0",
-    "train.seed": ">= 0",
-    "train.log_every": "> 0",
-    "train.eval_every": "> 0",
-    "train.checkpoint_every": "> 0",
-    "train.keep_checkpoints": "> 0",
-    "train.peak_flops": ">= 0",
-    "train.profile_steps": ">= 0",
-    "train.layer_decay": "(0, 1]",
-    "train.ema_decay": "[0, 1)",
-    "train.lora.rank": ">= 0",
-    "train.lora.alpha": "> 0",
-    "eval.batch_size": "> 0",
-    "data.seed": ">= 0",
-    "data.train_size": "> 0",
-    "data.eval_size": "> 0",
-    "data.audio_sample_rate": ">= 0",
-    "data.holdout": ">= 0",
-    "data.shuffle_buffer": ">= 0",
-    "data.cycle_length": "> 0",
-    "data.train_num_samples": ">= 0",
-    "data.max_bad_fraction": "[0, 1]",
-    "data.num_threads": "> 0",
-    "data.num_workers": ">= 0",
-    "data.prefetch": ">= 0",
-    "mesh.data": "-1 or > 0",
-    "mesh.fsdp": "-1 or > 0",
-    "mesh.tensor": "-1 or > 0",
+# The allowed values of every numeric field (mmtx.schemas.ranges). Tuple entries are checked
+# one by one. Floats are also finite (_check_type). Tower fields are checked for the
+# configured modalities only.
+RANGES: dict[str, Range] = {
+    "model.embed_dim": Above(0),
+    "model.num_classes": AtLeast(0),
+    "model.temperature_init": Above(0),
+    "model.dropout_rate": Interval(0, 1, closed="left"),
+    "model.modality_dropout": Interval(0, 1, closed="left"),
+    "fusion.num_bottlenecks": Above(0),
+    "fusion.num_latents": Above(0),
+    "fusion.latent_layers": Above(0),
+    "attention.local.radius": AtLeast(0),
+    "attention.local.num_global": AtLeast(0),
+    "attention.linear.num_features": AtLeast(0),
+    "attention.linear.seed": AtLeast(0),
+    "loss.contrastive_weight": AtLeast(0),
+    "loss.classification_weight": AtLeast(0),
+    "loss.attribute_weight": AtLeast(0),
+    "loss.task_weight": AtLeast(0),
+    "train.steps": Above(0),
+    "train.batch_size": Above(0),
+    "train.microbatches": Above(0),
+    "train.accumulation_unroll": Either(-1, AtLeast(0)),
+    "train.learning_rate": Above(0),
+    "train.warmup_steps": AtLeast(0),
+    "train.end_learning_rate_factor": Interval(0, 1, closed="both"),
+    "train.weight_decay": AtLeast(0),
+    "train.b1": Interval(0, 1, closed="left"),
+    "train.b2": Interval(0, 1, closed="left"),
+    "train.grad_clip": AtLeast(0),
+    "train.seed": AtLeast(0),
+    "train.log_every": Above(0),
+    "train.eval_every": Above(0),
+    "train.checkpoint_every": Above(0),
+    "train.keep_checkpoints": Above(0),
+    "train.peak_flops": AtLeast(0),
+    "train.profile_steps": AtLeast(0),
+    "train.layer_decay": Interval(0, 1, closed="right"),
+    "train.ema_decay": Interval(0, 1, closed="left"),
+    "train.lora.rank": AtLeast(0),
+    "train.lora.alpha": Above(0),
+    "eval.batch_size": Above(0),
+    "data.seed": AtLeast(0),
+    "data.train_size": Above(0),
+    "data.eval_size": Above(0),
+    "data.audio_sample_rate": AtLeast(0),
+    "data.holdout": AtLeast(0),
+    "data.shuffle_buffer": AtLeast(0),
+    "data.cycle_length": Above(0),
+    "data.train_num_samples": AtLeast(0),
+    "data.max_bad_fraction": Interval(0, 1, closed="both"),
+    "data.num_threads": Above(0),
+    "data.num_workers": AtLeast(0),
+    "data.prefetch": AtLeast(0),
+    "mesh.data": Either(-1, Above(0)),
+    "mesh.fsdp": Either(-1, Above(0)),
+    "mesh.tensor": Either(-1, Above(0)),
 }
 # The transformer sizes' ranges, every tower's and the fusion's (mmtx.schemas.tower_options.SIZES).
 TOWER_RANGES = {field.name: field.range for field in tower_options.SIZES}
@@ -625,35 +626,17 @@ TOWER_RANGES = {field.name: field.range for field in tower_options.SIZES}
 MODALITY_TOWER_RANGES = {tower_options.NORM_EPS.name: tower_options.NORM_EPS.range}
 
 
-def _in_range(value: float, spec: str) -> bool:
-    """Whether ``value`` satisfies a :data:`RANGES` spec such as ``"[0, 1)"`` or ``"-1 or > 0"``."""
-    for option in spec.split(" or "):
-        if option.startswith(">="):
-            ok = value >= float(option[2:])
-        elif option.startswith(">"):
-            ok = value > float(option[1:])
-        elif option[0] in "[(":
-            low, high = (float(bound) for bound in option[1:-1].split(","))
-            ok = (low <= value if option[0] == "[" else low < value) and (
-                value <= high if option[-1] == "]" else value < high
-            )
-        else:
-            ok = value == float(option)
-        if ok:
-            return True
-    return False
-
-
-def _check_range(path: str, value: Any, spec: str) -> None:
-    bound = f"in {spec}" if spec[0] in "[(" else spec
+def _check_range(path: str, value: Any, spec: Range) -> None:
+    """Raises ``ValueError`` unless ``value`` (each entry of a tuple) lies in ``spec``."""
+    bound = f"in {spec}" if isinstance(spec, Interval) else str(spec)
     if isinstance(value, tuple | list):
         _require(
-            all(_in_range(v, spec) for v in value),
+            all(spec.contains(v) for v in value),
             path,
             f"every entry must be {bound}; got {tuple(value)}",
         )
     else:
-        _require(_in_range(value, spec), path, f"must be {bound}; got {value!r}")
+        _require(spec.contains(value), path, f"must be {bound}; got {value!r}")
 
 
 def _check_ranges(config: ml_collections.ConfigDict) -> None:

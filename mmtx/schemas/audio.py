@@ -8,6 +8,7 @@ import ml_collections
 
 from mmtx.schemas import tower_options
 from mmtx.schemas.field import Field
+from mmtx.schemas.ranges import Above, AtLeast
 from mmtx.schemas.schema import ModalitySchema, Require
 
 
@@ -44,13 +45,17 @@ class AudioSchema(ModalitySchema):
     # cls | mean | cls_distill (AST: class and distillation tokens, their outputs averaged).
     poolings = ("cls", "mean", "cls_distill")
     fields = (
-        Field("sample_rate", 16000, "Hz of the input waveform.", range="> 0"),
-        Field("num_samples", 16000, "Clip length fed to the model (cropped/padded).", range="> 0"),
-        Field("window_length", 400, "STFT window in samples (25 ms at 16 kHz).", range="> 0"),
-        Field("hop_length", 160, "STFT hop in samples (10 ms at 16 kHz).", range="> 0"),
-        Field("num_mel_bins", 64, "Mel filterbank size.", range="> 0"),
-        Field("min_frequency", 50.0, "Lowest mel filter edge in Hz.", range=">= 0"),
-        Field("max_frequency", 8000.0, "Highest mel edge in Hz (<= sample_rate / 2).", range="> 0"),
+        Field("sample_rate", 16000, "Hz of the input waveform.", range=Above(0)),
+        Field(
+            "num_samples", 16000, "Clip length fed to the model (cropped/padded).", range=Above(0)
+        ),
+        Field("window_length", 400, "STFT window in samples (25 ms at 16 kHz).", range=Above(0)),
+        Field("hop_length", 160, "STFT hop in samples (10 ms at 16 kHz).", range=Above(0)),
+        Field("num_mel_bins", 64, "Mel filterbank size.", range=Above(0)),
+        Field("min_frequency", 50.0, "Lowest mel filter edge in Hz.", range=AtLeast(0)),
+        Field(
+            "max_frequency", 8000.0, "Highest mel edge in Hz (<= sample_rate / 2).", range=Above(0)
+        ),
         Field(
             "frontend",
             "log_mel",
@@ -59,8 +64,10 @@ class AudioSchema(ModalitySchema):
             choices=FRONTENDS,
         ),
         Field("log_mel_mean", -4.0, "Normalisation of log-mel values: (x - mean) / std."),
-        Field("log_mel_std", 4.0, "The std of that normalisation.", range="> 0"),
-        Field("patch_size", (16, 16), "(time frames, mel bins) per patch, AST-style.", range="> 0"),
+        Field("log_mel_std", 4.0, "The std of that normalisation.", range=Above(0)),
+        Field(
+            "patch_size", (16, 16), "(time frames, mel bins) per patch, AST-style.", range=Above(0)
+        ),
         *tower_options.SIZES,
         tower_options.ATTENTION,
         tower_options.POOLING,
@@ -69,7 +76,7 @@ class AudioSchema(ModalitySchema):
             "patch_stride",
             (0, 0),
             "(time, mel) stride of the patches; 0 = the patch size (no overlap). AST: (10, 10).",
-            range=">= 0",
+            range=AtLeast(0),
         ),
         tower_options.PATCH_BIAS,
         tower_options.CLASS_TOKEN_POSEMB,

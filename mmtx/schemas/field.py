@@ -9,6 +9,8 @@ from typing import Any
 
 import ml_collections
 
+from mmtx.schemas.ranges import Range
+
 
 @dataclasses.dataclass(frozen=True)
 class Field:
@@ -19,8 +21,9 @@ class Field:
       name: the key in its group.
       default: the value of :func:`mmtx.config.default_config`.
       doc: what it means, for the reader of the schema.
-      range: the allowed numbers, in the syntax of ``mmtx.config.RANGES`` (``"> 0"``,
-        ``"[0, 1)"``; a tuple's entries one by one); ``""``: any value of its type.
+      range: the allowed numbers (:mod:`mmtx.schemas.ranges`: ``Above(0)``,
+        ``Interval(0, 1, closed="left")``; a tuple's entries one by one); ``None``: any value
+        of its type.
       choices: the allowed strings, where the field names one; ``()``: not a choice.
       encoder: whether the modality's encoder takes it (:meth:`encoder_fields
         <mmtx.modalities.ModalitySpec.encoder_fields>`); False for what the input's
@@ -30,7 +33,7 @@ class Field:
     name: str
     default: Any
     doc: str
-    range: str = ""
+    range: Range | None = None
     choices: tuple[str, ...] = ()
     encoder: bool = True
 

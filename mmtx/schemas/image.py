@@ -7,6 +7,7 @@ import ml_collections
 
 from mmtx.schemas import tower_options
 from mmtx.schemas.field import Field
+from mmtx.schemas.ranges import Above
 from mmtx.schemas.schema import ModalitySchema, Require
 
 # The patch embeddings (model.image.stem).
@@ -21,9 +22,12 @@ class ImageSchema(ModalitySchema):
     example_key = "image"
     poolings = ("cls", "mean", "map")  # map: attention pooling with a probe (SigLIP)
     fields = (
-        Field("image_size", 64, "Input height and width in pixels.", range="> 0"),
+        Field("image_size", 64, "Input height and width in pixels.", range=Above(0)),
         Field(
-            "patch_size", 8, "Square patch side; image_size must be divisible by it.", range="> 0"
+            "patch_size",
+            8,
+            "Square patch side; image_size must be divisible by it.",
+            range=Above(0),
         ),
         tower_options.CHANNELS,
         *tower_options.RESIZE_OPTIONS,

@@ -18,6 +18,7 @@ import ml_collections
 from mmtx.data.image_options import CROP_OFFSETS, INTERPOLATIONS, RESIZE_MODES
 from mmtx.schemas import tower_options
 from mmtx.schemas.field import Field, config_group
+from mmtx.schemas.ranges import Range
 
 Require = Callable[[bool, str, str], None]
 
@@ -75,8 +76,8 @@ class ModalitySchema:
         return config_group(self.fields)
 
     @property
-    def ranges(self) -> Mapping[str, str]:
-        """The numeric ranges of its fields (field -> a spec as in ``mmtx.config.RANGES``),
+    def ranges(self) -> Mapping[str, Range]:
+        """The numeric ranges of its fields (field -> its :class:`~mmtx.schemas.ranges.Range`),
         in the order validation checks them: its own fields', then the shared options' in
         :data:`mmtx.schemas.tower_options.SHARED`'s order. A modality without :attr:`fields` sets
         this (its own fields' ranges) instead."""
@@ -84,7 +85,11 @@ class ModalitySchema:
         shared = [
             by_name.pop(field.name) for field in tower_options.SHARED if field.name in by_name
         ]
-        return {field.name: field.range for field in [*by_name.values(), *shared] if field.range}
+        return {
+            field.name: field.range
+            for field in [*by_name.values(), *shared]
+            if field.range is not None
+        }
 
     def validate(self, group: ml_collections.ConfigDict, require: Require) -> None:
         """Checks that span the group's fields; ``require(ok, "model.<name>.<field>", why)``."""

@@ -7,6 +7,7 @@ import ml_collections
 
 from mmtx.schemas import tower_options
 from mmtx.schemas.field import Field
+from mmtx.schemas.ranges import Above, AtLeast
 from mmtx.schemas.schema import ModalitySchema
 
 
@@ -21,8 +22,8 @@ class TextSchema(ModalitySchema):
     # highest token id, OpenAI CLIP) | last (at the last position whose mask is True).
     poolings = ("cls", "mean", "eot", "last")
     fields = (
-        Field("vocab_size", 0, "0 = take it from the tokenizer.", range=">= 0"),
-        Field("max_length", 64, "Tokens per caption after padding / truncation.", range="> 0"),
+        Field("vocab_size", 0, "0 = take it from the tokenizer.", range=AtLeast(0)),
+        Field("max_length", 64, "Tokens per caption after padding / truncation.", range=Above(0)),
         *tower_options.SIZES,
         tower_options.ATTENTION,
         tower_options.POOLING,

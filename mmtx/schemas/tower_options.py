@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from mmtx.data.image_options import CROP_OFFSETS, INTERPOLATIONS, RESIZE_MODES
 from mmtx.schemas.field import Field
+from mmtx.schemas.ranges import Above, AtLeast
 
 # The transformer's sizes; mmtx.config.VARIANTS sets them for every tower.
-WIDTH = Field("width", 128, "Token width D.", range="> 0")
-DEPTH = Field("depth", 2, "Transformer blocks.", range=">= 0")
-NUM_HEADS = Field("num_heads", 4, "Attention heads; width must be divisible by it.", range="> 0")
-MLP_DIM = Field("mlp_dim", 256, "Hidden width of each block's MLP.", range="> 0")
+WIDTH = Field("width", 128, "Token width D.", range=Above(0))
+DEPTH = Field("depth", 2, "Transformer blocks.", range=AtLeast(0))
+NUM_HEADS = Field("num_heads", 4, "Attention heads; width must be divisible by it.", range=Above(0))
+MLP_DIM = Field("mlp_dim", 256, "Hidden width of each block's MLP.", range=Above(0))
 SIZES = (WIDTH, DEPTH, NUM_HEADS, MLP_DIM)
 
 KERNELS = ("dense", "local", "linear")  # the attention kernels (mmtx.nn.attention)
@@ -30,9 +31,9 @@ POSITION_EMBEDDING = Field(
 )
 
 # A pixel modality's (image, video) channels and their normalisation.
-CHANNELS = Field("channels", 3, "Input channels.", range="> 0")
+CHANNELS = Field("channels", 3, "Input channels.", range=Above(0))
 MEAN = Field("mean", (0.5, 0.5, 0.5), "Per-channel normalisation of [0, 1] pixels: the mean.")
-STD = Field("std", (0.5, 0.5, 0.5), "Per-channel normalisation: the std.", range="> 0")
+STD = Field("std", (0.5, 0.5, 0.5), "Per-channel normalisation: the std.", range=Above(0))
 
 # How a pixel modality makes each picture image_size square: the keywords of the same names
 # of mmtx.data.preprocessing.preprocess_image, read by the input's preprocessing.
@@ -54,7 +55,7 @@ RESIZE_SIZE = Field(
     "resize_size",
     0,
     "shorter_side: the side's length before the crop; 0 = image_size.",
-    range=">= 0",
+    range=AtLeast(0),
     encoder=False,
 )
 CROP_OFFSET = Field(
@@ -80,7 +81,7 @@ CLASS_TOKEN_POSEMB = Field(
 ACTIVATIONS = ("gelu_tanh", "gelu", "quick_gelu")  # gelu: exact (erf)
 ACTIVATION = Field("activation", "gelu_tanh", "The MLP's activation.", choices=ACTIVATIONS)
 NORM_EPS = Field(
-    "norm_eps", 1e-6, "Epsilon of every LayerNorm in the tower (CLIP 1e-5).", range="> 0"
+    "norm_eps", 1e-6, "Epsilon of every LayerNorm in the tower (CLIP 1e-5).", range=Above(0)
 )
 PRE_NORM = Field("pre_norm", False, "A LayerNorm before the first block (CLIP's ln_pre).")
 FINAL_NORM = Field("final_norm", True, "The LayerNorm after the last block, on every token.")

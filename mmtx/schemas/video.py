@@ -7,6 +7,7 @@ import ml_collections
 
 from mmtx.schemas import tower_options
 from mmtx.schemas.field import Field
+from mmtx.schemas.ranges import Above, AtLeast
 from mmtx.schemas.schema import ModalitySchema, Require
 
 # The tower layouts (model.video.layout).
@@ -25,20 +26,20 @@ class VideoSchema(ModalitySchema):
             "num_frames",
             8,
             "Frames per clip fed to the model (sampled evenly from the clip).",
-            range="> 0",
+            range=Above(0),
         ),
-        Field("image_size", 32, "Frame height and width in pixels.", range="> 0"),
+        Field("image_size", 32, "Frame height and width in pixels.", range=Above(0)),
         Field(
             "patch_size",
             8,
             "Square spatial patch side; image_size must be divisible by it.",
-            range="> 0",
+            range=Above(0),
         ),
         Field(
             "tubelet_size",
             2,
             "Frames per tubelet; num_frames must be divisible by it.",
-            range="> 0",
+            range=Above(0),
         ),
         tower_options.CHANNELS,
         *tower_options.RESIZE_OPTIONS,
@@ -49,7 +50,7 @@ class VideoSchema(ModalitySchema):
             1,
             "Blocks of the temporal tower (layout factorised only; depth is then the spatial "
             "tower's).",
-            range=">= 0",
+            range=AtLeast(0),
         ),
         tower_options.NUM_HEADS,
         tower_options.MLP_DIM,

@@ -18,7 +18,8 @@ import math
 import numbers
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import ml_collections
@@ -27,6 +28,7 @@ import numpy as np
 from mmtx.data.source_kinds import FILE_KINDS, source_kind
 from mmtx.schemas import get_modality, modality_names, tower_options
 from mmtx.schemas.audio import audio_patch_grid, spectrogram_frames  # noqa: F401 (re-exported)
+from mmtx.schemas.field import Field, Group, config_group, declared_ranges
 from mmtx.schemas.ranges import Above, AtLeast, Either, Interval, Range
 
 # The built-in fusion types; mmtx.fusion.register_fusion adds more. "none" is no fusion
@@ -89,260 +91,549 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 def default_config() -> ml_collections.ConfigDict:
     """The full schema with defaults (the "small" variant): the top-level fields and one group
-    per part, each made and documented, field by field, by its own function below (the
-    modalities' groups by their schemas, :mod:`mmtx.schemas`)."""
-    c = ml_collections.ConfigDict()
-    c.variant = "small"  # Name of the size variant last applied (see VARIANTS); informational.
-    c.dtype = "auto"  # Compute dtype: float32 | bfloat16 | float16 | auto (bf16 on TPU/GPU).
-    c.param_dtype = "float32"  # Dtype of params and optimizer state.
-
-    c.tokenizer = _tokenizer_defaults()
-    c.model = _model_defaults()
-    c.fusion = _fusion_defaults()
-    c.attention = _attention_defaults()
-    c.loss = _loss_defaults()
-    c.train = _train_defaults()
-    c.eval = _eval_defaults()
-    c.data = _data_defaults()
-    c.mesh = _mesh_defaults()
-    return c
-
-
-def _tokenizer_defaults() -> ml_collections.ConfigDict:
-    """The tokenizer's type and file."""
-    g = ml_collections.ConfigDict()
-    # bytes (UTF-8 bytes, no download) | sentencepiece (mmtx's own, pad id 0) | the published
-    # families' own: clip_bpe (OpenAI CLIP's BPE, ids as open_clip) | siglip (SigLIP's
-    # SentencePiece, ids as transformers' SiglipTokenizer) | tokenizer_json (any Hugging Face
-    # tokenizer.json).
-    g.type = "bytes"
-    # The tokenizer's file, for every type but bytes: the SentencePiece .model (sentencepiece),
-    # bpe_simple_vocab_16e6.txt.gz (clip_bpe), spiece.model (siglip), tokenizer.json.
-    g.model_file = ""
-    return g
-
-
-def _model_defaults() -> ml_collections.ConfigDict:
-    """The model: its modalities, output embedding, heads and one group per modality."""
-    g = ml_collections.ConfigDict()
-    g.modalities = ("text", "image", "audio")  # Encoders the model has (any subset).
-    g.embed_dim = 128  # Width of the per-modality and fused output embeddings.
-    g.num_classes = 64  # Classification head size on the fused embedding; 0 = none.
-    # Auxiliary attribute heads on each modality's embedding (empty = none): attribute name ->
-    # number of classes, and modality -> the attributes it can express. The loss term is
-    # config.loss.attribute_weight; the batch must carry an int label per attribute.
-    g.attribute_classes = ml_collections.ConfigDict()
-    g.attribute_modalities = ml_collections.ConfigDict()
-    # Downstream tasks, each with its own learned fusion weights over the modality embeddings
-    # (a gated fusion per task) and a classification head: task name -> the batch key it
-    # predicts ("label", classes model.num_classes, or an attribute of attribute_classes).
-    # Trained together with weight config.loss.task_weight; the weights are reported per task.
-    g.tasks = ml_collections.ConfigDict()
-    g.temperature_init = 0.07  # Initial contrastive temperature (learned). CLIP: 0.07.
-    g.logit_bias_init = -10.0  # Initial bias of the sigmoid (SigLIP) loss, learned.
-    g.dropout_rate = 0.0  # Dropout after attention and MLP in every block (train only).
-    g.modality_dropout = 0.0  # P(drop a modality from the fusion), per example, train only.
-    g.remat = "none"  # Rematerialisation policy per block: none | full | dots | dots_no_batch.
-    g.scan_layers = True  # nn.scan over layers (fast compile); False unrolls them.
-
+    per part, each field declared once below (a :class:`~mmtx.schemas.Field`: its default,
+    doc and range), and the modalities' groups, declared by their schemas
+    (:mod:`mmtx.schemas`)."""
+    config = config_group(SCHEMA)
     # One group per registered modality (mmtx.modalities): its encoder's fields and the
-    # projection of its pooled output. Their defaults and comments live with the modality.
+    # projection of its pooled output. Their defaults and docs live with the modality.
     for modality in modality_names():
-        g[modality] = get_modality(modality).default_config()
-    return g
+        config.model[modality] = get_modality(modality).default_config()
+    return config
 
 
-def _fusion_defaults() -> ml_collections.ConfigDict:
-    """How the modalities' tokens or embeddings are fused."""
-    g = ml_collections.ConfigDict()
-    # concat: one joint transformer over all tokens (early fusion). gated: learned weights
-    # over the pooled embeddings (late fusion). cross_attention: per-modality streams that
-    # cross-attend to each other (ViLBERT). bottleneck: per-modality streams that exchange
-    # information only through shared bottleneck tokens (MBT). perceiver: a latent array
-    # cross-attends to all tokens (cost linear in the token count). none: no fusion (a
-    # contrastive two-tower model such as CLIP; needs model.num_classes = 0).
-    g.type = "concat"
-    g.width = 128  # Width of the fusion layers (gated: of the projections).
-    g.depth = 1  # Fusion layers (not used by gated).
-    g.num_heads = 4
-    g.mlp_dim = 256
-    g.attention = "dense"  # Kernel of the fusion's self-attention.
-    g.cross_attention = "dense"  # Kernel of cross_attention/perceiver: dense | linear.
-    g.num_bottlenecks = 4  # bottleneck: shared bottleneck tokens.
-    g.fusion_layer = 0  # bottleneck: layers run per modality before fusion starts.
-    g.num_latents = 16  # perceiver: size of the latent array.
-    g.latent_layers = 1  # perceiver: latent self-attention blocks per cross-attention.
-    return g
+TOP_LEVEL_FIELDS = (
+    Field(
+        "variant", "small", "Name of the size variant last applied (see VARIANTS); informational."
+    ),
+    Field(
+        "dtype",
+        "auto",
+        "Compute dtype: float32 | bfloat16 | float16 | auto (bf16 on TPU/GPU).",
+        choices=DTYPES,
+    ),
+    Field("param_dtype", "float32", "Dtype of params and optimizer state.", choices=PARAM_DTYPES),
+)
+
+TOKENIZER_TYPES = ("bytes", "sentencepiece", "clip_bpe", "siglip", "tokenizer_json")
+TOKENIZER_FIELDS = (
+    Field(
+        "type",
+        "bytes",
+        "bytes (UTF-8 bytes, no download) | sentencepiece (mmtx's own, pad id 0) | the "
+        "published families' own: clip_bpe (OpenAI CLIP's BPE, ids as open_clip) | siglip "
+        "(SigLIP's SentencePiece, ids as transformers' SiglipTokenizer) | tokenizer_json (any "
+        "Hugging Face tokenizer.json).",
+        choices=TOKENIZER_TYPES,
+    ),
+    Field(
+        "model_file",
+        "",
+        "The tokenizer's file, for every type but bytes: the SentencePiece .model "
+        "(sentencepiece), bpe_simple_vocab_16e6.txt.gz (clip_bpe), spiece.model (siglip), "
+        "tokenizer.json.",
+    ),
+)
+
+MODEL_FIELDS = (
+    Field("modalities", ("text", "image", "audio"), "Encoders the model has (any subset)."),
+    Field(
+        "embed_dim", 128, "Width of the per-modality and fused output embeddings.", range=Above(0)
+    ),
+    Field(
+        "num_classes",
+        64,
+        "Classification head size on the fused embedding; 0 = none.",
+        range=AtLeast(0),
+    ),
+    Group(
+        "attribute_classes",
+        (),
+        "Auxiliary attribute heads on each modality's embedding (empty = none): attribute "
+        "name -> number of classes. The loss term is config.loss.attribute_weight; the batch "
+        "must carry an int label per attribute.",
+    ),
+    Group(
+        "attribute_modalities",
+        (),
+        "Of the attribute heads: modality -> the attributes it can express.",
+    ),
+    Group(
+        "tasks",
+        (),
+        "Downstream tasks, each with its own learned fusion weights over the modality "
+        "embeddings (a gated fusion per task) and a classification head: task name -> the "
+        'batch key it predicts ("label", classes model.num_classes, or an attribute of '
+        "attribute_classes). Trained together with weight config.loss.task_weight; the "
+        "weights are reported per task.",
+    ),
+    Field(
+        "temperature_init",
+        0.07,
+        "Initial contrastive temperature (learned). CLIP: 0.07.",
+        range=Above(0),
+    ),
+    Field("logit_bias_init", -10.0, "Initial bias of the sigmoid (SigLIP) loss, learned."),
+    Field(
+        "dropout_rate",
+        0.0,
+        "Dropout after attention and MLP in every block (train only).",
+        range=Interval(0, 1, closed="left"),
+    ),
+    Field(
+        "modality_dropout",
+        0.0,
+        "P(drop a modality from the fusion), per example, train only.",
+        range=Interval(0, 1, closed="left"),
+    ),
+    Field(
+        "remat",
+        "none",
+        "Rematerialisation policy per block: none | full | dots | dots_no_batch.",
+        choices=REMAT_POLICIES,
+    ),
+    Field("scan_layers", True, "nn.scan over layers (fast compile); False unrolls them."),
+)
+
+FUSION_FIELDS = (
+    Field(
+        "type",
+        "concat",
+        "concat: one joint transformer over all tokens (early fusion). gated: learned weights "
+        "over the pooled embeddings (late fusion). cross_attention: per-modality streams that "
+        "cross-attend to each other (ViLBERT). bottleneck: per-modality streams that exchange "
+        "information only through shared bottleneck tokens (MBT). perceiver: a latent array "
+        "cross-attends to all tokens (cost linear in the token count). none: no fusion (a "
+        "contrastive two-tower model such as CLIP; needs model.num_classes = 0).",
+    ),
+    # The transformer's sizes, as the towers' (mmtx.schemas.tower_options; VARIANTS sets them).
+    tower_options.WIDTH.with_default(
+        128, doc="Width of the fusion layers (gated: of the projections)."
+    ),
+    tower_options.DEPTH.with_default(1, doc="Fusion layers (not used by gated)."),
+    tower_options.NUM_HEADS,
+    tower_options.MLP_DIM,
+    tower_options.ATTENTION.with_default("dense", doc="Kernel of the fusion's self-attention."),
+    Field(
+        "cross_attention",
+        "dense",
+        "Kernel of cross_attention/perceiver: dense | linear.",
+        choices=CROSS_ATTENTION_KERNELS,
+    ),
+    Field("num_bottlenecks", 4, "bottleneck: shared bottleneck tokens.", range=Above(0)),
+    Field("fusion_layer", 0, "bottleneck: layers run per modality before fusion starts."),
+    Field("num_latents", 16, "perceiver: size of the latent array.", range=Above(0)),
+    Field(
+        "latent_layers",
+        1,
+        "perceiver: latent self-attention blocks per cross-attention.",
+        range=Above(0),
+    ),
+)
+
+FEATURE_MAPS = ("elu", "favor")
+ATTENTION_FIELDS = (
+    Field(
+        "implementation",
+        "auto",
+        "Attention implementation: auto (cuDNN flash for the dense kernel on a GPU when the "
+        "dtype and head dim allow, the Pallas splash kernel for the local kernel on a TPU, "
+        "else XLA) | xla | cudnn (dense kernel, GPU, bf16/fp16 only) | pallas (local kernel, "
+        "TPU; interpret mode anywhere with MMTX_PALLAS_INTERPRET=1); an explicit one that "
+        "cannot run fails validation.",
+    ),
+    Group(
+        "local",
+        (
+            Field("radius", 64, "Query i sees keys j with |i - j| <= radius.", range=AtLeast(0)),
+            Field(
+                "num_global",
+                1,
+                "The first tokens (e.g. CLS) see and are seen by all.",
+                range=AtLeast(0),
+            ),
+        ),
+        "The local kernel's window.",
+    ),
+    Group(
+        "linear",
+        (
+            Field(
+                "feature_map",
+                "elu",
+                "elu (elu + 1, exact) | favor (FAVOR+ features).",
+                choices=FEATURE_MAPS,
+            ),
+            Field("num_features", 0, "FAVOR+ random features; 0 = 4 * head_dim.", range=AtLeast(0)),
+            Field("seed", 0, "Seed of the fixed FAVOR+ random projection.", range=AtLeast(0)),
+        ),
+        "The linear kernel's feature map.",
+    ),
+)
+
+CONTRASTIVE_LOSSES = ("softmax", "sigmoid", "none")
+LOSS_FIELDS = (
+    Field(
+        "contrastive",
+        "softmax",
+        "softmax (CLIP) | sigmoid (SigLIP) | none; every modality pair.",
+        choices=CONTRASTIVE_LOSSES,
+    ),
+    Field("contrastive_weight", 1.0, "Weight of each pairwise contrastive term.", range=AtLeast(0)),
+    Field(
+        "classification_weight",
+        1.0,
+        "Weight of the cross-entropy on the fused embedding.",
+        range=AtLeast(0),
+    ),
+    Field(
+        "attribute_weight",
+        0.0,
+        "Weight of each auxiliary attribute cross-entropy term.",
+        range=AtLeast(0),
+    ),
+    Field(
+        "task_weight",
+        1.0,
+        "Weight of each model.tasks head's cross-entropy term.",
+        range=AtLeast(0),
+    ),
+)
+
+LORA_FIELDS = (
+    Field("rank", 0, "Adapter rank; 0 = no adapters.", range=AtLeast(0)),
+    Field(
+        "alpha",
+        1.0,
+        "Adapter scale numerator: the update is alpha / rank * A @ B.",
+        range=Above(0),
+    ),
+    Field(
+        "targets",
+        ("attention", "mlp"),
+        "Kernels that get adapters: attention (query, key, value, out), mlp (fc1, fc2), one "
+        "of those six names, or a regex over param paths ending in a kernel (mmtx.train.lora).",
+    ),
+)
+
+NONFINITE_ACTIONS = ("stop", "skip")
+TRAIN_FIELDS = (
+    Field("steps", 2000, "Optimizer steps.", range=Above(0)),
+    Field("batch_size", 64, "Global batch (all processes together).", range=Above(0)),
+    Field("microbatches", 1, "Gradient accumulation pieces per step (1 = none).", range=Above(0)),
+    Field(
+        "accumulation_unroll",
+        -1,
+        "Unroll the microbatch gradient loop when microbatches <= this, else lax.scan (0: "
+        "always scan; -1: auto, 8 on CPU where it is faster, 0 on accelerators).",
+        range=Either(-1, AtLeast(0)),
+    ),
+    Field(
+        "learning_rate",
+        1e-3,
+        "Peak learning rate of the warmup + cosine schedule.",
+        range=Above(0),
+    ),
+    Field("warmup_steps", 100, "Linear warmup from 0 to the peak.", range=AtLeast(0)),
+    Field(
+        "end_learning_rate_factor",
+        0.01,
+        "Cosine decays to peak * this at the last step.",
+        range=Interval(0, 1, closed="both"),
+    ),
+    Field(
+        "weight_decay",
+        0.05,
+        "AdamW decoupled decay, applied to weight matrices only.",
+        range=AtLeast(0),
+    ),
+    Field("b1", 0.9, "Adam first-moment decay.", range=Interval(0, 1, closed="left")),
+    Field(
+        "b2",
+        0.98,
+        "Adam second-moment decay (0.98 as in CLIP, stabler than 0.999).",
+        range=Interval(0, 1, closed="left"),
+    ),
+    Field("grad_clip", 1.0, "Clip the global gradient norm; 0 = no clipping.", range=AtLeast(0)),
+    Field("seed", 0, "Seeds param init and dropout.", range=AtLeast(0)),
+    Field("log_every", 50, "Steps between progress lines / train metric writes.", range=Above(0)),
+    Field("eval_every", 500, "Steps between evaluations (and one at the end).", range=Above(0)),
+    Field(
+        "checkpoint_every",
+        500,
+        "Steps between checkpoints (and one at the end).",
+        range=Above(0),
+    ),
+    Field("keep_checkpoints", 3, "Checkpoints kept on disk.", range=Above(0)),
+    Field(
+        "peak_flops",
+        0.0,
+        "Peak FLOP/s per device that the logged MFU divides by; 0 = the table for TPU "
+        "v4/v5e/v5p/v6e and A100/H100/H200 (bf16 dense), else measured once at start (a "
+        "large matmul; CPU).",
+        range=AtLeast(0),
+    ),
+    Field(
+        "profile_steps",
+        (0, 0),
+        "Steps START,END (1-based, inclusive) traced with jax.profiler to workdir/profile for "
+        "TensorBoard's profile plugin; (0, 0) = off.",
+        range=AtLeast(0),
+    ),
+    Field(
+        "nonfinite",
+        "stop",
+        'On a non-finite loss or gradient: "stop" (exit non-zero naming the step, saving no '
+        'new checkpoint) or "skip" (leave the state unchanged and count the step in '
+        "train/nonfinite).",
+        choices=NONFINITE_ACTIONS,
+    ),
+    # Fine-tuning (docs/usage.md, "Fine-tuning"): where the params start, which train,
+    # layer-wise decay, EMA and LoRA.
+    Field(
+        "init_from",
+        "",
+        "A fresh run's params start from another run's: a workdir (its newest intact "
+        "checkpoint) or a step directory DIR/checkpoints/STEP. Params are matched by path; new "
+        "ones stay initialised, learned 2-D position tables are resampled to this config's "
+        'patch grid; the optimizer starts fresh. "" = from scratch.',
+    ),
+    Field(
+        "trainable",
+        (),
+        'Regexes over "/"-joined param paths ("^image/", "_head/"): a param trains when it '
+        "matches one of `trainable` (or `trainable` is empty) and none of `frozen`.",
+    ),
+    Field(
+        "frozen",
+        (),
+        "Regexes as `trainable`'s. Frozen params get no optimizer state and no weight decay, "
+        "and stay bit-identical.",
+    ),
+    Field(
+        "layer_decay",
+        1.0,
+        "Layer-wise learning-rate decay: block i of a tower of depth L trains at lr * d^(L - "
+        "i), its embeddings at lr * d^(L + 1), everything else at lr. 1 = off.",
+        range=Interval(0, 1, closed="right"),
+    ),
+    Field(
+        "ema_decay",
+        0.0,
+        "Exponential moving average of the params, updated every step (ema = d * ema + (1 - "
+        "d) * params, starting at the initial / init_from params), evaluated and checkpointed "
+        "beside them (eval metrics ema/...; mmtx.Model.from_checkpoint(dir, ema=True)). 0 = "
+        "none.",
+        range=Interval(0, 1, closed="left"),
+    ),
+    Group(
+        "lora",
+        LORA_FIELDS,
+        "LoRA adapters (Hu et al. 2021) on the towers' block kernels: W + alpha / rank * A @ "
+        "B, B zero at the start. With rank > 0 only the adapters (and `trainable` matches) "
+        "train.",
+    ),
+)
+
+EVAL_FIELDS = (
+    Field(
+        "batch_size",
+        256,
+        "Eval batch (global); the last partial batch is padded.",
+        range=Above(0),
+    ),
+    Field(
+        "zero_shot",
+        True,
+        "Zero-shot classification of the eval images/audio by prompted class names (CLIP): "
+        "needs a text tower and labels with names (see classnames).",
+    ),
+    Field(
+        "zero_shot_templates",
+        ("a photo of a {}.", "a {}.", "a picture of a {}."),
+        'Prompt templates, "{}" = the class name; each class\'s prompt embeddings are averaged.',
+    ),
+    Field(
+        "classnames",
+        (),
+        'Zero-shot class names in label order; () = the data\'s own (synthetic: "red circle", '
+        '..., "white ring" = shape x colour; TFDS: a ClassLabel\'s names).',
+    ),
+    Field(
+        "all_captions",
+        True,
+        "Retrieval with every caption of an example when the data has several (COCO "
+        "protocol: image->text hits when any caption is in the top k; each caption a "
+        "text->image query).",
+    ),
+)
 
 
-def _attention_defaults() -> ml_collections.ConfigDict:
-    """Options of the attention kernels, shared by every tower whose `attention` names them."""
-    g = ml_collections.ConfigDict()
-    # Attention implementation: auto (cuDNN flash for the dense kernel on a GPU when the dtype
-    # and head dim allow, the Pallas splash kernel for the local kernel on a TPU, else XLA) | xla
-    # | cudnn (dense kernel, GPU, bf16/fp16 only) | pallas (local kernel, TPU; interpret mode
-    # anywhere with MMTX_PALLAS_INTERPRET=1); an explicit one that cannot run fails validation.
-    g.implementation = "auto"
-    g.local = ml_collections.ConfigDict()
-    g.local.radius = 64  # Query i sees keys j with |i - j| <= radius.
-    g.local.num_global = 1  # The first tokens (e.g. CLS) see and are seen by all.
-    g.linear = ml_collections.ConfigDict()
-    g.linear.feature_map = "elu"  # elu (elu + 1, exact) | favor (FAVOR+ features).
-    g.linear.num_features = 0  # FAVOR+ random features; 0 = 4 * head_dim.
-    g.linear.seed = 0  # Seed of the fixed FAVOR+ random projection.
-    return g
+def _role_fields(what: str) -> Callable[[], tuple[Field, ...]]:
+    """The fields of a role map (``data.columns``, ``data.features``), made when a config is:
+    one per registered modality, then ``label``, each naming the ``what`` behind that role
+    ("" by default)."""
+    return lambda: tuple(
+        Field(role, "", f"The {what} of the {role}.") for role in (*modality_names(), "label")
+    )
 
 
-def _loss_defaults() -> ml_collections.ConfigDict:
-    """The loss terms and their weights."""
-    g = ml_collections.ConfigDict()
-    g.contrastive = "softmax"  # softmax (CLIP) | sigmoid (SigLIP) | none; every modality pair.
-    g.contrastive_weight = 1.0  # Weight of each pairwise contrastive term.
-    g.classification_weight = 1.0  # Weight of the cross-entropy on the fused embedding.
-    g.attribute_weight = 0.0  # Weight of each auxiliary attribute cross-entropy term.
-    g.task_weight = 1.0  # Weight of each model.tasks head's cross-entropy term.
-    return g
+DATA_FIELDS = (
+    Field(
+        "source",
+        "synthetic",
+        "synthetic (built-in, no download) | tfds:<name> (a TFDS dataset prepared as "
+        "array_record in data_dir, e.g. tfds:coco_captions/2017; see "
+        "mmtx.data.tfds_source) | your own files: csv:PATH | folder:DIR | "
+        "arrayrecord:PATTERN | wds:PATTERN | parquet:PATTERN, local or a bucket URL "
+        "(gs://, s3://), patterns with globs or braces (see mmtx.data.sources).",
+    ),
+    Field(
+        "eval_source",
+        "",
+        'Evaluation data of a file source, in the same syntax; "" = the last data.holdout '
+        "examples of a random-access data.source (csv, folder, arrayrecord), or no "
+        "evaluation.",
+    ),
+    Field(
+        "holdout",
+        0,
+        "Examples at the end of a random-access file source kept for eval.",
+        range=AtLeast(0),
+    ),
+    Field("csv_separator", "\t", "csv: the field separator (open_clip's default, a tab)."),
+    Group(
+        "columns",
+        _role_fields("column"),
+        'The CSV / Parquet column behind each role; "" = the format\'s default (csv: '
+        "filepath, title for image, text; parquet: jpg, caption as img2dataset writes "
+        "them; else none).",
+    ),
+    Field(
+        "shuffle_buffer",
+        1000,
+        "Streams: examples shuffled within a window of this many.",
+        range=AtLeast(0),
+    ),
+    Field(
+        "cycle_length",
+        4,
+        "Streams: shards read at once (interleaved), per worker.",
+        range=Above(0),
+    ),
+    Field("resampled", False, "Streams: draw shards with replacement (open_clip's resampled)."),
+    Field(
+        "train_num_samples",
+        0,
+        "Examples in one pass over the training data, for the epoch shown in the progress "
+        "line (needed for a stream; 0 = the source's length where it has one, else not "
+        "shown).",
+        range=AtLeast(0),
+    ),
+    Field(
+        "max_bad_fraction",
+        0.05,
+        "A run stops once more than this fraction of the examples read is bad "
+        "(undecodable, missing, empty; judged after 100 examples). Bad examples below it "
+        "are skipped, counted.",
+        range=Interval(0, 1, closed="both"),
+    ),
+    Field(
+        "seed",
+        0,
+        "Seeds the synthetic examples, the shuffle order and augmentation.",
+        range=AtLeast(0),
+    ),
+    Field("train_size", 1_000_000, "Examples in the synthetic train split.", range=Above(0)),
+    Field("eval_size", 1024, "Examples in the synthetic eval split.", range=Above(0)),
+    Field("data_dir", "", 'TFDS data_dir; "" = TFDS\'s default ($TFDS_DATA_DIR or ~/).'),
+    Field("train_split", "train", 'TFDS split trained on; slicing allowed ("train[:90%]").'),
+    Field(
+        "eval_split",
+        "validation",
+        'TFDS split evaluated on ("train[90%:]", "test", ...).',
+    ),
+    Group(
+        "features",
+        _role_fields("TFDS feature"),
+        'TFDS feature behind each role; nested features joined with "/" ("captions/text"); '
+        '"" = the dataset has none. Every modality in model.modalities needs one.',
+    ),
+    Field(
+        "audio_sample_rate",
+        0,
+        "Source audio's rate in Hz; 0 = from the TFDS feature.",
+        range=AtLeast(0),
+    ),
+    Field("augment", False, "Training augmentation: random image crop + flip, audio crop."),
+    Field(
+        "crop_scale",
+        (),
+        "With augment: () = resize the shorter side, then a random square + flip; (lo, hi) "
+        "= a random-resized crop of that area fraction (open_clip trains with (0.9, 1.0)) "
+        "+ flip.",
+    ),
+    Field(
+        "num_threads",
+        2,
+        "Threads reading and preprocessing examples (per process/worker).",
+        range=Above(0),
+    ),
+    Field(
+        "num_workers",
+        0,
+        "grain worker processes making batches; 0 = none (threads only).",
+        range=AtLeast(0),
+    ),
+    Field("prefetch", 4, "Batches buffered ahead of the train step.", range=AtLeast(0)),
+)
 
 
-def _train_defaults() -> ml_collections.ConfigDict:
-    """The optimizer, its schedule, logging, checkpointing and fine-tuning."""
-    g = ml_collections.ConfigDict()
-    g.steps = 2000  # Optimizer steps.
-    g.batch_size = 64  # Global batch (all processes together).
-    g.microbatches = 1  # Gradient accumulation pieces per step (1 = none).
-    # Unroll the microbatch gradient loop when microbatches <= this, else lax.scan (0: always
-    # scan; -1: auto, 8 on CPU where it is faster, 0 on accelerators).
-    g.accumulation_unroll = -1
-    g.learning_rate = 1e-3  # Peak learning rate of the warmup + cosine schedule.
-    g.warmup_steps = 100  # Linear warmup from 0 to the peak.
-    g.end_learning_rate_factor = 0.01  # Cosine decays to peak * this at the last step.
-    g.weight_decay = 0.05  # AdamW decoupled decay, applied to weight matrices only.
-    g.b1 = 0.9  # Adam first-moment decay.
-    g.b2 = 0.98  # Adam second-moment decay (0.98 as in CLIP, stabler than 0.999).
-    g.grad_clip = 1.0  # Clip the global gradient norm; 0 = no clipping.
-    g.seed = 0  # Seeds param init and dropout.
-    g.log_every = 50  # Steps between progress lines / train metric writes.
-    g.eval_every = 500  # Steps between evaluations (and one at the end).
-    g.checkpoint_every = 500  # Steps between checkpoints (and one at the end).
-    g.keep_checkpoints = 3  # Checkpoints kept on disk.
-    # Peak FLOP/s per device that the logged MFU divides by; 0 = the table for TPU v4/v5e/v5p/
-    # v6e and A100/H100/H200 (bf16 dense), else measured once at start (a large matmul; CPU).
-    g.peak_flops = 0.0
-    # Steps START,END (1-based, inclusive) traced with jax.profiler to workdir/profile for
-    # TensorBoard's profile plugin; (0, 0) = off.
-    g.profile_steps = (0, 0)
-    # On a non-finite loss or gradient: "stop" (exit non-zero naming the step, saving no new
-    # checkpoint) or "skip" (leave the state unchanged and count the step in train/nonfinite).
-    g.nonfinite = "stop"
-    _add_fine_tuning_defaults(g)
-    return g
+MESH_FIELDS = (
+    Field(
+        "data",
+        -1,
+        "Data-parallel mesh axis size; -1 = the remaining devices.",
+        range=Either(-1, Above(0)),
+    ),
+    Field("fsdp", 1, "Param-sharding (ZeRO-3 style) axis size.", range=Either(-1, Above(0))),
+    Field("tensor", 1, "Tensor-parallel axis size.", range=Either(-1, Above(0))),
+)
 
-
-def _add_fine_tuning_defaults(g: ml_collections.ConfigDict) -> None:
-    """The fine-tuning fields of the ``train`` group ``g``: where the params start, which
-    train, layer-wise decay, EMA and LoRA (added after the optimizer's, in place)."""
-    # Fine-tuning (docs/usage.md, "Fine-tuning"). A fresh run's params start from another
-    # run's: a workdir (its newest intact checkpoint) or a step directory DIR/checkpoints/STEP.
-    # Params are matched by path; new ones stay initialised, learned 2-D position tables are
-    # resampled to this config's patch grid; the optimizer starts fresh. "" = from scratch.
-    g.init_from = ""
-    # Regexes over "/"-joined param paths ("^image/", "_head/"): a param trains when it matches
-    # one of `trainable` (or `trainable` is empty) and none of `frozen`. Frozen params get no
-    # optimizer state and no weight decay, and stay bit-identical.
-    g.trainable = ()
-    g.frozen = ()
-    # Layer-wise learning-rate decay: block i of a tower of depth L trains at lr * d^(L - i),
-    # its embeddings at lr * d^(L + 1), everything else at lr. 1 = off.
-    g.layer_decay = 1.0
-    # Exponential moving average of the params, updated every step (ema = d * ema + (1 - d) *
-    # params, starting at the initial / init_from params), evaluated and checkpointed beside
-    # them (eval metrics ema/...; mmtx.Model.from_checkpoint(dir, ema=True)). 0 = none.
-    g.ema_decay = 0.0
-    g.lora = _lora_defaults()
-
-
-def _lora_defaults() -> ml_collections.ConfigDict:
-    """LoRA adapters (Hu et al. 2021) on the towers' block kernels: W + alpha / rank * A @ B,
-    B zero at the start. With rank > 0 only the adapters (and `trainable` matches) train."""
-    g = ml_collections.ConfigDict()
-    g.rank = 0  # Adapter rank; 0 = no adapters.
-    g.alpha = 1.0  # Adapter scale numerator: the update is alpha / rank * A @ B.
-    # Kernels that get adapters: attention (query, key, value, out), mlp (fc1, fc2), one of
-    # those six names, or a regex over param paths ending in a kernel (mmtx.train.lora).
-    g.targets = ("attention", "mlp")
-    return g
-
-
-def _eval_defaults() -> ml_collections.ConfigDict:
-    """Evaluation: batch size, zero-shot classification and retrieval."""
-    g = ml_collections.ConfigDict()
-    g.batch_size = 256  # Eval batch (global); the last partial batch is padded.
-    # Zero-shot classification of the eval images/audio by prompted class names (CLIP):
-    # needs a text tower and labels with names (see classnames).
-    g.zero_shot = True
-    # Prompt templates, "{}" = the class name; each class's prompt embeddings are averaged.
-    g.zero_shot_templates = ("a photo of a {}.", "a {}.", "a picture of a {}.")
-    # Zero-shot class names in label order; () = the data's own (synthetic: "red circle", ...,
-    # "white ring" = shape x colour; TFDS: a ClassLabel's names).
-    g.classnames = ()
-    # Retrieval with every caption of an example when the data has several (COCO protocol:
-    # image->text hits when any caption is in the top k; each caption a text->image query).
-    g.all_captions = True
-    return g
-
-
-def _data_defaults() -> ml_collections.ConfigDict:
-    """The data source, its columns or features, the input pipeline and augmentation."""
-    g = ml_collections.ConfigDict()
-    # synthetic (built-in, no download) | tfds:<name> (a TFDS dataset prepared as array_record
-    # in data_dir, e.g. tfds:coco_captions/2017; see mmtx.data.tfds_source) | your own files:
-    # csv:PATH | folder:DIR | arrayrecord:PATTERN | wds:PATTERN | parquet:PATTERN, local or a
-    # bucket URL (gs://, s3://), patterns with globs or braces (see mmtx.data.sources).
-    g.source = "synthetic"
-    # Evaluation data of a file source, in the same syntax; "" = the last data.holdout examples
-    # of a random-access data.source (csv, folder, arrayrecord), or no evaluation.
-    g.eval_source = ""
-    g.holdout = 0  # Examples at the end of a random-access file source kept for eval.
-    g.csv_separator = "\t"  # csv: the field separator (open_clip's default, a tab).
-    # The CSV / Parquet column behind each role; "" = the format's default (csv: filepath,
-    # title for image, text; parquet: jpg, caption as img2dataset writes them; else none).
-    g.columns = ml_collections.ConfigDict({**dict.fromkeys(modality_names(), ""), "label": ""})
-    g.shuffle_buffer = 1000  # Streams: examples shuffled within a window of this many.
-    g.cycle_length = 4  # Streams: shards read at once (interleaved), per worker.
-    g.resampled = False  # Streams: draw shards with replacement (open_clip's resampled).
-    # Examples in one pass over the training data, for the epoch shown in the progress line
-    # (needed for a stream; 0 = the source's length where it has one, else not shown).
-    g.train_num_samples = 0
-    # A run stops once more than this fraction of the examples read is bad (undecodable,
-    # missing, empty; judged after 100 examples). Bad examples below it are skipped, counted.
-    g.max_bad_fraction = 0.05
-    g.seed = 0  # Seeds the synthetic examples, the shuffle order and augmentation.
-    g.train_size = 1_000_000  # Examples in the synthetic train split.
-    g.eval_size = 1024  # Examples in the synthetic eval split.
-    g.data_dir = ""  # TFDS data_dir; "" = TFDS's default ($TFDS_DATA_DIR or ~/).
-    g.train_split = "train"  # TFDS split trained on; slicing allowed ("train[:90%]").
-    g.eval_split = "validation"  # TFDS split evaluated on ("train[90%:]", "test", ...).
-    # TFDS feature behind each role; nested features joined with "/" ("captions/text");
-    # "" = the dataset has none. Every modality in model.modalities needs one.
-    g.features = ml_collections.ConfigDict({**dict.fromkeys(modality_names(), ""), "label": ""})
-    g.audio_sample_rate = 0  # Source audio's rate in Hz; 0 = from the TFDS feature.
-    g.augment = False  # Training augmentation: random image crop + flip, audio crop.
-    # With augment: () = resize the shorter side, then a random square + flip; (lo, hi) = a
-    # random-resized crop of that area fraction (open_clip trains with (0.9, 1.0)) + flip.
-    g.crop_scale = ()
-    g.num_threads = 2  # Threads reading and preprocessing examples (per process/worker).
-    g.num_workers = 0  # grain worker processes making batches; 0 = none (threads only).
-    g.prefetch = 4  # Batches buffered ahead of the train step.
-    return g
-
-
-def _mesh_defaults() -> ml_collections.ConfigDict:
-    """The device mesh's axis sizes."""
-    g = ml_collections.ConfigDict()
-    g.data = -1  # Data-parallel mesh axis size; -1 = the remaining devices.
-    g.fsdp = 1  # Param-sharding (ZeRO-3 style) axis size.
-    g.tensor = 1  # Tensor-parallel axis size.
-    return g
+# The declared top-level fields and groups, in config.json's order (default_config adds one
+# group per registered modality to the model's).
+SCHEMA: tuple[Field | Group, ...] = (
+    *TOP_LEVEL_FIELDS,
+    Group("tokenizer", TOKENIZER_FIELDS, "The tokenizer's type and file."),
+    Group(
+        "model",
+        MODEL_FIELDS,
+        "The model: its modalities, output embedding and heads (and one group per "
+        "modality, added by default_config).",
+    ),
+    Group("fusion", FUSION_FIELDS, "How the modalities' tokens or embeddings are fused."),
+    Group(
+        "attention",
+        ATTENTION_FIELDS,
+        "Options of the attention kernels, shared by every tower whose `attention` names them.",
+    ),
+    Group("loss", LOSS_FIELDS, "The loss terms and their weights."),
+    Group(
+        "train",
+        TRAIN_FIELDS,
+        "The optimizer, its schedule, logging, checkpointing and fine-tuning.",
+    ),
+    Group("eval", EVAL_FIELDS, "Evaluation: batch size, zero-shot classification and retrieval."),
+    Group(
+        "data",
+        DATA_FIELDS,
+        "The data source, its columns or features, the input pipeline and augmentation.",
+    ),
+    Group("mesh", MESH_FIELDS, "The device mesh's axis sizes."),
+)
+# Dotted field -> its range, read off SCHEMA (the modality towers' ranges are on their schemas'
+# fields: ModalitySchema.ranges).
+RANGES: Mapping[str, Range] = MappingProxyType(dict(declared_ranges(SCHEMA)))
 
 
 class UnknownKeyError(KeyError):
@@ -561,70 +852,6 @@ def _check_open_group(path: str, group: ml_collections.ConfigDict) -> None:
 
 # ---------------------------------------------------------------------------- ranges
 
-# The allowed values of every numeric field (mmtx.schemas.ranges). Tuple entries are checked
-# one by one. Floats are also finite (_check_type). Tower fields are checked for the
-# configured modalities only.
-RANGES: dict[str, Range] = {
-    "model.embed_dim": Above(0),
-    "model.num_classes": AtLeast(0),
-    "model.temperature_init": Above(0),
-    "model.dropout_rate": Interval(0, 1, closed="left"),
-    "model.modality_dropout": Interval(0, 1, closed="left"),
-    "fusion.num_bottlenecks": Above(0),
-    "fusion.num_latents": Above(0),
-    "fusion.latent_layers": Above(0),
-    "attention.local.radius": AtLeast(0),
-    "attention.local.num_global": AtLeast(0),
-    "attention.linear.num_features": AtLeast(0),
-    "attention.linear.seed": AtLeast(0),
-    "loss.contrastive_weight": AtLeast(0),
-    "loss.classification_weight": AtLeast(0),
-    "loss.attribute_weight": AtLeast(0),
-    "loss.task_weight": AtLeast(0),
-    "train.steps": Above(0),
-    "train.batch_size": Above(0),
-    "train.microbatches": Above(0),
-    "train.accumulation_unroll": Either(-1, AtLeast(0)),
-    "train.learning_rate": Above(0),
-    "train.warmup_steps": AtLeast(0),
-    "train.end_learning_rate_factor": Interval(0, 1, closed="both"),
-    "train.weight_decay": AtLeast(0),
-    "train.b1": Interval(0, 1, closed="left"),
-    "train.b2": Interval(0, 1, closed="left"),
-    "train.grad_clip": AtLeast(0),
-    "train.seed": AtLeast(0),
-    "train.log_every": Above(0),
-    "train.eval_every": Above(0),
-    "train.checkpoint_every": Above(0),
-    "train.keep_checkpoints": Above(0),
-    "train.peak_flops": AtLeast(0),
-    "train.profile_steps": AtLeast(0),
-    "train.layer_decay": Interval(0, 1, closed="right"),
-    "train.ema_decay": Interval(0, 1, closed="left"),
-    "train.lora.rank": AtLeast(0),
-    "train.lora.alpha": Above(0),
-    "eval.batch_size": Above(0),
-    "data.seed": AtLeast(0),
-    "data.train_size": Above(0),
-    "data.eval_size": Above(0),
-    "data.audio_sample_rate": AtLeast(0),
-    "data.holdout": AtLeast(0),
-    "data.shuffle_buffer": AtLeast(0),
-    "data.cycle_length": Above(0),
-    "data.train_num_samples": AtLeast(0),
-    "data.max_bad_fraction": Interval(0, 1, closed="both"),
-    "data.num_threads": Above(0),
-    "data.num_workers": AtLeast(0),
-    "data.prefetch": AtLeast(0),
-    "mesh.data": Either(-1, Above(0)),
-    "mesh.fsdp": Either(-1, Above(0)),
-    "mesh.tensor": Either(-1, Above(0)),
-}
-# The transformer sizes' ranges, every tower's and the fusion's (mmtx.schemas.tower_options.SIZES).
-TOWER_RANGES = {field.name: field.range for field in tower_options.SIZES}
-# Fields of the modality towers only (the fusion has none of them).
-MODALITY_TOWER_RANGES = {tower_options.NORM_EPS.name: tower_options.NORM_EPS.range}
-
 
 def _check_range(path: str, value: Any, spec: Range) -> None:
     """Raises ``ValueError`` unless ``value`` (each entry of a tuple) lies in ``spec``."""
@@ -640,19 +867,23 @@ def _check_range(path: str, value: Any, spec: Range) -> None:
 
 
 def _check_ranges(config: ml_collections.ConfigDict) -> None:
-    for path, spec in RANGES.items():
-        group, name = path.rsplit(".", 1)
+    """Checks every declared field's range (:data:`SCHEMA`'s, in order), then each configured
+    modality's tower: the sizes and ``norm_eps`` that every tower has, then its schema's
+    :attr:`~mmtx.schemas.ModalitySchema.ranges`."""
+    for path, spec in declared_ranges(SCHEMA):
         node = config
-        for part in group.split("."):
+        for part in path.split("."):
             node = node[part]
-        _check_range(path, node[name], spec)
+        _check_range(path, node, spec)
+    tower_fields = (*tower_options.SIZES, tower_options.NORM_EPS)
     for modality in config.model.modalities:
         tower = config.model[modality]
-        specs = {**TOWER_RANGES, **MODALITY_TOWER_RANGES, **get_modality(modality).ranges}
+        specs = {
+            **{field.name: field.range for field in tower_fields},
+            **get_modality(modality).ranges,
+        }
         for name, spec in specs.items():
             _check_range(f"model.{modality}.{name}", tower[name], spec)
-    for name, spec in TOWER_RANGES.items():
-        _check_range(f"fusion.{name}", config.fusion[name], spec)
 
 
 # ------------------------------------------------------------------------- validation
@@ -668,8 +899,8 @@ def validate(
     checked; default jax's backend.
 
     In order: unknown or missing keys and types (a bool is not an int, a float is not an
-    int, floats must be finite; ``TypeError`` for a wrong type), the ranges of
-    :data:`RANGES` / :data:`TOWER_RANGES` / each modality's ``ranges``, the choices (kernel,
+    int, floats must be finite; ``TypeError`` for a wrong type), the ranges declared on the
+    fields (:data:`RANGES`, then each configured modality's ``ranges``), the choices (kernel,
     fusion, pooling names ...) and the checks that span fields (width divisible by heads,
     patches that fit the image and the spectrogram, ...). Raises ``ValueError`` (or
     ``TypeError``) whose message starts ``config.<field>:`` and names the allowed values;
@@ -837,9 +1068,9 @@ def _validate_fusion(config: ml_collections.ConfigDict) -> None:
 
 def _validate_attention(config: ml_collections.ConfigDict, platform: str | None) -> None:
     _require(
-        config.attention.linear.feature_map in ("elu", "favor"),
+        config.attention.linear.feature_map in FEATURE_MAPS,
         "attention.linear.feature_map",
-        "elu | favor",
+        " | ".join(FEATURE_MAPS),
     )
     _validate_attention_implementation(config, platform)
 
@@ -915,7 +1146,7 @@ def _attention_kernel_uses(
 
 def _validate_training(config: ml_collections.ConfigDict) -> None:
     train = config.train
-    _require(train.nonfinite in ("stop", "skip"), "train.nonfinite", "stop | skip")
+    _require(train.nonfinite in NONFINITE_ACTIONS, "train.nonfinite", " | ".join(NONFINITE_ACTIONS))
     profile = tuple(train.profile_steps)
     _require(
         profile in ((), (0, 0)) or (len(profile) == 2 and 0 < profile[0] <= profile[1]),
@@ -928,9 +1159,9 @@ def _validate_training(config: ml_collections.ConfigDict) -> None:
         f"train.batch_size={train.batch_size} must divide into {train.microbatches} microbatches",
     )
     _require(
-        config.loss.contrastive in ("softmax", "sigmoid", "none"),
+        config.loss.contrastive in CONTRASTIVE_LOSSES,
         "loss.contrastive",
-        "softmax | sigmoid | none",
+        " | ".join(CONTRASTIVE_LOSSES),
     )
     regexes = {
         "train.trainable": train.trainable,
@@ -970,11 +1201,7 @@ def _validate_eval(evaluation: ml_collections.ConfigDict) -> None:
 
 
 def _validate_tokenizer(tokenizer: ml_collections.ConfigDict) -> None:
-    _require(
-        tokenizer.type in ("bytes", "sentencepiece", "clip_bpe", "siglip", "tokenizer_json"),
-        "tokenizer.type",
-        "bytes | sentencepiece | clip_bpe | siglip | tokenizer_json",
-    )
+    _require(tokenizer.type in TOKENIZER_TYPES, "tokenizer.type", " | ".join(TOKENIZER_TYPES))
     _require(
         tokenizer.type == "bytes" or bool(tokenizer.model_file),
         "tokenizer.model_file",

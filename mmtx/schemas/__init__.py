@@ -11,7 +11,7 @@ encoders; :mod:`mmtx.modalities` subclasses each schema with its JAX side
 
 from mmtx.schemas import registry
 from mmtx.schemas.audio import AudioSchema, audio_patch_grid, spectrogram_frames
-from mmtx.schemas.field import Field
+from mmtx.schemas.field import Field, Group
 from mmtx.schemas.image import ImageSchema
 from mmtx.schemas.ranges import Above, AtLeast, Either, Interval, Range
 from mmtx.schemas.registry import *  # noqa: F403 (the registry's names, re-exported)
@@ -32,6 +32,7 @@ __all__ = [
     "AudioSchema",
     "Either",
     "Field",
+    "Group",
     "ImageSchema",
     "Interval",
     "ModalitySchema",

@@ -2,7 +2,7 @@
 
 A modality's schema lists its group's fields in order (:attr:`ModalitySchema.fields
 <mmtx.schemas.ModalitySchema.fields>`): its own, and these where its tower has them. The
-fusion's sizes follow :data:`SIZES`' ranges (``mmtx.config.TOWER_RANGES``).
+fusion declares :data:`SIZES` too (``mmtx.config.FUSION_FIELDS``).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import pytest
 import mmtx
 from mmtx import config as config_lib
 from mmtx.models import MultiModalTransformer, dummy_batch
+from mmtx.schemas import Group, Interval
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BASE_PY = REPO / "configs" / "base.py"
@@ -357,6 +358,44 @@ def test_range_errors_name_the_allowed_range():
         ValueError, match=re.escape("one entry per channel (model.image.channels=3)")
     ):
         config_lib.validate(config)
+
+
+def test_every_declared_range_is_checked_with_its_text():
+    # RANGES is read off the fields' declarations (SCHEMA); -2 lies outside each of them.
+    assert str(config_lib.RANGES["train.steps"]) == "> 0"
+    assert str(config_lib.RANGES["mesh.data"]) == "-1 or > 0"
+    assert str(config_lib.RANGES["fusion.depth"]) == ">= 0"  # the towers' sizes, declared once
+    for path, spec in config_lib.RANGES.items():
+        config = tiny()
+        *groups, name = path.split(".")
+        group = config
+        for part in groups:
+            group = group[part]
+        default = group[name]
+        if isinstance(default, tuple):
+            bad = tuple(type(v)(-2) for v in default)
+        else:
+            bad = type(default)(-2)
+        group[name] = bad
+        bound = f"in {spec}" if isinstance(spec, Interval) else str(spec)
+        message = (
+            f"every entry must be {bound}; got {bad}"
+            if isinstance(bad, tuple)
+            else f"must be {bound}; got {bad!r}"
+        )
+        with pytest.raises(ValueError, match=re.escape(f"config.{path}: {message}")):
+            config_lib.validate(config)
+
+
+def test_every_declared_field_has_a_doc():
+    def fields(declared, prefix=""):
+        for field in declared:
+            if isinstance(field, Group):
+                yield from fields(field.members(), f"{prefix}{field.name}.")
+            yield f"{prefix}{field.name}", field.doc
+
+    undocumented = [path for path, doc in fields(config_lib.SCHEMA) if not doc.strip()]
+    assert not undocumented
 
 
 TYPE_ERRORS = [

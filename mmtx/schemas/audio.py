@@ -88,11 +88,7 @@ class AudioSchema(ModalitySchema):
     value_range = "samples are in about [-1, 1]"
 
     def validate(self, group: ml_collections.ConfigDict, require: Require) -> None:
-        require(
-            group.frontend in FRONTENDS,
-            "model.audio.frontend",
-            f"{group.frontend!r} is not one of {FRONTENDS}",
-        )
+        self.require_choices(group, require)
         require(
             group.num_samples >= group.window_length,
             "model.audio.num_samples",

@@ -53,6 +53,7 @@ class ImageSchema(ModalitySchema):
 
     def validate(self, group: ml_collections.ConfigDict, require: Require) -> None:
         require(group.stem in STEMS, "model.image.stem", " | ".join(STEMS))
+        self.require_choices(group, require)
         require(
             group.stem == "patch" or group.patch_size & (group.patch_size - 1) == 0,
             "model.image.patch_size",

@@ -15,7 +15,6 @@ from typing import Any, ClassVar
 
 import ml_collections
 
-from mmtx.data.image_options import CROP_OFFSETS, INTERPOLATIONS, RESIZE_MODES
 from mmtx.schemas import tower_options
 from mmtx.schemas.field import Field, config_group
 from mmtx.schemas.ranges import Range
@@ -107,28 +106,23 @@ class ModalitySchema:
                 f"got {len(group[name])}: {tuple(group[name])}",
             )
 
+    def require_choices(self, group: ml_collections.ConfigDict, require: Require) -> None:
+        """Checks that each of its :attr:`fields` that declares ``choices`` holds one of them
+        (``'x' is not one of (...)``); for :meth:`validate`, before the checks that read
+        those fields."""
+        for field in self.fields:
+            value = group[field.name]
+            require(
+                not field.choices or value in field.choices,
+                f"model.{self.name}.{field.name}",
+                f"{value!r} is not one of {field.choices}",
+            )
+
     def require_resize(self, group: ml_collections.ConfigDict, require: Require) -> None:
-        """Checks the :data:`RESIZE_FIELDS` of a pixel modality's group (``resize`` one of
-        :data:`~mmtx.data.preprocessing.RESIZE_MODES`, ``interpolation`` one of
-        :data:`~mmtx.data.preprocessing.INTERPOLATIONS`, ``crop_offset`` one of
-        :data:`~mmtx.data.preprocessing.CROP_OFFSETS`, ``resize_size`` 0 or at least
-        ``image_size``, and only with ``resize='shorter_side'``); for :meth:`validate`."""
+        """Checks the ``resize_size`` of a pixel modality's group (:data:`RESIZE_FIELDS`): 0 or
+        at least ``image_size``, and only with ``resize='shorter_side'``; for :meth:`validate`
+        (:meth:`require_choices` checks ``resize``, ``interpolation`` and ``crop_offset``)."""
         prefix = f"model.{self.name}"
-        require(
-            group.resize in RESIZE_MODES,
-            f"{prefix}.resize",
-            f"{group.resize!r} is not one of {RESIZE_MODES}",
-        )
-        require(
-            group.crop_offset in CROP_OFFSETS,
-            f"{prefix}.crop_offset",
-            f"{group.crop_offset!r} is not one of {CROP_OFFSETS}",
-        )
-        require(
-            group.interpolation in INTERPOLATIONS,
-            f"{prefix}.interpolation",
-            f"{group.interpolation!r} is not one of {INTERPOLATIONS}",
-        )
         require(
             group.resize_size == 0 or group.resize_size >= group.image_size,
             f"{prefix}.resize_size",

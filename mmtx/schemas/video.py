@@ -74,11 +74,7 @@ class VideoSchema(ModalitySchema):
     value_range = "pixels are in [0, 1]"
 
     def validate(self, group: ml_collections.ConfigDict, require: Require) -> None:
-        require(
-            group.layout in LAYOUTS,
-            "model.video.layout",
-            f"{group.layout!r} is not one of {LAYOUTS}",
-        )
+        self.require_choices(group, require)
         require(
             group.image_size % group.patch_size == 0,
             "model.video.image_size",

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from mmtx.nn import Encoder, MAPHead
+from mmtx.nn.params import logical_param
 from mmtx.nn.transformer import EncoderOptions, layer_norm, options
 
 # Every pooling the tower knows (each modality's config allows a subset: mmtx.config.POOLINGS).
@@ -106,11 +107,8 @@ class Tower(TowerOptions):
         names = CLASS_TOKEN_NAMES.get(self.pooling, ())
         if names:
             tokens = [
-                self.param(
-                    name,
-                    nn.with_logical_partitioning(nn.initializers.zeros, (None, None, "embed")),
-                    (1, 1, width),
-                    self.param_dtype,
+                logical_param(
+                    self, name, nn.initializers.zeros, (None, None, "embed"), (1, 1, width)
                 )
                 for name in names
             ]

@@ -18,6 +18,7 @@ from mmtx.fusion.common import (
     project_tokens,
     self_attention_block,
 )
+from mmtx.nn.params import logical_param
 from mmtx.nn.transformer import StackOptions, layer_norm
 
 
@@ -64,22 +65,20 @@ class BottleneckFusion(StackOptions):
         projected = project_tokens(self, features, present)
         streams, masks = {}, {}
         for m in present:
-            cls = self.param(
-                f"{m}_cls",
-                nn.with_logical_partitioning(nn.initializers.zeros, (None, None, "embed")),
-                (1, 1, self.width),
-                self.param_dtype,
+            cls = logical_param(
+                self, f"{m}_cls", nn.initializers.zeros, (None, None, "embed"), (1, 1, self.width)
             )
             cls = jnp.broadcast_to(cls.astype(self.dtype), (batch, 1, self.width))
             streams[m] = jnp.concatenate([cls, projected[m]], axis=1)
             masks[m] = jnp.concatenate(
                 [jnp.ones((batch, 1), jnp.bool_), features[m].mask.astype(jnp.bool_)], axis=1
             )
-        bottleneck = self.param(
+        bottleneck = logical_param(
+            self,
             "bottleneck",
-            nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, None, "embed")),
+            nn.initializers.normal(0.02),
+            (None, None, "embed"),
             (1, self.num_bottlenecks, self.width),
-            self.param_dtype,
         )
         bottleneck = jnp.broadcast_to(
             bottleneck.astype(self.dtype), (batch, self.num_bottlenecks, self.width)

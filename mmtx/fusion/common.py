@@ -13,6 +13,7 @@ from flax.core import FrozenDict
 
 from mmtx.modalities import modality_names, ordered
 from mmtx.nn.attention import default_kernel_init
+from mmtx.nn.params import logical_param
 from mmtx.nn.transformer import (
     BlockOptions,
     CrossAttentionBlock,
@@ -114,11 +115,8 @@ class TokenProjection(nn.Module):
             param_dtype=self.param_dtype,
             name="dense",
         )(tokens)
-        embedding = self.param(
-            "modality_embedding",
-            nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed",)),
-            (self.width,),
-            self.param_dtype,
+        embedding = logical_param(
+            self, "modality_embedding", nn.initializers.normal(0.02), ("embed",), (self.width,)
         )
         return x + embedding.astype(self.dtype)
 

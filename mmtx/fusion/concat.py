@@ -17,6 +17,7 @@ from mmtx.fusion.common import (
 from mmtx.modalities import modality_names
 from mmtx.nn import Encoder
 from mmtx.nn.attention import default_kernel_init
+from mmtx.nn.params import logical_param
 from mmtx.nn.transformer import EncoderOptions, options
 
 
@@ -44,17 +45,15 @@ class ConcatFusion(EncoderOptions):
     ) -> tuple[jax.Array, dict[str, Any]]:
         """features: present modality -> ModalityFeatures. Returns (``[B, width]``, out)."""
         batch = check_features(features)
-        modality_embedding = self.param(
+        modality_embedding = logical_param(
+            self,
             "modality_embedding",
-            nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed")),
+            nn.initializers.normal(0.02),
+            (None, "embed"),
             (len(self.modalities or modality_names()), self.width),
-            self.param_dtype,
         )
-        cls = self.param(
-            "cls",
-            nn.with_logical_partitioning(nn.initializers.zeros, (None, None, "embed")),
-            (1, 1, self.width),
-            self.param_dtype,
+        cls = logical_param(
+            self, "cls", nn.initializers.zeros, (None, None, "embed"), (1, 1, self.width)
         )
         streams = [jnp.broadcast_to(cls, (batch, 1, self.width)).astype(self.dtype)]
         masks = [jnp.ones((batch, 1), jnp.bool_)]

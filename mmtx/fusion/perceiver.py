@@ -18,6 +18,7 @@ from mmtx.fusion.common import (
     self_attention_block,
     visible_mask,
 )
+from mmtx.nn.params import logical_param
 from mmtx.nn.transformer import layer_norm
 
 
@@ -57,11 +58,12 @@ class PerceiverFusion(CrossStackOptions):
         projected = project_tokens(self, features, present)
         tokens = jnp.concatenate([projected[m] for m in present], axis=1)
         mask = jnp.concatenate([visible_mask(features[m]) for m in present], axis=1)
-        latents = self.param(
+        latents = logical_param(
+            self,
             "latents",
-            nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, None, "embed")),
+            nn.initializers.normal(0.02),
+            (None, None, "embed"),
             (1, self.num_latents, self.width),
-            self.param_dtype,
         )
         x = jnp.broadcast_to(latents.astype(self.dtype), (batch, self.num_latents, self.width))
         cross_block = cross_attention_block(self, train=train)

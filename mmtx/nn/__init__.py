@@ -4,6 +4,7 @@ from mmtx.nn.attention import (
     ATTENTION_KERNELS,
     CROSS_ATTENTION_KERNELS,
     IMPLEMENTATIONS,
+    AttentionOptions,
     CrossModalAttention,
     MultiHeadAttention,
     cudnn_unsupported_reason,
@@ -25,6 +26,7 @@ from mmtx.nn.embed import (
     sincos_2d,
 )
 from mmtx.nn.kaldi_fbank import KaldiFbank, kaldi_fbank
+from mmtx.nn.params import logical_param
 from mmtx.nn.transformer import (
     ACTIVATIONS,
     MLP,
@@ -41,6 +43,7 @@ __all__ = [
     "CROSS_ATTENTION_KERNELS",
     "IMPLEMENTATIONS",
     "MLP",
+    "AttentionOptions",
     "ConvStem",
     "CrossAttentionBlock",
     "CrossModalAttention",
@@ -59,6 +62,7 @@ __all__ = [
     "default_kernel_init",
     "kaldi_fbank",
     "log_mel_spectrogram",
+    "logical_param",
     "mel_filterbank",
     "pallas_unsupported_reason",
     "quick_gelu",

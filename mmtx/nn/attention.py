@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,8 @@ from flax.core import FrozenDict
 from mmtx.attention import dot_product_attention, linear_attention, local_attention
 from mmtx.attention.splash_local import pallas_interpret_requested, splash_local_attention
 from mmtx.nn.matmul import dense_dot
+from mmtx.nn.options import options
+from mmtx.nn.params import logical_param
 from mmtx.nn.platform import target_platform
 
 Dtype = Any
@@ -235,112 +238,95 @@ def resolve_implementation(
     return "xla"
 
 
-class HeadProjection(nn.Module):
-    """``[..., D] -> [..., H, Dh]``: a dense projection into heads.
+class FactoredDense(nn.Module):
+    """``[..., *in_shape] -> [..., *out_shape]``: a dense projection with a factored kernel,
+    the projections into heads and out of them.
 
-    Kernel ``[D, H, Dh]`` (logical axes ``embed, heads, kv``), bias ``[H, Dh]``. Written out
+    ``in_shape`` is the input's last ``in_dims`` axes. Kernel ``[*in_shape, *out_shape]`` with
+    logical ``axes`` (one name per kernel dimension: the input's, then the output's; Xavier
+    uniform over those two groups), bias ``[*out_shape]`` with the output's names. Written out
     rather than with ``nn.DenseGeneral``, whose init reshapes a flat kernel: under a
-    logical-axis-rules context that reshape would constrain a 2-D array with 3-D axis names.
-    The contraction is :func:`mmtx.nn.matmul.dense_dot` on the kernel viewed as
-    ``[D, H * Dh]`` (a faster kernel gradient on CPU).
+    logical-axis-rules context that reshape would constrain a 2-D array with the factored
+    axis names. The contraction is :func:`mmtx.nn.matmul.dense_dot` on the kernel viewed as
+    ``[prod(in_shape), prod(out_shape)]`` (a faster kernel gradient on CPU). Into heads:
+    ``out_shape=(H, Dh)``, ``in_dims=1``, axes ``embed, heads, kv``; out of them:
+    ``out_shape=(features,)``, ``in_dims=2``, axes ``heads, kv, embed``. Output in ``dtype``.
     """
 
-    num_heads: int
-    head_dim: int
+    out_shape: tuple[int, ...]
+    in_dims: int
+    axes: tuple[str | None, ...]
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        """x: ``[..., D]`` -> ``[..., H, Dh]`` in ``dtype``."""
-        kernel = self.param(
-            "kernel",
-            nn.with_logical_partitioning(
-                nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2)), ("embed", "heads", "kv")
-            ),
-            (x.shape[-1], self.num_heads, self.head_dim),
-            self.param_dtype,
-        )
-        bias = self.param(
-            "bias",
-            nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")),
-            (self.num_heads, self.head_dim),
-            self.param_dtype,
+        """x: ``[..., *in_shape]`` float -> ``[..., *out_shape]`` in ``dtype``."""
+        in_shape, out_shape = x.shape[x.ndim - self.in_dims :], tuple(self.out_shape)
+        inputs = tuple(range(self.in_dims))
+        outputs = tuple(range(self.in_dims, self.in_dims + len(out_shape)))
+        init = nn.initializers.xavier_uniform(in_axis=inputs, out_axis=outputs)
+        kernel = logical_param(self, "kernel", init, self.axes, (*in_shape, *out_shape))
+        bias = logical_param(
+            self, "bias", nn.initializers.zeros, self.axes[self.in_dims :], out_shape
         )
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        d, heads, head_dim = kernel.shape
-        y = dense_dot(x, kernel.reshape(d, heads * head_dim))
-        return y.reshape(*x.shape[:-1], heads, head_dim) + bias
+        fan_in, fan_out = math.prod(in_shape), math.prod(out_shape)
+        flat = x.reshape(*x.shape[: x.ndim - self.in_dims], fan_in)
+        y = dense_dot(flat, kernel.reshape(fan_in, fan_out))
+        return y.reshape(*y.shape[:-1], *out_shape) + bias
 
 
-class HeadMerge(nn.Module):
-    """``[..., H, Dh] -> [..., features]``: the output projection out of heads.
-
-    Kernel ``[H, Dh, features]`` (logical axes ``heads, kv, embed``), bias ``[features]``;
-    contracted with :func:`mmtx.nn.matmul.dense_dot` as ``[..., H * Dh] @ [H * Dh, features]``.
-    """
-
-    features: int
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, y: jax.Array) -> jax.Array:
-        """y: ``[..., H, Dh]`` -> ``[..., features]`` in ``dtype``."""
-        kernel = self.param(
-            "kernel",
-            nn.with_logical_partitioning(
-                nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2), ("heads", "kv", "embed")
-            ),
-            (*y.shape[-2:], self.features),
-            self.param_dtype,
-        )
-        bias = self.param(
-            "bias",
-            nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-            (self.features,),
-            self.param_dtype,
-        )
-        y, kernel, bias = nn.dtypes.promote_dtype(y, kernel, bias, dtype=self.dtype)
-        heads, head_dim, features = kernel.shape
-        flat = y.reshape(*y.shape[:-2], heads * head_dim)
-        return dense_dot(flat, kernel.reshape(heads * head_dim, features)) + bias
-
-
-class MultiHeadAttention(nn.Module):
-    """Multi-head attention: self-attention, or cross-attention when ``context`` is given.
+class AttentionOptions(nn.Module, kw_only=True):
+    """The options of one multi-head attention, declared here once (keyword-only):
+    :class:`MultiHeadAttention` and :class:`CrossModalAttention` are these options, and the
+    latter hands them on whole (:func:`mmtx.nn.options.options`) to the former.
 
     Attributes:
-      num_heads: number of heads H; the input width must be divisible by it.
+      num_heads: number of heads H; the (query) width must be divisible by it.
       kernel: name of the attention kernel in :data:`ATTENTION_KERNELS`.
       kernel_options: keyword options of that kernel (``local``: ``radius``, ``num_global``;
         ``linear``: ``feature_map``, ``num_features``, ``seed``).
-      out_features: output width (default: the input width).
-      causal: mask keys after each query (self-attention only).
       implementation: ``None`` (jax's default), ``"xla"``, ``"cudnn"`` (flash on GPU; a
         ``ValueError`` when it cannot run), ``"pallas"`` (the local kernel as a fused splash
         kernel on TPU; a ``ValueError`` when it cannot run) or ``"auto"`` (cuDNN or Pallas
         where it can run, else XLA); resolved by :func:`resolve_implementation` and passed to
         the kernel (config: ``config.attention.implementation``).
       capture_weights: also return the probabilities the kernel applied, as
-        ``out["attention_weights"]``: dense ``[B, H, T, S]`` float32 (computed on the explicit
-        XLA path, since cuDNN flash attention does not expose them: see
-        :func:`mmtx.attention.dot_product_attention`); local a
+        ``out["attention_weights"]`` (see each module).
+      dtype: the computation dtype (outputs are in it).
+      param_dtype: the params' dtype.
+    """
+
+    num_heads: int
+    kernel: str = "dense"
+    kernel_options: FrozenDict[str, Any] = FrozenDict()
+    implementation: str | None = None
+    capture_weights: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+
+class MultiHeadAttention(AttentionOptions):
+    """Multi-head attention: self-attention, or cross-attention when ``context`` is given.
+
+    Its options are :class:`AttentionOptions` (keyword-only) and these.
+
+    Attributes:
+      out_features: output width (default: the input width).
+      causal: mask keys after each query (self-attention only).
+      capture_weights: (an :class:`AttentionOptions` option) also return the probabilities
+        the kernel applied, as ``out["attention_weights"]``: dense ``[B, H, T, S]`` float32
+        (computed on the explicit XLA path, since cuDNN flash attention does not expose
+        them: see :func:`mmtx.attention.dot_product_attention`); local a
         :class:`mmtx.attention.LocalWeights` band (``mmtx.attention.local_weights_to_dense``
         makes it ``[B, H, T, T]``; with ``"pallas"`` the blockwise XLA kernel runs instead, as
         the splash kernel exposes none); linear raises ``ValueError`` (it forms no attention
         map). Capture does not change the output beyond float round-off.
     """
 
-    num_heads: int
-    kernel: str = "dense"
-    kernel_options: FrozenDict[str, Any] = FrozenDict()
     out_features: int | None = None
     causal: bool = False
-    implementation: str | None = None
-    capture_weights: bool = False
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(
@@ -369,9 +355,14 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
         head_dim = width // self.num_heads
 
-        def projection(name: str) -> HeadProjection:
-            return HeadProjection(
-                self.num_heads, head_dim, dtype=self.dtype, param_dtype=self.param_dtype, name=name
+        def projection(name: str) -> FactoredDense:
+            return FactoredDense(
+                (self.num_heads, head_dim),
+                1,
+                ("embed", "heads", "kv"),
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=name,
             )
 
         implementation = resolve_implementation(
@@ -398,8 +389,13 @@ class MultiHeadAttention(nn.Module):
         out: dict[str, Any] = {}
         if self.capture_weights:
             y, out["attention_weights"] = y
-        y = HeadMerge(
-            self.out_features or width, dtype=self.dtype, param_dtype=self.param_dtype, name="out"
+        y = FactoredDense(
+            (self.out_features or width,),
+            2,
+            ("heads", "kv", "embed"),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="out",
         )(y)
         return y, out
 
@@ -408,7 +404,7 @@ class MultiHeadAttention(nn.Module):
 CROSS_ATTENTION_KERNELS = ("dense", "linear")
 
 
-class CrossModalAttention(nn.Module):
+class CrossModalAttention(AttentionOptions):
     """Queries from one modality attend to the tokens of another (or several others).
 
     A :class:`MultiHeadAttention` whose keys and values come from ``context`` under the
@@ -417,24 +413,16 @@ class CrossModalAttention(nn.Module):
     ``x + CrossModalAttention(...)(x, context, mask)`` leaves ``x`` unchanged rather than
     mixing in padding.
 
+    Its options are :class:`AttentionOptions` (keyword-only), with these meanings here:
+
     Attributes:
-      num_heads: number of heads; the query width must be divisible by it.
       kernel: ``"dense"`` or ``"linear"`` (see :data:`CROSS_ATTENTION_KERNELS`; the local
         kernel needs queries and keys of one sequence).
-      kernel_options: keyword options of that kernel.
       capture_weights: also return the softmax probabilities ``[B, H, T, S]`` (dense kernel;
         linear raises ``ValueError``) as ``out["attention_weights"]``, e.g. which image patch
         a word attends to. Rows of examples with no visible context token are zero (their
         output is zero, not a softmax).
     """
-
-    num_heads: int
-    kernel: str = "dense"
-    kernel_options: FrozenDict[str, Any] = FrozenDict()
-    implementation: str | None = None
-    capture_weights: bool = False
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(
@@ -460,16 +448,9 @@ class CrossModalAttention(nn.Module):
         chex.assert_equal_shape_prefix([x, context], 1)
         if context_mask is not None:
             chex.assert_shape(context_mask, context.shape[:2])
-        y, out = MultiHeadAttention(
-            num_heads=self.num_heads,
-            kernel=self.kernel,
-            kernel_options=self.kernel_options,
-            implementation=self.implementation,
-            capture_weights=self.capture_weights,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="attention",
-        )(x, context, mask=context_mask)
+        y, out = MultiHeadAttention(**options(self, AttentionOptions), name="attention")(
+            x, context, mask=context_mask
+        )
         if context_mask is None:
             return y, out
         has_context = jnp.any(context_mask, axis=1)

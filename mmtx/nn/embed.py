@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmtx.nn.transformer import options
+from mmtx.nn.options import options
+from mmtx.nn.params import logical_param
 
 Dtype = Any
 
@@ -187,11 +188,12 @@ class LearnedPositionEmbedding(nn.Module):
         length, width = x.shape[1], x.shape[2]
         if length > self.max_length:
             raise ValueError(f"sequence length {length} exceeds max_length {self.max_length}")
-        table = self.param(
+        table = logical_param(
+            self,
             "embedding",
-            nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), ("length", "embed")),
+            nn.initializers.normal(stddev=0.02),
+            ("length", "embed"),
             (self.max_length, width),
-            self.param_dtype,
         )
         return x + table[None, :length].astype(x.dtype)
 
@@ -299,7 +301,7 @@ class SpectrogramOptions(nn.Module, kw_only=True):
 
     :class:`LogMelSpectrogram` and :class:`mmtx.encoders.AudioEncoder` are these options (the
     encoder's ``config.model.audio`` fields of the same names) and hand them on whole with
-    :func:`mmtx.nn.transformer.options`.
+    :func:`mmtx.nn.options.options`.
 
     Attributes:
       sample_rate: the waveform's rate in Hz.

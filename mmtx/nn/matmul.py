@@ -14,7 +14,7 @@ a copy: ``weight_grad="auto"`` (the default) uses the transposed form when compi
 CPU (:func:`mmtx.nn.platform.target_platform`: the platform of the devices a step is compiled
 for, else jax's backend) and autodiff's everywhere else. The transformer MLP
 (:class:`mmtx.nn.transformer.MLP`) and the attention head projections
-(:class:`mmtx.nn.attention.HeadProjection`, ``HeadMerge``) contract with it.
+(:class:`mmtx.nn.attention.FactoredDense`) contract with it.
 """
 
 from __future__ import annotations

@@ -4,7 +4,6 @@ its layers; the options they are built from, each declared once (:class:`BlockOp
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +15,8 @@ from flax.core import FrozenDict
 
 from mmtx.nn.attention import CrossModalAttention, MultiHeadAttention, default_kernel_init
 from mmtx.nn.matmul import dense_dot_general
+from mmtx.nn.options import options
+from mmtx.nn.params import logical_param
 
 Dtype = Any
 
@@ -117,17 +118,6 @@ class EncoderOptions(StackOptions, kw_only=True):
 
     scan: bool = True
     final_norm: bool = True
-
-
-def options(module: nn.Module, kind: type[nn.Module]) -> dict[str, Any]:
-    """``module``'s value of every option ``kind`` declares, by name: what builds a ``kind``
-    from ``module`` (``Encoder(**options(self, EncoderOptions))``). ``module`` must be a
-    ``kind``, so it has each of them (``TypeError`` otherwise). ``kind`` is any flax options
-    base (:class:`BlockOptions` and its subclasses, :class:`mmtx.nn.embed.SpectrogramOptions`)."""
-    if not isinstance(module, kind):
-        raise TypeError(f"{type(module).__name__} does not inherit {kind.__name__}")
-    names = [f.name for f in dataclasses.fields(kind) if f.name not in ("parent", "name")]
-    return {name: getattr(module, name) for name in names}
 
 
 def remat_block(block: type[nn.Module], remat: str, *, prevent_cse: bool = True) -> type[nn.Module]:
@@ -357,11 +347,8 @@ class MAPHead(nn.Module):
         """x: ``[B, T, D]`` float; mask: bool ``[B, T]`` (True = real token) ->
         ``([B, D], out)``."""
         batch, _, width = x.shape
-        probe = self.param(
-            "probe",
-            nn.with_logical_partitioning(nn.initializers.xavier_uniform(), (None, None, "embed")),
-            (1, 1, width),
-            self.param_dtype,
+        probe = logical_param(
+            self, "probe", nn.initializers.xavier_uniform(), (None, None, "embed"), (1, 1, width)
         )
         probe = jnp.broadcast_to(probe, (batch, 1, width)).astype(self.dtype)
         y, out = MultiHeadAttention(

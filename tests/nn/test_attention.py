@@ -474,3 +474,40 @@ def test_resolve_implementation_on_gpu_picks_cudnn_or_logs_one_fallback(
         resolve_implementation("cudnn", dtype=jnp.float32, **kw)
     with pytest.raises(ValueError, match=r"'cudnn' cannot run: .*only the dense kernel"):
         resolve_implementation("cudnn", kernel="local", dtype=jnp.bfloat16, head_dim=64)
+
+
+@pytest.mark.parametrize(
+    "out_shape,in_dims,axes,in_shape",
+    [
+        ((H, 3), 1, ("embed", "heads", "kv"), (D,)),  # into heads
+        ((D,), 2, ("heads", "kv", "embed"), (H, 3)),  # out of them
+    ],
+)
+def test_factored_dense_is_an_einsum_over_its_kernel(out_shape, in_dims, axes, in_shape) -> None:
+    """FactoredDense against the plain contraction: kernel [*in, *out] summed over the input's
+    last in_dims axes, plus the bias; the same for its gradients; Xavier fans over the groups."""
+    module = attention_module.FactoredDense(out_shape, in_dims, axes)
+    x = _normal((B, T, *in_shape), seed=0)
+    boxed = module.init(jax.random.key(0), x)
+    assert nn.get_partition_spec(boxed)["params"] == {
+        "kernel": jax.sharding.PartitionSpec(*axes),
+        "bias": jax.sharding.PartitionSpec(*axes[in_dims:]),
+    }
+    kernel = boxed["params"]["kernel"].value
+    fan_in, fan_out = np.prod(in_shape), np.prod(out_shape)
+    assert kernel.shape == (*in_shape, *out_shape)
+    assert np.abs(kernel).max() <= np.sqrt(6.0 / (fan_in + fan_out))
+    params = {"params": {"kernel": _normal(kernel.shape, 1), "bias": _normal(out_shape, 2)}}
+    letters = "ijkl"[: len(in_shape) + len(out_shape)]
+    spec = f"bt{letters[:in_dims]},{letters}->bt{letters[in_dims:]}"
+
+    def reference(p, x):
+        return jnp.einsum(spec, x, p["params"]["kernel"], precision=HIGHEST) + p["params"]["bias"]
+
+    got = module.apply(params, x)
+    np.testing.assert_allclose(got, reference(params, x), rtol=1e-5, atol=1e-5)
+    grads = jax.grad(lambda p, x: jnp.sum(jnp.sin(module.apply(p, x))), argnums=(0, 1))
+    want = jax.grad(lambda p, x: jnp.sum(jnp.sin(reference(p, x))), argnums=(0, 1))
+    got_grads, want_grads = grads(params, x), want(params, x)
+    for a, b in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -14,6 +15,37 @@ from mmtx.nn.options import options
 from mmtx.nn.params import logical_param
 
 Dtype = Any
+
+
+def grid_tokens(x: jax.Array) -> tuple[jax.Array, tuple[int, ...]]:
+    """A grid of features ``[B, *grid, F]`` -> (tokens ``[B, prod(grid), F]`` in ``x``'s
+    dtype, row-major over the grid (the last grid axis fastest), and ``grid``)."""
+    grid = tuple(x.shape[1:-1])
+    return x.reshape(x.shape[0], math.prod(grid), x.shape[-1]), grid
+
+
+def project_to_tokens(
+    module: nn.Module, layer: type[nn.Module], x: jax.Array, **options: Any
+) -> tuple[jax.Array, tuple[int, ...]]:
+    """The last layer of the pixel stems (:class:`PatchEmbed`, :class:`TubeletEmbed`,
+    :class:`ConvStem`): ``module``'s ``projection``, a ``layer`` (``nn.Conv`` or ``nn.Dense``,
+    with ``options``) to ``module.features`` in ``module.dtype`` / ``module.param_dtype``,
+    LeCun-normal kernel (its output axis named ``embed``) and zero bias ``[features]``
+    (``embed``), over ``x`` ``[B, *grid_in, C]``, then :func:`grid_tokens`:
+    (``[B, prod(grid), features]`` in ``dtype``, ``grid``). Call it from ``module``'s compact
+    ``__call__``."""
+    kernel_rank = 2 + len(options.get("kernel_size", ()))  # Conv: [*window, C, F]; Dense: [C, F]
+    kernel_axes = (None,) * (kernel_rank - 1) + ("embed",)
+    x = layer(
+        module.features,
+        **options,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), kernel_axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+        dtype=module.dtype,
+        param_dtype=module.param_dtype,
+        name="projection",
+    )(x)
+    return grid_tokens(x)
 
 
 class PatchEmbed(nn.Module):
@@ -39,22 +71,15 @@ class PatchEmbed(nn.Module):
         strides = tuple(self.patch_size) if self.strides is None else tuple(self.strides)
         if min(strides) < 1:
             raise ValueError(f"patch strides must be >= 1; got {strides}")
-        x = nn.Conv(
-            self.features,
+        return project_to_tokens(
+            self,
+            nn.Conv,
+            x,
             kernel_size=tuple(self.patch_size),
             strides=strides,
             padding="VALID",
             use_bias=self.use_bias,
-            kernel_init=nn.with_logical_partitioning(
-                nn.initializers.lecun_normal(), (None, None, None, "embed")
-            ),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="projection",
-        )(x)
-        batch, grid_h, grid_w, features = x.shape
-        return x.reshape(batch, grid_h * grid_w, features), (grid_h, grid_w)
+        )
 
 
 class TubeletEmbed(nn.Module):
@@ -90,22 +115,15 @@ class TubeletEmbed(nn.Module):
                     f"video {name} {x.shape[axis]} is not divisible by the tubelet size {step} "
                     f"(tubelet_size {size}, video shape {tuple(x.shape)})"
                 )
-        x = nn.Conv(
-            self.features,
+        return project_to_tokens(
+            self,
+            nn.Conv,
+            x,
             kernel_size=size,
             strides=size,
             padding="VALID",
             use_bias=self.use_bias,
-            kernel_init=nn.with_logical_partitioning(
-                nn.initializers.lecun_normal(), (None, None, None, None, "embed")
-            ),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="projection",
-        )(x)
-        batch, grid_t, grid_h, grid_w, features = x.shape
-        return x.reshape(batch, grid_t * grid_h * grid_w, features), (grid_t, grid_h, grid_w)
+        )
 
 
 class ConvStem(nn.Module):
@@ -139,18 +157,7 @@ class ConvStem(nn.Module):
                 name=f"conv_{i}",
             )(x)
             x = nn.gelu(x)
-        x = nn.Dense(
-            self.features,
-            kernel_init=nn.with_logical_partitioning(
-                nn.initializers.lecun_normal(), (None, "embed")
-            ),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="projection",
-        )(x)
-        batch, grid_h, grid_w, features = x.shape
-        return x.reshape(batch, grid_h * grid_w, features), (grid_h, grid_w)
+        return project_to_tokens(self, nn.Dense, x)
 
 
 class TokenEmbed(nn.Module):

@@ -26,6 +26,7 @@ from mmtx.nn import (
     sincos_1d,
     sincos_2d,
 )
+from mmtx.nn.embed import grid_tokens, project_to_tokens
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -478,3 +479,71 @@ def test_tubelet_embed_rejects_indivisible_or_wrong_rank(shape, match) -> None:
     module = TubeletEmbed(features=3, tubelet_size=(2, 2, 4))
     with pytest.raises(ValueError, match=match):
         jax.eval_shape(module.init, jax.random.key(0), jnp.zeros(shape))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (2, 2, 3, 4, 5), (2, 0, 3, 5)])
+def test_grid_tokens_flattens_the_grid_row_major(shape) -> None:
+    x = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    tokens, grid = grid_tokens(jnp.asarray(x))
+    assert grid == shape[1:-1]
+    # Reference: token n is the grid cell whose row-major index is n.
+    want = np.zeros((shape[0], int(np.prod(grid)), shape[-1]), np.float32)
+    for n, cell in enumerate(np.ndindex(*grid)):
+        want[:, n] = x[(slice(None), *cell)]
+    np.testing.assert_array_equal(np.asarray(tokens), want)
+
+
+class _Projected(nn.Module):
+    """project_to_tokens with a 2 x 2 patch conv or a Dense."""
+
+    features: int
+    conv: bool
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, tuple[int, ...]]:
+        if self.conv:
+            window = dict(kernel_size=(2, 2), strides=(2, 2), padding="VALID", use_bias=True)
+            return project_to_tokens(self, nn.Conv, x, **window)
+        return project_to_tokens(self, nn.Dense, x)
+
+
+class _WrittenOut(nn.Module):
+    """The same projection written out: the layer with its initialisers, then a reshape."""
+
+    features: int
+    conv: bool
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, tuple[int, ...]]:
+        axes = (None, None, None, "embed") if self.conv else (None, "embed")
+        inits = dict(
+            kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+            name="projection",
+        )
+        if self.conv:
+            x = nn.Conv(self.features, (2, 2), strides=(2, 2), padding="VALID", **inits)(x)
+        else:
+            x = nn.Dense(self.features, **inits)(x)
+        batch, gh, gw, features = x.shape
+        return x.reshape(batch, gh * gw, features), (gh, gw)
+
+
+@pytest.mark.parametrize("conv", [True, False])
+def test_project_to_tokens_is_the_written_out_projection(conv) -> None:
+    x = _normal((2, 4, 6, 3), seed=1)
+    module, reference = _Projected(8, conv), _WrittenOut(8, conv)
+    boxed, boxed_ref = module.init(jax.random.key(0), x), reference.init(jax.random.key(0), x)
+    assert nn.get_partition_spec(boxed) == nn.get_partition_spec(boxed_ref)
+    params = nn.unbox(boxed)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(nn.unbox(boxed_ref)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    (tokens, grid), (want, want_grid) = module.apply(params, x), reference.apply(params, x)
+    assert grid == want_grid == ((2, 3) if conv else (4, 6))
+    np.testing.assert_array_equal(tokens, want)
+    grad = jax.grad(lambda p: jnp.sum(jnp.sin(module.apply(p, x)[0])))(params)
+    grad_ref = jax.grad(lambda p: jnp.sum(jnp.sin(reference.apply(p, x)[0])))(params)
+    for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(grad_ref), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)

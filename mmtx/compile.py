@@ -863,15 +863,18 @@ def main(argv: Sequence[str], stdout: TextIO | None = None, stderr: TextIO | Non
             raise UsageError("--config=FILE[:ARG] and --topology=NAME (e.g. v5e:2x2) are needed")
         platform = "gpu" if topology.partition(":")[0] in GPU_SPECS else "tpu"
         try:
-            config = config_lib.load_config(spec, platform=platform)
+            config = config_lib.load_config(spec)
         except (OSError, KeyError, TypeError, ValueError) as error:
             raise UsageError(f"--config={spec}: {_one_line(str(error))}") from error
         values = _parse(argv, config)
         argv_text = " ".join(argv[1:])
         try:
-            config = config_lib.validate(
-                config_lib.split_comma_lists(values["config"].value), platform=platform
-            )
+            config = config_lib.validate(config_lib.split_comma_lists(values["config"].value))
+            # What the target platform can run (cudnn, pallas): the check build() makes,
+            # named here for the topology's platform, not this host's.
+            from mmtx.model_checks import check_runnable
+
+            check_runnable(config, platform)
         except (TypeError, ValueError) as error:
             raise UsageError(_one_line(str(error))) from error
         if not flags.FLAGS.is_parsed():

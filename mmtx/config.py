@@ -232,6 +232,9 @@ FUSION_FIELDS = (
 )
 
 FEATURE_MAPS = ("elu", "favor")
+# How jax runs the attention (mmtx.nn.attention.IMPLEMENTATIONS reads this): whether an
+# explicit one can run is checked where the model is built (mmtx.model_checks).
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "pallas")
 ATTENTION_FIELDS = (
     Field(
         "implementation",
@@ -240,7 +243,8 @@ ATTENTION_FIELDS = (
         "dtype and head dim allow, the Pallas splash kernel for the local kernel on a TPU, "
         "else XLA) | xla | cudnn (dense kernel, GPU, bf16/fp16 only) | pallas (local kernel, "
         "TPU; interpret mode anywhere with MMTX_PALLAS_INTERPRET=1); an explicit one that "
-        "cannot run fails validation.",
+        "cannot run fails when the model is built (mmtx.model_checks).",
+        choices=ATTENTION_IMPLEMENTATIONS,
     ),
     Group(
         "local",
@@ -889,14 +893,8 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
 # ------------------------------------------------------------------------- validation
 
 
-def validate(
-    config: ml_collections.ConfigDict, *, platform: str | None = None
-) -> ml_collections.ConfigDict:
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Checks every field against the schema (:func:`default_config`) and its range.
-
-    ``platform`` (``cpu`` | ``gpu`` | ``tpu``): the platform the run will be compiled for,
-    against which an explicit ``attention.implementation`` (``cudnn``, ``pallas``) is
-    checked; default jax's backend.
 
     In order: unknown or missing keys and types (a bool is not an int, a float is not an
     int, floats must be finite; ``TypeError`` for a wrong type), the ranges declared on the
@@ -906,12 +904,11 @@ def validate(
     ``TypeError``) whose message starts ``config.<field>:`` and names the allowed values;
     returns ``config``.
 
-    This module imports no jax, flax or grain (the modalities' schemas come from
-    :mod:`mmtx.schemas`), so the key, type, range and modality checks run without them. Two
-    checks need JAX-side registries and import them when reached: ``fusion.type`` against
-    the registered fusions (:mod:`mmtx.fusion`, where custom fusions register, flax) and
-    ``attention.implementation`` against what the target platform can run
-    (:mod:`mmtx.nn.attention`, :mod:`mmtx.nn.platform`, jax's backend).
+    The config is data: this module imports no jax, flax or grain (the modalities' schemas
+    come from :mod:`mmtx.schemas`). What only the code can answer, whether ``fusion.type``
+    is a registered fusion and whether an explicit ``attention.implementation`` can run on
+    the target platform, is checked where the model is built from the config
+    (:func:`mmtx.model_checks.check_runnable`), before anything is traced.
     """
     _check_schema(config, default_config())
     _validate_modality_names(tuple(config.model.modalities))
@@ -920,7 +917,7 @@ def validate(
     _validate_heads(config.model)
     _validate_towers(config)
     _validate_fusion(config)
-    _validate_attention(config, platform)
+    _validate_attention(config.attention)
     _validate_training(config)
     _validate_eval(config.eval)
     _validate_tokenizer(config.tokenizer)
@@ -1023,21 +1020,9 @@ def _validate_tower(modality: str, tower: ml_collections.ConfigDict, embed_dim: 
 
 
 def _validate_fusion(config: ml_collections.ConfigDict) -> None:
-    """The fusion's type and kernels, and what a model without fusion cannot have."""
-    # Imported here: the fusion package imports flax; custom fusions register there.
-    from mmtx.fusion import FUSION_MODULES
-
+    """The fusion's kernels and layers, and what a model without fusion cannot have (its
+    type names a registered fusion: :func:`mmtx.model_checks.check_fusion_registered`)."""
     fusion = config.fusion
-
-    _require(
-        fusion.type in FUSION_MODULES or fusion.type == NO_FUSION,
-        "fusion.type",
-        f"{fusion.type!r} is not a registered fusion (registered: {tuple(FUSION_MODULES)}; or "
-        f"{NO_FUSION!r} for none). A "
-        "custom fusion module must be registered with mmtx.fusion.register_fusion("
-        f"{fusion.type!r}, YourModule) before the config is validated or a checkpoint that uses "
-        "it is loaded: import the module that registers it first",
-    )
     _require(
         fusion.cross_attention in CROSS_ATTENTION_KERNELS,
         "fusion.cross_attention",
@@ -1066,82 +1051,17 @@ def _validate_fusion(config: ml_collections.ConfigDict) -> None:
     )
 
 
-def _validate_attention(config: ml_collections.ConfigDict, platform: str | None) -> None:
+def _validate_attention(attention: ml_collections.ConfigDict) -> None:
     _require(
-        config.attention.linear.feature_map in FEATURE_MAPS,
+        attention.linear.feature_map in FEATURE_MAPS,
         "attention.linear.feature_map",
         " | ".join(FEATURE_MAPS),
     )
-    _validate_attention_implementation(config, platform)
-
-
-def _validate_attention_implementation(
-    config: ml_collections.ConfigDict, platform: str | None = None
-) -> None:
-    """An explicit ``cudnn`` or ``pallas`` must be able to run here: checked against
-    ``platform`` (default jax's backend), the compute dtype, every tower's (and MAP head's)
-    and the fusion's kernels and head dims (before compile)."""
-    from mmtx.nn.attention import (
-        IMPLEMENTATIONS,
-        cudnn_unsupported_reason,
-        pallas_unsupported_reason,
-    )
-
-    implementation = config.attention.implementation
     _require(
-        implementation in IMPLEMENTATIONS,
+        attention.implementation in ATTENTION_IMPLEMENTATIONS,
         "attention.implementation",
-        f"{implementation!r} is not one of {IMPLEMENTATIONS}",
+        f"{attention.implementation!r} is not one of {ATTENTION_IMPLEMENTATIONS}",
     )
-    if implementation not in ("cudnn", "pallas"):
-        return
-    from mmtx.nn.platform import canonical_platform, target_platform
-
-    backend = target_platform() if platform is None else canonical_platform(platform)
-    dtype = config.dtype
-    if dtype == "auto":
-        dtype = "float32" if backend == "cpu" else "bfloat16"
-    for name, tower, kernels in _attention_kernel_uses(config):
-        for kernel in kernels:
-            if implementation == "pallas":
-                reason = pallas_unsupported_reason(kernel=kernel, backend=backend)
-            else:
-                reason = cudnn_unsupported_reason(
-                    kernel=kernel,
-                    dtype=dtype,
-                    head_dim=tower.width // tower.num_heads,
-                    backend=backend,
-                )
-            _require(
-                reason is None,
-                "attention.implementation",
-                f"{implementation!r} in {name}: {reason}",
-            )
-
-
-def _attention_kernel_uses(
-    config: ml_collections.ConfigDict,
-) -> list[tuple[str, ml_collections.ConfigDict, tuple[str, ...]]]:
-    """``(field, group, kernels)`` for every configured tower (its kernel, and the dense MAP
-    head's) and the fusion (the kernels its type runs)."""
-    uses = [
-        (
-            f"model.{m}",
-            config.model[m],
-            (config.model[m].attention,)
-            + (("dense",) if config.model[m].get("pooling") == "map" else ()),
-        )
-        for m in config.model.modalities
-    ]
-    fusion = config.fusion
-    fusion_kernels = {
-        "concat": (fusion.attention,),
-        "bottleneck": (fusion.attention,),
-        "cross_attention": (fusion.attention, fusion.cross_attention),
-        "perceiver": (fusion.attention, fusion.cross_attention),
-    }.get(fusion.type, ())
-    uses.append(("fusion", fusion, fusion_kernels))
-    return uses
 
 
 def _validate_training(config: ml_collections.ConfigDict) -> None:
@@ -1327,16 +1247,14 @@ def _resolve_file_fields(overrides: dict[str, Any], directory: str) -> None:
                 holder[name] = candidate
 
 
-def load_config(
-    spec: ml_collections.ConfigDict | str | os.PathLike, *, platform: str | None = None
-) -> ml_collections.ConfigDict:
+def load_config(spec: ml_collections.ConfigDict | str | os.PathLike) -> ml_collections.ConfigDict:
     """Loads a config from a ConfigDict, ``path/to/file.py[:arg]`` or a JSON file.
 
     A file is executed only when its name ends in ``.py`` (any case; :func:`is_python_config`)
     and must define ``get_config(arg=None)``. Any other file is read as JSON
     (:func:`read_json_config`): a nested dict of overrides merged onto :func:`default_config`
-    (unknown keys are an error). The result is validated with :func:`validate` (for
-    ``platform``, as there) and returned as a new ConfigDict.
+    (unknown keys are an error). The result is validated with :func:`validate` and returned
+    as a new ConfigDict.
     """
     if isinstance(spec, ml_collections.ConfigDict):
         config = copy.deepcopy(spec)
@@ -1355,4 +1273,4 @@ def load_config(
     else:
         overrides = read_json_config(spec)
         config = merge_overrides(default_config(), overrides)
-    return validate(config, platform=platform)
+    return validate(config)

@@ -29,6 +29,7 @@ from mmtx.modalities import (
     modality_names,
     present_key,
 )
+from mmtx.model_checks import check_runnable
 from mmtx.nn.attention import default_kernel_init
 from mmtx.nn.platform import canonical_platform, target_platform
 
@@ -164,8 +165,12 @@ class MultiModalTransformer(nn.Module):
         backend). :func:`mmtx.train.build.build` passes its mesh's.
 
         A nonzero ``config.model.text.vocab_size`` must hold every tokenizer id: a smaller
-        table would make XLA read clipped rows for the ids past it (``ValueError``).
+        table would make XLA read clipped rows for the ids past it (``ValueError``). What
+        only the code can answer is checked here too, before anything is traced
+        (:func:`mmtx.model_checks.check_runnable`: a registered ``fusion.type``, an
+        ``attention.implementation`` that ``platform`` can run).
         """
+        check_runnable(config, platform)
         model = config.model
         if "text" in model.modalities and 0 < model.text.vocab_size < vocab_size:
             raise ValueError(

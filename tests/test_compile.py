@@ -24,6 +24,7 @@ import pytest
 
 from mmtx import compile as compile_lib
 from mmtx import config as config_lib
+from mmtx.model_checks import check_runnable
 from mmtx.train import mesh as mesh_lib
 from mmtx.train.build import build
 from mmtx.train.flops import analytic_flops
@@ -440,9 +441,10 @@ def test_tpu_lowering_has_the_scanned_accumulation_and_pallas_kernels() -> None:
     config.fusion.attention = "local"
     config.attention.implementation = "pallas"
     config.train.microbatches = 2
-    config = config_lib.validate(config, platform="tpu")
+    config = config_lib.validate(config)
+    check_runnable(config, platform="tpu")
     with pytest.raises(ValueError, match="needs a TPU backend"):
-        config_lib.validate(config)  # this host is a CPU
+        check_runnable(config)  # this host is a CPU
 
     def lowered(config) -> str:
         run = build(config, mesh_lib.create_mesh(config.mesh, devices))

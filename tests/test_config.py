@@ -163,22 +163,9 @@ def test_load_config_from_configdict_copies_and_validates():
     loaded.model.text.width = 8
     assert original.model.text.width == 32
     bad = tiny()
-    bad.fusion.type = "bogus"
-    with pytest.raises(ValueError, match=re.escape("config.fusion.type:")):
+    bad.train.steps = 0
+    with pytest.raises(ValueError, match=re.escape("config.train.steps:")):
         config_lib.load_config(bad)
-
-
-def test_unregistered_fusion_type_says_to_register_it():
-    """A config naming a custom fusion that this process has not registered (its module not
-    imported) says so, and how to fix it, instead of only listing the built-in types."""
-    config = tiny()
-    config.fusion.type = "my_fusion"
-    with pytest.raises(ValueError) as info:
-        config_lib.validate(config)
-    message = str(info.value)
-    assert message.startswith("config.fusion.type: 'my_fusion' is not a registered fusion")
-    assert "mmtx.fusion.register_fusion('my_fusion', YourModule)" in message
-    assert "import the module that registers it" in message and "'concat'" in message
 
 
 def test_load_config_json(tmp_path):
@@ -257,7 +244,6 @@ BAD_VALUES = [
     ("model.text.attention", "sparse", "model.text.attention"),
     ("model.image.attention", "flash", "model.image.attention"),
     ("fusion.attention", "linear_typo", "fusion.attention"),
-    ("fusion.type", "bogus", "fusion.type"),
     ("model.image.image_size", 60, "model.image.image_size"),  # patch 8
     ("model.audio.patch_size", (200, 16), "model.audio.patch_size"),  # 98 frames
     ("model.audio.patch_size", (16, 128), "model.audio.patch_size"),  # 64 mel bins
@@ -608,7 +594,6 @@ ARCHITECTURE_BAD_VALUES = [
     ("model.audio.patch_stride", (20, 8), "model.audio.patch_stride", "skips"),
     ("model.image.class_token_posemb", True, "model.image.class_token_posemb", "learned"),
     ("model.audio.class_token_posemb", True, "model.audio.class_token_posemb", "learned"),
-    ("fusion.type", "nothing", "fusion.type", "'none' for none"),
 ]
 
 
@@ -739,41 +724,11 @@ def test_unknown_attention_implementation_is_rejected():
         config_lib.validate(config)
 
 
-@pytest.mark.skipif(jax.default_backend() == "gpu", reason="cuDNN can run on a GPU")
-def test_cudnn_attention_off_gpu_fails_validation_with_the_reason():
+def test_what_only_the_code_can_answer_is_not_validated_here():
+    """The config is data: a fusion this process has not registered and an implementation
+    this host cannot run pass validation; building the model refuses them
+    (tests/test_model_checks.py)."""
     config = tiny()
-    config.attention.implementation = "cudnn"
-    with pytest.raises(ValueError) as error:
-        config_lib.validate(config)
-    message = str(error.value)
-    assert message.startswith("config.attention.implementation: 'cudnn' in model.")
-    assert "cuDNN flash attention needs a GPU backend" in message and "\n" not in message
-    # And so does building a model from it, before anything compiles.
-    with pytest.raises(ValueError, match="needs a GPU backend"):
-        mmtx.create_model(config)
-
-
-@pytest.mark.parametrize(
-    "field,value,reason",
-    [
-        ("dtype", "float32", "compute dtype; got float32"),
-        ("model.text.attention", "local", "'cudnn' in model.text: .*only the dense kernel"),
-        ("fusion.cross_attention", "linear", "'cudnn' in fusion: .*only the dense kernel"),
-        ("model.image.num_heads", 8, "'cudnn' in model.image: .*multiple of 8; got 4"),
-    ],
-)
-def test_cudnn_attention_checks_dtype_kernels_and_head_dims(monkeypatch, field, value, reason):
-    """A GPU is faked: validation decides before any model is built."""
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    config = tiny()
-    config.fusion.type = "perceiver"
-    config.model.text.width = config.model.image.width = config.model.audio.width = 64
-    config.fusion.width = 64
-    config.attention.implementation = "cudnn"
-    config.dtype = "bfloat16"
-    config_lib.validate(config)  # head dim 32, bf16, dense: cuDNN can run
-    set_dotted(config, field, value)
-    if field == "model.image.num_heads":
-        config.model.image.width = 32
-    with pytest.raises(ValueError, match=reason):
-        config_lib.validate(config)
+    config.fusion.type = "my_fusion"
+    config.attention.implementation = "pallas"
+    config_lib.validate(config)

@@ -5,14 +5,12 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from mmtx.encoders.tower import Tower, TowerOptions, num_class_tokens
+from mmtx.encoders.tower import Tower, TowerOptions, grid_position_embedding
 from mmtx.nn import (
     KaldiFbank,
-    LearnedPositionEmbedding,
     LogMelSpectrogram,
     PatchEmbed,
     SpectrogramOptions,
-    sincos_2d,
 )
 from mmtx.nn.transformer import options
 
@@ -108,16 +106,7 @@ class AudioEncoder(TowerOptions, SpectrogramOptions):
                 f"audio of {audio.shape[1]} samples gives a {log_mel.shape[1:]} spectrogram, "
                 f"smaller than one patch {tuple(self.patch_size)}"
             )
-        posemb = None
-        if self.position_embedding == "learned":
-            rows = grid_t * grid_f
-            if self.class_token_posemb:
-                rows += num_class_tokens(self.pooling)
-            posemb = LearnedPositionEmbedding(rows, self.param_dtype, name="posemb")
-        else:
-            x = x + sincos_2d(grid_t, grid_f, self.width)[None].astype(x.dtype)
-        if posemb is not None and not self.class_token_posemb:
-            x, posemb = posemb(x), None
+        x, posemb = grid_position_embedding(self, x, (grid_t, grid_f))
         stem = x
         tower = Tower(**options(self, TowerOptions), name="tower")
         x, out = tower(x, None, train=train, posemb=posemb)

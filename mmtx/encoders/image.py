@@ -7,8 +7,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmtx.encoders.tower import Tower, TowerOptions, num_class_tokens
-from mmtx.nn import ConvStem, LearnedPositionEmbedding, PatchEmbed, sincos_2d
+from mmtx.encoders.tower import Tower, TowerOptions, grid_position_embedding
+from mmtx.nn import ConvStem, PatchEmbed
 from mmtx.nn.transformer import options
 
 
@@ -78,16 +78,7 @@ class ImageEncoder(TowerOptions):
         else:
             raise ValueError(f"unknown image stem {self.stem!r}; use 'patch' or 'conv'")
         x, (grid_h, grid_w) = stem(x)
-        posemb = None
-        if self.position_embedding == "learned":
-            rows = grid_h * grid_w
-            if self.class_token_posemb:
-                rows += num_class_tokens(self.pooling)
-            posemb = LearnedPositionEmbedding(rows, self.param_dtype, name="posemb")
-        else:
-            x = x + sincos_2d(grid_h, grid_w, self.width)[None].astype(x.dtype)
-        if posemb is not None and not self.class_token_posemb:
-            x, posemb = posemb(x), None
+        x, posemb = grid_position_embedding(self, x, (grid_h, grid_w))
         chex.assert_shape(x, (images.shape[0], grid_h * grid_w, self.width))
         stem = x
         tower = Tower(**options(self, TowerOptions), name="tower")

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmtx.nn import Encoder, MAPHead
+from mmtx.nn import Encoder, LearnedPositionEmbedding, MAPHead, sincos_2d
 from mmtx.nn.params import logical_param
 from mmtx.nn.transformer import EncoderOptions, layer_norm, options
 
@@ -40,6 +40,33 @@ def last_true_index(mask: jax.Array) -> jax.Array:
     a row with none)."""
     length = mask.shape[1]
     return (length - 1 - jnp.argmax(mask[:, ::-1], axis=1)).astype(jnp.int32)
+
+
+def grid_position_embedding(
+    encoder: nn.Module, x: jax.Array, grid: tuple[int, int]
+) -> tuple[jax.Array, nn.Module | None]:
+    """The position embedding of a patch encoder's tokens ``x`` ``[B, gh * gw, width]`` over
+    its ``grid`` ``(gh, gw)``, as its fields ``position_embedding``, ``class_token_posemb``,
+    ``pooling``, ``width`` and ``param_dtype`` say (:class:`mmtx.encoders.ImageEncoder`,
+    :class:`mmtx.encoders.AudioEncoder`).
+
+    ``"sincos"``: ``x`` plus :func:`mmtx.nn.sincos_2d` (in ``x``'s dtype), and None.
+    ``"learned"``: a :class:`mmtx.nn.LearnedPositionEmbedding` ``posemb`` of ``encoder`` with a
+    row per token, plus one per class token with ``class_token_posemb``; without it, ``x``
+    with the table added and None; with it, ``x`` unchanged and the module, for the
+    :class:`Tower` to add after its class tokens. Call it from ``encoder``'s compact
+    ``__call__``; returns ``(x, posemb)``.
+    """
+    grid_h, grid_w = grid
+    if encoder.position_embedding != "learned":
+        return x + sincos_2d(grid_h, grid_w, encoder.width)[None].astype(x.dtype), None
+    rows = grid_h * grid_w
+    if encoder.class_token_posemb:
+        rows += num_class_tokens(encoder.pooling)
+    posemb = LearnedPositionEmbedding(rows, encoder.param_dtype, name="posemb")
+    if encoder.class_token_posemb:
+        return x, posemb
+    return posemb(x), None
 
 
 class TowerOptions(EncoderOptions, kw_only=True):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from helpers import SHIFT_INVARIANT, random_params
 
-from mmtx.encoders.tower import Tower, masked_mean
-from mmtx.nn import Encoder, MAPHead
+from mmtx.encoders.tower import Tower, grid_position_embedding, masked_mean
+from mmtx.nn import Encoder, MAPHead, sincos_2d
 
 B, T, D = 2, 6, 16
 
@@ -303,3 +303,38 @@ def test_capture_weights_out_carries_every_layers_map_scanned_or_not():
     for key in ("attention_weights", "map_attention_weights", "pooled"):
         np.testing.assert_allclose(out_u[key], out[key], rtol=1e-5, atol=1e-6, err_msg=key)
     np.testing.assert_allclose(y_u, y, rtol=1e-5, atol=1e-6)
+
+
+class _Posembed(nn.Module):
+    """grid_position_embedding over a 2 x 3 grid, and the table it adds, for the test below."""
+
+    position_embedding: str
+    class_token_posemb: bool
+    pooling: str = "cls"
+    width: int = 8
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, bool]:
+        y, posemb = grid_position_embedding(self, x, (2, 3))
+        if posemb is not None:  # as the Tower does: one class token, then the whole table
+            posemb(jnp.zeros((x.shape[0], 7, self.width)))
+        return y, posemb is not None
+
+
+@pytest.mark.parametrize(
+    "kind,class_token_posemb", [("sincos", False), ("learned", False), ("learned", True)]
+)
+def test_grid_position_embedding_adds_the_table_it_says(kind, class_token_posemb) -> None:
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 6, 8)), jnp.float32)
+    module = _Posembed(kind, class_token_posemb)
+    params = nn.unbox(module.init(jax.random.key(0), x))
+    y, deferred = module.apply(params, x)
+    if kind == "sincos":
+        assert params == {} and not deferred
+        np.testing.assert_array_equal(y, x + sincos_2d(2, 3, 8)[None])
+        return
+    table = params["params"]["posemb"]["embedding"]
+    assert table.shape == (6 + class_token_posemb, 8)  # a row for the cls token with it
+    assert deferred == class_token_posemb  # the Tower adds it after its class tokens
+    np.testing.assert_array_equal(y, x if class_token_posemb else x + table[None])

@@ -21,7 +21,7 @@ batches carry raw waveforms. Text: :func:`select_text` picks one caption of seve
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from math import gcd
 from typing import Any
 
@@ -447,15 +447,39 @@ def to_image_batch(
             )
         batched = array.ndim == 4
         examples = list(array) if batched else [array]
+    return _stack_each(
+        examples,
+        lambda image: preprocess_image(image, image_size, channels=channels, **options),
+        name=name,
+        batched=batched,
+    )
+
+
+def _stack_each(
+    examples: list,
+    process: Callable[[Any], np.ndarray],
+    *,
+    name: str,
+    batched: bool,
+) -> np.ndarray:
+    """``process`` applied to each of ``examples`` (raw inputs, one an example), stacked:
+    ``[len(examples), *shape]`` of the shape and dtype ``process`` returns (one per example).
+
+    A ``ValueError``, ``TypeError`` or ``OSError`` that ``process`` raises is raised again
+    naming the input, ``name``, and in a batch (``batched``) the example:
+    ``"{name}[{index}]: {error}"`` (``"{name}: {error}"`` for one example), chained to the
+    original; an ``OSError`` (PIL's ``UnidentifiedImageError``: bytes that are no image)
+    becomes a ``ValueError``, the others keep their type. No examples is a ``ValueError``
+    (``"{name} batch is empty"``).
+    """
     if not examples:
         raise ValueError(f"{name} batch is empty")
     out = []
-    for index, image in enumerate(examples):
+    for index, example in enumerate(examples):
         try:
-            out.append(preprocess_image(image, image_size, channels=channels, **options))
+            out.append(process(example))
         except (ValueError, TypeError, OSError) as error:
             where = f"{name}[{index}]" if batched else name
-            # PIL's UnidentifiedImageError is an OSError: bytes that are no image.
             kind = ValueError if isinstance(error, OSError) else type(error)
             raise kind(f"{where}: {error}") from error
     return np.stack(out)
@@ -548,17 +572,12 @@ def to_video_batch(
             )
         batched = array.ndim == 5
         examples = list(array) if batched else [array]
-    if not examples:
-        raise ValueError(f"{name} batch is empty")
-    out = []
-    for index, clip in enumerate(examples):
-        try:
-            out.append(preprocess_video(clip, num_frames, image_size, channels=channels, **options))
-        except (ValueError, TypeError, OSError) as error:
-            where = f"{name}[{index}]" if batched else name
-            kind = ValueError if isinstance(error, OSError) else type(error)
-            raise kind(f"{where}: {error}") from error
-    return np.stack(out)
+    return _stack_each(
+        examples,
+        lambda clip: preprocess_video(clip, num_frames, image_size, channels=channels, **options),
+        name=name,
+        batched=batched,
+    )
 
 
 # ----------------------------------------------------------------------------- audio

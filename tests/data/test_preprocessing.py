@@ -7,6 +7,7 @@ import pytest
 from helpers import torchvision_eval_reference
 
 from mmtx.data.preprocessing import (
+    _stack_each,
     audio_to_float,
     center_crop,
     crop_or_pad,
@@ -579,3 +580,68 @@ def test_resize_options_not_allowed_are_refused(options, message):
         preprocess_image(image, 16, **options)
     with pytest.raises(ValueError, match="^" + re.escape(message)):  # not blamed on image[0]
         to_image_batch([image], 16, **options)
+
+
+def _stack_each_reference(examples, process, name, batched):
+    """What _stack_each must do, written out: each example processed, stacked; the first
+    failure re-raised naming the input (and the example in a batch), OSError as ValueError."""
+    if len(examples) == 0:
+        raise ValueError(name + " batch is empty")
+    results = []
+    for i in range(len(examples)):
+        try:
+            results.append(process(examples[i]))
+        except OSError as error:
+            prefix = name + "[" + str(i) + "]" if batched else name
+            raise ValueError(prefix + ": " + str(error)) from error
+        except (ValueError, TypeError) as error:
+            prefix = name + "[" + str(i) + "]" if batched else name
+            raise type(error)(prefix + ": " + str(error)) from error
+    return np.stack(results)
+
+
+def _outcome(function, *args, **kwargs):
+    """The function's result, or the error it raised (type, message, and what it chains)."""
+    try:
+        out = function(*args, **kwargs)
+    except Exception as error:
+        return type(error), str(error), type(error.__cause__), str(error.__cause__)
+    return out
+
+
+def _fails_on_three(x):
+    if x == 3:
+        raise ValueError("three is not allowed")
+    if x == 4:
+        raise TypeError("four has the wrong type")
+    if x == 5:
+        raise OSError("cannot identify image file")
+    if x == 6:
+        raise KeyError("six")  # not one of the errors named: passes through untouched
+    return np.full((2, 3), x, np.float32)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize(
+    "examples",
+    [[0], [0, 1, 2], [3], [1, 3], [0, 1, 4], [2, 5], [], [1, 3, 4]],
+)
+def test_stack_each_matches_the_written_out_loop(examples, batched):
+    got = _outcome(_stack_each, examples, _fails_on_three, name="video_inputs", batched=batched)
+    want = _outcome(_stack_each_reference, examples, _fails_on_three, "video_inputs", batched)
+    if isinstance(want, np.ndarray):
+        assert isinstance(got, np.ndarray) and got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+    else:
+        assert got == want
+    with pytest.raises(KeyError, match="six"):
+        _stack_each([1, 6], _fails_on_three, name="x", batched=batched)
+
+
+def test_stack_each_names_the_example_in_a_batch_only():
+    with pytest.raises(ValueError, match=re.escape("image_features[1]: three is not allowed")):
+        _stack_each([0, 3], _fails_on_three, name="image_features", batched=True)
+    with pytest.raises(ValueError, match="^" + re.escape("image: three is not allowed")):
+        _stack_each([3], _fails_on_three, name="image", batched=False)
+    with pytest.raises(ValueError, match=re.escape("video[0]: cannot identify image file")):
+        _stack_each([5], _fails_on_three, name="video", batched=True)

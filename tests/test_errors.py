@@ -25,8 +25,10 @@ def model():
     return create_model(tiny_config())
 
 
-def override(**values):
-    """Merges dotted-path overrides onto the default config (as a JSON config file would)."""
+def override(*, build: bool = False, **values):
+    """Merges dotted-path overrides onto the default config (as a JSON config file would)
+    and validates it; with ``build``, also builds the model from it (where what only the
+    code can answer is checked: mmtx.model_checks)."""
 
     def run():
         nested: dict = {}
@@ -36,7 +38,9 @@ def override(**values):
             for name in parents:
                 node = node.setdefault(name, {})
             node[leaf] = value
-        config_lib.validate(config_lib.merge_overrides(tiny_config(), nested))
+        config = config_lib.validate(config_lib.merge_overrides(tiny_config(), nested))
+        if build:
+            create_model(config)
 
     return run
 
@@ -68,7 +72,7 @@ BAD_INPUTS = [
     ("negative size", override(model__text__width=-32), ValueError, "config.model.text.width"),
     ("zero batch", override(train__batch_size=0), ValueError, "config.train.batch_size"),
     ("unknown kernel", override(model__audio__attention="flash"), ValueError, "audio.attention"),
-    ("unknown fusion", override(fusion__type="late"), ValueError, "config.fusion.type"),
+    ("unknown fusion", override(fusion__type="late", build=True), ValueError, "config.fusion.type"),
     ("bad nan policy", override(train__nonfinite="ignore"), ValueError, "train.nonfinite"),
     ("heads", override(fusion__num_heads=3), ValueError, "config.fusion.width"),
     # Raw inputs to mmtx.Model.

@@ -29,6 +29,7 @@ from mmtx import config as config_lib
 from mmtx.attention.local import local_attention
 from mmtx.attention.splash_local import PALLAS_INTERPRET_ENV, splash_local_attention
 from mmtx.encoders.tower import Tower
+from mmtx.model_checks import check_runnable
 from mmtx.nn import MultiHeadAttention, pallas_unsupported_reason, resolve_implementation
 
 # Tiny programs: a quick compile matters more than fast code.
@@ -188,16 +189,16 @@ def _local_config() -> config_lib.ml_collections.ConfigDict:
 
 
 @CPU_ONLY
-def test_config_pallas_off_tpu_fails_validation_with_the_reason(monkeypatch) -> None:
+def test_config_pallas_off_tpu_fails_the_model_check_with_the_reason(monkeypatch) -> None:
     monkeypatch.delenv(PALLAS_INTERPRET_ENV, raising=False)
-    config = _local_config()
+    config = config_lib.validate(_local_config())  # data: whether it can run is the model's
     with pytest.raises(ValueError) as error:
-        config_lib.validate(config)
+        check_runnable(config)
     message = str(error.value)
     assert message.startswith("config.attention.implementation: 'pallas' in model.")
     assert "needs a TPU backend; jax's backend is 'cpu'" in message and "\n" not in message
     monkeypatch.setenv(PALLAS_INTERPRET_ENV, "1")
-    config_lib.validate(config)
+    check_runnable(config)
 
 
 @pytest.mark.parametrize(
@@ -208,17 +209,17 @@ def test_config_pallas_off_tpu_fails_validation_with_the_reason(monkeypatch) -> 
         ("model.image.pooling", "map", "'pallas' in model.image: .*got 'dense'"),  # MAP head
     ],
 )
-def test_config_pallas_with_another_kernel_fails_validation(monkeypatch, field, value, reason):
+def test_config_pallas_with_another_kernel_fails_the_model_check(monkeypatch, field, value, reason):
     monkeypatch.setenv(PALLAS_INTERPRET_ENV, "1")
     config = _local_config()
-    config_lib.validate(config)
+    check_runnable(config_lib.validate(config))
     *groups, leaf = field.split(".")
     node = config
     for group in groups:
         node = node[group]
     node[leaf] = value
     with pytest.raises(ValueError, match=reason):
-        config_lib.validate(config)
+        check_runnable(config_lib.validate(config))
 
 
 @CPU_ONLY

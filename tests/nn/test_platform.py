@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from mmtx import config as config_lib
+from mmtx.model_checks import check_runnable
 from mmtx.models import resolve_dtype
 from mmtx.nn import platform as platform_lib
 from mmtx.nn.attention import resolve_implementation
@@ -78,12 +79,12 @@ def test_every_platform_choice_follows_the_platform_compiled_for(
     assert resolve_dtype("bfloat16", "cpu") == jnp.bfloat16
 
 
-def test_validation_checks_pallas_against_the_platform_given() -> None:
+def test_the_model_check_takes_pallas_against_the_platform_given() -> None:
     config = config_lib.load_config("configs/base.py:tiny")
     for modality in config.model.modalities:
         config.model[modality].attention = "local"
     config.fusion.attention = "local"
     config.attention.implementation = "pallas"
     with pytest.raises(ValueError, match="needs a TPU backend; jax's backend is 'cpu'"):
-        config_lib.validate(config)
-    assert config_lib.validate(config, platform="tpu") is config
+        check_runnable(config)
+    check_runnable(config, platform="tpu")

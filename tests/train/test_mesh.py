@@ -301,7 +301,7 @@ def test_large_on_256_chips_holds_near_its_ideal_share():
 
     config = config_lib.apply_variant(config_lib.default_config(), "large")
     config.model.image.stem = "conv"
-    config = config_lib.validate(config, platform="tpu")
+    config = config_lib.validate(config)
     module = MultiModalTransformer.from_config(config, vocab_size=259, platform="tpu")
     boxed = jax.eval_shape(
         lambda r: module.init(r, dummy_batch(config, 1), train=False)["params"],

@@ -35,7 +35,7 @@ from mmtx.schemas.ranges import Above, AtLeast, Either, Interval, Range
 # (two-tower contrastive models, CLIP/SigLIP): no fusion params and no "fused" output.
 FUSION_TYPES = ("concat", "gated", "cross_attention", "bottleneck", "perceiver")
 NO_FUSION = "none"
-CROSS_ATTENTION_KERNELS = ("dense", "linear")
+CROSS_ATTENTION_KERNELS = tower_options.CROSS_ATTENTION_KERNELS
 ATTENTION_KERNELS = tower_options.ATTENTION.choices
 
 
@@ -232,9 +232,9 @@ FUSION_FIELDS = (
 )
 
 FEATURE_MAPS = ("elu", "favor")
-# How jax runs the attention (mmtx.nn.attention.IMPLEMENTATIONS reads this): whether an
-# explicit one can run is checked where the model is built (mmtx.model_checks).
-ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "pallas")
+# How jax runs the attention: whether an explicit one can run is checked where the model is
+# built (mmtx.model_checks).
+ATTENTION_IMPLEMENTATIONS = tower_options.IMPLEMENTATIONS
 ATTENTION_FIELDS = (
     Field(
         "implementation",

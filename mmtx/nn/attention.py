@@ -24,6 +24,7 @@ from mmtx.nn.matmul import dense_dot
 from mmtx.nn.options import options
 from mmtx.nn.params import logical_param
 from mmtx.nn.platform import target_platform
+from mmtx.schemas.tower_options import CROSS_ATTENTION_KERNELS, IMPLEMENTATIONS
 
 Dtype = Any
 
@@ -92,7 +93,9 @@ def _linear(
     )
 
 
-# Kernel name -> function; options come from config.attention.<name> (see mmtx.config).
+# Kernel name -> function, one per name of mmtx.schemas.tower_options.KERNELS (the names, with
+# CROSS_ATTENTION_KERNELS and IMPLEMENTATIONS, are data declared with the config's options);
+# options come from config.attention.<name> (see mmtx.config).
 ATTENTION_KERNELS: dict[str, AttentionKernel] = {
     "dense": _dense,
     "local": _local,
@@ -101,9 +104,6 @@ ATTENTION_KERNELS: dict[str, AttentionKernel] = {
 
 default_kernel_init = nn.initializers.xavier_uniform()
 
-# config.attention.implementation: auto (cuDNN flash or the Pallas local kernel where it can
-# run, else XLA), xla, cudnn (dense kernel, GPU), pallas (local kernel, TPU).
-IMPLEMENTATIONS = ("auto", "xla", "cudnn", "pallas")
 CUDNN_DTYPES = ("bfloat16", "float16")
 
 _logger = logging.getLogger(__name__)
@@ -398,10 +398,6 @@ class MultiHeadAttention(AttentionOptions):
             name="out",
         )(y)
         return y, out
-
-
-# Kernels that can attend across two sequences of different lengths.
-CROSS_ATTENTION_KERNELS = ("dense", "linear")
 
 
 class CrossModalAttention(AttentionOptions):

@@ -18,7 +18,12 @@ NUM_HEADS = Field("num_heads", 4, "Attention heads; width must be divisible by i
 MLP_DIM = Field("mlp_dim", 256, "Hidden width of each block's MLP.", range=Above(0))
 SIZES = (WIDTH, DEPTH, NUM_HEADS, MLP_DIM)
 
-KERNELS = ("dense", "local", "linear")  # the attention kernels (mmtx.nn.attention)
+# The attention's names, as data (mmtx.nn.attention's kernels and implementations read them).
+KERNELS = ("dense", "local", "linear")  # the attention kernels (mmtx.nn.ATTENTION_KERNELS)
+CROSS_ATTENTION_KERNELS = ("dense", "linear")  # those that attend across two sequences
+# config.attention.implementation: auto (cuDNN flash or the Pallas local kernel where it can
+# run, else XLA), xla, cudnn (dense kernel, GPU), pallas (local kernel, TPU).
+IMPLEMENTATIONS = ("auto", "xla", "cudnn", "pallas")
 ATTENTION = Field("attention", "dense", "Attention kernel name.", choices=KERNELS)
 POOLING = Field(
     "pooling", "cls", "How the tokens become one vector: one of the modality's poolings."

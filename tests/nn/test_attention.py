@@ -17,6 +17,7 @@ import pytest
 
 from mmtx.nn import MultiHeadAttention, cudnn_unsupported_reason, resolve_implementation
 from mmtx.nn import attention as attention_module
+from mmtx.schemas import tower_options
 
 # These programs are tiny: a quick compile matters more than fast code.
 jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
@@ -511,3 +512,11 @@ def test_factored_dense_is_an_einsum_over_its_kernel(out_shape, in_dims, axes, i
     got_grads, want_grads = grads(params, x), want(params, x)
     for a, b in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_the_kernels_are_the_names_the_config_declares() -> None:
+    """One kernel function per name of the towers' ``attention`` choices, in that order; the
+    cross-attention kernels and implementations are the config's own tuples."""
+    assert tuple(attention_module.ATTENTION_KERNELS) == tower_options.KERNELS
+    assert set(attention_module.CROSS_ATTENTION_KERNELS) <= set(tower_options.KERNELS)
+    assert attention_module.IMPLEMENTATIONS is tower_options.IMPLEMENTATIONS

@@ -1,4 +1,4 @@
-"""Pure preprocessing functions that turn raw text, images and audio into model inputs.
+"""Pure preprocessing functions that turn raw text, images, video and audio into model inputs.
 
 They take and return numpy arrays (randomness only through an explicit
 ``np.random.Generator``), so the same code runs in the input pipeline
@@ -8,14 +8,16 @@ Images: :func:`decode_image`, :func:`image_to_float`, :func:`resize_shorter_side
 :func:`squash`, :func:`center_crop`, :func:`random_crop`, :func:`random_resized_crop`,
 :func:`random_flip`, and :func:`preprocess_image` chaining them (how an image is made
 square, :data:`RESIZE_MODES`, and the resampling filter, :data:`INTERPOLATIONS`, are
-choices; sizes and crop offsets follow torchvision's ``Resize`` and ``CenterCrop``).
-Audio: :func:`audio_to_float`, :func:`resample`, :func:`crop_or_pad`,
-:func:`preprocess_audio` (the pipeline's) and :func:`to_audio_batch_with_lengths` (raw
-inputs of :class:`mmtx.Model`: the waveforms and each clip's real samples; the waveforms
-alone: :func:`to_audio_batch`); the log-mel spectrogram (:func:`log_mel_spectrogram`, the
-same function the audio encoder calls) runs inside the model, on the accelerator, so
-batches carry raw waveforms. Text: :func:`select_text` picks one caption of several,
-:func:`all_texts` reads them all.
+choices; sizes and crop offsets follow torchvision's ``Resize`` and ``CenterCrop``), and
+:func:`to_image_batch` for :class:`mmtx.Model`'s raw inputs. Video: :func:`sample_frames`,
+:func:`preprocess_video` (each frame as :func:`preprocess_image` makes it, without the
+random crops) and :func:`to_video_batch`. Audio: :func:`audio_to_float`, :func:`resample`,
+:func:`crop_or_pad`, :func:`preprocess_audio` (the pipeline's) and
+:func:`to_audio_batch_with_lengths` (raw inputs of :class:`mmtx.Model`: the waveforms and
+each clip's real samples; the waveforms alone: :func:`to_audio_batch`); the log-mel
+spectrogram (:func:`log_mel_spectrogram`, the same function the audio encoder calls) runs
+inside the model, on the accelerator, so batches carry raw waveforms. Text:
+:func:`select_text` picks one caption of several, :func:`all_texts` reads them all.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from mmtx.data.image_options import CROP_OFFSETS, INTERPOLATIONS, RESIZE_MODES
 from mmtx.nn.embed import log_mel_spectrogram
 
 __all__ = [
+    "CROP_OFFSETS",
     "INTERPOLATIONS",
     "MAX_AUDIO_CHANNELS",
     "RESIZE_MODES",
@@ -45,16 +48,19 @@ __all__ = [
     "log_mel_spectrogram",
     "preprocess_audio",
     "preprocess_image",
+    "preprocess_video",
     "random_crop",
     "random_flip",
     "random_resized_crop",
     "resample",
     "resize_shorter_side",
+    "sample_frames",
     "select_text",
     "squash",
     "to_audio_batch",
     "to_audio_batch_with_lengths",
     "to_image_batch",
+    "to_video_batch",
 ]
 
 

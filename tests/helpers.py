@@ -4,6 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmtx import config as config_lib
+
 # The key projection's bias adds the same amount to every logit of a query, which softmax
 # ignores: its gradient is exactly zero, so gradient-flow checks skip it.
 SHIFT_INVARIANT = ("['key']['bias']",)
@@ -112,3 +114,16 @@ def torchvision_eval_reference(
         return one(Image.fromarray(image))
     planes = np.ascontiguousarray(np.moveaxis(image, -1, 0), np.float32)
     return np.stack([one(Image.fromarray(plane)) for plane in planes], axis=-1)
+
+
+def tiny_config():
+    """The default config with the ``tiny`` variant's sizes (not validated)."""
+    return config_lib.apply_variant(config_lib.default_config(), "tiny")
+
+
+def set_dotted(config, dotted, value):
+    """Sets ``config``'s field named by the ``dotted`` path (``model.text.width``)."""
+    *groups, leaf = dotted.split(".")
+    for group in groups:
+        config = config[group]
+    config[leaf] = value

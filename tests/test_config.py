@@ -9,6 +9,8 @@ import sys
 import jax
 import ml_collections
 import pytest
+from helpers import set_dotted
+from helpers import tiny_config as tiny
 
 import mmtx
 from mmtx import config as config_lib
@@ -17,17 +19,6 @@ from mmtx.schemas import Group, Interval
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BASE_PY = REPO / "configs" / "base.py"
-
-
-def tiny():
-    return config_lib.apply_variant(config_lib.default_config(), "tiny")
-
-
-def set_dotted(config, dotted, value):
-    *groups, leaf = dotted.split(".")
-    for group in groups:
-        config = config[group]
-    config[leaf] = value
 
 
 # What a config layer must not import: it is data (issue 30).

@@ -7,22 +7,13 @@ from __future__ import annotations
 
 import jax
 import pytest
+from helpers import set_dotted
+from helpers import tiny_config as tiny
 
 import mmtx
 from mmtx import config as config_lib
 from mmtx.model_checks import attention_kernel_uses, check_runnable
 from mmtx.models import MultiModalTransformer
-
-
-def tiny():
-    return config_lib.apply_variant(config_lib.default_config(), "tiny")
-
-
-def set_dotted(config, dotted, value):
-    *groups, leaf = dotted.split(".")
-    for group in groups:
-        config = config[group]
-    config[leaf] = value
 
 
 @pytest.mark.parametrize("fusion_type", ["bogus", "my_fusion", "nothing"])

@@ -20,9 +20,8 @@ from jax.experimental import multihost_utils
 
 from mmtx.data.pipeline import ATTRIBUTE_KEYS, modality_attributes
 from mmtx.data.tokenizer import Tokenizer
-from mmtx.evaluate.evaluators import EvalTasks, evaluate_tasks
+from mmtx.evaluate.evaluators import EvalTasks, evaluate_tasks, non_text_modalities
 from mmtx.evaluate.retrieval import retrieval_recall
-from mmtx.modalities import modality_names
 
 # ``predict(params, global batch) -> outputs`` (see the module docstring).
 PredictFn = Callable[[Any, dict[str, Any]], dict[str, Any]]
@@ -33,8 +32,7 @@ ToGlobal = Callable[[dict[str, np.ndarray]], dict[str, jax.Array]]
 def retrieval_directions() -> tuple[tuple[str, str], ...]:
     """(query, gallery) pairs evaluated: text to and from every other registered modality;
     reported as ``<query>_to_<gallery>_recall@k``."""
-    others = [m for m in modality_names() if m != "text"]
-    return tuple(pair for m in others for pair in (("text", m), (m, "text")))
+    return tuple(pair for m in non_text_modalities() for pair in (("text", m), (m, "text")))
 
 
 def pad_batch(batch: dict[str, np.ndarray], size: int) -> tuple[dict[str, np.ndarray], int]:

@@ -21,7 +21,7 @@ import ml_collections
 from mmtx import config as config_lib
 from mmtx import losses
 from mmtx.evaluate.evaluator import Evaluator
-from mmtx.evaluate.headline import headline_keys
+from mmtx.evaluate.headline import headline
 from mmtx.train import flops as flops_lib
 from mmtx.train import startup
 from mmtx.train.build import (  # noqa: F401  (re-exported: the loop's names before build.py)
@@ -147,8 +147,7 @@ def _say_summary(
 ) -> None:
     """Says the summary's headline metrics (``final: {...}``), the steps trained in
     ``seconds`` and where the summary is."""
-    shown = headline_keys(list(summary["eval"]), modalities)
-    log("final: " + json.dumps({k: summary["eval"].get(k) for k in shown}))
+    log("final: " + json.dumps(headline(summary["eval"], modalities)))
     took = format_seconds(seconds)
     log(f"trained {summary['steps_this_run']} steps in {took}; summary in {path}")
 

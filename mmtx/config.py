@@ -231,7 +231,7 @@ FUSION_FIELDS = (
     ),
 )
 
-FEATURE_MAPS = ("elu", "favor")
+FEATURE_MAPS = tower_options.FEATURE_MAPS
 # How jax runs the attention: whether an explicit one can run is checked where the model is
 # built (mmtx.model_checks).
 ATTENTION_IMPLEMENTATIONS = tower_options.IMPLEMENTATIONS

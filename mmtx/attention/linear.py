@@ -33,9 +33,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmtx.schemas.tower_options import FEATURE_MAPS  # the config's choices, declared once
+
 __all__ = ["elu_features", "favor_features", "favor_projection", "linear_attention"]
 
-FEATURE_MAPS = ("elu", "favor")
 # Guards the denominator (as max(den, eps)): matters when a query sees no (unmasked) key, where the
 # numerator is exactly zero too, so the output is 0 there instead of NaN.
 _EPS = 1e-12

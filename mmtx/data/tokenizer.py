@@ -27,6 +27,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from mmtx.config import TOKENIZER_TYPES  # the config's choices, declared with its field
+
 
 class Tokenizer(abc.ABC):
     """Maps text to int ids and back.
@@ -499,7 +501,6 @@ def train_sentencepiece(
     return f"{model_prefix}.model"
 
 
-TOKENIZER_TYPES = ("bytes", "sentencepiece", "clip_bpe", "siglip", "tokenizer_json")
 _MODEL_FILES = {
     "sentencepiece": (SentencePieceTokenizer, "its .model file"),
     "clip_bpe": (ClipBpeTokenizer, "CLIP's bpe_simple_vocab_16e6.txt.gz"),

@@ -24,6 +24,7 @@ CROSS_ATTENTION_KERNELS = ("dense", "linear")  # those that attend across two se
 # config.attention.implementation: auto (cuDNN flash or the Pallas local kernel where it can
 # run, else XLA), xla, cudnn (dense kernel, GPU), pallas (local kernel, TPU).
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "pallas")
+FEATURE_MAPS = ("elu", "favor")  # the linear kernel's (config.attention.linear.feature_map)
 ATTENTION = Field("attention", "dense", "Attention kernel name.", choices=KERNELS)
 POOLING = Field(
     "pooling", "cls", "How the tokens become one vector: one of the modality's poolings."

@@ -56,8 +56,6 @@ ACTIVATIONS = tower_options.ACTIVATION.choices
 PROJECTIONS = tower_options.PROJECTION.choices
 POSITION_EMBEDDINGS = tower_options.POSITION_EMBEDDING.choices
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
-# Groups whose keys are names the user chooses (attribute names), not fixed fields.
-OPEN_GROUPS = ("model.attribute_classes", "model.attribute_modalities", "model.tasks")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 PARAM_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -193,6 +191,11 @@ MODEL_FIELDS = (
         choices=REMAT_POLICIES,
     ),
     Field("scan_layers", True, "nn.scan over layers (fast compile); False unrolls them."),
+)
+# Groups whose keys are names the user chooses (attribute names), not fixed fields: the
+# model's groups declared without fields.
+OPEN_GROUPS = tuple(
+    f"model.{group.name}" for group in MODEL_FIELDS if isinstance(group, Group) and not group.fields
 )
 
 FUSION_FIELDS = (
@@ -871,10 +874,10 @@ def _check_range(path: str, value: Any, spec: Range) -> None:
 
 
 def _check_ranges(config: ml_collections.ConfigDict) -> None:
-    """Checks every declared field's range (:data:`SCHEMA`'s, in order), then each configured
-    modality's tower: the sizes and ``norm_eps`` that every tower has, then its schema's
-    :attr:`~mmtx.schemas.ModalitySchema.ranges`."""
-    for path, spec in declared_ranges(SCHEMA):
+    """Checks every declared field's range (:data:`RANGES`, in :data:`SCHEMA`'s order), then
+    each configured modality's tower: the sizes and ``norm_eps`` that every tower has, then
+    its schema's :attr:`~mmtx.schemas.ModalitySchema.ranges`."""
+    for path, spec in RANGES.items():
         node = config
         for part in path.split("."):
             node = node[part]

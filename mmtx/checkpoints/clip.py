@@ -8,13 +8,11 @@ end-of-text token (the highest id in the row), LayerNorm epsilon 1e-5.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 from mmtx.checkpoints import hf, layout, preprocess_config
 from mmtx.checkpoints.family import Converted, two_tower_overrides
-from mmtx.checkpoints.hf import hf_tower_facts as hf_tower_facts  # re-export: its old path
 from mmtx.checkpoints.preprocess_config import OPEN_CLIP_CONFIG, Facts
 from mmtx.checkpoints.tensors import CheckpointImportError, TensorSource
 from mmtx.checkpoints.two_tower import TorchNames, TowerSizes
@@ -363,12 +361,3 @@ def convert_hf_clip(
         "logit_scale": layout.reshaped(source["logit_scale"], ()),
     }
     return Converted(overrides, params, grids={"image": (sizes.grid, sizes.grid)}, facts=facts)
-
-
-def hf_text_tower(
-    source: TensorSource, depth: int, num_heads: int, *, final_norm: str
-) -> dict[str, Any]:
-    """An HF CLIP / SigLIP text tower (``text_model.embeddings``, ``text_model.encoder``,
-    ``text_model.<final_norm>``) -> mmtx's ``text`` params."""
-    names = dataclasses.replace(HF_CLIP_NAMES, text_norm=f"text_model.{final_norm}")
-    return names.text_params(source, depth, num_heads)

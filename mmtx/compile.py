@@ -870,8 +870,8 @@ def main(argv: Sequence[str], stdout: TextIO | None = None, stderr: TextIO | Non
         argv_text = " ".join(argv[1:])
         try:
             config = config_lib.validate(config_lib.split_comma_lists(values["config"].value))
-            # What the target platform can run (cudnn, pallas): the check build() makes,
-            # named here for the topology's platform, not this host's.
+            # What the topology's platform can run (cudnn, pallas), checked early: a usage
+            # error before its devices are made (build() checks again, for the same platform).
             from mmtx.model_checks import check_runnable
 
             check_runnable(config, platform)

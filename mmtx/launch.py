@@ -1,8 +1,10 @@
 """Launch concerns of mmtx's entry points, kept out of the library: the host-malloc restart,
 and the commands' answer to ``--help`` (:func:`answer_help`).
 
-Nothing here runs on import; only programs call it (``python -m mmtx.main`` and the benchmark
-scripts, first thing under ``if __name__ == "__main__":``). Library modules never import it.
+Nothing here runs on import. The restart is called only by programs (``python -m mmtx.main``
+and the benchmark scripts, first thing under ``if __name__ == "__main__":``); the commands
+(``mmtx.compile``, ``mmtx.embed``, ``mmtx.evaluate``, ``mmtx.import_checkpoint``) call
+:func:`answer_help`. No other library module imports it.
 
 Host memory for CPU runs: keep freed memory in the process instead of faulting it in again.
 
@@ -57,7 +59,7 @@ TUNABLES = {
 _ACCELERATOR_PLUGINS = ("libtpu", "jax-cuda", "jax-rocm", "jax_cuda", "jax_rocm")
 
 
-# absl's help flags; the commands answer them before importing jax.
+# absl's help flags, which the commands answer with their docstring.
 HELP_FLAGS = ("--help", "-h", "--helpfull", "--helpshort")
 
 

@@ -96,7 +96,7 @@ def convert_hf_ast(
     patches = _Patches.from_config(hf_config, patch_f, patch_t)
     _check_positions(source, f"{prefix}embeddings.position_embeddings", patches)
     heads = int(hf_config.get("num_attention_heads", 12))
-    depth = layout.count_layers(source, f"{prefix}encoder.layer.{{}}.layernorm_before.weight")
+    depth = layout.torch_depth(source, f"{prefix}encoder.layer.", AST_BLOCK)
     overrides = _ast_overrides(
         hf_config,
         patches,
@@ -179,9 +179,8 @@ def _ast_params(
         {
             "cls": source[f"{e}cls_token"],
             "distill": source[f"{e}distillation_token"],
-            "encoder": layout.encoder_params(
-                layout.torch_blocks(source, f"{prefix}encoder.layer.", depth, AST_BLOCK, heads),
-                layout.layer_norm(source, f"{prefix}layernorm"),
+            "encoder": layout.torch_encoder(
+                source, f"{prefix}encoder.layer.", depth, AST_BLOCK, heads, f"{prefix}layernorm"
             ),
         },
     )

@@ -148,6 +148,30 @@ def torch_blocks(
     )
 
 
+def torch_encoder(
+    source: TensorSource,
+    blocks: str,
+    depth: int,
+    names: Mapping[str, str],
+    num_heads: int,
+    norm: str,
+) -> dict[str, Any]:
+    """A torch transformer's ``depth`` blocks ``{blocks}0.``, ... (:func:`torch_blocks`:
+    every leaf stacked on a leading ``[depth]`` axis) and its final LayerNorm
+    ``{norm}.weight`` / ``{norm}.bias`` (``[D]`` each, :func:`layer_norm`) -> an mmtx
+    encoder's params (:func:`encoder_params`)."""
+    return encoder_params(
+        torch_blocks(source, blocks, depth, names, num_heads), layer_norm(source, norm)
+    )
+
+
+def torch_depth(source: TensorSource, blocks: str, names: Mapping[str, str]) -> int:
+    """How many blocks ``{blocks}0.``, ``{blocks}1.``, ... a torch transformer has: the
+    consecutive ``{blocks}{i}.{names['norm1']}.weight`` (each ``[D]``) from 0
+    (:func:`count_layers`)."""
+    return count_layers(source, f"{blocks}{{}}.{names['norm1']}.weight")
+
+
 def stack_layers(layers: list[Any]) -> Any:
     """Per-layer param trees -> one tree with a leading ``[depth]`` axis on every leaf (the
     layout of mmtx's scanned ``blocks``). A leaf missing in any layer stays missing."""

@@ -119,16 +119,13 @@ class TorchNames:
             vocab_size=vocab_size,
             context_length=context_length,
             text_width=text_width,
-            text_depth=self._depth(source, self.text_blocks),
+            text_depth=layout.torch_depth(source, self.text_blocks, self.block),
             image_width=image_width,
-            image_depth=self._depth(source, self.image_blocks),
+            image_depth=layout.torch_depth(source, self.image_blocks, self.block),
             patch_size=patch_size,
             grid=grid,
             embed_dim=embed_dim,
         )
-
-    def _depth(self, source: TensorSource, blocks: str) -> int:
-        return layout.count_layers(source, f"{blocks}{{}}.{self.block['norm1']}.weight")
 
     def mlp_dims(self, source: TensorSource) -> tuple[int, int]:
         """The text and image towers' MLP widths (the first block's ``fc1`` rows)."""
@@ -142,15 +139,13 @@ class TorchNames:
         return layout.text_params(
             source[self.token_embedding],
             source[self.text_positions],
-            layout.encoder_params(
-                layout.torch_blocks(source, self.text_blocks, depth, self.block, num_heads),
-                layout.layer_norm(source, self.text_norm),
+            layout.torch_encoder(
+                source, self.text_blocks, depth, self.block, num_heads, self.text_norm
             ),
         )
 
     def image_encoder(self, source: TensorSource, depth: int, num_heads: int) -> dict[str, Any]:
-        """The image tower's encoder params (:func:`layout.encoder_params`)."""
-        return layout.encoder_params(
-            layout.torch_blocks(source, self.image_blocks, depth, self.block, num_heads),
-            layout.layer_norm(source, self.image_norm),
+        """The image tower's encoder params (:func:`layout.torch_encoder`)."""
+        return layout.torch_encoder(
+            source, self.image_blocks, depth, self.block, num_heads, self.image_norm
         )

@@ -242,19 +242,19 @@ class FactoredDense(nn.Module):
     """``[..., *in_shape] -> [..., *out_shape]``: a dense projection with a factored kernel,
     the projections into heads and out of them.
 
-    ``in_shape`` is the input's last ``in_dims`` axes. Kernel ``[*in_shape, *out_shape]`` with
-    logical ``axes`` (one name per kernel dimension: the input's, then the output's; Xavier
-    uniform over those two groups), bias ``[*out_shape]`` with the output's names. Written out
-    rather than with ``nn.DenseGeneral``, whose init reshapes a flat kernel: under a
-    logical-axis-rules context that reshape would constrain a 2-D array with the factored
-    axis names. The contraction is :func:`mmtx.nn.matmul.dense_dot` on the kernel viewed as
-    ``[prod(in_shape), prod(out_shape)]`` (a faster kernel gradient on CPU). Into heads:
-    ``out_shape=(H, Dh)``, ``in_dims=1``, axes ``embed, heads, kv``; out of them:
-    ``out_shape=(features,)``, ``in_dims=2``, axes ``heads, kv, embed``. Output in ``dtype``.
+    ``in_shape`` is the input's last ``len(axes) - len(out_shape)`` axes. Kernel
+    ``[*in_shape, *out_shape]`` with logical ``axes`` (one name per kernel dimension: the
+    input's, then the output's; Xavier uniform over those two groups), bias ``[*out_shape]``
+    with the output's names. Written out rather than with ``nn.DenseGeneral``, whose init
+    reshapes a flat kernel: under a logical-axis-rules context that reshape would constrain a
+    2-D array with the factored axis names. The contraction is
+    :func:`mmtx.nn.matmul.dense_dot` on the kernel viewed as ``[prod(in_shape),
+    prod(out_shape)]`` (a faster kernel gradient on CPU). Into heads: ``out_shape=(H, Dh)``,
+    axes ``embed, heads, kv`` (one input axis); out of them: ``out_shape=(features,)``, axes
+    ``heads, kv, embed`` (two). Output in ``dtype``.
     """
 
     out_shape: tuple[int, ...]
-    in_dims: int
     axes: tuple[str | None, ...]
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -262,17 +262,17 @@ class FactoredDense(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: ``[..., *in_shape]`` float -> ``[..., *out_shape]`` in ``dtype``."""
-        in_shape, out_shape = x.shape[x.ndim - self.in_dims :], tuple(self.out_shape)
-        inputs = tuple(range(self.in_dims))
-        outputs = tuple(range(self.in_dims, self.in_dims + len(out_shape)))
+        out_shape = tuple(self.out_shape)
+        in_dims = len(self.axes) - len(out_shape)
+        in_shape = x.shape[x.ndim - in_dims :]
+        inputs = tuple(range(in_dims))
+        outputs = tuple(range(in_dims, in_dims + len(out_shape)))
         init = nn.initializers.xavier_uniform(in_axis=inputs, out_axis=outputs)
         kernel = logical_param(self, "kernel", init, self.axes, (*in_shape, *out_shape))
-        bias = logical_param(
-            self, "bias", nn.initializers.zeros, self.axes[self.in_dims :], out_shape
-        )
+        bias = logical_param(self, "bias", nn.initializers.zeros, self.axes[in_dims:], out_shape)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         fan_in, fan_out = math.prod(in_shape), math.prod(out_shape)
-        flat = x.reshape(*x.shape[: x.ndim - self.in_dims], fan_in)
+        flat = x.reshape(*x.shape[: x.ndim - in_dims], fan_in)
         y = dense_dot(flat, kernel.reshape(fan_in, fan_out))
         return y.reshape(*y.shape[:-1], *out_shape) + bias
 
@@ -358,7 +358,6 @@ class MultiHeadAttention(AttentionOptions):
         def projection(name: str) -> FactoredDense:
             return FactoredDense(
                 (self.num_heads, head_dim),
-                1,
                 ("embed", "heads", "kv"),
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
@@ -391,7 +390,6 @@ class MultiHeadAttention(AttentionOptions):
             y, out["attention_weights"] = y
         y = FactoredDense(
             (self.out_features or width,),
-            2,
             ("heads", "kv", "embed"),
             dtype=self.dtype,
             param_dtype=self.param_dtype,

@@ -487,7 +487,7 @@ def test_resolve_implementation_on_gpu_picks_cudnn_or_logs_one_fallback(
 def test_factored_dense_is_an_einsum_over_its_kernel(out_shape, in_dims, axes, in_shape) -> None:
     """FactoredDense against the plain contraction: kernel [*in, *out] summed over the input's
     last in_dims axes, plus the bias; the same for its gradients; Xavier fans over the groups."""
-    module = attention_module.FactoredDense(out_shape, in_dims, axes)
+    module = attention_module.FactoredDense(out_shape, axes)
     x = _normal((B, T, *in_shape), seed=0)
     boxed = module.init(jax.random.key(0), x)
     assert nn.get_partition_spec(boxed)["params"] == {

@@ -25,20 +25,21 @@ def grid_tokens(x: jax.Array) -> tuple[jax.Array, tuple[int, ...]]:
 
 
 def project_to_tokens(
-    module: nn.Module, layer: type[nn.Module], x: jax.Array, **options: Any
+    module: nn.Module, layer: type[nn.Module], x: jax.Array, **layer_options: Any
 ) -> tuple[jax.Array, tuple[int, ...]]:
     """The last layer of the pixel stems (:class:`PatchEmbed`, :class:`TubeletEmbed`,
     :class:`ConvStem`): ``module``'s ``projection``, a ``layer`` (``nn.Conv`` or ``nn.Dense``,
-    with ``options``) to ``module.features`` in ``module.dtype`` / ``module.param_dtype``,
+    with ``layer_options``) to ``module.features`` in ``module.dtype`` / ``module.param_dtype``,
     LeCun-normal kernel (its output axis named ``embed``) and zero bias ``[features]``
     (``embed``), over ``x`` ``[B, *grid_in, C]``, then :func:`grid_tokens`:
     (``[B, prod(grid), features]`` in ``dtype``, ``grid``). Call it from ``module``'s compact
     ``__call__``."""
-    kernel_rank = 2 + len(options.get("kernel_size", ()))  # Conv: [*window, C, F]; Dense: [C, F]
+    # Conv's kernel is [*window, C, F]; Dense's [C, F].
+    kernel_rank = 2 + len(layer_options.get("kernel_size", ()))
     kernel_axes = (None,) * (kernel_rank - 1) + ("embed",)
     x = layer(
         module.features,
-        **options,
+        **layer_options,
         kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), kernel_axes),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
         dtype=module.dtype,

@@ -18,11 +18,9 @@ import ml_collections
 
 from mmtx import config as config_lib
 from mmtx import losses
-from mmtx.evaluate.evaluator import Evaluator
 from mmtx.train import startup
 from mmtx.train import workdir as workdir_lib
 from mmtx.train.console import log
-from mmtx.train.recorded_eval import EvalRecorder
 from mmtx.train.summary import TrainFigures, summarize, write_summary
 from mmtx.train.workdir_claim import claimed_workdir, require_checkpoint, write_config
 
@@ -50,11 +48,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
             log(f"evaluating step {step} only (eval_only)")
             write_config(config, workdir)
             startup.say_data(config, started.data)
-            run = started.run
-            evaluator = Evaluator(run.eval_step, config, run.tokenizer, to_global=run.to_global)
-            writer = startup.open_writer(workdir, cleanup)
+            record_eval = startup.eval_recorder(started, config, workdir, cleanup, show=False)
             eval_started = time.perf_counter()
-            metrics = EvalRecorder(evaluator, writer, workdir, show=False)(state, step)
+            metrics = record_eval(state, step)
         figures = TrainFigures(step, step, time.perf_counter() - eval_started)
         skipped = started.data.skipped() if started.data.file_source else None
         wall_seconds = time.perf_counter() - wall_started

@@ -20,7 +20,6 @@ import ml_collections
 
 from mmtx import config as config_lib
 from mmtx import losses
-from mmtx.evaluate.evaluator import Evaluator
 from mmtx.evaluate.headline import headline
 from mmtx.train import flops as flops_lib
 from mmtx.train import startup
@@ -36,7 +35,6 @@ from mmtx.train.metrics import Progress, format_seconds
 from mmtx.train.pending_metrics import NonFiniteError, PendingMetrics
 from mmtx.train.preemption import PreemptionWatcher
 from mmtx.train.profiler import StepProfiler
-from mmtx.train.recorded_eval import EvalRecorder
 from mmtx.train.schedule import Every
 from mmtx.train.state import TrainState
 from mmtx.train.step import LossFn
@@ -84,9 +82,8 @@ def train_and_evaluate(
             # Only now, with the checkpoint known to fit: config.json describes the checkpoints.
             write_config(config, workdir)
             startup.say_data(config, data)
-            evaluator = Evaluator(run.eval_step, config, run.tokenizer, to_global=run.to_global)
-            writer = startup.open_writer(workdir, cleanup)
-            record_eval = EvalRecorder(evaluator, writer, workdir)
+            record_eval = startup.eval_recorder(started, config, workdir, cleanup)
+            writer = record_eval.writer
             profiler = cleanup.enter_context(_profiler(train.profile_steps, workdir))
             progress = Progress(train.steps, step)
             pending = PendingMetrics(writer, progress, train.nonfinite, checkpointer.latest_step)

@@ -18,7 +18,7 @@ from jax.experimental import multihost_utils
 from mmtx.data import bad_examples, sources
 from mmtx.data.pipeline import create_dataset, create_source
 from mmtx.data.tokenizer import Tokenizer
-from mmtx.evaluate.evaluator import close_iterator
+from mmtx.evaluate.evaluator import Evaluator, close_iterator
 from mmtx.models import resolve_dtype
 from mmtx.nn.platform import mesh_platform
 from mmtx.train import init_from as init_from_lib
@@ -28,6 +28,7 @@ from mmtx.train.build import Run, build
 from mmtx.train.checkpoint import Checkpointer
 from mmtx.train.console import log
 from mmtx.train.metrics import MetricWriter
+from mmtx.train.recorded_eval import EvalRecorder
 from mmtx.train.state import TrainState
 from mmtx.train.step import LossFn
 from mmtx.train.workdir_claim import config_as_dict
@@ -190,6 +191,23 @@ def open_writer(workdir: str, cleanup: contextlib.ExitStack) -> MetricWriter:
     cleanup.callback(writer.close)
     cleanup.callback(writer.flush)
     return writer
+
+
+def eval_recorder(
+    started: Started,
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    cleanup: contextlib.ExitStack,
+    *,
+    show: bool = True,
+) -> EvalRecorder:
+    """The run's evaluations, run and recorded: an :class:`~mmtx.evaluate.evaluator.Evaluator`
+    of its eval step, writing to the run's TensorBoard writer (:func:`open_writer`, closed by
+    ``cleanup``; the recorder's ``writer``) and ``evals.json``; ``show`` as
+    :class:`~mmtx.train.recorded_eval.EvalRecorder` takes it."""
+    run = started.run
+    evaluator = Evaluator(run.eval_step, config, run.tokenizer, to_global=run.to_global)
+    return EvalRecorder(evaluator, open_writer(workdir, cleanup), workdir, show=show)
 
 
 def restore(started: Started, config: ml_collections.ConfigDict) -> tuple[TrainState, int]:

@@ -439,6 +439,14 @@ def create_dataset(
     return _in_workers(dataset.to_iter_dataset(read_options), config.data)
 
 
+def close_iterator(iterator: Any) -> None:
+    """Stops a data iterator's worker processes now (grain ``mp_prefetch``), rather than in
+    interpreter-exit finalizers, which fail noisily once their queues are gone."""
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()
+
+
 def eval_class_names(config: ml_collections.ConfigDict, source: Any) -> tuple[str, ...]:
     """Names of the eval data's labels, in label order, for zero-shot classification:
     ``config.eval.classnames`` when given, else the source's own (the synthetic data's

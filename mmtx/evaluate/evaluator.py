@@ -10,18 +10,10 @@ import jax
 import ml_collections
 
 from mmtx.data import bad_examples, sources
-from mmtx.data.pipeline import create_dataset, has_eval_data
+from mmtx.data.pipeline import close_iterator, create_dataset, has_eval_data
 from mmtx.data.tokenizer import Tokenizer
 from mmtx.evaluate.evaluators import EvalTasks, eval_tasks
 from mmtx.evaluate.split import PredictFn, ToGlobal, evaluate, text_embedder
-
-
-def close_iterator(iterator: Any) -> None:
-    """Stops a data iterator's worker processes now (grain ``mp_prefetch``), rather than in
-    interpreter-exit finalizers, which fail noisily once their queues are gone."""
-    close = getattr(iterator, "close", None)
-    if close is not None:
-        close()
 
 
 class Evaluator:

@@ -16,9 +16,9 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from mmtx.data import bad_examples, sources
-from mmtx.data.pipeline import create_dataset, create_source
+from mmtx.data.pipeline import close_iterator, create_dataset, create_source
 from mmtx.data.tokenizer import Tokenizer
-from mmtx.evaluate.evaluator import Evaluator, close_iterator
+from mmtx.evaluate.evaluator import Evaluator
 from mmtx.models import resolve_dtype
 from mmtx.nn.platform import mesh_platform
 from mmtx.train import init_from as init_from_lib

@@ -12,7 +12,7 @@ from mmtx.nn import (
     PatchEmbed,
     SpectrogramOptions,
 )
-from mmtx.nn.transformer import options
+from mmtx.nn.options import options
 
 
 class AudioEncoder(TowerOptions, SpectrogramOptions):

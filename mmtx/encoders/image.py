@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from mmtx.encoders.tower import Tower, TowerOptions, grid_position_embedding
 from mmtx.nn import ConvStem, PatchEmbed
-from mmtx.nn.transformer import options
+from mmtx.nn.options import options
 
 
 class ImageEncoder(TowerOptions):

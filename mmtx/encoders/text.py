@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from mmtx.encoders.tower import Tower, TowerOptions
 from mmtx.nn import LearnedPositionEmbedding, TokenEmbed, sincos_1d
-from mmtx.nn.transformer import options
+from mmtx.nn.options import options
 
 
 class TextEncoder(TowerOptions):

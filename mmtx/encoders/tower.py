@@ -9,8 +9,9 @@ import jax
 import jax.numpy as jnp
 
 from mmtx.nn import Encoder, LearnedPositionEmbedding, MAPHead, sincos_2d
+from mmtx.nn.options import options
 from mmtx.nn.params import logical_param
-from mmtx.nn.transformer import EncoderOptions, layer_norm, options
+from mmtx.nn.transformer import EncoderOptions, layer_norm
 
 # Every pooling the tower knows (each modality's config allows a subset: mmtx.config.POOLINGS).
 TOWER_POOLINGS = ("cls", "mean", "cls_distill", "map", "eot", "last")
@@ -78,7 +79,7 @@ class TowerOptions(EncoderOptions, kw_only=True):
     :data:`TOWER_POOLINGS`) and ``pre_norm`` (a LayerNorm ``pre_norm`` before the blocks).
 
     Every encoder inherits them and builds its tower with them whole:
-    ``Tower(**options(self, TowerOptions), name="tower")`` (:func:`mmtx.nn.transformer.options`).
+    ``Tower(**options(self, TowerOptions), name="tower")`` (:func:`mmtx.nn.options.options`).
     """
 
     pooling: str = "cls"

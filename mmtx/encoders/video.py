@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from mmtx.encoders.tower import Tower, TowerOptions, num_class_tokens
 from mmtx.nn import LearnedPositionEmbedding, TubeletEmbed, sincos_1d, sincos_2d
-from mmtx.nn.transformer import options
+from mmtx.nn.options import options
 
 VIDEO_LAYOUTS = ("joint", "factorised")
 VIDEO_POOLINGS = ("cls", "mean", "map")

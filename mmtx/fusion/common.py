@@ -13,13 +13,13 @@ from flax.core import FrozenDict
 
 from mmtx.modalities import modality_names, ordered
 from mmtx.nn.attention import default_kernel_init
+from mmtx.nn.options import options
 from mmtx.nn.params import logical_param
 from mmtx.nn.transformer import (
     BlockOptions,
     CrossAttentionBlock,
     StackOptions,
     TransformerBlock,
-    options,
     remat_block,
 )
 

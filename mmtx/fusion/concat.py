@@ -17,8 +17,9 @@ from mmtx.fusion.common import (
 from mmtx.modalities import modality_names
 from mmtx.nn import Encoder
 from mmtx.nn.attention import default_kernel_init
+from mmtx.nn.options import options
 from mmtx.nn.params import logical_param
-from mmtx.nn.transformer import EncoderOptions, options
+from mmtx.nn.transformer import EncoderOptions
 
 
 class ConcatFusion(EncoderOptions):

@@ -21,7 +21,7 @@ from mmtx.modalities import (
     unregister_modality,
 )
 from mmtx.models import MultiModalTransformer, dummy_batch
-from mmtx.nn.transformer import options
+from mmtx.nn.options import options
 from mmtx.train import mesh as mesh_lib
 from mmtx.train.loop import create_train_state
 from mmtx.train.step import make_train_step

@@ -122,7 +122,7 @@ def _check_positions(source: TensorSource, name: str, patches: _Patches) -> None
             f"hf_ast: {name} has {positions} rows but config.json's "
             f"{patches.num_mel_bins} mel bins x {patches.max_length} frames with patch "
             f"({patches.patch_f}, {patches.patch_t}) and strides ({patches.stride_f}, "
-            f"{patches.stride_t}) make 2 + {patches.grid_f} x {patches.grid_t}"
+            f"{patches.stride_t}) make {TOKENS} + {patches.grid_f} x {patches.grid_t}"
         )
 
 
